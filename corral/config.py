@@ -1,0 +1,99 @@
+"""Settings for every Corral process, read from CORRAL_* environment variables.
+
+One class for all services keeps one obvious place for every knob: a service reads the
+fields it needs, and `corral up` passes the same environment to every process it starts.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "corral"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CORRAL_", extra="ignore")
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR,
+        description="Where SQLite files, task directories and logs live.",
+    )
+    log_level: str = Field("info", description="debug, info, warning or error.")
+    log_json: bool = Field(False, description="Log JSON lines instead of key=value text.")
+
+    # --- scheduler ---------------------------------------------------------------------
+    scheduler_address: str = Field(
+        "127.0.0.1:50051", description="host:port the scheduler listens on and clients dial."
+    )
+    scheduler_database_url: str = Field(
+        "", description="SQLAlchemy URL of the scheduler's database (SQLite in data_dir if empty)."
+    )
+    heartbeat_interval_seconds: float = Field(
+        2.0, description="How often executors send a heartbeat."
+    )
+    heartbeat_timeout_seconds: float = Field(
+        10.0, description="An executor silent this long is lost; its running tasks fail."
+    )
+
+    # --- memory ------------------------------------------------------------------------
+    memory_address: str = Field(
+        "127.0.0.1:50052", description="host:port the memory service listens on and clients dial."
+    )
+    memory_database_url: str = Field(
+        "", description="SQLAlchemy URL of the memory database (SQLite in data_dir if empty)."
+    )
+
+    # --- executor ----------------------------------------------------------------------
+    executor_address: str = Field(
+        "127.0.0.1:50053", description="host:port the executor listens on."
+    )
+    executor_advertise_address: str = Field(
+        "", description="host:port the scheduler dials to reach this executor (listen address if empty)."
+    )
+    executor_id: str = Field("", description="Stable name of this executor (hostname-port if empty).")
+    executor_capacity: int = Field(8, ge=1, description="Tasks this executor runs at once.")
+    sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap.")
+    sandbox_host_uid: int = Field(
+        65534,
+        description="Unprivileged host uid sandboxes run as when the executor runs as root.",
+    )
+    step_timeout_seconds: float = Field(60.0, gt=0, description="Default per-step timeout.")
+    max_step_timeout_seconds: float = Field(3600.0, gt=0, description="Largest timeout a step may ask for.")
+    sandbox_memory_mb: int = Field(2048, ge=64, description="Default address-space limit per process, MiB.")
+    sandbox_max_processes: int = Field(256, ge=8, description="Default process limit per sandbox.")
+    sandbox_max_file_size_mb: int = Field(256, ge=1, description="Default largest file a step may write, MiB.")
+    max_output_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Default bytes of stdout (and of stderr) kept per step."
+    )
+    max_read_file_bytes: int = Field(10 * 1024 * 1024, description="Largest file read_file returns.")
+    max_write_file_bytes: int = Field(10 * 1024 * 1024, description="Largest content write_file accepts.")
+    runtime_dir: Path = Field(
+        Path(__file__).resolve().parent.parent / "sandbox" / "runtime",
+        description="Directory mounted read-only at /app inside sandboxes (runner, TypeScript).",
+    )
+
+    # --- gateway -----------------------------------------------------------------------
+    gateway_host: str = Field("127.0.0.1", description="Interface the REST gateway binds.")
+    gateway_port: int = Field(8000, description="Port of the REST gateway.")
+    max_request_bytes: int = Field(
+        20 * 1024 * 1024, description="Largest request body the gateway accepts."
+    )
+
+    @cached_property
+    def tasks_dir(self) -> Path:
+        return self.data_dir / "tasks"
+
+    def database_url(self, service: str) -> str:
+        configured = {
+            "scheduler": self.scheduler_database_url,
+            "memory": self.memory_database_url,
+        }[service]
+        return configured or f"sqlite+aiosqlite:///{self.data_dir / (service + '.db')}"
+
+
+def load_settings() -> Settings:
+    return Settings()
