@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeAlias
 
 import grpc
 import structlog
+from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 log = structlog.get_logger()
+
+# The servicer context type every handler takes (grpc-stubs makes it generic).
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 # Generous message limits: outputs and files travel in single messages.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -27,16 +32,16 @@ def new_server() -> grpc.aio.Server:
 
 def add_reflection_and_health(
     server: grpc.aio.Server, service_names: Iterable[str]
-) -> health.aio.HealthServicer:
+) -> health_aio.HealthServicer:
     """Registers reflection (for grpcurl) and health (for probes); marks services SERVING."""
     names = list(service_names)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
     return health_servicer
 
 
-async def mark_serving(health_servicer: health.aio.HealthServicer, service_names: Iterable[str]) -> None:
+async def mark_serving(health_servicer: health_aio.HealthServicer, service_names: Iterable[str]) -> None:
     for name in ["", *service_names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 

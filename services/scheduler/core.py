@@ -1,0 +1,348 @@
+"""The scheduler's logic, free of gRPC servicer plumbing.
+
+A task is stored as `scheduled`; the dispatcher hands it to the live executor with the most
+free slots and follows the executor's event stream, numbering and storing every event so
+watchers can replay and follow it. A task never stays `running` without a live executor:
+a broken stream or a silent executor ends it `failed` with a reason naming the executor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+
+from corral.config import Settings
+from corral.schema import TERMINAL_TASK_STATES
+from corral.v1 import executor_pb2, task_pb2
+
+from .executors import ExecutorRecord, ExecutorRegistry
+from .store import TaskStore
+from .validation import validate_spec
+
+log = structlog.get_logger()
+
+CANCEL_GRACE_SECONDS = 5.0
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskAlreadyFinished(RuntimeError):
+    pass
+
+
+class Scheduler:
+    def __init__(self, store: TaskStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self.executors = ExecutorRegistry()
+        self._assignments: dict[str, asyncio.Task[None]] = {}
+        self._assigned_to: dict[str, ExecutorRecord] = {}
+        self._signals: dict[str, asyncio.Event] = {}
+        self._wake = asyncio.Event()
+        self._assign_lock = asyncio.Lock()
+        self._loops: list[asyncio.Task[None]] = []
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._store.create_tables()
+        for task_id in await self._store.task_ids_in_state(task_pb2.TASK_STATE_RUNNING):
+            await self._finish(
+                task_id,
+                task_pb2.TASK_STATE_FAILED,
+                "the scheduler restarted while this task was running; its executor stopped it",
+            )
+        self._loops = [
+            asyncio.create_task(self._dispatch_loop(), name="dispatch"),
+            asyncio.create_task(self._liveness_loop(), name="liveness"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        for loop in self._loops:
+            loop.cancel()
+        for task_id, assignment in list(self._assignments.items()):
+            assignment.cancel()
+            await self._finish(
+                task_id, task_pb2.TASK_STATE_FAILED, "the scheduler stopped while the task was running"
+            )
+        await asyncio.gather(*self._assignments.values(), *self._loops, return_exceptions=True)
+        await self.executors.close()
+
+    # --- client-facing -----------------------------------------------------------------
+
+    async def submit(self, spec: task_pb2.TaskSpec) -> task_pb2.Task:
+        validate_spec(spec)
+        task_id = uuid.uuid4().hex
+        await self._store.create(task_id, spec)
+        await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
+        log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
+        self._wake.set()
+        return await self.get(task_id)
+
+    async def get(self, task_id: str) -> task_pb2.Task:
+        task = await self._store.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"no task with id {task_id!r}")
+        return task
+
+    async def list_tasks(self, state: int, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
+        return await self._store.list_tasks(state, page_size, page_token)
+
+    async def cancel(self, task_id: str) -> task_pb2.Task:
+        task = await self.get(task_id)
+        if task.state in TERMINAL_TASK_STATES:
+            raise TaskAlreadyFinished(
+                f"task {task_id} already ended ({task_pb2.TaskState.Name(task.state)})"
+            )
+        async with self._assign_lock:
+            executor = self._assigned_to.get(task_id)
+            if executor is None:
+                await self._finish(task_id, task_pb2.TASK_STATE_CANCELLED, "cancelled by request")
+                return await self.get(task_id)
+        log.info("cancelling task", task_id=task_id, executor_id=executor.executor_id)
+        try:
+            reply = await executor.stub.CancelTask(
+                executor_pb2.ExecutorCancelTaskRequest(task_id=task_id, reason="cancelled by request"),
+                timeout=CANCEL_GRACE_SECONDS,
+            )
+            found = reply.found
+        except grpc.aio.AioRpcError as exc:
+            log.warning("executor did not take the cancel", task_id=task_id, error=exc.details())
+            found = False
+        if found:  # the executor reports the cancellation through the task's event stream
+            await self._wait_until_terminal(task_id, CANCEL_GRACE_SECONDS)
+        if (await self.get(task_id)).state not in TERMINAL_TASK_STATES:
+            assignment = self._assignments.get(task_id)
+            if assignment is not None:
+                assignment.cancel()
+            await self._finish(task_id, task_pb2.TASK_STATE_CANCELLED, "cancelled by request")
+        return await self.get(task_id)
+
+    async def watch(self, task_id: str, after_sequence: int) -> AsyncIterator[task_pb2.TaskEvent]:
+        """Replays events after `after_sequence`, then follows live until `finished`."""
+        await self.get(task_id)
+        last = after_sequence
+        while True:
+            signal = self._signal(task_id)
+            events = await self._store.events_after(task_id, last)
+            for event in events:
+                last = event.sequence
+                yield event
+                if event.HasField("finished"):
+                    return
+            if events:
+                continue
+            task = await self._store.get(task_id)
+            if task is None or task.state in TERMINAL_TASK_STATES:
+                # Terminal with nothing left to replay (e.g. replay started after `finished`).
+                if not await self._store.events_after(task_id, last):
+                    return
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), timeout=1.0)
+
+    # --- executor-facing ---------------------------------------------------------------
+
+    def register_executor(self, executor_id: str, address: str, capacity: int, driver: str) -> None:
+        if not executor_id or not address:
+            raise ValueError("executor_id and address are required")
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.executors.register(executor_id, address, capacity, driver)
+        log.info("executor registered", executor_id=executor_id, address=address, capacity=capacity)
+        self._wake.set()
+
+    def heartbeat(self, executor_id: str) -> bool:
+        known = self.executors.heartbeat(executor_id)
+        if known:
+            self._wake.set()
+        return known
+
+    # --- internals ---------------------------------------------------------------------
+
+    def _signal(self, task_id: str) -> asyncio.Event:
+        signal = self._signals.get(task_id)
+        if signal is None:
+            signal = self._signals[task_id] = asyncio.Event()
+        return signal
+
+    def _notify(self, task_id: str) -> None:
+        signal = self._signals.pop(task_id, None)
+        if signal is not None:
+            signal.set()
+
+    async def _append(self, event: task_pb2.TaskEvent) -> None:
+        await self._store.append_event(event)
+        self._notify(event.task_id)
+
+    async def _wait_until_terminal(self, task_id: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            signal = self._signal(task_id)
+            task = await self._store.get(task_id)
+            if task is None or task.state in TERMINAL_TASK_STATES:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(signal.wait(), timeout=max(0.01, deadline - time.monotonic()))
+
+    async def _finish(self, task_id: str, state: task_pb2.TaskState.ValueType, error: str) -> None:
+        """Ends a task the executor could not end itself; no-op if it already ended."""
+        if not await self._store.finish_if_not_terminal(task_id, state, error):
+            return
+        step_state = (
+            task_pb2.STEP_STATE_CANCELLED
+            if state == task_pb2.TASK_STATE_CANCELLED
+            else task_pb2.STEP_STATE_FAILED
+        )
+        await self._store.mark_unfinished_steps(task_id, step_state, error)
+        await self._append(
+            task_pb2.TaskEvent(task_id=task_id, finished=task_pb2.TaskFinished(state=state, error=error))
+        )
+        log.info("task ended", task_id=task_id, state=task_pb2.TaskState.Name(state), error=error)
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+            try:
+                await self._dispatch_once()
+            except Exception:  # keep dispatching whatever one round hit
+                log.exception("dispatch round failed")
+
+    async def _dispatch_once(self) -> None:
+        free = sum(e.free for e in self.executors.all())
+        if free <= 0:
+            return
+        candidates = await self._store.scheduled_task_ids(limit=free + len(self._assigned_to))
+        async with self._assign_lock:
+            for task_id in candidates:
+                if task_id in self._assigned_to:
+                    continue
+                executor = self.executors.pick()
+                if executor is None:
+                    return
+                task = await self._store.get(task_id)
+                if task is None or task.state != task_pb2.TASK_STATE_SCHEDULED:
+                    continue  # cancelled meanwhile
+                executor.running.add(task_id)
+                self._assigned_to[task_id] = executor
+                self._assignments[task_id] = asyncio.create_task(
+                    self._run_on(executor, task_id, task.spec), name=f"task-{task_id}"
+                )
+
+    async def _run_on(self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec) -> None:
+        bound = log.bind(task_id=task_id, executor_id=executor.executor_id)
+        started = finished = False
+        try:
+            call = executor.stub.RunTask(executor_pb2.RunTaskRequest(task_id=task_id, spec=spec))
+            async for response in call:
+                event = response.event
+                event.task_id = task_id
+                started = started or event.HasField("started")
+                await self._record(event)
+                if event.HasField("finished"):
+                    finished = True
+                    break
+            if not finished:
+                await self._finish(
+                    task_id,
+                    task_pb2.TASK_STATE_FAILED,
+                    f"executor {executor.executor_id} ({executor.address}) closed the task's "
+                    "stream without a result",
+                )
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if not started and code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                # Nothing ran yet: put the task back in the queue for another try.
+                bound.info("executor could not take the task; requeued", code=code.name)
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    executor.alive = False
+                else:
+                    await asyncio.sleep(0.2)  # it is full right now; don't spin on it
+            else:
+                reason = (
+                    f"executor {executor.executor_id} ({executor.address}) was lost while running "
+                    f"the task: {code.name}: {exc.details()}"
+                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                    else f"executor {executor.executor_id} refused the task: {code.name}: {exc.details()}"
+                )
+                await self._finish(task_id, task_pb2.TASK_STATE_FAILED, reason)
+        except asyncio.CancelledError:
+            bound.info("stopped following the task")
+            raise
+        except Exception as exc:
+            bound.exception("following the task failed")
+            await self._finish(task_id, task_pb2.TASK_STATE_FAILED, f"internal scheduler error: {exc}")
+        finally:
+            executor.running.discard(task_id)
+            self._assigned_to.pop(task_id, None)
+            self._assignments.pop(task_id, None)
+            self._wake.set()
+
+    async def _record(self, event: task_pb2.TaskEvent) -> None:
+        task_id = event.task_id
+        event.sequence = 0
+        if not event.HasField("time"):
+            event.time.GetCurrentTime()
+        kind = event.WhichOneof("event")
+        if kind == "started":
+            executor = self._assigned_to.get(task_id)
+            await self._store.update(
+                task_id,
+                state=task_pb2.TASK_STATE_RUNNING,
+                started_at=time.time(),
+                executor_id=event.started.executor_id or (executor.executor_id if executor else ""),
+                task_dir=event.started.task_dir,
+                host_task_dir=event.started.host_task_dir,
+            )
+        elif kind == "step_started":
+            result = task_pb2.StepResult(
+                index=event.step_started.index,
+                tool=event.step_started.tool,
+                state=task_pb2.STEP_STATE_RUNNING,
+            )
+            result.started_at.CopyFrom(event.time)
+            await self._store.save_step(task_id, result)
+        elif kind == "step_finished":
+            await self._store.save_step(task_id, event.step_finished.result)
+        elif kind == "finished":
+            state, error = event.finished.state, event.finished.error
+            if await self._store.finish_if_not_terminal(task_id, state, error):
+                step_state = (
+                    task_pb2.STEP_STATE_CANCELLED
+                    if state == task_pb2.TASK_STATE_CANCELLED
+                    else task_pb2.STEP_STATE_FAILED
+                )
+                await self._store.mark_unfinished_steps(task_id, step_state, error)
+            else:
+                return  # already ended (e.g. declared lost); keep a single `finished` event
+        await self._append(event)
+
+    async def _liveness_loop(self) -> None:
+        timeout = self._settings.heartbeat_timeout_seconds
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            for executor in self.executors.silent_since(timeout):
+                silent = time.monotonic() - executor.last_seen
+                executor.alive = False
+                log.warning("executor lost", executor_id=executor.executor_id, silent_seconds=round(silent, 1))
+                for task_id in list(executor.running):
+                    assignment = self._assignments.get(task_id)
+                    if assignment is not None:
+                        assignment.cancel()
+                    await self._finish(
+                        task_id,
+                        task_pb2.TASK_STATE_FAILED,
+                        f"executor {executor.executor_id} ({executor.address}) stopped heartbeating "
+                        f"({silent:.0f}s without a heartbeat) and was declared lost",
+                    )

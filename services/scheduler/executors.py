@@ -1,0 +1,89 @@
+"""The scheduler's view of executors: who they are, how to reach them, how busy they are."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from corral.grpc_server import insecure_channel
+from corral.v1 import executor_pb2_grpc, scheduler_pb2
+
+
+@dataclass
+class ExecutorRecord:
+    executor_id: str
+    address: str
+    capacity: int
+    driver: str
+    channel: grpc.aio.Channel
+    stub: executor_pb2_grpc.ExecutorServiceAsyncStub
+    last_seen: float = field(default_factory=time.monotonic)
+    alive: bool = True
+    running: set[str] = field(default_factory=set)
+
+    @property
+    def free(self) -> int:
+        return self.capacity - len(self.running) if self.alive else 0
+
+    def info(self) -> scheduler_pb2.ExecutorInfo:
+        return scheduler_pb2.ExecutorInfo(
+            executor_id=self.executor_id,
+            address=self.address,
+            capacity=self.capacity,
+            running=len(self.running),
+            driver=self.driver,
+            alive=self.alive,
+        )
+
+
+class ExecutorRegistry:
+    def __init__(self) -> None:
+        self._executors: dict[str, ExecutorRecord] = {}
+
+    def register(self, executor_id: str, address: str, capacity: int, driver: str) -> ExecutorRecord:
+        existing = self._executors.get(executor_id)
+        if existing is not None and existing.address == address:
+            existing.capacity, existing.driver = capacity, driver
+            existing.last_seen, existing.alive = time.monotonic(), True
+            return existing
+        channel = insecure_channel(address)
+        record = ExecutorRecord(
+            executor_id=executor_id,
+            address=address,
+            capacity=capacity,
+            driver=driver,
+            channel=channel,
+            stub=executor_pb2_grpc.ExecutorServiceStub(channel),  # an async stub on an aio channel
+        )
+        if existing is not None:  # same id, new address: keep its running set
+            record.running = existing.running
+        self._executors[executor_id] = record
+        return record
+
+    def heartbeat(self, executor_id: str) -> bool:
+        record = self._executors.get(executor_id)
+        if record is None:
+            return False
+        record.last_seen, record.alive = time.monotonic(), True
+        return True
+
+    def get(self, executor_id: str) -> ExecutorRecord | None:
+        return self._executors.get(executor_id)
+
+    def all(self) -> list[ExecutorRecord]:
+        return list(self._executors.values())
+
+    def pick(self) -> ExecutorRecord | None:
+        """The live executor with the most free slots, or None when all are full."""
+        candidates = [e for e in self._executors.values() if e.free > 0]
+        return max(candidates, key=lambda e: e.free, default=None)
+
+    def silent_since(self, timeout: float) -> list[ExecutorRecord]:
+        now = time.monotonic()
+        return [e for e in self._executors.values() if e.alive and now - e.last_seen > timeout]
+
+    async def close(self) -> None:
+        for record in self._executors.values():
+            await record.channel.close(None)

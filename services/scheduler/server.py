@@ -1,0 +1,49 @@
+"""Builds and runs the scheduler's gRPC server."""
+
+from __future__ import annotations
+
+import structlog
+
+from corral.config import Settings
+from corral.db import create_engine
+from corral.grpc_server import (
+    add_reflection_and_health,
+    bind,
+    mark_serving,
+    new_server,
+    run_until_signalled,
+)
+from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+from .core import Scheduler
+from .servicer import SchedulerServicer
+from .store import TaskStore
+
+log = structlog.get_logger()
+
+SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+
+
+async def serve(settings: Settings) -> None:
+    engine = create_engine(settings.database_url("scheduler"))
+    scheduler = Scheduler(TaskStore(engine), settings)
+    await scheduler.start()
+
+    server = new_server()
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
+        SchedulerServicer(scheduler, settings.heartbeat_interval_seconds), server
+    )
+    health = add_reflection_and_health(server, [SERVICE_NAME])
+    bind(server, settings.scheduler_address)
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+    log.info("scheduler listening", address=settings.scheduler_address)
+
+    async def shutdown() -> None:
+        await health.enter_graceful_shutdown()
+        await scheduler.stop()
+
+    try:
+        await run_until_signalled(server, on_stop=shutdown)
+    finally:
+        await engine.dispose()

@@ -1,0 +1,309 @@
+"""Persistence of tasks, their step results and their event log (SQLAlchemy, async).
+
+Protos are stored serialized (spec, step results, events): the proto is the schema of record,
+and the columns beside it are what queries filter and sort on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import (
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    and_,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from corral.db import is_sqlite
+from corral.schema import step_tool
+from corral.v1 import task_pb2
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class TaskRow(Base):
+    __tablename__ = "scheduler_tasks"
+
+    task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[int] = mapped_column(Integer, index=True)
+    spec: Mapped[bytes] = mapped_column(LargeBinary)
+    executor_id: Mapped[str] = mapped_column(String(255), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[float] = mapped_column(Double, index=True)
+    started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Double, nullable=True)
+    task_dir: Mapped[str] = mapped_column(Text, default="")
+    host_task_dir: Mapped[str] = mapped_column(Text, default="")
+    last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StepRow(Base):
+    __tablename__ = "scheduler_steps"
+
+    task_id: Mapped[str] = mapped_column(
+        ForeignKey("scheduler_tasks.task_id", ondelete="CASCADE"), primary_key=True
+    )
+    index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EventRow(Base):
+    __tablename__ = "scheduler_events"
+    __table_args__ = (Index("ix_scheduler_events_task_seq", "task_id", "sequence", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(ForeignKey("scheduler_tasks.task_id", ondelete="CASCADE"))
+    sequence: Mapped[int] = mapped_column(Integer)
+    event: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+def _timestamp(seconds: float | None) -> Timestamp | None:
+    if seconds is None:
+        return None
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+def encode_page_token(created_at: float, task_id: str) -> str:
+    return base64.urlsafe_b64encode(f"{created_at!r}|{task_id}".encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[float, str]:
+    """Raises ValueError on a token this service did not make."""
+    raw = base64.urlsafe_b64decode(token.encode()).decode()
+    created, _, task_id = raw.partition("|")
+    if not task_id:
+        raise ValueError("malformed page token")
+    return float(created), task_id
+
+
+class TaskStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # SQLite allows one writer at a time; queueing writes here avoids "database is locked".
+        self._write_lock = asyncio.Lock() if is_sqlite(engine) else None
+
+    async def create_tables(self) -> None:
+        async with self._engine.begin() as conn:
+            await conn.run_sync(Base.metadata.create_all)
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncSession]:
+        if self._write_lock is None:
+            async with self._sessions.begin() as session:
+                yield session
+            return
+        async with self._write_lock, self._sessions.begin() as session:
+            yield session
+
+    async def create(self, task_id: str, spec: task_pb2.TaskSpec) -> None:
+        now = time.time()
+        async with self._writing() as session:
+            session.add(
+                TaskRow(
+                    task_id=task_id,
+                    state=task_pb2.TASK_STATE_SCHEDULED,
+                    spec=spec.SerializeToString(),
+                    created_at=now,
+                    executor_id="",
+                    error="",
+                    task_dir="",
+                    host_task_dir="",
+                    last_sequence=0,
+                )
+            )
+            for index, step in enumerate(spec.steps):
+                pending = task_pb2.StepResult(
+                    index=index, tool=step_tool(step), state=task_pb2.STEP_STATE_PENDING
+                )
+                session.add(StepRow(task_id=task_id, index=index, result=pending.SerializeToString()))
+
+    async def get(self, task_id: str) -> task_pb2.Task | None:
+        async with self._sessions() as session:
+            row = await session.get(TaskRow, task_id)
+            if row is None:
+                return None
+            steps = (
+                await session.scalars(
+                    select(StepRow).where(StepRow.task_id == task_id).order_by(StepRow.index)
+                )
+            ).all()
+            return self._to_proto(row, list(steps))
+
+    async def list_tasks(
+        self, state: int, page_size: int, page_token: str
+    ) -> tuple[list[task_pb2.Task], str]:
+        query = select(TaskRow).order_by(TaskRow.created_at.desc(), TaskRow.task_id.desc())
+        if state:
+            query = query.where(TaskRow.state == state)
+        if page_token:
+            created, task_id = decode_page_token(page_token)
+            query = query.where(
+                or_(
+                    TaskRow.created_at < created,
+                    and_(TaskRow.created_at == created, TaskRow.task_id < task_id),
+                )
+            )
+        async with self._sessions() as session:
+            rows = list((await session.scalars(query.limit(page_size + 1))).all())
+            more = len(rows) > page_size
+            rows = rows[:page_size]
+            ids = [r.task_id for r in rows]
+            step_rows = (
+                await session.scalars(
+                    select(StepRow).where(StepRow.task_id.in_(ids)).order_by(StepRow.index)
+                )
+            ).all() if ids else []
+        by_task: dict[str, list[StepRow]] = {}
+        for step in step_rows:
+            by_task.setdefault(step.task_id, []).append(step)
+        tasks = [self._to_proto(r, by_task.get(r.task_id, [])) for r in rows]
+        token = encode_page_token(rows[-1].created_at, rows[-1].task_id) if more and rows else ""
+        return tasks, token
+
+    async def scheduled_task_ids(self, limit: int) -> list[str]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(TaskRow.task_id)
+                .where(TaskRow.state == task_pb2.TASK_STATE_SCHEDULED)
+                .order_by(TaskRow.created_at)
+                .limit(limit)
+            )
+            return list(rows.all())
+
+    async def task_ids_in_state(self, state: int) -> list[str]:
+        async with self._sessions() as session:
+            rows = await session.scalars(select(TaskRow.task_id).where(TaskRow.state == state))
+            return list(rows.all())
+
+    async def spec(self, task_id: str) -> task_pb2.TaskSpec:
+        async with self._sessions() as session:
+            raw = await session.scalar(select(TaskRow.spec).where(TaskRow.task_id == task_id))
+        spec = task_pb2.TaskSpec()
+        if raw is not None:
+            spec.ParseFromString(raw)
+        return spec
+
+    async def update(self, task_id: str, **values: object) -> None:
+        async with self._writing() as session:
+            await session.execute(update(TaskRow).where(TaskRow.task_id == task_id).values(**values))
+
+    async def finish_if_not_terminal(
+        self, task_id: str, state: task_pb2.TaskState.ValueType, error: str
+    ) -> bool:
+        """Moves a task to a terminal state unless it is in one already; True if it moved."""
+        terminal = (
+            task_pb2.TASK_STATE_COMPLETED,
+            task_pb2.TASK_STATE_FAILED,
+            task_pb2.TASK_STATE_CANCELLED,
+        )
+        async with self._writing() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(terminal))
+                .values(state=state, error=error, finished_at=time.time())
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+    async def save_step(self, task_id: str, result: task_pb2.StepResult) -> None:
+        async with self._writing() as session:
+            await session.execute(
+                update(StepRow)
+                .where(StepRow.task_id == task_id, StepRow.index == result.index)
+                .values(result=result.SerializeToString())
+            )
+
+    async def mark_unfinished_steps(
+        self, task_id: str, state: task_pb2.StepState.ValueType, error: str
+    ) -> None:
+        """Closes pending/running steps of a task that ended without the executor saying so."""
+        async with self._writing() as session:
+            rows = (await session.scalars(select(StepRow).where(StepRow.task_id == task_id))).all()
+            for row in rows:
+                result = task_pb2.StepResult()
+                result.ParseFromString(row.result)
+                if result.state in (task_pb2.STEP_STATE_PENDING, task_pb2.STEP_STATE_RUNNING):
+                    was_running = result.state == task_pb2.STEP_STATE_RUNNING
+                    result.state = state if was_running else task_pb2.STEP_STATE_SKIPPED
+                    result.error = error if was_running else "skipped: the task ended before this step"
+                    row.result = result.SerializeToString()
+
+    async def append_event(self, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
+        """Numbers the event (1, 2, 3... per task) and stores it."""
+        async with self._writing() as session:
+            row = await session.get(TaskRow, event.task_id, with_for_update=True)
+            if row is None:
+                raise KeyError(event.task_id)
+            row.last_sequence += 1
+            event.sequence = row.last_sequence
+            if not event.HasField("time"):
+                event.time.GetCurrentTime()
+            session.add(
+                EventRow(task_id=event.task_id, sequence=event.sequence, event=event.SerializeToString())
+            )
+        return event
+
+    async def events_after(self, task_id: str, after: int, limit: int = 500) -> list[task_pb2.TaskEvent]:
+        async with self._sessions() as session:
+            rows = await session.scalars(
+                select(EventRow.event)
+                .where(EventRow.task_id == task_id, EventRow.sequence > after)
+                .order_by(EventRow.sequence)
+                .limit(limit)
+            )
+            events = []
+            for raw in rows.all():
+                event = task_pb2.TaskEvent()
+                event.ParseFromString(raw)
+                events.append(event)
+            return events
+
+    async def count(self) -> int:
+        async with self._sessions() as session:
+            return int(await session.scalar(select(func.count()).select_from(TaskRow)) or 0)
+
+    @staticmethod
+    def _to_proto(row: TaskRow, steps: list[StepRow]) -> task_pb2.Task:
+        task = task_pb2.Task(
+            task_id=row.task_id,
+            state=task_pb2.TaskState.ValueType(row.state),
+            executor_id=row.executor_id,
+            error=row.error,
+            task_dir=row.task_dir,
+        )
+        task.spec.ParseFromString(row.spec)
+        if row.task_dir:
+            task.log_path = f"{row.task_dir}/agent.log"
+        if row.host_task_dir:
+            task.host_log_path = f"{row.host_task_dir}/agent.log"
+        for field, value in (
+            ("created_at", row.created_at),
+            ("started_at", row.started_at),
+            ("finished_at", row.finished_at),
+        ):
+            ts = _timestamp(value)
+            if ts is not None:
+                getattr(task, field).CopyFrom(ts)
+        for step in steps:
+            task.steps.add().ParseFromString(step.result)
+        return task
