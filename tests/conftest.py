@@ -1,4 +1,4 @@
-"""Fixtures shared by every test folder. Helpers for real service processes: tests/services.py."""
+"""Fixtures shared by every test folder. Helpers for real service processes: tests/harness.py."""
 
 from __future__ import annotations
 

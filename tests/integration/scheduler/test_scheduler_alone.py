@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from services import Cluster, cluster
+from harness import Cluster, cluster
 
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
