@@ -66,6 +66,14 @@ class Settings(BaseSettings):
     sandbox_memory_mb: int = Field(2048, ge=64, description="Default address-space limit per process, MiB.")
     sandbox_max_processes: int = Field(256, ge=8, description="Default process limit per sandbox.")
     sandbox_max_file_size_mb: int = Field(256, ge=1, description="Default largest file a step may write, MiB.")
+    sandbox_stage_dir: Path = Field(
+        Path("/run/corral-sandbox"),
+        description="World-searchable mount points used, as root, to hand sandboxes directories "
+        "their unprivileged uid could not reach (e.g. under /root).",
+    )
+    sandbox_tmp_size_mb: int = Field(
+        512, ge=16, description="Size of each sandbox's private /tmp (a tmpfs), MiB."
+    )
     max_output_bytes: int = Field(
         1024 * 1024, ge=1024, description="Default bytes of stdout (and of stderr) kept per step."
     )
@@ -81,6 +89,12 @@ class Settings(BaseSettings):
     gateway_port: int = Field(8000, description="Port of the REST gateway.")
     max_request_bytes: int = Field(
         20 * 1024 * 1024, description="Largest request body the gateway accepts."
+    )
+    gateway_rpc_timeout_seconds: float = Field(
+        30.0, gt=0, description="Deadline of the gateway's unary gRPC calls to scheduler and memory."
+    )
+    gateway_sse_keepalive_seconds: float = Field(
+        15.0, gt=0, description="Idle time after which an event stream sends a keep-alive comment."
     )
 
     @cached_property

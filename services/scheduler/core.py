@@ -142,13 +142,12 @@ class Scheduler:
             if events:
                 continue
             task = await self._store.get(task_id)
-            if task is None or task.state in TERMINAL_TASK_STATES:
-                # Terminal with nothing left to replay (e.g. replay started after `finished`).
-                if not await self._store.events_after(task_id, last):
-                    return
-                continue
+            ended = task is None or task.state in TERMINAL_TASK_STATES
+            # An ended task's `finished` event is written just after its state; give it a moment.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(signal.wait(), timeout=1.0)
+            if ended and not await self._store.events_after(task_id, last, limit=1):
+                return  # nothing left to replay (e.g. the watch began after `finished`)
 
     # --- executor-facing ---------------------------------------------------------------
 

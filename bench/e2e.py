@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""End-to-end figures of the embedded system (a benchmark, not a test).
+
+    .venv/bin/python bench/e2e.py                         # starts `corral up` on free ports
+    .venv/bin/python bench/e2e.py --scheduler 127.0.0.1:50051   # against a running system
+
+Measures, through the scheduler's gRPC API (SubmitTask + WatchTask):
+  (a) latency from SubmitTask to the first output event of a one-step `echo x` task,
+      p50/p95 over N sequential tasks (and to the task's end);
+  (b) throughput: B one-step tasks submitted at once, tasks/second until all finished;
+and, for comparison, the median time of a bare `bwrap --unshare-all ... true`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from corral.client import CorralClient
+from corral.schema import TASK_STATE_NAMES, TaskRequest
+from corral.v1 import task_pb2
+
+ECHO_TASK = TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "echo x"}]})
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))  # nearest rank
+    return ordered[rank]
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+async def latency(client: CorralClient, count: int) -> tuple[list[float], list[float], int]:
+    """Per task: submit -> first output, submit -> finished; and how many did not complete."""
+    first_output, finished, failures = [], [], 0
+    for _ in range(count):
+        start = time.perf_counter()
+        task_id = await client.submit(ECHO_TASK)
+        seen_output = False
+        state = task_pb2.TASK_STATE_UNSPECIFIED
+        async with contextlib.aclosing(client.watch(task_id)) as events:
+            async for event in events:
+                kind = event.WhichOneof("event")
+                if kind == "output" and not seen_output:
+                    first_output.append(time.perf_counter() - start)
+                    seen_output = True
+                elif kind == "finished":
+                    state = event.finished.state
+        finished.append(time.perf_counter() - start)
+        if state != task_pb2.TASK_STATE_COMPLETED or not seen_output:
+            failures += 1
+    return first_output, finished, failures
+
+
+async def throughput(client: CorralClient, count: int) -> tuple[float, dict[str, int]]:
+    """Submits `count` tasks at once; seconds until all finished, and their final states."""
+    start = time.perf_counter()
+    task_ids = await asyncio.gather(*(client.submit(ECHO_TASK) for _ in range(count)))
+    tasks = await asyncio.gather(*(client.wait(task_id) for task_id in task_ids))
+    elapsed = time.perf_counter() - start
+    states: dict[str, int] = {}
+    for task in tasks:
+        name = TASK_STATE_NAMES.get(task.state, "unknown")
+        states[name] = states.get(name, 0) + 1
+    return elapsed, states
+
+
+def bare_bwrap(runs: int) -> float | None:
+    """Median seconds of a sandbox that does nothing: the floor under any task's latency."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        return None
+    argv = [bwrap, "--unshare-all", "--die-with-parent", "--ro-bind", "/", "/",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "true"]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_system() -> Iterator[str]:
+    """Runs `corral up` on free ports with a temporary data directory; yields the scheduler address."""
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
+    data_dir.chmod(0o755)
+    scheduler = f"127.0.0.1:{free_port()}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
+         "--scheduler-address", scheduler, "--memory-address", f"127.0.0.1:{free_port()}",
+         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port()),
+         "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    ready = threading.Event()
+    output: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Corral is up." in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(180)
+        if process.poll() is not None or not any("Corral is up." in line for line in output):
+            raise SystemExit("corral up did not start:\n" + "".join(output))
+        yield scheduler
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+async def measure(scheduler: str, count: int, burst: int) -> None:
+    async with CorralClient(scheduler) as client:
+        await client.wait(await client.submit(ECHO_TASK))  # warm-up: connections, caches
+        first_output, finished, failures = await latency(client, count)
+        print(f"(a) submit -> first output, one-step `echo x`, {count} sequential tasks")
+        if first_output:
+            print(f"    p50 {ms(percentile(first_output, 0.50))}   p95 {ms(percentile(first_output, 0.95))}"
+                  f"   min {ms(min(first_output))}   max {ms(max(first_output))}")
+        print(f"    submit -> finished: p50 {ms(percentile(finished, 0.50))}"
+              f"   p95 {ms(percentile(finished, 0.95))}   not completed: {failures}")
+        elapsed, states = await throughput(client, burst)
+        failed = burst - states.get("completed", 0)
+        print(f"(b) {burst} one-step tasks submitted at once: all finished in {elapsed:.2f} s"
+              f" -> {burst / elapsed:.1f} tasks/s; not completed: {failed} {states}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scheduler", help="a running scheduler (default: start `corral up` on free ports)")
+    parser.add_argument("-n", "--count", type=int, default=50, help="sequential tasks for (a)")
+    parser.add_argument("-b", "--burst", type=int, default=200, help="tasks submitted at once for (b)")
+    parser.add_argument("--bwrap-runs", type=int, default=20)
+    args = parser.parse_args()
+
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    bare = bare_bwrap(args.bwrap_runs)
+    if bare is None:
+        print("bare bwrap: bwrap not found")
+    else:
+        print(f"bare `bwrap --unshare-all ... true`: median {ms(bare)} over {args.bwrap_runs} runs")
+    if args.scheduler:
+        asyncio.run(measure(args.scheduler, args.count, args.burst))
+    else:
+        with embedded_system() as scheduler:
+            asyncio.run(measure(scheduler, args.count, args.burst))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""A small typed client over the scheduler's gRPC API, shared by the CLI, tests and benchmarks.
+
+    async with CorralClient("127.0.0.1:50051") as client:
+        task_id = await client.submit(TaskRequest.model_validate({...}))
+        async for event in client.watch(task_id):
+            ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from types import TracebackType
+
+from corral.grpc_server import insecure_channel
+from corral.schema import TERMINAL_TASK_STATES, TaskRequest
+from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+
+
+class CorralClient:
+    """SchedulerService calls with plain arguments; gRPC errors propagate as grpc.aio.AioRpcError."""
+
+    def __init__(self, scheduler_address: str) -> None:
+        self.address = scheduler_address
+        self._channel = insecure_channel(scheduler_address)
+        self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+
+    async def __aenter__(self) -> CorralClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close(None)
+
+    async def submit(self, request: TaskRequest | task_pb2.TaskSpec) -> str:
+        """Submits a task; returns its id."""
+        spec = request.to_proto() if isinstance(request, TaskRequest) else request
+        response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+        return response.task_id
+
+    async def get(self, task_id: str) -> task_pb2.Task:
+        response = await self._stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+        return response.task
+
+    async def list(
+        self,
+        state: task_pb2.TaskState.ValueType = task_pb2.TASK_STATE_UNSPECIFIED,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[task_pb2.Task], str]:
+        """One page of tasks and the token of the next page ('' when none)."""
+        response = await self._stub.ListTasks(
+            scheduler_pb2.ListTasksRequest(state=state, page_size=page_size, page_token=page_token)
+        )
+        return list(response.tasks), response.next_page_token
+
+    async def cancel(self, task_id: str) -> task_pb2.Task:
+        response = await self._stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task_id))
+        return response.task
+
+    async def watch(self, task_id: str, after_sequence: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
+        """Yields the task's events (replayed, then live) until the task finishes."""
+        call = self._stub.WatchTask(
+            scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after_sequence)
+        )
+        try:
+            async for response in call:
+                yield response.event
+                if response.event.WhichOneof("event") == "finished":
+                    return
+        finally:
+            call.cancel()
+
+    async def wait(self, task_id: str) -> task_pb2.Task:
+        """Follows the task to its end and returns its final state."""
+        async for _ in self.watch(task_id):
+            pass
+        task = await self.get(task_id)
+        return task
+
+
+def is_terminal(task: task_pb2.Task) -> bool:
+    return task.state in TERMINAL_TASK_STATES

@@ -1,0 +1,26 @@
+"""`python -m gateway`: serve the REST gateway with uvicorn until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from corral.config import load_settings
+from corral.logs import configure_logging
+from gateway.app import create_app
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging("gateway", settings.log_level, settings.log_json)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_level=settings.log_level.lower(),
+        # Keep-alive comments keep SSE streams open; let uvicorn end them quickly on shutdown.
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""Reading a task from a request body: size cap, JSON with line/column errors, validation.
+
+The gateway parses bodies itself rather than letting FastAPI do it, so an oversized chunked
+body is stopped while it streams in, and any content type carrying JSON is accepted (curl's
+-d without -H sends form-encoded headers over a JSON body).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from pydantic import ValidationError
+
+from corral.schema import TaskRequest
+from gateway.errors import ApiError, validation_error
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, "payload_too_large", f"request body is larger than {limit} bytes")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise _too_large(limit)
+        except ValueError:
+            raise ApiError(400, "bad_request", "Content-Length is not a number") from None
+    chunks: list[bytes] = []
+    received = 0
+    # Count while reading too: chunked bodies declare no length.
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(raw: bytes) -> Any:
+    if not raw.strip():
+        raise ApiError(400, "invalid_json", "request body is empty; expected a JSON object")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_json", f"request body is not UTF-8: {exc.reason}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ApiError(
+            400,
+            "invalid_json",
+            f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
+        ) from None
+
+
+JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number"}
+
+
+def validate_task(document: Any) -> TaskRequest:
+    if not isinstance(document, dict):
+        kind = "null" if document is None else JSON_TYPE_NAMES.get(type(document), "a boolean")
+        raise ApiError(
+            400, "invalid_argument", f'request body must be a JSON object with "steps", not {kind}'
+        )
+    try:
+        return TaskRequest.model_validate(document)
+    except ValidationError as exc:
+        raise validation_error(exc.errors(include_url=False)) from None
+
+
+async def read_task_request(request: Request, limit: int) -> TaskRequest:
+    return validate_task(parse_json(await read_body(request, limit)))

@@ -1,0 +1,168 @@
+"""Every error the gateway returns is JSON: {"error": {"code": "...", "message": "..."}}.
+
+Validation messages name the field path the way a person would write it ("steps[1].command"),
+and gRPC status codes from the services map onto HTTP statuses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from corral.schema import TOOLS
+
+log = structlog.get_logger()
+
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+HTTP_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthenticated",
+    403: "permission_denied",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "resource_exhausted",
+    500: "internal",
+    501: "unimplemented",
+    502: "bad_gateway",
+    503: "unavailable",
+    504: "deadline_exceeded",
+}
+
+
+class ApiError(Exception):
+    """An error with the HTTP status, machine code and human message the client will see."""
+
+    def __init__(
+        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.details = details
+
+
+def error_body(code: str, message: str, details: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details:
+        error["details"] = details
+    return {"error": error}
+
+
+def error_response(error: ApiError) -> JSONResponse:
+    return JSONResponse(error_body(error.code, error.message, error.details), status_code=error.status)
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
+    """The HTTP face of a failed gRPC call to `service` (scheduler or memory)."""
+    code = exc.code()
+    status = GRPC_TO_HTTP.get(code, 502)
+    details = exc.details() or code.name.lower()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        message = f"{service} is not reachable: {details}"
+    elif status == 502:
+        message = f"{service} failed: {details}"
+    else:
+        message = details
+    return ApiError(status, code.name.lower(), message)
+
+
+def field_path(loc: Sequence[int | str]) -> str:
+    """('steps', 1, 'shell', 'command') -> 'steps[1].command' (drops the union's tag name)."""
+    path = ""
+    previous: int | str | None = None
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif isinstance(previous, int) and part in TOOLS:
+            pass  # pydantic puts the discriminator's value in the path; people don't
+        else:
+            path += f".{part}" if path else part
+        previous = part
+    return path
+
+
+def describe_validation_error(error: dict[str, Any]) -> dict[str, str]:
+    """One pydantic error as {"field": ..., "message": ...} in plain words."""
+    loc = list(error.get("loc", ()))
+    if loc and loc[0] == "body":
+        loc = loc[1:]
+    kind = error.get("type", "")
+    ctx = error.get("ctx") or {}
+    expected = ", ".join(TOOLS)
+    if kind == "union_tag_invalid":
+        message = f"unknown tool {ctx.get('tag')!r} (expected one of {expected})"
+    elif kind == "union_tag_not_found":
+        loc = [*loc, "tool"]
+        message = f"field required (one of {expected})"
+    elif kind == "missing":
+        message = "field required"
+    elif kind == "extra_forbidden":
+        message = "unknown field"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = "must be a JSON object"
+    else:
+        text = str(error.get("msg", "invalid value"))
+        message = text[:1].lower() + text[1:]
+    if loc and loc[0] in ("query", "path", "header"):
+        where = f"{loc[1]} ({loc[0]} parameter)" if len(loc) > 1 else str(loc[0])
+    else:
+        where = field_path(loc) or "body"
+    return {"field": where, "message": message}
+
+
+def validation_error(errors: Sequence[Any], prefix: str = "") -> ApiError:
+    details = [describe_validation_error(dict(e)) for e in errors]
+    message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+    return ApiError(400, "invalid_argument", prefix + message, details)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(validation_error(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "error")
+        return JSONResponse(
+            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(grpc.aio.AioRpcError)
+    async def _rpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
+        return error_response(from_rpc_error(exc, "upstream service"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Last resort: log the trace for operators, give the client JSON and no stack trace.
+        log.error("unhandled error", path=request.url.path, exc_info=exc)
+        return JSONResponse(error_body("internal", "internal error in the gateway"), status_code=500)

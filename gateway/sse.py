@@ -1,0 +1,98 @@
+"""A task's events as Server-Sent Events, relayed live from the scheduler's WatchTask."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+
+from corral.schema import event_to_json
+from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from gateway.errors import error_body, from_rpc_error
+
+log = structlog.get_logger()
+
+# Sentinel the pump puts on the queue when the gRPC stream ends.
+_END = object()
+# How many times a watch that ends early (without `finished`) is resumed.
+MAX_WATCHES = 3
+
+
+def format_event(event: task_pb2.TaskEvent) -> str:
+    kind = event.WhichOneof("event") or "unknown"
+    data = json.dumps(event_to_json(event), separators=(",", ":"))
+    return f"id: {event.sequence}\nevent: {kind}\ndata: {data}\n\n"
+
+
+def format_error(body: dict[str, Any]) -> str:
+    return f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+
+async def task_event_stream(
+    scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+    task_id: str,
+    after_sequence: int,
+    keepalive_seconds: float,
+) -> AsyncIterator[str]:
+    """Yields SSE frames until the task's `finished` event (or the watch ends).
+
+    A separate pump task reads the gRPC stream into a queue, so waiting for the next event
+    can time out (to send a keep-alive comment) without cancelling the gRPC read.
+    """
+    queue: asyncio.Queue[object] = asyncio.Queue()
+    calls: list[Any] = []
+
+    async def pump() -> None:
+        last = after_sequence
+        try:
+            for _ in range(MAX_WATCHES):
+                call = scheduler.WatchTask(
+                    scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last)
+                )
+                calls.append(call)
+                progressed = False
+                async for response in call:
+                    last, progressed = response.event.sequence, True
+                    await queue.put(response.event)
+                    if response.event.WhichOneof("event") == "finished":
+                        return
+                if not progressed:
+                    return
+                # The watch ended before `finished` (the task turned terminal while its last
+                # events were being written): follow again from where it stopped.
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                await queue.put(exc)
+        finally:
+            await queue.put(_END)
+
+    pumping = asyncio.create_task(pump())
+    try:
+        while True:
+            try:
+                item = await asyncio.wait_for(queue.get(), timeout=keepalive_seconds)
+            except TimeoutError:
+                yield ": keep-alive\n\n"
+                continue
+            if item is _END:
+                return
+            if isinstance(item, grpc.aio.AioRpcError):
+                error = from_rpc_error(item, "scheduler")
+                yield format_error(error_body(error.code, error.message))
+                return
+            assert isinstance(item, task_pb2.TaskEvent)
+            yield format_event(item)
+            if item.WhichOneof("event") == "finished":
+                return
+    finally:
+        # The client went away or the task ended: stop following it upstream too.
+        for call in calls:
+            call.cancel()
+        pumping.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await pumping

@@ -1,0 +1,447 @@
+"""The in-sandbox step agent: runs steps for the executor, speaking JSON lines on stdin/stdout.
+
+It is started once per sandbox (as the sandbox's command, by /usr/bin/python3) and lives as
+long as the task, so what a step leaves running in the background stays there for later steps.
+Standard library only: it runs on the sandbox's system Python, not Corral's virtualenv.
+
+Requests (one JSON object per line on stdin):
+  {"id": 1, "op": "run", "kind": "shell"|"python"|"typescript"|"argv", "command": "...",
+   "code": "...", "argv": [...], "env": {...}, "timeout": 60, "max_output_bytes": 1048576,
+   "limits": {"memory_mb": 2048, "max_processes": 256, "max_file_size_mb": 256}}
+  {"id": 2, "op": "kill", "target": 1}
+  {"id": 3, "op": "read_file", "path": "x.txt", "max_bytes": 10485760}
+  {"id": 4, "op": "write_file", "path": "x.txt", "content": "...", "max_bytes": 10485760}
+Replies (one JSON object per line on stdout):
+  {"type": "ready", "pid": ...}
+  {"id": 1, "type": "output", "stream": "stdout"|"stderr", "data": "..."}
+  {"id": 1, "type": "exit", "exit_code": 0|null, "signal": null|9, "timed_out": false,
+   "killed": false, "stdout_truncated": false, "stderr_truncated": false, "error": ""}
+  {"id": 3, "type": "file", "content": "...", "path": "x.txt", "size": 12}
+  {"id": 4, "type": "error", "error": "..."}
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import resource
+import selectors
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+MIB = 1024 * 1024
+# After a step's main process exits, background children may keep its pipes open: read what
+# is already there for this long, then discard the rest in the background.
+DRAIN_SECONDS = 0.2
+READ_CHUNK = 64 * 1024
+PYTHON = "/usr/bin/python3"
+NODE = "/usr/bin/node"
+TS_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts-run.js")
+SCRIPT_DIR = "/tmp/.corral"
+
+_write_lock = threading.Lock()
+_out = sys.stdout.buffer
+
+
+def send(message: dict[str, Any]) -> None:
+    line = json.dumps(message).encode() + b"\n"
+    with _write_lock:
+        _out.write(line)
+        _out.flush()
+
+
+class Refused(Exception):
+    """A request the agent will not carry out; the message is shown to the user."""
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def task_root() -> str:
+    return os.path.realpath(os.getcwd())
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
+def resolve_path(path: str) -> str:
+    """Resolves `path` inside the task directory, refusing anything that leads out of it."""
+    root = task_root()
+    if not path or "\x00" in path:
+        raise Refused("the path is empty or contains a NUL byte")
+    if os.path.isabs(path):
+        normalized = os.path.normpath(path)
+        if not _inside(normalized, root):
+            raise Refused(f"refused path {path!r}: absolute paths must be inside {root}")
+        relative = os.path.relpath(normalized, root)
+        parts = path.split("/")
+    else:
+        relative = path
+        parts = path.split("/")
+    if ".." in parts:
+        raise Refused(f"refused path {path!r}: '..' is not allowed; paths stay inside {root}")
+    full = os.path.normpath(os.path.join(root, relative))
+    real = os.path.realpath(full)
+    if not _inside(real, root):
+        raise Refused(f"refused path {path!r}: it is a symlink leading outside {root}")
+    return real
+
+
+def _describe_size(n: int) -> str:
+    return f"{n / MIB:g} MiB" if n >= MIB and n % (MIB // 16) == 0 else f"{n} bytes"
+
+
+def read_file(request: dict[str, Any]) -> dict[str, Any]:
+    path = resolve_path(str(request.get("path", "")))
+    max_bytes = int(request.get("max_bytes", 10 * MIB))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise Refused(f"no such file: {request.get('path')}") from None
+    except IsADirectoryError:
+        raise Refused(f"{request.get('path')} is a directory") from None
+    except OSError as exc:
+        raise Refused(f"cannot read {request.get('path')}: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not _is_regular(st.st_mode):
+            raise Refused(f"{request.get('path')} is not a regular file")
+        if st.st_size > max_bytes:
+            raise Refused(
+                f"{request.get('path')} is {st.st_size} bytes, larger than the read limit "
+                f"of {_describe_size(max_bytes)}"
+            )
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise Refused(f"{request.get('path')} is larger than the read limit of {_describe_size(max_bytes)}")
+    return {"type": "file", "path": path, "size": len(data), "content": data.decode("utf-8", "replace")}
+
+
+def _is_regular(mode: int) -> bool:
+    return stat.S_ISREG(mode)
+
+
+def write_file(request: dict[str, Any]) -> dict[str, Any]:
+    path = resolve_path(str(request.get("path", "")))
+    content = str(request.get("content", ""))
+    max_bytes = int(request.get("max_bytes", 10 * MIB))
+    data = content.encode()
+    if len(data) > max_bytes:
+        raise Refused(
+            f"content is {len(data)} bytes, larger than the write limit of {_describe_size(max_bytes)}"
+        )
+    if os.path.isdir(path):
+        raise Refused(f"{request.get('path')} is a directory")
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        raise Refused(f"cannot write {request.get('path')}: {exc.strerror}") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    return {"type": "file", "path": path, "size": len(data), "content": ""}
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, int, str]]:
+    """pid -> (ppid, session id, state) for every process this sandbox can see."""
+    table: dict[int, tuple[int, int, str]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        table[int(name)] = (int(fields[1]), int(fields[3]), fields[0])
+    return table
+
+
+def kill_tree(root_pid: int) -> None:
+    """Kills a step's whole process tree: its session plus every descendant, until none is left.
+
+    Processes are stopped before being killed so they cannot fork faster than we kill; the
+    scan repeats because a child forked between two scans would otherwise escape.
+    """
+    me = os.getpid()
+    for _ in range(100):
+        table = _proc_table()
+        victims = {pid for pid, (_, sid, state) in table.items() if sid == root_pid and state != "Z"}
+        if root_pid in table and table[root_pid][2] != "Z":
+            victims.add(root_pid)
+        grew = True
+        while grew:
+            grew = False
+            for pid, (ppid, _, state) in table.items():
+                if ppid in victims and pid not in victims and state != "Z":
+                    victims.add(pid)
+                    grew = True
+        victims.discard(me)
+        victims.discard(1)
+        if not victims:
+            return
+        for sig in (signal.SIGSTOP, signal.SIGKILL):
+            for pid in victims:
+                try:
+                    os.kill(pid, sig)
+                except OSError:
+                    pass
+        time.sleep(0.005)
+
+
+def _limit_setter(limits: dict[str, Any]) -> Any:
+    memory = int(limits.get("memory_mb", 0)) * MIB
+    processes = int(limits.get("max_processes", 0))
+    file_size = int(limits.get("max_file_size_mb", 0)) * MIB
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        if memory > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        if processes > 0:
+            resource.setrlimit(resource.RLIMIT_NPROC, (processes, processes))
+        if file_size > 0:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
+    return apply
+
+
+def _write_script(request_id: int, name: str, code: str) -> str:
+    directory = os.path.join(SCRIPT_DIR, f"step-{request_id}")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    path = os.path.join(directory, name)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(code)
+    return path
+
+
+def build_argv(request: dict[str, Any]) -> list[str]:
+    kind = request.get("kind")
+    if kind == "shell":
+        return ["/bin/sh", "-c", str(request["command"])]
+    if kind == "python":
+        return [PYTHON, _write_script(int(request["id"]), "main.py", str(request["code"]))]
+    if kind == "typescript":
+        return [NODE, TS_RUNNER, _write_script(int(request["id"]), "main.ts", str(request["code"]))]
+    if kind == "argv":
+        argv = [str(a) for a in request.get("argv", [])]
+        if not argv:
+            raise Refused("empty argv")
+        return argv
+    raise Refused(f"unknown process kind {kind!r}")
+
+
+def _discard_forever(files: list[Any]) -> None:
+    sel = selectors.DefaultSelector()
+    for f in files:
+        sel.register(f, selectors.EVENT_READ)
+    while sel.get_map():
+        for key, _ in sel.select():
+            try:
+                chunk = os.read(key.fileobj.fileno(), READ_CHUNK)  # type: ignore[union-attr]
+            except OSError:
+                chunk = b""
+            if not chunk:
+                sel.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+    sel.close()
+
+
+class StepRun:
+    """One process step: spawn, stream output, enforce the timeout, report how it ended."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.id = int(request["id"])
+        self.kill_requested = threading.Event()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Refused as exc:
+            send({"id": self.id, "type": "exit", "exit_code": None, "signal": None,
+                  "timed_out": False, "killed": False, "stdout_truncated": False,
+                  "stderr_truncated": False, "error": str(exc)})
+        except Exception as exc:  # report, never take the agent down
+            send({"id": self.id, "type": "exit", "exit_code": None, "signal": None,
+                  "timed_out": False, "killed": False, "stdout_truncated": False,
+                  "stderr_truncated": False, "error": f"could not run the step: {exc}"})
+        finally:
+            with _steps_lock:
+                _steps.pop(self.id, None)
+
+    def _run(self) -> None:
+        request = self.request
+        argv = build_argv(request)
+        timeout = float(request.get("timeout", 60))
+        cap = int(request.get("max_output_bytes", MIB))
+        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                start_new_session=True,
+                preexec_fn=_limit_setter(request.get("limits") or {}),
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise Refused(f"could not start {argv[0]}: {exc.strerror}") from None
+
+        deadline = time.monotonic() + timeout
+        streams = {proc.stdout: "stdout", proc.stderr: "stderr"}
+        kept = {"stdout": 0, "stderr": 0}
+        truncated = {"stdout": False, "stderr": False}
+        decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in kept}
+        sel = selectors.DefaultSelector()
+        for f in streams:
+            sel.register(f, selectors.EVENT_READ)
+        pidfd = _pidfd_open(proc.pid)
+        if pidfd is not None:
+            sel.register(pidfd, selectors.EVENT_READ)
+
+        def emit(name: str, chunk: bytes, final: bool = False) -> None:
+            room = cap - kept[name]
+            if len(chunk) > room:
+                chunk = chunk[: max(room, 0)]
+                truncated[name] = True
+            kept[name] += len(chunk)
+            text = decoders[name].decode(chunk, final)
+            if text:
+                send({"id": self.id, "type": "output", "stream": name, "data": text})
+
+        eof: set[Any] = set()
+        timed_out = killed = False
+        exited_at: float | None = None
+        while True:
+            open_pipes = [f for f in streams if f in sel.get_map()]
+            if not open_pipes:
+                break
+            now = time.monotonic()
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at >= DRAIN_SECONDS:
+                break
+            if exited_at is None and (now >= deadline or self.kill_requested.is_set()):
+                timed_out = not self.kill_requested.is_set()
+                killed = not timed_out
+                kill_tree(proc.pid)
+                proc.wait()
+                exited_at = time.monotonic()
+                continue
+            wait = DRAIN_SECONDS if exited_at is not None else min(deadline - now, 0.25)
+            if pidfd is None and exited_at is None:
+                wait = min(wait, 0.05)
+            for key, _ in sel.select(max(wait, 0)):
+                if key.fileobj == pidfd:
+                    sel.unregister(pidfd)
+                    continue
+                f = key.fileobj
+                chunk = os.read(f.fileno(), READ_CHUNK)  # type: ignore[union-attr]
+                name = streams[f]  # type: ignore[index]
+                if not chunk:
+                    sel.unregister(f)
+                    eof.add(f)
+                    emit(name, b"", final=True)
+                    continue
+                if kept[name] < cap:
+                    emit(name, chunk)
+                else:
+                    truncated[name] = True
+        sel.close()
+        if pidfd is not None:
+            os.close(pidfd)
+        leftover = [f for f in streams if f not in eof]
+        for f in eof:
+            f.close()
+        if leftover:
+            threading.Thread(target=_discard_forever, args=(leftover,), daemon=True).start()
+        returncode = proc.wait()
+        exit_code = returncode if returncode >= 0 else None
+        sig = -returncode if returncode < 0 else None
+        send({
+            "id": self.id, "type": "exit", "exit_code": exit_code, "signal": sig,
+            "timed_out": timed_out, "killed": killed,
+            "stdout_truncated": truncated["stdout"], "stderr_truncated": truncated["stderr"],
+            "error": "",
+        })
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+_steps: dict[int, StepRun] = {}
+_steps_lock = threading.Lock()
+
+
+def handle(request: dict[str, Any]) -> None:
+    op = request.get("op")
+    request_id = request.get("id")
+    if op == "run":
+        step = StepRun(request)
+        with _steps_lock:
+            _steps[step.id] = step
+        threading.Thread(target=step.run, daemon=True).start()
+        return
+    if op == "kill":
+        with _steps_lock:
+            target = _steps.get(int(request.get("target", -1)))
+        if target is not None:
+            target.kill_requested.set()
+        return
+    try:
+        if op == "read_file":
+            reply = read_file(request)
+        elif op == "write_file":
+            reply = write_file(request)
+        else:
+            raise Refused(f"unknown op {op!r}")
+    except Refused as exc:
+        reply = {"type": "error", "error": str(exc)}
+    except Exception as exc:
+        reply = {"type": "error", "error": f"{type(exc).__name__}: {exc}"}
+    reply["id"] = request_id
+    send(reply)
+
+
+def main() -> None:
+    # A step must not be able to stop the agent with ^C-style signals sent to everyone.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    os.makedirs(SCRIPT_DIR, mode=0o700, exist_ok=True)
+    send({"type": "ready", "pid": os.getpid()})
+    for line in sys.stdin.buffer:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+        except ValueError:
+            send({"type": "error", "error": "malformed request"})
+            continue
+        handle(request)
+    # The executor went away: take every step process down with us.
+    with _steps_lock:
+        running = list(_steps.values())
+    for step in running:
+        step.kill_requested.set()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""python -m services.executor"""
+
+from __future__ import annotations
+
+import asyncio
+
+from corral.config import load_settings
+from corral.logs import configure_logging
+from services.executor.server import serve
+
+
+def main() -> None:
+    settings = load_settings()
+    configure_logging("executor", settings.log_level, settings.log_json)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""The sandbox driver interface: what the executor needs from any isolation technology.
+
+A driver creates one `Sandbox` per task; the sandbox lives as long as the task, runs its process
+steps one after another (background processes survive between steps), reads and writes files
+in the task directory, and on `close()` kills everything it contains. Nothing here knows about
+bubblewrap, containers or pods.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+StreamName = Literal["stdout", "stderr"]
+ProcessKind = Literal["argv", "shell", "python", "typescript"]
+# Called with (stream, text) for each piece of output as the process produces it.
+OutputCallback = Callable[[StreamName, str], None]
+
+MIB = 1024 * 1024
+
+
+class SandboxError(Exception):
+    """The sandbox could not be created, or died while in use."""
+
+
+class FileRefused(Exception):
+    """A read_file/write_file request was refused (path outside the task, too large...)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    memory_mb: int
+    max_processes: int
+    max_file_size_mb: int
+    max_output_bytes: int
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    task_id: str
+    # The task directory on the executor's host; seen inside as `task_dir`.
+    host_task_dir: Path
+    limits: SandboxLimits
+    network: bool = False
+    # Extra environment for every process (on top of the sandbox's minimal one).
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def task_dir(self) -> str:
+        return f"/tasks/{self.task_id}"
+
+
+@dataclass(frozen=True)
+class ProcessRequest:
+    """One process step: `argv`, or code for one of the built-in tools (shell, python...)."""
+
+    kind: ProcessKind
+    timeout: float
+    argv: tuple[str, ...] = ()
+    # The shell command, or the Python / TypeScript source.
+    code: str = ""
+    env: Mapping[str, str] = field(default_factory=dict)
+    # Bytes of stdout (and separately of stderr) kept; the sandbox's limit when 0.
+    max_output_bytes: int = 0
+
+
+@dataclass
+class ProcessResult:
+    # None when the process was killed by a signal (see `signal`) or never started.
+    exit_code: int | None
+    signal: int | None = None
+    timed_out: bool = False
+    # Stopped on request (Sandbox.kill) rather than by its timeout.
+    killed: bool = False
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    # Why the process failed, in words, when the driver knows (a limit hit, could not start...).
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and not self.killed and not self.error
+
+
+class Sandbox(abc.ABC):
+    """A running sandbox for one task."""
+
+    config: SandboxConfig
+
+    @abc.abstractmethod
+    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+        """Runs one process in the task directory and waits for it (or its timeout)."""
+
+    @abc.abstractmethod
+    async def read_file(self, path: str, max_bytes: int) -> str:
+        """The text of a file inside the task directory; raises FileRefused."""
+
+    @abc.abstractmethod
+    async def write_file(self, path: str, content: str, max_bytes: int) -> str:
+        """Writes a file inside the task directory (parents created); returns its sandbox path."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Kills every process in the sandbox; returns once none is left. Idempotent."""
+
+
+class SandboxDriver(abc.ABC):
+    name: str
+
+    @abc.abstractmethod
+    async def create(self, config: SandboxConfig) -> Sandbox:
+        """Starts a sandbox for a task; raises SandboxError when it cannot."""
+
+    def prepare_task_dir(self, path: Path) -> None:
+        """Creates the host task directory so the sandbox user can write in it."""
+        path.mkdir(parents=True, exist_ok=True)

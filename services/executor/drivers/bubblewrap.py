@@ -1,0 +1,465 @@
+"""The bubblewrap driver: one long-lived `bwrap` per task, steps run by an in-sandbox agent.
+
+The sandbox gets new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000, read-only system
+directories, a fresh /proc and /dev, a private /tmp, the task directory read-write at
+/tasks/{task_id} and the runtime read-only at /app. Its command is sandbox/runtime/agent.py,
+which speaks JSON lines with us over bwrap's stdin/stdout and runs each step.
+
+When the executor runs as root, bwrap's user namespace would map the sandbox user to host root
+and make root-only files under the read-only binds (/etc/shadow) readable; so bwrap is started
+as an unprivileged host uid instead. That uid must be able to reach the task and runtime
+directories, which it cannot when they live under, say, /root (0700): bwrap resolves bind
+sources as its caller. In that case bwrap is started inside a private mount namespace where
+root first bind-mounts both directories onto world-searchable staging paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import resource
+import shutil
+import signal
+import stat
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from services.executor.drivers.base import (
+    MIB,
+    FileRefused,
+    OutputCallback,
+    ProcessRequest,
+    ProcessResult,
+    Sandbox,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxError,
+    StreamName,
+)
+
+log = structlog.get_logger()
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+SANDBOX_PYTHON = "/usr/bin/python3"
+# The agent's replies carry whole files; keep the line limit above the largest one.
+MAX_LINE_BYTES = 64 * MIB
+READY_TIMEOUT = 20.0
+# Extra time we give the agent to report a step after the step's own timeout.
+AGENT_GRACE_SECONDS = 15.0
+# Top-level names that are symlinks into /usr on merged-/usr systems (or real dirs elsewhere).
+SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+class BubblewrapDriver(SandboxDriver):
+    name = "bubblewrap"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise SandboxError("bubblewrap is not installed (no `bwrap` on PATH); apt-get install bubblewrap")
+        self.bwrap = bwrap
+        self.runtime_dir = Path(settings.runtime_dir).resolve()
+        if not (self.runtime_dir / "agent.py").is_file():
+            raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
+        # As root, run bwrap as an unprivileged host user (see the module docstring).
+        self.host_ids: tuple[int, int] | None = None
+        if os.geteuid() == 0:
+            uid = settings.sandbox_host_uid
+            self.host_ids = (uid, uid)
+        # Staging mount points, used only when a directory is out of the sandbox uid's reach.
+        self.stage_dir = Path(settings.sandbox_stage_dir)
+        self.supports_disable_userns = _bwrap_supports(bwrap, "--disable-userns")
+        # No core dumps from sandboxes: bwrap and everything in it inherit this.
+        _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+
+    def prepare_task_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if self.host_ids is not None:
+            os.chown(path, *self.host_ids)
+        path.chmod(0o755)
+
+    def needs_staging(self, config: SandboxConfig) -> bool:
+        if self.host_ids is None:
+            return False
+        uid, gid = self.host_ids
+        return not (
+            _searchable_by(config.host_task_dir, uid, gid) and _searchable_by(self.runtime_dir, uid, gid)
+        )
+
+    def launcher(self, config: SandboxConfig, staged: bool) -> tuple[list[str], str, str]:
+        """The command prefix that starts bwrap, and the task/runtime paths bwrap should bind."""
+        task_src, runtime_src = str(config.host_task_dir), str(self.runtime_dir)
+        if not staged:
+            return [], task_src, runtime_src
+        assert self.host_ids is not None
+        uid, gid = self.host_ids
+        task_stage, app_stage = self.stage_dir / "task", self.stage_dir / "app"
+        for d in (self.stage_dir, task_stage, app_stage):
+            d.mkdir(mode=0o755, parents=True, exist_ok=True)
+        script = 'mount --bind "$1" "$3" && mount --bind "$2" "$4" && shift 4 && exec "$@"'
+        prefix = [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", script, "corral-stage",
+            task_src, runtime_src, str(task_stage), str(app_stage),
+            "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
+        ]
+        return prefix, str(task_stage), str(app_stage)
+
+    async def create(self, config: SandboxConfig) -> Sandbox:
+        sandbox = BubblewrapSandbox(self, config)
+        try:
+            await sandbox.start()
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+    def base_env(self, config: SandboxConfig) -> dict[str, str]:
+        return {
+            "PATH": SANDBOX_PATH,
+            "HOME": config.task_dir,
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "USER": "sandbox",
+            "LOGNAME": "sandbox",
+            "CORRAL_TASK_ID": config.task_id,
+            "CORRAL_TASK_DIR": config.task_dir,
+        }
+
+    def command(self, config: SandboxConfig, task_src: str, runtime_src: str, info_fd: int) -> list[str]:
+        args = [self.bwrap, "--unshare-all"]
+        if config.network:
+            args.append("--share-net")
+        if self.supports_disable_userns:
+            # No nested user namespaces (less kernel surface); bwrap wants the user ns explicit.
+            args += ["--unshare-user", "--disable-userns"]
+        args += [
+            "--die-with-parent",
+            "--new-session",
+            "--uid", str(SANDBOX_UID),
+            "--gid", str(SANDBOX_GID),
+            "--hostname", "sandbox",
+            "--info-fd", str(info_fd),
+            "--ro-bind", "/usr", "/usr",
+            "--ro-bind", "/etc", "/etc",
+        ]
+        for name in SYSTEM_LINKS:
+            host = Path("/") / name
+            if host.is_symlink():
+                args += ["--symlink", os.readlink(host), f"/{name}"]
+            elif host.is_dir():
+                args += ["--ro-bind", str(host), f"/{name}"]
+        args += [
+            "--proc", "/proc",
+            "--dev", "/dev",
+            "--size", str(self.settings.sandbox_tmp_size_mb * MIB), "--tmpfs", "/tmp",
+            "--bind", task_src, config.task_dir,
+            "--ro-bind", runtime_src, "/app",
+            "--chdir", config.task_dir,
+            "--clearenv",
+        ]
+        for key, value in self.base_env(config).items():
+            args += ["--setenv", key, value]
+        args += ["--", SANDBOX_PYTHON, "-I", "/app/agent.py"]
+        return args
+
+
+def _bwrap_supports(bwrap: str, option: str) -> bool:
+    try:
+        out = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return option in out.stdout + out.stderr
+
+
+class _PendingRun:
+    def __init__(self, on_output: OutputCallback) -> None:
+        self.on_output = on_output
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+
+
+class BubblewrapSandbox(Sandbox):
+    def __init__(self, driver: BubblewrapDriver, config: SandboxConfig) -> None:
+        self.driver = driver
+        self.config = config
+        self.process: asyncio.subprocess.Process | None = None
+        self.child_pid: int | None = None
+        self._ids = itertools.count(1)
+        self._runs: dict[int, _PendingRun] = {}
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._stderr_tail = b""
+        self._readers: list[asyncio.Task[None]] = []
+        self._closed = False
+        self._lock = asyncio.Lock()
+        self.log = log.bind(task_id=config.task_id)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        info_read, info_write = os.pipe2(os.O_CLOEXEC)
+        staged = self.driver.needs_staging(self.config)
+        prefix, task_src, runtime_src = self.driver.launcher(self.config, staged)
+        try:
+            argv = prefix + self.driver.command(self.config, task_src, runtime_src, info_write)
+            if self.driver.host_ids is not None and not staged:
+                # setpriv drops to the host uid after exec; changing ids in the forked child
+                # (subprocess's user=/group=) forces a full fork beside gRPC's threads, which
+                # was seen to crash the child with SIGSEGV.
+                uid, gid = self.driver.host_ids
+                argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(info_write,),
+                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
+                limit=MAX_LINE_BYTES,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            os.close(info_read)
+            raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+        finally:
+            os.close(info_write)
+        self._readers = [
+            asyncio.create_task(self._read_replies()),
+            asyncio.create_task(self._read_stderr()),
+        ]
+        info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
+        try:
+            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+        except TimeoutError:
+            raise SandboxError(f"the sandbox did not start within {READY_TIMEOUT:g}s") from None
+        finally:
+            if not self._ready.done():
+                info.cancel()
+        raw_info = await asyncio.wait_for(info, READY_TIMEOUT)
+        with contextlib.suppress(ValueError):
+            self.child_pid = int(json.loads(raw_info)["child-pid"])
+        self.log.debug("sandbox started", bwrap_pid=self.process.pid, child_pid=self.child_pid)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        process = self.process
+        if process is not None and process.returncode is None:
+            # Killing the pid namespace's init tears the whole namespace down, and bwrap only
+            # exits once every process in it is gone, so waiting on bwrap means "nothing left".
+            if self.child_pid is not None:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(self.child_pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        for reader in self._readers:
+            reader.cancel()
+        for reader in self._readers:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+        self._fail_pending("the sandbox was closed")
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    def _died_message(self) -> str:
+        detail = self._stderr_tail.decode("utf-8", "replace").strip()
+        message = "the sandbox ended unexpectedly"
+        return f"{message}: {detail}" if detail else message
+
+    def _fail_pending(self, message: str) -> None:
+        if not self._ready.done():
+            self._ready.set_exception(SandboxError(self._died_message()))
+            self._ready.exception()  # mark retrieved; start() reports it
+        for run in self._runs.values():
+            if not run.done.done():
+                run.done.set_exception(SandboxError(message))
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(SandboxError(message))
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while chunk := await self.process.stderr.read(4096):
+            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
+
+    async def _read_replies(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        stdout = self.process.stdout
+        try:
+            while line := await stdout.readline():
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    self.log.warning("bad line from the sandbox agent", line=line[:200])
+                    continue
+                self._dispatch(message)
+        finally:
+            # Give the stderr reader a moment so the failure message carries bwrap's reason.
+            await asyncio.sleep(0.05)
+            if not self._closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.process.wait(), 1)
+                self.log.warning(
+                    "sandbox ended", returncode=self.process.returncode, stderr=self._stderr_tail[-500:]
+                )
+            self._fail_pending(self._died_message())
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "ready":
+            if not self._ready.done():
+                self._ready.set_result(None)
+            return
+        request_id = message.get("id")
+        if not isinstance(request_id, int):
+            return
+        run = self._runs.get(request_id)
+        if run is not None:
+            if kind == "output":
+                stream: StreamName = "stderr" if message.get("stream") == "stderr" else "stdout"
+                data = str(message.get("data", ""))
+                (run.stderr if stream == "stderr" else run.stdout).append(data)
+                try:
+                    run.on_output(stream, data)
+                except Exception:
+                    self.log.exception("output callback failed")
+            elif kind == "exit" and not run.done.done():
+                run.done.set_result(message)
+            return
+        reply = self._replies.get(request_id)
+        if reply is not None and not reply.done():
+            reply.set_result(message)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        if self._closed or self.process is None or self.process.stdin is None:
+            raise SandboxError("the sandbox is closed")
+        async with self._lock:
+            try:
+                self.process.stdin.write(json.dumps(message).encode() + b"\n")
+                await self.process.stdin.drain()
+            except (ConnectionError, RuntimeError) as exc:
+                raise SandboxError(self._died_message()) from exc
+
+    # --- operations ------------------------------------------------------------------------
+
+    def _env(self, request: ProcessRequest) -> dict[str, str]:
+        return {**self.driver.base_env(self.config), **self.config.env, **request.env}
+
+    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+        limits = self.config.limits
+        request_id = next(self._ids)
+        pending = _PendingRun(on_output)
+        self._runs[request_id] = pending
+        message = {
+            "id": request_id,
+            "op": "run",
+            "kind": request.kind,
+            "command": request.code,
+            "code": request.code,
+            "argv": list(request.argv),
+            "env": self._env(request),
+            "timeout": request.timeout,
+            "max_output_bytes": request.max_output_bytes or limits.max_output_bytes,
+            "limits": {
+                "memory_mb": limits.memory_mb,
+                "max_processes": limits.max_processes,
+                "max_file_size_mb": limits.max_file_size_mb,
+            },
+        }
+        try:
+            await self._send(message)
+            try:
+                reply = await asyncio.wait_for(
+                    asyncio.shield(pending.done), request.timeout + AGENT_GRACE_SECONDS
+                )
+            except TimeoutError:
+                raise SandboxError("the sandbox agent stopped answering") from None
+            except asyncio.CancelledError:
+                # Stop the step now; the caller may keep using the sandbox.
+                with contextlib.suppress(SandboxError):
+                    await self._send({"id": next(self._ids), "op": "kill", "target": request_id})
+                raise
+        finally:
+            self._runs.pop(request_id, None)
+        return ProcessResult(
+            exit_code=reply.get("exit_code"),
+            signal=reply.get("signal"),
+            timed_out=bool(reply.get("timed_out")),
+            killed=bool(reply.get("killed")),
+            stdout="".join(pending.stdout),
+            stderr="".join(pending.stderr),
+            stdout_truncated=bool(reply.get("stdout_truncated")),
+            stderr_truncated=bool(reply.get("stderr_truncated")),
+            error=str(reply.get("error") or ""),
+        )
+
+    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        request_id = next(self._ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[request_id] = future
+        try:
+            await self._send({**message, "id": request_id})
+            reply = await asyncio.wait_for(future, AGENT_GRACE_SECONDS + 30)
+        except TimeoutError:
+            raise SandboxError("the sandbox agent stopped answering") from None
+        finally:
+            self._replies.pop(request_id, None)
+        if reply.get("type") == "error":
+            raise FileRefused(str(reply.get("error")))
+        return reply
+
+    async def read_file(self, path: str, max_bytes: int) -> str:
+        reply = await self._request({"op": "read_file", "path": path, "max_bytes": max_bytes})
+        return str(reply.get("content", ""))
+
+    async def write_file(self, path: str, content: str, max_bytes: int) -> str:
+        reply = await self._request(
+            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes}
+        )
+        return str(reply.get("path", path))
+
+
+def _searchable_by(path: Path, uid: int, gid: int) -> bool:
+    """Whether `uid` can reach (search) `path` and every directory above it."""
+    for directory in [path, *path.parents]:
+        try:
+            st = directory.stat()
+        except OSError:
+            return False
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    try:
+        while chunk := os.read(fd, 4096):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

@@ -1,0 +1,87 @@
+"""Keeps this executor registered with the scheduler: register, then heartbeat forever.
+
+The scheduler may be down, restarting or absent (tests run the executor alone): failures are
+retried quietly every heartbeat interval, and a heartbeat answered with known=false (the
+scheduler forgot us, e.g. after a restart) triggers a fresh registration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import grpc
+import structlog
+
+from corral.grpc_server import insecure_channel
+from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+
+log = structlog.get_logger()
+
+CALL_TIMEOUT_SECONDS = 5.0
+
+
+class SchedulerRegistration:
+    def __init__(
+        self,
+        scheduler_address: str,
+        executor_id: str,
+        advertise_address: str,
+        capacity: int,
+        driver: str,
+        interval: float,
+    ) -> None:
+        self.scheduler_address = scheduler_address
+        self.request = scheduler_pb2.RegisterExecutorRequest(
+            executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver
+        )
+        self.interval = interval
+        self.registered = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        async with insecure_channel(self.scheduler_address) as channel:
+            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            failing = False
+            while True:
+                interval = self.interval
+                try:
+                    if not self.registered:
+                        reply = await stub.RegisterExecutor(self.request, timeout=CALL_TIMEOUT_SECONDS)
+                        self.registered = True
+                        if reply.heartbeat_interval_seconds > 0:
+                            interval = min(interval, reply.heartbeat_interval_seconds)
+                        log.info(
+                            "registered with the scheduler",
+                            scheduler=self.scheduler_address,
+                            executor_id=self.request.executor_id,
+                        )
+                    else:
+                        beat = await stub.Heartbeat(
+                            scheduler_pb2.HeartbeatRequest(executor_id=self.request.executor_id),
+                            timeout=CALL_TIMEOUT_SECONDS,
+                        )
+                        if not beat.known:
+                            log.info("the scheduler forgot this executor; registering again")
+                            self.registered = False
+                            continue
+                    failing = False
+                except grpc.aio.AioRpcError as exc:
+                    self.registered = False
+                    (log.debug if failing else log.info)(
+                        "scheduler unreachable; will retry",
+                        scheduler=self.scheduler_address,
+                        code=exc.code().name,
+                    )
+                    failing = True
+                await asyncio.sleep(interval)

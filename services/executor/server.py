@@ -1,0 +1,104 @@
+"""The executor process: gRPC server, sandbox driver, scheduler registration, history."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import grpc
+import structlog
+
+from corral.config import Settings
+from corral.grpc_server import (
+    add_reflection_and_health,
+    bind,
+    mark_serving,
+    new_server,
+    run_until_signalled,
+)
+from corral.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.drivers.base import SandboxDriver
+from services.executor.history import HistoryRecorder
+from services.executor.registration import SchedulerRegistration
+from services.executor.runner import TaskRunner
+from services.executor.servicer import ExecutorServicer
+
+log = structlog.get_logger()
+
+SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_name
+
+
+def make_driver(settings: Settings) -> SandboxDriver:
+    if settings.sandbox_driver == "bubblewrap":
+        from services.executor.drivers.bubblewrap import BubblewrapDriver
+
+        return BubblewrapDriver(settings)
+    raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap)")
+
+
+@dataclass
+class RunningExecutor:
+    server: grpc.aio.Server
+    port: int
+    runner: TaskRunner
+    history: HistoryRecorder
+    registration: SchedulerRegistration
+
+    @property
+    def executor_id(self) -> str:
+        return self.runner.executor_id
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Cancels running tasks (killing their sandboxes), then stops serving."""
+        await self.registration.stop()
+        await self.runner.shutdown()
+        await self.server.stop(grace)
+        await self.history.close()
+
+
+async def start_executor(settings: Settings) -> RunningExecutor:
+    """Builds and starts the executor; serve() and the tests both use this."""
+    driver = make_driver(settings)
+    settings.tasks_dir.mkdir(parents=True, exist_ok=True)
+    server = new_server()
+    port = bind(server, settings.executor_address)
+    host = settings.executor_address.rsplit(":", 1)[0]
+    executor_id = settings.executor_id or f"{socket.gethostname()}-{port}"
+    advertise = settings.executor_advertise_address or f"{host}:{port}"
+
+    history = HistoryRecorder(settings.memory_address)
+    runner = TaskRunner(settings, driver, executor_id, history)
+    executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(runner), server)
+    health = add_reflection_and_health(server, [SERVICE_NAME])
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+
+    registration = SchedulerRegistration(
+        settings.scheduler_address,
+        executor_id,
+        advertise,
+        settings.executor_capacity,
+        driver.name,
+        settings.heartbeat_interval_seconds,
+    )
+    registration.start()
+    log.info(
+        "executor serving",
+        address=f"{host}:{port}",
+        executor_id=executor_id,
+        driver=driver.name,
+        capacity=settings.executor_capacity,
+        tasks_dir=str(settings.tasks_dir),
+    )
+    return RunningExecutor(server, port, runner, history, registration)
+
+
+async def serve(settings: Settings) -> None:
+    executor = await start_executor(settings)
+
+    async def on_stop() -> None:
+        await executor.registration.stop()
+        await executor.runner.shutdown()
+
+    await run_until_signalled(executor.server, on_stop=on_stop)
+    await executor.history.close()

@@ -1,0 +1,37 @@
+"""The memory service process: history and notes over gRPC."""
+
+from __future__ import annotations
+
+import structlog
+
+from corral.config import Settings
+from corral.grpc_server import (
+    add_reflection_and_health,
+    bind,
+    mark_serving,
+    new_server,
+    run_until_signalled,
+)
+from corral.v1 import memory_pb2, memory_pb2_grpc
+from services.memory.servicer import MemoryServicer
+from services.memory.store import MemoryStore
+
+log = structlog.get_logger()
+
+SERVICE_NAME = memory_pb2.DESCRIPTOR.services_by_name["MemoryService"].full_name
+
+
+async def serve(settings: Settings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = await MemoryStore.open(settings.database_url("memory"))
+    server = new_server()
+    memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(store), server)
+    health = add_reflection_and_health(server, [SERVICE_NAME])
+    port = bind(server, settings.memory_address)
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+    log.info("memory serving", address=settings.memory_address, port=port)
+    try:
+        await run_until_signalled(server)
+    finally:
+        await store.close()

@@ -1,0 +1,129 @@
+"""gRPC face of the memory store: translates protos to plain records and errors to codes."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from datetime import UTC, datetime
+from typing import TypeVar
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from corral.v1 import memory_pb2, memory_pb2_grpc
+from services.memory.store import (
+    HistoryRecord,
+    InvalidArgument,
+    MemoryStore,
+    NoteRecord,
+    NotFound,
+)
+
+
+def _timestamp(value: datetime | None) -> Timestamp:
+    ts = Timestamp()
+    if value is not None:
+        ts.FromDatetime(value)
+    return ts
+
+
+def record_from_proto(task_id: str, event: memory_pb2.HistoryEvent) -> HistoryRecord:
+    return HistoryRecord(
+        task_id=event.task_id or task_id,
+        kind=event.kind,
+        step_index=event.step_index,
+        tool=event.tool,
+        action=event.action,
+        state=event.state,
+        exit_code=event.exit_code if event.HasField("exit_code") else None,
+        stdout=event.stdout,
+        stderr=event.stderr,
+        error=event.error,
+        time=event.time.ToDatetime(tzinfo=UTC) if event.HasField("time") else None,
+    )
+
+
+def record_to_proto(record: HistoryRecord) -> memory_pb2.HistoryEvent:
+    event = memory_pb2.HistoryEvent(
+        task_id=record.task_id,
+        sequence=record.sequence,
+        time=_timestamp(record.time),
+        kind=record.kind,  # type: ignore[arg-type]
+        step_index=record.step_index,
+        tool=record.tool,
+        action=record.action,
+        state=record.state,
+        stdout=record.stdout,
+        stderr=record.stderr,
+        error=record.error,
+    )
+    if record.exit_code is not None:
+        event.exit_code = record.exit_code
+    return event
+
+
+def note_to_proto(note: NoteRecord) -> memory_pb2.Note:
+    return memory_pb2.Note(
+        namespace=note.namespace,
+        key=note.key,
+        value=note.value,
+        updated_at=_timestamp(note.updated_at),
+    )
+
+
+T = TypeVar("T")
+Context = grpc.aio.ServicerContext[object, object]
+
+
+async def _guarded(context: Context, work: Awaitable[T]) -> T:
+    """Awaits `work`, turning the store's exceptions into gRPC status codes."""
+    try:
+        return await work
+    except InvalidArgument as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except NotFound as exc:
+        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+    raise AssertionError("context.abort always raises")
+
+
+class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
+    def __init__(self, store: MemoryStore) -> None:
+        self._store = store
+
+    async def AppendEvents(
+        self, request: memory_pb2.AppendEventsRequest, context: Context
+    ) -> memory_pb2.AppendEventsResponse:
+        records = [record_from_proto(request.task_id, e) for e in request.events]
+        sequences = await _guarded(context, self._store.append_events(request.task_id, records))
+        return memory_pb2.AppendEventsResponse(sequences=sequences)
+
+    async def ListEvents(
+        self, request: memory_pb2.ListEventsRequest, context: Context
+    ) -> memory_pb2.ListEventsResponse:
+        records = await _guarded(
+            context,
+            self._store.list_events(request.task_id, request.after_sequence, request.limit),
+        )
+        return memory_pb2.ListEventsResponse(events=[record_to_proto(r) for r in records])
+
+    async def Search(self, request: memory_pb2.SearchRequest, context: Context) -> memory_pb2.SearchResponse:
+        results = await _guarded(context, self._store.search(request.query, request.limit, request.task_id))
+        hits = [memory_pb2.SearchHit(event=record_to_proto(r.record), snippet=r.snippet) for r in results]
+        return memory_pb2.SearchResponse(hits=hits)
+
+    async def PutNote(
+        self, request: memory_pb2.PutNoteRequest, context: Context
+    ) -> memory_pb2.PutNoteResponse:
+        note = await _guarded(context, self._store.put_note(request.namespace, request.key, request.value))
+        return memory_pb2.PutNoteResponse(note=note_to_proto(note))
+
+    async def GetNote(
+        self, request: memory_pb2.GetNoteRequest, context: Context
+    ) -> memory_pb2.GetNoteResponse:
+        note = await _guarded(context, self._store.get_note(request.namespace, request.key))
+        return memory_pb2.GetNoteResponse(note=note_to_proto(note))
+
+    async def ListNotes(
+        self, request: memory_pb2.ListNotesRequest, context: Context
+    ) -> memory_pb2.ListNotesResponse:
+        found = await _guarded(context, self._store.list_notes(request.namespace))
+        return memory_pb2.ListNotesResponse(notes=[note_to_proto(n) for n in found])

@@ -1,0 +1,329 @@
+"""The memory service's core: task history and notes over SQLAlchemy asyncio.
+
+Plain Python types in and out, so the store can be tested and reused without gRPC. The SQL
+is portable (no SQLite-only constructs): LIKE with an explicit ESCAPE works on SQLite and
+PostgreSQL alike, and lower() on both sides makes it case-insensitive everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    or_,
+    select,
+)
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from corral.db import create_engine
+
+DEFAULT_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = 10000
+DEFAULT_SEARCH_LIMIT = 50
+MAX_SEARCH_LIMIT = 500
+SNIPPET_RADIUS = 60
+# Another process appending to the same task (two memory replicas on one database) can race
+# us to a sequence number; the unique constraint catches it and we try again.
+APPEND_RETRIES = 5
+
+metadata = MetaData()
+
+history_events = Table(
+    "history_events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("task_id", String(128), nullable=False, index=True),
+    Column("sequence", BigInteger, nullable=False),
+    Column("time", DateTime(timezone=True), nullable=False),
+    Column("kind", Integer, nullable=False),
+    Column("step_index", Integer, nullable=False),
+    Column("tool", String(32), nullable=False, default=""),
+    Column("action", Text, nullable=False, default=""),
+    Column("state", String(32), nullable=False, default=""),
+    Column("exit_code", Integer, nullable=True),
+    Column("stdout", Text, nullable=False, default=""),
+    Column("stderr", Text, nullable=False, default=""),
+    Column("error", Text, nullable=False, default=""),
+    UniqueConstraint("task_id", "sequence", name="uq_history_task_sequence"),
+)
+
+notes = Table(
+    "notes",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("namespace", String(256), nullable=False),
+    Column("key", String(512), nullable=False),
+    Column("value", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("namespace", "key", name="uq_notes_namespace_key"),
+)
+
+SEARCHABLE_COLUMNS = ("action", "stdout", "stderr", "error")
+
+
+class InvalidArgument(ValueError):
+    """A request the caller must fix (empty id, bad limit...)."""
+
+
+class NotFound(LookupError):
+    """The thing asked for does not exist."""
+
+
+@dataclass
+class HistoryRecord:
+    task_id: str
+    kind: int
+    step_index: int = -1
+    tool: str = ""
+    action: str = ""
+    state: str = ""
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+    # Filled by the store when appended (time defaults to now).
+    sequence: int = 0
+    time: datetime | None = None
+
+
+@dataclass
+class SearchResult:
+    record: HistoryRecord
+    snippet: str
+
+
+@dataclass
+class NoteRecord:
+    namespace: str
+    key: str
+    value: str
+    updated_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite hands timestamps back naive; they were stored as UTC.
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def make_snippet(text: str, query: str, radius: int = SNIPPET_RADIUS) -> str:
+    """A one-line excerpt of `text` around the first case-insensitive match of `query`."""
+    at = text.lower().find(query.lower())
+    if at < 0:
+        return ""
+    start = max(0, at - radius)
+    end = min(len(text), at + len(query) + radius)
+    excerpt = text[start:end].replace("\r", " ").replace("\n", " ")
+    return ("…" if start > 0 else "") + excerpt + ("…" if end < len(text) else "")
+
+
+def _row_to_record(row: object) -> HistoryRecord:
+    m = row._mapping  # type: ignore[attr-defined]
+    return HistoryRecord(
+        task_id=m["task_id"],
+        sequence=m["sequence"],
+        time=_aware(m["time"]),
+        kind=m["kind"],
+        step_index=m["step_index"],
+        tool=m["tool"],
+        action=m["action"],
+        state=m["state"],
+        exit_code=m["exit_code"],
+        stdout=m["stdout"],
+        stderr=m["stderr"],
+        error=m["error"],
+    )
+
+
+def _require(value: str, name: str) -> None:
+    if not value.strip():
+        raise InvalidArgument(f"{name} must not be empty")
+
+
+class MemoryStore:
+    """History events per task and key/value notes per namespace."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        # One lock per task: appends to a task are serialized so sequences stay 1, 2, 3...
+        self._task_locks: dict[str, asyncio.Lock] = {}
+
+    @classmethod
+    async def open(cls, database_url: str) -> MemoryStore:
+        engine = create_engine(database_url)  # WAL + busy timeout on SQLite; makes parent dirs
+        async with engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        return cls(engine)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    # --- history ------------------------------------------------------------------------
+
+    async def append_events(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
+        _require(task_id, "task_id")
+        for record in records:
+            if record.task_id and record.task_id != task_id:
+                raise InvalidArgument(f"event for task {record.task_id!r} in a request for task {task_id!r}")
+        if not records:
+            return []
+        lock = self._task_locks.setdefault(task_id, asyncio.Lock())
+        async with lock:
+            for attempt in range(APPEND_RETRIES):
+                try:
+                    return await self._append_locked(task_id, records)
+                except IntegrityError:
+                    if attempt == APPEND_RETRIES - 1:
+                        raise
+        raise AssertionError("unreachable")
+
+    async def _append_locked(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
+        now = datetime.now(UTC)
+        async with self._engine.begin() as conn:
+            last = await conn.scalar(
+                select(func.coalesce(func.max(history_events.c.sequence), 0)).where(
+                    history_events.c.task_id == task_id
+                )
+            )
+            first = int(last or 0) + 1
+            rows = []
+            for offset, record in enumerate(records):
+                rows.append(
+                    {
+                        "task_id": task_id,
+                        "sequence": first + offset,
+                        "time": record.time or now,
+                        "kind": record.kind,
+                        "step_index": record.step_index,
+                        "tool": record.tool,
+                        "action": record.action,
+                        "state": record.state,
+                        "exit_code": record.exit_code,
+                        "stdout": record.stdout,
+                        "stderr": record.stderr,
+                        "error": record.error,
+                    }
+                )
+            await conn.execute(history_events.insert(), rows)
+        return [first + i for i in range(len(records))]
+
+    async def list_events(self, task_id: str, after_sequence: int = 0, limit: int = 0) -> list[HistoryRecord]:
+        _require(task_id, "task_id")
+        if after_sequence < 0:
+            raise InvalidArgument("after_sequence must not be negative")
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative")
+        limit = min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
+        query = (
+            select(history_events)
+            .where(history_events.c.task_id == task_id)
+            .where(history_events.c.sequence > after_sequence)
+            .order_by(history_events.c.sequence)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            result = await conn.execute(query)
+            return [_row_to_record(row) for row in result]
+
+    async def search(self, query: str, limit: int = 0, task_id: str = "") -> list[SearchResult]:
+        """Case-insensitive substring search over actions and outputs, newest first."""
+        _require(query, "query")
+        if limit < 0:
+            raise InvalidArgument("limit must not be negative")
+        limit = min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
+        pattern = f"%{_escape_like(query.lower())}%"
+        matches = or_(
+            *(func.lower(history_events.c[name]).like(pattern, escape="\\") for name in SEARCHABLE_COLUMNS)
+        )
+        statement = select(history_events).where(matches)
+        if task_id:
+            statement = statement.where(history_events.c.task_id == task_id)
+        statement = statement.order_by(history_events.c.time.desc(), history_events.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            result = await conn.execute(statement)
+            records = [_row_to_record(row) for row in result]
+        hits = []
+        for record in records:
+            snippet = ""
+            for name in SEARCHABLE_COLUMNS:
+                snippet = make_snippet(getattr(record, name), query)
+                if snippet:
+                    break
+            hits.append(SearchResult(record=record, snippet=snippet))
+        return hits
+
+    # --- notes --------------------------------------------------------------------------
+
+    async def put_note(self, namespace: str, key: str, value: str) -> NoteRecord:
+        _require(namespace, "namespace")
+        _require(key, "key")
+        now = datetime.now(UTC)
+        # Update-then-insert keeps it portable (no dialect-specific upsert); a concurrent
+        # insert of the same key loses on the unique constraint and retries as an update.
+        for attempt in range(APPEND_RETRIES):
+            try:
+                async with self._engine.begin() as conn:
+                    updated = await conn.execute(
+                        notes.update()
+                        .where(notes.c.namespace == namespace, notes.c.key == key)
+                        .values(value=value, updated_at=now)
+                    )
+                    if updated.rowcount == 0:
+                        await conn.execute(
+                            notes.insert().values(namespace=namespace, key=key, value=value, updated_at=now)
+                        )
+                return NoteRecord(namespace=namespace, key=key, value=value, updated_at=now)
+            except IntegrityError:
+                if attempt == APPEND_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def get_note(self, namespace: str, key: str) -> NoteRecord:
+        _require(namespace, "namespace")
+        _require(key, "key")
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(select(notes).where(notes.c.namespace == namespace, notes.c.key == key))
+            ).first()
+        if row is None:
+            raise NotFound(f"no note {key!r} in namespace {namespace!r}")
+        m = row._mapping
+        return NoteRecord(
+            namespace=m["namespace"],
+            key=m["key"],
+            value=m["value"],
+            updated_at=_aware(m["updated_at"]),
+        )
+
+    async def list_notes(self, namespace: str) -> list[NoteRecord]:
+        _require(namespace, "namespace")
+        async with self._engine.connect() as conn:
+            result = await conn.execute(
+                select(notes).where(notes.c.namespace == namespace).order_by(notes.c.key)
+            )
+            return [
+                NoteRecord(
+                    namespace=r._mapping["namespace"],
+                    key=r._mapping["key"],
+                    value=r._mapping["value"],
+                    updated_at=_aware(r._mapping["updated_at"]),
+                )
+                for r in result
+            ]

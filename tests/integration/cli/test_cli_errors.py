@@ -1,0 +1,80 @@
+"""What the CLI says when things go wrong: bad task files, no scheduler, ports taken."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_helpers import corral_command, free_port
+
+
+def run(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(corral_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout)
+
+
+def test_invalid_task_file_is_a_clear_message(tmp_path: Path) -> None:
+    task = tmp_path / "task.json"
+    task.write_text('{"steps": [{"tool": "shell"}, {"tool": "teleport"}]}')
+    result = run("run", "-f", str(task), "--scheduler", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "invalid task" in result.stderr
+    assert "steps.0.shell.command: Field required" in result.stderr
+    assert "steps.1" in result.stderr
+
+
+def test_malformed_yaml_and_empty_run(tmp_path: Path) -> None:
+    result = run("run", "-f", "-", stdin="steps: [unclosed")
+    assert result.returncode == 2
+    assert "not valid JSON or YAML" in result.stderr
+    empty = run("run")
+    assert empty.returncode == 2
+    assert "nothing to run" in empty.stderr
+
+
+def test_unreachable_scheduler(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    result = run("run", "echo hi", "--scheduler", address)
+    assert result.returncode == 2
+    assert f"cannot reach the scheduler at {address}" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("service", ["scheduler", "memory", "executor", "gateway"])
+def test_up_with_a_port_taken_names_the_service(service: str, taken_port: int, tmp_path: Path) -> None:
+    ports = {name: free_port() for name in ("scheduler", "memory", "executor", "gateway")}
+    ports[service] = taken_port
+    result = run(
+        "up", "--data-dir", str(tmp_path),
+        "--scheduler-address", f"127.0.0.1:{ports['scheduler']}",
+        "--memory-address", f"127.0.0.1:{ports['memory']}",
+        "--executor-address", f"127.0.0.1:{ports['executor']}",
+        "--gateway-port", str(ports["gateway"]),
+    )
+    assert result.returncode == 1
+    assert f"{service} cannot listen on 127.0.0.1:{taken_port}: address already in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_up_with_an_unusable_data_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    ports = [free_port() for _ in range(4)]
+    result = run(
+        "up", "--data-dir", str(blocker / "data"),
+        "--scheduler-address", f"127.0.0.1:{ports[0]}", "--memory-address", f"127.0.0.1:{ports[1]}",
+        "--executor-address", f"127.0.0.1:{ports[2]}", "--gateway-port", str(ports[3]),
+    )
+    assert result.returncode == 1
+    assert "cannot use data directory" in result.stderr

@@ -1,0 +1,79 @@
+"""Process, memory, file-size and output limits."""
+
+from __future__ import annotations
+
+from .conftest import ExecutorClient
+
+FORK_BOMB = """
+import os, time
+children = 0
+try:
+    for _ in range(2000):
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        children += 1
+except OSError as exc:
+    print(f"fork failed after {children} children: {exc}", flush=True)
+    raise
+"""
+
+
+async def test_fork_bomb_is_stopped_and_executor_keeps_working(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [
+            {"tool": "python", "code": FORK_BOMB, "timeout": 20, "continue_on_error": True},
+            {"tool": "shell", "command": "echo still here"},
+        ],
+        limits={"max_processes": 64},
+    )
+    bomb = outcome.step(0)
+    assert bomb.stdout.startswith("fork failed after")
+    assert int(bomb.stdout.split()[3]) < 64
+    assert "process limit reached (64 processes)" in bomb.error
+    assert outcome.step(1).stdout == "still here\n"
+    _, after = await executor.run_steps([{"tool": "shell", "command": "echo next task"}])
+    assert after.step(0).stdout == "next task\n"
+
+
+async def test_memory_hog_fails(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [{"tool": "python", "code": "block = bytearray(1024 * 1024 * 1024)\nprint('allocated')"}],
+        limits={"memory_mb": 256},
+    )
+    result = outcome.step(0)
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert "MemoryError" in result.stderr
+    assert "exceeded the memory limit (256 MiB)" in result.error
+
+
+async def test_file_size_limit_names_the_limit(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [
+            {"tool": "shell", "command": "head -c 3000000 /dev/zero > big.bin", "continue_on_error": True},
+            {"tool": "python", "code": "open('big2.bin', 'wb').write(b'x' * 3_000_000)"},
+        ],
+        limits={"max_file_size_mb": 1},
+    )
+    # The shell reports its child's SIGXFSZ death as 128 + 25.
+    assert "exceeding the file size limit (1 MiB)" in outcome.step(0).error
+    assert outcome.step(0).exit_code == 153
+    _, direct = await executor.run_steps(
+        [{"tool": "shell", "command": "exec head -c 3000000 /dev/zero > big.bin"}],
+        limits={"max_file_size_mb": 1},
+    )
+    assert direct.step(0).error == "killed: exceeded the file size limit (1 MiB)"
+    assert direct.step(0).exit_code == -25  # SIGXFSZ
+    assert "exceeded the file size limit (1 MiB)" in outcome.step(1).error
+    assert "File too large" in outcome.step(1).stderr
+
+
+async def test_output_is_truncated_and_flagged(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [{"tool": "shell", "command": "head -c 5000 /dev/zero | tr '\\0' a; echo small >&2"}],
+        limits={"max_output_bytes": 1024},
+    )
+    result = outcome.step(0)
+    assert outcome.state == "TASK_STATE_COMPLETED"
+    assert result.stdout == "a" * 1024 and result.stdout_truncated
+    assert result.stderr == "small\n" and not result.stderr_truncated

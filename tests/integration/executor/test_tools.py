@@ -1,0 +1,123 @@
+"""Every step tool, and the DESIGN.md curl example, run in a real bubblewrap sandbox."""
+
+from __future__ import annotations
+
+import json
+
+from corral.v1 import task_pb2
+
+from .conftest import ExecutorClient
+
+
+async def test_curl_example_completes_with_hello(executor: ExecutorClient) -> None:
+    task_id, outcome = await executor.run_steps(
+        [
+            {"tool": "shell", "command": "ls -la /app"},
+            {"tool": "python", "code": 'with open("hello.txt", "w") as f: f.write("Hello from the agent!")'},
+            {"tool": "shell", "command": "cat hello.txt"},
+        ]
+    )
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
+    assert [outcome.step_state(i) for i in range(3)] == ["STEP_STATE_COMPLETED"] * 3
+    assert "agent.py" in outcome.step(0).stdout
+    assert outcome.step(2).stdout == "Hello from the agent!"
+    assert outcome.step(2).exit_code == 0
+
+    host_dir = executor.host_task_dir(task_id)
+    assert (host_dir / "hello.txt").read_text() == "Hello from the agent!"
+    log_text = (host_dir / "agent.log").read_text()
+    assert "ls -la /app" in log_text and "Hello from the agent!" in log_text
+    memory = json.loads((host_dir / "memory.json").read_text())
+    assert [entry["tool"] for entry in memory] == ["shell", "python", "shell"]
+    assert memory[2]["stdout"] == "Hello from the agent!"
+    assert set(memory[0]) >= {"step", "tool", "action", "status", "exit_code", "stdout", "stderr", "error", "time"}
+
+
+async def test_events_arrive_in_order(executor: ExecutorClient) -> None:
+    task_id, outcome = await executor.run_steps([{"tool": "shell", "command": "echo one; echo two >&2"}])
+    kinds = outcome.kinds()
+    assert kinds[0] == "started" and kinds[1] == "step_started"
+    assert kinds[-2:] == ["step_finished", "finished"]
+    assert "output" in kinds
+    started = outcome.events[0].started
+    assert started.task_dir == f"/tasks/{task_id}"
+    assert started.host_task_dir == str(executor.host_task_dir(task_id))
+    assert started.executor_id == executor.executor.executor_id
+    chunks = [e.output for e in outcome.events if e.WhichOneof("event") == "output"]
+    assert "".join(c.data for c in chunks if c.stream == task_pb2.OUTPUT_STREAM_STDOUT) == "one\n"
+    assert "".join(c.data for c in chunks if c.stream == task_pb2.OUTPUT_STREAM_STDERR) == "two\n"
+    assert all(e.sequence == 0 and e.task_id == task_id for e in outcome.events)
+    result = outcome.step(0)
+    assert result.started_at.seconds > 0 and result.finished_at.seconds > 0
+    assert result.stdout == "one\n" and result.stderr == "two\n"
+
+
+async def test_shell_failure_fails_task_and_skips_the_rest(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [
+            {"tool": "shell", "command": "echo before; exit 3"},
+            {"tool": "shell", "command": "echo never"},
+        ]
+    )
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert outcome.step(0).exit_code == 3
+    assert "exited with code 3" in outcome.step(0).error
+    assert outcome.step_state(1) == "STEP_STATE_SKIPPED"
+    assert "step 0" in outcome.finished.error
+
+
+async def test_python_traceback_has_line_numbers(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps(
+        [{"tool": "python", "code": "import sys\nprint(sys.version_info[0])\nraise ValueError('boom')\n"}]
+    )
+    result = outcome.step(0)
+    assert result.stdout == "3\n"
+    assert "line 3" in result.stderr and "ValueError: boom" in result.stderr
+    assert result.exit_code == 1
+    assert outcome.state == "TASK_STATE_FAILED"
+
+
+async def test_typescript_runs_interfaces_generics_enums(executor: ExecutorClient) -> None:
+    code = """
+interface Point { x: number; y: number }
+enum Color { Red = "red", Green = "green" }
+function largest<T>(items: T[], score: (item: T) => number): T {
+  return items.reduce((best, item) => (score(item) > score(best) ? item : best));
+}
+const points: Point[] = [{ x: 1, y: 2 }, { x: 3, y: 4 }];
+const far: Point = largest(points, (p) => p.x + p.y);
+console.log(`far=${far.x},${far.y} color=${Color.Green}`);
+"""
+    _, outcome = await executor.run_steps([{"tool": "typescript", "code": code}])
+    assert outcome.state == "TASK_STATE_COMPLETED", (outcome.step(0).stderr, outcome.step(0).error)
+    assert outcome.step(0).stdout == "far=3,4 color=green\n"
+
+
+async def test_typescript_type_error_fails_with_compiler_message(executor: ExecutorClient) -> None:
+    code = 'const ok: number = 1;\nconst bad: number = "text";\nconsole.log(ok, bad);\n'
+    _, outcome = await executor.run_steps([{"tool": "typescript", "code": code}])
+    result = outcome.step(0)
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert result.exit_code == 2
+    assert "main.ts:2:7 - error TS2322" in result.stderr
+    assert "TypeScript compile error" in result.error and "TS2322" in result.error
+    assert result.stdout == ""
+
+
+async def test_typescript_syntax_error_fails(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps([{"tool": "typescript", "code": "let x = ;\n"}])
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert "main.ts:1:9 - error TS1109" in outcome.step(0).stderr
+
+
+async def test_gui_step_fails_clearly(executor: ExecutorClient) -> None:
+    _, outcome = await executor.run_steps([{"tool": "gui", "action": "screenshot"}])
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert "GUI" in outcome.step(0).error and "not available" in outcome.step(0).error
+
+
+async def test_task_env_reaches_steps(executor: ExecutorClient) -> None:
+    task_id, outcome = await executor.run_steps(
+        [{"tool": "shell", "command": 'echo "$GREETING $HOME $(pwd)"'}], env={"GREETING": "hi"}
+    )
+    assert outcome.step(0).stdout == f"hi /tasks/{task_id} /tasks/{task_id}\n"
