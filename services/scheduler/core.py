@@ -230,13 +230,13 @@ class Scheduler:
                 executor = self.executors.pick()
                 if executor is None:
                     return
-                task = await self._store.get(task_id)
-                if task is None or task.state != task_pb2.TASK_STATE_SCHEDULED:
+                found = await self._store.state_and_spec(task_id)
+                if found is None or found[0] != task_pb2.TASK_STATE_SCHEDULED:
                     continue  # cancelled meanwhile
                 executor.running.add(task_id)
                 self._assigned_to[task_id] = executor
                 self._assignments[task_id] = asyncio.create_task(
-                    self._run_on(executor, task_id, task.spec), name=f"task-{task_id}"
+                    self._run_on(executor, task_id, found[1]), name=f"task-{task_id}"
                 )
 
     async def _run_on(self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec) -> None:

@@ -45,7 +45,9 @@ class TaskRow(Base):
     task_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     state: Mapped[int] = mapped_column(Integer, index=True)
     spec: Mapped[bytes] = mapped_column(LargeBinary)
-    executor_id: Mapped[str] = mapped_column(String(255), default="")
+    # Text, not String(n): PostgreSQL enforces lengths (SQLite does not), and the id comes
+    # from the executor's configuration.
+    executor_id: Mapped[str] = mapped_column(Text, default="")
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[float] = mapped_column(Double, index=True)
     started_at: Mapped[float | None] = mapped_column(Double, nullable=True)
@@ -75,6 +77,11 @@ class EventRow(Base):
     event: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+def _text(value: object) -> object:
+    """PostgreSQL text cannot hold NUL characters (SQLite can): stored as U+FFFD instead."""
+    return value.replace("\0", "\ufffd") if isinstance(value, str) else value
+
+
 def _timestamp(seconds: float | None) -> Timestamp | None:
     if seconds is None:
         return None
@@ -91,7 +98,7 @@ def decode_page_token(token: str) -> tuple[float, str]:
     """Raises ValueError on a token this service did not make."""
     raw = base64.urlsafe_b64decode(token.encode()).decode()
     created, _, task_id = raw.partition("|")
-    if not task_id:
+    if not task_id or "\0" in task_id:
         raise ValueError("malformed page token")
     return float(created), task_id
 
@@ -132,6 +139,9 @@ class TaskStore:
                     last_sequence=0,
                 )
             )
+            # The task row first: there is no ORM relationship to order the inserts, and
+            # PostgreSQL (unlike SQLite by default) enforces the steps' foreign key.
+            await session.flush()
             for index, step in enumerate(spec.steps):
                 pending = task_pb2.StepResult(
                     index=index, tool=step_tool(step), state=task_pb2.STEP_STATE_PENDING
@@ -139,6 +149,8 @@ class TaskStore:
                 session.add(StepRow(task_id=task_id, index=index, result=pending.SerializeToString()))
 
     async def get(self, task_id: str) -> task_pb2.Task | None:
+        if "\0" in task_id:
+            return None  # no id has one, and PostgreSQL refuses it in a query
         async with self._sessions() as session:
             row = await session.get(TaskRow, task_id)
             if row is None:
@@ -196,16 +208,20 @@ class TaskStore:
             rows = await session.scalars(select(TaskRow.task_id).where(TaskRow.state == state))
             return list(rows.all())
 
-    async def spec(self, task_id: str) -> task_pb2.TaskSpec:
+    async def state_and_spec(self, task_id: str) -> tuple[int, task_pb2.TaskSpec] | None:
         async with self._sessions() as session:
-            raw = await session.scalar(select(TaskRow.spec).where(TaskRow.task_id == task_id))
+            row = (
+                await session.execute(select(TaskRow.state, TaskRow.spec).where(TaskRow.task_id == task_id))
+            ).first()
+        if row is None:
+            return None
         spec = task_pb2.TaskSpec()
-        if raw is not None:
-            spec.ParseFromString(raw)
-        return spec
+        spec.ParseFromString(row.spec)
+        return row.state, spec
 
     async def update(self, task_id: str, **values: object) -> None:
         async with self._writing() as session:
+            values = {name: _text(value) for name, value in values.items()}
             await session.execute(update(TaskRow).where(TaskRow.task_id == task_id).values(**values))
 
     async def finish_if_not_terminal(
@@ -221,7 +237,7 @@ class TaskStore:
             result = await session.execute(
                 update(TaskRow)
                 .where(TaskRow.task_id == task_id, TaskRow.state.not_in(terminal))
-                .values(state=state, error=error, finished_at=time.time())
+                .values(state=state, error=_text(error), finished_at=time.time())
             )
             return bool(getattr(result, "rowcount", 0))
 
@@ -251,11 +267,16 @@ class TaskStore:
     async def append_event(self, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
         """Numbers the event (1, 2, 3... per task) and stores it."""
         async with self._writing() as session:
-            row = await session.get(TaskRow, event.task_id, with_for_update=True)
-            if row is None:
+            # One atomic statement numbers the event, on SQLite and PostgreSQL alike.
+            sequence = await session.scalar(
+                update(TaskRow)
+                .where(TaskRow.task_id == event.task_id)
+                .values(last_sequence=TaskRow.last_sequence + 1)
+                .returning(TaskRow.last_sequence)
+            )
+            if sequence is None:
                 raise KeyError(event.task_id)
-            row.last_sequence += 1
-            event.sequence = row.last_sequence
+            event.sequence = sequence
             if not event.HasField("time"):
                 event.time.GetCurrentTime()
             session.add(
