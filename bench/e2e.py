@@ -3,12 +3,14 @@
 
     .venv/bin/python bench/e2e.py                         # starts `corral up` on free ports
     .venv/bin/python bench/e2e.py --scheduler 127.0.0.1:50051   # against a running system
+    .venv/bin/python bench/e2e.py --driver docker --warm-pool 2  # docker sandboxes (scripts/build-images)
 
 Measures, through the scheduler's gRPC API (SubmitTask + WatchTask):
   (a) latency from SubmitTask to the first output event of a one-step `echo x` task,
       p50/p95 over N sequential tasks (and to the task's end);
   (b) throughput: B one-step tasks submitted at once, tasks/second until all finished;
-and, for comparison, the median time of a bare `bwrap --unshare-all ... true`.
+and, for comparison, the median time of a bare `bwrap --unshare-all ... true` (and, with the
+docker driver, of a bare `docker run --rm IMAGE true`).
 """
 
 from __future__ import annotations
@@ -103,8 +105,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bare_docker_run(runs: int) -> float | None:
+    """Median seconds of `docker run --rm IMAGE true`: a container per task would pay this."""
+    if shutil.which("docker") is None:
+        return None
+    image = os.environ.get("CORRAL_DOCKER_IMAGE", "corral/sandbox:latest")
+    argv = ["docker", "run", "--rm", "--network", "none", image, "true"]
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 @contextlib.contextmanager
-def embedded_system() -> Iterator[str]:
+def embedded_system(env: dict[str, str] | None = None) -> Iterator[str]:
     """Runs `corral up` on free ports with a temporary data directory; yields the scheduler address."""
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     data_dir.chmod(0o755)
@@ -114,7 +130,7 @@ def embedded_system() -> Iterator[str]:
          "--scheduler-address", scheduler, "--memory-address", f"127.0.0.1:{free_port()}",
          "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port()),
          "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )
     ready = threading.Event()
     output: list[str] = []
@@ -164,6 +180,9 @@ def main() -> None:
     parser.add_argument("-n", "--count", type=int, default=50, help="sequential tasks for (a)")
     parser.add_argument("-b", "--burst", type=int, default=200, help="tasks submitted at once for (b)")
     parser.add_argument("--bwrap-runs", type=int, default=20)
+    parser.add_argument("--driver", choices=["bubblewrap", "docker"], default="bubblewrap",
+                        help="sandbox driver of the started system")
+    parser.add_argument("--warm-pool", type=int, default=0, help="docker driver: warm containers kept ready")
     args = parser.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
@@ -172,10 +191,17 @@ def main() -> None:
         print("bare bwrap: bwrap not found")
     else:
         print(f"bare `bwrap --unshare-all ... true`: median {ms(bare)} over {args.bwrap_runs} runs")
+    if args.driver == "docker":
+        bare_run = bare_docker_run(max(3, args.bwrap_runs // 4))
+        if bare_run is not None:
+            print(f"bare `docker run --rm IMAGE true`: median {ms(bare_run)}")
     if args.scheduler:
         asyncio.run(measure(args.scheduler, args.count, args.burst))
     else:
-        with embedded_system() as scheduler:
+        env = {"CORRAL_SANDBOX_DRIVER": args.driver, "CORRAL_DOCKER_WARM_POOL": str(args.warm_pool)}
+        print(f"system: `corral up` with the {args.driver} driver"
+              + (f", warm pool {args.warm_pool}" if args.driver == "docker" else ""))
+        with embedded_system(env) as scheduler:
             asyncio.run(measure(scheduler, args.count, args.burst))
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from corral import cli_run, cli_up
+from corral import cli_run, cli_sandbox, cli_up
 from corral.config import Settings
 
 EXAMPLES = """examples:
@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   corral ls --state running
   corral status TASK_ID
   corral cancel TASK_ID
+  corral sandbox create --desktop --ttl 3600  a long-lived sandbox; then corral run --sandbox ID ...
 """
 
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=50, help="at most this many (max 500)")
     ls.add_argument("--json", action="store_true")
     cli_run.add_scheduler_argument(ls)
+
+    sandbox = commands.add_parser("sandbox", help="long-lived sandboxes: create, ls, rm, extend")
+    cli_sandbox.add_arguments(sandbox)
     return parser
 
 
@@ -66,6 +70,7 @@ CLIENT_COMMANDS: dict[str, Callable[[argparse.Namespace, str], Coroutine[Any, An
     "status": cli_run.status,
     "cancel": cli_run.cancel,
     "ls": cli_run.list_tasks,
+    "sandbox": cli_sandbox.run,
 }
 
 

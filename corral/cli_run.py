@@ -83,6 +83,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="timeout of every step")
     parser.add_argument("--network", action="store_true", help="give the sandbox network access")
+    parser.add_argument("--sandbox", metavar="SANDBOX_ID", help="run in this long-lived sandbox (corral sandbox create)")
     parser.add_argument(
         "-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable"
     )
@@ -128,6 +129,8 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
         document["step_timeout"] = args.timeout
     if args.network:
         document["network"] = True
+    if args.sandbox:
+        document["sandbox_id"] = args.sandbox
     for pair in args.env:
         name, sep, value = pair.partition("=")
         if not sep or not name:

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     )
     executor_id: str = Field("", description="Stable name of this executor (hostname-port if empty).")
     executor_capacity: int = Field(8, ge=1, description="Tasks this executor runs at once.")
-    sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap.")
+    sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap or docker.")
     sandbox_host_uid: int = Field(
         65534,
         description="Unprivileged host uid sandboxes run as when the executor runs as root.",
@@ -74,6 +74,23 @@ class Settings(BaseSettings):
     sandbox_tmp_size_mb: int = Field(
         512, ge=16, description="Size of each sandbox's private /tmp (a tmpfs), MiB."
     )
+    sandbox_cpus: float = Field(
+        1.0, gt=0, description="CPUs each sandbox may use (docker driver: nano_cpus)."
+    )
+    docker_image: str = Field(
+        "corral/sandbox:latest", description="Sandbox image of the docker driver (scripts/build-images)."
+    )
+    docker_warm_pool: int = Field(
+        0, ge=0, description="Started containers the docker driver keeps ready for new tasks (0: none)."
+    )
+    docker_network: str = Field(
+        "bridge", description="Docker network of sandboxes whose task asks for network (others get none)."
+    )
+    docker_tasks_host_dir: Path | None = Field(
+        None,
+        description="Where tasks_dir is on the Docker host, when the executor itself runs in a "
+        "container and sees it elsewhere (bind-mount sources are host paths).",
+    )
     max_output_bytes: int = Field(
         1024 * 1024, ge=1024, description="Default bytes of stdout (and of stderr) kept per step."
     )
@@ -82,6 +99,22 @@ class Settings(BaseSettings):
     runtime_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "sandbox" / "runtime",
         description="Directory mounted read-only at /app inside sandboxes (runner, TypeScript).",
+    )
+
+    sandbox_run_dir: Path | None = Field(
+        None,
+        description="Where sandboxes' run directories (their unix sockets: gui, VNC, Jupyter) live "
+        "on the executor's host (data_dir/run if unset). Keep the path short: socket paths are "
+        "limited to 107 bytes. The gateway must see the same directory.",
+    )
+    sandbox_default_ttl_seconds: float = Field(
+        3600.0, gt=0, description="Lifetime of a long-lived sandbox when the client gives none."
+    )
+    sandbox_max_ttl_seconds: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Longest lifetime a sandbox may be given at once."
+    )
+    novnc_dir: Path = Field(
+        Path("/usr/share/novnc"), description="The noVNC client the gateway serves (Debian's novnc)."
     )
 
     # --- gateway -----------------------------------------------------------------------
@@ -100,6 +133,10 @@ class Settings(BaseSettings):
     @cached_property
     def tasks_dir(self) -> Path:
         return self.data_dir / "tasks"
+
+    @property
+    def run_dir_root(self) -> Path:
+        return self.sandbox_run_dir or self.data_dir / "run"
 
     def database_url(self, service: str) -> str:
         configured = {

@@ -11,10 +11,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite, WAL mode and a busy timeout so readers never block writers."""
-    parsed = make_url(url)
+    """An async engine; for SQLite, WAL mode and a busy timeout so readers never block writers.
+
+    A plain `postgresql://` (or `postgres://`) URL gets the asyncpg driver, the async one
+    Corral ships; other URLs are used as given.
+    """
+    parsed = make_url(normalize_url(url))
     if parsed.get_backend_name() != "sqlite":
-        return create_async_engine(url, pool_pre_ping=True)
+        return create_async_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_async_engine(url, connect_args={"timeout": 30})
@@ -28,6 +32,14 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def normalize_url(url: str) -> str:
+    """`postgres://` and `postgresql://` (no driver named) become `postgresql+asyncpg://`."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix) :]
+    return url
 
 
 def is_sqlite(engine: AsyncEngine) -> bool:

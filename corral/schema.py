@@ -100,7 +100,10 @@ class GuiStep(_StepBase):
     direction: str = ""
     amount: int = 0
     window_id: str = ""
-    screenshot_after: bool = False
+    screenshot_after: bool = Field(False, description="Also take a screenshot after the action.")
+    max_width: int = Field(0, ge=0, description="Downscale screenshots to at most this width.")
+    max_height: int = Field(0, ge=0, description="Downscale screenshots to at most this height.")
+    count: int = Field(0, ge=0, le=3, description="Clicks for `click` (1-3).")
 
 
 StepModel = Annotated[
@@ -130,9 +133,15 @@ class TaskRequest(BaseModel):
     network: bool = Field(False, description="Give the sandbox network access.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     limits: LimitsModel | None = None
+    sandbox_id: str | None = Field(
+        None, description="Run in this long-lived sandbox (POST /v1/sandboxes) instead of a new one."
+    )
+    desktop: bool = Field(False, description="Give the task's sandbox a desktop (gui steps imply it).")
 
     def to_proto(self) -> task_pb2.TaskSpec:
-        spec = task_pb2.TaskSpec(network=self.network, env=self.env)
+        spec = task_pb2.TaskSpec(
+            network=self.network, env=self.env, sandbox_id=self.sandbox_id or "", desktop=self.desktop
+        )
         if self.step_timeout is not None:
             spec.step_timeout.CopyFrom(seconds_to_duration(self.step_timeout))
         if self.limits is not None:
@@ -193,6 +202,7 @@ def task_to_json(task: task_pb2.Task) -> dict[str, Any]:
         "steps": [step_result_to_json(s) for s in task.steps],
         "executor_id": task.executor_id or None,
         "task_dir": task.task_dir or None,
+        "sandbox_id": task.spec.sandbox_id or None,
         "log_path": task.log_path or None,
         "host_log_path": task.host_log_path or None,
         "created_at": _time(task.created_at, task.HasField("created_at")),

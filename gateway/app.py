@@ -20,6 +20,7 @@ from corral.v1 import memory_pb2, scheduler_pb2, task_pb2
 from gateway.backends import Backends, upstream
 from gateway.body import read_task_request
 from gateway.errors import ApiError, error_body, install_error_handlers
+from gateway.sandboxes import install_sandbox_routes
 from gateway.sse import task_event_stream
 from gateway.views import (
     ERROR_RESPONSES,
@@ -308,6 +309,7 @@ def create_app(settings: Settings) -> FastAPI:
         }
         return JSONResponse(body, status_code=503)
 
+    install_sandbox_routes(app, settings)
     return app
 
 

@@ -22,28 +22,46 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from corral.v1 import sandbox_pb2 as corral_dot_v1_dot_sandbox__pb2
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/executor.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/task.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"<\n\x19\x45xecutorCancelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\x1a\x45xecutorCancelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"l\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t2\x90\x02\n\x0f\x45xecutorService\x12\x42\n\x07RunTask\x12\x19.corral.v1.RunTaskRequest\x1a\x1a.corral.v1.RunTaskResponse0\x01\x12Y\n\nCancelTask\x12$.corral.v1.ExecutorCancelTaskRequest\x1a%.corral.v1.ExecutorCancelTaskResponse\x12^\n\x11GetExecutorStatus\x12#.corral.v1.GetExecutorStatusRequest\x1a$.corral.v1.GetExecutorStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x63orral/v1/executor.proto\x12\tcorral.v1\x1a\x17\x63orral/v1/sandbox.proto\x1a\x14\x63orral/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"<\n\x19\x45xecutorCancelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"+\n\x1a\x45xecutorCancelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"l\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\"\x88\x01\n\x1c\x45xecutorCreateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"M\n\x1d\x45xecutorCreateSandboxResponse\x12\x14\n\x0chost_run_dir\x18\x01 \x01(\t\x12\x16\n\x0ehost_tasks_dir\x18\x02 \x01(\t\"2\n\x1c\x45xecutorDeleteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\".\n\x1d\x45xecutorDeleteSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"b\n\x1c\x45xecutorExtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\".\n\x1d\x45xecutorExtendSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"C\n\x1b\x45xecutorStartJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"3\n\x1c\x45xecutorStartJupyterResponse\x12\x13\n\x0bhost_socket\x18\x01 \x01(\t2\x9d\x05\n\x0f\x45xecutorService\x12\x42\n\x07RunTask\x12\x19.corral.v1.RunTaskRequest\x1a\x1a.corral.v1.RunTaskResponse0\x01\x12Y\n\nCancelTask\x12$.corral.v1.ExecutorCancelTaskRequest\x1a%.corral.v1.ExecutorCancelTaskResponse\x12^\n\x11GetExecutorStatus\x12#.corral.v1.GetExecutorStatusRequest\x1a$.corral.v1.GetExecutorStatusResponse\x12\x62\n\rCreateSandbox\x12\'.corral.v1.ExecutorCreateSandboxRequest\x1a(.corral.v1.ExecutorCreateSandboxResponse\x12\x62\n\rDeleteSandbox\x12\'.corral.v1.ExecutorDeleteSandboxRequest\x1a(.corral.v1.ExecutorDeleteSandboxResponse\x12\x62\n\rExtendSandbox\x12\'.corral.v1.ExecutorExtendSandboxRequest\x1a(.corral.v1.ExecutorExtendSandboxResponse\x12_\n\x0cStartJupyter\x12&.corral.v1.ExecutorStartJupyterRequest\x1a\'.corral.v1.ExecutorStartJupyterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNTASKREQUEST']._serialized_start=61
-  _globals['_RUNTASKREQUEST']._serialized_end=129
-  _globals['_RUNTASKRESPONSE']._serialized_start=131
-  _globals['_RUNTASKRESPONSE']._serialized_end=185
-  _globals['_EXECUTORCANCELTASKREQUEST']._serialized_start=187
-  _globals['_EXECUTORCANCELTASKREQUEST']._serialized_end=247
-  _globals['_EXECUTORCANCELTASKRESPONSE']._serialized_start=249
-  _globals['_EXECUTORCANCELTASKRESPONSE']._serialized_end=292
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=294
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=320
-  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_start=322
-  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=430
-  _globals['_EXECUTORSERVICE']._serialized_start=433
-  _globals['_EXECUTORSERVICE']._serialized_end=705
+  _globals['_RUNTASKREQUEST']._serialized_start=119
+  _globals['_RUNTASKREQUEST']._serialized_end=187
+  _globals['_RUNTASKRESPONSE']._serialized_start=189
+  _globals['_RUNTASKRESPONSE']._serialized_end=243
+  _globals['_EXECUTORCANCELTASKREQUEST']._serialized_start=245
+  _globals['_EXECUTORCANCELTASKREQUEST']._serialized_end=305
+  _globals['_EXECUTORCANCELTASKRESPONSE']._serialized_start=307
+  _globals['_EXECUTORCANCELTASKRESPONSE']._serialized_end=350
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=352
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=378
+  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_start=380
+  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=488
+  _globals['_EXECUTORCREATESANDBOXREQUEST']._serialized_start=491
+  _globals['_EXECUTORCREATESANDBOXREQUEST']._serialized_end=627
+  _globals['_EXECUTORCREATESANDBOXRESPONSE']._serialized_start=629
+  _globals['_EXECUTORCREATESANDBOXRESPONSE']._serialized_end=706
+  _globals['_EXECUTORDELETESANDBOXREQUEST']._serialized_start=708
+  _globals['_EXECUTORDELETESANDBOXREQUEST']._serialized_end=758
+  _globals['_EXECUTORDELETESANDBOXRESPONSE']._serialized_start=760
+  _globals['_EXECUTORDELETESANDBOXRESPONSE']._serialized_end=806
+  _globals['_EXECUTOREXTENDSANDBOXREQUEST']._serialized_start=808
+  _globals['_EXECUTOREXTENDSANDBOXREQUEST']._serialized_end=906
+  _globals['_EXECUTOREXTENDSANDBOXRESPONSE']._serialized_start=908
+  _globals['_EXECUTOREXTENDSANDBOXRESPONSE']._serialized_end=954
+  _globals['_EXECUTORSTARTJUPYTERREQUEST']._serialized_start=956
+  _globals['_EXECUTORSTARTJUPYTERREQUEST']._serialized_end=1023
+  _globals['_EXECUTORSTARTJUPYTERRESPONSE']._serialized_start=1025
+  _globals['_EXECUTORSTARTJUPYTERRESPONSE']._serialized_end=1076
+  _globals['_EXECUTORSERVICE']._serialized_start=1079
+  _globals['_EXECUTORSERVICE']._serialized_end=1748
 # @@protoc_insertion_point(module_scope)

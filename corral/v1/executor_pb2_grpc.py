@@ -50,6 +50,26 @@ class ExecutorServiceStub:
                 request_serializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateSandbox = channel.unary_unary(
+                '/corral.v1.ExecutorService/CreateSandbox',
+                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.FromString,
+                _registered_method=True)
+        self.DeleteSandbox = channel.unary_unary(
+                '/corral.v1.ExecutorService/DeleteSandbox',
+                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.FromString,
+                _registered_method=True)
+        self.ExtendSandbox = channel.unary_unary(
+                '/corral.v1.ExecutorService/ExtendSandbox',
+                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.FromString,
+                _registered_method=True)
+        self.StartJupyter = channel.unary_unary(
+                '/corral.v1.ExecutorService/StartJupyter',
+                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -77,6 +97,32 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateSandbox(self, request, context):
+        """Long-lived sandboxes (see sandbox.proto); the scheduler keeps their records.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSandbox(self, request, context):
+        """Idempotent: found is false when the sandbox is not (or no longer) here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendSandbox(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartJupyter(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +140,26 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetExecutorStatus,
                     request_deserializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.FromString,
                     response_serializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.SerializeToString,
+            ),
+            'CreateSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSandbox,
+                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.SerializeToString,
+            ),
+            'DeleteSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSandbox,
+                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.SerializeToString,
+            ),
+            'ExtendSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendSandbox,
+                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.SerializeToString,
+            ),
+            'StartJupyter': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartJupyter,
+                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +244,114 @@ class ExecutorService:
             '/corral.v1.ExecutorService/GetExecutorStatus',
             corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
             corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ExecutorService/CreateSandbox',
+            corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.SerializeToString,
+            corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ExecutorService/DeleteSandbox',
+            corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.SerializeToString,
+            corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ExecutorService/ExtendSandbox',
+            corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.SerializeToString,
+            corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartJupyter(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.ExecutorService/StartJupyter',
+            corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.SerializeToString,
+            corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,12 @@ class ExecutorServiceStub:
     CancelTask: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecutorCancelTaskRequest, _executor_pb2.ExecutorCancelTaskResponse]
     """Stops the task's current step at once and tears its sandbox down."""
     GetExecutorStatus: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetExecutorStatusRequest, _executor_pb2.GetExecutorStatusResponse]
+    CreateSandbox: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecutorCreateSandboxRequest, _executor_pb2.ExecutorCreateSandboxResponse]
+    """Long-lived sandboxes (see sandbox.proto); the scheduler keeps their records."""
+    DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecutorDeleteSandboxRequest, _executor_pb2.ExecutorDeleteSandboxResponse]
+    """Idempotent: found is false when the sandbox is not (or no longer) here."""
+    ExtendSandbox: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecutorExtendSandboxRequest, _executor_pb2.ExecutorExtendSandboxResponse]
+    StartJupyter: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExecutorStartJupyterRequest, _executor_pb2.ExecutorStartJupyterResponse]
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -53,6 +59,12 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     CancelTask: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecutorCancelTaskRequest, _executor_pb2.ExecutorCancelTaskResponse]  # type: ignore[assignment]
     """Stops the task's current step at once and tears its sandbox down."""
     GetExecutorStatus: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetExecutorStatusRequest, _executor_pb2.GetExecutorStatusResponse]  # type: ignore[assignment]
+    CreateSandbox: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecutorCreateSandboxRequest, _executor_pb2.ExecutorCreateSandboxResponse]  # type: ignore[assignment]
+    """Long-lived sandboxes (see sandbox.proto); the scheduler keeps their records."""
+    DeleteSandbox: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecutorDeleteSandboxRequest, _executor_pb2.ExecutorDeleteSandboxResponse]  # type: ignore[assignment]
+    """Idempotent: found is false when the sandbox is not (or no longer) here."""
+    ExtendSandbox: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecutorExtendSandboxRequest, _executor_pb2.ExecutorExtendSandboxResponse]  # type: ignore[assignment]
+    StartJupyter: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExecutorStartJupyterRequest, _executor_pb2.ExecutorStartJupyterResponse]  # type: ignore[assignment]
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns sandboxes on one host and runs tasks in them."""
@@ -81,5 +93,35 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.GetExecutorStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetExecutorStatusResponse, _abc.Awaitable[_executor_pb2.GetExecutorStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateSandbox(
+        self,
+        request: _executor_pb2.ExecutorCreateSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecutorCreateSandboxResponse, _abc.Awaitable[_executor_pb2.ExecutorCreateSandboxResponse]]:
+        """Long-lived sandboxes (see sandbox.proto); the scheduler keeps their records."""
+
+    @_abc_1.abstractmethod
+    def DeleteSandbox(
+        self,
+        request: _executor_pb2.ExecutorDeleteSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecutorDeleteSandboxResponse, _abc.Awaitable[_executor_pb2.ExecutorDeleteSandboxResponse]]:
+        """Idempotent: found is false when the sandbox is not (or no longer) here."""
+
+    @_abc_1.abstractmethod
+    def ExtendSandbox(
+        self,
+        request: _executor_pb2.ExecutorExtendSandboxRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecutorExtendSandboxResponse, _abc.Awaitable[_executor_pb2.ExecutorExtendSandboxResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def StartJupyter(
+        self,
+        request: _executor_pb2.ExecutorStartJupyterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.ExecutorStartJupyterResponse, _abc.Awaitable[_executor_pb2.ExecutorStartJupyterResponse]]: ...
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -216,9 +216,13 @@ class GuiAction(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     WINDOW_ID_FIELD_NUMBER: _builtins.int
     SCREENSHOT_AFTER_FIELD_NUMBER: _builtins.int
+    MAX_WIDTH_FIELD_NUMBER: _builtins.int
+    MAX_HEIGHT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
     action: _builtins.str
-    """One of: screenshot, move, click, double_click, mouse_down, mouse_up, drag, scroll,
-    type, key, cursor_position, screen_size, list_windows, focus_window.
+    """One of: screenshot, move, click, double_click, triple_click, mouse_down, mouse_up, drag,
+    scroll, type, key, cursor_position, screen_size, list_windows, focus_window, wait_window
+    (waits until a window whose title contains `text` exists).
     """
     x: _builtins.int
     y: _builtins.int
@@ -232,6 +236,11 @@ class GuiAction(_message.Message):
     window_id: _builtins.str
     screenshot_after: _builtins.bool
     """Take a screenshot after the action."""
+    max_width: _builtins.int
+    """Downscale screenshots so neither side exceeds these (0: full size)."""
+    max_height: _builtins.int
+    count: _builtins.int
+    """Clicks for `click` (1, 2 or 3; default 1)."""
     def __init__(
         self,
         *,
@@ -247,10 +256,13 @@ class GuiAction(_message.Message):
         amount: _builtins.int = ...,
         window_id: _builtins.str = ...,
         screenshot_after: _builtins.bool = ...,
+        max_width: _builtins.int = ...,
+        max_height: _builtins.int = ...,
+        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "amount", b"amount", "button", b"button", "direction", b"direction", "keys", b"keys", "screenshot_after", b"screenshot_after", "text", b"text", "to_x", b"to_x", "to_y", b"to_y", "window_id", b"window_id", "x", b"x", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "amount", b"amount", "button", b"button", "count", b"count", "direction", b"direction", "keys", b"keys", "max_height", b"max_height", "max_width", b"max_width", "screenshot_after", b"screenshot_after", "text", b"text", "to_x", b"to_x", "to_y", b"to_y", "window_id", b"window_id", "x", b"x", "y", b"y"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -375,8 +387,16 @@ class TaskSpec(_message.Message):
     NETWORK_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    DESKTOP_FIELD_NUMBER: _builtins.int
     network: _builtins.bool
     """Give the sandbox network access (off by default)."""
+    sandbox_id: _builtins.str
+    """Run in this long-lived sandbox (see sandbox.proto) instead of a new one; network and
+    limits are then the sandbox's.
+    """
+    desktop: _builtins.bool
+    """Give the task's own sandbox a desktop even without gui steps (gui steps imply it)."""
     @_builtins.property
     def steps(self) -> _containers.RepeatedCompositeFieldContainer[Global___Step]: ...
     @_builtins.property
@@ -397,10 +417,12 @@ class TaskSpec(_message.Message):
         network: _builtins.bool = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         limits: Global___Limits | None = ...,
+        sandbox_id: _builtins.str = ...,
+        desktop: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "step_timeout", b"step_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["env", b"env", "limits", b"limits", "network", b"network", "step_timeout", b"step_timeout", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desktop", b"desktop", "env", b"env", "limits", b"limits", "network", b"network", "sandbox_id", b"sandbox_id", "step_timeout", b"step_timeout", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -11,13 +11,18 @@ Requests (one JSON object per line on stdin):
   {"id": 2, "op": "kill", "target": 1}
   {"id": 3, "op": "read_file", "path": "x.txt", "max_bytes": 10485760}
   {"id": 4, "op": "write_file", "path": "x.txt", "content": "...", "max_bytes": 10485760}
+  {"id": 5, "op": "chdir", "path": "/tasks/abc"}   (a warm container being handed its task)
+  ("run", "read_file" and "write_file" take an optional "cwd": the task directory to use
+  instead of the agent's own, for long-lived sandboxes that hold one directory per task.)
 Replies (one JSON object per line on stdout):
   {"type": "ready", "pid": ...}
   {"id": 1, "type": "output", "stream": "stdout"|"stderr", "data": "..."}
   {"id": 1, "type": "exit", "exit_code": 0|null, "signal": null|9, "timed_out": false,
-   "killed": false, "stdout_truncated": false, "stderr_truncated": false, "error": ""}
+   "killed": false, "stdout_truncated": false, "stderr_truncated": false, "error": "",
+   "limit_events": {"oom_kill": 1, "pids_max": 0}}   (only when the sandbox's cgroup saw any)
   {"id": 3, "type": "file", "content": "...", "path": "x.txt", "size": 12}
   {"id": 4, "type": "error", "error": "..."}
+  {"id": 5, "type": "chdir", "path": "/tasks/abc"}
 """
 
 from __future__ import annotations
@@ -44,6 +49,13 @@ PYTHON = "/usr/bin/python3"
 NODE = "/usr/bin/node"
 TS_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts-run.js")
 SCRIPT_DIR = "/tmp/.corral"
+# Counters of the sandbox's own cgroup (visible inside a container; absent under bubblewrap):
+# how often the kernel OOM-killed a process, and how often a fork hit the pids limit.
+# (cgroup v2 path, cgroup v1 path) for each.
+CGROUP_COUNTERS = {
+    "oom_kill": (("/sys/fs/cgroup/memory.events", "oom_kill"), ("/sys/fs/cgroup/memory/memory.oom_control", "oom_kill")),
+    "pids_max": (("/sys/fs/cgroup/pids.events", "max"), ("/sys/fs/cgroup/pids/pids.events", "max")),
+}
 
 _write_lock = threading.Lock()
 _out = sys.stdout.buffer
@@ -71,9 +83,9 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def resolve_path(path: str) -> str:
+def resolve_path(path: str, cwd: str = "") -> str:
     """Resolves `path` inside the task directory, refusing anything that leads out of it."""
-    root = task_root()
+    root = os.path.realpath(cwd) if cwd else task_root()
     if not path or "\x00" in path:
         raise Refused("the path is empty or contains a NUL byte")
     if os.path.isabs(path):
@@ -99,7 +111,7 @@ def _describe_size(n: int) -> str:
 
 
 def read_file(request: dict[str, Any]) -> dict[str, Any]:
-    path = resolve_path(str(request.get("path", "")))
+    path = resolve_path(str(request.get("path", "")), str(request.get("cwd") or ""))
     max_bytes = int(request.get("max_bytes", 10 * MIB))
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -129,7 +141,7 @@ def _is_regular(mode: int) -> bool:
 
 
 def write_file(request: dict[str, Any]) -> dict[str, Any]:
-    path = resolve_path(str(request.get("path", "")))
+    path = resolve_path(str(request.get("path", "")), str(request.get("cwd") or ""))
     content = str(request.get("content", ""))
     max_bytes = int(request.get("max_bytes", 10 * MIB))
     data = content.encode()
@@ -150,6 +162,24 @@ def write_file(request: dict[str, Any]) -> dict[str, Any]:
 
 
 # --- processes -----------------------------------------------------------------------------
+
+
+def cgroup_counters() -> dict[str, int]:
+    counters: dict[str, int] = {}
+    for name, candidates in CGROUP_COUNTERS.items():
+        for path, key in candidates:
+            try:
+                with open(path, encoding="ascii") as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) == 2 and parts[0] == key:
+                            counters[name] = int(parts[1])
+                            break
+            except (OSError, ValueError):
+                continue
+            if name in counters:
+                break
+    return counters
 
 
 def _proc_table() -> dict[int, tuple[int, int, str]]:
@@ -207,6 +237,12 @@ def _limit_setter(limits: dict[str, Any]) -> Any:
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        # Under a memory cgroup, let the OOM killer pick step processes before the agent.
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write("500")
+        except OSError:
+            pass
         if memory > 0:
             resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         if processes > 0:
@@ -297,9 +333,11 @@ class StepRun:
                 start_new_session=True,
                 preexec_fn=_limit_setter(request.get("limits") or {}),
                 close_fds=True,
+                cwd=request.get("cwd") or None,
             )
         except OSError as exc:
             raise Refused(f"could not start {argv[0]}: {exc.strerror}") from None
+        counters_before = cgroup_counters()
 
         deadline = time.monotonic() + timeout
         streams = {proc.stdout: "stdout", proc.stderr: "stderr"}
@@ -372,12 +410,21 @@ class StepRun:
         returncode = proc.wait()
         exit_code = returncode if returncode >= 0 else None
         sig = -returncode if returncode < 0 else None
-        send({
+        reply = {
             "id": self.id, "type": "exit", "exit_code": exit_code, "signal": sig,
             "timed_out": timed_out, "killed": killed,
             "stdout_truncated": truncated["stdout"], "stderr_truncated": truncated["stderr"],
             "error": "",
-        })
+        }
+        after = cgroup_counters()
+        events = {k: after[k] - counters_before.get(k, after[k]) for k in after}
+        if any(events.values()):
+            reply["limit_events"] = events
+        if events.get("pids_max"):
+            # The step filled the sandbox's process table: what it left behind would keep every
+            # later step (and this agent's threads) from starting, so it goes too.
+            kill_tree(proc.pid)
+        send(reply)
 
 
 def _pidfd_open(pid: int) -> int | None:
@@ -398,7 +445,14 @@ def handle(request: dict[str, Any]) -> None:
         step = StepRun(request)
         with _steps_lock:
             _steps[step.id] = step
-        threading.Thread(target=step.run, daemon=True).start()
+        try:
+            threading.Thread(target=step.run, daemon=True).start()
+        except RuntimeError as exc:  # no thread to be had: the process limit is reached
+            with _steps_lock:
+                _steps.pop(step.id, None)
+            send({"id": step.id, "type": "exit", "exit_code": None, "signal": None,
+                  "timed_out": False, "killed": False, "stdout_truncated": False,
+                  "stderr_truncated": False, "error": f"could not start the step: {exc}"})
         return
     if op == "kill":
         with _steps_lock:
@@ -409,6 +463,9 @@ def handle(request: dict[str, Any]) -> None:
     try:
         if op == "read_file":
             reply = read_file(request)
+        elif op == "chdir":
+            os.chdir(str(request.get("path", "")))
+            reply = {"type": "chdir", "path": os.getcwd()}
         elif op == "write_file":
             reply = write_file(request)
         else:

@@ -19,6 +19,7 @@ MEMORY_MARKERS = (
     "out of memory",
 )
 FILE_SIZE_MARKERS = ("File too large", "EFBIG")
+DISK_FULL_MARKERS = ("No space left on device", "ENOSPC")
 PROCESS_LIMIT_MARKERS = ("Resource temporarily unavailable", "BlockingIOError", "fork: retry", "EAGAIN")
 # Signals a process under RLIMIT_AS commonly dies of when an allocation fails.
 MEMORY_SIGNALS = (signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGTRAP, signal.SIGKILL)
@@ -64,6 +65,8 @@ def describe_failure(
         return f"{base}: exceeded the memory limit ({limits.memory_mb} MiB)"
     if _mentions(stderr, FILE_SIZE_MARKERS):
         return f"{base}: exceeded the file size limit ({limits.max_file_size_mb} MiB)"
+    if _mentions(stderr, DISK_FULL_MARKERS):
+        return f"{base}: no space left on device (a size-limited filesystem of the sandbox, e.g. /tmp, is full)"
     if _mentions(stderr, PROCESS_LIMIT_MARKERS):
         return f"{base}: process limit reached ({limits.max_processes} processes)"
     return base

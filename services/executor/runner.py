@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import shutil
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
+from pathlib import Path
 
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -20,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from corral.config import Settings
 from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES, step_tool
 from corral.v1 import memory_pb2, task_pb2
+from services.executor.desktop import Desktop, start_desktop
 from services.executor.drivers.base import (
     FileRefused,
     OutputCallback,
@@ -33,9 +36,11 @@ from services.executor.drivers.base import (
     SandboxLimits,
     StreamName,
 )
+from services.executor.gui_steps import GuiClient, GuiStepError, ScreenshotWriter, perform
 from services.executor.history import HistoryRecorder, history_event
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.outcome import describe_failure
+from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
 
 log = structlog.get_logger()
 
@@ -45,7 +50,6 @@ PROCESS_TOOLS: dict[str, ProcessKind] = {
     "python": "python",
     "typescript": "typescript",
 }
-GUI_UNAVAILABLE = "desktop (GUI) steps are not available on this executor yet"
 _STREAMS: dict[StreamName, task_pb2.OutputStream.ValueType] = {
     "stdout": task_pb2.OUTPUT_STREAM_STDOUT,
     "stderr": task_pb2.OUTPUT_STREAM_STDERR,
@@ -113,6 +117,19 @@ class TaskRun:
         self.task_id = task_id
         self.spec = spec
         self.host_task_dir = self.settings.tasks_dir / task_id
+        # A task naming a long-lived sandbox runs in it, in /tasks/{task_id} there.
+        self.managed: ManagedSandbox | None = None
+        self.cwd = ""
+        if spec.sandbox_id:
+            with contextlib.suppress(SandboxNotFound):
+                self.managed = runner.sandboxes.get(spec.sandbox_id)
+            if self.managed is not None:
+                self.host_task_dir = self.managed.host_tasks_dir / task_id
+                self.cwd = f"/tasks/{task_id}"
+        self.wants_desktop = spec.desktop or any(step_tool(s) == "gui" for s in spec.steps)
+        self.host_run_dir: Path | None = None
+        self.desktop: Desktop | None = None
+        self._gui: GuiClient | None = None
         self.limits = self._limits(spec.limits)
         self.cancel_reason: str | None = None
         self._events: asyncio.Queue[task_pb2.TaskEvent | None] = asyncio.Queue()
@@ -120,6 +137,7 @@ class TaskRun:
         self._sandbox: Sandbox | None = None
         # Set when the sandbox itself failed: no later step can run, continue_on_error or not.
         self._sandbox_error: SandboxError | None = None
+        self._current_index = 0
         self.log = log.bind(task_id=task_id)
 
     def _limits(self, limits: task_pb2.Limits) -> SandboxLimits:
@@ -167,20 +185,33 @@ class TaskRun:
     async def _execute(self) -> None:
         journal: TaskJournal | None = None
         try:
+            if self.spec.sandbox_id and self.managed is None:
+                raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor (deleted or expired?)")
             self.runner.driver.prepare_task_dir(self.host_task_dir)
             journal = TaskJournal(self.host_task_dir)
-            state, error = await self._run_steps(journal)
+            if self.managed is not None:
+                async with self.managed.lock:  # one task at a time in a sandbox
+                    state, error = await self._run_steps(journal)
+            else:
+                state, error = await self._run_steps(journal)
         except asyncio.CancelledError:
             state, error = task_pb2.TASK_STATE_CANCELLED, self.cancel_reason or "cancelled"
             self._finish(journal, state, error)
             raise
+        except SandboxNotFound as exc:
+            state, error = task_pb2.TASK_STATE_FAILED, str(exc)
         except Exception as exc:
             self.log.exception("task crashed")
             state, error = task_pb2.TASK_STATE_FAILED, f"the executor failed: {exc}"
         finally:
-            if self._sandbox is not None:
+            if self._gui is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._gui.close())
+            if self._sandbox is not None and self.managed is None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._sandbox.close())
+            if self.host_run_dir is not None and self.managed is None:
+                shutil.rmtree(self.host_run_dir, ignore_errors=True)
         self._finish(journal, state, error)
 
     def _finish(
@@ -202,6 +233,7 @@ class TaskRun:
     ) -> tuple[task_pb2.TaskState.ValueType, str]:
         runner = self.runner
         task_dir = f"/tasks/{self.task_id}"
+        sandbox_note = f" in sandbox {self.spec.sandbox_id}" if self.managed is not None else ""
         self._emit(
             started=task_pb2.TaskStarted(
                 executor_id=runner.executor_id, task_dir=task_dir, host_task_dir=str(self.host_task_dir)
@@ -209,7 +241,7 @@ class TaskRun:
         )
         journal.log(
             f"task {self.task_id} started on executor {runner.executor_id} "
-            f"({runner.driver.name}); {len(self.spec.steps)} steps in {task_dir}"
+            f"({runner.driver.name}){sandbox_note}; {len(self.spec.steps)} steps in {task_dir}"
         )
         runner.record(history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_STARTED, state="running"))
         self.log.info("task started", steps=len(self.spec.steps))
@@ -236,16 +268,30 @@ class TaskRun:
         return task_pb2.TASK_STATE_COMPLETED, ""
 
     async def _sandbox_for_task(self) -> Sandbox:
+        if self._sandbox is None and self.managed is not None:
+            self._sandbox = self.managed.sandbox
+            self.desktop = self.managed.desktop
         if self._sandbox is None:
+            if self.wants_desktop:
+                self.host_run_dir = self.settings.run_dir_root / self.task_id
+                self.runner.driver.prepare_run_dir(self.host_run_dir)
             config = SandboxConfig(
                 task_id=self.task_id,
                 host_task_dir=self.host_task_dir,
                 limits=self.limits,
                 network=self.spec.network,
                 env=dict(self.spec.env),
+                desktop=self.wants_desktop,
+                host_run_dir=self.host_run_dir,
             )
             self._sandbox = await self.runner.driver.create(config)
+            if self.wants_desktop and self.host_run_dir is not None:
+                self.desktop = await start_desktop(self._sandbox, self.host_run_dir)
         return self._sandbox
+
+    @property
+    def step_env(self) -> dict[str, str]:
+        return {"DISPLAY": self.desktop.display} if self.desktop is not None else {}
 
     def _timeout(self, step: task_pb2.Step) -> float:
         if step.HasField("timeout"):
@@ -282,6 +328,7 @@ class TaskRun:
         def on_output(stream: StreamName, data: str) -> None:
             self._emit(output=task_pb2.OutputChunk(index=index, stream=_STREAMS[stream], data=data))
 
+        self._current_index = index
         self._step_task = asyncio.create_task(self._perform(step, tool, timeout, on_output))
         try:
             outcome = await self._step_task
@@ -344,8 +391,6 @@ class TaskRun:
         failed = task_pb2.STEP_STATE_FAILED
         if not tool:
             return _Outcome(failed, ProcessResult(exit_code=None), "the step has no action")
-        if tool == "gui":
-            return _Outcome(failed, ProcessResult(exit_code=None), GUI_UNAVAILABLE)
         if timeout > self.settings.max_step_timeout_seconds:
             return _Outcome(
                 failed,
@@ -357,13 +402,17 @@ class TaskRun:
             sandbox = await self._sandbox_for_task()
             if tool in PROCESS_TOOLS:
                 code = step.shell.command if tool == "shell" else getattr(step, tool).code
-                request = ProcessRequest(kind=PROCESS_TOOLS[tool], timeout=timeout, code=code)
+                request = ProcessRequest(
+                    kind=PROCESS_TOOLS[tool], timeout=timeout, code=code, env=self.step_env, cwd=self.cwd
+                )
                 result = await sandbox.run(request, on_output)
                 error = describe_failure(result, self.limits, timeout, tool)
                 state = task_pb2.STEP_STATE_COMPLETED if result.ok else failed
                 return _Outcome(state, result, error)
+            if tool == "gui":
+                return await self._gui_step(step, timeout, on_output)
             return await asyncio.wait_for(self._file_step(sandbox, step, tool, on_output), timeout)
-        except FileRefused as exc:
+        except (FileRefused, GuiStepError) as exc:
             return _Outcome(failed, ProcessResult(exit_code=None), str(exc))
         except TimeoutError:
             return _Outcome(
@@ -373,16 +422,35 @@ class TaskRun:
             self._sandbox_error = exc
             return _Outcome(failed, ProcessResult(exit_code=None), str(exc))
 
+    async def _gui_step(self, step: task_pb2.Step, timeout: float, on_output: OutputCallback) -> _Outcome:
+        if self.desktop is None:
+            raise GuiStepError(
+                f"sandbox {self.spec.sandbox_id} has no desktop (create it with desktop: true)"
+                if self.managed is not None
+                else "this sandbox has no desktop"
+            )
+        if self._gui is None:
+            self._gui = GuiClient(self.desktop.gui_socket)
+        writer = ScreenshotWriter(self.host_task_dir, f"/tasks/{self.task_id}")
+        index = self._current_index
+        outcome = await perform(self._gui, step.gui, writer, index, timeout)
+        on_output("stdout", outcome.stdout)
+        return _Outcome(task_pb2.STEP_STATE_COMPLETED, ProcessResult(exit_code=None, stdout=outcome.stdout), "")
+
     async def _file_step(
         self, sandbox: Sandbox, step: task_pb2.Step, tool: str, on_output: OutputCallback
     ) -> _Outcome:
         if tool == "read_file":
-            content = await sandbox.read_file(step.read_file.path, self.settings.max_read_file_bytes)
+            content = await sandbox.read_file(
+                step.read_file.path, self.settings.max_read_file_bytes, cwd=self.cwd
+            )
             if content:
                 on_output("stdout", content)
             return _Outcome(task_pb2.STEP_STATE_COMPLETED, ProcessResult(exit_code=None, stdout=content), "")
         content = step.write_file.content
-        path = await sandbox.write_file(step.write_file.path, content, self.settings.max_write_file_bytes)
+        path = await sandbox.write_file(
+            step.write_file.path, content, self.settings.max_write_file_bytes, cwd=self.cwd
+        )
         message = f"wrote {len(content.encode())} bytes to {path}\n"
         return _Outcome(task_pb2.STEP_STATE_COMPLETED, ProcessResult(exit_code=None, stdout=message), "")
 
@@ -396,9 +464,11 @@ class TaskRunner:
         driver: SandboxDriver,
         executor_id: str,
         history: HistoryRecorder | None = None,
+        sandboxes: SandboxManager | None = None,
     ) -> None:
         self.settings = settings
         self.driver = driver
+        self.sandboxes = sandboxes or SandboxManager(settings, driver)
         self.executor_id = executor_id
         self.history = history
         self.capacity = settings.executor_capacity

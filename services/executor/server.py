@@ -33,7 +33,11 @@ def make_driver(settings: Settings) -> SandboxDriver:
         from services.executor.drivers.bubblewrap import BubblewrapDriver
 
         return BubblewrapDriver(settings)
-    raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap)")
+    if settings.sandbox_driver == "docker":
+        from services.executor.drivers.docker import DockerDriver
+
+        return DockerDriver(settings)
+    raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap, docker)")
 
 
 @dataclass
@@ -52,6 +56,8 @@ class RunningExecutor:
         """Cancels running tasks (killing their sandboxes), then stops serving."""
         await self.registration.stop()
         await self.runner.shutdown()
+        await self.runner.sandboxes.stop()
+        await self.runner.driver.stop()
         await self.server.stop(grace)
         await self.history.close()
 
@@ -66,8 +72,11 @@ async def start_executor(settings: Settings) -> RunningExecutor:
     executor_id = settings.executor_id or f"{socket.gethostname()}-{port}"
     advertise = settings.executor_advertise_address or f"{host}:{port}"
 
+    # Before serving: the driver may clean up what a crashed run of this executor left.
+    await driver.start(executor_id)
     history = HistoryRecorder(settings.memory_address)
     runner = TaskRunner(settings, driver, executor_id, history)
+    runner.sandboxes.start()  # the reaper of expired long-lived sandboxes
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(runner), server)
     health = add_reflection_and_health(server, [SERVICE_NAME])
     await server.start()
@@ -99,6 +108,8 @@ async def serve(settings: Settings) -> None:
     async def on_stop() -> None:
         await executor.registration.stop()
         await executor.runner.shutdown()
+        await executor.runner.sandboxes.stop()
+        await executor.runner.driver.stop()
 
     await run_until_signalled(executor.server, on_stop=on_stop)
     await executor.history.close()

@@ -7,8 +7,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from corral.grpc_server import Context
 from corral.v1 import executor_pb2, executor_pb2_grpc
-from services.executor.runner import AlreadyRunning, AtCapacity, InvalidTask, TaskRunner
+from services.executor.drivers.base import SandboxError
+from services.executor.runner import TASK_ID_PATTERN, AlreadyRunning, AtCapacity, InvalidTask, TaskRunner
+from services.executor.sandboxes import SandboxExists, SandboxNotFound
 
 
 class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
@@ -57,3 +60,52 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             capacity=self.runner.capacity,
             running_task_ids=self.runner.running_task_ids,
         )
+
+    # --- long-lived sandboxes ----------------------------------------------------------------
+
+    async def CreateSandbox(
+        self, request: executor_pb2.ExecutorCreateSandboxRequest, context: Context
+    ) -> executor_pb2.ExecutorCreateSandboxResponse:
+        if not TASK_ID_PATTERN.match(request.sandbox_id):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid sandbox id {request.sandbox_id!r}")
+        try:
+            managed = await self.runner.sandboxes.create(
+                request.sandbox_id, request.spec, request.expires_at.ToNanoseconds() / 1e9
+            )
+        except SandboxExists as exc:
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, str(exc))
+            raise
+        except SandboxError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        return executor_pb2.ExecutorCreateSandboxResponse(
+            host_run_dir=str(managed.host_run_dir), host_tasks_dir=str(managed.host_tasks_dir)
+        )
+
+    async def DeleteSandbox(
+        self, request: executor_pb2.ExecutorDeleteSandboxRequest, context: Context
+    ) -> executor_pb2.ExecutorDeleteSandboxResponse:
+        found = await self.runner.sandboxes.delete(request.sandbox_id, "deleted by request")
+        return executor_pb2.ExecutorDeleteSandboxResponse(found=found)
+
+    async def ExtendSandbox(
+        self, request: executor_pb2.ExecutorExtendSandboxRequest, context: Context
+    ) -> executor_pb2.ExecutorExtendSandboxResponse:
+        try:
+            self.runner.sandboxes.extend(request.sandbox_id, request.expires_at.ToNanoseconds() / 1e9)
+        except SandboxNotFound:
+            return executor_pb2.ExecutorExtendSandboxResponse(found=False)
+        return executor_pb2.ExecutorExtendSandboxResponse(found=True)
+
+    async def StartJupyter(
+        self, request: executor_pb2.ExecutorStartJupyterRequest, context: Context
+    ) -> executor_pb2.ExecutorStartJupyterResponse:
+        try:
+            socket = await self.runner.sandboxes.start_jupyter(request.sandbox_id, request.base_url or "/")
+        except SandboxNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        except SandboxError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise
+        return executor_pb2.ExecutorStartJupyterResponse(host_socket=str(socket))

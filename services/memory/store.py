@@ -39,6 +39,11 @@ SNIPPET_RADIUS = 60
 # Another process appending to the same task (two memory replicas on one database) can race
 # us to a sequence number; the unique constraint catches it and we try again.
 APPEND_RETRIES = 5
+# Column lengths, checked before writing (PostgreSQL enforces them, SQLite does not).
+TASK_ID_MAX = 128
+SHORT_TEXT_MAX = 32
+NAMESPACE_MAX = 256
+KEY_MAX = 512
 
 metadata = MetaData()
 
@@ -46,14 +51,14 @@ history_events = Table(
     "history_events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("task_id", String(128), nullable=False, index=True),
+    Column("task_id", String(TASK_ID_MAX), nullable=False, index=True),
     Column("sequence", BigInteger, nullable=False),
     Column("time", DateTime(timezone=True), nullable=False),
     Column("kind", Integer, nullable=False),
     Column("step_index", Integer, nullable=False),
-    Column("tool", String(32), nullable=False, default=""),
+    Column("tool", String(SHORT_TEXT_MAX), nullable=False, default=""),
     Column("action", Text, nullable=False, default=""),
-    Column("state", String(32), nullable=False, default=""),
+    Column("state", String(SHORT_TEXT_MAX), nullable=False, default=""),
     Column("exit_code", Integer, nullable=True),
     Column("stdout", Text, nullable=False, default=""),
     Column("stderr", Text, nullable=False, default=""),
@@ -65,8 +70,8 @@ notes = Table(
     "notes",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("namespace", String(256), nullable=False),
-    Column("key", String(512), nullable=False),
+    Column("namespace", String(NAMESPACE_MAX), nullable=False),
+    Column("key", String(KEY_MAX), nullable=False),
     Column("value", Text, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("namespace", "key", name="uq_notes_namespace_key"),
@@ -152,9 +157,24 @@ def _row_to_record(row: object) -> HistoryRecord:
     )
 
 
-def _require(value: str, name: str) -> None:
+def _require(value: str, name: str, max_length: int | None = None) -> None:
     if not value.strip():
         raise InvalidArgument(f"{name} must not be empty")
+    _check_text(value, name, max_length)
+
+
+def _check_text(value: str, name: str, max_length: int | None = None) -> None:
+    # Same answer on every database: PostgreSQL refuses NUL in text and enforces column
+    # lengths, where SQLite would silently accept both.
+    if "\0" in value:
+        raise InvalidArgument(f"{name} must not contain NUL characters")
+    if max_length is not None and len(value) > max_length:
+        raise InvalidArgument(f"{name} is longer than {max_length} characters")
+
+
+def _output(text: str) -> str:
+    """Program output may hold NUL bytes; PostgreSQL text cannot, so they become U+FFFD."""
+    return text.replace("\0", "\ufffd")
 
 
 class MemoryStore:
@@ -178,10 +198,12 @@ class MemoryStore:
     # --- history ------------------------------------------------------------------------
 
     async def append_events(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
-        _require(task_id, "task_id")
+        _require(task_id, "task_id", TASK_ID_MAX)
         for record in records:
             if record.task_id and record.task_id != task_id:
                 raise InvalidArgument(f"event for task {record.task_id!r} in a request for task {task_id!r}")
+            _check_text(record.tool, "tool", SHORT_TEXT_MAX)
+            _check_text(record.state, "state", SHORT_TEXT_MAX)
         if not records:
             return []
         lock = self._task_locks.setdefault(task_id, asyncio.Lock())
@@ -197,6 +219,10 @@ class MemoryStore:
     async def _append_locked(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
         now = datetime.now(UTC)
         async with self._engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                # Serializes appends to one task across processes (memory replicas) until
+                # commit, so the max+1 below never races; SQLite has one writer anyway.
+                await conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(task_id))))
             last = await conn.scalar(
                 select(func.coalesce(func.max(history_events.c.sequence), 0)).where(
                     history_events.c.task_id == task_id
@@ -213,12 +239,12 @@ class MemoryStore:
                         "kind": record.kind,
                         "step_index": record.step_index,
                         "tool": record.tool,
-                        "action": record.action,
+                        "action": _output(record.action),
                         "state": record.state,
                         "exit_code": record.exit_code,
-                        "stdout": record.stdout,
-                        "stderr": record.stderr,
-                        "error": record.error,
+                        "stdout": _output(record.stdout),
+                        "stderr": _output(record.stderr),
+                        "error": _output(record.error),
                     }
                 )
             await conn.execute(history_events.insert(), rows)
@@ -245,6 +271,7 @@ class MemoryStore:
     async def search(self, query: str, limit: int = 0, task_id: str = "") -> list[SearchResult]:
         """Case-insensitive substring search over actions and outputs, newest first."""
         _require(query, "query")
+        _check_text(task_id, "task_id")
         if limit < 0:
             raise InvalidArgument("limit must not be negative")
         limit = min(limit or DEFAULT_SEARCH_LIMIT, MAX_SEARCH_LIMIT)
@@ -272,8 +299,9 @@ class MemoryStore:
     # --- notes --------------------------------------------------------------------------
 
     async def put_note(self, namespace: str, key: str, value: str) -> NoteRecord:
-        _require(namespace, "namespace")
-        _require(key, "key")
+        _require(namespace, "namespace", NAMESPACE_MAX)
+        _require(key, "key", KEY_MAX)
+        _check_text(value, "value")
         now = datetime.now(UTC)
         # Update-then-insert keeps it portable (no dialect-specific upsert); a concurrent
         # insert of the same key loses on the unique constraint and retries as an update.

@@ -22,8 +22,9 @@ from corral.schema import TERMINAL_TASK_STATES
 from corral.v1 import executor_pb2, task_pb2
 
 from .executors import ExecutorRecord, ExecutorRegistry
+from .sandboxes import SandboxCoordinator
 from .store import TaskStore
-from .validation import validate_spec
+from .validation import InvalidTask, validate_spec
 
 log = structlog.get_logger()
 
@@ -49,6 +50,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._assign_lock = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
+        # Long-lived sandboxes (set by the server); tasks naming one run on its executor, one
+        # at a time: _sandbox_of maps an assigned task to its sandbox.
+        self.sandboxes: SandboxCoordinator | None = None
+        self._sandbox_of: dict[str, str] = {}
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -81,6 +86,10 @@ class Scheduler:
 
     async def submit(self, spec: task_pb2.TaskSpec) -> task_pb2.Task:
         validate_spec(spec)
+        if spec.sandbox_id:
+            if self.sandboxes is None:
+                raise InvalidTask("this scheduler does not manage sandboxes")
+            await self.sandboxes.active(spec.sandbox_id)  # NOT_FOUND / FAILED_PRECONDITION
         task_id = uuid.uuid4().hex
         await self._store.create(task_id, spec)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
@@ -227,12 +236,18 @@ class Scheduler:
             for task_id in candidates:
                 if task_id in self._assigned_to:
                     continue
-                executor = self.executors.pick()
-                if executor is None:
-                    return
                 found = await self._store.state_and_spec(task_id)
                 if found is None or found[0] != task_pb2.TASK_STATE_SCHEDULED:
                     continue  # cancelled meanwhile
+                if found[1].sandbox_id:
+                    executor = await self._sandbox_executor(task_id, found[1].sandbox_id)
+                    if executor is None:
+                        continue  # its sandbox is busy (or gone: then the task was failed)
+                    self._sandbox_of[task_id] = found[1].sandbox_id
+                else:
+                    executor = self.executors.pick()
+                    if executor is None:
+                        return
                 executor.running.add(task_id)
                 self._assigned_to[task_id] = executor
                 self._assignments[task_id] = asyncio.create_task(
@@ -284,9 +299,31 @@ class Scheduler:
             await self._finish(task_id, task_pb2.TASK_STATE_FAILED, f"internal scheduler error: {exc}")
         finally:
             executor.running.discard(task_id)
+            self._sandbox_of.pop(task_id, None)
             self._assigned_to.pop(task_id, None)
             self._assignments.pop(task_id, None)
             self._wake.set()
+
+    async def _sandbox_executor(self, task_id: str, sandbox_id: str) -> ExecutorRecord | None:
+        """The executor holding the task's sandbox if it can run the task now; else None, and
+        the task is failed when the sandbox or its executor is gone."""
+        if sandbox_id in self._sandbox_of.values():
+            return None  # one task at a time in a sandbox
+        assert self.sandboxes is not None
+        try:
+            sandbox = await self.sandboxes.active(sandbox_id)
+        except (LookupError, RuntimeError) as exc:
+            await self._finish(task_id, task_pb2.TASK_STATE_FAILED, str(exc))
+            return None
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is None or not executor.alive:
+            await self._finish(
+                task_id,
+                task_pb2.TASK_STATE_FAILED,
+                f"executor {sandbox.executor_id} holding sandbox {sandbox_id} is not connected",
+            )
+            return None
+        return executor if executor.free > 0 else None
 
     async def _record(self, event: task_pb2.TaskEvent) -> None:
         task_id = event.task_id

@@ -13,34 +13,42 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from .core import Scheduler
+from .sandbox_servicer import SandboxServicer
+from .sandboxes import SandboxCoordinator, SandboxStore
 from .servicer import SchedulerServicer
 from .store import TaskStore
 
 log = structlog.get_logger()
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
+SANDBOX_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 
 
 async def serve(settings: Settings) -> None:
     engine = create_engine(settings.database_url("scheduler"))
     scheduler = Scheduler(TaskStore(engine), settings)
+    sandboxes = SandboxCoordinator(SandboxStore(engine), scheduler.executors, settings)
+    scheduler.sandboxes = sandboxes
     await scheduler.start()
+    sandboxes.start()
 
     server = new_server()
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
         SchedulerServicer(scheduler, settings.heartbeat_interval_seconds), server
     )
-    health = add_reflection_and_health(server, [SERVICE_NAME])
+    sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(sandboxes), server)
+    health = add_reflection_and_health(server, [SERVICE_NAME, SANDBOX_SERVICE_NAME])
     bind(server, settings.scheduler_address)
     await server.start()
-    await mark_serving(health, [SERVICE_NAME])
+    await mark_serving(health, [SERVICE_NAME, SANDBOX_SERVICE_NAME])
     log.info("scheduler listening", address=settings.scheduler_address)
 
     async def shutdown() -> None:
         await health.enter_graceful_shutdown()
+        await sandboxes.stop()
         await scheduler.stop()
 
     try:

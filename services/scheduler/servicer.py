@@ -10,6 +10,7 @@ from corral.grpc_server import Context
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 from .core import Scheduler, TaskAlreadyFinished, TaskNotFound
+from .sandboxes import SandboxEnded, SandboxNotFound
 from .validation import InvalidTask
 
 DEFAULT_PAGE_SIZE = 50
@@ -43,6 +44,12 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
             task = await self._scheduler.submit(request.spec)
         except InvalidTask as exc:
             await self._abort_for(exc, context)
+            raise
+        except SandboxNotFound as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise
+        except SandboxEnded as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
             raise
         return scheduler_pb2.SubmitTaskResponse(task_id=task.task_id, task=task)
 

@@ -20,6 +20,11 @@ ProcessKind = Literal["argv", "shell", "python", "typescript"]
 OutputCallback = Callable[[StreamName, str], None]
 
 MIB = 1024 * 1024
+# Inside every sandbox: the run directory (unix sockets of the gui service, VNC and Jupyter,
+# bind-mounted from SandboxConfig.host_run_dir) and where the gui service's Python package
+# (corral.v1 stubs + services.gui) is found.
+RUN_DIR = "/run/corral"
+SOURCE_DIR = "/opt/corral"
 
 
 class SandboxError(Exception):
@@ -47,10 +52,18 @@ class SandboxConfig:
     network: bool = False
     # Extra environment for every process (on top of the sandbox's minimal one).
     env: Mapping[str, str] = field(default_factory=dict)
+    # The sandbox will run a desktop (services/executor/desktop.py starts it): the driver
+    # mounts host_run_dir at RUN_DIR and the gui service's package at SOURCE_DIR.
+    desktop: bool = False
+    # Host directory seen inside as RUN_DIR (unix sockets the host connects to); none if None.
+    host_run_dir: Path | None = None
+    # A long-lived sandbox: host_task_dir is mounted at /tasks and holds one directory per
+    # task; processes and files name their task directory with ProcessRequest.cwd / `cwd`.
+    shared_tasks: bool = False
 
     @property
     def task_dir(self) -> str:
-        return f"/tasks/{self.task_id}"
+        return "/tasks" if self.shared_tasks else f"/tasks/{self.task_id}"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,9 @@ class ProcessRequest:
     env: Mapping[str, str] = field(default_factory=dict)
     # Bytes of stdout (and separately of stderr) kept; the sandbox's limit when 0.
     max_output_bytes: int = 0
+    # Working directory inside the sandbox (the task's directory in a long-lived sandbox);
+    # the sandbox's own task_dir when empty.
+    cwd: str = ""
 
 
 @dataclass
@@ -97,12 +113,12 @@ class Sandbox(abc.ABC):
         """Runs one process in the task directory and waits for it (or its timeout)."""
 
     @abc.abstractmethod
-    async def read_file(self, path: str, max_bytes: int) -> str:
-        """The text of a file inside the task directory; raises FileRefused."""
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+        """The text of a file inside the task directory (`cwd` if set); raises FileRefused."""
 
     @abc.abstractmethod
-    async def write_file(self, path: str, content: str, max_bytes: int) -> str:
-        """Writes a file inside the task directory (parents created); returns its sandbox path."""
+    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
+        """Writes a file inside the task directory (`cwd` if set), parents created; returns its sandbox path."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -119,3 +135,15 @@ class SandboxDriver(abc.ABC):
     def prepare_task_dir(self, path: Path) -> None:
         """Creates the host task directory so the sandbox user can write in it."""
         path.mkdir(parents=True, exist_ok=True)
+
+    def prepare_run_dir(self, path: Path) -> None:
+        """Creates the host run directory (unix sockets) so the sandbox user can write in it."""
+        self.prepare_task_dir(path)
+
+    async def start(self, executor_id: str) -> None:
+        """Called once the executor knows its id, before it accepts tasks (cleanup, warm-up)."""
+        return None
+
+    async def stop(self) -> None:
+        """Called when the executor stops, after its tasks ended: releases what start() made."""
+        return None

@@ -33,6 +33,8 @@ import structlog
 from corral.config import Settings
 from services.executor.drivers.base import (
     MIB,
+    RUN_DIR,
+    SOURCE_DIR,
     FileRefused,
     OutputCallback,
     ProcessRequest,
@@ -55,6 +57,9 @@ MAX_LINE_BYTES = 64 * MIB
 READY_TIMEOUT = 20.0
 # Extra time we give the agent to report a step after the step's own timeout.
 AGENT_GRACE_SECONDS = 15.0
+# The checkout holding the `corral` and `services` packages, mounted at SOURCE_DIR for the
+# gui service of desktop sandboxes.
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
 # Top-level names that are symlinks into /usr on merged-/usr systems (or real dirs elsewhere).
 SYSTEM_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -93,28 +98,46 @@ class BubblewrapDriver(SandboxDriver):
         if self.host_ids is None:
             return False
         uid, gid = self.host_ids
-        return not (
-            _searchable_by(config.host_task_dir, uid, gid) and _searchable_by(self.runtime_dir, uid, gid)
-        )
+        dirs = [config.host_task_dir, self.runtime_dir]
+        if config.host_run_dir is not None:
+            dirs.append(config.host_run_dir)
+        if config.desktop:
+            dirs.append(SOURCE_ROOT)
+        return not all(_searchable_by(d, uid, gid) for d in dirs)
 
     def launcher(self, config: SandboxConfig, staged: bool) -> tuple[list[str], str, str]:
         """The command prefix that starts bwrap, and the task/runtime paths bwrap should bind."""
-        task_src, runtime_src = str(config.host_task_dir), str(self.runtime_dir)
+        prefix, paths = self.staged_launcher(config, staged)
+        return prefix, paths["task"], paths["app"]
+
+    def staged_launcher(self, config: SandboxConfig, staged: bool) -> tuple[list[str], dict[str, str]]:
+        """Like launcher(), for every host directory the sandbox binds (task, app, run, source)."""
+        sources = {"task": str(config.host_task_dir), "app": str(self.runtime_dir)}
+        if config.host_run_dir is not None:
+            sources["run"] = str(config.host_run_dir)
+        if config.desktop:
+            sources["source"] = str(SOURCE_ROOT)
         if not staged:
-            return [], task_src, runtime_src
+            return [], sources
         assert self.host_ids is not None
         uid, gid = self.host_ids
-        task_stage, app_stage = self.stage_dir / "task", self.stage_dir / "app"
-        for d in (self.stage_dir, task_stage, app_stage):
-            d.mkdir(mode=0o755, parents=True, exist_ok=True)
-        script = 'mount --bind "$1" "$3" && mount --bind "$2" "$4" && shift 4 && exec "$@"'
+        self.stage_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+        staged_paths: dict[str, str] = {}
+        script = ""
+        args: list[str] = []
+        for n, (name, source) in enumerate(sources.items()):
+            stage = self.stage_dir / name
+            stage.mkdir(mode=0o755, exist_ok=True)
+            staged_paths[name] = str(stage)
+            script += f'mount --bind "${{{2 * n + 1}}}" "${{{2 * n + 2}}}" && '
+            args += [source, str(stage)]
+        script += f"shift {len(args)} && exec \"$@\""
         prefix = [
             "unshare", "--mount", "--propagation", "private", "--",
-            "/bin/sh", "-c", script, "corral-stage",
-            task_src, runtime_src, str(task_stage), str(app_stage),
+            "/bin/sh", "-c", script, "corral-stage", *args,
             "setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--",
         ]
-        return prefix, str(task_stage), str(app_stage)
+        return prefix, staged_paths
 
     async def create(self, config: SandboxConfig) -> Sandbox:
         sandbox = BubblewrapSandbox(self, config)
@@ -137,7 +160,14 @@ class BubblewrapDriver(SandboxDriver):
             "CORRAL_TASK_DIR": config.task_dir,
         }
 
-    def command(self, config: SandboxConfig, task_src: str, runtime_src: str, info_fd: int) -> list[str]:
+    def command(
+        self,
+        config: SandboxConfig,
+        task_src: str,
+        runtime_src: str,
+        info_fd: int,
+        extra_sources: dict[str, str] | None = None,
+    ) -> list[str]:
         args = [self.bwrap, "--unshare-all"]
         if config.network:
             args.append("--share-net")
@@ -166,6 +196,15 @@ class BubblewrapDriver(SandboxDriver):
             "--size", str(self.settings.sandbox_tmp_size_mb * MIB), "--tmpfs", "/tmp",
             "--bind", task_src, config.task_dir,
             "--ro-bind", runtime_src, "/app",
+        ]
+        extra = extra_sources or {}
+        if "run" in extra:
+            args += ["--bind", extra["run"], RUN_DIR]
+        if "source" in extra:
+            # Only the two packages the gui service imports, read-only.
+            for package in ("corral", "services"):
+                args += ["--ro-bind", f"{extra['source']}/{package}", f"{SOURCE_DIR}/{package}"]
+        args += [
             "--chdir", config.task_dir,
             "--clearenv",
         ]
@@ -212,9 +251,11 @@ class BubblewrapSandbox(Sandbox):
     async def start(self) -> None:
         info_read, info_write = os.pipe2(os.O_CLOEXEC)
         staged = self.driver.needs_staging(self.config)
-        prefix, task_src, runtime_src = self.driver.launcher(self.config, staged)
+        prefix, sources = self.driver.staged_launcher(self.config, staged)
         try:
-            argv = prefix + self.driver.command(self.config, task_src, runtime_src, info_write)
+            argv = prefix + self.driver.command(
+                self.config, sources["task"], sources["app"], info_write, sources
+            )
             if self.driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
                 # (subprocess's user=/group=) forces a full fork beside gRPC's threads, which
@@ -376,6 +417,7 @@ class BubblewrapSandbox(Sandbox):
             "code": request.code,
             "argv": list(request.argv),
             "env": self._env(request),
+            "cwd": request.cwd,
             "timeout": request.timeout,
             "max_output_bytes": request.max_output_bytes or limits.max_output_bytes,
             "limits": {
@@ -426,13 +468,13 @@ class BubblewrapSandbox(Sandbox):
             raise FileRefused(str(reply.get("error")))
         return reply
 
-    async def read_file(self, path: str, max_bytes: int) -> str:
-        reply = await self._request({"op": "read_file", "path": path, "max_bytes": max_bytes})
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self._request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
         return str(reply.get("content", ""))
 
-    async def write_file(self, path: str, content: str, max_bytes: int) -> str:
+    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
         reply = await self._request(
-            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes}
+            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
         )
         return str(reply.get("path", path))
 

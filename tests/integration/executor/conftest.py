@@ -2,10 +2,14 @@
 
 No scheduler or memory service runs here: the executor must work (and keep retrying quietly)
 without them. Tests that need them start small servers of their own.
+
+Every test using `executor` / `executor_factory` runs once per sandbox driver: bubblewrap, and
+docker (marker `docker`; skipped, saying why, when no Docker engine or sandbox image is there).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -27,6 +31,43 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]
+
+
+@functools.cache
+def docker_unavailable() -> str:
+    """Why the docker driver cannot be tested here ("" when it can)."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker Python package is not installed"
+    image = Settings().docker_image
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine is reachable ({exc}); start one with scripts/start-docker"
+    try:
+        client.images.get(image)
+    except Exception:
+        return f"the sandbox image {image} is missing; build it with scripts/build-images"
+    return ""
+
+
+def require_docker() -> None:
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
+@pytest.fixture(params=DRIVERS)
+def sandbox_driver(request: pytest.FixtureRequest) -> str:
+    name = str(request.param)
+    if name == "docker":
+        require_docker()
+    return name
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -88,6 +129,10 @@ class ExecutorClient:
         self._ids += 1
         return f"task-{os.getpid()}-{self._ids}-{os.urandom(3).hex()}"
 
+    @property
+    def driver(self) -> str:
+        return self.settings.sandbox_driver
+
     def host_task_dir(self, task_id: str) -> Path:
         return self.settings.tasks_dir / task_id
 
@@ -107,12 +152,12 @@ ExecutorFactory = Callable[..., Awaitable[ExecutorClient]]
 
 
 @pytest.fixture
-async def executor_factory(tmp_path: Path) -> AsyncIterator[ExecutorFactory]:
+async def executor_factory(tmp_path: Path, sandbox_driver: str) -> AsyncIterator[ExecutorFactory]:
     started: list[ExecutorClient] = []
 
     async def factory(**overrides: Any) -> ExecutorClient:
         data_dir = tmp_path / f"data{len(started)}"
-        settings = make_settings(data_dir, **overrides)
+        settings = make_settings(data_dir, **{"sandbox_driver": sandbox_driver, **overrides})
         executor = await start_executor(settings)
         client = ExecutorClient(executor, settings)
         started.append(client)

@@ -1,4 +1,4 @@
-"""What a step cannot reach: root, other tasks, host files and processes, the network."""
+"""What a step cannot reach: root, other tasks, host files and processes, the network (both drivers)."""
 
 from __future__ import annotations
 
@@ -30,9 +30,10 @@ async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> 
         assert outcome.step(index).exit_code != 0, index
     assert "Permission denied" in outcome.step(3).stderr
     processes = outcome.step(5).stdout.strip().splitlines()
-    # Only the sandbox's own processes: bwrap's init, the agent, the shell and ps.
+    # Only the sandbox's own processes: its init (bwrap's, or tini), the agent, the shell and ps.
     assert len(processes) <= 5, processes
-    assert processes[0].split()[0] == "1" and "bwrap" in processes[0]
+    init = "bwrap" if executor.driver == "bubblewrap" else "tini"
+    assert processes[0].split()[0] == "1" and init in processes[0]
     assert "Read-only file system" in outcome.step(6).stderr
 
 
@@ -57,15 +58,33 @@ async def test_no_network_by_default(executor: ExecutorClient) -> None:
     assert "ConnectionRefusedError" in outcome.step(1).stderr
 
 
+# A container on Docker's bridge reaches the host at its default gateway, not 127.0.0.1.
+HOST_ADDRESS = """
+def host_address():
+    try:
+        with open("/proc/net/route") as f:
+            for line in f.read().splitlines()[1:]:
+                fields = line.split()
+                if fields[1] == "00000000":
+                    return socket.inet_ntoa(bytes.fromhex(fields[2])[::-1])
+    except OSError:
+        pass
+    return "127.0.0.1"
+"""
+
+
 async def test_network_when_the_task_asks(executor: ExecutorClient) -> None:
     listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
+    shares_host_network = executor.driver == "bubblewrap"
+    listener.bind(("127.0.0.1" if shares_host_network else "0.0.0.0", 0))
     listener.listen()
     port = listener.getsockname()[1]
+    find_host = "def host_address():\n    return '127.0.0.1'\n" if shares_host_network else HOST_ADDRESS
     try:
         _, outcome = await executor.run_steps(
             [{"tool": "python", "code": (
-                f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=5)\nprint('connected')\n"
+                f"import socket\n{find_host}\n"
+                f"socket.create_connection((host_address(), {port}), timeout=5)\nprint('connected')\n"
             )}],
             network=True,
         )

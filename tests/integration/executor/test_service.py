@@ -65,7 +65,7 @@ async def test_bad_requests_get_clear_status_codes(executor_factory: ExecutorFac
 
     status = await executor.stub.GetExecutorStatus(executor_pb2.GetExecutorStatusRequest())
     assert status.running_task_ids == ["busy"]
-    assert status.capacity == 1 and status.driver == "bubblewrap"
+    assert status.capacity == 1 and status.driver == executor.driver
     assert status.executor_id == executor.executor.executor_id
     await executor.stub.CancelTask(executor_pb2.ExecutorCancelTaskRequest(task_id="busy"))
     async for _ in long_task:
@@ -131,7 +131,7 @@ async def test_registers_heartbeats_and_records_history(executor_factory: Execut
         )
         await asyncio.wait_for(scheduler.again.wait(), 30)
         first = scheduler.registrations[0]
-        assert first.executor_id == "exec-a" and first.driver == "bubblewrap"
+        assert first.executor_id == "exec-a" and first.driver == executor.driver
         assert first.address == f"127.0.0.1:{executor.executor.port}" and first.capacity == 8
 
         task_id, _ = await executor.run_steps(

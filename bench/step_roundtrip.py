@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Step round trip per sandbox driver, and sandbox start, measured on the driver directly
+(a benchmark, not a test).
+
+    .venv/bin/python bench/step_roundtrip.py                      # bubblewrap and docker
+    .venv/bin/python bench/step_roundtrip.py --drivers docker -n 500
+
+For each driver: median / p95 time to create a sandbox (cold; and, for docker, to claim one
+from a warm pool), then, in one running sandbox, the round trip of
+  - read_file of a small file (the agent's protocol alone: no process is started),
+  - a `true` process step (protocol + fork/exec in the sandbox),
+  - a `echo x` shell step.
+For comparison: bare `docker run --rm IMAGE true` and `docker exec CONTAINER true` times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from corral.config import Settings
+from services.executor.drivers.base import (
+    ProcessRequest,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxLimits,
+)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def line(label: str, values: list[float]) -> str:
+    return (f"  {label:<34} p50 {statistics.median(values) * 1000:8.2f} ms   "
+            f"p95 {percentile(values, 0.95) * 1000:8.2f} ms   (n={len(values)})")
+
+
+async def timed(fn: Callable[[], Awaitable[object]], n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def make_driver(name: str, settings: Settings) -> SandboxDriver:
+    if name == "docker":
+        from services.executor.drivers.docker import DockerDriver
+
+        return DockerDriver(settings)
+    from services.executor.drivers.bubblewrap import BubblewrapDriver
+
+    return BubblewrapDriver(settings)
+
+
+async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
+    settings = Settings(data_dir=data_dir / name, sandbox_driver=name, docker_warm_pool=0)
+    settings.tasks_dir.mkdir(parents=True, exist_ok=True)
+    driver = make_driver(name, settings)
+    await driver.start(f"bench-{os.getpid()}")
+    limits = SandboxLimits(
+        memory_mb=settings.sandbox_memory_mb, max_processes=settings.sandbox_max_processes,
+        max_file_size_mb=settings.sandbox_max_file_size_mb, max_output_bytes=settings.max_output_bytes,
+    )
+    counter = iter(range(10**9))
+
+    def config() -> SandboxConfig:
+        task_id = f"bench-{next(counter)}"
+        path = settings.tasks_dir / task_id
+        driver.prepare_task_dir(path)
+        return SandboxConfig(task_id=task_id, host_task_dir=path, limits=limits)
+
+    print(f"{name}:")
+    try:
+        async def cold() -> None:
+            sandbox = await driver.create(config())
+            await sandbox.close()
+
+        print(line("create + close sandbox (cold)", await timed(cold, starts)))
+        if name == "docker":
+            from services.executor.drivers.docker import DockerDriver
+
+            assert isinstance(driver, DockerDriver)
+            driver.pool.size = 1
+            driver.pool.start()
+            claims = []
+            for _ in range(starts):
+                while driver.pool.ready_count < 1:  # noqa: ASYNC110 (polling a counter, fine in a bench)
+                    await asyncio.sleep(0.05)
+                start = time.perf_counter()
+                sandbox = await driver.create(config())
+                claims.append(time.perf_counter() - start)
+                await sandbox.close()
+            print(line("create sandbox from the warm pool", claims))
+            await driver.pool.stop()
+
+        sandbox = await driver.create(config())
+        try:
+            await sandbox.write_file("small.txt", "x" * 100, 1 << 20)
+            print(line("read_file (protocol only)", await timed(lambda: sandbox.read_file("small.txt", 1 << 20), n)))
+            true = ProcessRequest(kind="argv", argv=("/bin/true",), timeout=30)
+            print(line("process step `true`", await timed(lambda: sandbox.run(true, lambda s, d: None), n)))
+            echo = ProcessRequest(kind="shell", code="echo x", timeout=30)
+            print(line("shell step `echo x`", await timed(lambda: sandbox.run(echo, lambda s, d: None), n)))
+        finally:
+            await sandbox.close()
+    finally:
+        await driver.stop()
+
+
+def bare_docker(image: str, runs: int) -> None:
+    if shutil.which("docker") is None:
+        return
+    def run(argv: list[str]) -> float:
+        start = time.perf_counter()
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - start
+
+    run(["docker", "run", "--rm", "--network", "none", image, "true"])  # warm-up
+    runs_t = [run(["docker", "run", "--rm", "--network", "none", image, "true"]) for _ in range(runs)]
+    name = f"corral-bench-exec-{os.getpid()}"
+    subprocess.run(["docker", "run", "-d", "--rm", "--name", name, "--network", "none", image, "sleep", "600"],
+                   check=True, stdout=subprocess.DEVNULL)
+    try:
+        execs = [run(["docker", "exec", name, "true"]) for _ in range(runs)]
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    print("bare docker (CLI):")
+    print(line(f"docker run --rm {image} true", runs_t))
+    print(line("docker exec CONTAINER true", execs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--drivers", default="bubblewrap,docker")
+    parser.add_argument("-n", type=int, default=200, help="round trips per measure")
+    parser.add_argument("--starts", type=int, default=10, help="sandbox starts per measure")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
+        Path(tmp).chmod(0o755)
+        for name in args.drivers.split(","):
+            asyncio.run(bench_driver(name, args.n, args.starts, Path(tmp)))
+    if "docker" in args.drivers:
+        bare_docker(Settings().docker_image, args.starts)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""`corral sandbox create|ls|rm|extend`: long-lived sandboxes, over gRPC to the scheduler."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from corral import cli_run
+from corral.grpc_server import insecure_channel
+from corral.schema import seconds_to_duration
+from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+STATES = {
+    sandbox_pb2.SANDBOX_STATE_ACTIVE: "active",
+    sandbox_pb2.SANDBOX_STATE_DELETED: "deleted",
+    sandbox_pb2.SANDBOX_STATE_EXPIRED: "expired",
+    sandbox_pb2.SANDBOX_STATE_FAILED: "failed",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    commands = parser.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
+    create = commands.add_parser("create", help="create a sandbox; prints its id and tokens")
+    create.add_argument("--desktop", action="store_true", help="with a desktop (noVNC, gui steps)")
+    create.add_argument("--network", action="store_true", help="with network access")
+    create.add_argument("--ttl", type=float, default=0, help="lifetime in seconds (default 3600)")
+    create.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
+    create.add_argument("--json", action="store_true")
+    ls = commands.add_parser("ls", help="list sandboxes")
+    ls.add_argument("--all", action="store_true", help="also deleted and expired ones")
+    ls.add_argument("--json", action="store_true")
+    rm = commands.add_parser("rm", help="delete sandboxes (kills everything in them)")
+    rm.add_argument("sandbox_ids", nargs="+", metavar="SANDBOX_ID")
+    extend = commands.add_parser("extend", help="extend a sandbox's lifetime to now + ttl")
+    extend.add_argument("sandbox_id")
+    extend.add_argument("--ttl", type=float, default=0, help="seconds (default: its ttl)")
+    for sub in (create, ls, rm, extend):
+        cli_run.add_scheduler_argument(sub)
+
+
+def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
+    return {
+        "sandbox_id": sandbox.sandbox_id,
+        "status": STATES.get(sandbox.state, "unspecified"),
+        "desktop": sandbox.spec.desktop,
+        "network": sandbox.spec.network,
+        "executor_id": sandbox.executor_id,
+        "expires_at": sandbox.expires_at.ToJsonString(),
+        "error": sandbox.error or None,
+    }
+
+
+async def run(args: argparse.Namespace, scheduler: str) -> int:
+    async with insecure_channel(scheduler) as channel:
+        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+        action = args.sandbox_command
+        if action == "create":
+            spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network)
+            for item in args.env:
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise cli_run.UsageError(f"--env wants KEY=VALUE, got {item!r}")
+                spec.env[key] = value
+            if args.ttl:
+                spec.ttl.CopyFrom(seconds_to_duration(args.ttl))
+            created = await stub.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec))
+            info = {**_describe(created.sandbox), "token": created.token, "view_token": created.view_token}
+            if args.json:
+                print(json.dumps(info, indent=2))
+            else:
+                sid = created.sandbox.sandbox_id
+                print(sid)
+                print(f"token: {created.token}\nview token: {created.view_token}", file=sys.stderr)
+                if args.desktop:
+                    print(f"desktop: http://GATEWAY/v1/sandboxes/{sid}/vnc/?token={created.token}", file=sys.stderr)
+                print(f"jupyter: http://GATEWAY/v1/sandboxes/{sid}/jupyter/?token={created.token}", file=sys.stderr)
+                print(f"run tasks in it: corral run --sandbox {sid} 'echo hi'", file=sys.stderr)
+        elif action == "ls":
+            reply = await stub.ListSandboxes(sandbox_pb2.ListSandboxesRequest(include_ended=args.all))
+            rows = [_describe(s) for s in reply.sandboxes]
+            if args.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                for row in rows:
+                    flags = ",".join(k for k in ("desktop", "network") if row[k]) or "-"
+                    print(f"{row['sandbox_id']}  {row['status']:<8} {flags:<16} expires {row['expires_at']}")
+        elif action == "rm":
+            for sandbox_id in args.sandbox_ids:
+                await stub.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id))
+                print(f"deleted {sandbox_id}", file=sys.stderr)
+        elif action == "extend":
+            message = sandbox_pb2.ExtendSandboxRequest(sandbox_id=args.sandbox_id)
+            if args.ttl:
+                message.ttl.CopyFrom(seconds_to_duration(args.ttl))
+            extended = await stub.ExtendSandbox(message)
+            print(f"{args.sandbox_id} expires at {extended.sandbox.expires_at.ToJsonString()}")
+    return 0

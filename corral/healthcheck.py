@@ -1,0 +1,63 @@
+"""Exits 0 when a Corral service is healthy: for container healthchecks and scripts.
+
+    python -m corral.healthcheck 127.0.0.1:50051          # gRPC health: SERVING?
+    python -m corral.healthcheck 127.0.0.1:50051 --service corral.v1.SchedulerService
+    python -m corral.healthcheck http://127.0.0.1:8000/healthz   # HTTP: a 2xx answer?
+
+Uses the standard grpc.health.v1 service every Corral server registers, so it works against
+any of them (like grpc_health_probe, without another binary in the image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import urllib.error
+import urllib.request
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+def check_grpc(address: str, service: str, timeout: float) -> str | None:
+    """None when SERVING, else what is wrong."""
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+    if reply.status != health_pb2.HealthCheckResponse.SERVING:
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    return None
+
+
+def check_http(url: str, timeout: float) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            status = int(response.status)
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return str(exc)
+    return None if 200 <= status < 300 else f"HTTP {status}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m corral.healthcheck", description=__doc__.split("\n")[0])
+    parser.add_argument("target", help="host:port of a gRPC server, or an http(s):// URL")
+    parser.add_argument("--service", default="", help="gRPC service name to check ('' = the whole server)")
+    parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    args = parser.parse_args(argv)
+    if args.target.startswith(("http://", "https://")):
+        problem = check_http(args.target, args.timeout)
+    else:
+        problem = check_grpc(args.target, args.service, args.timeout)
+    if problem is not None:
+        print(f"unhealthy: {args.target}: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

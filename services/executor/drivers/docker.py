@@ -1,0 +1,481 @@
+"""The docker driver: one hardened container per task, steps run by the in-sandbox agent.
+
+Each sandbox is a container of the sandbox image (sandbox/Dockerfile, built by
+scripts/build-images) running as uid 1000 with every capability dropped, no-new-privileges,
+a read-only root filesystem (tmpfs /tmp and /run), pids / memory (no swap) / CPU limits and
+network `none` unless the task asks for network. The Docker socket is never mounted in it.
+The task directory is bind-mounted at /tasks/{task_id}, the container's working directory.
+
+The container's main process is the step agent (sandbox/runtime/agent.py, under tini); we talk
+JSON lines to it over the container's attached stdin/stdout (one hijacked Docker API
+connection, multiplexed stdout/stderr frames), so a step costs neither a container start nor a
+`docker exec`. StdinOnce makes Docker close the agent's stdin when that connection drops (the
+executor died): the agent then exits and the container stops; labels
+(corral.executor=<executor id>) let the executor remove such leftovers when it starts again.
+
+A warm pool (CORRAL_DOCKER_WARM_POOL) keeps started containers ready; see docker_pool.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from corral.config import Settings
+from services.executor.drivers.agent_channel import AgentChannel
+from services.executor.drivers.base import (
+    MIB,
+    RUN_DIR,
+    OutputCallback,
+    ProcessRequest,
+    ProcessResult,
+    Sandbox,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxError,
+)
+from services.executor.drivers.faults import limit_error
+
+log = structlog.get_logger()
+
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+READY_TIMEOUT = 60.0
+LABEL_EXECUTOR = "corral.executor"
+LABEL_TASK = "corral.task"
+LABEL_POOL = "corral.pool"
+# Hidden (not a valid task id) directory of tasks_dir holding the warm containers' /tasks.
+WARM_DIR = ".warm"
+# Docker's multiplexed stream ids.
+STDOUT_FRAME, STDERR_FRAME = 1, 2
+
+
+def docker_client(timeout: float = 120) -> Any:
+    """A docker SDK client from the environment (DOCKER_HOST or the local socket)."""
+    import docker  # imported here: the bubblewrap-only executor does not need the SDK loaded
+
+    return docker.from_env(timeout=int(timeout))
+
+
+class DockerDriver(SandboxDriver):
+    name = "docker"
+
+    def __init__(self, settings: Settings) -> None:
+        import docker.errors
+
+        self.settings = settings
+        self.image = settings.docker_image
+        try:
+            self.client = docker_client()
+            self.api = self.client.api
+            self.api.ping()
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"the docker driver cannot reach a Docker engine: {exc}") from exc
+        try:
+            self.api.inspect_image(self.image)
+        except docker.errors.ImageNotFound:
+            raise SandboxError(
+                f"the sandbox image {self.image} is missing; build it with scripts/build-images"
+            ) from None
+        self.executor_id = ""
+        self._removals: set[asyncio.Task[None]] = set()
+        from services.executor.drivers.docker_pool import WarmPool
+
+        self.pool = WarmPool(self, settings.docker_warm_pool)
+
+    # --- executor lifecycle ------------------------------------------------------------------
+
+    async def start(self, executor_id: str) -> None:
+        self.executor_id = executor_id
+        removed = await asyncio.to_thread(self.remove_containers)
+        if removed:
+            log.warning("removed containers a previous run of this executor left", count=removed)
+        self.restore_warm_dirs()
+        self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
+        if self._removals:
+            await asyncio.gather(*self._removals, return_exceptions=True)
+        # The executor's tasks have ended; anything still labelled ours (a container whose
+        # creation was interrupted, say) goes too.
+        if self.executor_id:
+            await asyncio.to_thread(self.remove_containers)
+
+    def remove_containers(self) -> int:
+        """Removes every container labelled with this executor's id; returns how many."""
+        import docker.errors
+
+        found = self.api.containers(all=True, filters={"label": f"{LABEL_EXECUTOR}={self.executor_id}"})
+        for container in found:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.api.remove_container(container["Id"], force=True, v=True)
+        return len(found)
+
+    def restore_warm_dirs(self) -> None:
+        """Moves task directories a crashed run left inside warm slots back to tasks_dir."""
+        warm = self.settings.tasks_dir / WARM_DIR
+        if not warm.is_dir():
+            return
+        for slot in warm.iterdir():
+            for task_dir in slot.iterdir() if slot.is_dir() else []:
+                link = self.settings.tasks_dir / task_dir.name
+                with contextlib.suppress(OSError):
+                    if link.is_symlink():
+                        link.unlink()
+                    if not link.exists():
+                        task_dir.rename(link)
+            shutil.rmtree(slot, ignore_errors=True)
+
+    # --- sandboxes ---------------------------------------------------------------------------
+
+    def prepare_task_dir(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            # No user namespace: the container's uid 1000 is the host's uid 1000.
+            os.chown(path, SANDBOX_UID, SANDBOX_GID)
+            path.chmod(0o755)
+        elif os.geteuid() != SANDBOX_UID:
+            path.chmod(0o777)  # we cannot chown to the sandbox user; let it write
+
+    def host_path(self, path: Path) -> str:
+        """`path` (under tasks_dir, as this process sees it) as the Docker host sees it."""
+        host_root = self.settings.docker_tasks_host_dir
+        if host_root is None or not path.is_relative_to(self.settings.tasks_dir):
+            return str(path)
+        return str(host_root / path.relative_to(self.settings.tasks_dir))
+
+    def is_default(self, config: SandboxConfig) -> bool:
+        """Whether a warm container (default limits, no network) fits this sandbox."""
+        return (
+            not config.network
+            and not config.desktop
+            and not config.shared_tasks
+            and config.host_run_dir is None
+            and config.limits.memory_mb == self.settings.sandbox_memory_mb
+            and config.limits.max_processes == self.settings.sandbox_max_processes
+        )
+
+    async def create(self, config: SandboxConfig) -> Sandbox:
+        if self.is_default(config):
+            warm = self.pool.take()
+            if warm is not None:
+                try:
+                    await warm.claim(config)
+                    return warm
+                except BaseException:
+                    await warm.close()
+                    raise
+        sandbox = DockerSandbox(self, config)
+        mounts = {self.host_path(config.host_task_dir): config.task_dir}
+        if config.host_run_dir is not None:
+            # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
+            mounts[self.host_path(config.host_run_dir)] = RUN_DIR
+        try:
+            await sandbox.start(
+                mounts=mounts,
+                workdir=config.task_dir,
+                labels={LABEL_TASK: config.task_id},
+            )
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+    def base_env(self, config: SandboxConfig) -> dict[str, str]:
+        return {
+            "PATH": SANDBOX_PATH,
+            "HOME": config.task_dir,
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "USER": "agent",
+            "LOGNAME": "agent",
+            "CORRAL_TASK_ID": config.task_id,
+            "CORRAL_TASK_DIR": config.task_dir,
+        }
+
+    def create_container(
+        self, config: SandboxConfig, mounts: dict[str, str], workdir: str, labels: dict[str, str]
+    ) -> str:
+        """Creates (does not start) a hardened sandbox container; returns its id."""
+        import docker.types
+
+        limits, s = config.limits, self.settings
+        host_config = self.api.create_host_config(
+            binds={source: {"bind": target, "mode": "rw"} for source, target in mounts.items()},
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges"],
+            read_only=True,
+            tmpfs={
+                "/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size_mb}m,mode=1777",
+                "/run": "rw,noexec,nosuid,nodev,size=16m,mode=755",
+            },
+            pids_limit=limits.max_processes,
+            mem_limit=limits.memory_mb * MIB,
+            memswap_limit=limits.memory_mb * MIB,  # equal: no swap on top of the memory limit
+            nano_cpus=int(s.sandbox_cpus * 1e9),
+            network_mode=s.docker_network if config.network else "none",
+            ipc_mode="private",
+            ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+        )
+        created = self.api.create_container(
+            self.image,
+            user=f"{SANDBOX_UID}:{SANDBOX_GID}",
+            hostname="sandbox",
+            working_dir=workdir,
+            environment={"LANG": "C.UTF-8", "PATH": SANDBOX_PATH, "HOME": workdir},
+            labels={LABEL_EXECUTOR: self.executor_id, **labels},
+            # Attached stdin, closed by Docker when our connection goes (StdinOnce).
+            stdin_open=True,
+            detach=False,
+            tty=False,
+            host_config=host_config,
+            name=f"corral-{uuid.uuid4().hex[:12]}",
+            use_config_proxy=False,
+        )
+        return str(created["Id"])
+
+    def kill_container(self, container_id: str) -> None:
+        """SIGKILLs the container and waits until it has stopped (so no process is left)."""
+        import docker.errors
+
+        try:
+            self.api.kill(container_id)
+        except docker.errors.NotFound:
+            return
+        except docker.errors.APIError:
+            pass  # not running (never started, or already stopped)
+        try:
+            self.api.wait(container_id, timeout=30)
+        except docker.errors.NotFound:
+            return
+        except Exception as exc:
+            log.warning("a sandbox container did not stop; removing it", container=container_id, error=str(exc))
+            with contextlib.suppress(docker.errors.DockerException):
+                self.api.remove_container(container_id, force=True, v=True)
+
+    def remove_later(self, container_id: str) -> None:
+        """Removes a stopped container in the background (stop() waits for the removals)."""
+
+        def remove() -> None:
+            import docker.errors
+
+            try:
+                self.api.remove_container(container_id, force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.DockerException as exc:
+                log.warning("could not remove a sandbox container", container=container_id, error=str(exc))
+
+        task = asyncio.create_task(asyncio.to_thread(remove))
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    def describe_exit(self, container_id: str, config: SandboxConfig) -> str:
+        """Why a container's agent is gone, from the container's state."""
+        import docker.errors
+
+        try:
+            state = self.api.inspect_container(container_id)["State"]
+        except docker.errors.DockerException:
+            return "the sandbox container is gone"
+        if state.get("OOMKilled"):
+            return f"the sandbox was killed: out of memory (limit {config.limits.memory_mb} MiB)"
+        if state.get("Running"):
+            return "the sandbox agent's connection closed"
+        return f"the sandbox container exited with code {state.get('ExitCode')}"
+
+
+class DockerSandbox(Sandbox):
+    def __init__(self, driver: DockerDriver, config: SandboxConfig) -> None:
+        self.driver = driver
+        self.config = config
+        self.container_id: str | None = None
+        self.warm_slot: Path | None = None  # set for warm-pool containers
+        self._socket_holder: Any = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._stderr_tail = b""
+        self._closed = False
+        self.channel = AgentChannel(self._write_line, {"task_id": config.task_id})
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self.channel.failure is None
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self, mounts: dict[str, str], workdir: str, labels: dict[str, str]) -> None:
+        import docker.errors
+
+        driver = self.driver
+        try:
+            creating = asyncio.ensure_future(
+                asyncio.to_thread(driver.create_container, self.config, mounts, workdir, labels)
+            )
+            try:
+                self.container_id = await asyncio.shield(creating)
+            except asyncio.CancelledError:
+                # Learn the id anyway, so that close() removes the container.
+                with contextlib.suppress(Exception):
+                    self.container_id = await creating
+                raise
+            raw, self._socket_holder = await asyncio.to_thread(self._attach)
+            await asyncio.to_thread(driver.api.start, self.container_id)
+        except docker.errors.DockerException as exc:
+            raise SandboxError(f"could not start the sandbox container: {exc}") from exc
+        reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
+        self._reader_task = asyncio.create_task(self._read_frames(reader))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.channel.ready), READY_TIMEOUT)
+        except TimeoutError:
+            raise SandboxError(f"the sandbox container did not start within {READY_TIMEOUT:g}s") from None
+
+    def _attach(self) -> tuple[socket.socket, Any]:
+        params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
+        holder = self.driver.api.attach_socket(self.container_id, params=params)
+        # The SDK hands a SocketIO over the hijacked HTTP connection; asyncio wants the socket.
+        raw = getattr(holder, "_sock", holder)
+        if not isinstance(raw, socket.socket):
+            raise SandboxError(f"unexpected attach socket type {type(raw).__name__}")
+        return raw, holder
+
+    async def claim(self, config: SandboxConfig) -> None:
+        """Hands this warm container a task: its directory moves into the container's slot."""
+        assert self.warm_slot is not None
+        self.config = config
+        self.channel.log = self.channel.log.bind(task_id=config.task_id)
+        _move_into_slot(config.host_task_dir, self.warm_slot / config.task_id)
+        await self.channel.request({"op": "chdir", "path": config.task_dir})
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self.container_id is not None:
+            await asyncio.to_thread(self.driver.kill_container, self.container_id)
+            # Every process is gone now; deleting the container's files can happen later.
+            self.driver.remove_later(self.container_id)
+        if self._writer is not None:
+            self._writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+        self.channel.fail(SandboxError("the sandbox was closed"))
+        self._restore_task_dir()
+
+    def _restore_task_dir(self) -> None:
+        """Moves a warm container's task directory back to tasks_dir (replacing the symlink)."""
+        slot = self.warm_slot
+        if slot is None:
+            return
+        link = self.config.host_task_dir
+        inside = slot / self.config.task_id
+        try:
+            if inside.is_dir() and link.is_symlink():
+                link.unlink()
+                inside.rename(link)
+            slot.rmdir()
+        except OSError as exc:
+            log.warning("could not restore a task directory from its warm slot", slot=str(slot), error=str(exc))
+
+    # --- plumbing ------------------------------------------------------------------------------
+
+    async def _write_line(self, line: bytes) -> None:
+        if self._writer is None:
+            raise SandboxError("the sandbox is not started")
+        try:
+            self._writer.write(line)
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError("the sandbox agent's connection closed") from exc
+
+    async def _read_frames(self, reader: asyncio.StreamReader) -> None:
+        """Demultiplexes Docker's attach stream: 8-byte headers (stream id, size), payloads."""
+        try:
+            while True:
+                header = await reader.readexactly(8)
+                size = int.from_bytes(header[4:8], "big")
+                payload = await reader.readexactly(size) if size else b""
+                if header[0] == STDOUT_FRAME:
+                    self.channel.feed(payload)
+                elif header[0] == STDERR_FRAME:
+                    self._stderr_tail = (self._stderr_tail + payload)[-4096:]
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        if self._closed:
+            return
+        message = "the sandbox ended unexpectedly"
+        if self.container_id is not None:
+            message = await asyncio.to_thread(self.driver.describe_exit, self.container_id, self.config)
+        detail = self._stderr_tail.decode("utf-8", "replace").strip()
+        if detail:
+            message += f": {detail[-500:]}"
+        self.channel.log.warning("sandbox ended", reason=message)
+        self.channel.fail(SandboxError(message))
+
+    # --- operations ----------------------------------------------------------------------------
+
+    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+        limits = self.config.limits
+        message = {
+            "op": "run",
+            "kind": request.kind,
+            "command": request.code,
+            "code": request.code,
+            "argv": list(request.argv),
+            "env": {**self.driver.base_env(self.config), **self.config.env, **request.env},
+            "cwd": request.cwd,
+            "timeout": request.timeout,
+            "max_output_bytes": request.max_output_bytes or limits.max_output_bytes,
+            # Memory and processes are the container's cgroup limits (per-process rlimits would
+            # count every sandbox's uid-1000 processes together); file size stays an rlimit.
+            "limits": {"memory_mb": 0, "max_processes": 0, "max_file_size_mb": limits.max_file_size_mb},
+        }
+        reply, pending = await self.channel.run(message, on_output, request.timeout)
+        result = ProcessResult(
+            exit_code=reply.get("exit_code"),
+            signal=reply.get("signal"),
+            timed_out=bool(reply.get("timed_out")),
+            killed=bool(reply.get("killed")),
+            stdout="".join(pending.stdout),
+            stderr="".join(pending.stderr),
+            stdout_truncated=bool(reply.get("stdout_truncated")),
+            stderr_truncated=bool(reply.get("stderr_truncated")),
+            error=str(reply.get("error") or ""),
+        )
+        events = reply.get("limit_events") or {}
+        result.error = result.error or limit_error(
+            result, events, limits, self.driver.settings.sandbox_tmp_size_mb
+        )
+        return result
+
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.channel.request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
+        return str(reply.get("content", ""))
+
+    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.channel.request(
+            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
+        )
+        return str(reply.get("path", path))
+
+
+def _move_into_slot(task_dir: Path, inside: Path) -> None:
+    """Moves a task directory into a warm slot, leaving a relative symlink at its old path.
+
+    The directory was made by prepare_task_dir and the task's journal holds an fd on it, which
+    follows the rename; the symlink keeps host_log_path and friends working.
+    """
+    task_dir.rename(inside)
+    task_dir.symlink_to(os.path.relpath(inside, task_dir.parent))

@@ -1,0 +1,39 @@
+"""Words for a step that hit one of its sandbox's cgroup limits (memory, processes) or filled a
+size-limited filesystem. The agent reports the cgroup's OOM-kill and pids-max counters per step
+(`limit_events`); this turns them, with the step's ending, into the step's error.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+
+from services.executor.drivers.base import ProcessResult, SandboxLimits
+
+DISK_FULL_MARKER = "No space left on device"
+
+
+def limit_error(
+    result: ProcessResult, events: Mapping[str, int], limits: SandboxLimits, tmp_size_mb: int
+) -> str:
+    """The error naming the limit the step hit, or "" (then the generic description applies)."""
+    if result.ok or result.timed_out or result.killed or result.error:
+        return ""
+    if result.signal is not None:
+        ending = "killed"
+    else:
+        ending = f"exited with code {result.exit_code}: a process was killed"
+    if events.get("oom_kill"):
+        if result.signal == signal.SIGKILL:
+            return f"killed: out of memory (limit {limits.memory_mb} MiB)"
+        return f"{ending}: out of memory (limit {limits.memory_mb} MiB)"
+    if events.get("pids_max"):
+        prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"
+        return f"{prefix}: process limit reached ({limits.max_processes} processes)"
+    if DISK_FULL_MARKER in result.stderr:
+        prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"
+        return (
+            f"{prefix}: no space left on device (the sandbox's /tmp is limited to {tmp_size_mb} MiB, "
+            f"each file to {limits.max_file_size_mb} MiB)"
+        )
+    return ""

@@ -1,0 +1,154 @@
+"""Long-lived sandboxes on this executor: created on request, used by one task at a time,
+removed on request or when their time is up (by this executor, whatever the scheduler does).
+
+The sandbox's host directory `sandboxes/{id}/tasks` is its /tasks; each task run in it gets
+/tasks/{task_id}. Its run directory holds the desktop's and Jupyter's unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+
+from corral.config import Settings
+from corral.v1 import sandbox_pb2
+from services.executor.desktop import Desktop, start_desktop, start_jupyter
+from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxLimits
+
+log = structlog.get_logger()
+
+REAP_INTERVAL_SECONDS = 1.0
+
+
+class SandboxNotFound(LookupError):
+    pass
+
+
+class SandboxExists(Exception):
+    pass
+
+
+@dataclass
+class ManagedSandbox:
+    sandbox_id: str
+    spec: sandbox_pb2.SandboxSpec
+    sandbox: Sandbox
+    host_tasks_dir: Path
+    host_run_dir: Path
+    expires_at: float  # wall-clock seconds
+    desktop: Desktop | None = None
+    # One task at a time.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    jupyter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def step_env(self) -> dict[str, str]:
+        return {"DISPLAY": self.desktop.display} if self.desktop else {}
+
+
+def limits_from(settings: Settings, limits: object) -> SandboxLimits:
+    return SandboxLimits(
+        memory_mb=int(getattr(limits, "memory_mb", 0) or settings.sandbox_memory_mb),
+        max_processes=int(getattr(limits, "max_processes", 0) or settings.sandbox_max_processes),
+        max_file_size_mb=int(getattr(limits, "max_file_size_mb", 0) or settings.sandbox_max_file_size_mb),
+        max_output_bytes=int(getattr(limits, "max_output_bytes", 0) or settings.max_output_bytes),
+    )
+
+
+class SandboxManager:
+    def __init__(self, settings: Settings, driver: SandboxDriver) -> None:
+        self.settings = settings
+        self.driver = driver
+        self._sandboxes: dict[str, ManagedSandbox] = {}
+        self._creating: set[str] = set()
+        self._reaper: asyncio.Task[None] | None = None
+
+    @property
+    def sandbox_ids(self) -> list[str]:
+        return sorted(self._sandboxes)
+
+    def start(self) -> None:
+        self._reaper = asyncio.create_task(self._reap_loop(), name="sandbox-reaper")
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+        for sandbox_id in list(self._sandboxes):
+            await self.delete(sandbox_id, "the executor is stopping")
+
+    def get(self, sandbox_id: str) -> ManagedSandbox:
+        managed = self._sandboxes.get(sandbox_id)
+        if managed is None:
+            raise SandboxNotFound(f"no sandbox {sandbox_id!r} on this executor")
+        return managed
+
+    async def create(
+        self, sandbox_id: str, spec: sandbox_pb2.SandboxSpec, expires_at: float
+    ) -> ManagedSandbox:
+        if sandbox_id in self._sandboxes or sandbox_id in self._creating:
+            raise SandboxExists(f"sandbox {sandbox_id} already exists here")
+        self._creating.add(sandbox_id)
+        try:
+            host_tasks_dir = self.settings.data_dir / "sandboxes" / sandbox_id / "tasks"
+            host_run_dir = self.settings.run_dir_root / sandbox_id
+            self.driver.prepare_task_dir(host_tasks_dir)
+            self.driver.prepare_run_dir(host_run_dir)
+            config = SandboxConfig(
+                task_id=sandbox_id,
+                host_task_dir=host_tasks_dir,
+                limits=limits_from(self.settings, spec.limits),
+                network=spec.network,
+                env=dict(spec.env),
+                desktop=spec.desktop,
+                host_run_dir=host_run_dir,
+                shared_tasks=True,
+            )
+            sandbox = await self.driver.create(config)
+            managed = ManagedSandbox(
+                sandbox_id, spec, sandbox, host_tasks_dir, host_run_dir, expires_at
+            )
+            if spec.desktop:
+                try:
+                    managed.desktop = await start_desktop(sandbox, host_run_dir)
+                except BaseException:
+                    await sandbox.close()
+                    raise
+            self._sandboxes[sandbox_id] = managed
+            log.info("sandbox created", sandbox_id=sandbox_id, desktop=spec.desktop)
+            return managed
+        finally:
+            self._creating.discard(sandbox_id)
+
+    def extend(self, sandbox_id: str, expires_at: float) -> None:
+        self.get(sandbox_id).expires_at = expires_at
+
+    async def delete(self, sandbox_id: str, reason: str = "deleted") -> bool:
+        managed = self._sandboxes.pop(sandbox_id, None)
+        if managed is None:
+            return False
+        with contextlib.suppress(Exception):
+            await managed.sandbox.close()
+        shutil.rmtree(managed.host_run_dir, ignore_errors=True)
+        log.info("sandbox removed", sandbox_id=sandbox_id, reason=reason)
+        return True
+
+    async def start_jupyter(self, sandbox_id: str, base_url: str) -> Path:
+        managed = self.get(sandbox_id)
+        async with managed.jupyter_lock:
+            return await start_jupyter(managed.sandbox, managed.host_run_dir, base_url, "/tasks")
+
+    async def _reap_loop(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_SECONDS)
+            now = time.time()
+            for managed in list(self._sandboxes.values()):
+                if managed.expires_at <= now:
+                    await self.delete(managed.sandbox_id, "expired")

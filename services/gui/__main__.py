@@ -1,0 +1,3 @@
+from services.gui.server import main
+
+main()

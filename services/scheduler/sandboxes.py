@@ -1,0 +1,280 @@
+"""Long-lived sandboxes, the scheduler's side: records, placement on an executor, TTL.
+
+The executor owns the sandbox itself (and removes it at its expiry on its own); the scheduler
+keeps the record clients see, routes tasks naming the sandbox to its executor, and ends
+records whose time is up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import secrets
+import time
+import uuid
+
+import grpc
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from sqlalchemy import Double, Integer, LargeBinary, String, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Mapped, mapped_column
+
+from corral.config import Settings
+from corral.v1 import executor_pb2, sandbox_pb2
+
+from .executors import ExecutorRegistry
+from .store import Base
+
+log = structlog.get_logger()
+
+CREATE_TIMEOUT_SECONDS = 150.0
+JUPYTER_TIMEOUT_SECONDS = 150.0
+EXPIRY_CHECK_SECONDS = 1.0
+ENDED = (sandbox_pb2.SANDBOX_STATE_DELETED, sandbox_pb2.SANDBOX_STATE_EXPIRED, sandbox_pb2.SANDBOX_STATE_FAILED)
+
+
+class SandboxNotFound(LookupError):
+    pass
+
+
+class SandboxEnded(RuntimeError):
+    """The sandbox exists but is deleted, expired or failed."""
+
+
+class SandboxUnavailable(RuntimeError):
+    """No executor can take (or still has) the sandbox."""
+
+
+class InvalidSandboxRequest(ValueError):
+    pass
+
+
+class SandboxRow(Base):
+    __tablename__ = "scheduler_sandboxes"
+
+    sandbox_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[int] = mapped_column(Integer, index=True)
+    expires_at: Mapped[float] = mapped_column(Double, index=True)
+    record: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _timestamp(seconds: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(seconds * 1e9))
+    return ts
+
+
+class SandboxStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._lock = asyncio.Lock()  # one writer at a time (SQLite)
+
+    async def put(self, sandbox: sandbox_pb2.Sandbox) -> None:
+        async with self._lock, self._sessions.begin() as session:
+            await session.merge(
+                SandboxRow(
+                    sandbox_id=sandbox.sandbox_id,
+                    state=sandbox.state,
+                    expires_at=sandbox.expires_at.ToNanoseconds() / 1e9,
+                    record=sandbox.SerializeToString(),
+                )
+            )
+
+    async def get(self, sandbox_id: str) -> sandbox_pb2.Sandbox | None:
+        async with self._sessions() as session:
+            row = await session.get(SandboxRow, sandbox_id)
+            return _parse(row.record) if row is not None else None
+
+    async def all(self, include_ended: bool) -> list[sandbox_pb2.Sandbox]:
+        query = select(SandboxRow.record).order_by(SandboxRow.expires_at)
+        if not include_ended:
+            query = query.where(SandboxRow.state == sandbox_pb2.SANDBOX_STATE_ACTIVE)
+        async with self._sessions() as session:
+            return [_parse(raw) for raw in (await session.scalars(query)).all()]
+
+    async def expired(self, now: float) -> list[sandbox_pb2.Sandbox]:
+        query = select(SandboxRow.record).where(
+            SandboxRow.state == sandbox_pb2.SANDBOX_STATE_ACTIVE, SandboxRow.expires_at <= now
+        )
+        async with self._sessions() as session:
+            return [_parse(raw) for raw in (await session.scalars(query)).all()]
+
+    async def end_if_active(
+        self, sandbox: sandbox_pb2.Sandbox, state: sandbox_pb2.SandboxState.ValueType, error: str
+    ) -> bool:
+        """Moves an active record to an ended state; False when it had ended already."""
+        sandbox.state, sandbox.error = state, error
+        async with self._lock, self._sessions.begin() as session:
+            result = await session.execute(
+                update(SandboxRow)
+                .where(
+                    SandboxRow.sandbox_id == sandbox.sandbox_id,
+                    SandboxRow.state == sandbox_pb2.SANDBOX_STATE_ACTIVE,
+                )
+                .values(state=state, record=sandbox.SerializeToString())
+            )
+            return bool(getattr(result, "rowcount", 0))
+
+
+def _parse(raw: bytes) -> sandbox_pb2.Sandbox:
+    sandbox = sandbox_pb2.Sandbox()
+    sandbox.ParseFromString(raw)
+    return sandbox
+
+
+class SandboxCoordinator:
+    def __init__(self, store: SandboxStore, executors: ExecutorRegistry, settings: Settings) -> None:
+        self.store = store
+        self.executors = executors
+        self.settings = settings
+        self._loop: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.create_task(self._expiry_loop(), name="sandbox-expiry")
+
+    async def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+
+    def _ttl(self, seconds: float) -> float:
+        ttl = seconds or self.settings.sandbox_default_ttl_seconds
+        if ttl < 0:
+            raise InvalidSandboxRequest("ttl must be positive")
+        if ttl > self.settings.sandbox_max_ttl_seconds:
+            raise InvalidSandboxRequest(
+                f"ttl {ttl:g}s exceeds the maximum of {self.settings.sandbox_max_ttl_seconds:g}s"
+            )
+        return ttl
+
+    async def create(self, spec: sandbox_pb2.SandboxSpec) -> tuple[sandbox_pb2.Sandbox, str, str]:
+        ttl = self._ttl(spec.ttl.ToNanoseconds() / 1e9)
+        for name in spec.env:
+            if not name or "=" in name or "\0" in name:
+                raise InvalidSandboxRequest(f"env has an invalid variable name {name!r}")
+        executor = self.executors.pick()
+        if executor is None:
+            raise SandboxUnavailable("no executor with free capacity is available to host a sandbox")
+        sandbox_id = uuid.uuid4().hex
+        token, view_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        now = time.time()
+        expires_at = now + ttl
+        try:
+            reply = await executor.stub.CreateSandbox(
+                executor_pb2.ExecutorCreateSandboxRequest(
+                    sandbox_id=sandbox_id, spec=spec, expires_at=_timestamp(expires_at)
+                ),
+                timeout=CREATE_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise SandboxUnavailable(
+                f"executor {executor.executor_id} could not create the sandbox: {exc.details()}"
+            ) from None
+        sandbox = sandbox_pb2.Sandbox(
+            sandbox_id=sandbox_id,
+            state=sandbox_pb2.SANDBOX_STATE_ACTIVE,
+            spec=spec,
+            executor_id=executor.executor_id,
+            created_at=_timestamp(now),
+            expires_at=_timestamp(expires_at),
+            host_run_dir=reply.host_run_dir,
+            host_tasks_dir=reply.host_tasks_dir,
+            token_sha256=hash_token(token),
+            view_token_sha256=hash_token(view_token),
+        )
+        sandbox.spec.ttl.FromNanoseconds(int(ttl * 1e9))
+        await self.store.put(sandbox)
+        log.info("sandbox created", sandbox_id=sandbox_id, executor_id=executor.executor_id, ttl=ttl)
+        return sandbox, token, view_token
+
+    async def get(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
+        if not sandbox_id:
+            raise InvalidSandboxRequest("sandbox_id is required")
+        sandbox = await self.store.get(sandbox_id)
+        if sandbox is None:
+            raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+        return sandbox
+
+    async def active(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
+        sandbox = await self.get(sandbox_id)
+        if sandbox.state != sandbox_pb2.SANDBOX_STATE_ACTIVE:
+            state = sandbox_pb2.SandboxState.Name(sandbox.state).removeprefix("SANDBOX_STATE_").lower()
+            raise SandboxEnded(f"sandbox {sandbox_id} is {state}" + (f": {sandbox.error}" if sandbox.error else ""))
+        return sandbox
+
+    async def list_sandboxes(self, include_ended: bool) -> list[sandbox_pb2.Sandbox]:
+        return await self.store.all(include_ended)
+
+    async def extend(self, sandbox_id: str, ttl_seconds: float) -> sandbox_pb2.Sandbox:
+        sandbox = await self.active(sandbox_id)
+        ttl = self._ttl(ttl_seconds or sandbox.spec.ttl.ToNanoseconds() / 1e9)
+        expires_at = time.time() + ttl
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is None:
+            raise SandboxUnavailable(f"the sandbox's executor {sandbox.executor_id} is not connected")
+        try:
+            reply = await executor.stub.ExtendSandbox(
+                executor_pb2.ExecutorExtendSandboxRequest(sandbox_id=sandbox_id, expires_at=_timestamp(expires_at)),
+                timeout=self.settings.gateway_rpc_timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise SandboxUnavailable(f"executor {sandbox.executor_id}: {exc.details()}") from None
+        if not reply.found:
+            await self.store.end_if_active(
+                sandbox, sandbox_pb2.SANDBOX_STATE_FAILED, "its executor no longer has it"
+            )
+            raise SandboxEnded(f"sandbox {sandbox_id} is gone from its executor")
+        sandbox.expires_at.CopyFrom(_timestamp(expires_at))
+        await self.store.put(sandbox)
+        return sandbox
+
+    async def delete(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
+        sandbox = await self.get(sandbox_id)
+        if sandbox.state in ENDED:
+            return sandbox
+        await self._remove(sandbox, sandbox_pb2.SANDBOX_STATE_DELETED, "")
+        return await self.get(sandbox_id)
+
+    async def start_jupyter(self, sandbox_id: str, base_url: str) -> str:
+        sandbox = await self.active(sandbox_id)
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is None or not executor.alive:
+            raise SandboxUnavailable(f"the sandbox's executor {sandbox.executor_id} is not connected")
+        try:
+            reply = await executor.stub.StartJupyter(
+                executor_pb2.ExecutorStartJupyterRequest(sandbox_id=sandbox_id, base_url=base_url),
+                timeout=JUPYTER_TIMEOUT_SECONDS,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise SandboxUnavailable(f"could not start Jupyter in sandbox {sandbox_id}: {exc.details()}") from None
+        return reply.host_socket
+
+    async def _remove(self, sandbox: sandbox_pb2.Sandbox, state: sandbox_pb2.SandboxState.ValueType, error: str) -> None:
+        if not await self.store.end_if_active(sandbox, state, error):
+            return
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is not None:
+            try:
+                await executor.stub.DeleteSandbox(
+                    executor_pb2.ExecutorDeleteSandboxRequest(sandbox_id=sandbox.sandbox_id),
+                    timeout=self.settings.gateway_rpc_timeout_seconds,
+                )
+            except grpc.aio.AioRpcError as exc:  # it removes it itself at expiry anyway
+                log.warning("executor did not delete the sandbox", sandbox_id=sandbox.sandbox_id, error=exc.details())
+        log.info("sandbox ended", sandbox_id=sandbox.sandbox_id, state=sandbox_pb2.SandboxState.Name(state))
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_CHECK_SECONDS)
+            try:
+                for sandbox in await self.store.expired(time.time()):
+                    await self._remove(sandbox, sandbox_pb2.SANDBOX_STATE_EXPIRED, "its time ran out")
+            except Exception:
+                log.exception("sandbox expiry round failed")

@@ -1,0 +1,197 @@
+"""deploy/docker-compose.yml for real: build the images, up, the README's curl example, tasks on
+both executors, PostgreSQL behind scheduler and memory, down leaving no sandbox container.
+
+Runs under its own compose project name, gateway port, host data directory and executor ids,
+so it neither touches nor is touched by another deployment on the same Docker engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from harness import REPO, free_port
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+COMPOSE_FILE = REPO / "deploy" / "docker-compose.yml"
+SERVICES = ("postgres", "scheduler", "memory", "executor-1", "executor-2", "gateway")
+ENDED = {"completed", "failed", "cancelled"}
+# The seed's example, verbatim (DESIGN.md section 1).
+CURL_EXAMPLE_BODY = """{
+  "steps": [
+    {"tool": "shell",  "command": "ls -la /app"},
+    {"tool": "python", "code": "with open(\\"hello.txt\\", \\"w\\") as f: f.write(\\"Hello from the agent!\\")"},
+    {"tool": "shell",  "command": "cat hello.txt"}
+  ]}"""
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    pytest.skip("neither docker-compose nor `docker compose` is installed (apt-get install docker-compose)")
+
+
+def require_docker() -> None:
+    if not shutil.which("docker") or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("no Docker engine answers `docker info` (scripts/start-docker starts one)")
+
+
+@dataclass
+class Deployment:
+    compose: list[str]
+    env: dict[str, str]
+    url: str
+    prefix: str
+
+    def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [*self.compose, "-f", str(COMPOSE_FILE), *args],
+            env=self.env, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def container(self, service: str) -> str:
+        return self.run("ps", "-q", service).stdout.strip()
+
+    def health(self, service: str) -> str:
+        container = self.container(service)
+        if not container:
+            return "missing"
+        inspected = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}", container],
+            capture_output=True, text=True,
+        ).stdout.split()
+        return inspected[-1] if inspected else "missing"
+
+    def logs(self) -> str:
+        return self.run("logs", "--no-color", "--tail", "60", check=False).stdout[-20000:]
+
+    def sandbox_containers(self) -> list[str]:
+        names: list[str] = []
+        for executor in ("executor-1", "executor-2"):
+            listed = subprocess.run(
+                ["docker", "ps", "-a", "-q", "--filter", f"label=corral.executor={self.prefix}{executor}"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            names += listed
+        return names
+
+
+def curl(*args: str) -> str:
+    """The real curl, as a user would type it."""
+    return subprocess.run(["curl", "-sS", "--fail-with-body", *args], capture_output=True, text=True, check=True).stdout
+
+
+def wait_for_status(url: str, task_id: str, states: set[str], limit: float = 120) -> dict[str, object]:
+    deadline = time.monotonic() + limit
+    while True:
+        status: dict[str, object] = json.loads(curl(f"{url}/status?task_id={task_id}"))
+        if status["status"] in states or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    require_docker()
+    compose = compose_command()
+    if os.environ.get("CORRAL_COMPOSE_SKIP_BUILD") != "1":
+        # Cheap when nothing changed (layer cache); the sandbox image is built only if missing.
+        subprocess.run([str(REPO / "deploy" / "build-images")], check=True, timeout=3600)
+    run_id = uuid.uuid4().hex[:8]
+    port = free_port()
+    data_dir = tmp_path_factory.mktemp("compose") / "data"
+    env = {
+        **os.environ,
+        "COMPOSE_PROJECT_NAME": f"corraltest{run_id}",
+        "CORRAL_GATEWAY_PUBLISH": f"127.0.0.1:{port}",
+        "CORRAL_HOST_DATA_DIR": str(data_dir),
+        "CORRAL_EXECUTOR_ID_PREFIX": f"t{run_id}-",
+    }
+    d = Deployment(compose=compose, env=env, url=f"http://127.0.0.1:{port}", prefix=f"t{run_id}-")
+    try:
+        d.run("up", "-d")
+        deadline = time.monotonic() + 240
+        while (states := {s: d.health(s) for s in SERVICES}) != dict.fromkeys(SERVICES, "healthy"):
+            assert time.monotonic() < deadline, f"not all healthy: {states}\n{d.logs()}"
+            assert "unhealthy" not in states.values() and "exited" not in states.values(), f"{states}\n{d.logs()}"
+            time.sleep(1)
+        yield d
+    finally:
+        d.run("down", "-v", "--remove-orphans", check=False)
+        for container in d.sandbox_containers():  # only if the executors failed to
+            subprocess.run(["docker", "rm", "-f", container], capture_output=True)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def test_curl_example_completes(deployment: Deployment) -> None:
+    reply = curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", CURL_EXAMPLE_BODY)
+    task_id = json.loads(reply)["task_id"]
+    status = wait_for_status(deployment.url, task_id, ENDED)
+    assert status["status"] == "completed", status
+    steps = status["steps"]
+    assert isinstance(steps, list) and [s["exit_code"] for s in steps] == [0, 0, 0]
+    assert "agent.py" in steps[0]["stdout"]  # /app holds the runtime
+    assert steps[2]["stdout"] == "Hello from the agent!"
+    assert status["log_path"] == f"/tasks/{task_id}/agent.log"
+    assert str(status["executor_id"]).startswith(deployment.prefix)
+    # The executor's task directory is the host's: the log is where the status says.
+    host_log = Path(str(status["host_log_path"]))
+    assert host_log.is_file() and "Hello from the agent!" in host_log.read_text()
+
+
+def test_tasks_spread_over_both_executors(deployment: Deployment) -> None:
+    body = json.dumps({"steps": [{"tool": "shell", "command": "sleep 1; id -u"}]})
+    ids = [
+        json.loads(curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", body))["task_id"]
+        for _ in range(8)
+    ]
+    statuses = [wait_for_status(deployment.url, task_id, ENDED) for task_id in ids]
+    assert [s["status"] for s in statuses] == ["completed"] * len(ids), statuses
+    assert {s["steps"][0]["stdout"] for s in statuses} == {"1000\n"}  # type: ignore[index]
+    assert {s["executor_id"] for s in statuses} == {f"{deployment.prefix}executor-1", f"{deployment.prefix}executor-2"}
+
+
+def test_scheduler_and_memory_store_in_postgres(deployment: Deployment) -> None:
+    query = "SELECT (SELECT count(*) FROM scheduler_tasks) > 0 AND (SELECT count(*) FROM history_events) > 0"
+    answer = deployment.run("exec", "-T", "postgres", "psql", "-U", "corral", "-d", "corral", "-tAc", query)
+    assert answer.stdout.strip() == "t"
+
+
+def test_only_executors_get_the_docker_socket(deployment: Deployment) -> None:
+    with_socket = set()
+    for service in SERVICES:
+        mounts = subprocess.run(
+            ["docker", "inspect", "--format", "{{json .Mounts}}", deployment.container(service)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        if any(m["Destination"] == "/var/run/docker.sock" for m in json.loads(mounts)):
+            with_socket.add(service)
+    assert with_socket == {"executor-1", "executor-2"}
+
+
+def test_down_leaves_no_sandbox_container(deployment: Deployment) -> None:
+    # Runs last in this module: it takes the deployment down with tasks still running.
+    body = json.dumps({"steps": [{"tool": "shell", "command": "sleep 600"}]})
+    ids = [
+        json.loads(curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", body))["task_id"]
+        for _ in range(2)
+    ]
+    for task_id in ids:
+        assert wait_for_status(deployment.url, task_id, {"running"} | ENDED)["status"] == "running"
+    assert deployment.sandbox_containers(), "running tasks should have sandbox containers"
+    deployment.run("down", "-v")
+    assert deployment.sandbox_containers() == []
