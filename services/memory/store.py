@@ -2,7 +2,9 @@
 
 Plain Python types in and out, so the store can be tested and reused without gRPC. The SQL
 is portable (no SQLite-only constructs): LIKE with an explicit ESCAPE works on SQLite and
-PostgreSQL alike, and lower() on both sides makes it case-insensitive everywhere.
+PostgreSQL alike, and lower() on both sides makes it case-insensitive everywhere. On PostgreSQL
+an advisory lock also orders appends to one task across processes, and values it would refuse
+(NUL characters, over-long ids) are refused up front, so both databases answer the same.
 """
 
 from __future__ import annotations
