@@ -150,11 +150,13 @@ class Scheduler:
                     return
             if events:
                 continue
-            task = await self._store.get(task_id)
-            ended = task is None or task.state in TERMINAL_TASK_STATES
-            # An ended task's `finished` event is written just after its state; give it a moment.
+            state = await self._store.state(task_id)
+            ended = state is None or state in TERMINAL_TASK_STATES
+            # Every event is appended by this process and signalled, so waiting is cheap; the
+            # timeout is a safety net. An ended task's `finished` event is written just after
+            # its state, so give it a moment before concluding there is nothing left.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), timeout=1.0)
+                await asyncio.wait_for(signal.wait(), timeout=1.0 if ended else 15.0)
             if ended and not await self._store.events_after(task_id, last, limit=1):
                 return  # nothing left to replay (e.g. the watch began after `finished`)
 

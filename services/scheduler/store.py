@@ -208,6 +208,11 @@ class TaskStore:
             rows = await session.scalars(select(TaskRow.task_id).where(TaskRow.state == state))
             return list(rows.all())
 
+    async def state(self, task_id: str) -> int | None:
+        async with self._sessions() as session:
+            state = await session.scalar(select(TaskRow.state).where(TaskRow.task_id == task_id))
+            return None if state is None else int(state)
+
     async def state_and_spec(self, task_id: str) -> tuple[int, task_pb2.TaskSpec] | None:
         async with self._sessions() as session:
             row = (
