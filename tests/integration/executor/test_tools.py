@@ -110,10 +110,15 @@ async def test_typescript_syntax_error_fails(executor: ExecutorClient) -> None:
     assert "main.ts:1:9 - error TS1109" in outcome.step(0).stderr
 
 
-async def test_gui_step_fails_clearly(executor: ExecutorClient) -> None:
-    _, outcome = await executor.run_steps([{"tool": "gui", "action": "screenshot"}])
-    assert outcome.state == "TASK_STATE_FAILED"
-    assert "GUI" in outcome.step(0).error and "not available" in outcome.step(0).error
+async def test_gui_step_gets_a_desktop_and_screenshot(executor: ExecutorClient) -> None:
+    """A gui step gives the sandbox a desktop (more in tests/integration/desktop)."""
+    task_id, outcome = await executor.run_steps([
+        {"tool": "gui", "action": "screenshot"},
+        {"tool": "gui", "action": "key", "keys": "no-such-key"},
+    ])
+    assert outcome.step_state(0) == "STEP_STATE_COMPLETED", outcome.step(0).error
+    assert f"/tasks/{task_id}/screenshots/step-000.png" in outcome.step(0).stdout
+    assert "unknown key 'no-such-key'" in outcome.step(1).error
 
 
 async def test_task_env_reaches_steps(executor: ExecutorClient) -> None:
