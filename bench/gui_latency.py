@@ -1,9 +1,11 @@
 """GUI latency: screenshots (1024x768 PNG) and action round trips through the gui service.
 
-Starts one bubblewrap sandbox with a desktop (as the executor does), then calls its gui
-service over the unix socket from the host, as the executor does for GUI steps.
+Starts one sandbox with a desktop (as the executor does), then calls its gui service over the
+unix socket from the host, as the executor does for GUI steps.
 
-    .venv/bin/python bench/gui_latency.py [--n 100]
+    .venv/bin/python bench/gui_latency.py [--n 100] [--driver bubblewrap|docker]
+
+--driver docker needs a Docker engine and the sandbox image (scripts/build-images).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from corral.config import Settings
 from corral.v1 import gui_pb2
 from services.executor.desktop import start_desktop
 from services.executor.drivers.base import SandboxConfig, SandboxLimits
+from services.executor.drivers.base import SandboxDriver
 from services.executor.drivers.bubblewrap import BubblewrapDriver
 from services.executor.gui_steps import GuiClient
 
@@ -47,9 +50,17 @@ async def measure(name: str, n: int, call: Callable[[], Awaitable[Any]]) -> None
     )
 
 
-async def main(n: int, root: Path) -> None:
+async def main(n: int, root: Path, driver_name: str) -> None:
     settings = Settings(data_dir=root, sandbox_run_dir=root / "run")
-    driver = BubblewrapDriver(settings)
+    driver: SandboxDriver
+    if driver_name == "docker":
+        from services.executor.drivers.docker import DockerDriver
+
+        driver = DockerDriver(settings)
+    else:
+        driver = BubblewrapDriver(settings)
+    await driver.start(f"bench-{root.name}")
+    print(f"driver: {driver.name}")
     task_dir, run_dir = root / "tasks" / "bench", root / "run" / "bench"
     driver.prepare_task_dir(task_dir)
     driver.prepare_run_dir(run_dir)
@@ -78,12 +89,15 @@ async def main(n: int, root: Path) -> None:
     finally:
         await client.close()
         await sandbox.close()
+        await driver.stop()
         shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
+    parser.add_argument("--driver", choices=("bubblewrap", "docker"), default="bubblewrap")
+    args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="cb-", dir="/tmp"))  # short: socket paths are limited
     work.chmod(0o755)
-    asyncio.run(main(parser.parse_args().n, work))
+    asyncio.run(main(args.n, work, args.driver))

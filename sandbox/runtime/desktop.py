@@ -10,6 +10,9 @@ again finds them running and returns at once. Unix sockets go in the run directo
 ($CORRAL_RUN_DIR, default /run/corral), which the executor's host sees too:
   gui.sock       the gui service (gRPC), vnc.sock and vnc-view.sock (x11vnc, full control
   and view-only), jupyter.sock (Jupyter Lab, HTTP).
+The sockets are owner- and group-connectable (mode 0660/0770, group: the sandbox user's, 1000):
+root on the host reaches them anyway; a gateway running as another user (the compose
+deployment's) needs that group as a supplementary one. Others cannot connect.
 Standard library only: it runs on the sandbox's system Python.
 """
 
@@ -31,6 +34,8 @@ PYTHONS = ("/app/.venv/bin/python", "/opt/corral-venv/bin/python")
 # Where the gui service's package (services.gui + corral.v1 stubs) is mounted or copied.
 SOURCE_DIR = os.environ.get("CORRAL_SOURCE_DIR", "/opt/corral")
 START_TIMEOUT = float(os.environ.get("CORRAL_DESKTOP_TIMEOUT", "60"))
+# For the processes that create the sockets: group members may connect, others may not.
+SOCKET_UMASK = 0o007
 
 
 class LaunchError(Exception):
@@ -144,12 +149,12 @@ def start_desktop(width: int, height: int) -> dict[str, object]:
         procs.append(spawn(
             ["x11vnc", "-display", display, "-unixsock", path, "-rfbport", "0", "-forever",
              "-shared", "-nopw", "-quiet", "-noxdamage", "-nossl", *extra],
-            log, env,
+            log, env, umask=SOCKET_UMASK,
         ))
     gui_env = dict(env, PYTHONPATH=SOURCE_DIR, PYTHONDONTWRITEBYTECODE="1")
     procs.append(spawn(
         [runtime_python(), "-m", "services.gui", "--socket", gui_sock, "--display", display],
-        log, gui_env, cwd=SOURCE_DIR,
+        log, gui_env, cwd=SOURCE_DIR, umask=SOCKET_UMASK,
     ))
     for path in (gui_sock, vnc_sock, view_sock):
         wait_for(f"the desktop ({os.path.basename(path)})", lambda p=path: answers(p), procs, log)
@@ -195,7 +200,7 @@ def start_jupyter(base_url: str, root: str) -> dict[str, object]:
     # the sandbox's token before proxying.
     proc = spawn(
         [runtime_python(), "-m", "jupyterlab", "--no-browser",
-         f"--ServerApp.sock={sock}", "--ServerApp.sock_mode=0600",
+         f"--ServerApp.sock={sock}", "--ServerApp.sock_mode=0660",
          f"--ServerApp.base_url={base_url}", f"--ServerApp.root_dir={root}",
          "--IdentityProvider.token=", "--ServerApp.password=",
          "--ServerApp.disable_check_xsrf=True", "--ServerApp.allow_remote_access=True",

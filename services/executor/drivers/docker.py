@@ -150,8 +150,16 @@ class DockerDriver(SandboxDriver):
     def host_path(self, path: Path) -> str:
         """`path` (under tasks_dir, as this process sees it) as the Docker host sees it."""
         host_root = self.settings.docker_tasks_host_dir
-        if host_root is None or not path.is_relative_to(self.settings.tasks_dir):
+        if host_root is None:
             return str(path)
+        if not path.is_relative_to(self.settings.tasks_dir):
+            # A long-lived sandbox's /tasks or a run directory: only tasks_dir is translated.
+            raise SandboxError(
+                f"{path} is outside tasks_dir, and CORRAL_DOCKER_TASKS_HOST_DIR only says where "
+                "tasks_dir is on the Docker host: desktops and long-lived sandboxes need the "
+                "executor's data directory at the same path on the Docker host (as in "
+                "deploy/docker-compose.yml), with CORRAL_DOCKER_TASKS_HOST_DIR unset"
+            )
         return str(host_root / path.relative_to(self.settings.tasks_dir))
 
     def is_default(self, config: SandboxConfig) -> bool:

@@ -1,13 +1,24 @@
-"""A full stack (memory, scheduler, bubblewrap executor, gateway) for the desktop tests.
+"""A full stack (memory, scheduler, executor, gateway) for the desktop tests, once per driver.
 
-Every test here is marked `gui`: sandboxes start their own Xvfb, so no display is needed on
-the host, only the packages scripts/bootstrap installs (xvfb, openbox, x11vnc, xdotool,
-xterm, novnc, chromium) and the sandbox runtime's venv (sandbox/runtime/.venv).
+Every test here is marked `gui` and runs with both sandbox drivers: bubblewrap, and docker
+(also marked `docker`; skipped, saying why, only when no Docker engine or sandbox image is
+there). Sandboxes start their own Xvfb, so no display is needed on the host. Bubblewrap needs
+the packages scripts/bootstrap installs on the host (xvfb, openbox, x11vnc, xdotool, xterm,
+novnc) and the sandbox runtime's venv (sandbox/runtime/.venv); docker needs the sandbox image
+(scripts/build-images), which has all of them. The browser tests need the host's chromium.
+
+With docker, and when the tests run as root, the gateway runs as the compose deployment's
+does: an unprivileged uid with the sandbox user's group (1000) as a supplementary group, which
+is what lets it reach the sandboxes' VNC and Jupyter sockets (see sandbox/runtime/desktop.py).
 """
 
 from __future__ import annotations
 
+import functools
+import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -16,10 +27,16 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Cluster
+from harness import Cluster, Service
+
+from corral.config import Settings
 
 REPO = Path(__file__).resolve().parents[3]
 NEEDED = ("Xvfb", "openbox", "x11vnc", "xdotool", "xterm")
+DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]
+# deploy/Dockerfile.service's user, and the sandbox user's group the gateway needs.
+GATEWAY_UID = 10001
+SANDBOX_GID = 1000
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -35,8 +52,43 @@ def missing_desktop_packages() -> list[str]:
     return missing
 
 
-def start_gateway(cluster: Cluster, timeout: float = 30.0) -> None:
-    service = cluster.start("gateway", "gateway")
+@functools.cache
+def docker_unavailable() -> str:
+    """Why the docker driver cannot be tested here ("" when it can)."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker Python package is not installed"
+    image = Settings().docker_image
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine is reachable ({exc}); start one with scripts/start-docker"
+    try:
+        client.images.get(image)
+    except Exception:
+        return f"the sandbox image {image} is missing; build it with scripts/build-images"
+    return ""
+
+
+def start_unprivileged_gateway(cluster: Cluster) -> Service:
+    """The gateway as GATEWAY_UID with SANDBOX_GID as a supplementary group (as in compose)."""
+    log_path = cluster.data_dir / "gateway.log"
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            ["setpriv", f"--reuid={GATEWAY_UID}", f"--regid={GATEWAY_UID}", f"--groups={SANDBOX_GID}",
+             "--", sys.executable, "-m", "gateway"],
+            cwd=REPO, env={**cluster.env, "PYTHONDONTWRITEBYTECODE": "1"},
+            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    service = Service("gateway", proc, log_path)
+    cluster.services["gateway"] = service
+    return service
+
+
+def start_gateway(cluster: Cluster, timeout: float = 30.0, unprivileged: bool = False) -> None:
+    service = start_unprivileged_gateway(cluster) if unprivileged else cluster.start("gateway", "gateway")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if service.proc.poll() is not None:
@@ -49,21 +101,34 @@ def start_gateway(cluster: Cluster, timeout: float = 30.0) -> None:
     raise RuntimeError(f"gateway never answered:\n{service.log()[-3000:]}")
 
 
+@pytest.fixture(scope="package", params=DRIVERS)
+def sandbox_driver(request: pytest.FixtureRequest) -> str:
+    name = str(request.param)
+    if name == "docker":
+        reason = docker_unavailable()
+        if reason:
+            pytest.skip(reason)
+    else:
+        missing = missing_desktop_packages()
+        if missing:
+            pytest.fail(f"desktop packages missing: {', '.join(missing)} (run scripts/bootstrap)")
+    return name
+
+
 @pytest.fixture(scope="package")
-def desktop_stack() -> Iterator[Cluster]:
-    missing = missing_desktop_packages()
-    if missing:
-        pytest.fail(f"desktop packages missing: {', '.join(missing)} (run scripts/bootstrap)")
+def desktop_stack(sandbox_driver: str) -> Iterator[Cluster]:
     # Short and under /tmp: unix socket paths are limited to 107 bytes, and sandboxes run as
     # an unprivileged host uid that cannot enter pytest's root-only tmp tree.
     data_dir = Path(tempfile.mkdtemp(prefix="cd-", dir="/tmp"))
     data_dir.chmod(0o755)
-    cluster = Cluster.new(data_dir, CORRAL_SANDBOX_RUN_DIR=str(data_dir / "run"))
+    cluster = Cluster.new(
+        data_dir, CORRAL_SANDBOX_RUN_DIR=str(data_dir / "run"), CORRAL_SANDBOX_DRIVER=sandbox_driver
+    )
     try:
         cluster.start_memory()
         cluster.start_scheduler()
         cluster.start_executor()
-        start_gateway(cluster)
+        start_gateway(cluster, unprivileged=sandbox_driver == "docker" and os.geteuid() == 0)
         yield cluster
     finally:
         cluster.stop()

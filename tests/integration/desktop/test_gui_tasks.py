@@ -16,7 +16,7 @@ TERMINAL = {"tool": "shell", "command": "xterm -T corral-term -geometry 80x24+0+
 
 
 def test_terminal_typed_into_writes_a_file_and_screenshot_is_saved(
-    api: httpx.Client, desktop_stack: Cluster
+    api: httpx.Client, desktop_stack: Cluster, sandbox_driver: str
 ) -> None:
     """The issue's 'done when': open a terminal, type a command that writes a file, screenshot."""
     task = run_task(api, {"steps": [
@@ -35,6 +35,7 @@ def test_terminal_typed_into_writes_a_file_and_screenshot_is_saved(
     assert steps[4]["stdout"] == "typed-in-the-desktop\n"
     host_dir = Path(task["host_log_path"]).parent
     assert (host_dir / "from_gui.txt").read_text() == "typed-in-the-desktop\n"
+    assert f"({sandbox_driver})" in (host_dir / "agent.log").read_text()
 
     shot = json.loads(steps[5]["stdout"])
     assert shot["screenshot"] == f"{task['task_dir']}/screenshots/step-005.png"

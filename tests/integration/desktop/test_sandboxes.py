@@ -4,6 +4,7 @@ processes and desktop persisting; extend; delete; automatic expiry."""
 from __future__ import annotations
 
 import json
+import stat
 import subprocess
 import sys
 import time
@@ -14,8 +15,23 @@ from harness import Cluster
 
 from .conftest import run_task, wait_for_task
 
+# Run in a sandbox whose desktop is up: the desktop must not have weakened its isolation.
+ISOLATION_PROBE = (
+    "id -u; grep CapEff /proc/self/status | tr -d '\\t'; "
+    "touch /usr/corral-probe 2>/dev/null && echo root-writable || echo root-read-only; "
+    "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | sort | tr '\\n' ' '"
+)
 
-def test_tasks_share_a_sandbox_files_processes_and_desktop(api: httpx.Client) -> None:
+
+def sandbox_containers(sandbox_id: str) -> list[object]:
+    from services.executor.drivers.docker import LABEL_TASK, docker_client
+
+    return list(docker_client().api.containers(all=True, filters={"label": f"{LABEL_TASK}={sandbox_id}"}))
+
+
+def test_tasks_share_a_sandbox_files_processes_and_desktop(
+    api: httpx.Client, desktop_stack: Cluster, sandbox_driver: str
+) -> None:
     created = api.post("/v1/sandboxes", json={"desktop": True, "ttl": 600})
     assert created.status_code == 201, created.text
     sandbox = created.json()
@@ -31,6 +47,15 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(api: httpx.Client) ->
         assert first["status"] == "completed", first
         assert first["steps"][0]["stdout"] == f"/tasks/{first['task_id']}\n"
         assert first["sandbox_id"] == sandbox_id
+        agent_log = Path(first["host_log_path"]).read_text()
+        assert f"({sandbox_driver}) in sandbox {sandbox_id}" in agent_log, agent_log[:500]
+
+        # The desktop's sockets, as the host (executor, gateway) sees them: owner and group
+        # may connect (a non-root gateway gets the sandbox's group), others may not.
+        run_dir = desktop_stack.data_dir / "run" / sandbox_id
+        for name in ("gui.sock", "vnc.sock", "vnc-view.sock"):
+            mode = (run_dir / name).stat().st_mode
+            assert stat.S_ISSOCK(mode) and mode & 0o060 == 0o060 and mode & 0o007 == 0, (name, oct(mode))
 
         second = run_task(api, {"sandbox_id": sandbox_id, "steps": [
             {"tool": "shell", "command": f"cat /tasks/{first['task_id']}/note.txt"},
@@ -38,8 +63,12 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(api: httpx.Client) ->
             {"tool": "gui", "action": "list_windows"},
             {"tool": "write_file", "path": "second.txt", "content": "hi"},
             {"tool": "read_file", "path": "second.txt"},
+            {"tool": "shell", "command": ISOLATION_PROBE},
         ]})
         assert second["status"] == "completed", second
+        assert second["steps"][5]["stdout"] == "1000\nCapEff:0000000000000000\nroot-read-only\nlo ", second["steps"][5]
+        if sandbox_driver == "docker":
+            assert len(sandbox_containers(sandbox_id)) == 1
         assert second["steps"][0]["stdout"] == "kept\n"
         assert second["steps"][1]["stdout"] == "alive\n"
         titles = [w["title"] for w in json.loads(second["steps"][2]["stdout"])["windows"]]
@@ -58,6 +87,12 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(api: httpx.Client) ->
     finally:
         deleted = api.delete(f"/v1/sandboxes/{sandbox_id}")
     assert deleted.status_code == 200 and deleted.json()["status"] == "deleted"
+    if sandbox_driver == "docker":
+        # Killed at once; removed in the background.
+        deadline = time.monotonic() + 60
+        while sandbox_containers(sandbox_id):
+            assert time.monotonic() < deadline, "the sandbox's container was never removed"
+            time.sleep(0.2)
     refused = api.post("/v1/tasks", json={"sandbox_id": sandbox_id, "steps": [{"tool": "shell", "command": "true"}]})
     assert refused.status_code == 409, refused.text
     assert "deleted" in refused.json()["error"]["message"]
