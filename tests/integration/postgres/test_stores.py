@@ -131,10 +131,9 @@ async def test_values_the_database_would_refuse_are_invalid_arguments(memory_sto
             await call
 
 
-async def test_two_stores_appending_to_one_task_never_collide(database_url: str) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip("one memory process per SQLite file; replicas share a PostgreSQL database")
-    first, second = await MemoryStore.open(database_url), await MemoryStore.open(database_url)
+async def test_two_stores_appending_to_one_task_never_collide(postgres_url: str) -> None:
+    # Memory replicas share a PostgreSQL database (SQLite: one memory process per file).
+    first, second = await MemoryStore.open(postgres_url), await MemoryStore.open(postgres_url)
     try:
         replies = await asyncio.gather(
             *(
