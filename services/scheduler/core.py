@@ -21,6 +21,7 @@ from corral.config import Settings
 from corral.schema import TERMINAL_TASK_STATES
 from corral.v1 import executor_pb2, task_pb2
 
+from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
 from .sandboxes import SandboxCoordinator
 from .store import TaskStore
@@ -46,7 +47,7 @@ class Scheduler:
         self.executors = ExecutorRegistry()
         self._assignments: dict[str, asyncio.Task[None]] = {}
         self._assigned_to: dict[str, ExecutorRecord] = {}
-        self._signals: dict[str, asyncio.Event] = {}
+        self._events = EventLog(store)
         self._wake = asyncio.Event()
         self._assign_lock = asyncio.Lock()
         self._loops: list[asyncio.Task[None]] = []
@@ -59,6 +60,7 @@ class Scheduler:
 
     async def start(self) -> None:
         await self._store.create_tables()
+        self._events.start()
         for task_id in await self._store.task_ids_in_state(task_pb2.TASK_STATE_RUNNING):
             await self._finish(
                 task_id,
@@ -80,6 +82,7 @@ class Scheduler:
                 task_id, task_pb2.TASK_STATE_FAILED, "the scheduler stopped while the task was running"
             )
         await asyncio.gather(*self._assignments.values(), *self._loops, return_exceptions=True)
+        await self._events.stop()
         await self.executors.close()
 
     # --- client-facing -----------------------------------------------------------------
@@ -92,6 +95,7 @@ class Scheduler:
             await self.sandboxes.active(spec.sandbox_id)  # NOT_FOUND / FAILED_PRECONDITION
         task_id = uuid.uuid4().hex
         await self._store.create(task_id, spec)
+        self._events.open_new(task_id)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
         log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
         self._wake.set()
@@ -141,8 +145,8 @@ class Scheduler:
         await self.get(task_id)
         last = after_sequence
         while True:
-            signal = self._signal(task_id)
-            events = await self._store.events_after(task_id, last)
+            signal = self._events.signal(task_id)
+            events = await self._events.after(task_id, last)
             for event in events:
                 last = event.sequence
                 yield event
@@ -157,7 +161,7 @@ class Scheduler:
             # its state, so give it a moment before concluding there is nothing left.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(signal.wait(), timeout=1.0 if ended else 15.0)
-            if ended and not await self._store.events_after(task_id, last, limit=1):
+            if ended and not await self._events.after(task_id, last, limit=1):
                 return  # nothing left to replay (e.g. the watch began after `finished`)
 
     # --- executor-facing ---------------------------------------------------------------
@@ -179,25 +183,13 @@ class Scheduler:
 
     # --- internals ---------------------------------------------------------------------
 
-    def _signal(self, task_id: str) -> asyncio.Event:
-        signal = self._signals.get(task_id)
-        if signal is None:
-            signal = self._signals[task_id] = asyncio.Event()
-        return signal
-
-    def _notify(self, task_id: str) -> None:
-        signal = self._signals.pop(task_id, None)
-        if signal is not None:
-            signal.set()
-
     async def _append(self, event: task_pb2.TaskEvent) -> None:
-        await self._store.append_event(event)
-        self._notify(event.task_id)
+        await self._events.append(event)
 
     async def _wait_until_terminal(self, task_id: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            signal = self._signal(task_id)
+            signal = self._events.signal(task_id)
             task = await self._store.get(task_id)
             if task is None or task.state in TERMINAL_TASK_STATES:
                 return
@@ -328,11 +320,26 @@ class Scheduler:
         return executor if executor.free > 0 else None
 
     async def _record(self, event: task_pb2.TaskEvent) -> None:
+        """Fans an executor's event out to watchers, then updates the task's stored state."""
         task_id = event.task_id
         event.sequence = 0
         if not event.HasField("time"):
             event.time.GetCurrentTime()
         kind = event.WhichOneof("event")
+        if kind == "finished":
+            # The state is checked and stored first: exactly one `finished` event per task.
+            state, error = event.finished.state, event.finished.error
+            if not await self._store.finish_if_not_terminal(task_id, state, error):
+                return  # already ended (e.g. declared lost)
+            step_state = (
+                task_pb2.STEP_STATE_CANCELLED
+                if state == task_pb2.TASK_STATE_CANCELLED
+                else task_pb2.STEP_STATE_FAILED
+            )
+            await self._store.mark_unfinished_steps(task_id, step_state, error)
+            await self._append(event)
+            return
+        await self._append(event)
         if kind == "started":
             executor = self._assigned_to.get(task_id)
             await self._store.update(
@@ -353,18 +360,6 @@ class Scheduler:
             await self._store.save_step(task_id, result)
         elif kind == "step_finished":
             await self._store.save_step(task_id, event.step_finished.result)
-        elif kind == "finished":
-            state, error = event.finished.state, event.finished.error
-            if await self._store.finish_if_not_terminal(task_id, state, error):
-                step_state = (
-                    task_pb2.STEP_STATE_CANCELLED
-                    if state == task_pb2.TASK_STATE_CANCELLED
-                    else task_pb2.STEP_STATE_FAILED
-                )
-                await self._store.mark_unfinished_steps(task_id, step_state, error)
-            else:
-                return  # already ended (e.g. declared lost); keep a single `finished` event
-        await self._append(event)
 
     async def _liveness_loop(self) -> None:
         timeout = self._settings.heartbeat_timeout_seconds

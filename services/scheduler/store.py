@@ -269,25 +269,26 @@ class TaskStore:
                     result.error = error if was_running else "skipped: the task ended before this step"
                     row.result = result.SerializeToString()
 
-    async def append_event(self, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
-        """Numbers the event (1, 2, 3... per task) and stores it."""
+    async def insert_events(self, events: list[task_pb2.TaskEvent]) -> None:
+        """Stores numbered events (one transaction) and advances each task's last sequence."""
+        last: dict[str, int] = {}
         async with self._writing() as session:
-            # One atomic statement numbers the event, on SQLite and PostgreSQL alike.
-            sequence = await session.scalar(
-                update(TaskRow)
-                .where(TaskRow.task_id == event.task_id)
-                .values(last_sequence=TaskRow.last_sequence + 1)
-                .returning(TaskRow.last_sequence)
+            session.add_all(
+                EventRow(task_id=e.task_id, sequence=e.sequence, event=e.SerializeToString()) for e in events
             )
-            if sequence is None:
-                raise KeyError(event.task_id)
-            event.sequence = sequence
-            if not event.HasField("time"):
-                event.time.GetCurrentTime()
-            session.add(
-                EventRow(task_id=event.task_id, sequence=event.sequence, event=event.SerializeToString())
-            )
-        return event
+            for event in events:
+                last[event.task_id] = max(last.get(event.task_id, 0), event.sequence)
+            for task_id, sequence in last.items():
+                await session.execute(
+                    update(TaskRow)
+                    .where(TaskRow.task_id == task_id, TaskRow.last_sequence < sequence)
+                    .values(last_sequence=sequence)
+                )
+
+    async def last_sequence(self, task_id: str) -> int:
+        async with self._sessions() as session:
+            value = await session.scalar(select(TaskRow.last_sequence).where(TaskRow.task_id == task_id))
+            return int(value or 0)
 
     async def events_after(self, task_id: str, after: int, limit: int = 500) -> list[task_pb2.TaskEvent]:
         async with self._sessions() as session:

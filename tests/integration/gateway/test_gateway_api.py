@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CURL_EXAMPLE, MAX_REQUEST_BYTES
+from gateway_stack import CURL_EXAMPLE, MAX_REQUEST_BYTES
 from harness import Cluster
 from sse_client import events, frames
 

@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 import httpx
-from conftest import CURL_EXAMPLE
+from gateway_stack import CURL_EXAMPLE
 from harness import Cluster
 from sse_client import events
 

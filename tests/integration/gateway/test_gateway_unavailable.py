@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import CURL_EXAMPLE, make_stack
+from gateway_stack import CURL_EXAMPLE, make_stack
 from harness import Cluster
 
 

@@ -60,22 +60,19 @@ async def test_create_writes_the_task_before_its_steps(task_store: TaskStore) ->
     assert task.created_at.ToNanoseconds() > 0
 
 
-async def test_concurrent_events_get_consecutive_sequences(task_store: TaskStore, database_url: str) -> None:
-    task_id = uuid.uuid4().hex
-    await task_store.create(task_id, spec("true"))
-    stores = [task_store]
-    engine = None
-    if not database_url.startswith("sqlite"):
-        # A second engine stands for a second scheduler process: only the row lock orders them.
-        engine = create_engine(database_url)
-        stores.append(TaskStore(engine))
-    events = await asyncio.gather(
-        *(stores[i % len(stores)].append_event(task_pb2.TaskEvent(task_id=task_id)) for i in range(60))
-    )
-    assert sorted(e.sequence for e in events) == list(range(1, 61))
-    assert [e.sequence for e in await task_store.events_after(task_id, 0)] == list(range(1, 61))
-    if engine is not None:
-        await engine.dispose()
+async def test_event_batches_are_stored_in_order_and_advance_the_sequence(task_store: TaskStore) -> None:
+    # The scheduler numbers events in memory (one scheduler per deployment) and stores them in
+    # batches spanning several tasks; a batch is one transaction.
+    ids = [uuid.uuid4().hex for _ in range(2)]
+    for task_id in ids:
+        await task_store.create(task_id, spec("true"))
+    batch = [task_pb2.TaskEvent(task_id=ids[i % 2], sequence=i // 2 + 1) for i in range(60)]
+    await task_store.insert_events(batch[:25])
+    await task_store.insert_events(batch[25:])
+    for task_id in ids:
+        assert [e.sequence for e in await task_store.events_after(task_id, 0)] == list(range(1, 31))
+        assert await task_store.last_sequence(task_id) == 30
+    assert [e.sequence for e in await task_store.events_after(ids[0], 28)] == [29, 30]
 
 
 async def test_page_tokens_survive_the_float_column(task_store: TaskStore) -> None:

@@ -1,0 +1,59 @@
+"""Real gateway processes (uvicorn) in front of real scheduler, memory and executor processes.
+
+A module of its own (not conftest) so test files can import it by a name no other folder uses.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+from harness import Cluster
+
+# Small so the size-limit tests need small bodies, and keep-alives show up in idle streams.
+MAX_REQUEST_BYTES = 4096
+TEST_ENV = {
+    "CORRAL_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
+    "CORRAL_GATEWAY_SSE_KEEPALIVE_SECONDS": "0.3",
+}
+
+CURL_EXAMPLE = {
+    "steps": [
+        {"tool": "shell", "command": "ls -la /app"},
+        {
+            "tool": "python",
+            "code": 'with open("hello.txt", "w") as f: f.write("Hello from the agent!")',
+        },
+        {"tool": "shell", "command": "cat hello.txt"},
+    ]
+}
+
+
+def start_gateway(cluster: Cluster, timeout: float = 30.0) -> None:
+    """Starts `python -m gateway` and waits until it answers HTTP (healthy or not)."""
+    service = cluster.start("gateway", "gateway")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"gateway exited early:\n{service.log()[-3000:]}")
+        try:
+            httpx.get(cluster.gateway_url + "/openapi.json", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"gateway never answered:\n{service.log()[-3000:]}")
+
+
+def make_stack(data_dir: Path, *services: str) -> Iterator[Cluster]:
+    cluster = Cluster.new(data_dir, **TEST_ENV)
+    try:
+        for name in services:
+            getattr(cluster, f"start_{name}")()
+        start_gateway(cluster)
+        yield cluster
+    finally:
+        cluster.stop()
+
+
