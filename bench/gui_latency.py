@@ -26,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from corral.config import Settings
 from corral.v1 import gui_pb2
 from services.executor.desktop import start_desktop
-from services.executor.drivers.base import SandboxConfig, SandboxLimits
-from services.executor.drivers.base import SandboxDriver
+from services.executor.drivers.base import SandboxConfig, SandboxDriver, SandboxLimits
 from services.executor.drivers.bubblewrap import BubblewrapDriver
 from services.executor.gui_steps import GuiClient
 

@@ -5,11 +5,13 @@ Every test here is marked `gui` and runs with both sandbox drivers: bubblewrap, 
 there). Sandboxes start their own Xvfb, so no display is needed on the host. Bubblewrap needs
 the packages scripts/bootstrap installs on the host (xvfb, openbox, x11vnc, xdotool, xterm,
 novnc) and the sandbox runtime's venv (sandbox/runtime/.venv); docker needs the sandbox image
-(scripts/build-images), which has all of them. The browser tests need the host's chromium.
+(scripts/build-images), which has all of them, built from the current sources (a stale image
+fails the docker tests, naming the files). The browser tests need the host's chromium.
 
-With docker, and when the tests run as root, the gateway runs as the compose deployment's
-does: an unprivileged uid with the sandbox user's group (1000) as a supplementary group, which
-is what lets it reach the sandboxes' VNC and Jupyter sockets (see sandbox/runtime/desktop.py).
+With docker the gateway runs as the compose deployment's does: an unprivileged uid with the
+sandbox user's group (1000) as a supplementary group, which is what lets it reach the
+sandboxes' VNC and Jupyter sockets (see sandbox/runtime/desktop.py) -- when the tests run as
+root and that uid can reach the checkout (otherwise as root, with a warning saying why).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,13 +75,61 @@ def docker_unavailable() -> str:
     return ""
 
 
+# Sources of the desktop the sandbox image holds copies of (scripts/build-images), host path ->
+# image path. (The step agent's freshness is the executor tests' business.)
+IMAGE_COPIES = {
+    "sandbox/runtime/desktop.py": "/app/desktop.py",
+    **{
+        str(path.relative_to(REPO)): f"/opt/corral/{path.relative_to(REPO)}"
+        for pattern in ("services/gui/*.py", "corral/v1/gui_pb2*.py")
+        for path in sorted(REPO.glob(pattern))
+    },
+}
+
+
+def stale_image_files() -> list[str]:
+    """The sources whose copy in the sandbox image differs from the checkout's."""
+    import hashlib
+
+    import docker
+
+    paths = list(IMAGE_COPIES.values())
+    output = docker.from_env(timeout=60).containers.run(
+        Settings().docker_image, ["sh", "-c", 'sha256sum "$@" 2>/dev/null; exit 0', "sh", *paths],
+        entrypoint=[], remove=True, network_mode="none",
+    )
+    in_image = dict(reversed(line.split(maxsplit=1)) for line in output.decode().splitlines())
+    return [
+        source for source, target in IMAGE_COPIES.items()
+        if in_image.get(target) != hashlib.sha256((REPO / source).read_bytes()).hexdigest()
+    ]
+
+
+def unprivileged_argv(*argv: str) -> list[str]:
+    return ["setpriv", f"--reuid={GATEWAY_UID}", f"--regid={GATEWAY_UID}", f"--groups={SANDBOX_GID}", "--", *argv]
+
+
+@functools.cache
+def unprivileged_gateway_refused() -> str:
+    """Why the gateway cannot run as GATEWAY_UID here ("" when it can): not root, or the
+    checkout / its venv out of that uid's reach (a clone under /root, say)."""
+    if os.geteuid() != 0:
+        return "the tests do not run as root"
+    probe = subprocess.run(
+        unprivileged_argv(sys.executable, "-c", "import gateway.app"),
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    if probe.returncode != 0:
+        return f"uid {GATEWAY_UID} cannot run the gateway from {REPO}: {probe.stderr.strip()[-300:]}"
+    return ""
+
+
 def start_unprivileged_gateway(cluster: Cluster) -> Service:
     """The gateway as GATEWAY_UID with SANDBOX_GID as a supplementary group (as in compose)."""
     log_path = cluster.data_dir / "gateway.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            ["setpriv", f"--reuid={GATEWAY_UID}", f"--regid={GATEWAY_UID}", f"--groups={SANDBOX_GID}",
-             "--", sys.executable, "-m", "gateway"],
+            unprivileged_argv(sys.executable, "-m", "gateway"),
             cwd=REPO, env={**cluster.env, "PYTHONDONTWRITEBYTECODE": "1"},
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -108,6 +159,9 @@ def sandbox_driver(request: pytest.FixtureRequest) -> str:
         reason = docker_unavailable()
         if reason:
             pytest.skip(reason)
+        stale = stale_image_files()
+        if stale:
+            pytest.fail(f"the sandbox image is older than {', '.join(stale)}: rebuild it with scripts/build-images")
     else:
         missing = missing_desktop_packages()
         if missing:
@@ -128,7 +182,11 @@ def desktop_stack(sandbox_driver: str) -> Iterator[Cluster]:
         cluster.start_memory()
         cluster.start_scheduler()
         cluster.start_executor()
-        start_gateway(cluster, unprivileged=sandbox_driver == "docker" and os.geteuid() == 0)
+        unprivileged = sandbox_driver == "docker"
+        if unprivileged and (refused := unprivileged_gateway_refused()):
+            warnings.warn(f"the docker desktop tests run the gateway as root: {refused}", stacklevel=1)
+            unprivileged = False
+        start_gateway(cluster, unprivileged=unprivileged)
         yield cluster
     finally:
         cluster.stop()
