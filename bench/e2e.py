@@ -4,6 +4,7 @@
     .venv/bin/python bench/e2e.py                         # starts `corral up` on free ports
     .venv/bin/python bench/e2e.py --scheduler 127.0.0.1:50051   # against a running system
     .venv/bin/python bench/e2e.py --driver docker --warm-pool 2  # docker sandboxes (scripts/build-images)
+    .venv/bin/python bench/e2e.py --warm-pool 0           # bubblewrap without its warm pool
 
 Measures, through the scheduler's gRPC API (SubmitTask + WatchTask):
   (a) latency from SubmitTask to the first output event of a one-step `echo x` task,
@@ -182,7 +183,8 @@ def main() -> None:
     parser.add_argument("--bwrap-runs", type=int, default=20)
     parser.add_argument("--driver", choices=["bubblewrap", "docker"], default="bubblewrap",
                         help="sandbox driver of the started system")
-    parser.add_argument("--warm-pool", type=int, default=0, help="docker driver: warm containers kept ready")
+    parser.add_argument("--warm-pool", type=int, default=None,
+                        help="warm sandboxes kept ready (default: docker 0, bubblewrap CORRAL_BWRAP_WARM_POOL's)")
     args = parser.parse_args()
 
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
@@ -198,9 +200,12 @@ def main() -> None:
     if args.scheduler:
         asyncio.run(measure(args.scheduler, args.count, args.burst))
     else:
-        env = {"CORRAL_SANDBOX_DRIVER": args.driver, "CORRAL_DOCKER_WARM_POOL": str(args.warm_pool)}
-        print(f"system: `corral up` with the {args.driver} driver"
-              + (f", warm pool {args.warm_pool}" if args.driver == "docker" else ""))
+        env = {"CORRAL_SANDBOX_DRIVER": args.driver}
+        pool_var = "CORRAL_DOCKER_WARM_POOL" if args.driver == "docker" else "CORRAL_BWRAP_WARM_POOL"
+        if args.warm_pool is not None or args.driver == "docker":
+            env[pool_var] = str(args.warm_pool or 0)
+        pool = env.get(pool_var) or os.environ.get(pool_var) or "default"
+        print(f"system: `corral up` with the {args.driver} driver, warm pool {pool}")
         with embedded_system(env) as scheduler:
             asyncio.run(measure(scheduler, args.count, args.burst))
 

@@ -5,8 +5,8 @@
     .venv/bin/python bench/step_roundtrip.py                      # bubblewrap and docker
     .venv/bin/python bench/step_roundtrip.py --drivers docker -n 500
 
-For each driver: median / p95 time to create a sandbox (cold; and, for docker, to claim one
-from a warm pool), then, in one running sandbox, the round trip of
+For each driver: median / p95 time to create a sandbox (cold; and to claim one from a warm
+pool), then, in one running sandbox, the round trip of
   - read_file of a small file (the agent's protocol alone: no process is started),
   - a `true` process step (protocol + fork/exec in the sandbox),
   - a `echo x` shell step.
@@ -69,7 +69,7 @@ def make_driver(name: str, settings: Settings) -> SandboxDriver:
 
 
 async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
-    settings = Settings(data_dir=data_dir / name, sandbox_driver=name, docker_warm_pool=0)
+    settings = Settings(data_dir=data_dir / name, sandbox_driver=name, docker_warm_pool=0, bwrap_warm_pool=0)
     settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     driver = make_driver(name, settings)
     await driver.start(f"bench-{os.getpid()}")
@@ -92,22 +92,20 @@ async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
             await sandbox.close()
 
         print(line("create + close sandbox (cold)", await timed(cold, starts)))
-        if name == "docker":
-            from services.executor.drivers.docker import DockerDriver
-
-            assert isinstance(driver, DockerDriver)
-            driver.pool.size = 1
-            driver.pool.start()
+        pool = getattr(driver, "pool", None)  # the docker and bubblewrap drivers have one
+        if pool is not None:
+            pool.size = 1
+            pool.start()
             claims = []
             for _ in range(starts):
-                while driver.pool.ready_count < 1:  # noqa: ASYNC110 (polling a counter, fine in a bench)
+                while pool.ready_count < 1:  # noqa: ASYNC110 (polling a counter, fine in a bench)
                     await asyncio.sleep(0.05)
                 start = time.perf_counter()
                 sandbox = await driver.create(config())
                 claims.append(time.perf_counter() - start)
                 await sandbox.close()
             print(line("create sandbox from the warm pool", claims))
-            await driver.pool.stop()
+            await pool.stop()
 
         sandbox = await driver.create(config())
         try:

@@ -80,6 +80,10 @@ class Settings(BaseSettings):
     docker_image: str = Field(
         "corral/sandbox:latest", description="Sandbox image of the docker driver (scripts/build-images)."
     )
+    bwrap_warm_pool: int = Field(
+        2, ge=0, description="Started bubblewrap sandboxes kept ready for new tasks (0: none); "
+        "used by tasks without network, desktop or long-lived sandbox.",
+    )
     docker_warm_pool: int = Field(
         0, ge=0, description="Started containers the docker driver keeps ready for new tasks (0: none)."
     )

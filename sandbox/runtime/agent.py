@@ -11,7 +11,8 @@ Requests (one JSON object per line on stdin):
   {"id": 2, "op": "kill", "target": 1}
   {"id": 3, "op": "read_file", "path": "x.txt", "max_bytes": 10485760}
   {"id": 4, "op": "write_file", "path": "x.txt", "content": "...", "max_bytes": 10485760}
-  {"id": 5, "op": "chdir", "path": "/tasks/abc"}   (a warm container being handed its task)
+  {"id": 5, "op": "chdir", "path": "/tasks/abc", "env": {...}}   (a warm sandbox being handed
+  its task; the optional "env" updates the agent's own environment)
   ("run", "read_file" and "write_file" take an optional "cwd": the task directory to use
   instead of the agent's own, for long-lived sandboxes that hold one directory per task.)
 Replies (one JSON object per line on stdout):
@@ -465,6 +466,8 @@ def handle(request: dict[str, Any]) -> None:
             reply = read_file(request)
         elif op == "chdir":
             os.chdir(str(request.get("path", "")))
+            # A warm sandbox learns its task: HOME, CORRAL_TASK_ID... (steps get theirs per run).
+            os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
             reply = {"type": "chdir", "path": os.getcwd()}
         elif op == "write_file":
             reply = write_file(request)

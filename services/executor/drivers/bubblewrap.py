@@ -11,6 +11,10 @@ as an unprivileged host uid instead. That uid must be able to reach the task and
 directories, which it cannot when they live under, say, /root (0700): bwrap resolves bind
 sources as its caller. In that case bwrap is started inside a private mount namespace where
 root first bind-mounts both directories onto world-searchable staging paths.
+
+A warm pool (CORRAL_BWRAP_WARM_POOL, see warm_pool.py) keeps sandboxes started ahead of tasks,
+each with an empty slot directory at /tasks; a task without network, desktop or long-lived
+sandbox claims one (BubblewrapSandbox.claim) instead of waiting for bwrap and the agent to start.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +48,15 @@ from services.executor.drivers.base import (
     SandboxConfig,
     SandboxDriver,
     SandboxError,
+    SandboxLimits,
     StreamName,
+)
+from services.executor.drivers.warm_pool import (
+    WARM_DIR,
+    WarmPool,
+    move_into_slot,
+    release_slot,
+    restore_warm_dirs,
 )
 
 log = structlog.get_logger()
@@ -87,6 +100,18 @@ class BubblewrapDriver(SandboxDriver):
         # No core dumps from sandboxes: bwrap and everything in it inherit this.
         _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
         resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
+        self.pool: WarmPool[BubblewrapSandbox] = WarmPool(
+            settings.bwrap_warm_pool, self._start_warm, "bubblewrap sandbox"
+        )
+
+    # --- executor lifecycle ----------------------------------------------------------------
+
+    async def start(self, executor_id: str) -> None:
+        restore_warm_dirs(self.settings.tasks_dir)
+        self.pool.start()
+
+    async def stop(self) -> None:
+        await self.pool.stop()
 
     def prepare_task_dir(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
@@ -139,8 +164,59 @@ class BubblewrapDriver(SandboxDriver):
         ]
         return prefix, staged_paths
 
+    def fits_warm(self, config: SandboxConfig) -> bool:
+        """Whether a warm sandbox can serve this config. Limits do not matter here: bubblewrap
+        applies them per process (the agent's rlimits), not per sandbox."""
+        return (
+            not config.network
+            and not config.desktop
+            and not config.shared_tasks
+            and config.host_run_dir is None
+        )
+
     async def create(self, config: SandboxConfig) -> Sandbox:
+        if self.fits_warm(config):
+            warm = self.pool.take()
+            if warm is not None:
+                try:
+                    await warm.claim(config)
+                    return warm
+                except (SandboxError, OSError) as exc:
+                    # Its directory goes back on close; the task gets a cold sandbox instead.
+                    warm.log.warning("could not claim a warm sandbox", error=str(exc))
+                    await warm.close()
+                except BaseException:
+                    await warm.close()
+                    raise
         sandbox = BubblewrapSandbox(self, config)
+        try:
+            await sandbox.start()
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+    async def _start_warm(self) -> BubblewrapSandbox:
+        """A sandbox for no task yet: its own empty slot at /tasks, where its agent waits."""
+        slot = self.settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
+        slot.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        slot.mkdir(mode=0o700)
+        if self.host_ids is not None:
+            os.chown(slot, *self.host_ids)
+        # shared_tasks: the slot is bound at /tasks itself (the shape of a long-lived sandbox).
+        config = SandboxConfig(
+            task_id="",
+            host_task_dir=slot,
+            limits=SandboxLimits(
+                memory_mb=self.settings.sandbox_memory_mb,
+                max_processes=self.settings.sandbox_max_processes,
+                max_file_size_mb=self.settings.sandbox_max_file_size_mb,
+                max_output_bytes=self.settings.max_output_bytes,
+            ),
+            shared_tasks=True,
+        )
+        sandbox = BubblewrapSandbox(self, config)
+        sandbox.warm_slot = slot
         try:
             await sandbox.start()
         except BaseException:
@@ -245,6 +321,18 @@ class BubblewrapSandbox(Sandbox):
         self._closed = False
         self._lock = asyncio.Lock()
         self.log = log.bind(task_id=config.task_id)
+        self.warm_slot: Path | None = None  # set for warm-pool sandboxes
+        self.claimed = False  # a warm sandbox handed to a task
+
+    @property
+    def alive(self) -> bool:
+        return (
+            not self._closed
+            and self.process is not None
+            and self.process.returncode is None
+            and bool(self._readers)
+            and not self._readers[0].done()
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -294,10 +382,32 @@ class BubblewrapSandbox(Sandbox):
             self.child_pid = int(json.loads(raw_info)["child-pid"])
         self.log.debug("sandbox started", bwrap_pid=self.process.pid, child_pid=self.child_pid)
 
+    async def claim(self, config: SandboxConfig) -> None:
+        """Hands this warm sandbox a task: its directory moves into the sandbox's slot."""
+        assert self.warm_slot is not None and not self.claimed
+        self.config = config
+        self.claimed = True
+        self.log = log.bind(task_id=config.task_id)
+        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
+        try:
+            await self._request({"op": "chdir", "path": config.task_dir, "env": self.driver.base_env(config)})
+        except FileRefused as exc:
+            raise SandboxError(f"the warm sandbox could not change into its task directory: {exc}") from exc
+        self.log.debug("warm sandbox claimed", bwrap_pid=self.process.pid if self.process else None)
+
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
+        try:
+            await self._stop()
+        finally:
+            if self.warm_slot is not None:
+                # Every process is gone: the task directory can go back in place.
+                task_dir = self.config.host_task_dir if self.claimed else None
+                release_slot(self.warm_slot, task_dir, self.config.task_id)
+
+    async def _stop(self) -> None:
         process = self.process
         if process is not None and process.returncode is None:
             # Killing the pid namespace's init tears the whole namespace down, and bwrap only

@@ -1,0 +1,166 @@
+"""A driver-neutral warm pool: started sandboxes waiting for a task, refilled in the background.
+
+A warm sandbox is started before any task exists, with its own fresh, empty host "slot"
+directory (tasks_dir/.warm/<slot>) mounted at /tasks and its agent sitting there. A task claims
+one: its directory moves into the slot (a symlink stays at tasks_dir/{task_id}), so it appears
+inside as /tasks/{task_id} with nothing beside it, and the agent changes into it. When the
+sandbox closes, the directory moves back. The driver decides which sandbox configurations a
+warm sandbox fits; the others get a sandbox of their own (a cold start).
+
+The bubblewrap driver uses this module; the docker driver still has its own copy
+(docker_pool.py), to be moved onto this one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections import deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Generic, Protocol, TypeVar
+
+import structlog
+
+from services.executor.drivers.base import SandboxError
+
+log = structlog.get_logger()
+
+# Hidden (not a valid task id) directory of tasks_dir holding the warm sandboxes' /tasks.
+WARM_DIR = ".warm"
+RETRY_SECONDS = 5.0
+# A refill waits this long after a claim: starting a sandbox takes the event loop for a few ms
+# (fork/exec), which would otherwise land on the claiming task's first step.
+REFILL_DELAY_SECONDS = 0.05
+
+
+class PooledSandbox(Protocol):
+    @property
+    def alive(self) -> bool:
+        """Whether the sandbox (and its agent) still runs."""
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=PooledSandbox)
+
+
+class WarmPool(Generic[S]):
+    """Keeps `size` sandboxes made by `start_one` ready; `take()` hands one out and asks for another."""
+
+    def __init__(self, size: int, start_one: Callable[[], Awaitable[S]], what: str = "sandbox") -> None:
+        self.size = size
+        self.start_one = start_one
+        self.what = what
+        self._ready: deque[S] = deque()
+        self._wanted = asyncio.Event()
+        self._filler: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self.started_total = 0  # sandboxes this pool started (tests, benchmarks)
+        self.claimed_total = 0
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def start(self) -> None:
+        if self.size > 0 and self._filler is None:
+            self._wanted.set()
+            self._filler = asyncio.create_task(self._fill())
+
+    async def stop(self) -> None:
+        if self._filler is not None:
+            self._filler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._filler
+            self._filler = None
+        while self._ready:
+            await self._ready.popleft().close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def take(self) -> S | None:
+        """A ready sandbox (still alive), or None; either way a replacement is started."""
+        while self._ready:
+            sandbox = self._ready.popleft()
+            self._wanted.set()
+            if sandbox.alive:
+                self.claimed_total += 1
+                return sandbox
+            self._close_later(sandbox)
+        if self.size > 0 and self._filler is not None:
+            self._wanted.set()
+        return None
+
+    def _close_later(self, sandbox: S) -> None:
+        closing = asyncio.create_task(sandbox.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
+
+    async def _fill(self) -> None:
+        while True:
+            await self._wanted.wait()
+            if self.claimed_total:  # a refill, not the first fill
+                await asyncio.sleep(REFILL_DELAY_SECONDS)
+            self._wanted.clear()
+            while len(self._ready) < self.size:
+                try:
+                    sandbox = await self.start_one()
+                except (SandboxError, OSError) as exc:
+                    log.warning(f"could not start a warm {self.what}", error=str(exc))
+                    await asyncio.sleep(RETRY_SECONDS)
+                    continue
+                self.started_total += 1
+                self._ready.append(sandbox)
+
+
+# --- slots -------------------------------------------------------------------------------------
+
+
+def move_into_slot(task_dir: Path, slot: Path, task_id: str) -> None:
+    """Moves a task directory into a warm slot, leaving a relative symlink at its old path.
+
+    The task's journal holds an fd on the directory, which follows the rename; the symlink keeps
+    host paths (agent.log, screenshots) working while the task runs.
+    """
+    inside = slot / task_id
+    task_dir.rename(inside)
+    task_dir.symlink_to(os.path.relpath(inside, task_dir.parent))
+
+
+def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
+    """After its sandbox ended: the task directory goes back in place, the slot goes away."""
+    if task_dir is not None:
+        inside = slot / task_id
+        try:
+            if inside.is_dir() and not inside.is_symlink():
+                if task_dir.is_symlink():
+                    task_dir.unlink()
+                inside.rename(task_dir)  # fails, rather than overwrite, if something is there
+        except OSError as exc:
+            # Keep the slot (and the task's files in it); restore_warm_dirs retries next start.
+            log.warning("could not move a task directory back from its warm slot", slot=str(slot), error=str(exc))
+            return
+        if inside.exists() or inside.is_symlink():
+            log.warning("a task directory stayed in its warm slot", slot=str(slot), task_id=task_id)
+            return
+    # Whatever else the sandbox left in /tasks goes with the slot.
+    shutil.rmtree(slot, ignore_errors=True)
+
+
+def restore_warm_dirs(tasks_dir: Path) -> None:
+    """Moves task directories a crashed run left inside warm slots back to tasks_dir."""
+    warm = tasks_dir / WARM_DIR
+    if not warm.is_dir():
+        return
+    for slot in warm.iterdir():
+        for task_dir in slot.iterdir() if slot.is_dir() and not slot.is_symlink() else []:
+            # Only what a task's symlink points at: the sandbox may have left other files there.
+            link = tasks_dir / task_dir.name
+            with contextlib.suppress(OSError):
+                if link.is_symlink() and link.resolve() == task_dir.resolve():
+                    link.unlink()
+                    task_dir.rename(link)
+        shutil.rmtree(slot, ignore_errors=True)
