@@ -272,6 +272,9 @@ class BubblewrapDriver(SandboxDriver):
             "--size", str(self.settings.sandbox_tmp_size_mb * MIB), "--tmpfs", "/tmp",
             "--bind", task_src, config.task_dir,
             "--ro-bind", runtime_src, "/app",
+            # The sandbox's own users (agent = 1000, as in the docker image), not the host's.
+            "--ro-bind", f"{runtime_src}/etc/passwd", "/etc/passwd",
+            "--ro-bind", f"{runtime_src}/etc/group", "/etc/group",
         ]
         extra = extra_sources or {}
         if "run" in extra:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import pwd
 import socket
 
 from .conftest import ExecutorClient
@@ -22,6 +23,7 @@ async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> 
             {"tool": "shell", "command": "ps -eo pid,args --no-headers"},
             {"tool": "shell", "command": "touch /usr/x /etc/x", "continue_on_error": True},
             {"tool": "shell", "command": f"cat {other}/secret.txt", "continue_on_error": True},
+            {"tool": "shell", "command": "id -un; id -gn; getent passwd | cut -d: -f1 | sort | tr '\\n' ' '"},
         ]
     )
     assert outcome.step(0).stdout == "1000\n1000\nsandbox\n"
@@ -29,6 +31,11 @@ async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> 
     for index in (2, 3, 4, 6, 7):
         assert outcome.step(index).exit_code != 0, index
     assert "Permission denied" in outcome.step(3).stderr
+    # The sandbox has its own users, the same on both drivers; the host's names stay hidden.
+    name, group, users = outcome.step(8).stdout.splitlines()
+    assert (name, group) == ("agent", "agent")
+    host_names = {entry.pw_name for entry in pwd.getpwall() if entry.pw_uid >= 1000} - {"agent", "nobody"}
+    assert not host_names & set(users.split()), "host accounts are visible in the sandbox"
     processes = outcome.step(5).stdout.strip().splitlines()
     # Only the sandbox's own processes: its init (bwrap's, or tini), the agent, the shell and ps.
     assert len(processes) <= 5, processes
