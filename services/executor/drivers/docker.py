@@ -13,7 +13,7 @@ connection, multiplexed stdout/stderr frames), so a step costs neither a contain
 executor died): the agent then exits and the container stops; labels
 (corral.executor=<executor id>) let the executor remove such leftovers when it starts again.
 
-A warm pool (CORRAL_DOCKER_WARM_POOL) keeps started containers ready; see docker_pool.py.
+A warm pool (CORRAL_DOCKER_WARM_POOL) keeps started containers ready; see warm_pool.py.
 """
 
 from __future__ import annotations
@@ -41,8 +41,16 @@ from services.executor.drivers.base import (
     SandboxConfig,
     SandboxDriver,
     SandboxError,
+    SandboxLimits,
 )
 from services.executor.drivers.faults import limit_error
+from services.executor.drivers.warm_pool import (
+    WARM_DIR,
+    WarmPool,
+    move_into_slot,
+    release_slot,
+    restore_warm_dirs,
+)
 
 log = structlog.get_logger()
 
@@ -53,8 +61,6 @@ READY_TIMEOUT = 60.0
 LABEL_EXECUTOR = "corral.executor"
 LABEL_TASK = "corral.task"
 LABEL_POOL = "corral.pool"
-# Hidden (not a valid task id) directory of tasks_dir holding the warm containers' /tasks.
-WARM_DIR = ".warm"
 # Docker's multiplexed stream ids.
 STDOUT_FRAME, STDERR_FRAME = 1, 2
 
@@ -88,9 +94,9 @@ class DockerDriver(SandboxDriver):
             ) from None
         self.executor_id = ""
         self._removals: set[asyncio.Task[None]] = set()
-        from services.executor.drivers.docker_pool import WarmPool
-
-        self.pool = WarmPool(self, settings.docker_warm_pool)
+        self.pool: WarmPool[DockerSandbox] = WarmPool(
+            settings.docker_warm_pool, self._start_warm, what="container"
+        )
 
     # --- executor lifecycle ------------------------------------------------------------------
 
@@ -99,7 +105,7 @@ class DockerDriver(SandboxDriver):
         removed = await asyncio.to_thread(self.remove_containers)
         if removed:
             log.warning("removed containers a previous run of this executor left", count=removed)
-        self.restore_warm_dirs()
+        restore_warm_dirs(self.settings.tasks_dir)
         self.pool.start()
 
     async def stop(self) -> None:
@@ -121,20 +127,32 @@ class DockerDriver(SandboxDriver):
                 self.api.remove_container(container["Id"], force=True, v=True)
         return len(found)
 
-    def restore_warm_dirs(self) -> None:
-        """Moves task directories a crashed run left inside warm slots back to tasks_dir."""
-        warm = self.settings.tasks_dir / WARM_DIR
-        if not warm.is_dir():
-            return
-        for slot in warm.iterdir():
-            for task_dir in slot.iterdir() if slot.is_dir() else []:
-                link = self.settings.tasks_dir / task_dir.name
-                with contextlib.suppress(OSError):
-                    if link.is_symlink():
-                        link.unlink()
-                    if not link.exists():
-                        task_dir.rename(link)
+    async def _start_warm(self) -> DockerSandbox:
+        """A container for the warm pool: default limits, no network, its own slot at /tasks."""
+        settings = self.settings
+        slot = settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
+        slot.mkdir(parents=True, mode=0o755)
+        config = SandboxConfig(
+            task_id="",
+            host_task_dir=slot,
+            limits=SandboxLimits(
+                memory_mb=settings.sandbox_memory_mb,
+                max_processes=settings.sandbox_max_processes,
+                max_file_size_mb=settings.sandbox_max_file_size_mb,
+                max_output_bytes=settings.max_output_bytes,
+            ),
+        )
+        sandbox = DockerSandbox(self, config)
+        sandbox.warm_slot = slot
+        try:
+            await sandbox.start(
+                mounts={self.host_path(slot): "/tasks"}, workdir="/tasks", labels={LABEL_POOL: "warm"}
+            )
+        except BaseException:
+            await sandbox.close()
             shutil.rmtree(slot, ignore_errors=True)
+            raise
+        return sandbox
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -362,7 +380,7 @@ class DockerSandbox(Sandbox):
         assert self.warm_slot is not None
         self.config = config
         self.channel.log = self.channel.log.bind(task_id=config.task_id)
-        _move_into_slot(config.host_task_dir, self.warm_slot / config.task_id)
+        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
         await self.channel.request({"op": "chdir", "path": config.task_dir})
 
     async def close(self) -> None:
@@ -384,18 +402,8 @@ class DockerSandbox(Sandbox):
 
     def _restore_task_dir(self) -> None:
         """Moves a warm container's task directory back to tasks_dir (replacing the symlink)."""
-        slot = self.warm_slot
-        if slot is None:
-            return
-        link = self.config.host_task_dir
-        inside = slot / self.config.task_id
-        try:
-            if inside.is_dir() and link.is_symlink():
-                link.unlink()
-                inside.rename(link)
-            slot.rmdir()
-        except OSError as exc:
-            log.warning("could not restore a task directory from its warm slot", slot=str(slot), error=str(exc))
+        if self.warm_slot is not None:
+            release_slot(self.warm_slot, self.config.host_task_dir, self.config.task_id)
 
     # --- plumbing ------------------------------------------------------------------------------
 
@@ -477,13 +485,3 @@ class DockerSandbox(Sandbox):
             {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
         )
         return str(reply.get("path", path))
-
-
-def _move_into_slot(task_dir: Path, inside: Path) -> None:
-    """Moves a task directory into a warm slot, leaving a relative symlink at its old path.
-
-    The directory was made by prepare_task_dir and the task's journal holds an fd on it, which
-    follows the rename; the symlink keeps host_log_path and friends working.
-    """
-    task_dir.rename(inside)
-    task_dir.symlink_to(os.path.relpath(inside, task_dir.parent))

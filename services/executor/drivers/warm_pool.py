@@ -7,8 +7,7 @@ inside as /tasks/{task_id} with nothing beside it, and the agent changes into it
 sandbox closes, the directory moves back. The driver decides which sandbox configurations a
 warm sandbox fits; the others get a sandbox of their own (a cold start).
 
-The bubblewrap driver uses this module; the docker driver still has its own copy
-(docker_pool.py), to be moved onto this one.
+Both the bubblewrap and the docker driver use this module.
 """
 
 from __future__ import annotations
