@@ -40,6 +40,22 @@ def wait_for_grpc_health(address: str, timeout: float = 30.0, proc: subprocess.P
     raise TimeoutError(f"no healthy gRPC server on {address} after {timeout}s")
 
 
+def wait_for_http(service: Service, url: str, timeout: float = 30.0) -> None:
+    """Waits until `url` answers HTTP at all (healthy or not); fails with the service's log."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited early:\n{service.log()[-3000:]}")
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{service.name} never answered:\n{service.log()[-3000:]}")
+
+
 @dataclass
 class Service:
     name: str

@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Cluster, Service
+from harness import Cluster, Service, wait_for_http
 
 from corral.config import Settings
 
@@ -140,16 +140,7 @@ def start_unprivileged_gateway(cluster: Cluster) -> Service:
 
 def start_gateway(cluster: Cluster, timeout: float = 30.0, unprivileged: bool = False) -> None:
     service = start_unprivileged_gateway(cluster) if unprivileged else cluster.start("gateway", "gateway")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{service.log()[-3000:]}")
-        try:
-            httpx.get(cluster.gateway_url + "/openapi.json", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"gateway never answered:\n{service.log()[-3000:]}")
+    wait_for_http(service, cluster.gateway_url + "/openapi.json", timeout)
 
 
 @pytest.fixture(scope="package", params=DRIVERS)

@@ -5,12 +5,10 @@ A module of its own (not conftest) so test files can import it by a name no othe
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-from harness import Cluster
+from harness import Cluster, wait_for_http
 
 # Small so the size-limit tests need small bodies, and keep-alives show up in idle streams.
 MAX_REQUEST_BYTES = 4096
@@ -34,16 +32,7 @@ CURL_EXAMPLE = {
 def start_gateway(cluster: Cluster, timeout: float = 30.0) -> None:
     """Starts `python -m gateway` and waits until it answers HTTP (healthy or not)."""
     service = cluster.start("gateway", "gateway")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.proc.poll() is not None:
-            raise RuntimeError(f"gateway exited early:\n{service.log()[-3000:]}")
-        try:
-            httpx.get(cluster.gateway_url + "/openapi.json", timeout=1)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise RuntimeError(f"gateway never answered:\n{service.log()[-3000:]}")
+    wait_for_http(service, cluster.gateway_url + "/openapi.json", timeout)
 
 
 def make_stack(data_dir: Path, *services: str) -> Iterator[Cluster]:
