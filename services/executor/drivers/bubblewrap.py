@@ -70,6 +70,8 @@ MAX_LINE_BYTES = 64 * MIB
 READY_TIMEOUT = 20.0
 # Extra time we give the agent to report a step after the step's own timeout.
 AGENT_GRACE_SECONDS = 15.0
+# How long a killed sandbox gets to go before the next, harder step.
+KILL_GRACE_SECONDS = 5.0
 # The checkout holding the `corral` and `services` packages, mounted at SOURCE_DIR for the
 # gui service of desktop sandboxes.
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
@@ -321,6 +323,7 @@ class BubblewrapSandbox(Sandbox):
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stderr_tail = b""
         self._readers: list[asyncio.Task[None]] = []
+        self._info: asyncio.Task[bytes] | None = None
         self._closed = False
         self._lock = asyncio.Lock()
         self.log = log.bind(task_id=config.task_id)
@@ -363,27 +366,33 @@ class BubblewrapSandbox(Sandbox):
                 limit=MAX_LINE_BYTES,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except BaseException as exc:
             os.close(info_read)
-            raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise SandboxError(f"could not start bubblewrap: {exc}") from exc
+            raise
         finally:
             os.close(info_write)
         self._readers = [
             asyncio.create_task(self._read_replies()),
             asyncio.create_task(self._read_stderr()),
         ]
-        info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
+        # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
+        self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
         try:
             await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
         except TimeoutError:
             raise SandboxError(f"the sandbox did not start within {READY_TIMEOUT:g}s") from None
-        finally:
-            if not self._ready.done():
-                info.cancel()
-        raw_info = await asyncio.wait_for(info, READY_TIMEOUT)
-        with contextlib.suppress(ValueError):
-            self.child_pid = int(json.loads(raw_info)["child-pid"])
+        await self._learn_child_pid(READY_TIMEOUT)
         self.log.debug("sandbox started", bwrap_pid=self.process.pid, child_pid=self.child_pid)
+
+    async def _learn_child_pid(self, timeout: float) -> None:
+        """The host pid of the namespace's init, from bwrap's --info-fd (if it reported one)."""
+        if self.child_pid is not None or self._info is None:
+            return
+        with contextlib.suppress(TimeoutError, ValueError, KeyError, TypeError, OSError):
+            raw_info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
+            self.child_pid = int(json.loads(raw_info)["child-pid"])
 
     async def claim(self, config: SandboxConfig) -> None:
         """Hands this warm sandbox a task: its directory moves into the sandbox's slot."""
@@ -413,17 +422,31 @@ class BubblewrapSandbox(Sandbox):
     async def _stop(self) -> None:
         process = self.process
         if process is not None and process.returncode is None:
+            # The agent exits when its stdin closes; so does a sandbox whose start was cancelled
+            # before bwrap could protect it (--die-with-parent is set up inside, after clone()).
+            if process.stdin is not None:
+                process.stdin.close()
             # Killing the pid namespace's init tears the whole namespace down, and bwrap only
             # exits once every process in it is gone, so waiting on bwrap means "nothing left".
+            await self._learn_child_pid(KILL_GRACE_SECONDS)
             if self.child_pid is not None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(self.child_pid, signal.SIGKILL)
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
+                try:
+                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+                except TimeoutError:
+                    self.log.warning(
+                        "bubblewrap outlived its namespace's init; killing it",
+                        bwrap_pid=process.pid, child_pid=self.child_pid,
+                    )
+            if process.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
-                await process.wait()
+                try:
+                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+                except TimeoutError:
+                    # Never hang a task's end (or the executor's stop) on one process.
+                    self.log.error("bubblewrap did not exit after SIGKILL", bwrap_pid=process.pid)
         for reader in self._readers:
             reader.cancel()
         for reader in self._readers:

@@ -76,7 +76,7 @@ class WarmPool(Generic[S]):
                 await self._filler
             self._filler = None
         while self._ready:
-            await self._ready.popleft().close()
+            self._close_later(self._ready.popleft())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
