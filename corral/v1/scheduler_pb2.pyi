@@ -241,6 +241,7 @@ class RegisterExecutorRequest(_message.Message):
     ADDRESS_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
+    SANDBOX_IDS_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     """host:port the scheduler dials to run tasks there."""
@@ -248,6 +249,12 @@ class RegisterExecutorRequest(_message.Message):
     """How many tasks it runs at once."""
     driver: _builtins.str
     """Sandbox driver, e.g. bubblewrap."""
+    @_builtins.property
+    def sandbox_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The long-lived sandboxes it holds now. The scheduler fails the records of others it had
+        placed there (the executor restarted without them).
+        """
+
     def __init__(
         self,
         *,
@@ -255,10 +262,11 @@ class RegisterExecutorRequest(_message.Message):
         address: _builtins.str = ...,
         capacity: _builtins.int = ...,
         driver: _builtins.str = ...,
+        sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "sandbox_ids", b"sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -269,16 +277,24 @@ class RegisterExecutorResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
+    STALE_SANDBOX_IDS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
     """Send a Heartbeat at least this often (seconds)."""
+    @_builtins.property
+    def stale_sandbox_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Sandboxes among sandbox_ids the scheduler no longer has as active (deleted, expired, or
+        failed while the executor was away): the executor removes them.
+        """
+
     def __init__(
         self,
         *,
         heartbeat_interval_seconds: _builtins.float = ...,
+        stale_sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "stale_sandbox_ids", b"stale_sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

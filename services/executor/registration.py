@@ -3,6 +3,10 @@
 The scheduler may be down, restarting or absent (tests run the executor alone): failures are
 retried quietly every heartbeat interval, and a heartbeat answered with known=false (the
 scheduler forgot us, e.g. after a restart) triggers a fresh registration.
+
+Each registration lists the long-lived sandboxes this executor holds, so the scheduler can fail
+the records of sandboxes it lost (an executor restart) and name the ones it no longer wants
+(deleted or expired while we were away), which are removed here.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import structlog
 
 from corral.grpc_server import insecure_channel
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from services.executor.sandboxes import SandboxManager
 
 log = structlog.get_logger()
 
@@ -30,11 +35,13 @@ class SchedulerRegistration:
         capacity: int,
         driver: str,
         interval: float,
+        sandboxes: SandboxManager,
     ) -> None:
         self.scheduler_address = scheduler_address
         self.request = scheduler_pb2.RegisterExecutorRequest(
             executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver
         )
+        self.sandboxes = sandboxes
         self.interval = interval
         self.registered = False
         self._task: asyncio.Task[None] | None = None
@@ -57,8 +64,13 @@ class SchedulerRegistration:
                 interval = self.interval
                 try:
                     if not self.registered:
-                        reply = await stub.RegisterExecutor(self.request, timeout=CALL_TIMEOUT_SECONDS)
+                        request = scheduler_pb2.RegisterExecutorRequest()
+                        request.CopyFrom(self.request)
+                        request.sandbox_ids.extend(self.sandboxes.sandbox_ids)
+                        reply = await stub.RegisterExecutor(request, timeout=CALL_TIMEOUT_SECONDS)
                         self.registered = True
+                        for sandbox_id in reply.stale_sandbox_ids:
+                            await self.sandboxes.delete(sandbox_id, "the scheduler no longer has it")
                         if reply.heartbeat_interval_seconds > 0:
                             interval = min(interval, reply.heartbeat_interval_seconds)
                         log.info(

@@ -89,6 +89,7 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         settings.executor_capacity,
         driver.name,
         settings.heartbeat_interval_seconds,
+        runner.sandboxes,
     )
     registration.start()
     log.info(

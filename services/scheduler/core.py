@@ -166,14 +166,21 @@ class Scheduler:
 
     # --- executor-facing ---------------------------------------------------------------
 
-    def register_executor(self, executor_id: str, address: str, capacity: int, driver: str) -> None:
+    async def register_executor(
+        self, executor_id: str, address: str, capacity: int, driver: str, sandbox_ids: list[str]
+    ) -> list[str]:
+        """Registers (or re-registers) an executor; returns the sandboxes it should remove."""
         if not executor_id or not address:
             raise ValueError("executor_id and address are required")
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
+        stale: list[str] = []
+        if self.sandboxes is not None:
+            stale = await self.sandboxes.reconcile(executor_id, sandbox_ids)
         self.executors.register(executor_id, address, capacity, driver)
         log.info("executor registered", executor_id=executor_id, address=address, capacity=capacity)
         self._wake.set()
+        return stale
 
     def heartbeat(self, executor_id: str) -> bool:
         known = self.executors.heartbeat(executor_id)
@@ -369,13 +376,17 @@ class Scheduler:
                 silent = time.monotonic() - executor.last_seen
                 executor.alive = False
                 log.warning("executor lost", executor_id=executor.executor_id, silent_seconds=round(silent, 1))
-                for task_id in list(executor.running):
-                    assignment = self._assignments.get(task_id)
-                    if assignment is not None:
-                        assignment.cancel()
-                    await self._finish(
-                        task_id,
-                        task_pb2.TASK_STATE_FAILED,
-                        f"executor {executor.executor_id} ({executor.address}) stopped heartbeating "
-                        f"({silent:.0f}s without a heartbeat) and was declared lost",
-                    )
+                lost = (
+                    f"executor {executor.executor_id} ({executor.address}) stopped heartbeating "
+                    f"({silent:.0f}s without a heartbeat) and was declared lost"
+                )
+                try:
+                    if self.sandboxes is not None:
+                        await self.sandboxes.executor_lost(executor.executor_id, lost)
+                    for task_id in list(executor.running):
+                        assignment = self._assignments.get(task_id)
+                        if assignment is not None:
+                            assignment.cancel()
+                        await self._finish(task_id, task_pb2.TASK_STATE_FAILED, lost)
+                except Exception:  # the loop must go on watching the other executors
+                    log.exception("could not end the lost executor's work", executor_id=executor.executor_id)

@@ -64,9 +64,11 @@ class ExecutorRegistry:
 
     def heartbeat(self, executor_id: str) -> bool:
         record = self._executors.get(executor_id)
-        if record is None:
+        if record is None or not record.alive:
+            # Unknown, or declared lost (its work was failed): it must register again, which
+            # reconciles its sandboxes.
             return False
-        record.last_seen, record.alive = time.monotonic(), True
+        record.last_seen = time.monotonic()
         return True
 
     def get(self, executor_id: str) -> ExecutorRecord | None:

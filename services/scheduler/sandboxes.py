@@ -134,6 +134,7 @@ class SandboxCoordinator:
         self.executors = executors
         self.settings = settings
         self._loop: asyncio.Task[None] | None = None
+        self._creating: set[str] = set()  # ids asked of an executor, not yet recorded
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._expiry_loop(), name="sandbox-expiry")
@@ -166,6 +167,7 @@ class SandboxCoordinator:
         token, view_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         now = time.time()
         expires_at = now + ttl
+        self._creating.add(sandbox_id)
         try:
             reply = await executor.stub.CreateSandbox(
                 executor_pb2.ExecutorCreateSandboxRequest(
@@ -174,6 +176,7 @@ class SandboxCoordinator:
                 timeout=CREATE_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
+            self._creating.discard(sandbox_id)
             raise SandboxUnavailable(
                 f"executor {executor.executor_id} could not create the sandbox: {exc.details()}"
             ) from None
@@ -190,7 +193,10 @@ class SandboxCoordinator:
             view_token_sha256=hash_token(view_token),
         )
         sandbox.spec.ttl.FromNanoseconds(int(ttl * 1e9))
-        await self.store.put(sandbox)
+        try:
+            await self.store.put(sandbox)
+        finally:
+            self._creating.discard(sandbox_id)
         log.info("sandbox created", sandbox_id=sandbox_id, executor_id=executor.executor_id, ttl=ttl)
         return sandbox, token, view_token
 
@@ -255,6 +261,37 @@ class SandboxCoordinator:
         except grpc.aio.AioRpcError as exc:
             raise SandboxUnavailable(f"could not start Jupyter in sandbox {sandbox_id}: {exc.details()}") from None
         return reply.host_socket
+
+    # --- executors coming and going ------------------------------------------------------
+
+    async def reconcile(self, executor_id: str, held: list[str]) -> list[str]:
+        """An executor (re)registered holding `held`: records placed on it that it no longer
+        holds fail; the ids it holds that are not active here come back for it to remove."""
+        active = {s.sandbox_id: s for s in await self.store.all(include_ended=False)}
+        for sandbox in active.values():
+            if sandbox.executor_id == executor_id and sandbox.sandbox_id not in held:
+                if sandbox.sandbox_id in self._creating:
+                    continue
+                if await self.store.end_if_active(
+                    sandbox,
+                    sandbox_pb2.SANDBOX_STATE_FAILED,
+                    f"its executor {executor_id} restarted and no longer has it",
+                ):
+                    log.warning("sandbox lost with its executor", sandbox_id=sandbox.sandbox_id, executor_id=executor_id)
+        return [
+            sandbox_id
+            for sandbox_id in held
+            if sandbox_id not in self._creating
+            and (sandbox_id not in active or active[sandbox_id].executor_id != executor_id)
+        ]
+
+    async def executor_lost(self, executor_id: str, reason: str) -> None:
+        """The executor stopped heartbeating: its sandboxes' records fail, naming it."""
+        for sandbox in await self.store.all(include_ended=False):
+            if sandbox.executor_id == executor_id and await self.store.end_if_active(
+                sandbox, sandbox_pb2.SANDBOX_STATE_FAILED, reason
+            ):
+                log.warning("sandbox lost with its executor", sandbox_id=sandbox.sandbox_id, executor_id=executor_id)
 
     async def _remove(self, sandbox: sandbox_pb2.Sandbox, state: sandbox_pb2.SandboxState.ValueType, error: str) -> None:
         if not await self.store.end_if_active(sandbox, state, error):

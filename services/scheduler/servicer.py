@@ -105,13 +105,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.RegisterExecutorRequest, context: Context
     ) -> scheduler_pb2.RegisterExecutorResponse:
         try:
-            self._scheduler.register_executor(
-                request.executor_id, request.address, request.capacity, request.driver
+            stale = await self._scheduler.register_executor(
+                request.executor_id, request.address, request.capacity, request.driver, list(request.sandbox_ids)
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return scheduler_pb2.RegisterExecutorResponse(
-            heartbeat_interval_seconds=self._heartbeat_interval
+            heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale
         )
 
     async def Heartbeat(
