@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         description="World-searchable mount points used, as root, to hand sandboxes directories "
         "their unprivileged uid could not reach (e.g. under /root).",
     )
+    sandbox_disk_mb: int = Field(
+        4096, ge=1, description="Default most a task's directory may hold, MiB (task limits.disk_mb)."
+    )
+    sandbox_max_files: int = Field(
+        100_000, ge=10, description="Most files and directories a task's directory may hold."
+    )
+    disk_check_interval_seconds: float = Field(
+        0.5, gt=0, description="How often a running task's directory is measured against its quota."
+    )
     sandbox_tmp_size_mb: int = Field(
         512, ge=16, description="Size of each sandbox's private /tmp (a tmpfs), MiB."
     )

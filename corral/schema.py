@@ -119,6 +119,7 @@ class LimitsModel(BaseModel):
     max_processes: int = Field(0, ge=0, description="Processes in the sandbox (0: default).")
     max_file_size_mb: int = Field(0, ge=0, description="Largest file written, MiB (0: default).")
     max_output_bytes: int = Field(0, ge=0, description="stdout/stderr kept per step (0: default).")
+    disk_mb: int = Field(0, ge=0, description="Most the task directory may hold, MiB (0: default).")
 
 
 class TaskRequest(BaseModel):

@@ -332,6 +332,7 @@ class Limits(_message.Message):
     MAX_PROCESSES_FIELD_NUMBER: _builtins.int
     MAX_FILE_SIZE_MB_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_BYTES_FIELD_NUMBER: _builtins.int
+    DISK_MB_FIELD_NUMBER: _builtins.int
     memory_mb: _builtins.int
     """Address-space limit per process, in MiB. 0 means the executor's default."""
     max_processes: _builtins.int
@@ -340,6 +341,10 @@ class Limits(_message.Message):
     """Largest file a step may write, in MiB. 0 means the executor's default."""
     max_output_bytes: _builtins.int
     """Bytes of stdout (and separately stderr) kept per step. 0 means the executor's default."""
+    disk_mb: _builtins.int
+    """Most the task's directory (in a long-lived sandbox: its whole /tasks) may hold, in MiB;
+    a step running while it is over is stopped. 0 means the executor's default.
+    """
     def __init__(
         self,
         *,
@@ -347,10 +352,11 @@ class Limits(_message.Message):
         max_processes: _builtins.int = ...,
         max_file_size_mb: _builtins.int = ...,
         max_output_bytes: _builtins.int = ...,
+        disk_mb: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["max_file_size_mb", b"max_file_size_mb", "max_output_bytes", b"max_output_bytes", "max_processes", b"max_processes", "memory_mb", b"memory_mb"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["disk_mb", b"disk_mb", "max_file_size_mb", b"max_file_size_mb", "max_output_bytes", b"max_output_bytes", "max_processes", b"max_processes", "memory_mb", b"memory_mb"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -23,6 +23,7 @@ from corral.config import Settings
 from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES, step_tool
 from corral.v1 import memory_pb2, task_pb2
 from services.executor.desktop import Desktop, start_desktop
+from services.executor.disk_quota import DiskWatch
 from services.executor.drivers.base import (
     FileRefused,
     OutputCallback,
@@ -33,14 +34,13 @@ from services.executor.drivers.base import (
     SandboxConfig,
     SandboxDriver,
     SandboxError,
-    SandboxLimits,
     StreamName,
 )
 from services.executor.gui_steps import GuiClient, GuiStepError, ScreenshotWriter, perform
 from services.executor.history import HistoryRecorder, history_event
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.outcome import describe_failure
-from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
+from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound, limits_from
 
 log = structlog.get_logger()
 
@@ -130,7 +130,7 @@ class TaskRun:
         self.host_run_dir: Path | None = None
         self.desktop: Desktop | None = None
         self._gui: GuiClient | None = None
-        self.limits = self._limits(spec.limits)
+        self.limits = limits_from(self.settings, spec.limits)
         self.cancel_reason: str | None = None
         self._events: asyncio.Queue[task_pb2.TaskEvent | None] = asyncio.Queue()
         self._step_task: asyncio.Task[_Outcome] | None = None
@@ -138,16 +138,9 @@ class TaskRun:
         # Set when the sandbox itself failed: no later step can run, continue_on_error or not.
         self._sandbox_error: SandboxError | None = None
         self._current_index = 0
+        # Why the disk watch stopped the running step (reset at each step).
+        self._quota_error: str | None = None
         self.log = log.bind(task_id=task_id)
-
-    def _limits(self, limits: task_pb2.Limits) -> SandboxLimits:
-        s = self.settings
-        return SandboxLimits(
-            memory_mb=int(limits.memory_mb or s.sandbox_memory_mb),
-            max_processes=int(limits.max_processes or s.sandbox_max_processes),
-            max_file_size_mb=int(limits.max_file_size_mb or s.sandbox_max_file_size_mb),
-            max_output_bytes=int(limits.max_output_bytes or s.max_output_bytes),
-        )
 
     # --- control ---------------------------------------------------------------------------
 
@@ -248,24 +241,49 @@ class TaskRun:
 
         stop_reason = ""  # why the remaining steps are skipped
         failure = ""
-        for index, step in enumerate(self.spec.steps):
-            if self.cancel_reason is not None:
-                stop_reason = stop_reason or f"the task was cancelled: {self.cancel_reason}"
-            if stop_reason:
-                self._skip(journal, index, step, stop_reason)
-                continue
-            state, error = await self._run_step(journal, index, step)
-            if state == task_pb2.STEP_STATE_CANCELLED:
-                stop_reason = f"the task was cancelled: {self.cancel_reason}"
-            elif state == task_pb2.STEP_STATE_FAILED:
-                if not step.continue_on_error or self._sandbox_error is not None:
-                    failure = f"step {index} ({step_tool(step) or 'empty'}) failed: {error}"
-                    stop_reason = f"step {index} failed"
+        # In a long-lived sandbox the quota is the sandbox's, over its whole /tasks.
+        if self.managed is not None:
+            quota_root = self.managed.host_tasks_dir
+            disk_mb = limits_from(self.settings, self.managed.spec.limits).disk_mb
+        else:
+            quota_root, disk_mb = self.host_task_dir, self.limits.disk_mb
+        disk_watch = DiskWatch(
+            quota_root,
+            disk_mb,
+            self.settings.sandbox_max_files,
+            self.settings.disk_check_interval_seconds,
+            self._over_quota,
+        )
+        disk_watch.start()
+        try:
+            for index, step in enumerate(self.spec.steps):
+                if self.cancel_reason is not None:
+                    stop_reason = stop_reason or f"the task was cancelled: {self.cancel_reason}"
+                if stop_reason:
+                    self._skip(journal, index, step, stop_reason)
+                    continue
+                state, error = await self._run_step(journal, index, step)
+                if state == task_pb2.STEP_STATE_CANCELLED:
+                    stop_reason = f"the task was cancelled: {self.cancel_reason}"
+                elif state == task_pb2.STEP_STATE_FAILED:
+                    if not step.continue_on_error or self._sandbox_error is not None:
+                        failure = f"step {index} ({step_tool(step) or 'empty'}) failed: {error}"
+                        stop_reason = f"step {index} failed"
+        finally:
+            await disk_watch.stop()
         if self.cancel_reason is not None:
             return task_pb2.TASK_STATE_CANCELLED, self.cancel_reason
         if failure:
             return task_pb2.TASK_STATE_FAILED, failure
         return task_pb2.TASK_STATE_COMPLETED, ""
+
+    def _over_quota(self, message: str) -> None:
+        """The disk watch found the task directory over its quota: stop the running step."""
+        step_task = self._step_task
+        if step_task is not None and not step_task.done() and self._quota_error is None:
+            self._quota_error = message
+            self.log.warning("stopping the running step", step=self._current_index, reason=message)
+            step_task.cancel()
 
     async def _sandbox_for_task(self) -> Sandbox:
         if self._sandbox is None and self.managed is not None:
@@ -329,14 +347,20 @@ class TaskRun:
             self._emit(output=task_pb2.OutputChunk(index=index, stream=_STREAMS[stream], data=data))
 
         self._current_index = index
+        self._quota_error = None
         self._step_task = asyncio.create_task(self._perform(step, tool, timeout, on_output))
         try:
             outcome = await self._step_task
         except asyncio.CancelledError:
             task = asyncio.current_task()
-            if (task is not None and task.cancelling()) or self.cancel_reason is None:
+            if (task is not None and task.cancelling()) or (self.cancel_reason is None and self._quota_error is None):
                 raise
-            outcome = _Outcome(task_pb2.STEP_STATE_CANCELLED, ProcessResult(exit_code=None), "cancelled")
+            if self.cancel_reason is None and self._quota_error is not None:
+                outcome = _Outcome(
+                    task_pb2.STEP_STATE_FAILED, ProcessResult(exit_code=None, killed=True), self._quota_error
+                )
+            else:
+                outcome = _Outcome(task_pb2.STEP_STATE_CANCELLED, ProcessResult(exit_code=None), "cancelled")
         finally:
             self._step_task = None
         if self.cancel_reason is not None and outcome.state != task_pb2.STEP_STATE_COMPLETED:

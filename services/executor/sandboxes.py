@@ -58,6 +58,7 @@ def limits_from(settings: Settings, limits: object) -> SandboxLimits:
         max_processes=int(getattr(limits, "max_processes", 0) or settings.sandbox_max_processes),
         max_file_size_mb=int(getattr(limits, "max_file_size_mb", 0) or settings.sandbox_max_file_size_mb),
         max_output_bytes=int(getattr(limits, "max_output_bytes", 0) or settings.max_output_bytes),
+        disk_mb=int(getattr(limits, "disk_mb", 0) or settings.sandbox_disk_mb),
     )
 
 

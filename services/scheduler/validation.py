@@ -41,6 +41,6 @@ def validate_spec(spec: task_pb2.TaskSpec) -> None:
         if not name or "=" in name or "\0" in name:
             raise InvalidTask(f"env has an invalid variable name {name!r}")
     limits = spec.limits
-    for field in ("memory_mb", "max_processes", "max_file_size_mb", "max_output_bytes"):
+    for field in ("memory_mb", "max_processes", "max_file_size_mb", "max_output_bytes", "disk_mb"):
         if getattr(limits, field) < 0:
             raise InvalidTask(f"limits.{field} must not be negative")

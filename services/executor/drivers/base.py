@@ -41,6 +41,8 @@ class SandboxLimits:
     max_processes: int
     max_file_size_mb: int
     max_output_bytes: int
+    # Checked by the executor's disk watch (services/executor/disk_quota.py), not by drivers.
+    disk_mb: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
-"""Process, memory, file-size and output limits."""
+"""Process, memory, file-size, disk and output limits."""
 
 from __future__ import annotations
 
-from .conftest import ExecutorClient
+from .conftest import ExecutorClient, ExecutorFactory
 
 FORK_BOMB = """
 import os, time
@@ -83,3 +83,36 @@ async def test_output_is_truncated_and_flagged(executor: ExecutorClient) -> None
     assert outcome.state == "TASK_STATE_COMPLETED"
     assert result.stdout == "a" * 1024 and result.stdout_truncated
     assert result.stderr == "small\n" and not result.stderr_truncated
+
+
+# Writes 4 MiB files, one every 50 ms, for far longer than any test waits.
+DISK_FILLER = "i=0; while [ $i -lt 2000 ]; do head -c 4194304 /dev/urandom > fill$i; i=$((i+1)); sleep 0.05; done"
+
+
+async def test_task_directory_disk_quota_stops_the_step(executor_factory: ExecutorFactory) -> None:
+    executor = await executor_factory(disk_check_interval_seconds=0.2)
+    _, outcome = await executor.run_steps(
+        [
+            {"tool": "shell", "command": DISK_FILLER, "timeout": 60, "continue_on_error": True},
+            {"tool": "shell", "command": "rm -f fill*; echo cleaned up"},
+            {"tool": "shell", "command": "head -c 1048576 /dev/zero > small && echo fits"},
+        ],
+        limits={"disk_mb": 24},
+    )
+    filler = outcome.step(0)
+    assert outcome.step_state(0) == "STEP_STATE_FAILED"
+    assert filler.error.startswith("disk quota exceeded: the task directory holds more than its 24 MiB"), filler.error
+    assert not filler.timed_out
+    # Stopped, the task goes on (continue_on_error) and can clean up; under quota, steps run.
+    assert outcome.step(1).stdout == "cleaned up\n"
+    assert outcome.step(2).stdout == "fits\n"
+    assert outcome.state == "TASK_STATE_COMPLETED"
+
+
+async def test_task_directory_file_count_is_limited(executor_factory: ExecutorFactory) -> None:
+    executor = await executor_factory(disk_check_interval_seconds=0.2, sandbox_max_files=200)
+    _, outcome = await executor.run_steps(
+        [{"tool": "shell", "command": "mkdir many; cd many; i=0; while true; do : > f$i; i=$((i+1)); done"}]
+    )
+    assert outcome.state == "TASK_STATE_FAILED"
+    assert outcome.step(0).error == "disk quota exceeded: the task directory holds more than 200 files"
