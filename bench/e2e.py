@@ -50,26 +50,47 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:8.1f} ms"
 
 
-async def latency(client: CorralClient, count: int) -> tuple[list[float], list[float], int]:
-    """Per task: submit -> first output, submit -> finished; and how many did not complete."""
+# Where the time to first output goes, from the events' own timestamps (one machine, one clock).
+PHASES = {
+    "SubmitTask call": ("submit", "submitted"),
+    "scheduled -> executor started the task": ("scheduled", "started"),
+    "task started -> step started (sandbox)": ("started", "step_started"),
+    "step started -> first output (in sandbox)": ("step_started", "output"),
+    "first output -> client has it": ("output", "received"),
+}
+
+
+async def latency(
+    client: CorralClient, count: int
+) -> tuple[list[float], list[float], int, dict[str, list[float]]]:
+    """Per task: submit -> first output, submit -> finished; how many did not complete; and
+    the phases of the first output's way (seconds each)."""
     first_output, finished, failures = [], [], 0
+    phases: dict[str, list[float]] = {name: [] for name in PHASES}
     for _ in range(count):
         start = time.perf_counter()
+        marks = {"submit": time.time()}
         task_id = await client.submit(ECHO_TASK)
+        marks["submitted"] = time.time()
         seen_output = False
         state = task_pb2.TASK_STATE_UNSPECIFIED
         async with contextlib.aclosing(client.watch(task_id)) as events:
             async for event in events:
-                kind = event.WhichOneof("event")
+                kind = str(event.WhichOneof("event"))
+                marks.setdefault(kind, event.time.ToNanoseconds() / 1e9)
                 if kind == "output" and not seen_output:
                     first_output.append(time.perf_counter() - start)
+                    marks["received"] = time.time()
                     seen_output = True
                 elif kind == "finished":
                     state = event.finished.state
         finished.append(time.perf_counter() - start)
         if state != task_pb2.TASK_STATE_COMPLETED or not seen_output:
             failures += 1
-    return first_output, finished, failures
+            continue
+        for name, (begin, end) in PHASES.items():
+            phases[name].append(marks[end] - marks[begin])
+    return first_output, finished, failures, phases
 
 
 async def throughput(client: CorralClient, count: int) -> tuple[float, dict[str, int]]:
@@ -162,13 +183,17 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[str]:
 async def measure(scheduler: str, count: int, burst: int) -> None:
     async with CorralClient(scheduler) as client:
         await client.wait(await client.submit(ECHO_TASK))  # warm-up: connections, caches
-        first_output, finished, failures = await latency(client, count)
+        first_output, finished, failures, phases = await latency(client, count)
         print(f"(a) submit -> first output, one-step `echo x`, {count} sequential tasks")
         if first_output:
             print(f"    p50 {ms(percentile(first_output, 0.50))}   p95 {ms(percentile(first_output, 0.95))}"
                   f"   min {ms(min(first_output))}   max {ms(max(first_output))}")
         print(f"    submit -> finished: p50 {ms(percentile(finished, 0.50))}"
               f"   p95 {ms(percentile(finished, 0.95))}   not completed: {failures}")
+        print("    where the time to first output goes (p50 of each phase):")
+        for name, values in phases.items():
+            if values:
+                print(f"      {name:<45} {ms(percentile(values, 0.50))}")
         elapsed, states = await throughput(client, burst)
         failed = burst - states.get("completed", 0)
         print(f"(b) {burst} one-step tasks submitted at once: all finished in {elapsed:.2f} s"

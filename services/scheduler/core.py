@@ -30,6 +30,8 @@ from .validation import InvalidTask, validate_spec
 log = structlog.get_logger()
 
 CANCEL_GRACE_SECONDS = 5.0
+# Executor events that change the stored task (its state, its steps).
+PROGRESS_EVENTS = frozenset({"started", "step_started", "step_finished"})
 
 
 class TaskNotFound(LookupError):
@@ -94,12 +96,12 @@ class Scheduler:
                 raise InvalidTask("this scheduler does not manage sandboxes")
             await self.sandboxes.active(spec.sandbox_id)  # NOT_FOUND / FAILED_PRECONDITION
         task_id = uuid.uuid4().hex
-        await self._store.create(task_id, spec)
+        task = await self._store.create(task_id, spec)
         self._events.open_new(task_id)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
         log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
         self._wake.set()
-        return await self.get(task_id)
+        return task
 
     async def get(self, task_id: str) -> task_pb2.Task:
         task = await self._store.get(task_id)
@@ -258,16 +260,25 @@ class Scheduler:
     async def _run_on(self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec) -> None:
         bound = log.bind(task_id=task_id, executor_id=executor.executor_id)
         started = finished = False
+        # The task's stored state follows its events in order, written beside the stream so
+        # that no database write delays the next event on its way to watchers.
+        progress: asyncio.Queue[task_pb2.TaskEvent] = asyncio.Queue()
+        progress_writer = asyncio.create_task(self._store_progress(progress), name=f"progress-{task_id}")
         try:
             call = executor.stub.RunTask(executor_pb2.RunTaskRequest(task_id=task_id, spec=spec))
             async for response in call:
                 event = response.event
                 event.task_id = task_id
                 started = started or event.HasField("started")
-                await self._record(event)
                 if event.HasField("finished"):
+                    await progress.join()  # every step stored before the task's end
+                    await self._record_finished(event)
                     finished = True
                     break
+                await self._append(event)
+                if event.WhichOneof("event") in PROGRESS_EVENTS:
+                    progress.put_nowait(event)
+            await progress.join()
             if not finished:
                 await self._finish(
                     task_id,
@@ -299,6 +310,7 @@ class Scheduler:
             bound.exception("following the task failed")
             await self._finish(task_id, task_pb2.TASK_STATE_FAILED, f"internal scheduler error: {exc}")
         finally:
+            progress_writer.cancel()
             executor.running.discard(task_id)
             self._sandbox_of.pop(task_id, None)
             self._assigned_to.pop(task_id, None)
@@ -326,32 +338,37 @@ class Scheduler:
             return None
         return executor if executor.free > 0 else None
 
-    async def _record(self, event: task_pb2.TaskEvent) -> None:
-        """Fans an executor's event out to watchers, then updates the task's stored state."""
+    async def _record_finished(self, event: task_pb2.TaskEvent) -> None:
+        """The executor's `finished`: the state is checked and stored first, so there is
+        exactly one `finished` event per task (it may have ended already, e.g. declared lost)."""
         task_id = event.task_id
-        event.sequence = 0
-        if not event.HasField("time"):
-            event.time.GetCurrentTime()
-        kind = event.WhichOneof("event")
-        if kind == "finished":
-            # The state is checked and stored first: exactly one `finished` event per task.
-            state, error = event.finished.state, event.finished.error
-            if not await self._store.finish_if_not_terminal(task_id, state, error):
-                return  # already ended (e.g. declared lost)
-            step_state = (
-                task_pb2.STEP_STATE_CANCELLED
-                if state == task_pb2.TASK_STATE_CANCELLED
-                else task_pb2.STEP_STATE_FAILED
-            )
-            await self._store.mark_unfinished_steps(task_id, step_state, error)
-            await self._append(event)
+        state, error = event.finished.state, event.finished.error
+        if not await self._store.finish_if_not_terminal(task_id, state, error):
             return
+        step_state = (
+            task_pb2.STEP_STATE_CANCELLED if state == task_pb2.TASK_STATE_CANCELLED else task_pb2.STEP_STATE_FAILED
+        )
+        await self._store.mark_unfinished_steps(task_id, step_state, error)
         await self._append(event)
+
+    async def _store_progress(self, queue: asyncio.Queue[task_pb2.TaskEvent]) -> None:
+        """Stores, in order, what started / step_started / step_finished events say."""
+        while True:
+            event = await queue.get()
+            try:
+                await self._save_progress(event)
+            except Exception:  # the events went out; a lost state write must not stop the task
+                log.exception("storing a task's progress failed", task_id=event.task_id)
+            finally:
+                queue.task_done()
+
+    async def _save_progress(self, event: task_pb2.TaskEvent) -> None:
+        task_id = event.task_id
+        kind = event.WhichOneof("event")
         if kind == "started":
             executor = self._assigned_to.get(task_id)
-            await self._store.update(
+            await self._store.mark_running(
                 task_id,
-                state=task_pb2.TASK_STATE_RUNNING,
                 started_at=time.time(),
                 executor_id=event.started.executor_id or (executor.executor_id if executor else ""),
                 task_dir=event.started.task_dir,

@@ -90,6 +90,9 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     return ts
 
 
+TERMINAL = (task_pb2.TASK_STATE_COMPLETED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
+
+
 def encode_page_token(created_at: float, task_id: str) -> str:
     return base64.urlsafe_b64encode(f"{created_at!r}|{task_id}".encode()).decode()
 
@@ -123,30 +126,36 @@ class TaskStore:
         async with self._write_lock, self._sessions.begin() as session:
             yield session
 
-    async def create(self, task_id: str, spec: task_pb2.TaskSpec) -> None:
-        now = time.time()
-        async with self._writing() as session:
-            session.add(
-                TaskRow(
-                    task_id=task_id,
-                    state=task_pb2.TASK_STATE_SCHEDULED,
-                    spec=spec.SerializeToString(),
-                    created_at=now,
-                    executor_id="",
-                    error="",
-                    task_dir="",
-                    host_task_dir="",
-                    last_sequence=0,
-                )
+    async def create(self, task_id: str, spec: task_pb2.TaskSpec) -> task_pb2.Task:
+        """Stores a new scheduled task; returns it as stored (no second read needed)."""
+        row = TaskRow(
+            task_id=task_id,
+            state=task_pb2.TASK_STATE_SCHEDULED,
+            spec=spec.SerializeToString(),
+            created_at=time.time(),
+            executor_id="",
+            error="",
+            task_dir="",
+            host_task_dir="",
+            last_sequence=0,
+        )
+        steps = [
+            StepRow(
+                task_id=task_id,
+                index=index,
+                result=task_pb2.StepResult(
+                    index=index, tool=step_tool(step), state=task_pb2.STEP_STATE_PENDING
+                ).SerializeToString(),
             )
+            for index, step in enumerate(spec.steps)
+        ]
+        async with self._writing() as session:
+            session.add(row)
             # The task row first: there is no ORM relationship to order the inserts, and
             # PostgreSQL (unlike SQLite by default) enforces the steps' foreign key.
             await session.flush()
-            for index, step in enumerate(spec.steps):
-                pending = task_pb2.StepResult(
-                    index=index, tool=step_tool(step), state=task_pb2.STEP_STATE_PENDING
-                )
-                session.add(StepRow(task_id=task_id, index=index, result=pending.SerializeToString()))
+            session.add_all(steps)
+        return self._to_proto(row, steps)
 
     async def get(self, task_id: str) -> task_pb2.Task | None:
         if "\0" in task_id:
@@ -233,24 +242,36 @@ class TaskStore:
         self, task_id: str, state: task_pb2.TaskState.ValueType, error: str
     ) -> bool:
         """Moves a task to a terminal state unless it is in one already; True if it moved."""
-        terminal = (
-            task_pb2.TASK_STATE_COMPLETED,
-            task_pb2.TASK_STATE_FAILED,
-            task_pb2.TASK_STATE_CANCELLED,
-        )
         async with self._writing() as session:
             result = await session.execute(
                 update(TaskRow)
-                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(terminal))
+                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
                 .values(state=state, error=_text(error), finished_at=time.time())
             )
             return bool(getattr(result, "rowcount", 0))
 
+    async def mark_running(self, task_id: str, **values: object) -> None:
+        """The executor started the task (no effect once the task has ended)."""
+        async with self._writing() as session:
+            values = {name: _text(value) for name, value in values.items()}
+            await session.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
+                .values(state=task_pb2.TASK_STATE_RUNNING, **values)
+            )
+
     async def save_step(self, task_id: str, result: task_pb2.StepResult) -> None:
+        """A step's progress or result (no effect once the task has ended, whose unfinished
+        steps mark_unfinished_steps closed)."""
+        still_open = (
+            select(TaskRow.task_id)
+            .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
+            .exists()
+        )
         async with self._writing() as session:
             await session.execute(
                 update(StepRow)
-                .where(StepRow.task_id == task_id, StepRow.index == result.index)
+                .where(StepRow.task_id == task_id, StepRow.index == result.index, still_open)
                 .values(result=result.SerializeToString())
             )
 
