@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(
         1024 * 1024, ge=1024, description="Default bytes of stdout (and of stderr) kept per step."
     )
+    # The most a task (or a long-lived sandbox) may ask for in `limits`; beyond is refused.
+    max_task_memory_mb: int = Field(16384, ge=64, description="Largest limits.memory_mb a task may ask for.")
+    max_task_processes: int = Field(4096, ge=8, description="Largest limits.max_processes a task may ask for.")
+    max_task_file_size_mb: int = Field(8192, ge=1, description="Largest limits.max_file_size_mb a task may ask for.")
+    max_task_output_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest limits.max_output_bytes a task may ask for."
+    )
+    max_task_disk_mb: int = Field(65536, ge=1, description="Largest limits.disk_mb a task may ask for.")
     max_read_file_bytes: int = Field(10 * 1024 * 1024, description="Largest file read_file returns.")
     max_write_file_bytes: int = Field(10 * 1024 * 1024, description="Largest content write_file accepts.")
     runtime_dir: Path = Field(

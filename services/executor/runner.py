@@ -20,6 +20,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral.config import Settings
+from corral.limits import limits_problem
 from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES, step_tool
 from corral.v1 import memory_pb2, task_pb2
 from services.executor.desktop import Desktop, start_desktop
@@ -512,6 +513,9 @@ class TaskRunner:
             )
         if not spec.steps:
             raise InvalidTask("the task has no steps")
+        problem = limits_problem(spec.limits, self.settings)
+        if problem:
+            raise InvalidTask(problem)
         if task_id in self._runs:
             raise AlreadyRunning(f"task {task_id} is already running on this executor")
         if len(self._runs) >= self.capacity:

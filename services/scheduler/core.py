@@ -90,7 +90,7 @@ class Scheduler:
     # --- client-facing -----------------------------------------------------------------
 
     async def submit(self, spec: task_pb2.TaskSpec) -> task_pb2.Task:
-        validate_spec(spec)
+        validate_spec(spec, self._settings)
         if spec.sandbox_id:
             if self.sandboxes is None:
                 raise InvalidTask("this scheduler does not manage sandboxes")

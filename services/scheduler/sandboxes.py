@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.config import Settings
+from corral.limits import limits_problem
 from corral.v1 import executor_pb2, sandbox_pb2
 
 from .executors import ExecutorRegistry
@@ -160,6 +161,9 @@ class SandboxCoordinator:
         for name in spec.env:
             if not name or "=" in name or "\0" in name:
                 raise InvalidSandboxRequest(f"env has an invalid variable name {name!r}")
+        problem = limits_problem(spec.limits, self.settings)
+        if problem:
+            raise InvalidSandboxRequest(problem)
         executor = self.executors.pick()
         if executor is None:
             raise SandboxUnavailable("no executor with free capacity is available to host a sandbox")

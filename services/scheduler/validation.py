@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from corral.config import Settings
+from corral.limits import limits_problem
 from corral.schema import TOOLS, step_tool
 from corral.v1 import task_pb2
 
@@ -20,7 +22,7 @@ class InvalidTask(ValueError):
     """The message names the offending field, e.g. 'steps[1].shell.command is empty'."""
 
 
-def validate_spec(spec: task_pb2.TaskSpec) -> None:
+def validate_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
     if not spec.steps:
         raise InvalidTask("a task needs at least one step")
     if len(spec.steps) > MAX_STEPS:
@@ -40,7 +42,6 @@ def validate_spec(spec: task_pb2.TaskSpec) -> None:
     for name in spec.env:
         if not name or "=" in name or "\0" in name:
             raise InvalidTask(f"env has an invalid variable name {name!r}")
-    limits = spec.limits
-    for field in ("memory_mb", "max_processes", "max_file_size_mb", "max_output_bytes", "disk_mb"):
-        if getattr(limits, field) < 0:
-            raise InvalidTask(f"limits.{field} must not be negative")
+    problem = limits_problem(spec.limits, settings)
+    if problem:
+        raise InvalidTask(problem)

@@ -104,6 +104,9 @@ def test_unknown_sandbox_and_bad_requests(api: httpx.Client) -> None:
     assert api.get("/v1/sandboxes/nope").status_code == 404
     assert api.post("/v1/sandboxes", json={"ttl": -1}).status_code == 400
     assert api.post("/v1/sandboxes", json={"ttl": 10**9}).status_code == 400
+    too_big = api.post("/v1/sandboxes", json={"limits": {"max_processes": 10**6}})
+    assert too_big.status_code == 400, too_big.text
+    assert "limits.max_processes 1000000 exceeds this deployment's maximum of 4096 processes" in too_big.text
 
 
 def test_a_sandbox_expires_by_itself(api: httpx.Client) -> None:

@@ -155,6 +155,15 @@ def test_invalid_argument_from_the_scheduler_is_400(api: httpx.Client) -> None:
     assert "A=B" in error_of(response)["message"]
 
 
+def test_limits_above_the_deployments_maximum_are_400(api: httpx.Client) -> None:
+    body = {"steps": [{"tool": "shell", "command": "true"}], "limits": {"memory_mb": 10**7}}
+    response = api.post("/v1/tasks", json=body)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["message"] == "limits.memory_mb 10000000 exceeds this deployment's maximum of 16384 MiB"
+    body["limits"] = {"disk_mb": 10**9}
+    assert "limits.disk_mb 1000000000 exceeds" in error_of(api.post("/schedule", json=body))["message"]
+
+
 def test_body_over_the_limit_is_413(api: httpx.Client) -> None:
     padding = "x" * (MAX_REQUEST_BYTES + 1)
     body = {"steps": [{"tool": "shell", "command": f"echo {padding}"}]}
