@@ -1,6 +1,7 @@
 """The executor's side of the in-sandbox agent's JSON-lines protocol (sandbox/runtime/agent.py),
 over any byte stream: request ids, streamed output, replies, and failing what is pending when
-the stream ends. The docker driver feeds it the container's demultiplexed stdout.
+the stream ends. The docker driver feeds it the container's demultiplexed stdout, the bubblewrap
+driver bwrap's stdout.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 import structlog
 
 from services.executor.drivers.base import (
+    MIB,
     FileRefused,
     OutputCallback,
+    ProcessRequest,
+    ProcessResult,
     SandboxError,
     StreamName,
 )
@@ -24,6 +28,9 @@ log = structlog.get_logger()
 
 # Extra time we give the agent to report a step after the step's own timeout.
 AGENT_GRACE_SECONDS = 15.0
+# The agent's replies carry whole files; keep the line limit above the largest one. A longer
+# line fails the channel: a step running as the agent's uid could write into the agent's stdout.
+MAX_LINE_BYTES = 64 * MIB
 
 
 class PendingRun:
@@ -42,7 +49,9 @@ class AgentChannel:
         self._ids = itertools.count(1)
         self._runs: dict[int, PendingRun] = {}
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._buffer = b""
+        # The pieces of the incomplete line received so far, joined once its newline arrives.
+        self._partial: list[bytes] = []
+        self._partial_size = 0
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.failure: SandboxError | None = None
         self._lock = asyncio.Lock()
@@ -52,18 +61,53 @@ class AgentChannel:
 
     def feed(self, data: bytes) -> None:
         """Bytes of the agent's stdout; complete lines are dispatched."""
-        self._buffer += data
-        while (newline := self._buffer.find(b"\n")) >= 0:
-            line, self._buffer = self._buffer[:newline], self._buffer[newline + 1 :]
-            if not line.strip():
-                continue
-            try:
-                message = json.loads(line)
-            except ValueError:
-                self.log.warning("bad line from the sandbox agent", line=line[:200])
-                continue
-            if isinstance(message, dict):
-                self._dispatch(message)
+        if self.failure is not None:
+            return
+        start = 0
+        while (newline := data.find(b"\n", start)) >= 0:
+            size = self._partial_size + newline - start
+            if size > MAX_LINE_BYTES:
+                self._oversized(size)
+                return
+            if self._partial:
+                self._partial.append(data[start:newline])
+                line = b"".join(self._partial)
+                self._partial.clear()
+                self._partial_size = 0
+            else:
+                line = data[start:newline]
+            start = newline + 1
+            self._line(line)
+            if self.failure is not None:
+                return
+        if start < len(data):
+            self._partial_size += len(data) - start
+            if self._partial_size > MAX_LINE_BYTES:
+                self._oversized(self._partial_size)
+                return
+            self._partial.append(data[start:] if start else data)
+
+    def _oversized(self, size: int) -> None:
+        self._partial.clear()
+        self._partial_size = 0
+        self.log.warning("oversized message from the sandbox agent", size=size)
+        self.fail(
+            SandboxError(
+                f"the sandbox agent sent an oversized message (over {MAX_LINE_BYTES // MIB} MiB "
+                "in one line); the sandbox's protocol stream cannot be trusted any more"
+            )
+        )
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            self.log.warning("bad line from the sandbox agent", line=line[:200])
+            return
+        if isinstance(message, dict):
+            self._dispatch(message)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind = message.get("type")
@@ -121,7 +165,10 @@ class AgentChannel:
         try:
             await self.send({**message, "id": request_id})
             try:
-                reply = await asyncio.wait_for(asyncio.shield(pending.done), timeout + AGENT_GRACE_SECONDS)
+                # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that
+                # arrives as the awaited future completes.
+                async with asyncio.timeout(timeout + AGENT_GRACE_SECONDS):
+                    reply = await asyncio.shield(pending.done)
             except TimeoutError:
                 raise SandboxError("the sandbox agent stopped answering") from None
             except asyncio.CancelledError:
@@ -142,7 +189,8 @@ class AgentChannel:
         self._replies[request_id] = future
         try:
             await self.send({**message, "id": request_id})
-            reply = await asyncio.wait_for(future, timeout)
+            async with asyncio.timeout(timeout):
+                reply = await future
         except TimeoutError:
             raise SandboxError("the sandbox agent stopped answering") from None
         finally:
@@ -150,3 +198,54 @@ class AgentChannel:
         if reply.get("type") == "error":
             raise FileRefused(str(reply.get("error")))
         return reply
+
+    # --- operations --------------------------------------------------------------------------
+
+    async def run_process(
+        self,
+        request: ProcessRequest,
+        env: dict[str, str],
+        limits: dict[str, int],
+        default_max_output: int,
+        on_output: OutputCallback,
+    ) -> tuple[ProcessResult, dict[str, Any]]:
+        """Runs one step; returns its result and the agent's raw exit report (limit_events...).
+
+        `limits` are the agent's per-process rlimits (memory_mb, max_processes,
+        max_file_size_mb; 0 is none); `default_max_output` applies when the request sets none.
+        """
+        message = {
+            "op": "run",
+            "kind": request.kind,
+            "command": request.code,
+            "code": request.code,
+            "argv": list(request.argv),
+            "env": env,
+            "cwd": request.cwd,
+            "timeout": request.timeout,
+            "max_output_bytes": request.max_output_bytes or default_max_output,
+            "limits": limits,
+        }
+        reply, pending = await self.run(message, on_output, request.timeout)
+        result = ProcessResult(
+            exit_code=reply.get("exit_code"),
+            signal=reply.get("signal"),
+            timed_out=bool(reply.get("timed_out")),
+            killed=bool(reply.get("killed")),
+            stdout="".join(pending.stdout),
+            stderr="".join(pending.stderr),
+            stdout_truncated=bool(reply.get("stdout_truncated")),
+            stderr_truncated=bool(reply.get("stderr_truncated")),
+            error=str(reply.get("error") or ""),
+        )
+        return result, reply
+
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
+        return str(reply.get("content", ""))
+
+    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.request(
+            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
+        )
+        return str(reply.get("path", path))

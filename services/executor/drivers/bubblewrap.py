@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import json
 import os
 import resource
@@ -31,11 +30,11 @@ import stat
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from corral.config import Settings
+from services.executor.drivers.agent_channel import AgentChannel
 from services.executor.drivers.base import (
     MIB,
     RUN_DIR,
@@ -49,7 +48,6 @@ from services.executor.drivers.base import (
     SandboxDriver,
     SandboxError,
     SandboxLimits,
-    StreamName,
 )
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
@@ -65,11 +63,9 @@ SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_PYTHON = "/usr/bin/python3"
-# The agent's replies carry whole files; keep the line limit above the largest one.
-MAX_LINE_BYTES = 64 * MIB
 READY_TIMEOUT = 20.0
-# Extra time we give the agent to report a step after the step's own timeout.
-AGENT_GRACE_SECONDS = 15.0
+# How much of bwrap's stdout is read (and fed to the agent channel) at a time.
+READ_CHUNK_BYTES = 64 * 1024
 # How long a killed sandbox gets to go before the next, harder step.
 KILL_GRACE_SECONDS = 5.0
 # The checkout holding the `corral` and `services` packages, mounted at SOURCE_DIR for the
@@ -303,30 +299,18 @@ def _bwrap_supports(bwrap: str, option: str) -> bool:
     return option in out.stdout + out.stderr
 
 
-class _PendingRun:
-    def __init__(self, on_output: OutputCallback) -> None:
-        self.on_output = on_output
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-
-
 class BubblewrapSandbox(Sandbox):
     def __init__(self, driver: BubblewrapDriver, config: SandboxConfig) -> None:
         self.driver = driver
         self.config = config
         self.process: asyncio.subprocess.Process | None = None
         self.child_pid: int | None = None
-        self._ids = itertools.count(1)
-        self._runs: dict[int, _PendingRun] = {}
-        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._stderr_tail = b""
         self._readers: list[asyncio.Task[None]] = []
         self._info: asyncio.Task[bytes] | None = None
         self._closed = False
-        self._lock = asyncio.Lock()
         self.log = log.bind(task_id=config.task_id)
+        self.channel = AgentChannel(self._write_line, {"task_id": config.task_id})
         self.warm_slot: Path | None = None  # set for warm-pool sandboxes
         self.claimed = False  # a warm sandbox handed to a task
 
@@ -334,6 +318,7 @@ class BubblewrapSandbox(Sandbox):
     def alive(self) -> bool:
         return (
             not self._closed
+            and self.channel.failure is None
             and self.process is not None
             and self.process.returncode is None
             and bool(self._readers)
@@ -363,7 +348,6 @@ class BubblewrapSandbox(Sandbox):
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(info_write,),
                 env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
-                limit=MAX_LINE_BYTES,
                 start_new_session=True,
             )
         except BaseException as exc:
@@ -380,7 +364,10 @@ class BubblewrapSandbox(Sandbox):
         # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
         self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
         try:
-            await asyncio.wait_for(asyncio.shield(self._ready), READY_TIMEOUT)
+            # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that arrives
+            # as the awaited future completes (a warm pool stopping then waited forever).
+            async with asyncio.timeout(READY_TIMEOUT):
+                await asyncio.shield(self.channel.ready)
         except TimeoutError:
             raise SandboxError(f"the sandbox did not start within {READY_TIMEOUT:g}s") from None
         await self._learn_child_pid(READY_TIMEOUT)
@@ -391,7 +378,8 @@ class BubblewrapSandbox(Sandbox):
         if self.child_pid is not None or self._info is None:
             return
         with contextlib.suppress(TimeoutError, ValueError, KeyError, TypeError, OSError):
-            raw_info = await asyncio.wait_for(asyncio.shield(self._info), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see start()
+                raw_info = await asyncio.shield(self._info)
             self.child_pid = int(json.loads(raw_info)["child-pid"])
 
     async def claim(self, config: SandboxConfig) -> None:
@@ -400,9 +388,12 @@ class BubblewrapSandbox(Sandbox):
         self.config = config
         self.claimed = True
         self.log = log.bind(task_id=config.task_id)
+        self.channel.log = self.channel.log.bind(task_id=config.task_id)
         move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
         try:
-            await self._request({"op": "chdir", "path": config.task_dir, "env": self.driver.base_env(config)})
+            await self.channel.request(
+                {"op": "chdir", "path": config.task_dir, "env": self.driver.base_env(config)}
+            )
         except FileRefused as exc:
             raise SandboxError(f"the warm sandbox could not change into its task directory: {exc}") from exc
         self.log.debug("warm sandbox claimed", bwrap_pid=self.process.pid if self.process else None)
@@ -452,7 +443,7 @@ class BubblewrapSandbox(Sandbox):
         for reader in self._readers:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-        self._fail_pending("the sandbox was closed")
+        self.channel.fail(SandboxError("the sandbox was closed"))
 
     # --- plumbing --------------------------------------------------------------------------
 
@@ -460,17 +451,6 @@ class BubblewrapSandbox(Sandbox):
         detail = self._stderr_tail.decode("utf-8", "replace").strip()
         message = "the sandbox ended unexpectedly"
         return f"{message}: {detail}" if detail else message
-
-    def _fail_pending(self, message: str) -> None:
-        if not self._ready.done():
-            self._ready.set_exception(SandboxError(self._died_message()))
-            self._ready.exception()  # mark retrieved; start() reports it
-        for run in self._runs.values():
-            if not run.done.done():
-                run.done.set_exception(SandboxError(message))
-        for reply in self._replies.values():
-            if not reply.done():
-                reply.set_exception(SandboxError(message))
 
     async def _read_stderr(self) -> None:
         assert self.process is not None and self.process.stderr is not None
@@ -481,13 +461,8 @@ class BubblewrapSandbox(Sandbox):
         assert self.process is not None and self.process.stdout is not None
         stdout = self.process.stdout
         try:
-            while line := await stdout.readline():
-                try:
-                    message = json.loads(line)
-                except ValueError:
-                    self.log.warning("bad line from the sandbox agent", line=line[:200])
-                    continue
-                self._dispatch(message)
+            while chunk := await stdout.read(READ_CHUNK_BYTES):
+                self.channel.feed(chunk)
         finally:
             # Give the stderr reader a moment so the failure message carries bwrap's reason.
             await asyncio.sleep(0.05)
@@ -497,43 +472,16 @@ class BubblewrapSandbox(Sandbox):
                 self.log.warning(
                     "sandbox ended", returncode=self.process.returncode, stderr=self._stderr_tail[-500:]
                 )
-            self._fail_pending(self._died_message())
+            self.channel.fail(SandboxError(self._died_message()))
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "ready":
-            if not self._ready.done():
-                self._ready.set_result(None)
-            return
-        request_id = message.get("id")
-        if not isinstance(request_id, int):
-            return
-        run = self._runs.get(request_id)
-        if run is not None:
-            if kind == "output":
-                stream: StreamName = "stderr" if message.get("stream") == "stderr" else "stdout"
-                data = str(message.get("data", ""))
-                (run.stderr if stream == "stderr" else run.stdout).append(data)
-                try:
-                    run.on_output(stream, data)
-                except Exception:
-                    self.log.exception("output callback failed")
-            elif kind == "exit" and not run.done.done():
-                run.done.set_result(message)
-            return
-        reply = self._replies.get(request_id)
-        if reply is not None and not reply.done():
-            reply.set_result(message)
-
-    async def _send(self, message: dict[str, Any]) -> None:
+    async def _write_line(self, line: bytes) -> None:
         if self._closed or self.process is None or self.process.stdin is None:
             raise SandboxError("the sandbox is closed")
-        async with self._lock:
-            try:
-                self.process.stdin.write(json.dumps(message).encode() + b"\n")
-                await self.process.stdin.drain()
-            except (ConnectionError, RuntimeError) as exc:
-                raise SandboxError(self._died_message()) from exc
+        try:
+            self.process.stdin.write(line)
+            await self.process.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError(self._died_message()) from exc
 
     # --- operations ------------------------------------------------------------------------
 
@@ -542,77 +490,24 @@ class BubblewrapSandbox(Sandbox):
 
     async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
         limits = self.config.limits
-        request_id = next(self._ids)
-        pending = _PendingRun(on_output)
-        self._runs[request_id] = pending
-        message = {
-            "id": request_id,
-            "op": "run",
-            "kind": request.kind,
-            "command": request.code,
-            "code": request.code,
-            "argv": list(request.argv),
-            "env": self._env(request),
-            "cwd": request.cwd,
-            "timeout": request.timeout,
-            "max_output_bytes": request.max_output_bytes or limits.max_output_bytes,
-            "limits": {
+        result, _reply = await self.channel.run_process(
+            request,
+            self._env(request),
+            {
                 "memory_mb": limits.memory_mb,
                 "max_processes": limits.max_processes,
                 "max_file_size_mb": limits.max_file_size_mb,
             },
-        }
-        try:
-            await self._send(message)
-            try:
-                reply = await asyncio.wait_for(
-                    asyncio.shield(pending.done), request.timeout + AGENT_GRACE_SECONDS
-                )
-            except TimeoutError:
-                raise SandboxError("the sandbox agent stopped answering") from None
-            except asyncio.CancelledError:
-                # Stop the step now; the caller may keep using the sandbox.
-                with contextlib.suppress(SandboxError):
-                    await self._send({"id": next(self._ids), "op": "kill", "target": request_id})
-                raise
-        finally:
-            self._runs.pop(request_id, None)
-        return ProcessResult(
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            timed_out=bool(reply.get("timed_out")),
-            killed=bool(reply.get("killed")),
-            stdout="".join(pending.stdout),
-            stderr="".join(pending.stderr),
-            stdout_truncated=bool(reply.get("stdout_truncated")),
-            stderr_truncated=bool(reply.get("stderr_truncated")),
-            error=str(reply.get("error") or ""),
+            limits.max_output_bytes,
+            on_output,
         )
-
-    async def _request(self, message: dict[str, Any]) -> dict[str, Any]:
-        request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[request_id] = future
-        try:
-            await self._send({**message, "id": request_id})
-            reply = await asyncio.wait_for(future, AGENT_GRACE_SECONDS + 30)
-        except TimeoutError:
-            raise SandboxError("the sandbox agent stopped answering") from None
-        finally:
-            self._replies.pop(request_id, None)
-        if reply.get("type") == "error":
-            raise FileRefused(str(reply.get("error")))
-        return reply
+        return result
 
     async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self._request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
-        return str(reply.get("content", ""))
+        return await self.channel.read_file(path, max_bytes, cwd)
 
     async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self._request(
-            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
-        )
-        return str(reply.get("path", path))
+        return await self.channel.write_file(path, content, max_bytes, cwd)
 
 
 def _searchable_by(path: Path, uid: int, gid: int) -> bool:

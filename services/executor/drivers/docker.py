@@ -362,7 +362,8 @@ class DockerSandbox(Sandbox):
         reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
         self._reader_task = asyncio.create_task(self._read_frames(reader))
         try:
-            await asyncio.wait_for(asyncio.shield(self.channel.ready), READY_TIMEOUT)
+            async with asyncio.timeout(READY_TIMEOUT):  # not wait_for: see bubblewrap start()
+                await asyncio.shield(self.channel.ready)
         except TimeoutError:
             raise SandboxError(f"the sandbox container did not start within {READY_TIMEOUT:g}s") from None
 
@@ -444,31 +445,14 @@ class DockerSandbox(Sandbox):
 
     async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
         limits = self.config.limits
-        message = {
-            "op": "run",
-            "kind": request.kind,
-            "command": request.code,
-            "code": request.code,
-            "argv": list(request.argv),
-            "env": {**self.driver.base_env(self.config), **self.config.env, **request.env},
-            "cwd": request.cwd,
-            "timeout": request.timeout,
-            "max_output_bytes": request.max_output_bytes or limits.max_output_bytes,
+        result, reply = await self.channel.run_process(
+            request,
+            {**self.driver.base_env(self.config), **self.config.env, **request.env},
             # Memory and processes are the container's cgroup limits (per-process rlimits would
             # count every sandbox's uid-1000 processes together); file size stays an rlimit.
-            "limits": {"memory_mb": 0, "max_processes": 0, "max_file_size_mb": limits.max_file_size_mb},
-        }
-        reply, pending = await self.channel.run(message, on_output, request.timeout)
-        result = ProcessResult(
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            timed_out=bool(reply.get("timed_out")),
-            killed=bool(reply.get("killed")),
-            stdout="".join(pending.stdout),
-            stderr="".join(pending.stderr),
-            stdout_truncated=bool(reply.get("stdout_truncated")),
-            stderr_truncated=bool(reply.get("stderr_truncated")),
-            error=str(reply.get("error") or ""),
+            {"memory_mb": 0, "max_processes": 0, "max_file_size_mb": limits.max_file_size_mb},
+            limits.max_output_bytes,
+            on_output,
         )
         events = reply.get("limit_events") or {}
         result.error = result.error or limit_error(
@@ -477,11 +461,7 @@ class DockerSandbox(Sandbox):
         return result
 
     async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self.channel.request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
-        return str(reply.get("content", ""))
+        return await self.channel.read_file(path, max_bytes, cwd)
 
     async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self.channel.request(
-            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
-        )
-        return str(reply.get("path", path))
+        return await self.channel.write_file(path, content, max_bytes, cwd)

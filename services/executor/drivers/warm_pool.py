@@ -71,9 +71,13 @@ class WarmPool(Generic[S]):
 
     async def stop(self) -> None:
         if self._filler is not None:
-            self._filler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._filler
+            # Cancelled again until it ends: on Python 3.11 a wait_for inside a sandbox start can
+            # swallow a cancellation that lands as the awaited thing completes.
+            while not self._filler.done():
+                self._filler.cancel()
+                await asyncio.wait({self._filler}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._filler.result()
             self._filler = None
         while self._ready:
             self._close_later(self._ready.popleft())
