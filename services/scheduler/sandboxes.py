@@ -271,17 +271,9 @@ class SandboxCoordinator:
     async def reconcile(self, executor_id: str, held: list[str]) -> list[str]:
         """An executor (re)registered holding `held`: records placed on it that it no longer
         holds fail; the ids it holds that are not active here come back for it to remove."""
-        active = {s.sandbox_id: s for s in await self.store.all(include_ended=False)}
-        for sandbox in active.values():
-            if sandbox.executor_id == executor_id and sandbox.sandbox_id not in held:
-                if sandbox.sandbox_id in self._creating:
-                    continue
-                if await self.store.end_if_active(
-                    sandbox,
-                    sandbox_pb2.SANDBOX_STATE_FAILED,
-                    f"its executor {executor_id} restarted and no longer has it",
-                ):
-                    log.warning("sandbox lost with its executor", sandbox_id=sandbox.sandbox_id, executor_id=executor_id)
+        active = await self._fail_placed_on(
+            executor_id, f"its executor {executor_id} restarted and no longer has it", spare={*held, *self._creating}
+        )
         return [
             sandbox_id
             for sandbox_id in held
@@ -291,11 +283,18 @@ class SandboxCoordinator:
 
     async def executor_lost(self, executor_id: str, reason: str) -> None:
         """The executor stopped heartbeating: its sandboxes' records fail, naming it."""
-        for sandbox in await self.store.all(include_ended=False):
-            if sandbox.executor_id == executor_id and await self.store.end_if_active(
-                sandbox, sandbox_pb2.SANDBOX_STATE_FAILED, reason
-            ):
+        await self._fail_placed_on(executor_id, reason, spare=set())
+
+    async def _fail_placed_on(self, executor_id: str, reason: str, spare: set[str]) -> dict[str, sandbox_pb2.Sandbox]:
+        """Fails the active records placed on `executor_id`, except those in `spare`; returns
+        every record that was active before, by id."""
+        active = {s.sandbox_id: s for s in await self.store.all(include_ended=False)}
+        for sandbox in active.values():
+            if sandbox.executor_id != executor_id or sandbox.sandbox_id in spare:
+                continue
+            if await self.store.end_if_active(sandbox, sandbox_pb2.SANDBOX_STATE_FAILED, reason):
                 log.warning("sandbox lost with its executor", sandbox_id=sandbox.sandbox_id, executor_id=executor_id)
+        return active
 
     async def _remove(self, sandbox: sandbox_pb2.Sandbox, state: sandbox_pb2.SandboxState.ValueType, error: str) -> None:
         if not await self.store.end_if_active(sandbox, state, error):

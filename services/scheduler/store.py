@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from corral.db import is_sqlite
-from corral.schema import step_tool
+from corral.schema import TERMINAL_TASK_STATES, step_tool
 from corral.v1 import task_pb2
 
 
@@ -88,9 +88,6 @@ def _timestamp(seconds: float | None) -> Timestamp | None:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
     return ts
-
-
-TERMINAL = (task_pb2.TASK_STATE_COMPLETED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED)
 
 
 def encode_page_token(created_at: float, task_id: str) -> str:
@@ -233,11 +230,6 @@ class TaskStore:
         spec.ParseFromString(row.spec)
         return row.state, spec
 
-    async def update(self, task_id: str, **values: object) -> None:
-        async with self._writing() as session:
-            values = {name: _text(value) for name, value in values.items()}
-            await session.execute(update(TaskRow).where(TaskRow.task_id == task_id).values(**values))
-
     async def finish_if_not_terminal(
         self, task_id: str, state: task_pb2.TaskState.ValueType, error: str
     ) -> bool:
@@ -245,7 +237,7 @@ class TaskStore:
         async with self._writing() as session:
             result = await session.execute(
                 update(TaskRow)
-                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
+                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
                 .values(state=state, error=_text(error), finished_at=time.time())
             )
             return bool(getattr(result, "rowcount", 0))
@@ -256,7 +248,7 @@ class TaskStore:
             values = {name: _text(value) for name, value in values.items()}
             await session.execute(
                 update(TaskRow)
-                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
+                .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
                 .values(state=task_pb2.TASK_STATE_RUNNING, **values)
             )
 
@@ -265,7 +257,7 @@ class TaskStore:
         steps mark_unfinished_steps closed)."""
         still_open = (
             select(TaskRow.task_id)
-            .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL))
+            .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
             .exists()
         )
         async with self._writing() as session:
