@@ -63,7 +63,7 @@ async def main(n: int, root: Path, driver_name: str) -> None:
     task_dir, run_dir = root / "tasks" / "bench", root / "run" / "bench"
     driver.prepare_task_dir(task_dir)
     driver.prepare_run_dir(run_dir)
-    limits = SandboxLimits(settings.sandbox_memory_mb, settings.sandbox_max_processes, 256, 1 << 20)
+    limits = SandboxLimits.resolve(settings)
     started = time.perf_counter()
     sandbox = await driver.create(
         SandboxConfig(task_id="bench", host_task_dir=task_dir, limits=limits, desktop=True, host_run_dir=run_dir)

@@ -73,10 +73,7 @@ async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
     settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     driver = make_driver(name, settings)
     await driver.start(f"bench-{os.getpid()}")
-    limits = SandboxLimits(
-        memory_mb=settings.sandbox_memory_mb, max_processes=settings.sandbox_max_processes,
-        max_file_size_mb=settings.sandbox_max_file_size_mb, max_output_bytes=settings.max_output_bytes,
-    )
+    limits = SandboxLimits.resolve(settings)
     counter = iter(range(10**9))
 
     def config() -> SandboxConfig:

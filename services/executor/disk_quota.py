@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
 
-log = structlog.get_logger()
+from services.executor.drivers.base import MIB
 
-MIB = 1024 * 1024
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,13 @@ def measure(root: Path, stop_bytes: int, stop_files: int) -> DiskUsage:
                     except OSError:
                         continue  # removed meanwhile
                     files += 1
-                    if st.st_nlink > 1 and not entry.is_dir(follow_symlinks=False):
+                    if stat.S_ISDIR(st.st_mode):
+                        pending.append(entry.path)
+                    elif st.st_nlink > 1:
                         if (st.st_dev, st.st_ino) in seen:
                             continue
                         seen.add((st.st_dev, st.st_ino))
                     total += st.st_blocks * 512
-                    if entry.is_dir(follow_symlinks=False):
-                        pending.append(entry.path)
         except OSError:
             continue
         if total > stop_bytes or files > stop_files:

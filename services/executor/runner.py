@@ -35,13 +35,14 @@ from services.executor.drivers.base import (
     SandboxConfig,
     SandboxDriver,
     SandboxError,
+    SandboxLimits,
     StreamName,
 )
 from services.executor.gui_steps import GuiClient, GuiStepError, ScreenshotWriter, perform
 from services.executor.history import HistoryRecorder, history_event
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.outcome import describe_failure
-from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound, limits_from
+from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
 
 log = structlog.get_logger()
 
@@ -131,7 +132,7 @@ class TaskRun:
         self.host_run_dir: Path | None = None
         self.desktop: Desktop | None = None
         self._gui: GuiClient | None = None
-        self.limits = limits_from(self.settings, spec.limits)
+        self.limits = SandboxLimits.resolve(self.settings, spec.limits)
         self.cancel_reason: str | None = None
         self._events: asyncio.Queue[task_pb2.TaskEvent | None] = asyncio.Queue()
         self._step_task: asyncio.Task[_Outcome] | None = None
@@ -245,7 +246,7 @@ class TaskRun:
         # In a long-lived sandbox the quota is the sandbox's, over its whole /tasks.
         if self.managed is not None:
             quota_root = self.managed.host_tasks_dir
-            disk_mb = limits_from(self.settings, self.managed.spec.limits).disk_mb
+            disk_mb = SandboxLimits.resolve(self.settings, self.managed.spec.limits).disk_mb
         else:
             quota_root, disk_mb = self.host_task_dir, self.limits.disk_mb
         disk_watch = DiskWatch(

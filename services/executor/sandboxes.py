@@ -52,15 +52,6 @@ class ManagedSandbox:
         return {"DISPLAY": self.desktop.display} if self.desktop else {}
 
 
-def limits_from(settings: Settings, limits: object) -> SandboxLimits:
-    return SandboxLimits(
-        memory_mb=int(getattr(limits, "memory_mb", 0) or settings.sandbox_memory_mb),
-        max_processes=int(getattr(limits, "max_processes", 0) or settings.sandbox_max_processes),
-        max_file_size_mb=int(getattr(limits, "max_file_size_mb", 0) or settings.sandbox_max_file_size_mb),
-        max_output_bytes=int(getattr(limits, "max_output_bytes", 0) or settings.max_output_bytes),
-        disk_mb=int(getattr(limits, "disk_mb", 0) or settings.sandbox_disk_mb),
-    )
-
 
 class SandboxManager:
     def __init__(self, settings: Settings, driver: SandboxDriver) -> None:
@@ -105,7 +96,7 @@ class SandboxManager:
             config = SandboxConfig(
                 task_id=sandbox_id,
                 host_task_dir=host_tasks_dir,
-                limits=limits_from(self.settings, spec.limits),
+                limits=SandboxLimits.resolve(self.settings, spec.limits),
                 network=spec.network,
                 env=dict(spec.env),
                 desktop=spec.desktop,

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from corral.config import Settings
+from corral.v1 import task_pb2
+
 StreamName = Literal["stdout", "stderr"]
 ProcessKind = Literal["argv", "shell", "python", "typescript"]
 # Called with (stream, text) for each piece of output as the process produces it.
@@ -25,6 +28,10 @@ MIB = 1024 * 1024
 # (corral.v1 stubs + services.gui) is found.
 RUN_DIR = "/run/corral"
 SOURCE_DIR = "/opt/corral"
+# Who steps run as inside every sandbox (user `agent` in both drivers), and their PATH.
+SANDBOX_UID = 1000
+SANDBOX_GID = 1000
+SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
 class SandboxError(Exception):
@@ -42,7 +49,19 @@ class SandboxLimits:
     max_file_size_mb: int
     max_output_bytes: int
     # Checked by the executor's disk watch (services/executor/disk_quota.py), not by drivers.
-    disk_mb: int = 0
+    disk_mb: int
+
+    @classmethod
+    def resolve(cls, settings: Settings, asked: task_pb2.Limits | None = None) -> SandboxLimits:
+        """What a task or sandbox asked for, the executor's defaults where it did not (0)."""
+        asked = asked or task_pb2.Limits()
+        return cls(
+            memory_mb=int(asked.memory_mb or settings.sandbox_memory_mb),
+            max_processes=int(asked.max_processes or settings.sandbox_max_processes),
+            max_file_size_mb=int(asked.max_file_size_mb or settings.sandbox_max_file_size_mb),
+            max_output_bytes=int(asked.max_output_bytes or settings.max_output_bytes),
+            disk_mb=int(asked.disk_mb or settings.sandbox_disk_mb),
+        )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,9 @@ from services.executor.drivers.agent_channel import AgentChannel
 from services.executor.drivers.base import (
     MIB,
     RUN_DIR,
+    SANDBOX_GID,
+    SANDBOX_PATH,
+    SANDBOX_UID,
     SOURCE_DIR,
     FileRefused,
     OutputCallback,
@@ -59,9 +62,6 @@ from services.executor.drivers.warm_pool import (
 
 log = structlog.get_logger()
 
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 SANDBOX_PYTHON = "/usr/bin/python3"
 READY_TIMEOUT = 20.0
 # How much of bwrap's stdout is read (and fed to the agent channel) at a time.
@@ -205,12 +205,7 @@ class BubblewrapDriver(SandboxDriver):
         config = SandboxConfig(
             task_id="",
             host_task_dir=slot,
-            limits=SandboxLimits(
-                memory_mb=self.settings.sandbox_memory_mb,
-                max_processes=self.settings.sandbox_max_processes,
-                max_file_size_mb=self.settings.sandbox_max_file_size_mb,
-                max_output_bytes=self.settings.max_output_bytes,
-            ),
+            limits=SandboxLimits.resolve(self.settings),
             shared_tasks=True,
         )
         sandbox = BubblewrapSandbox(self, config)

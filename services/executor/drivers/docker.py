@@ -34,6 +34,9 @@ from services.executor.drivers.agent_channel import AgentChannel
 from services.executor.drivers.base import (
     MIB,
     RUN_DIR,
+    SANDBOX_GID,
+    SANDBOX_PATH,
+    SANDBOX_UID,
     OutputCallback,
     ProcessRequest,
     ProcessResult,
@@ -54,9 +57,6 @@ from services.executor.drivers.warm_pool import (
 
 log = structlog.get_logger()
 
-SANDBOX_UID = 1000
-SANDBOX_GID = 1000
-SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 READY_TIMEOUT = 60.0
 LABEL_EXECUTOR = "corral.executor"
 LABEL_TASK = "corral.task"
@@ -135,12 +135,7 @@ class DockerDriver(SandboxDriver):
         config = SandboxConfig(
             task_id="",
             host_task_dir=slot,
-            limits=SandboxLimits(
-                memory_mb=settings.sandbox_memory_mb,
-                max_processes=settings.sandbox_max_processes,
-                max_file_size_mb=settings.sandbox_max_file_size_mb,
-                max_output_bytes=settings.max_output_bytes,
-            ),
+            limits=SandboxLimits.resolve(self.settings),
         )
         sandbox = DockerSandbox(self, config)
         sandbox.warm_slot = slot

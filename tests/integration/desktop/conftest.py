@@ -33,13 +33,13 @@ import pytest
 from harness import Cluster, Service, wait_for_http
 
 from corral.config import Settings
+from services.executor.drivers.base import SANDBOX_GID
 
 REPO = Path(__file__).resolve().parents[3]
 NEEDED = ("Xvfb", "openbox", "x11vnc", "xdotool", "xterm")
 DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]
-# deploy/Dockerfile.service's user, and the sandbox user's group the gateway needs.
+# deploy/Dockerfile.service's user; the gateway also needs the sandbox user's group.
 GATEWAY_UID = 10001
-SANDBOX_GID = 1000
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

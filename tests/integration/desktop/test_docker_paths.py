@@ -16,7 +16,7 @@ from .conftest import docker_unavailable
 
 pytestmark = pytest.mark.docker
 
-LIMITS = SandboxLimits(memory_mb=256, max_processes=64, max_file_size_mb=16, max_output_bytes=1 << 16)
+LIMITS = SandboxLimits(memory_mb=256, max_processes=64, max_file_size_mb=16, max_output_bytes=1 << 16, disk_mb=1024)
 
 
 @pytest.fixture
