@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -14,7 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from corral.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -23,6 +27,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@functools.cache
+def docker_unavailable() -> str:
+    """Why the docker driver cannot be tested here ("" when it can)."""
+    try:
+        import docker
+    except ImportError:
+        return "the docker Python package is not installed"
+    image = Settings().docker_image
+    try:
+        client = docker.from_env(timeout=10)
+        client.ping()
+    except Exception as exc:
+        return f"no Docker engine is reachable ({exc}); start one with scripts/start-docker"
+    try:
+        client.images.get(image)
+    except Exception:
+        return f"the sandbox image {image} is missing; build it with scripts/build-images"
+    return ""
+
+
+def require_docker() -> None:
+    reason = docker_unavailable()
+    if reason:
+        pytest.skip(reason)
 
 
 def wait_for_grpc_health(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import free_port
+
 REPO = Path(__file__).resolve().parents[3]
 SERVICE_MAINS = [
     REPO / "services" / "scheduler" / "__main__.py",
@@ -19,12 +21,6 @@ SERVICE_MAINS = [
     REPO / "services" / "executor" / "__main__.py",
     REPO / "gateway" / "__main__.py",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def port_is_free(port: int) -> bool:

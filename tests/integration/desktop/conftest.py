@@ -30,7 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import Cluster, Service, wait_for_http
+from harness import Cluster, Service, docker_unavailable, wait_for_http
 
 from corral.config import Settings
 from services.executor.drivers.base import SANDBOX_GID
@@ -53,26 +53,6 @@ def missing_desktop_packages() -> list[str]:
     if not (REPO / "sandbox" / "runtime" / ".venv" / "bin" / "python").exists():
         missing.append("sandbox/runtime/.venv (run scripts/bootstrap)")
     return missing
-
-
-@functools.cache
-def docker_unavailable() -> str:
-    """Why the docker driver cannot be tested here ("" when it can)."""
-    try:
-        import docker
-    except ImportError:
-        return "the docker Python package is not installed"
-    image = Settings().docker_image
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        return f"no Docker engine is reachable ({exc}); start one with scripts/start-docker"
-    try:
-        client.images.get(image)
-    except Exception:
-        return f"the sandbox image {image} is missing; build it with scripts/build-images"
-    return ""
 
 
 # Sources of the desktop the sandbox image holds copies of (scripts/build-images), host path ->

@@ -7,12 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from harness import docker_unavailable
 
 from corral.config import Settings
 from services.executor.drivers.base import SandboxConfig, SandboxError, SandboxLimits
 from services.executor.drivers.docker import DockerDriver
-
-from .conftest import docker_unavailable
 
 pytestmark = pytest.mark.docker
 

@@ -9,9 +9,7 @@ docker (marker `docker`; skipped, saying why, when no Docker engine or sandbox i
 
 from __future__ import annotations
 
-import functools
 import os
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from harness import free_port, require_docker
 
 from corral.config import Settings
 from corral.grpc_server import insecure_channel
@@ -26,40 +25,7 @@ from corral.schema import TaskRequest
 from corral.v1 import executor_pb2, executor_pb2_grpc, task_pb2
 from services.executor.server import RunningExecutor, start_executor
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]
-
-
-@functools.cache
-def docker_unavailable() -> str:
-    """Why the docker driver cannot be tested here ("" when it can)."""
-    try:
-        import docker
-    except ImportError:
-        return "the docker Python package is not installed"
-    image = Settings().docker_image
-    try:
-        client = docker.from_env(timeout=10)
-        client.ping()
-    except Exception as exc:
-        return f"no Docker engine is reachable ({exc}); start one with scripts/start-docker"
-    try:
-        client.images.get(image)
-    except Exception:
-        return f"the sandbox image {image} is missing; build it with scripts/build-images"
-    return ""
-
-
-def require_docker() -> None:
-    reason = docker_unavailable()
-    if reason:
-        pytest.skip(reason)
 
 
 @pytest.fixture(params=DRIVERS)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import Cluster, cluster
+from harness import Cluster, cluster, free_port
 
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -146,7 +146,7 @@ def test_silent_executor_is_declared_lost_after_heartbeat_timeout(
 def test_tasks_spread_over_two_executors(tmp_path: Path) -> None:
     with cluster(tmp_path, "memory", "scheduler", CORRAL_EXECUTOR_CAPACITY="1") as c:
         for name in ("exec-a", "exec-b"):
-            address = f"127.0.0.1:{__import__('harness').free_port()}"
+            address = f"127.0.0.1:{free_port()}"
             c.start_executor(name, CORRAL_EXECUTOR_ADDRESS=address, CORRAL_EXECUTOR_ID=name)
         with grpc.insecure_channel(c.scheduler_address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
