@@ -230,9 +230,7 @@ class TaskRun:
         task_dir = f"/tasks/{self.task_id}"
         sandbox_note = f" in sandbox {self.spec.sandbox_id}" if self.managed is not None else ""
         self._emit(
-            started=task_pb2.TaskStarted(
-                executor_id=runner.executor_id, task_dir=task_dir, host_task_dir=str(self.host_task_dir)
-            )
+            started=task_pb2.TaskStarted(executor_id=runner.executor_id, task_dir=task_dir)
         )
         journal.log(
             f"task {self.task_id} started on executor {runner.executor_id} "
