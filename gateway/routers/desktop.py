@@ -57,7 +57,7 @@ def with_cookie(response: Response, grant: Grant) -> Response:
     response_class=RedirectResponse,
     responses={
         303: {"description": "To the noVNC page, connected to this sandbox (sets the token cookie)."},
-        **errors(*ACCESS_ERRORS, **WORDING),
+        **errors(400, *ACCESS_ERRORS, **WORDING, e400="view_only is not a boolean."),
     },
 )
 async def vnc_page(
