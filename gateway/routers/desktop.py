@@ -160,7 +160,9 @@ async def jupyter_socket(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Gran
     sandbox_id = grant.sandbox.sandbox_id
     async with upstream("scheduler"):
         reply = await stubs.access.StartJupyter(
-            sandbox_access_pb2.StartJupyterRequest(sandbox_id=sandbox_id, base_url=f"/v1/sandboxes/{sandbox_id}/jupyter/"),
+            sandbox_access_pb2.StartJupyterRequest(
+                sandbox_id=sandbox_id, base_url=f"/v1/sandboxes/{sandbox_id}/jupyter/", token=grant.token
+            ),
             timeout=JUPYTER_START_TIMEOUT_SECONDS,
         )
     return Path(reply.host_socket)

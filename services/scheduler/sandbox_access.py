@@ -56,6 +56,13 @@ class SandboxAccessServicer(sandbox_access_pb2_grpc.SandboxAccessServiceServicer
         self, request: sandbox_access_pb2.StartJupyterRequest, context: Context
     ) -> sandbox_access_pb2.StartJupyterResponse:
         try:
+            sandbox = await self._sandboxes.get(request.sandbox_id)
+        except ERRORS as exc:
+            await context.abort(_code(exc), str(exc))
+        secrets = await self._secrets.get(sandbox.sandbox_id)
+        if secrets is None or secrets.access(request.token) != sandbox_access_pb2.SANDBOX_ACCESS_FULL:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, "Jupyter needs the sandbox's full token")
+        try:
             socket = await self._sandboxes.start_jupyter(request.sandbox_id, request.base_url)
         except ERRORS as exc:
             await context.abort(_code(exc), str(exc))

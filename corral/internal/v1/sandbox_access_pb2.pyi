@@ -103,18 +103,22 @@ class StartJupyterRequest(_message.Message):
 
     SANDBOX_ID_FIELD_NUMBER: _builtins.int
     BASE_URL_FIELD_NUMBER: _builtins.int
+    TOKEN_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     base_url: _builtins.str
     """URL path prefix Jupyter is served under (its base_url), e.g. /v1/sandboxes/ID/jupyter/."""
+    token: _builtins.str
+    """The sandbox's full token, as presented by the client (Jupyter needs full access)."""
     def __init__(
         self,
         *,
         sandbox_id: _builtins.str = ...,
         base_url: _builtins.str = ...,
+        token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "sandbox_id", b"sandbox_id", "token", b"token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -68,7 +68,8 @@ class SandboxAccessServiceServicer:
 
     def StartJupyter(self, request, context):
         """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
-        FAILED_PRECONDITION when the sandbox has ended, UNAVAILABLE when its executor is gone.
+        PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
+        sandbox has ended, UNAVAILABLE when its executor is gone.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

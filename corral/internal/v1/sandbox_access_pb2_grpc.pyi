@@ -44,7 +44,8 @@ class SandboxAccessServiceStub:
     """
     StartJupyter: _grpc.UnaryUnaryMultiCallable[_sandbox_access_pb2.StartJupyterRequest, _sandbox_access_pb2.StartJupyterResponse]
     """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
-    FAILED_PRECONDITION when the sandbox has ended, UNAVAILABLE when its executor is gone.
+    PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
+    sandbox has ended, UNAVAILABLE when its executor is gone.
     """
 
 @_typing.type_check_only
@@ -63,7 +64,8 @@ class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
     """
     StartJupyter: _aio.UnaryUnaryMultiCallable[_sandbox_access_pb2.StartJupyterRequest, _sandbox_access_pb2.StartJupyterResponse]  # type: ignore[assignment]
     """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
-    FAILED_PRECONDITION when the sandbox has ended, UNAVAILABLE when its executor is gone.
+    PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
+    sandbox has ended, UNAVAILABLE when its executor is gone.
     """
 
 class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -91,7 +93,8 @@ class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_access_pb2.StartJupyterResponse, _abc.Awaitable[_sandbox_access_pb2.StartJupyterResponse]]:
         """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
-        FAILED_PRECONDITION when the sandbox has ended, UNAVAILABLE when its executor is gone.
+        PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
+        sandbox has ended, UNAVAILABLE when its executor is gone.
         """
 
 def add_SandboxAccessServiceServicer_to_server(servicer: SandboxAccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
