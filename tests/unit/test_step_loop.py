@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from services.executor.drivers.local import LocalDriver
 
 from corral.config import Settings
 from corral.schema import TaskRequest
 from corral.v1 import task_pb2
+from services.executor.drivers.local import LocalDriver
 from services.executor.runner import TaskRun, TaskRunner
 
 pytestmark = pytest.mark.timeout(60)
