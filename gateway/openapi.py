@@ -24,6 +24,39 @@ def operation_id(route: APIRoute) -> str:
     return route.name
 
 
+def _component_name(tag: str, property_name: str) -> str:
+    """('gui', 'tool') -> 'GuiStep'; ('x_y', 'kind') -> 'XYKind'."""
+    suffix = "Step" if property_name == "tool" else property_name.capitalize()
+    return "".join(part.capitalize() for part in tag.split("_")) + suffix
+
+
+def name_nested_unions(node: Any, components: dict[str, Any]) -> None:
+    """A discriminated union inside another (a step's `tool`, then a gui step's `action`) comes
+    out of pydantic inline, as a mapping value that is a schema; OpenAPI wants a reference
+    there. Each such union becomes a component of its own, referenced from both places."""
+    if isinstance(node, list):
+        for item in node:
+            name_nested_unions(item, components)
+        return
+    if not isinstance(node, dict):
+        return
+    discriminator = node.get("discriminator")
+    if isinstance(discriminator, dict):
+        mapping = discriminator.get("mapping", {})
+        for tag, target in list(mapping.items()):
+            if isinstance(target, str):
+                continue
+            name = _component_name(tag, str(discriminator.get("propertyName", "")))
+            while components.get(name, target) != target:
+                name += "Union"
+            ref = REF_TEMPLATE.format(model=name)
+            components[name] = target
+            mapping[tag] = ref
+            node["oneOf"] = [{"$ref": ref} if option == target else option for option in node.get("oneOf", [])]
+    for value in list(node.values()):
+        name_nested_unions(value, components)
+
+
 def build_openapi(app: FastAPI) -> dict[str, Any]:
     schema = get_openapi(
         title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -40,6 +73,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
     events = TypeAdapter(TaskEventView).json_schema(mode="serialization", ref_template=REF_TEMPLATE)
     components.update(events.pop("$defs", {}))
     components["TaskEvent"] = events
+    name_nested_unions(schema, components)
     return schema
 
 

@@ -1,35 +1,20 @@
-"""The in-sandbox step agent: runs steps for the executor, speaking JSON lines on stdin/stdout.
+"""The in-sandbox step agent: runs steps for the executor, speaking the agent protocol.
 
-It is started once per sandbox (as the sandbox's command, by /usr/bin/python3) and lives as
-long as the task, so what a step leaves running in the background stays there for later steps.
-Standard library only: it runs on the sandbox's system Python, not Corral's virtualenv.
+It is started once per sandbox (as the sandbox's command, `/usr/bin/python3 -I /app/agent.py`)
+and lives as long as the task, so what a step leaves running in the background stays there for
+later steps. Standard library only: it runs on the sandbox's system Python, not Corral's
+virtualenv. Every message it reads and writes is a type of agent_protocol.py, loaded from this
+file's own directory (-I keeps that directory off sys.path); the executor imports the same
+module. One JSON line per message: requests on stdin, replies on stdout.
 
-Requests (one JSON object per line on stdin):
-  {"id": 1, "op": "run", "kind": "shell"|"python"|"typescript"|"argv", "command": "...",
-   "code": "...", "argv": [...], "env": {...}, "timeout": 60, "max_output_bytes": 1048576,
-   "limits": {"memory_mb": 2048, "max_processes": 256, "max_file_size_mb": 256}}
-  {"id": 2, "op": "kill", "target": 1}
-  {"id": 3, "op": "read_file", "path": "x.txt", "max_bytes": 10485760}
-  {"id": 4, "op": "write_file", "path": "x.txt", "content": "...", "max_bytes": 10485760}
-  {"id": 5, "op": "chdir", "path": "/tasks/abc", "env": {...}}   (a warm sandbox being handed
-  its task; the optional "env" updates the agent's own environment)
-  ("run", "read_file" and "write_file" take an optional "cwd": the task directory to use
-  instead of the agent's own, for long-lived sandboxes that hold one directory per task.)
-Replies (one JSON object per line on stdout):
-  {"type": "ready", "pid": ...}
-  {"id": 1, "type": "output", "stream": "stdout"|"stderr", "data": "..."}
-  {"id": 1, "type": "exit", "exit_code": 0|null, "signal": null|9, "timed_out": false,
-   "killed": false, "stdout_truncated": false, "stderr_truncated": false, "error": "",
-   "limit_events": {"oom_kill": 1, "pids_max": 0}}   (only when the sandbox's cgroup saw any)
-  {"id": 3, "type": "file", "content": "...", "path": "x.txt", "size": 12}
-  {"id": 4, "type": "error", "error": "..."}
-  {"id": 5, "type": "chdir", "path": "/tasks/abc"}
+Each request kind has one handler here: `run` and `kill` are served by StepRun threads, every
+other op by the function registered for its request type with @handles.
 """
 
 from __future__ import annotations
 
 import codecs
-import json
+import importlib.util
 import os
 import resource
 import selectors
@@ -39,7 +24,27 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Any
+import types
+from collections.abc import Callable
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+
+def _load_protocol() -> types.ModuleType:
+    """agent_protocol.py from this file's directory (not on sys.path under `python3 -I`)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_protocol.py")
+    spec = importlib.util.spec_from_file_location("agent_protocol", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load the agent protocol from {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["agent_protocol"] = module  # dataclasses resolve annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+if TYPE_CHECKING:
+    import agent_protocol as protocol
+else:
+    protocol = _load_protocol()
 
 MIB = 1024 * 1024
 # After a step's main process exits, background children may keep its pipes open: read what
@@ -49,7 +54,9 @@ READ_CHUNK = 64 * 1024
 PYTHON = "/usr/bin/python3"
 NODE = "/usr/bin/node"
 TS_RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ts-run.js")
-SCRIPT_DIR = "/tmp/.corral"
+# Where python / typescript steps' code is written. Overridable for the executor's unisolated
+# test transport (drivers/local.py), whose agents share the host's /tmp.
+SCRIPT_DIR = os.environ.get("CORRAL_AGENT_SCRIPT_DIR", "/tmp/.corral")
 # Counters of the sandbox's own cgroup (visible inside a container; absent under bubblewrap):
 # how often the kernel OOM-killed a process, and how often a fork hit the pids limit.
 # (cgroup v2 path, cgroup v1 path) for each.
@@ -62,8 +69,8 @@ _write_lock = threading.Lock()
 _out = sys.stdout.buffer
 
 
-def send(message: dict[str, Any]) -> None:
-    line = json.dumps(message).encode() + b"\n"
+def send(message: protocol.Reply) -> None:
+    line = protocol.encode(message)
     with _write_lock:
         _out.write(line)
         _out.flush()
@@ -111,55 +118,80 @@ def _describe_size(n: int) -> str:
     return f"{n / MIB:g} MiB" if n >= MIB and n % (MIB // 16) == 0 else f"{n} bytes"
 
 
-def read_file(request: dict[str, Any]) -> dict[str, Any]:
-    path = resolve_path(str(request.get("path", "")), str(request.get("cwd") or ""))
-    max_bytes = int(request.get("max_bytes", 10 * MIB))
+Q = TypeVar("Q", bound="protocol.Request[Any]")
+Handler = Callable[[Any], "protocol.Reply"]
+# op -> the function serving that request type (every op but run and kill).
+HANDLERS: dict[str, Handler] = {}
+
+
+def handles(kind: type[Q]) -> Callable[[Callable[[Q], protocol.Reply]], Callable[[Q], protocol.Reply]]:
+    """Registers the decorated function as the handler of `kind` requests."""
+
+    def register(handler: Callable[[Q], protocol.Reply]) -> Callable[[Q], protocol.Reply]:
+        HANDLERS[kind.OP] = handler
+        return handler
+
+    return register
+
+
+@handles(protocol.ReadFileRequest)
+def read_file(request: protocol.ReadFileRequest) -> protocol.FileReply:
+    path = resolve_path(request.path, request.cwd)
+    max_bytes = request.max_bytes
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise Refused(f"no such file: {request.get('path')}") from None
+        raise Refused(f"no such file: {request.path}") from None
     except IsADirectoryError:
-        raise Refused(f"{request.get('path')} is a directory") from None
+        raise Refused(f"{request.path} is a directory") from None
     except OSError as exc:
-        raise Refused(f"cannot read {request.get('path')}: {exc.strerror}") from None
+        raise Refused(f"cannot read {request.path}: {exc.strerror}") from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not _is_regular(st.st_mode):
-            raise Refused(f"{request.get('path')} is not a regular file")
+            raise Refused(f"{request.path} is not a regular file")
         if st.st_size > max_bytes:
             raise Refused(
-                f"{request.get('path')} is {st.st_size} bytes, larger than the read limit "
+                f"{request.path} is {st.st_size} bytes, larger than the read limit "
                 f"of {_describe_size(max_bytes)}"
             )
         data = f.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise Refused(f"{request.get('path')} is larger than the read limit of {_describe_size(max_bytes)}")
-    return {"type": "file", "path": path, "size": len(data), "content": data.decode("utf-8", "replace")}
+        raise Refused(f"{request.path} is larger than the read limit of {_describe_size(max_bytes)}")
+    return protocol.FileReply(path=path, size=len(data), content=data.decode("utf-8", "replace"))
 
 
 def _is_regular(mode: int) -> bool:
     return stat.S_ISREG(mode)
 
 
-def write_file(request: dict[str, Any]) -> dict[str, Any]:
-    path = resolve_path(str(request.get("path", "")), str(request.get("cwd") or ""))
-    content = str(request.get("content", ""))
-    max_bytes = int(request.get("max_bytes", 10 * MIB))
-    data = content.encode()
+@handles(protocol.WriteFileRequest)
+def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
+    path = resolve_path(request.path, request.cwd)
+    max_bytes = request.max_bytes
+    data = request.content.encode()
     if len(data) > max_bytes:
         raise Refused(
             f"content is {len(data)} bytes, larger than the write limit of {_describe_size(max_bytes)}"
         )
     if os.path.isdir(path):
-        raise Refused(f"{request.get('path')} is a directory")
+        raise Refused(f"{request.path} is a directory")
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
     except OSError as exc:
-        raise Refused(f"cannot write {request.get('path')}: {exc.strerror}") from None
+        raise Refused(f"cannot write {request.path}: {exc.strerror}") from None
     with os.fdopen(fd, "wb") as f:
         f.write(data)
-    return {"type": "file", "path": path, "size": len(data), "content": ""}
+    return protocol.FileReply(path=path, size=len(data))
+
+
+@handles(protocol.ChdirRequest)
+def chdir(request: protocol.ChdirRequest) -> protocol.ChdirReply:
+    os.chdir(request.path)
+    # A warm sandbox learns its task: HOME, CORRAL_TASK_ID... (steps get theirs per run).
+    os.environ.update(request.env)
+    return protocol.ChdirReply(path=os.getcwd())
 
 
 # --- processes -----------------------------------------------------------------------------
@@ -231,10 +263,10 @@ def kill_tree(root_pid: int) -> None:
         time.sleep(0.005)
 
 
-def _limit_setter(limits: dict[str, Any]) -> Any:
-    memory = int(limits.get("memory_mb", 0)) * MIB
-    processes = int(limits.get("max_processes", 0))
-    file_size = int(limits.get("max_file_size_mb", 0)) * MIB
+def _limit_setter(limits: protocol.ProcessLimits) -> Callable[[], None]:
+    memory = limits.memory_mb * MIB
+    processes = limits.max_processes
+    file_size = limits.max_file_size_mb * MIB
 
     def apply() -> None:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -263,57 +295,58 @@ def _write_script(request_id: int, name: str, code: str) -> str:
     return path
 
 
-def build_argv(request: dict[str, Any]) -> list[str]:
-    kind = request.get("kind")
+def build_argv(request: protocol.RunRequest) -> list[str]:
+    kind = request.kind
     if kind == "shell":
-        return ["/bin/sh", "-c", str(request["command"])]
+        return ["/bin/sh", "-c", request.code]
     if kind == "python":
-        return [PYTHON, _write_script(int(request["id"]), "main.py", str(request["code"]))]
+        return [PYTHON, _write_script(request.id, "main.py", request.code)]
     if kind == "typescript":
-        return [NODE, TS_RUNNER, _write_script(int(request["id"]), "main.ts", str(request["code"]))]
+        return [NODE, TS_RUNNER, _write_script(request.id, "main.ts", request.code)]
     if kind == "argv":
-        argv = [str(a) for a in request.get("argv", [])]
-        if not argv:
+        if not request.argv:
             raise Refused("empty argv")
-        return argv
+        return list(request.argv)
     raise Refused(f"unknown process kind {kind!r}")
 
 
-def _discard_forever(files: list[Any]) -> None:
+def _failed(request_id: int, error: str) -> protocol.ExitReply:
+    """The exit report of a run that never started."""
+    return protocol.ExitReply(id=request_id, error=error)
+
+
+def _discard_forever(files: list[IO[bytes]]) -> None:
     sel = selectors.DefaultSelector()
     for f in files:
-        sel.register(f, selectors.EVENT_READ)
+        sel.register(f, selectors.EVENT_READ, data=f)
     while sel.get_map():
         for key, _ in sel.select():
+            pipe: IO[bytes] = key.data
             try:
-                chunk = os.read(key.fileobj.fileno(), READ_CHUNK)  # type: ignore[union-attr]
+                chunk = os.read(pipe.fileno(), READ_CHUNK)
             except OSError:
                 chunk = b""
             if not chunk:
-                sel.unregister(key.fileobj)
-                key.fileobj.close()  # type: ignore[union-attr]
+                sel.unregister(pipe)
+                pipe.close()
     sel.close()
 
 
 class StepRun:
     """One process step: spawn, stream output, enforce the timeout, report how it ended."""
 
-    def __init__(self, request: dict[str, Any]) -> None:
+    def __init__(self, request: protocol.RunRequest) -> None:
         self.request = request
-        self.id = int(request["id"])
+        self.id = request.id
         self.kill_requested = threading.Event()
 
     def run(self) -> None:
         try:
             self._run()
         except Refused as exc:
-            send({"id": self.id, "type": "exit", "exit_code": None, "signal": None,
-                  "timed_out": False, "killed": False, "stdout_truncated": False,
-                  "stderr_truncated": False, "error": str(exc)})
+            send(_failed(self.id, str(exc)))
         except Exception as exc:  # report, never take the agent down
-            send({"id": self.id, "type": "exit", "exit_code": None, "signal": None,
-                  "timed_out": False, "killed": False, "stdout_truncated": False,
-                  "stderr_truncated": False, "error": f"could not run the step: {exc}"})
+            send(_failed(self.id, f"could not run the step: {exc}"))
         finally:
             with _steps_lock:
                 _steps.pop(self.id, None)
@@ -321,27 +354,27 @@ class StepRun:
     def _run(self) -> None:
         request = self.request
         argv = build_argv(request)
-        timeout = float(request.get("timeout", 60))
-        cap = int(request.get("max_output_bytes", MIB))
-        env = {str(k): str(v) for k, v in (request.get("env") or {}).items()}
+        timeout = request.timeout
+        cap = request.max_output_bytes
         try:
             proc = subprocess.Popen(
                 argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
-                env=env,
+                env=dict(request.env),
                 start_new_session=True,
-                preexec_fn=_limit_setter(request.get("limits") or {}),
+                preexec_fn=_limit_setter(request.limits),
                 close_fds=True,
-                cwd=request.get("cwd") or None,
+                cwd=request.cwd or None,
             )
         except OSError as exc:
             raise Refused(f"could not start {argv[0]}: {exc.strerror}") from None
         counters_before = cgroup_counters()
+        assert proc.stdout is not None and proc.stderr is not None
 
         deadline = time.monotonic() + timeout
-        streams = {proc.stdout: "stdout", proc.stderr: "stderr"}
+        streams: dict[IO[bytes], protocol.StreamName] = {proc.stdout: "stdout", proc.stderr: "stderr"}
         kept = {"stdout": 0, "stderr": 0}
         truncated = {"stdout": False, "stderr": False}
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in kept}
@@ -352,7 +385,7 @@ class StepRun:
         if pidfd is not None:
             sel.register(pidfd, selectors.EVENT_READ)
 
-        def emit(name: str, chunk: bytes, final: bool = False) -> None:
+        def emit(name: protocol.StreamName, chunk: bytes, final: bool = False) -> None:
             room = cap - kept[name]
             if len(chunk) > room:
                 chunk = chunk[: max(room, 0)]
@@ -360,9 +393,9 @@ class StepRun:
             kept[name] += len(chunk)
             text = decoders[name].decode(chunk, final)
             if text:
-                send({"id": self.id, "type": "output", "stream": name, "data": text})
+                send(protocol.OutputReply(id=self.id, stream=name, data=text))
 
-        eof: set[Any] = set()
+        eof: set[IO[bytes]] = set()
         timed_out = killed = False
         exited_at: float | None = None
         while True:
@@ -388,12 +421,12 @@ class StepRun:
                 if key.fileobj == pidfd:
                     sel.unregister(pidfd)
                     continue
-                f = key.fileobj
-                chunk = os.read(f.fileno(), READ_CHUNK)  # type: ignore[union-attr]
-                name = streams[f]  # type: ignore[index]
+                pipe = next(p for p in streams if p is key.fileobj)
+                chunk = os.read(pipe.fileno(), READ_CHUNK)
+                name = streams[pipe]
                 if not chunk:
-                    sel.unregister(f)
-                    eof.add(f)
+                    sel.unregister(pipe)
+                    eof.add(pipe)
                     emit(name, b"", final=True)
                     continue
                 if kept[name] < cap:
@@ -409,18 +442,19 @@ class StepRun:
         if leftover:
             threading.Thread(target=_discard_forever, args=(leftover,), daemon=True).start()
         returncode = proc.wait()
-        exit_code = returncode if returncode >= 0 else None
-        sig = -returncode if returncode < 0 else None
-        reply = {
-            "id": self.id, "type": "exit", "exit_code": exit_code, "signal": sig,
-            "timed_out": timed_out, "killed": killed,
-            "stdout_truncated": truncated["stdout"], "stderr_truncated": truncated["stderr"],
-            "error": "",
-        }
+        reply = protocol.ExitReply(
+            id=self.id,
+            exit_code=returncode if returncode >= 0 else None,
+            signal=-returncode if returncode < 0 else None,
+            timed_out=timed_out,
+            killed=killed,
+            stdout_truncated=truncated["stdout"],
+            stderr_truncated=truncated["stderr"],
+        )
         after = cgroup_counters()
         events = {k: after[k] - counters_before.get(k, after[k]) for k in after}
         if any(events.values()):
-            reply["limit_events"] = events
+            reply.limit_events = events
         if events.get("pids_max"):
             # The step filled the sandbox's process table: what it left behind would keep every
             # later step (and this agent's threads) from starting, so it goes too.
@@ -439,45 +473,49 @@ _steps: dict[int, StepRun] = {}
 _steps_lock = threading.Lock()
 
 
-def handle(request: dict[str, Any]) -> None:
-    op = request.get("op")
-    request_id = request.get("id")
-    if op == "run":
-        step = StepRun(request)
-        with _steps_lock:
-            _steps[step.id] = step
-        try:
-            threading.Thread(target=step.run, daemon=True).start()
-        except RuntimeError as exc:  # no thread to be had: the process limit is reached
-            with _steps_lock:
-                _steps.pop(step.id, None)
-            send({"id": step.id, "type": "exit", "exit_code": None, "signal": None,
-                  "timed_out": False, "killed": False, "stdout_truncated": False,
-                  "stderr_truncated": False, "error": f"could not start the step: {exc}"})
-        return
-    if op == "kill":
-        with _steps_lock:
-            target = _steps.get(int(request.get("target", -1)))
-        if target is not None:
-            target.kill_requested.set()
-        return
+def start_run(request: protocol.RunRequest) -> None:
+    step = StepRun(request)
+    with _steps_lock:
+        _steps[step.id] = step
     try:
-        if op == "read_file":
-            reply = read_file(request)
-        elif op == "chdir":
-            os.chdir(str(request.get("path", "")))
-            # A warm sandbox learns its task: HOME, CORRAL_TASK_ID... (steps get theirs per run).
-            os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
-            reply = {"type": "chdir", "path": os.getcwd()}
-        elif op == "write_file":
-            reply = write_file(request)
-        else:
-            raise Refused(f"unknown op {op!r}")
+        threading.Thread(target=step.run, daemon=True).start()
+    except RuntimeError as exc:  # no thread to be had: the process limit is reached
+        with _steps_lock:
+            _steps.pop(step.id, None)
+        send(_failed(step.id, f"could not start the step: {exc}"))
+
+
+def kill_run(request: protocol.KillRequest) -> None:
+    with _steps_lock:
+        target = _steps.get(request.target)
+    if target is not None:
+        target.kill_requested.set()
+
+
+def handle(line: bytes) -> None:
+    """Serves one request line; every request with an id gets its reply (runs: an exit report)."""
+    try:
+        request = protocol.decode_request(protocol.parse_line(line))
+    except protocol.ProtocolError as exc:
+        send(protocol.ErrorReply(id=exc.request_id or 0, error=f"malformed request: {exc}"))
+        return
+    if isinstance(request, protocol.RunRequest):
+        start_run(request)
+        return
+    if isinstance(request, protocol.KillRequest):
+        kill_run(request)
+        return
+    reply: protocol.Reply
+    try:
+        handler = HANDLERS.get(request.OP)
+        if handler is None:
+            raise Refused(f"unknown op {request.OP!r}")
+        reply = handler(request)
     except Refused as exc:
-        reply = {"type": "error", "error": str(exc)}
+        reply = protocol.ErrorReply(error=str(exc))
     except Exception as exc:
-        reply = {"type": "error", "error": f"{type(exc).__name__}: {exc}"}
-    reply["id"] = request_id
+        reply = protocol.ErrorReply(error=f"{type(exc).__name__}: {exc}")
+    reply.id = request.id
     send(reply)
 
 
@@ -486,16 +524,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     os.makedirs(SCRIPT_DIR, mode=0o700, exist_ok=True)
-    send({"type": "ready", "pid": os.getpid()})
+    send(protocol.ReadyReply(pid=os.getpid(), protocol=protocol.PROTOCOL_VERSION))
     for line in sys.stdin.buffer:
-        if not line.strip():
-            continue
-        try:
-            request = json.loads(line)
-        except ValueError:
-            send({"type": "error", "error": "malformed request"})
-            continue
-        handle(request)
+        if line.strip():
+            handle(line)
     # The executor went away: take every step process down with us.
     with _steps_lock:
         running = list(_steps.values())

@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 RUN_DIR = os.environ.get("CORRAL_RUN_DIR", "/run/corral")
 STATE_DIR = "/tmp/.corral/desktop"
@@ -61,14 +62,21 @@ def answers(path: str) -> bool:
         return True
 
 
-def wait_for(what: str, check: object, procs: list[subprocess.Popen[bytes]], log: str) -> None:
+def _answers_at(path: str) -> Callable[[], bool]:
+    return lambda: answers(path)
+
+
+def wait_for(
+    what: str, check: Callable[[], bool], procs: list[subprocess.Popen[bytes]], log: str
+) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         for proc in procs:
             if proc.poll() is not None:
-                raise LaunchError(f"{what}: {proc.args[0]} exited with {proc.returncode}; {tail(log)}")
+                program = proc.args[0] if isinstance(proc.args, list) else proc.args
+                raise LaunchError(f"{what}: {program!s} exited with {proc.returncode}; {tail(log)}")
         time.sleep(0.05)
     raise LaunchError(f"{what} did not start within {START_TIMEOUT:g}s; {tail(log)}")
 
@@ -83,11 +91,18 @@ def tail(path: str) -> str:
         return "no log"
 
 
-def spawn(argv: list[str], log: str, env: dict[str, str], **kwargs: object) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str],
+    log: str,
+    env: dict[str, str],
+    pass_fds: tuple[int, ...] = (),
+    cwd: str | None = None,
+    umask: int = -1,
+) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True, close_fds=True, **kwargs,  # type: ignore[arg-type]
+            start_new_session=True, close_fds=True, pass_fds=pass_fds, cwd=cwd, umask=umask,
         )
 
 
@@ -157,7 +172,7 @@ def start_desktop(width: int, height: int) -> dict[str, object]:
         log, gui_env, cwd=SOURCE_DIR, umask=SOCKET_UMASK,
     ))
     for path in (gui_sock, vnc_sock, view_sock):
-        wait_for(f"the desktop ({os.path.basename(path)})", lambda p=path: answers(p), procs, log)
+        wait_for(f"the desktop ({os.path.basename(path)})", _answers_at(path), procs, log)
     state = {
         "display": display, "width": width, "height": height, "run_dir": RUN_DIR,
         "gui_socket": gui_sock, "vnc_socket": vnc_sock, "vnc_view_socket": view_sock,

@@ -1,27 +1,24 @@
-"""The executor's side of the in-sandbox agent's JSON-lines protocol (sandbox/runtime/agent.py),
-over any byte stream: request ids, streamed output, replies, and failing what is pending when
-the stream ends. The docker driver feeds it the container's demultiplexed stdout, the bubblewrap
-driver bwrap's stdout.
+"""The executor's side of the agent protocol (corral/agent_protocol.py) over any byte stream:
+request ids, streamed output, typed replies, the protocol version check, the line cap, and
+failing what is pending when the stream ends. It knows no operation by name: AgentSandbox
+(agent_sandbox.py) builds the requests; transports only carry the bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
+from corral import agent_protocol as protocol
 from services.executor.drivers.base import (
     MIB,
     FileRefused,
     OutputCallback,
-    ProcessRequest,
-    ProcessResult,
     SandboxError,
-    StreamName,
 )
 
 log = structlog.get_logger()
@@ -30,7 +27,9 @@ log = structlog.get_logger()
 AGENT_GRACE_SECONDS = 15.0
 # The agent's replies carry whole files; keep the line limit above the largest one. A longer
 # line fails the channel: a step running as the agent's uid could write into the agent's stdout.
-MAX_LINE_BYTES = 64 * MIB
+MAX_LINE_BYTES = protocol.MAX_LINE_BYTES
+
+R = TypeVar("R", bound=protocol.Reply)
 
 
 class PendingRun:
@@ -38,7 +37,7 @@ class PendingRun:
         self.on_output = on_output
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        self.done: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.done: asyncio.Future[protocol.ExitReply] = asyncio.get_running_loop().create_future()
 
 
 class AgentChannel:
@@ -48,11 +47,12 @@ class AgentChannel:
         self._send_line = send_line
         self._ids = itertools.count(1)
         self._runs: dict[int, PendingRun] = {}
-        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._replies: dict[int, asyncio.Future[protocol.Reply]] = {}
         # The pieces of the incomplete line received so far, joined once its newline arrives.
         self._partial: list[bytes] = []
         self._partial_size = 0
-        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The agent's ready message; fails when its protocol version is not ours.
+        self.ready: asyncio.Future[protocol.ReadyReply] = asyncio.get_running_loop().create_future()
         self.failure: SandboxError | None = None
         self._lock = asyncio.Lock()
         self.log = log.bind(**log_context)
@@ -102,36 +102,55 @@ class AgentChannel:
         if not line.strip():
             return
         try:
-            message = json.loads(line)
-        except ValueError:
+            data = protocol.parse_line(line)
+        except protocol.ProtocolError:
             self.log.warning("bad line from the sandbox agent", line=line[:200])
             return
-        if isinstance(message, dict):
-            self._dispatch(message)
+        if data.get("type") == protocol.ReadyReply.TYPE:
+            mismatch = protocol.version_mismatch(data)
+            if mismatch:
+                self.log.error("sandbox agent of another protocol version", protocol=data.get("protocol"))
+                self.fail(SandboxError(mismatch))
+                return
+        try:
+            message = protocol.decode_reply(data)
+        except protocol.ProtocolError as exc:
+            self._malformed(data, exc)
+            return
+        self._dispatch(message)
 
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        if kind == "ready":
+    def _malformed(self, data: dict[str, Any], exc: protocol.ProtocolError) -> None:
+        """A reply that does not decode fails the request it names (nothing else trusts it)."""
+        self.log.warning("malformed reply from the sandbox agent", error=str(exc))
+        error = SandboxError(f"the sandbox agent sent a malformed reply: {exc}")
+        request_id = data.get("id")
+        run = self._runs.get(request_id) if isinstance(request_id, int) else None
+        if run is not None and not run.done.done():
+            run.done.set_exception(error)
+        reply = self._replies.get(request_id) if isinstance(request_id, int) else None
+        if reply is not None and not reply.done():
+            reply.set_exception(error)
+
+    def _dispatch(self, message: protocol.Reply) -> None:
+        if isinstance(message, protocol.ReadyReply):
             if not self.ready.done():
-                self.ready.set_result(None)
+                self.ready.set_result(message)
             return
-        request_id = message.get("id")
-        if not isinstance(request_id, int):
-            return
-        run = self._runs.get(request_id)
+        run = self._runs.get(message.id)
         if run is not None:
-            if kind == "output":
-                stream: StreamName = "stderr" if message.get("stream") == "stderr" else "stdout"
-                data = str(message.get("data", ""))
-                (run.stderr if stream == "stderr" else run.stdout).append(data)
+            if isinstance(message, protocol.OutputReply):
+                (run.stderr if message.stream == "stderr" else run.stdout).append(message.data)
                 try:
-                    run.on_output(stream, data)
+                    run.on_output(message.stream, message.data)
                 except Exception:
                     self.log.exception("output callback failed")
-            elif kind == "exit" and not run.done.done():
+            elif isinstance(message, protocol.ExitReply) and not run.done.done():
                 run.done.set_result(message)
+            elif isinstance(message, protocol.ErrorReply) and not run.done.done():
+                # The agent could not even take the run (a malformed request).
+                run.done.set_result(protocol.ExitReply(id=message.id, error=message.error))
             return
-        reply = self._replies.get(request_id)
+        reply = self._replies.get(message.id)
         if reply is not None and not reply.done():
             reply.set_result(message)
 
@@ -151,101 +170,60 @@ class AgentChannel:
 
     # --- outgoing ----------------------------------------------------------------------------
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, request: protocol.Request[Any]) -> None:
+        """Sends one request as it is (its id set by the caller: see run() and request())."""
         if self.failure is not None:
             raise self.failure
         async with self._lock:
-            await self._send_line(json.dumps(message).encode() + b"\n")
+            await self._send_line(protocol.encode(request))
 
-    async def run(self, message: dict[str, Any], on_output: OutputCallback, timeout: float) -> tuple[dict[str, Any], PendingRun]:
-        """Sends a run request and waits for its exit report; cancelling kills the step."""
-        request_id = next(self._ids)
+    async def run(
+        self, request: protocol.RunRequest, on_output: OutputCallback
+    ) -> tuple[protocol.ExitReply, PendingRun]:
+        """Sends a run request (giving it its id) and waits for its exit report; cancelling
+        kills the step."""
+        request.id = next(self._ids)
         pending = PendingRun(on_output)
-        self._runs[request_id] = pending
+        self._runs[request.id] = pending
         try:
-            await self.send({**message, "id": request_id})
+            await self.send(request)
             try:
                 # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that
                 # arrives as the awaited future completes.
-                async with asyncio.timeout(timeout + AGENT_GRACE_SECONDS):
+                async with asyncio.timeout(request.timeout + AGENT_GRACE_SECONDS):
                     reply = await asyncio.shield(pending.done)
             except TimeoutError:
                 raise SandboxError("the sandbox agent stopped answering") from None
             except asyncio.CancelledError:
                 # Stop the step now; the caller may keep using the sandbox.
                 try:
-                    await self.send({"id": next(self._ids), "op": "kill", "target": request_id})
+                    await self.send(protocol.KillRequest(id=next(self._ids), target=request.id))
                 except (SandboxError, ConnectionError):
                     pass
                 raise
         finally:
-            self._runs.pop(request_id, None)
+            self._runs.pop(request.id, None)
         return reply, pending
 
-    async def request(self, message: dict[str, Any], timeout: float = AGENT_GRACE_SECONDS + 30) -> dict[str, Any]:
-        """A one-reply request (read_file, write_file, chdir); an agent error is FileRefused."""
-        request_id = next(self._ids)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._replies[request_id] = future
+    async def request(self, request: protocol.Request[R], timeout: float = AGENT_GRACE_SECONDS + 30) -> R:
+        """A one-reply request (giving it its id); the agent's ErrorReply is FileRefused."""
+        expected = request.REPLY
+        assert expected is not None, f"{request.OP} has no reply"
+        request.id = next(self._ids)
+        future: asyncio.Future[protocol.Reply] = asyncio.get_running_loop().create_future()
+        self._replies[request.id] = future
         try:
-            await self.send({**message, "id": request_id})
+            await self.send(request)
             async with asyncio.timeout(timeout):
                 reply = await future
         except TimeoutError:
             raise SandboxError("the sandbox agent stopped answering") from None
         finally:
-            self._replies.pop(request_id, None)
-        if reply.get("type") == "error":
-            raise FileRefused(str(reply.get("error")))
-        return reply
-
-    # --- operations --------------------------------------------------------------------------
-
-    async def run_process(
-        self,
-        request: ProcessRequest,
-        env: dict[str, str],
-        limits: dict[str, int],
-        default_max_output: int,
-        on_output: OutputCallback,
-    ) -> tuple[ProcessResult, dict[str, Any]]:
-        """Runs one step; returns its result and the agent's raw exit report (limit_events...).
-
-        `limits` are the agent's per-process rlimits (memory_mb, max_processes,
-        max_file_size_mb; 0 is none); `default_max_output` applies when the request sets none.
-        """
-        message = {
-            "op": "run",
-            "kind": request.kind,
-            "command": request.code,
-            "code": request.code,
-            "argv": list(request.argv),
-            "env": env,
-            "cwd": request.cwd,
-            "timeout": request.timeout,
-            "max_output_bytes": request.max_output_bytes or default_max_output,
-            "limits": limits,
-        }
-        reply, pending = await self.run(message, on_output, request.timeout)
-        result = ProcessResult(
-            exit_code=reply.get("exit_code"),
-            signal=reply.get("signal"),
-            timed_out=bool(reply.get("timed_out")),
-            killed=bool(reply.get("killed")),
-            stdout="".join(pending.stdout),
-            stderr="".join(pending.stderr),
-            stdout_truncated=bool(reply.get("stdout_truncated")),
-            stderr_truncated=bool(reply.get("stderr_truncated")),
-            error=str(reply.get("error") or ""),
-        )
-        return result, reply
-
-    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self.request({"op": "read_file", "path": path, "max_bytes": max_bytes, "cwd": cwd})
-        return str(reply.get("content", ""))
-
-    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        reply = await self.request(
-            {"op": "write_file", "path": path, "content": content, "max_bytes": max_bytes, "cwd": cwd}
-        )
-        return str(reply.get("path", path))
+            self._replies.pop(request.id, None)
+        if isinstance(reply, protocol.ErrorReply):
+            raise FileRefused(reply.error)
+        if not isinstance(reply, expected):
+            raise SandboxError(
+                f"the sandbox agent answered {request.OP} with {reply.TYPE!r}, not {expected.TYPE!r}"
+            )
+        return reply  # type: ignore[return-value]  # REPLY is R's class (see agent_protocol)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from corral import errors
 from corral.config import Settings
 from corral.v1 import task_pb2
 
@@ -31,14 +32,15 @@ SOURCE_DIR = "/opt/corral"
 # Who steps run as inside every sandbox (user `agent` in both drivers), and their PATH.
 SANDBOX_UID = 1000
 SANDBOX_GID = 1000
+SANDBOX_USER = "agent"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
-class SandboxError(Exception):
+class SandboxError(errors.Unavailable):
     """The sandbox could not be created, or died while in use."""
 
 
-class FileRefused(Exception):
+class FileRefused(errors.InvalidArgument):
     """A read_file/write_file request was refused (path outside the task, too large...)."""
 
 
@@ -85,6 +87,21 @@ class SandboxConfig:
     @property
     def task_dir(self) -> str:
         return "/tasks" if self.shared_tasks else f"/tasks/{self.task_id}"
+
+
+def sandbox_env(config: SandboxConfig) -> dict[str, str]:
+    """The base environment of every process in every sandbox (the agent's and each step's);
+    the sandbox's `config.env` and a request's own `env` go on top."""
+    return {
+        "PATH": SANDBOX_PATH,
+        "HOME": config.task_dir,
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "USER": SANDBOX_USER,
+        "LOGNAME": SANDBOX_USER,
+        "CORRAL_TASK_ID": config.task_id,
+        "CORRAL_TASK_DIR": config.task_dir,
+    }
 
 
 @dataclass(frozen=True)

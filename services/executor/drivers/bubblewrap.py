@@ -14,7 +14,7 @@ root first bind-mounts both directories onto world-searchable staging paths.
 
 A warm pool (CORRAL_BWRAP_WARM_POOL, see warm_pool.py) keeps sandboxes started ahead of tasks,
 each with an empty slot directory at /tasks; a task without network, desktop or long-lived
-sandbox claims one (BubblewrapSandbox.claim) instead of waiting for bwrap and the agent to start.
+sandbox claims one (AgentSandbox.claim) instead of waiting for bwrap and the agent to start.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
-from services.executor.drivers.agent_channel import AgentChannel
+from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
     RUN_DIR,
@@ -42,21 +42,17 @@ from services.executor.drivers.base import (
     SANDBOX_PATH,
     SANDBOX_UID,
     SOURCE_DIR,
-    FileRefused,
-    OutputCallback,
-    ProcessRequest,
-    ProcessResult,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
     SandboxError,
     SandboxLimits,
+    sandbox_env,
 )
+from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    move_into_slot,
-    release_slot,
     restore_warm_dirs,
 )
 
@@ -186,13 +182,17 @@ class BubblewrapDriver(SandboxDriver):
                 except BaseException:
                     await warm.close()
                     raise
-        sandbox = BubblewrapSandbox(self, config)
+        sandbox = self.sandbox(config)
         try:
             await sandbox.start()
         except BaseException:
             await sandbox.close()
             raise
         return sandbox
+
+    def sandbox(self, config: SandboxConfig, warm_slot: Path | None = None) -> BubblewrapSandbox:
+        """A sandbox (not started yet) of this driver."""
+        return AgentSandbox(BubblewrapTransport(self, config), config, warm_slot)
 
     async def _start_warm(self) -> BubblewrapSandbox:
         """A sandbox for no task yet: its own empty slot at /tasks, where its agent waits."""
@@ -208,26 +208,13 @@ class BubblewrapDriver(SandboxDriver):
             limits=SandboxLimits.resolve(self.settings),
             shared_tasks=True,
         )
-        sandbox = BubblewrapSandbox(self, config)
-        sandbox.warm_slot = slot
+        sandbox = self.sandbox(config, warm_slot=slot)
         try:
             await sandbox.start()
         except BaseException:
             await sandbox.close()
             raise
         return sandbox
-
-    def base_env(self, config: SandboxConfig) -> dict[str, str]:
-        return {
-            "PATH": SANDBOX_PATH,
-            "HOME": config.task_dir,
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "USER": "sandbox",
-            "LOGNAME": "sandbox",
-            "CORRAL_TASK_ID": config.task_id,
-            "CORRAL_TASK_DIR": config.task_dir,
-        }
 
     def command(
         self,
@@ -280,7 +267,7 @@ class BubblewrapDriver(SandboxDriver):
             "--chdir", config.task_dir,
             "--clearenv",
         ]
-        for key, value in self.base_env(config).items():
+        for key, value in sandbox_env(config).items():
             args += ["--setenv", key, value]
         args += ["--", SANDBOX_PYTHON, "-I", "/app/agent.py"]
         return args
@@ -294,47 +281,41 @@ def _bwrap_supports(bwrap: str, option: str) -> bool:
     return option in out.stdout + out.stderr
 
 
-class BubblewrapSandbox(Sandbox):
+class BubblewrapTransport(Transport):
+    """One `bwrap` process: the agent is its command; bytes flow over bwrap's stdin/stdout."""
+
+    what = "the sandbox"
+    ready_timeout = READY_TIMEOUT
+
     def __init__(self, driver: BubblewrapDriver, config: SandboxConfig) -> None:
+        super().__init__(config)
         self.driver = driver
-        self.config = config
+        self.tmp_size_mb = driver.settings.sandbox_tmp_size_mb
         self.process: asyncio.subprocess.Process | None = None
+        # The host pid of the sandbox's pid-namespace init (from bwrap's --info-fd).
         self.child_pid: int | None = None
         self._stderr_tail = b""
-        self._readers: list[asyncio.Task[None]] = []
+        self._stderr_reader: asyncio.Task[None] | None = None
         self._info: asyncio.Task[bytes] | None = None
-        self._closed = False
+        self._killed = False
         self.log = log.bind(task_id=config.task_id)
-        self.channel = AgentChannel(self._write_line, {"task_id": config.task_id})
-        self.warm_slot: Path | None = None  # set for warm-pool sandboxes
-        self.claimed = False  # a warm sandbox handed to a task
 
     @property
-    def alive(self) -> bool:
-        return (
-            not self._closed
-            and self.channel.failure is None
-            and self.process is not None
-            and self.process.returncode is None
-            and bool(self._readers)
-            and not self._readers[0].done()
-        )
-
-    # --- lifecycle -------------------------------------------------------------------------
+    def running(self) -> bool:
+        return not self._killed and self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         info_read, info_write = os.pipe2(os.O_CLOEXEC)
-        staged = self.driver.needs_staging(self.config)
-        prefix, sources = self.driver.staged_launcher(self.config, staged)
+        driver, config = self.driver, self.config
+        staged = driver.needs_staging(config)
+        prefix, sources = driver.staged_launcher(config, staged)
         try:
-            argv = prefix + self.driver.command(
-                self.config, sources["task"], sources["app"], info_write, sources
-            )
-            if self.driver.host_ids is not None and not staged:
+            argv = prefix + driver.command(config, sources["task"], sources["app"], info_write, sources)
+            if driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
                 # (subprocess's user=/group=) forces a full fork beside gRPC's threads, which
                 # was seen to crash the child with SIGSEGV.
-                uid, gid = self.driver.host_ids
+                uid, gid = driver.host_ids
                 argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
             self.process = await asyncio.create_subprocess_exec(
                 *argv,
@@ -352,60 +333,42 @@ class BubblewrapSandbox(Sandbox):
             raise
         finally:
             os.close(info_write)
-        self._readers = [
-            asyncio.create_task(self._read_replies()),
-            asyncio.create_task(self._read_stderr()),
-        ]
+        self._stderr_reader = asyncio.create_task(self._read_stderr())
         # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
         self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
-        try:
-            # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that arrives
-            # as the awaited future completes (a warm pool stopping then waited forever).
-            async with asyncio.timeout(READY_TIMEOUT):
-                await asyncio.shield(self.channel.ready)
-        except TimeoutError:
-            raise SandboxError(f"the sandbox did not start within {READY_TIMEOUT:g}s") from None
+
+    async def started(self) -> None:
         await self._learn_child_pid(READY_TIMEOUT)
-        self.log.debug("sandbox started", bwrap_pid=self.process.pid, child_pid=self.child_pid)
+        self.log.debug(
+            "sandbox started", bwrap_pid=self.process.pid if self.process else None, child_pid=self.child_pid
+        )
 
     async def _learn_child_pid(self, timeout: float) -> None:
         """The host pid of the namespace's init, from bwrap's --info-fd (if it reported one)."""
         if self.child_pid is not None or self._info is None:
             return
         with contextlib.suppress(TimeoutError, ValueError, KeyError, TypeError, OSError):
-            async with asyncio.timeout(timeout):  # not wait_for: see start()
+            async with asyncio.timeout(timeout):  # not wait_for: see AgentSandbox.start()
                 raw_info = await asyncio.shield(self._info)
             self.child_pid = int(json.loads(raw_info)["child-pid"])
 
-    async def claim(self, config: SandboxConfig) -> None:
-        """Hands this warm sandbox a task: its directory moves into the sandbox's slot."""
-        assert self.warm_slot is not None and not self.claimed
-        self.config = config
-        self.claimed = True
-        self.log = log.bind(task_id=config.task_id)
-        self.channel.log = self.channel.log.bind(task_id=config.task_id)
-        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
-        try:
-            await self.channel.request(
-                {"op": "chdir", "path": config.task_dir, "env": self.driver.base_env(config)}
-            )
-        except FileRefused as exc:
-            raise SandboxError(f"the warm sandbox could not change into its task directory: {exc}") from exc
-        self.log.debug("warm sandbox claimed", bwrap_pid=self.process.pid if self.process else None)
+    async def read(self) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        return await self.process.stdout.read(READ_CHUNK_BYTES)
 
-    async def close(self) -> None:
-        if self._closed:
+    async def write(self, data: bytes) -> None:
+        if self._killed or self.process is None or self.process.stdin is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError(self._died_message()) from exc
+
+    async def kill(self) -> None:
+        if self._killed:
             return
-        self._closed = True
-        try:
-            await self._stop()
-        finally:
-            if self.warm_slot is not None:
-                # Every process is gone: the task directory can go back in place.
-                task_dir = self.config.host_task_dir if self.claimed else None
-                release_slot(self.warm_slot, task_dir, self.config.task_id)
-
-    async def _stop(self) -> None:
+        self._killed = True
         process = self.process
         if process is not None and process.returncode is None:
             # The agent exits when its stdin closes; so does a sandbox whose start was cancelled
@@ -433,14 +396,19 @@ class BubblewrapSandbox(Sandbox):
                 except TimeoutError:
                     # Never hang a task's end (or the executor's stop) on one process.
                     self.log.error("bubblewrap did not exit after SIGKILL", bwrap_pid=process.pid)
-        for reader in self._readers:
-            reader.cancel()
-        for reader in self._readers:
+        if self._stderr_reader is not None:
+            self._stderr_reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-        self.channel.fail(SandboxError("the sandbox was closed"))
+                await self._stderr_reader
 
-    # --- plumbing --------------------------------------------------------------------------
+    async def death_reason(self) -> str:
+        # Give the stderr reader a moment so the message carries bwrap's reason.
+        await asyncio.sleep(0.05)
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 1)
+            self.log.info("bubblewrap ended", returncode=self.process.returncode)
+        return self._died_message()
 
     def _died_message(self) -> str:
         detail = self._stderr_tail.decode("utf-8", "replace").strip()
@@ -452,57 +420,9 @@ class BubblewrapSandbox(Sandbox):
         while chunk := await self.process.stderr.read(4096):
             self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
-    async def _read_replies(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
-        stdout = self.process.stdout
-        try:
-            while chunk := await stdout.read(READ_CHUNK_BYTES):
-                self.channel.feed(chunk)
-        finally:
-            # Give the stderr reader a moment so the failure message carries bwrap's reason.
-            await asyncio.sleep(0.05)
-            if not self._closed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.process.wait(), 1)
-                self.log.warning(
-                    "sandbox ended", returncode=self.process.returncode, stderr=self._stderr_tail[-500:]
-                )
-            self.channel.fail(SandboxError(self._died_message()))
 
-    async def _write_line(self, line: bytes) -> None:
-        if self._closed or self.process is None or self.process.stdin is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            self.process.stdin.write(line)
-            await self.process.stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise SandboxError(self._died_message()) from exc
-
-    # --- operations ------------------------------------------------------------------------
-
-    def _env(self, request: ProcessRequest) -> dict[str, str]:
-        return {**self.driver.base_env(self.config), **self.config.env, **request.env}
-
-    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
-        limits = self.config.limits
-        result, _reply = await self.channel.run_process(
-            request,
-            self._env(request),
-            {
-                "memory_mb": limits.memory_mb,
-                "max_processes": limits.max_processes,
-                "max_file_size_mb": limits.max_file_size_mb,
-            },
-            limits.max_output_bytes,
-            on_output,
-        )
-        return result
-
-    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        return await self.channel.read_file(path, max_bytes, cwd)
-
-    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        return await self.channel.write_file(path, content, max_bytes, cwd)
+# A bubblewrap sandbox: the one agent client over a bwrap transport.
+BubblewrapSandbox = AgentSandbox[BubblewrapTransport]
 
 
 def _searchable_by(path: Path, uid: int, gid: int) -> bool:

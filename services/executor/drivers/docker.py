@@ -30,28 +30,23 @@ from typing import Any
 import structlog
 
 from corral.config import Settings
-from services.executor.drivers.agent_channel import AgentChannel
+from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
     RUN_DIR,
     SANDBOX_GID,
     SANDBOX_PATH,
     SANDBOX_UID,
-    OutputCallback,
-    ProcessRequest,
-    ProcessResult,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
     SandboxError,
     SandboxLimits,
 )
-from services.executor.drivers.faults import limit_error
+from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    move_into_slot,
-    release_slot,
     restore_warm_dirs,
 )
 
@@ -137,12 +132,12 @@ class DockerDriver(SandboxDriver):
             host_task_dir=slot,
             limits=SandboxLimits.resolve(self.settings),
         )
-        sandbox = DockerSandbox(self, config)
-        sandbox.warm_slot = slot
+        transport = DockerTransport(
+            self, config, mounts={self.host_path(slot): "/tasks"}, workdir="/tasks", labels={LABEL_POOL: "warm"}
+        )
+        sandbox = AgentSandbox(transport, config, warm_slot=slot)
         try:
-            await sandbox.start(
-                mounts={self.host_path(slot): "/tasks"}, workdir="/tasks", labels={LABEL_POOL: "warm"}
-            )
+            await sandbox.start()
         except BaseException:
             await sandbox.close()
             shutil.rmtree(slot, ignore_errors=True)
@@ -196,33 +191,20 @@ class DockerDriver(SandboxDriver):
                 except BaseException:
                     await warm.close()
                     raise
-        sandbox = DockerSandbox(self, config)
         mounts = {self.host_path(config.host_task_dir): config.task_dir}
         if config.host_run_dir is not None:
             # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
             mounts[self.host_path(config.host_run_dir)] = RUN_DIR
+        transport = DockerTransport(
+            self, config, mounts=mounts, workdir=config.task_dir, labels={LABEL_TASK: config.task_id}
+        )
+        sandbox = AgentSandbox(transport, config)
         try:
-            await sandbox.start(
-                mounts=mounts,
-                workdir=config.task_dir,
-                labels={LABEL_TASK: config.task_id},
-            )
+            await sandbox.start()
         except BaseException:
             await sandbox.close()
             raise
         return sandbox
-
-    def base_env(self, config: SandboxConfig) -> dict[str, str]:
-        return {
-            "PATH": SANDBOX_PATH,
-            "HOME": config.task_dir,
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "USER": "agent",
-            "LOGNAME": "agent",
-            "CORRAL_TASK_ID": config.task_id,
-            "CORRAL_TASK_DIR": config.task_dir,
-        }
 
     def create_container(
         self, config: SandboxConfig, mounts: dict[str, str], workdir: str, labels: dict[str, str]
@@ -316,37 +298,45 @@ class DockerDriver(SandboxDriver):
         return f"the sandbox container exited with code {state.get('ExitCode')}"
 
 
-class DockerSandbox(Sandbox):
-    def __init__(self, driver: DockerDriver, config: SandboxConfig) -> None:
+class DockerTransport(Transport):
+    """One container: the agent is its main process; bytes flow over its attached stdin and
+    (demultiplexed) stdout, one hijacked Docker API connection."""
+
+    what = "the sandbox container"
+    ready_timeout = READY_TIMEOUT
+    cgroup_limits = True
+
+    def __init__(
+        self,
+        driver: DockerDriver,
+        config: SandboxConfig,
+        mounts: dict[str, str],
+        workdir: str,
+        labels: dict[str, str],
+    ) -> None:
+        super().__init__(config)
         self.driver = driver
-        self.config = config
+        self.tmp_size_mb = driver.settings.sandbox_tmp_size_mb
+        self.mounts, self.workdir, self.labels = mounts, workdir, labels
         self.container_id: str | None = None
-        self.warm_slot: Path | None = None  # set for warm-pool containers
         self._socket_holder: Any = None
+        self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
         self._stderr_tail = b""
-        self._closed = False
-        self.channel = AgentChannel(self._write_line, {"task_id": config.task_id})
+        self._killed = False
 
-    @property
-    def alive(self) -> bool:
-        return not self._closed and self.channel.failure is None
-
-    # --- lifecycle -----------------------------------------------------------------------------
-
-    async def start(self, mounts: dict[str, str], workdir: str, labels: dict[str, str]) -> None:
+    async def start(self) -> None:
         import docker.errors
 
         driver = self.driver
         try:
             creating = asyncio.ensure_future(
-                asyncio.to_thread(driver.create_container, self.config, mounts, workdir, labels)
+                asyncio.to_thread(driver.create_container, self.config, self.mounts, self.workdir, self.labels)
             )
             try:
                 self.container_id = await asyncio.shield(creating)
             except asyncio.CancelledError:
-                # Learn the id anyway, so that close() removes the container.
+                # Learn the id anyway, so that kill() removes the container.
                 with contextlib.suppress(Exception):
                     self.container_id = await creating
                 raise
@@ -354,13 +344,7 @@ class DockerSandbox(Sandbox):
             await asyncio.to_thread(driver.api.start, self.container_id)
         except docker.errors.DockerException as exc:
             raise SandboxError(f"could not start the sandbox container: {exc}") from exc
-        reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
-        self._reader_task = asyncio.create_task(self._read_frames(reader))
-        try:
-            async with asyncio.timeout(READY_TIMEOUT):  # not wait_for: see bubblewrap start()
-                await asyncio.shield(self.channel.ready)
-        except TimeoutError:
-            raise SandboxError(f"the sandbox container did not start within {READY_TIMEOUT:g}s") from None
+        self._reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
 
     def _attach(self) -> tuple[socket.socket, Any]:
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -371,92 +355,51 @@ class DockerSandbox(Sandbox):
             raise SandboxError(f"unexpected attach socket type {type(raw).__name__}")
         return raw, holder
 
-    async def claim(self, config: SandboxConfig) -> None:
-        """Hands this warm container a task: its directory moves into the container's slot."""
-        assert self.warm_slot is not None
-        self.config = config
-        self.channel.log = self.channel.log.bind(task_id=config.task_id)
-        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
-        await self.channel.request({"op": "chdir", "path": config.task_dir})
+    async def read(self) -> bytes:
+        """Demultiplexes Docker's attach stream: 8-byte headers (stream id, size), payloads;
+        stdout payloads are the agent's, stderr is kept (its tail) for death_reason()."""
+        assert self._reader is not None
+        try:
+            while True:
+                header = await self._reader.readexactly(8)
+                size = int.from_bytes(header[4:8], "big")
+                payload = await self._reader.readexactly(size) if size else b""
+                if header[0] == STDOUT_FRAME and payload:
+                    return payload
+                if header[0] == STDERR_FRAME:
+                    self._stderr_tail = (self._stderr_tail + payload)[-4096:]
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return b""
 
-    async def close(self) -> None:
-        if self._closed:
+    async def write(self, data: bytes) -> None:
+        if self._writer is None:
+            raise SandboxError("the sandbox is not started")
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError("the sandbox agent's connection closed") from exc
+
+    async def kill(self) -> None:
+        if self._killed:
             return
-        self._closed = True
+        self._killed = True
         if self.container_id is not None:
             await asyncio.to_thread(self.driver.kill_container, self.container_id)
             # Every process is gone now; deleting the container's files can happen later.
             self.driver.remove_later(self.container_id)
         if self._writer is not None:
             self._writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._reader_task
-        self.channel.fail(SandboxError("the sandbox was closed"))
-        self._restore_task_dir()
 
-    def _restore_task_dir(self) -> None:
-        """Moves a warm container's task directory back to tasks_dir (replacing the symlink)."""
-        if self.warm_slot is not None:
-            release_slot(self.warm_slot, self.config.host_task_dir, self.config.task_id)
-
-    # --- plumbing ------------------------------------------------------------------------------
-
-    async def _write_line(self, line: bytes) -> None:
-        if self._writer is None:
-            raise SandboxError("the sandbox is not started")
-        try:
-            self._writer.write(line)
-            await self._writer.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise SandboxError("the sandbox agent's connection closed") from exc
-
-    async def _read_frames(self, reader: asyncio.StreamReader) -> None:
-        """Demultiplexes Docker's attach stream: 8-byte headers (stream id, size), payloads."""
-        try:
-            while True:
-                header = await reader.readexactly(8)
-                size = int.from_bytes(header[4:8], "big")
-                payload = await reader.readexactly(size) if size else b""
-                if header[0] == STDOUT_FRAME:
-                    self.channel.feed(payload)
-                elif header[0] == STDERR_FRAME:
-                    self._stderr_tail = (self._stderr_tail + payload)[-4096:]
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
-        if self._closed:
-            return
+    async def death_reason(self) -> str:
         message = "the sandbox ended unexpectedly"
         if self.container_id is not None:
             message = await asyncio.to_thread(self.driver.describe_exit, self.container_id, self.config)
         detail = self._stderr_tail.decode("utf-8", "replace").strip()
         if detail:
             message += f": {detail[-500:]}"
-        self.channel.log.warning("sandbox ended", reason=message)
-        self.channel.fail(SandboxError(message))
+        return message
 
-    # --- operations ----------------------------------------------------------------------------
 
-    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
-        limits = self.config.limits
-        result, reply = await self.channel.run_process(
-            request,
-            {**self.driver.base_env(self.config), **self.config.env, **request.env},
-            # Memory and processes are the container's cgroup limits (per-process rlimits would
-            # count every sandbox's uid-1000 processes together); file size stays an rlimit.
-            {"memory_mb": 0, "max_processes": 0, "max_file_size_mb": limits.max_file_size_mb},
-            limits.max_output_bytes,
-            on_output,
-        )
-        events = reply.get("limit_events") or {}
-        result.error = result.error or limit_error(
-            result, events, limits, self.driver.settings.sandbox_tmp_size_mb
-        )
-        return result
-
-    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        return await self.channel.read_file(path, max_bytes, cwd)
-
-    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        return await self.channel.write_file(path, content, max_bytes, cwd)
+# A docker sandbox: the one agent client over a container transport.
+DockerSandbox = AgentSandbox[DockerTransport]

@@ -1,17 +1,23 @@
-"""The agent channel (drivers/agent_channel.py): lines split anyhow across chunks, big replies
-in linear time, and an oversized line failing the channel, on its own and in a real sandbox."""
+"""The agent channel (drivers/agent_channel.py) and the agent client over it (AgentSandbox):
+lines split anyhow across chunks, big replies in linear time, an oversized line failing the
+channel, on its own and in a real sandbox, and an agent of another protocol version refused."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from corral import agent_protocol as protocol
 from services.executor.drivers.agent_channel import MAX_LINE_BYTES, AgentChannel
-from services.executor.drivers.base import MIB, ProcessRequest, SandboxError
+from services.executor.drivers.agent_sandbox import AgentSandbox
+from services.executor.drivers.base import MIB, ProcessRequest, SandboxConfig, SandboxError, SandboxLimits
+from services.executor.drivers.transport import Transport
 
 from .conftest import ExecutorClient
 
@@ -31,21 +37,65 @@ class FakeAgent:
         return await asyncio.wait_for(self.sent.get(), 5)
 
 
+class BytesTransport(Transport):
+    """A transport of real bytes and no process: what the client writes is recorded, what the
+    test puts in `incoming` is what the agent "said"."""
+
+    def __init__(self, config: SandboxConfig, cgroup_limits: bool = False) -> None:
+        super().__init__(config)
+        self.cgroup_limits = cgroup_limits
+        self.incoming: asyncio.Queue[bytes] = asyncio.Queue()
+        self.sent: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.killed = False
+
+    async def start(self) -> None:
+        return None
+
+    async def read(self) -> bytes:
+        return await self.incoming.get()
+
+    async def write(self, data: bytes) -> None:
+        assert data.endswith(b"\n")
+        self.sent.put_nowait(json.loads(data))
+
+    async def kill(self) -> None:
+        self.killed = True
+        self.incoming.put_nowait(b"")
+
+    async def death_reason(self) -> str:
+        return "the fake sandbox went away"
+
+    async def next_request(self) -> dict[str, Any]:
+        return await asyncio.wait_for(self.sent.get(), 5)
+
+
+def config(tmp_path: Any, memory_mb: int = 100) -> SandboxConfig:
+    limits = SandboxLimits(memory_mb=memory_mb, max_processes=20, max_file_size_mb=5, max_output_bytes=1000, disk_mb=0)
+    return SandboxConfig(task_id="t1", host_task_dir=tmp_path, limits=limits, env={"EXTRA": "1"})
+
+
 def line(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
 
-async def test_lines_split_across_chunks_and_chunks_holding_many_lines() -> None:
-    agent = FakeAgent()
-    request = ProcessRequest(kind="shell", code="echo hi", timeout=5)
-    running = asyncio.create_task(
-        agent.channel.run_process(request, {"PATH": "/bin"}, {"memory_mb": 1}, 1000, lambda s, d: None)
-    )
-    agent.channel.feed(line({"type": "ready"}))
-    await agent.channel.ready
-    sent = await agent.next_request()
-    assert sent["op"] == "run" and sent["command"] == "echo hi" and sent["limits"] == {"memory_mb": 1}
-    assert sent["max_output_bytes"] == 1000 and sent["env"] == {"PATH": "/bin"}
+READY = {"type": "ready", "pid": 1, "protocol": protocol.PROTOCOL_VERSION}
+
+
+async def test_lines_split_across_chunks_and_chunks_holding_many_lines(tmp_path: Any) -> None:
+    transport = BytesTransport(config(tmp_path))
+    sandbox = AgentSandbox(transport, transport.config)
+    transport.incoming.put_nowait(line(READY))
+    await sandbox.start()
+    request = ProcessRequest(kind="shell", code="echo hi", timeout=5, env={"MINE": "x"})
+    running = asyncio.create_task(sandbox.run(request, lambda s, d: None))
+    sent = await transport.next_request()
+    # One field for the code (the unversioned protocol sent `command` and `code` both).
+    assert sent["op"] == "run" and sent["code"] == "echo hi" and "command" not in sent
+    assert sent["limits"] == {"memory_mb": 100, "max_processes": 20, "max_file_size_mb": 5}
+    assert sent["max_output_bytes"] == 1000
+    assert sent["env"]["MINE"] == "x" and sent["env"]["EXTRA"] == "1"
+    assert sent["env"]["USER"] == sent["env"]["LOGNAME"] == "agent"
+    assert sent["env"]["HOME"] == sent["env"]["CORRAL_TASK_DIR"] == "/tasks/t1"
     stream = b"".join(
         [
             line({"type": "output", "id": sent["id"], "stream": "stdout", "data": "h"}),
@@ -56,18 +106,35 @@ async def test_lines_split_across_chunks_and_chunks_holding_many_lines() -> None
         ]
     )
     for i in range(0, len(stream), 7):  # odd chunk sizes: lines end mid-chunk
-        agent.channel.feed(stream[i : i + 7])
-    result, reply = await asyncio.wait_for(running, 5)
+        transport.incoming.put_nowait(stream[i : i + 7])
+    result = await asyncio.wait_for(running, 5)
     assert (result.exit_code, result.stdout, result.stderr) == (3, "hi\n", "e")
-    assert reply["limit_events"] == {"x": 1}
+    await sandbox.close()
+    assert transport.killed
+
+
+async def test_cgroup_limits_are_not_rlimits_and_their_events_name_the_limit(tmp_path: Any) -> None:
+    transport = BytesTransport(config(tmp_path, memory_mb=64), cgroup_limits=True)
+    sandbox = AgentSandbox(transport, transport.config)
+    transport.incoming.put_nowait(line(READY))
+    await sandbox.start()
+    running = asyncio.create_task(sandbox.run(ProcessRequest(kind="shell", code="x", timeout=5), lambda s, d: None))
+    sent = await transport.next_request()
+    assert sent["limits"] == {"memory_mb": 0, "max_processes": 0, "max_file_size_mb": 5}
+    transport.incoming.put_nowait(
+        line({"type": "exit", "id": sent["id"], "exit_code": None, "signal": 9, "limit_events": {"oom_kill": 1}})
+    )
+    result = await asyncio.wait_for(running, 5)
+    assert result.error == "killed: out of memory (limit 64 MiB)"
+    await sandbox.close()
 
 
 async def test_a_cancel_arriving_with_the_exit_report_is_not_lost() -> None:
     # asyncio.wait_for (3.11) would return the report and drop the cancellation: a warm pool
     # stopping mid-start waited forever on a filler that had swallowed its cancel this way.
     agent = FakeAgent()
-    request = ProcessRequest(kind="shell", code="true", timeout=5)
-    running = asyncio.create_task(agent.channel.run_process(request, {}, {}, 1000, lambda s, d: None))
+    request = protocol.RunRequest(kind="shell", code="true", timeout=5)
+    running = asyncio.create_task(agent.channel.run(request, lambda s, d: None))
     sent = await agent.next_request()
     agent.channel.feed(line({"type": "exit", "id": sent["id"], "exit_code": 0}))
     running.cancel()
@@ -79,22 +146,26 @@ async def test_a_cancel_arriving_with_the_exit_report_is_not_lost() -> None:
 
 async def test_a_big_reply_in_small_chunks_is_linear() -> None:
     agent = FakeAgent()
-    reading = asyncio.create_task(agent.channel.read_file("big.txt", 64 * MIB))
+    reading = asyncio.create_task(
+        agent.channel.request(protocol.ReadFileRequest(path="big.txt", max_bytes=64 * MIB))
+    )
     sent = await agent.next_request()
     content = "x" * (32 * MIB)
-    data = line({"type": "file", "id": sent["id"], "content": content})
+    data = line({"type": "file", "id": sent["id"], "path": "/t/big.txt", "size": len(content), "content": content})
     began = time.monotonic()
     for i in range(0, len(data), 64 * 1024):
         agent.channel.feed(data[i : i + 64 * 1024])
     # Re-copying the buffer per chunk would move ~8 GiB here.
     assert time.monotonic() - began < 2
-    assert await asyncio.wait_for(reading, 5) == content
+    assert (await asyncio.wait_for(reading, 5)).content == content
 
 
 async def test_an_oversized_line_fails_the_channel() -> None:
     agent = FakeAgent()
-    agent.channel.feed(line({"type": "ready"}))
-    writing = asyncio.create_task(agent.channel.write_file("a.txt", "A", 100))
+    agent.channel.feed(line(READY))
+    writing = asyncio.create_task(
+        agent.channel.request(protocol.WriteFileRequest(path="a.txt", content="A", max_bytes=100))
+    )
     await agent.next_request()
     chunk = b"y" * MIB
     for _ in range(MAX_LINE_BYTES // MIB):
@@ -105,15 +176,15 @@ async def test_an_oversized_line_fails_the_channel() -> None:
     with pytest.raises(SandboxError, match="oversized message"):
         await asyncio.wait_for(writing, 5)
     # Nothing that follows is trusted, and no new request goes out.
-    agent.channel.feed(line({"type": "ready"}))
+    agent.channel.feed(line(READY))
     with pytest.raises(SandboxError, match="oversized message"):
-        await agent.channel.read_file("a.txt", 100)
+        await agent.channel.request(protocol.ReadFileRequest(path="a.txt", max_bytes=100))
     assert agent.sent.empty()
 
 
 async def test_an_oversized_line_ending_in_the_same_chunk_fails_the_channel() -> None:
     agent = FakeAgent()
-    agent.channel.feed(b"z" * (MAX_LINE_BYTES + 1) + b"\n" + line({"type": "ready"}))
+    agent.channel.feed(b"z" * (MAX_LINE_BYTES + 1) + b"\n" + line(READY))
     assert agent.channel.failure is not None
     with pytest.raises(SandboxError, match="oversized message"):
         await agent.channel.ready
@@ -151,3 +222,69 @@ async def test_a_step_flooding_the_agents_stdout_fails_the_sandbox_not_the_execu
     _, after = await executor.run_steps([{"tool": "shell", "command": "echo ok"}])
     assert after.state == "TASK_STATE_COMPLETED", after.finished
     assert after.step(0).stdout == "ok\n"
+
+
+@pytest.mark.parametrize(
+    ("ready", "spoken"),
+    [
+        ({"type": "ready", "pid": 7, "protocol": protocol.PROTOCOL_VERSION + 1}, f"protocol {protocol.PROTOCOL_VERSION + 1}"),
+        ({"type": "ready", "pid": 7}, "an unversioned protocol (1)"),  # an agent from before versions
+    ],
+)
+async def test_an_agent_of_another_protocol_version_fails_the_sandbox(
+    tmp_path: Any, ready: dict[str, Any], spoken: str
+) -> None:
+    # A real process saying it is ready in another version: the sandbox fails to start, saying
+    # what to do, and nothing is sent to it.
+    from services.executor.drivers.local import LocalTransport
+
+    fake_agent = (
+        "import json, sys\n"
+        f"print(json.dumps({ready!r}), flush=True)\n"
+        "sys.stdout.write(sys.stdin.readline())\n"
+    )
+    transport = LocalTransport(config(tmp_path), tmp_path / "unused.py", command=[sys.executable, "-c", fake_agent])
+    sandbox = AgentSandbox(transport, transport.config)
+    with pytest.raises(SandboxError) as raised:
+        await sandbox.start()
+    assert str(raised.value) == (
+        f"the sandbox agent speaks {spoken}, this executor {protocol.PROTOCOL_VERSION}: rebuild the "
+        "sandbox image (scripts/build-images) or point CORRAL_RUNTIME_DIR at a runtime of the "
+        "executor's own version, so that /app/agent.py and /app/agent_protocol.py match it"
+    )
+    with pytest.raises(SandboxError, match="rebuild the sandbox image"):
+        await sandbox.read_file("x", 10)
+    await sandbox.close()
+    assert transport.process is not None and transport.process.returncode is not None
+
+
+async def test_the_real_agent_speaks_this_protocol_version(tmp_path: Any) -> None:
+    from services.executor.drivers.local import LocalTransport
+
+    agent = Path(__file__).resolve().parents[3] / "sandbox" / "runtime" / "agent.py"
+    transport = LocalTransport(config(tmp_path), agent)
+    sandbox = AgentSandbox(transport, transport.config)
+    await sandbox.start()
+    try:
+        ready = sandbox.channel.ready.result()
+        assert ready.protocol == protocol.PROTOCOL_VERSION and ready.pid == transport.process.pid  # type: ignore[union-attr]
+    finally:
+        await sandbox.close()
+
+
+async def test_a_malformed_reply_fails_its_request_not_the_sandbox(tmp_path: Any) -> None:
+    transport = BytesTransport(config(tmp_path))
+    sandbox = AgentSandbox(transport, transport.config)
+    transport.incoming.put_nowait(line(READY))
+    await sandbox.start()
+    reading = asyncio.create_task(sandbox.read_file("a.txt", 10))
+    sent = await transport.next_request()
+    transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "a.txt", "size": "big"}))
+    with pytest.raises(SandboxError, match="malformed reply: FileReply.size: expected an integer"):
+        await asyncio.wait_for(reading, 5)
+    writing = asyncio.create_task(sandbox.write_file("/tasks/t1/b.txt", "B", 10))
+    sent = await transport.next_request()
+    assert sent["path"] == "/tasks/t1/b.txt"
+    transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "/tasks/t1/b.txt", "size": 1}))
+    assert await asyncio.wait_for(writing, 5) == "/tasks/t1/b.txt"
+    await sandbox.close()

@@ -37,8 +37,8 @@ def ready_sandboxes(executor: ExecutorClient) -> list[BubblewrapSandbox]:
 
 
 def pid_namespace(sandbox: BubblewrapSandbox) -> str:
-    assert sandbox.child_pid is not None
-    return os.readlink(f"/proc/{sandbox.child_pid}/ns/pid")
+    assert sandbox.transport.child_pid is not None
+    return os.readlink(f"/proc/{sandbox.transport.child_pid}/ns/pid")
 
 
 async def wait_until(predicate: Any, what: str, attempts: int = 600) -> None:
@@ -85,7 +85,7 @@ async def test_a_task_runs_in_a_warm_sandbox_and_the_pool_refills(executor_facto
     assert pool.claimed_total == 1
 
     # Ended with its task; the task directory is back in place, the slot is gone.
-    assert warm.process is not None and warm.process.returncode is not None
+    assert warm.transport.process is not None and warm.transport.process.returncode is not None
     host_dir = executor.host_task_dir(task_id)
     assert host_dir.is_dir() and not host_dir.is_symlink()
     assert (host_dir / "hi.txt").read_text() == "hi\n"
@@ -169,10 +169,11 @@ async def test_stopping_the_driver_closes_the_pool(executor_factory: ExecutorFac
     assert len(sandboxes) == 2
     await executor.executor.runner.driver.stop()
     for sandbox in sandboxes:
-        assert sandbox.process is not None and sandbox.process.returncode is not None
-        assert sandbox.child_pid is not None
+        transport = sandbox.transport
+        assert transport.process is not None and transport.process.returncode is not None
+        assert transport.child_pid is not None
         with pytest.raises(ProcessLookupError):
-            os.kill(sandbox.child_pid, 0)
+            os.kill(transport.child_pid, 0)
     warm_dir = executor.settings.tasks_dir / WARM_DIR
     assert not warm_dir.exists() or list(warm_dir.iterdir()) == []
 

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from gateway_stack import CURL_EXAMPLE
 from harness import Cluster
+from jsonschema.exceptions import ValidationError
 from openapi_schema_validator import OAS31Validator
 from openapi_spec_validator import validate
 from sse_client import events
@@ -90,6 +91,11 @@ def test_request_bodies_are_the_real_models(spec: Spec) -> None:
     assert body("/v1/sandboxes", "post")["content"]["application/json"]["schema"]["$ref"].endswith("/SandboxRequest")
     assert body("/v1/sandboxes/{sandbox_id}/extend", "post")["required"] is False
     component(spec, "TaskRequest", CURL_EXAMPLE)
+    # GUI steps are a union on `action` inside the union on `tool`, both named components.
+    gui = {"steps": [{"tool": "gui", "action": "click", "x": 1, "y": 2}]}
+    component(spec, "TaskRequest", gui)
+    with pytest.raises(ValidationError):
+        component(spec, "TaskRequest", {"steps": [{"tool": "gui", "action": "clik"}]})
 
 
 def test_states_are_enums(spec: Spec) -> None:

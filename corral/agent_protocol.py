@@ -1,0 +1,1 @@
+../sandbox/runtime/agent_protocol.py

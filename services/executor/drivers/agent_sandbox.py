@@ -1,0 +1,206 @@
+"""The one agent client: the `Sandbox` the executor uses, on top of any driver's `Transport`.
+
+Everything about talking to the in-sandbox agent lives here once, whatever isolates it: the
+environment of every process (base.sandbox_env), the translation of a sandbox's limits into the
+agent's per-process rlimits, run / read_file / write_file, handing a warm sandbox its task
+(claim) and giving its directory back (close), and the words for a sandbox that died. The
+protocol itself is corral/agent_protocol.py, spoken through AgentChannel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import structlog
+
+from corral import agent_protocol as protocol
+from services.executor.drivers.agent_channel import AgentChannel
+from services.executor.drivers.base import (
+    FileRefused,
+    OutputCallback,
+    ProcessRequest,
+    ProcessResult,
+    Sandbox,
+    SandboxConfig,
+    SandboxError,
+    sandbox_env,
+)
+from services.executor.drivers.faults import limit_error
+from services.executor.drivers.transport import Transport
+from services.executor.drivers.warm_pool import move_into_slot, release_slot
+
+log = structlog.get_logger()
+
+T = TypeVar("T", bound=Transport)
+
+
+class AgentSandbox(Sandbox, Generic[T]):
+    """A sandbox whose agent is reached through `transport`.
+
+    `warm_slot`: set for a warm-pool sandbox, started before its task with the empty host slot
+    directory mounted at /tasks; claim() hands it a task.
+    """
+
+    def __init__(self, transport: T, config: SandboxConfig, warm_slot: Path | None = None) -> None:
+        self.transport = transport
+        self.config = config
+        self.warm_slot = warm_slot
+        self.claimed = False  # a warm sandbox handed to a task
+        self._closed = False
+        self._reader: asyncio.Task[None] | None = None
+        self.log = log.bind(task_id=config.task_id)
+        self.channel = AgentChannel(self.transport.write, {"task_id": config.task_id})
+        self.agent_pid: int | None = None  # the agent's pid inside the sandbox
+
+    @property
+    def alive(self) -> bool:
+        return (
+            not self._closed
+            and self.channel.failure is None
+            and self._reader is not None
+            and not self._reader.done()
+            and self.transport.running
+        )
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Starts the transport and waits for the agent's ready message (its version checked).
+        On failure the caller closes the sandbox."""
+        await self.transport.start()
+        self._reader = asyncio.create_task(self._read())
+        timeout = self.transport.ready_timeout
+        try:
+            # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that arrives
+            # as the awaited future completes (a warm pool stopping then waited forever).
+            async with asyncio.timeout(timeout):
+                ready = await asyncio.shield(self.channel.ready)
+        except TimeoutError:
+            raise SandboxError(f"{self.transport.what} did not start within {timeout:g}s") from None
+        self.agent_pid = ready.pid
+        await self.transport.started()
+
+    async def claim(self, config: SandboxConfig) -> None:
+        """Hands this warm sandbox a task: its directory moves into the sandbox's slot, and the
+        agent changes into it with the task's environment. Raises SandboxError."""
+        assert self.warm_slot is not None and not self.claimed
+        self.config = config
+        self.claimed = True
+        self.log = log.bind(task_id=config.task_id)
+        self.channel.log = self.channel.log.bind(task_id=config.task_id)
+        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
+        env = {key: self._agent_value(key, value) for key, value in sandbox_env(config).items()}
+        try:
+            await self.channel.request(
+                protocol.ChdirRequest(path=self.transport.agent_path(config.task_dir), env=env)
+            )
+        except FileRefused as exc:
+            raise SandboxError(f"the warm sandbox could not change into its task directory: {exc}") from exc
+        self.log.debug("warm sandbox claimed")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self.transport.kill()
+            if self._reader is not None:
+                self._reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._reader
+            self.channel.fail(SandboxError("the sandbox was closed"))
+        finally:
+            if self.warm_slot is not None:
+                # Every process is gone: the task directory can go back in place.
+                task_dir = self.config.host_task_dir if self.claimed else None
+                release_slot(self.warm_slot, task_dir, self.config.task_id)
+
+    async def _read(self) -> None:
+        """Feeds the agent's bytes to the channel; a stream that ends fails it, saying why."""
+        try:
+            while chunk := await self.transport.read():
+                self.channel.feed(chunk)
+        except (OSError, SandboxError) as exc:
+            self.log.debug("sandbox stream broke", error=str(exc))
+        if self._closed:
+            return
+        reason = await self.transport.death_reason()
+        self.log.warning("sandbox ended", reason=reason)
+        self.channel.fail(SandboxError(reason))
+
+    # --- operations --------------------------------------------------------------------------
+
+    def _agent_value(self, key: str, value: str) -> str:
+        """An environment value as the agent's processes should see it (paths mapped)."""
+        return self.transport.agent_path(value) if key in ("HOME", "CORRAL_TASK_DIR") else value
+
+    def process_env(self, request: ProcessRequest) -> dict[str, str]:
+        base = {key: self._agent_value(key, value) for key, value in sandbox_env(self.config).items()}
+        return {**base, **self.config.env, **request.env}
+
+    def process_limits(self) -> protocol.ProcessLimits:
+        """The agent's per-process rlimits for this sandbox's limits."""
+        limits = self.config.limits
+        if self.transport.cgroup_limits:
+            # Memory and processes are the sandbox's cgroup limits; file size stays an rlimit.
+            return protocol.ProcessLimits(max_file_size_mb=limits.max_file_size_mb)
+        return protocol.ProcessLimits(
+            memory_mb=limits.memory_mb,
+            max_processes=limits.max_processes,
+            max_file_size_mb=limits.max_file_size_mb,
+        )
+
+    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+        limits = self.config.limits
+        run = protocol.RunRequest(
+            kind=request.kind,
+            code=request.code,
+            argv=list(request.argv),
+            env=self.process_env(request),
+            cwd=self.transport.agent_path(request.cwd) if request.cwd else "",
+            timeout=float(request.timeout),
+            max_output_bytes=request.max_output_bytes or limits.max_output_bytes,
+            limits=self.process_limits(),
+        )
+        reply, pending = await self.channel.run(run, on_output)
+        result = ProcessResult(
+            exit_code=reply.exit_code,
+            signal=reply.signal,
+            timed_out=reply.timed_out,
+            killed=reply.killed,
+            stdout="".join(pending.stdout),
+            stderr="".join(pending.stderr),
+            stdout_truncated=reply.stdout_truncated,
+            stderr_truncated=reply.stderr_truncated,
+            error=reply.error,
+        )
+        if self.transport.cgroup_limits:
+            result.error = result.error or limit_error(
+                result, reply.limit_events, limits, self.transport.tmp_size_mb
+            )
+        return result
+
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.channel.request(
+            protocol.ReadFileRequest(
+                path=self.transport.agent_path(path), max_bytes=max_bytes, cwd=self._agent_cwd(cwd)
+            )
+        )
+        return reply.content
+
+    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
+        reply = await self.channel.request(
+            protocol.WriteFileRequest(
+                path=self.transport.agent_path(path),
+                content=content,
+                max_bytes=max_bytes,
+                cwd=self._agent_cwd(cwd),
+            )
+        )
+        return self.transport.sandbox_path(reply.path or path)
+
+    def _agent_cwd(self, cwd: str) -> str:
+        return self.transport.agent_path(cwd) if cwd else ""

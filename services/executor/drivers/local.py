@@ -1,0 +1,224 @@
+"""A driver that ISOLATES NOTHING: the real agent as a plain host subprocess, for tests only.
+
+    !!! Steps run as the executor's own user, on the host, with its filesystem, network and
+    !!! processes in reach. There is no sandbox here at all. Never run untrusted code with it.
+
+It exists so that the executor's step-loop policy (skip after a failure, continue_on_error,
+timeouts, cancel) can be tested in milliseconds against the REAL agent (sandbox/runtime/agent.py)
+and the real agent client (AgentSandbox), while isolation stays tested by the bubblewrap and
+docker suites. It is deliberately not selectable through CORRAL_SANDBOX_DRIVER or Settings:
+construct `LocalDriver(settings)` in a test and hand it to the runner.
+
+The agent works in the host task directory (`config.host_task_dir`, also its HOME); the paths
+the executor uses (`config.task_dir`, `/tasks/{task_id}`) are mapped to it and back. Steps that
+name /tasks/... in their own commands see the host's /tasks, not their directory.
+Everything the agent starts stays below it (it is made a child subreaper), and close() kills
+all of that and waits until it is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from corral.config import Settings
+from services.executor.drivers.agent_sandbox import AgentSandbox
+from services.executor.drivers.base import (
+    SANDBOX_PATH,
+    Sandbox,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxError,
+)
+from services.executor.drivers.transport import Transport
+
+log = structlog.get_logger()
+
+READ_CHUNK_BYTES = 64 * 1024
+KILL_GRACE_SECONDS = 5.0
+# Makes the process a child subreaper (orphans of its steps re-parent to it, not to init, so
+# close() finds them), then becomes the agent: `python -I -c SUBREAPER PYTHON AGENT`.
+SUBREAPER = (
+    "import ctypes, os, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER\n"
+    "os.execv(sys.argv[1], [sys.argv[1], '-I', *sys.argv[2:]])\n"
+)
+
+
+class LocalDriver(SandboxDriver):
+    """Sandboxes that are plain host processes (see the module docstring: no isolation)."""
+
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.runtime_dir = Path(settings.runtime_dir).resolve()
+        if not (self.runtime_dir / "agent.py").is_file():
+            raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
+
+    async def create(self, config: SandboxConfig) -> Sandbox:
+        sandbox = AgentSandbox(LocalTransport(config, self.runtime_dir / "agent.py"), config)
+        try:
+            await sandbox.start()
+        except BaseException:
+            await sandbox.close()
+            raise
+        return sandbox
+
+
+class LocalTransport(Transport):
+    """The agent (or `command`, for tests of the client itself) as a host subprocess."""
+
+    what = "the local agent"
+    ready_timeout = 20.0
+
+    def __init__(self, config: SandboxConfig, agent: Path, command: Sequence[str] | None = None) -> None:
+        super().__init__(config)
+        self.agent = agent
+        self.command = list(command) if command is not None else None
+        self.process: asyncio.subprocess.Process | None = None
+        self._script_dir: str | None = None
+        self._stderr_tail = b""
+        self._stderr_reader: asyncio.Task[None] | None = None
+        self._killed = False
+        self._root = os.path.realpath(config.host_task_dir)
+
+    @property
+    def running(self) -> bool:
+        return not self._killed and self.process is not None and self.process.returncode is None
+
+    async def start(self) -> None:
+        self._script_dir = tempfile.mkdtemp(prefix="corral-local-agent-")
+        argv = self.command or [sys.executable, "-I", "-c", SUBREAPER, sys.executable, str(self.agent)]
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                cwd=self._root,
+                env={
+                    "PATH": SANDBOX_PATH,
+                    "LANG": "C.UTF-8",
+                    "HOME": self._root,
+                    "CORRAL_AGENT_SCRIPT_DIR": self._script_dir,
+                },
+                start_new_session=True,
+            )
+        except OSError as exc:
+            raise SandboxError(f"could not start the local agent: {exc}") from exc
+        self._stderr_reader = asyncio.create_task(self._read_stderr())
+
+    async def read(self) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        return await self.process.stdout.read(READ_CHUNK_BYTES)
+
+    async def write(self, data: bytes) -> None:
+        if self._killed or self.process is None or self.process.stdin is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError(self._died_message()) from exc
+
+    async def kill(self) -> None:
+        if self._killed:
+            return
+        self._killed = True
+        process = self.process
+        if process is not None:
+            if process.stdin is not None:
+                process.stdin.close()
+            # Everything below the agent first (stopped, then killed, until none is left), so
+            # nothing re-parents away from it; then the agent.
+            for _ in range(100):
+                victims = _descendants(process.pid)
+                if not victims:
+                    break
+                for sig in (signal.SIGSTOP, signal.SIGKILL):
+                    for pid in victims:
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.kill(pid, sig)
+                await asyncio.sleep(0.005)
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                try:
+                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+                except TimeoutError:
+                    log.error("the local agent did not exit after SIGKILL", pid=process.pid)
+        if self._stderr_reader is not None:
+            self._stderr_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stderr_reader
+        if self._script_dir is not None:
+            shutil.rmtree(self._script_dir, ignore_errors=True)
+
+    async def death_reason(self) -> str:
+        await asyncio.sleep(0.05)  # the stderr reader's last words
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 1)
+        return self._died_message()
+
+    def _died_message(self) -> str:
+        code = self.process.returncode if self.process is not None else None
+        message = f"the local agent ended unexpectedly (exit status {code})"
+        detail = self._stderr_tail.decode("utf-8", "replace").strip()
+        return f"{message}: {detail[-1000:]}" if detail else message
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while chunk := await self.process.stderr.read(4096):
+            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
+
+    # The agent sees the host directory where the sandbox would see config.task_dir.
+
+    def agent_path(self, path: str) -> str:
+        inside = self.config.task_dir
+        if path == inside:
+            return self._root
+        if path.startswith(inside + "/"):
+            return self._root + path[len(inside) :]
+        return path
+
+    def sandbox_path(self, path: str) -> str:
+        if path == self._root:
+            return self.config.task_dir
+        if path.startswith(self._root + "/"):
+            return self.config.task_dir + path[len(self._root) :]
+        return path
+
+
+def _descendants(root: int) -> set[int]:
+    """Every live process below `root` (by parent pid)."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                raw = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(name))
+    found: set[int] = set()
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
