@@ -9,9 +9,15 @@ HTTP statuses (`http_status`). Nothing else should map errors by hand.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
+
+# Trailing metadata key carrying the raised class's name, so a client can raise that class again.
+ERROR_CLASS_KEY = "corral-error-class"
+
+
+_BY_NAME: dict[str, type[CorralError]] = {}
 
 
 class CorralError(Exception):
@@ -19,6 +25,10 @@ class CorralError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
     http_status: ClassVar[int] = 500
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _BY_NAME.setdefault(cls.__name__, cls)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -93,6 +103,37 @@ class Internal(CorralError):
     http_status = 500
 
 
+# --- errors more than one service raises (the client may see each by name) ------------------
+
+
+class InvalidTask(InvalidArgument):
+    """The task cannot be run as given; the message names the field, e.g. 'steps[1].shell.command is empty'."""
+
+
+class TaskNotFound(NotFound):
+    pass
+
+
+class TaskAlreadyFinished(FailedPrecondition):
+    pass
+
+
+class SandboxNotFound(NotFound):
+    pass
+
+
+class SandboxEnded(FailedPrecondition):
+    """The sandbox exists but is deleted, expired or failed."""
+
+
+class SandboxUnavailable(Unavailable):
+    """No executor can take (or still has) the sandbox."""
+
+
+class InvalidSandboxRequest(InvalidArgument):
+    pass
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CorralError]] = {
     cls.code: cls
     for cls in (
@@ -113,9 +154,23 @@ def error_class(code: grpc.StatusCode) -> type[CorralError]:
     return _BY_CODE.get(code, Internal)
 
 
-def from_status(code: grpc.StatusCode, details: str) -> CorralError:
-    """The typed error for a failed call's status (what a client raises)."""
-    return error_class(code)(details or code.name.lower())
+def from_status(code: grpc.StatusCode, details: str, class_name: str = "") -> CorralError:
+    """The typed error for a failed call's status (what a client raises): the class the server
+    raised when this process knows it by `class_name` and it means `code`, else the code's class."""
+    base = error_class(code)
+    named = _BY_NAME.get(class_name) if class_name else None
+    cls = named if named is not None and issubclass(named, base) else base
+    return cls(details or code.name.lower())
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> CorralError:
+    """The typed error for a failed gRPC call (the one function clients use to map them)."""
+    class_name = ""
+    metadata: Any = exc.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == ERROR_CLASS_KEY:
+            class_name = value if isinstance(value, str) else bytes(value).decode(errors="replace")
+    return from_status(exc.code(), exc.details() or "", class_name)
 
 
 def http_status(code: grpc.StatusCode) -> int:

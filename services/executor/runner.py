@@ -20,6 +20,7 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral.config import Settings
+from corral.errors import InvalidTask, SandboxNotFound
 from corral.limits import limits_problem
 from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES, step_tool
 from corral.v1 import memory_pb2, task_pb2
@@ -38,11 +39,12 @@ from services.executor.drivers.base import (
     SandboxLimits,
     StreamName,
 )
+from services.executor.errors import AlreadyRunning, AtCapacity
 from services.executor.gui_steps import GuiClient, GuiStepError, ScreenshotWriter, perform
 from services.executor.history import HistoryRecorder, history_event
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.outcome import describe_failure
-from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
+from services.executor.sandboxes import ManagedSandbox, SandboxManager
 
 log = structlog.get_logger()
 
@@ -56,18 +58,6 @@ _STREAMS: dict[StreamName, task_pb2.OutputStream.ValueType] = {
     "stdout": task_pb2.OUTPUT_STREAM_STDOUT,
     "stderr": task_pb2.OUTPUT_STREAM_STDERR,
 }
-
-
-class InvalidTask(Exception):
-    """The task cannot be run as given (bad id, no steps)."""
-
-
-class AtCapacity(Exception):
-    """Every slot of this executor is busy."""
-
-
-class AlreadyRunning(Exception):
-    """A task with this id is already running here."""
 
 
 def _now() -> Timestamp:

@@ -8,6 +8,8 @@ import re
 
 from Xlib import XK
 
+from corral.errors import Internal, InvalidArgument
+
 # xdotool's own modifier aliases, accepted as they are.
 KEY_ALIASES = frozenset({"ctrl", "control", "alt", "shift", "super", "meta", "win", "cmd"})
 # Long text is typed in chunks so a single xdotool call never has to hold it all.
@@ -19,11 +21,11 @@ MAX_SCROLL = 200
 XDOTOOL_TIMEOUT = 30.0
 
 
-class InvalidInput(ValueError):
+class InvalidInput(InvalidArgument):
     """Arguments that cannot be carried out; the message says why."""
 
 
-class InputFailed(RuntimeError):
+class InputFailed(Internal):
     """xdotool itself failed."""
 
 

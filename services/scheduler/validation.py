@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from corral.config import Settings
+from corral.errors import InvalidTask
 from corral.limits import limits_problem
 from corral.schema import TOOLS, step_tool
 from corral.v1 import task_pb2
@@ -16,10 +17,6 @@ _REQUIRED_TEXT = {
     "write_file": ("path",),
     "gui": ("action",),
 }
-
-
-class InvalidTask(ValueError):
-    """The message names the offending field, e.g. 'steps[1].shell.command is empty'."""
 
 
 def validate_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
