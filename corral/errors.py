@@ -2,9 +2,15 @@
 
 Each class is also the builtin it resembles (`NotFound` is a `LookupError`, `DeadlineExceeded`
 a `TimeoutError`...), so callers that know nothing of Corral still catch it sensibly. Servers
-raise these; `corral.grpc_server`'s interceptor turns them into status codes; the Python client
-turns status codes back into the same classes (`from_status`); the gateway turns them into
-HTTP statuses (`http_status`). Nothing else should map errors by hand.
+raise these; `corral.grpc_server`'s interceptor turns them into status codes (and names the
+class in the call's trailing metadata); the Python client turns a failed call back into the
+same class (`from_rpc_error`: the named class when this process knows it and it means that
+code, else the code's class); the gateway turns them into HTTP statuses (`http_status`).
+Nothing else should map errors by hand.
+
+Domain errors subclass the class of the status they mean. Those more than one service raises
+(InvalidTask, TaskNotFound, SandboxNotFound...) live here, once; a service's own ones
+(services/executor/errors.py, services/gui/input.py) derive from these roots.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import grpc
 ERROR_CLASS_KEY = "corral-error-class"
 
 
+# Every subclass by name (the first one defined wins; the tests check names are unique).
 _BY_NAME: dict[str, type[CorralError]] = {}
 
 
