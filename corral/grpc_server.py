@@ -94,11 +94,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return handler
 
 
-def _unary(behavior: Callable[..., Any], method: str) -> Callable[[Any, Context], Awaitable[Any]]:
+def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.iscoroutinefunction(behavior):
+        return behavior  # a synchronous handler (none of Corral's): grpc runs it as it is
+
     async def handle(request: Any, context: Context) -> Any:
         try:
-            result = behavior(request, context)
-            return await result if inspect.isawaitable(result) else result
+            return await behavior(request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -107,9 +109,10 @@ def _unary(behavior: Callable[..., Any], method: str) -> Callable[[Any, Context]
     return handle
 
 
-def _streaming(behavior: Callable[..., Any], method: str) -> Callable[[Any, Context], Any]:
+def _streaming(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
     if not inspect.isasyncgenfunction(behavior):
-        # A handler that writes with context.write() and returns: a coroutine like any other.
+        # A coroutine that writes with context.write() (as health's Watch does) is wrapped like
+        # a unary one; a synchronous one is left as it is.
         return _unary(behavior, method)
 
     async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
