@@ -8,10 +8,9 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-import grpc
-
 from corral import cli_run, cli_sandbox, cli_up
 from corral.config import Settings
+from corral.errors import CorralError, Unavailable
 
 EXAMPLES = """examples:
   corral up                                   start every service (gateway on 127.0.0.1:8000)
@@ -81,15 +80,14 @@ def run_client_command(args: argparse.Namespace) -> int:
     except cli_run.UsageError as exc:
         print(f"corral {args.command}: {exc}", file=sys.stderr)
         return cli_run.EXIT_ERROR
-    except grpc.aio.AioRpcError as exc:
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            print(
-                f"corral {args.command}: cannot reach the scheduler at {scheduler} "
-                "(is `corral up` running?)",
-                file=sys.stderr,
-            )
-        else:
-            print(f"corral {args.command}: {exc.code().name}: {exc.details()}", file=sys.stderr)
+    except Unavailable:
+        print(
+            f"corral {args.command}: cannot reach the scheduler at {scheduler} (is `corral up` running?)",
+            file=sys.stderr,
+        )
+        return cli_run.EXIT_ERROR
+    except CorralError as exc:
+        print(f"corral {args.command}: {exc.code.name}: {exc.message}", file=sys.stderr)
         return cli_run.EXIT_ERROR
     except KeyboardInterrupt:
         return cli_run.EXIT_CANCELLED

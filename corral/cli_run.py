@@ -13,11 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import grpc
 import yaml
 from pydantic import ValidationError
 
 from corral.client import CorralClient
+from corral.errors import Unavailable
 from corral.schema import (
     STEP_STATE_NAMES,
     TASK_STATE_NAMES,
@@ -218,9 +218,9 @@ async def follow(client: CorralClient, task_id: str, printer: RunPrinter | None)
                 if printer is not None:
                     printer.show(event)
             return await client.get(task_id)
-        except grpc.aio.AioRpcError as exc:
+        except Unavailable:
             attempts += 1
-            if exc.code() != grpc.StatusCode.UNAVAILABLE or attempts > 5:
+            if attempts > 5:
                 raise
             await asyncio.sleep(1)
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from corral import cli_run
+from corral.client import typed_errors
 from corral.grpc_server import insecure_channel
 from corral.schema import seconds_to_duration
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
@@ -52,6 +53,11 @@ def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
 
 
 async def run(args: argparse.Namespace, scheduler: str) -> int:
+    with typed_errors():
+        return await _run(args, scheduler)
+
+
+async def _run(args: argparse.Namespace, scheduler: str) -> int:
     async with insecure_channel(scheduler) as channel:
         stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         action = args.sandbox_command

@@ -23,8 +23,8 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.config import Settings
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from corral.supervisor import ServiceSpec, StartupError, Supervisor
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
 
 DEFAULT_SCHEDULER = Settings.model_fields["scheduler_address"].default
 
@@ -134,10 +134,10 @@ async def wait_for_executor(settings: Settings, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     async with grpc.aio.insecure_channel(settings.scheduler_address) as channel:
-        stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+        stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         while loop.time() < deadline:
             try:
-                response = await stub.ListExecutors(scheduler_pb2.ListExecutorsRequest(), timeout=2)
+                response = await stub.ListExecutors(registry_pb2.ListExecutorsRequest(), timeout=2)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                     return

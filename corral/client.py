@@ -4,20 +4,37 @@
         task_id = await client.submit(TaskRequest.model_validate({...}))
         async for event in client.watch(task_id):
             ...
+
+A failed call raises a `corral.errors` class (the one the server raised when this process knows
+it, e.g. TaskNotFound, else the class of its status code, e.g. NotFound), never
+grpc.aio.AioRpcError. `typed_errors()` does the same for code that calls stubs directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
+import grpc
+
+from corral.errors import from_rpc_error
 from corral.grpc_server import insecure_channel
 from corral.schema import TERMINAL_TASK_STATES, TaskRequest
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
+@contextmanager
+def typed_errors() -> Iterator[None]:
+    """Re-raises a failed gRPC call inside the block as its corral.errors class."""
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
 class CorralClient:
-    """SchedulerService calls with plain arguments; gRPC errors propagate as grpc.aio.AioRpcError."""
+    """SchedulerService calls with plain arguments; failures raise corral.errors classes."""
 
     def __init__(self, scheduler_address: str) -> None:
         self.address = scheduler_address
@@ -41,11 +58,13 @@ class CorralClient:
     async def submit(self, request: TaskRequest | task_pb2.TaskSpec) -> str:
         """Submits a task; returns its id."""
         spec = request.to_proto() if isinstance(request, TaskRequest) else request
-        response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+        with typed_errors():
+            response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
         return response.task_id
 
     async def get(self, task_id: str) -> task_pb2.Task:
-        response = await self._stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+        with typed_errors():
+            response = await self._stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
         return response.task
 
     async def list(
@@ -55,13 +74,15 @@ class CorralClient:
         page_token: str = "",
     ) -> tuple[list[task_pb2.Task], str]:
         """One page of tasks and the token of the next page ('' when none)."""
-        response = await self._stub.ListTasks(
-            scheduler_pb2.ListTasksRequest(state=state, page_size=page_size, page_token=page_token)
-        )
+        with typed_errors():
+            response = await self._stub.ListTasks(
+                scheduler_pb2.ListTasksRequest(state=state, page_size=page_size, page_token=page_token)
+            )
         return list(response.tasks), response.next_page_token
 
     async def cancel(self, task_id: str) -> task_pb2.Task:
-        response = await self._stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task_id))
+        with typed_errors():
+            response = await self._stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task_id))
         return response.task
 
     async def watch(self, task_id: str, after_sequence: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
@@ -70,10 +91,11 @@ class CorralClient:
             scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after_sequence)
         )
         try:
-            async for response in call:
-                yield response.event
-                if response.event.WhichOneof("event") == "finished":
-                    return
+            with typed_errors():
+                async for response in call:
+                    yield response.event
+                    if response.event.WhichOneof("event") == "finished":
+                        return
         finally:
             call.cancel()
 

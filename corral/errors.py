@@ -2,16 +2,29 @@
 
 Each class is also the builtin it resembles (`NotFound` is a `LookupError`, `DeadlineExceeded`
 a `TimeoutError`...), so callers that know nothing of Corral still catch it sensibly. Servers
-raise these; `corral.grpc_server`'s interceptor turns them into status codes; the Python client
-turns status codes back into the same classes (`from_status`); the gateway turns them into
-HTTP statuses (`http_status`). Nothing else should map errors by hand.
+raise these; `corral.grpc_server`'s interceptor turns them into status codes (and names the
+class in the call's trailing metadata); the Python client turns a failed call back into the
+same class (`from_rpc_error`: the named class when this process knows it and it means that
+code, else the code's class); the gateway turns them into HTTP statuses (`http_status`).
+Nothing else should map errors by hand.
+
+Domain errors subclass the class of the status they mean. Those more than one service raises
+(InvalidTask, TaskNotFound, SandboxNotFound...) live here, once; a service's own ones
+(services/executor/errors.py, services/gui/input.py) derive from these roots.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import grpc
+
+# Trailing metadata key carrying the raised class's name, so a client can raise that class again.
+ERROR_CLASS_KEY = "corral-error-class"
+
+
+# Every subclass by name (the first one defined wins; the tests check names are unique).
+_BY_NAME: dict[str, type[CorralError]] = {}
 
 
 class CorralError(Exception):
@@ -19,6 +32,10 @@ class CorralError(Exception):
 
     code: ClassVar[grpc.StatusCode] = grpc.StatusCode.UNKNOWN
     http_status: ClassVar[int] = 500
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        _BY_NAME.setdefault(cls.__name__, cls)
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)
@@ -93,6 +110,37 @@ class Internal(CorralError):
     http_status = 500
 
 
+# --- errors more than one service raises (the client may see each by name) ------------------
+
+
+class InvalidTask(InvalidArgument):
+    """The task cannot be run as given; the message names the field, e.g. 'steps[1].shell.command is empty'."""
+
+
+class TaskNotFound(NotFound):
+    pass
+
+
+class TaskAlreadyFinished(FailedPrecondition):
+    pass
+
+
+class SandboxNotFound(NotFound):
+    pass
+
+
+class SandboxEnded(FailedPrecondition):
+    """The sandbox exists but is deleted, expired or failed."""
+
+
+class SandboxUnavailable(Unavailable):
+    """No executor can take (or still has) the sandbox."""
+
+
+class InvalidSandboxRequest(InvalidArgument):
+    pass
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CorralError]] = {
     cls.code: cls
     for cls in (
@@ -113,9 +161,23 @@ def error_class(code: grpc.StatusCode) -> type[CorralError]:
     return _BY_CODE.get(code, Internal)
 
 
-def from_status(code: grpc.StatusCode, details: str) -> CorralError:
-    """The typed error for a failed call's status (what a client raises)."""
-    return error_class(code)(details or code.name.lower())
+def from_status(code: grpc.StatusCode, details: str, class_name: str = "") -> CorralError:
+    """The typed error for a failed call's status (what a client raises): the class the server
+    raised when this process knows it by `class_name` and it means `code`, else the code's class."""
+    base = error_class(code)
+    named = _BY_NAME.get(class_name) if class_name else None
+    cls = named if named is not None and issubclass(named, base) else base
+    return cls(details or code.name.lower())
+
+
+def from_rpc_error(exc: grpc.aio.AioRpcError) -> CorralError:
+    """The typed error for a failed gRPC call (the one function clients use to map them)."""
+    class_name = ""
+    metadata: Any = exc.trailing_metadata() or ()
+    for key, value in metadata:
+        if key == ERROR_CLASS_KEY:
+            class_name = value if isinstance(value, str) else bytes(value).decode(errors="replace")
+    return from_status(exc.code(), exc.details() or "", class_name)
 
 
 def http_status(code: grpc.StatusCode) -> int:

@@ -1,19 +1,33 @@
-"""The shape every Corral gRPC server shares: reflection, health, graceful stop."""
+"""The shape every Corral gRPC server shares: errors to status codes, reflection, health,
+graceful stop.
+
+Servicers raise `corral.errors` classes and nothing else; `ErrorInterceptor` (installed by
+`new_server`) is the one place that turns them into status codes.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias
 
 import grpc
-import structlog
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-log = structlog.get_logger()
+from corral.errors import ERROR_CLASS_KEY, CorralError
+
+try:
+    import structlog
+
+    log: Any = structlog.get_logger()
+except ImportError:  # the gui service runs on the sandbox's own interpreter, which has no structlog
+    log = None
 
 # The servicer context type every handler takes (grpc-stubs makes it generic).
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -26,8 +40,96 @@ CHANNEL_OPTIONS = [
 ]
 
 
+# The message a caller gets for an exception that is not a CorralError (the trace is logged).
+INTERNAL_MESSAGE = "internal error in {method}; the server's log has the details"
+
+
+def _log_unexpected(method: str) -> None:
+    if log is not None:
+        log.exception("unexpected error in a gRPC handler", method=method)
+    else:
+        logging.getLogger("corral").exception("unexpected error in gRPC handler %s", method)
+
+
+async def abort_for(exc: Exception, context: Context, method: str) -> None:
+    """Ends the call with the status `exc` stands for (always raises grpc.aio.AbortError)."""
+    if isinstance(exc, CorralError):
+        await context.abort(
+            exc.code, exc.message, trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),)
+        )
+    _log_unexpected(method)
+    await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(method=method))
+
+
+class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Turns what a handler (unary or streaming) raises into the call's status: a CorralError
+    into its code and message, anything else into INTERNAL with a short generic message, its
+    trace logged. Aborts and cancellations pass through untouched."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler  # unknown method: grpc answers UNIMPLEMENTED
+        method = handler_call_details.method
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _streaming(handler.unary_stream, method), handler.request_deserializer, handler.response_serializer
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _streaming(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer
+            )
+        return handler
+
+
+def _unary(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.iscoroutinefunction(behavior):
+        return behavior  # a synchronous handler (none of Corral's): grpc runs it as it is
+
+    async def handle(request: Any, context: Context) -> Any:
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_for(exc, context, method)
+
+    return handle
+
+
+def _streaming(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
+    if not inspect.isasyncgenfunction(behavior):
+        # A coroutine that writes with context.write() (as health's Watch does) is wrapped like
+        # a unary one; a synchronous one is left as it is.
+        return _unary(behavior, method)
+
+    async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+        try:
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    yield response
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await abort_for(exc, context, method)
+
+    return handle
+
+
 def new_server() -> grpc.aio.Server:
-    return grpc.aio.server(options=CHANNEL_OPTIONS)
+    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
 
 
 def add_reflection_and_health(

@@ -20,7 +20,8 @@ HEALTH_CHECK_TIMEOUT_SECONDS = 3.0
 
 @asynccontextmanager
 async def upstream(service: str) -> AsyncIterator[None]:
-    """Turns a failed gRPC call to `service` into the matching HTTP error."""
+    """Turns a failed gRPC call to `service` into the matching HTTP error (the status of its
+    code's corral.errors class, see gateway.errors.from_rpc_error)."""
     try:
         yield
     except grpc.aio.AioRpcError as exc:

@@ -1,7 +1,9 @@
 """Every error the gateway returns is JSON: {"error": {"code": "...", "message": "..."}}.
 
-Validation messages name the field path the way a person would write it ("steps[1].command"),
-and gRPC status codes from the services map onto HTTP statuses.
+Validation messages name the field path the way a person would write it ("steps[1].command").
+HTTP statuses come from corral.errors, the one mapping: a CorralError raised in the gateway
+answers its class's `http_status`; a failed call to a service (grpc.aio.AioRpcError) answers
+the status of its code's class, naming the service when it is unreachable or broken.
 """
 
 from __future__ import annotations
@@ -16,25 +18,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from corral.errors import CorralError, Internal, error_class
 from corral.schema import TOOLS
 from corral.steps.gui import ACTIONS as GUI_ACTIONS
 
 log = structlog.get_logger()
 
-GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
+# A service's own failure (INTERNAL, UNKNOWN, DATA_LOSS...) is, to an HTTP client, a bad gateway.
+UPSTREAM_FAILED_STATUS = 502
 
 HTTP_CODES: dict[int, str] = {
     400: "bad_request",
@@ -78,15 +69,22 @@ def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse(error_body(error.code, error.message, error.details), status_code=error.status)
 
 
+def from_corral_error(exc: CorralError) -> ApiError:
+    """The HTTP face of a CorralError raised in the gateway: its class's status, its code's name."""
+    return ApiError(exc.http_status, exc.code.name.lower(), exc.message or exc.code.name.lower())
+
+
 def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
-    """The HTTP face of a failed gRPC call to `service` (scheduler or memory)."""
+    """The HTTP face of a failed gRPC call to `service` (scheduler or memory): the status of
+    its code's corral.errors class, but 502 for the service's own failures."""
     code = exc.code()
-    status = GRPC_TO_HTTP.get(code, 502)
+    cls = error_class(code)
     details = exc.details() or code.name.lower()
+    status = cls.http_status
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         message = f"{service} is not reachable: {details}"
-    elif status == 502:
-        message = f"{service} failed: {details}"
+    elif issubclass(cls, Internal):
+        status, message = UPSTREAM_FAILED_STATUS, f"{service} failed: {details}"
     else:
         message = details
     return ApiError(status, code.name.lower(), message)
@@ -166,6 +164,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
+
+    @app.exception_handler(CorralError)
+    async def _corral_error(_: Request, exc: CorralError) -> JSONResponse:
+        return error_response(from_corral_error(exc))
 
     @app.exception_handler(grpc.aio.AioRpcError)
     async def _rpc_error(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:

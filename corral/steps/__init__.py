@@ -14,8 +14,9 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from corral.config import Settings
+from corral.errors import InvalidTask
 from corral.limits import limits_problem
-from corral.steps.base import InvalidStep, StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
+from corral.steps.base import StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
 from corral.steps.files import ReadFileStep, ReadFileTool, WriteFileStep, WriteFileTool
 from corral.steps.gui import GuiStep, GuiTool
 from corral.steps.process import PythonStep, PythonTool, ShellStep, ShellTool, TypeScriptStep, TypeScriptTool
@@ -74,45 +75,45 @@ def _seconds(duration: Any) -> float:
 
 
 def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
-    """Raises InvalidStep naming the field when the task cannot run under this deployment.
+    """Raises InvalidTask naming the field when the task cannot run under this deployment.
 
     The one check of a task: the scheduler calls it at submission, the executor at admission.
     """
     if not spec.steps:
-        raise InvalidStep("a task needs at least one step")
+        raise InvalidTask("a task needs at least one step")
     if len(spec.steps) > MAX_STEPS:
-        raise InvalidStep(f"a task has at most {MAX_STEPS} steps, got {len(spec.steps)}")
+        raise InvalidTask(f"a task has at most {MAX_STEPS} steps, got {len(spec.steps)}")
     maximum = settings.max_step_timeout_seconds
     if spec.HasField("step_timeout"):
         _check_timeout(_seconds(spec.step_timeout), "step_timeout", maximum)
     for index, step in enumerate(spec.steps):
         found = tool_of(step)
         if found is None:
-            raise InvalidStep(f"steps[{index}] has no action (set one of: {', '.join(TOOL_NAMES)})")
+            raise InvalidTask(f"steps[{index}] has no action (set one of: {', '.join(TOOL_NAMES)})")
         tool, action = found
         tool.check(action, f"steps[{index}].{tool.name}")
         if step.HasField("timeout"):
             _check_timeout(_seconds(step.timeout), f"steps[{index}].timeout", maximum)
     for name in spec.env:
         if not name or "=" in name or "\0" in name:
-            raise InvalidStep(f"env has an invalid variable name {name!r}")
+            raise InvalidTask(f"env has an invalid variable name {name!r}")
     problem = limits_problem(spec.limits, settings)
     if problem:
-        raise InvalidStep(problem)
+        raise InvalidTask(problem)
 
 
 def _check_timeout(seconds: float, where: str, maximum: float) -> None:
     if seconds <= 0:
-        raise InvalidStep(f"{where} must be positive")
+        raise InvalidTask(f"{where} must be positive")
     if seconds > maximum:
-        raise InvalidStep(f"{where} {seconds:g}s exceeds this deployment's maximum of {maximum:g}s")
+        raise InvalidTask(f"{where} {seconds:g}s exceeds this deployment's maximum of {maximum:g}s")
 
 
 __all__ = [
     "MAX_STEPS",
     "TOOLS",
     "TOOL_NAMES",
-    "InvalidStep",
+    "InvalidTask",
     "StepContext",
     "StepFailed",
     "StepModel",

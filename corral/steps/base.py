@@ -17,17 +17,13 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.errors import InvalidArgument
+from corral.errors import InvalidTask
 
 if TYPE_CHECKING:
     from corral.v1 import gui_pb2_grpc
 
 StreamName = Literal["stdout", "stderr"]
 ProcessKind = Literal["shell", "python", "typescript"]
-
-
-class InvalidStep(InvalidArgument):
-    """A step (or task) that cannot run as given; the message names the field."""
 
 
 class StepFailed(Exception):
@@ -148,4 +144,4 @@ class StepTool(abc.ABC, Generic[ModelT, ActionT]):
 
 def require_text(value: str, where: str) -> None:
     if not value:
-        raise InvalidStep(f"{where} is empty")
+        raise InvalidTask(f"{where} is empty")

@@ -18,8 +18,9 @@ from typing import Annotated, Any, Literal
 import grpc
 from pydantic import Field, field_validator
 
+from corral.errors import InvalidTask
 from corral.keys import key_problem
-from corral.steps.base import InvalidStep, StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
+from corral.steps.base import StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
 from corral.v1 import gui_pb2, task_pb2
 
 Button = Literal["left", "middle", "right"]
@@ -223,31 +224,31 @@ class GuiTool(StepTool[Any, task_pb2.GuiAction]):
     def check(self, action: task_pb2.GuiAction, where: str) -> None:
         name = action.WhichOneof("action")
         if name is None:
-            raise InvalidStep(f"{where} has no action (set one of: {', '.join(ACTIONS)})")
+            raise InvalidTask(f"{where} has no action (set one of: {', '.join(ACTIONS)})")
         where = f"{where}.{name}"
         request = getattr(action, name)
         if action.max_width < 0 or action.max_height < 0:
-            raise InvalidStep(f"{where}: max_width and max_height must not be negative")
+            raise InvalidTask(f"{where}: max_width and max_height must not be negative")
         if name in ("click", "double_click", "triple_click", "mouse_down", "mouse_up", "drag"):
             if request.button not in BUTTON_NAMES and request.button != gui_pb2.MOUSE_BUTTON_UNSPECIFIED:
-                raise InvalidStep(f"{where}.button {request.button} is not a mouse button")
+                raise InvalidTask(f"{where}.button {request.button} is not a mouse button")
         if name == "click" and not 0 <= request.count <= 3:
-            raise InvalidStep(f"{where}.count must be 1, 2 or 3, got {request.count}")
+            raise InvalidTask(f"{where}.count must be 1, 2 or 3, got {request.count}")
         elif name == "scroll":
             if request.direction not in DIRECTION_NAMES and request.direction != gui_pb2.SCROLL_DIRECTION_UNSPECIFIED:
-                raise InvalidStep(f"{where}.direction {request.direction} is not a scroll direction")
+                raise InvalidTask(f"{where}.direction {request.direction} is not a scroll direction")
             if not 0 <= request.amount <= MAX_SCROLL:
-                raise InvalidStep(f"{where}.amount must be between 1 and {MAX_SCROLL}, got {request.amount}")
+                raise InvalidTask(f"{where}.amount must be between 1 and {MAX_SCROLL}, got {request.amount}")
         elif name == "key":
             problem = key_problem(request.keys)
             if problem:
-                raise InvalidStep(f"{where}.keys: {problem}")
+                raise InvalidTask(f"{where}.keys: {problem}")
         elif name == "focus_window" and not request.window_id:
-            raise InvalidStep(f"{where}.window_id is empty")
+            raise InvalidTask(f"{where}.window_id is empty")
         elif name == "wait_window" and not request.text:
-            raise InvalidStep(f"{where}.text is empty: give part of the window's title")
+            raise InvalidTask(f"{where}.text is empty: give part of the window's title")
         elif name == "screenshot" and (request.max_width < 0 or request.max_height < 0):
-            raise InvalidStep(f"{where}: max_width and max_height must not be negative")
+            raise InvalidTask(f"{where}: max_width and max_height must not be negative")
 
     def describe(self, action: task_pb2.GuiAction) -> str:
         return f"gui {action.WhichOneof('action') or '(no action)'}"

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/task.proto\"6\n\x11SubmitTaskRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"D\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.corral.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"^\n\x10ListTasksRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x11WatchTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"v\n\x17RegisterExecutorRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x64river\x18\x04 \x01(\t\x12\x13\n\x0bsandbox_ids\x18\x05 \x03(\t\"Y\n\x18RegisterExecutorResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\x12\x19\n\x11stale_sandbox_ids\x18\x02 \x03(\t\"\'\n\x10HeartbeatRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"\x16\n\x14ListExecutorsRequest\"v\n\x0c\x45xecutorInfo\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\r\n\x05\x61live\x18\x06 \x01(\x08\"C\n\x15ListExecutorsResponse\x12*\n\texecutors\x18\x01 \x03(\x0b\x32\x17.corral.v1.ExecutorInfo2\xf5\x04\n\x10SchedulerService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x12[\n\x10RegisterExecutor\x12\".corral.v1.RegisterExecutorRequest\x1a#.corral.v1.RegisterExecutorResponse\x12\x46\n\tHeartbeat\x12\x1b.corral.v1.HeartbeatRequest\x1a\x1c.corral.v1.HeartbeatResponse\x12R\n\rListExecutors\x12\x1f.corral.v1.ListExecutorsRequest\x1a .corral.v1.ListExecutorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/task.proto\"6\n\x11SubmitTaskRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"D\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.corral.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"^\n\x10ListTasksRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x11WatchTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent2\xfc\x02\n\x10SchedulerService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,20 +52,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WATCHTASKREQUEST']._serialized_end=597
   _globals['_WATCHTASKRESPONSE']._serialized_start=599
   _globals['_WATCHTASKRESPONSE']._serialized_end=655
-  _globals['_REGISTEREXECUTORREQUEST']._serialized_start=657
-  _globals['_REGISTEREXECUTORREQUEST']._serialized_end=775
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_start=777
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_end=866
-  _globals['_HEARTBEATREQUEST']._serialized_start=868
-  _globals['_HEARTBEATREQUEST']._serialized_end=907
-  _globals['_HEARTBEATRESPONSE']._serialized_start=909
-  _globals['_HEARTBEATRESPONSE']._serialized_end=943
-  _globals['_LISTEXECUTORSREQUEST']._serialized_start=945
-  _globals['_LISTEXECUTORSREQUEST']._serialized_end=967
-  _globals['_EXECUTORINFO']._serialized_start=969
-  _globals['_EXECUTORINFO']._serialized_end=1087
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=1089
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=1156
-  _globals['_SCHEDULERSERVICE']._serialized_start=1159
-  _globals['_SCHEDULERSERVICE']._serialized_end=1788
+  _globals['_SCHEDULERSERVICE']._serialized_start=658
+  _globals['_SCHEDULERSERVICE']._serialized_end=1038
 # @@protoc_insertion_point(module_scope)

@@ -60,21 +60,6 @@ class SchedulerServiceStub:
                 request_serializer=corral_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_scheduler__pb2.WatchTaskResponse.FromString,
                 _registered_method=True)
-        self.RegisterExecutor = channel.unary_unary(
-                '/corral.v1.SchedulerService/RegisterExecutor',
-                request_serializer=corral_dot_v1_dot_scheduler__pb2.RegisterExecutorRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_scheduler__pb2.RegisterExecutorResponse.FromString,
-                _registered_method=True)
-        self.Heartbeat = channel.unary_unary(
-                '/corral.v1.SchedulerService/Heartbeat',
-                request_serializer=corral_dot_v1_dot_scheduler__pb2.HeartbeatRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_scheduler__pb2.HeartbeatResponse.FromString,
-                _registered_method=True)
-        self.ListExecutors = channel.unary_unary(
-                '/corral.v1.SchedulerService/ListExecutors',
-                request_serializer=corral_dot_v1_dot_scheduler__pb2.ListExecutorsRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_scheduler__pb2.ListExecutorsResponse.FromString,
-                _registered_method=True)
 
 
 class SchedulerServiceServicer:
@@ -107,26 +92,8 @@ class SchedulerServiceServicer:
 
     def WatchTask(self, request, context):
         """Replays the task's events after `after_sequence`, then follows live until the task ends.
+        Executors register in corral.internal.v1.ExecutorRegistryService (same server).
         """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RegisterExecutor(self, request, context):
-        """Executor-facing.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListExecutors(self, request, context):
-        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -158,21 +125,6 @@ def add_SchedulerServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=corral_dot_v1_dot_scheduler__pb2.WatchTaskRequest.FromString,
                     response_serializer=corral_dot_v1_dot_scheduler__pb2.WatchTaskResponse.SerializeToString,
-            ),
-            'RegisterExecutor': grpc.unary_unary_rpc_method_handler(
-                    servicer.RegisterExecutor,
-                    request_deserializer=corral_dot_v1_dot_scheduler__pb2.RegisterExecutorRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_scheduler__pb2.RegisterExecutorResponse.SerializeToString,
-            ),
-            'Heartbeat': grpc.unary_unary_rpc_method_handler(
-                    servicer.Heartbeat,
-                    request_deserializer=corral_dot_v1_dot_scheduler__pb2.HeartbeatRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_scheduler__pb2.HeartbeatResponse.SerializeToString,
-            ),
-            'ListExecutors': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListExecutors,
-                    request_deserializer=corral_dot_v1_dot_scheduler__pb2.ListExecutorsRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_scheduler__pb2.ListExecutorsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -311,87 +263,6 @@ class SchedulerService:
             '/corral.v1.SchedulerService/WatchTask',
             corral_dot_v1_dot_scheduler__pb2.WatchTaskRequest.SerializeToString,
             corral_dot_v1_dot_scheduler__pb2.WatchTaskResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RegisterExecutor(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/corral.v1.SchedulerService/RegisterExecutor',
-            corral_dot_v1_dot_scheduler__pb2.RegisterExecutorRequest.SerializeToString,
-            corral_dot_v1_dot_scheduler__pb2.RegisterExecutorResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Heartbeat(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/corral.v1.SchedulerService/Heartbeat',
-            corral_dot_v1_dot_scheduler__pb2.HeartbeatRequest.SerializeToString,
-            corral_dot_v1_dot_scheduler__pb2.HeartbeatResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListExecutors(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/corral.v1.SchedulerService/ListExecutors',
-            corral_dot_v1_dot_scheduler__pb2.ListExecutorsRequest.SerializeToString,
-            corral_dot_v1_dot_scheduler__pb2.ListExecutorsResponse.FromString,
             options,
             channel_credentials,
             insecure,

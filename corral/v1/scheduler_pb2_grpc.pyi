@@ -38,11 +38,9 @@ class SchedulerServiceStub:
     ListTasks: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListTasksRequest, _scheduler_pb2.ListTasksResponse]
     CancelTask: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.CancelTaskRequest, _scheduler_pb2.CancelTaskResponse]
     WatchTask: _grpc.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _scheduler_pb2.WatchTaskResponse]
-    """Replays the task's events after `after_sequence`, then follows live until the task ends."""
-    RegisterExecutor: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.RegisterExecutorRequest, _scheduler_pb2.RegisterExecutorResponse]
-    """Executor-facing."""
-    Heartbeat: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]
-    ListExecutors: _grpc.UnaryUnaryMultiCallable[_scheduler_pb2.ListExecutorsRequest, _scheduler_pb2.ListExecutorsResponse]
+    """Replays the task's events after `after_sequence`, then follows live until the task ends.
+    Executors register in corral.internal.v1.ExecutorRegistryService (same server).
+    """
 
 @_typing.type_check_only
 class SchedulerServiceAsyncStub(SchedulerServiceStub):
@@ -54,11 +52,9 @@ class SchedulerServiceAsyncStub(SchedulerServiceStub):
     ListTasks: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListTasksRequest, _scheduler_pb2.ListTasksResponse]  # type: ignore[assignment]
     CancelTask: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.CancelTaskRequest, _scheduler_pb2.CancelTaskResponse]  # type: ignore[assignment]
     WatchTask: _aio.UnaryStreamMultiCallable[_scheduler_pb2.WatchTaskRequest, _scheduler_pb2.WatchTaskResponse]  # type: ignore[assignment]
-    """Replays the task's events after `after_sequence`, then follows live until the task ends."""
-    RegisterExecutor: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.RegisterExecutorRequest, _scheduler_pb2.RegisterExecutorResponse]  # type: ignore[assignment]
-    """Executor-facing."""
-    Heartbeat: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.HeartbeatRequest, _scheduler_pb2.HeartbeatResponse]  # type: ignore[assignment]
-    ListExecutors: _aio.UnaryUnaryMultiCallable[_scheduler_pb2.ListExecutorsRequest, _scheduler_pb2.ListExecutorsResponse]  # type: ignore[assignment]
+    """Replays the task's events after `after_sequence`, then follows live until the task ends.
+    Executors register in corral.internal.v1.ExecutorRegistryService (same server).
+    """
 
 class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns task state: accepts tasks, assigns them to executors, answers status and watch calls."""
@@ -97,28 +93,8 @@ class SchedulerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _scheduler_pb2.WatchTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_scheduler_pb2.WatchTaskResponse], _abc.AsyncIterator[_scheduler_pb2.WatchTaskResponse]]:
-        """Replays the task's events after `after_sequence`, then follows live until the task ends."""
-
-    @_abc_1.abstractmethod
-    def RegisterExecutor(
-        self,
-        request: _scheduler_pb2.RegisterExecutorRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_scheduler_pb2.RegisterExecutorResponse, _abc.Awaitable[_scheduler_pb2.RegisterExecutorResponse]]:
-        """Executor-facing."""
-
-    @_abc_1.abstractmethod
-    def Heartbeat(
-        self,
-        request: _scheduler_pb2.HeartbeatRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_scheduler_pb2.HeartbeatResponse, _abc.Awaitable[_scheduler_pb2.HeartbeatResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def ListExecutors(
-        self,
-        request: _scheduler_pb2.ListExecutorsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_scheduler_pb2.ListExecutorsResponse, _abc.Awaitable[_scheduler_pb2.ListExecutorsResponse]]: ...
+        """Replays the task's events after `after_sequence`, then follows live until the task ends.
+        Executors register in corral.internal.v1.ExecutorRegistryService (same server).
+        """
 
 def add_SchedulerServiceServicer_to_server(servicer: SchedulerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -159,8 +159,8 @@ async def jupyter_socket(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Gran
         return path
     sandbox_id = grant.sandbox.sandbox_id
     async with upstream("scheduler"):
-        reply = await stubs.access.StartJupyter(
-            sandbox_access_pb2.StartJupyterRequest(
+        reply = await stubs.access.OpenJupyter(
+            sandbox_access_pb2.OpenJupyterRequest(
                 sandbox_id=sandbox_id, base_url=f"/v1/sandboxes/{sandbox_id}/jupyter/", token=grant.token
             ),
             timeout=JUPYTER_START_TIMEOUT_SECONDS,

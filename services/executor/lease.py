@@ -13,12 +13,13 @@ import shutil
 from pathlib import Path
 
 from corral.config import Settings
+from corral.errors import SandboxNotFound
 from corral.steps import StepFailed, needs_desktop
 from corral.v1 import task_pb2
 from services.executor.desktop import Desktop, start_desktop
 from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxLimits
 from services.executor.gui_client import GuiClient
-from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
+from services.executor.sandboxes import ManagedSandbox, SandboxManager
 
 
 class SandboxLease:

@@ -18,7 +18,7 @@ import grpc
 import structlog
 
 from corral.grpc_server import insecure_channel
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from services.executor.sandboxes import SandboxManager
 
 log = structlog.get_logger()
@@ -38,7 +38,7 @@ class SchedulerRegistration:
         sandboxes: SandboxManager,
     ) -> None:
         self.scheduler_address = scheduler_address
-        self.request = scheduler_pb2.RegisterExecutorRequest(
+        self.request = registry_pb2.RegisterExecutorRequest(
             executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver
         )
         self.sandboxes = sandboxes
@@ -58,13 +58,13 @@ class SchedulerRegistration:
 
     async def _run(self) -> None:
         async with insecure_channel(self.scheduler_address) as channel:
-            stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
+            stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
             failing = False
             while True:
                 interval = self.interval
                 try:
                     if not self.registered:
-                        request = scheduler_pb2.RegisterExecutorRequest()
+                        request = registry_pb2.RegisterExecutorRequest()
                         request.CopyFrom(self.request)
                         request.sandbox_ids.extend(self.sandboxes.sandbox_ids)
                         reply = await stub.RegisterExecutor(request, timeout=CALL_TIMEOUT_SECONDS)
@@ -80,7 +80,7 @@ class SchedulerRegistration:
                         )
                     else:
                         beat = await stub.Heartbeat(
-                            scheduler_pb2.HeartbeatRequest(executor_id=self.request.executor_id),
+                            registry_pb2.HeartbeatRequest(executor_id=self.request.executor_id),
                             timeout=CALL_TIMEOUT_SECONDS,
                         )
                         if not beat.known:

@@ -17,31 +17,21 @@ from collections.abc import AsyncGenerator
 import structlog
 
 from corral.config import Settings
-from corral.steps import InvalidStep, check_spec
+from corral.errors import InvalidTask, SandboxNotFound
+from corral.steps import check_spec
 from corral.v1 import memory_pb2, task_pb2
 from services.executor.drivers.base import SandboxDriver
+from services.executor.errors import AlreadyRunning, AtCapacity
 from services.executor.history import HistoryRecorder
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.lease import SandboxLease
 from services.executor.recorder import TaskRecorder
-from services.executor.sandboxes import SandboxManager, SandboxNotFound
+from services.executor.sandboxes import SandboxManager
 from services.executor.step_loop import StepLoop
 
 log = structlog.get_logger()
 
 TASK_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-
-
-class InvalidTask(InvalidStep):
-    """The task cannot be run as given (bad id, no steps)."""
-
-
-class AtCapacity(Exception):
-    """Every slot of this executor is busy."""
-
-
-class AlreadyRunning(Exception):
-    """A task with this id is already running here."""
 
 
 class TaskRun:
@@ -142,10 +132,7 @@ class TaskRunner:
             raise InvalidTask(
                 f"invalid task id {task_id!r}: use 1-128 letters, digits, '.', '_' or '-'"
             )
-        try:
-            check_spec(spec, self.settings)  # the scheduler's own check, again at admission
-        except InvalidStep as exc:
-            raise InvalidTask(str(exc)) from None
+        check_spec(spec, self.settings)  # the scheduler's own check, again at admission
         if task_id in self._runs:
             raise AlreadyRunning(f"task {task_id} is already running on this executor")
         if len(self._runs) >= self.capacity:

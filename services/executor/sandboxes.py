@@ -17,21 +17,15 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
+from corral.errors import SandboxNotFound
 from corral.v1 import sandbox_pb2
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
-from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxLimits
+from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxError, SandboxLimits
+from services.executor.errors import SandboxExists, SandboxStartFailed
 
 log = structlog.get_logger()
 
 REAP_INTERVAL_SECONDS = 1.0
-
-
-class SandboxNotFound(LookupError):
-    pass
-
-
-class SandboxExists(Exception):
-    pass
 
 
 @dataclass
@@ -116,6 +110,8 @@ class SandboxManager:
             self._sandboxes[sandbox_id] = managed
             log.info("sandbox created", sandbox_id=sandbox_id, desktop=spec.desktop)
             return managed
+        except SandboxError as exc:
+            raise SandboxStartFailed(str(exc)) from exc
         finally:
             self._creating.discard(sandbox_id)
 
@@ -135,7 +131,10 @@ class SandboxManager:
     async def start_jupyter(self, sandbox_id: str, base_url: str) -> Path:
         managed = self.get(sandbox_id)
         async with managed.jupyter_lock:
-            return await start_jupyter(managed.sandbox, managed.host_run_dir, base_url, "/tasks")
+            try:
+                return await start_jupyter(managed.sandbox, managed.host_run_dir, base_url, "/tasks")
+            except SandboxError as exc:
+                raise SandboxStartFailed(str(exc)) from exc
 
     async def _reap_loop(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
-from corral.v1 import executor_pb2, executor_pb2_grpc
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.drivers.base import SandboxDriver
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration

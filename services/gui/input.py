@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+from corral.errors import Internal, InvalidArgument
 from corral.keys import key_problem
 
 # Long text is typed in chunks so a single xdotool call never has to hold it all.
@@ -16,11 +17,11 @@ MAX_SCROLL = 200
 XDOTOOL_TIMEOUT = 30.0
 
 
-class InvalidInput(ValueError):
+class InvalidInput(InvalidArgument):
     """Arguments that cannot be carried out; the message says why."""
 
 
-class InputFailed(RuntimeError):
+class InputFailed(Internal):
     """xdotool itself failed."""
 
 

@@ -2,7 +2,8 @@
 
 It runs on the sandbox's own interpreter (sandbox/runtime/.venv, /app/.venv inside), which has
 grpcio, protobuf, python-xlib and Pillow but not the rest of Corral's dependencies, so this
-module imports only those and the generated stubs.
+module imports only those, the generated stubs and corral.grpc_server (whose interceptor maps
+corral.errors to status codes here too; it does without structlog).
 """
 
 from __future__ import annotations
@@ -14,39 +15,26 @@ import logging
 import os
 import signal
 
-import grpc
-from grpc_health.v1 import _async as health_aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
+from corral.grpc_server import add_reflection_and_health, mark_serving, new_server
 from corral.v1 import gui_pb2, gui_pb2_grpc
 from services.gui.display import Screen
 from services.gui.input import Input
 from services.gui.servicer import GuiServicer
 
 SERVICE_NAME = gui_pb2.DESCRIPTOR.services_by_name["GuiService"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 log = logging.getLogger("corral.gui")
 
 
 async def serve(socket_path: str, display_name: str) -> None:
     screen = Screen(display_name)
-    server = grpc.aio.server(
-        options=[
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
-    )
+    server = new_server()
     gui_pb2_grpc.add_GuiServiceServicer_to_server(GuiServicer(screen, Input(display_name)), server)
-    health_servicer = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    health_servicer = add_reflection_and_health(server, [SERVICE_NAME])
     with contextlib.suppress(FileNotFoundError):
         os.unlink(socket_path)
     server.add_insecure_port(f"unix:{socket_path}")
     await server.start()
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    await mark_serving(health_servicer, [SERVICE_NAME])
     log.info("gui service listening on %s for display %s", socket_path, display_name)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

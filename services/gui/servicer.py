@@ -1,15 +1,17 @@
-"""GuiService over gRPC: checks arguments, then hands each call to Screen or Input."""
+"""GuiService over gRPC: checks arguments, then hands each call to Screen or Input.
+
+Bad arguments raise corral.errors classes (Input's InvalidInput and InputFailed are too); the
+server's interceptor turns them into status codes."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, NoReturn
+from typing import Any
 
-import grpc
-
+from corral.errors import InvalidArgument, NotFound
 from corral.v1 import gui_pb2, gui_pb2_grpc
 from services.gui.display import Screen
-from services.gui.input import Input, InputFailed, InvalidInput
+from services.gui.input import Input
 
 Context = Any  # grpc.aio.ServicerContext; the sandbox's runtime has no grpc-stubs
 BUTTON_NAMES = {
@@ -26,89 +28,74 @@ DIRECTION_NAMES = {
 }
 
 
-async def _abort(context: Context, code: grpc.StatusCode, message: str) -> NoReturn:
-    await context.abort(code, message)
-    raise AssertionError("unreachable")
-
-
 class GuiServicer(gui_pb2_grpc.GuiServiceServicer):
     def __init__(self, screen: Screen, input_: Input) -> None:
         self.screen = screen
         self.input = input_
 
-    async def _point(self, x: int, y: int, context: Context, what: str = "") -> tuple[int, int]:
+    async def _point(self, x: int, y: int, what: str = "") -> tuple[int, int]:
         width, height = await asyncio.to_thread(self.screen.size)
         if not (0 <= x < width and 0 <= y < height):
             label = f"{what} " if what else ""
-            await _abort(
-                context,
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"{label}({x}, {y}) is off the screen: x must be in 0..{width - 1}, y in 0..{height - 1}",
+            raise InvalidArgument(
+                f"{label}({x}, {y}) is off the screen: x must be in 0..{width - 1}, y in 0..{height - 1}"
             )
         return x, y
 
-    async def _button(self, button: int, context: Context) -> str:
+    async def _button(self, button: int) -> str:
         name = BUTTON_NAMES.get(button)  # type: ignore[call-overload]
         if name is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"unknown mouse button {button}")
+            raise InvalidArgument(f"unknown mouse button {button}")
         return str(name)
-
-    async def _do(self, context: Context, action: Any) -> None:
-        try:
-            await action
-        except InvalidInput as exc:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except InputFailed as exc:
-            await _abort(context, grpc.StatusCode.INTERNAL, str(exc))
 
     async def Screenshot(self, request: Any, context: Context) -> gui_pb2.ScreenshotResponse:
         if request.max_width < 0 or request.max_height < 0:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "max_width and max_height must not be negative")
+            raise InvalidArgument("max_width and max_height must not be negative")
         shot = await asyncio.to_thread(self.screen.screenshot, request.max_width, request.max_height)
         return gui_pb2.ScreenshotResponse(png=shot.png, width=shot.width, height=shot.height, scale=shot.scale)
 
     async def MoveMouse(self, request: Any, context: Context) -> gui_pb2.MoveMouseResponse:
-        point = await self._point(request.x, request.y, context)
-        await self._do(context, self.input.move(*point))
+        point = await self._point(request.x, request.y)
+        await self.input.move(*point)
         return gui_pb2.MoveMouseResponse()
 
     async def Click(self, request: Any, context: Context) -> gui_pb2.ClickResponse:
-        point = await self._point(request.x, request.y, context)
-        button = await self._button(request.button, context)
-        await self._do(context, self.input.click(*point, button, request.count or 1))
+        point = await self._point(request.x, request.y)
+        button = await self._button(request.button)
+        await self.input.click(*point, button, request.count or 1)
         return gui_pb2.ClickResponse()
 
     async def MouseDown(self, request: Any, context: Context) -> gui_pb2.MouseDownResponse:
-        await self._do(context, self.input.mouse_down(await self._button(request.button, context)))
+        await self.input.mouse_down(await self._button(request.button))
         return gui_pb2.MouseDownResponse()
 
     async def MouseUp(self, request: Any, context: Context) -> gui_pb2.MouseUpResponse:
-        await self._do(context, self.input.mouse_up(await self._button(request.button, context)))
+        await self.input.mouse_up(await self._button(request.button))
         return gui_pb2.MouseUpResponse()
 
     async def Drag(self, request: Any, context: Context) -> gui_pb2.DragResponse:
-        start = await self._point(request.from_x, request.from_y, context, "from")
-        end = await self._point(request.to_x, request.to_y, context, "to")
-        button = await self._button(request.button, context)
-        await self._do(context, self.input.drag(start, end, button))
+        start = await self._point(request.from_x, request.from_y, "from")
+        end = await self._point(request.to_x, request.to_y, "to")
+        button = await self._button(request.button)
+        await self.input.drag(start, end, button)
         return gui_pb2.DragResponse()
 
     async def Scroll(self, request: Any, context: Context) -> gui_pb2.ScrollResponse:
         direction = DIRECTION_NAMES.get(request.direction)
         if direction is None:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "direction is required (up, down, left, right)")
+            raise InvalidArgument("direction is required (up, down, left, right)")
         at = None
         if request.x or request.y:
-            at = await self._point(request.x, request.y, context)
-        await self._do(context, self.input.scroll(str(direction), request.amount or 1, at))
+            at = await self._point(request.x, request.y)
+        await self.input.scroll(str(direction), request.amount or 1, at)
         return gui_pb2.ScrollResponse()
 
     async def TypeText(self, request: Any, context: Context) -> gui_pb2.TypeTextResponse:
-        await self._do(context, self.input.type_text(request.text))
+        await self.input.type_text(request.text)
         return gui_pb2.TypeTextResponse()
 
     async def PressKey(self, request: Any, context: Context) -> gui_pb2.PressKeyResponse:
-        await self._do(context, self.input.press(request.keys))
+        await self.input.press(request.keys)
         return gui_pb2.PressKeyResponse()
 
     async def CursorPosition(self, request: Any, context: Context) -> gui_pb2.CursorPositionResponse:
@@ -132,8 +119,8 @@ class GuiServicer(gui_pb2_grpc.GuiServiceServicer):
         try:
             window_id = int(request.window_id, 0)
         except ValueError:
-            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"window_id {request.window_id!r} is not a window id")
+            raise InvalidArgument(f"window_id {request.window_id!r} is not a window id") from None
         if not await asyncio.to_thread(self.screen.window_exists, window_id):
-            await _abort(context, grpc.StatusCode.NOT_FOUND, f"no window with id {request.window_id}")
-        await self._do(context, self.input.focus(window_id))
+            raise NotFound(f"no window with id {request.window_id}")
+        await self.input.focus(window_id)
         return gui_pb2.FocusWindowResponse()

@@ -1,22 +1,15 @@
-"""gRPC face of the memory store: translates protos to plain records and errors to codes."""
+"""gRPC face of the memory store: translates protos to plain records (the store's corral.errors
+exceptions become status codes in the server's interceptor)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from datetime import UTC, datetime
-from typing import TypeVar
 
-import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from corral.grpc_server import Context
 from corral.v1 import memory_pb2, memory_pb2_grpc
-from services.memory.store import (
-    HistoryRecord,
-    InvalidArgument,
-    MemoryStore,
-    NoteRecord,
-    NotFound,
-)
+from services.memory.store import HistoryRecord, MemoryStore, NoteRecord
 
 
 def _timestamp(value: datetime | None) -> Timestamp:
@@ -70,21 +63,6 @@ def note_to_proto(note: NoteRecord) -> memory_pb2.Note:
     )
 
 
-T = TypeVar("T")
-Context = grpc.aio.ServicerContext[object, object]
-
-
-async def _guarded(context: Context, work: Awaitable[T]) -> T:
-    """Awaits `work`, turning the store's exceptions into gRPC status codes."""
-    try:
-        return await work
-    except InvalidArgument as exc:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-    except NotFound as exc:
-        await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-    raise AssertionError("context.abort always raises")
-
-
 class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     def __init__(self, store: MemoryStore) -> None:
         self._store = store
@@ -93,37 +71,34 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.AppendEventsRequest, context: Context
     ) -> memory_pb2.AppendEventsResponse:
         records = [record_from_proto(request.task_id, e) for e in request.events]
-        sequences = await _guarded(context, self._store.append_events(request.task_id, records))
+        sequences = await self._store.append_events(request.task_id, records)
         return memory_pb2.AppendEventsResponse(sequences=sequences)
 
     async def ListEvents(
         self, request: memory_pb2.ListEventsRequest, context: Context
     ) -> memory_pb2.ListEventsResponse:
-        records = await _guarded(
-            context,
-            self._store.list_events(request.task_id, request.after_sequence, request.limit),
-        )
+        records = await self._store.list_events(request.task_id, request.after_sequence, request.limit)
         return memory_pb2.ListEventsResponse(events=[record_to_proto(r) for r in records])
 
     async def Search(self, request: memory_pb2.SearchRequest, context: Context) -> memory_pb2.SearchResponse:
-        results = await _guarded(context, self._store.search(request.query, request.limit, request.task_id))
+        results = await self._store.search(request.query, request.limit, request.task_id)
         hits = [memory_pb2.SearchHit(event=record_to_proto(r.record), snippet=r.snippet) for r in results]
         return memory_pb2.SearchResponse(hits=hits)
 
     async def PutNote(
         self, request: memory_pb2.PutNoteRequest, context: Context
     ) -> memory_pb2.PutNoteResponse:
-        note = await _guarded(context, self._store.put_note(request.namespace, request.key, request.value))
+        note = await self._store.put_note(request.namespace, request.key, request.value)
         return memory_pb2.PutNoteResponse(note=note_to_proto(note))
 
     async def GetNote(
         self, request: memory_pb2.GetNoteRequest, context: Context
     ) -> memory_pb2.GetNoteResponse:
-        note = await _guarded(context, self._store.get_note(request.namespace, request.key))
+        note = await self._store.get_note(request.namespace, request.key)
         return memory_pb2.GetNoteResponse(note=note_to_proto(note))
 
     async def ListNotes(
         self, request: memory_pb2.ListNotesRequest, context: Context
     ) -> memory_pb2.ListNotesResponse:
-        found = await _guarded(context, self._store.list_notes(request.namespace))
+        found = await self._store.list_notes(request.namespace)
         return memory_pb2.ListNotesResponse(notes=[note_to_proto(n) for n in found])

@@ -32,6 +32,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from corral.db import create_engine
+from corral.errors import InvalidArgument, NotFound
+
+# InvalidArgument and NotFound (corral.errors) are what the store raises; callers import them here too.
+__all__ = ["HistoryRecord", "InvalidArgument", "MemoryStore", "NotFound", "NoteRecord", "SearchResult"]
 
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10000
@@ -80,14 +84,6 @@ notes = Table(
 )
 
 SEARCHABLE_COLUMNS = ("action", "stdout", "stderr", "error")
-
-
-class InvalidArgument(ValueError):
-    """A request the caller must fix (empty id, bad limit...)."""
-
-
-class NotFound(LookupError):
-    """The thing asked for does not exist."""
 
 
 @dataclass

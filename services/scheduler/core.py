@@ -18,29 +18,29 @@ import grpc
 import structlog
 
 from corral.config import Settings
+from corral.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidTask,
+    NotFound,
+    TaskAlreadyFinished,
+    TaskNotFound,
+)
+from corral.internal.v1 import executor_pb2
 from corral.schema import TERMINAL_TASK_STATES
-from corral.steps import InvalidStep as InvalidTask
 from corral.steps import check_spec
-from corral.v1 import executor_pb2, task_pb2
+from corral.v1 import task_pb2
 
 from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
 from .sandboxes import SandboxCoordinator
-from .store import TaskStore
+from .store import TaskStore, decode_page_token
 
 log = structlog.get_logger()
 
 CANCEL_GRACE_SECONDS = 5.0
 # Executor events that change the stored task (its state, its steps).
 PROGRESS_EVENTS = frozenset({"started", "step_started", "step_finished"})
-
-
-class TaskNotFound(LookupError):
-    pass
-
-
-class TaskAlreadyFinished(RuntimeError):
-    pass
 
 
 class Scheduler:
@@ -111,6 +111,11 @@ class Scheduler:
         return task
 
     async def list_tasks(self, state: int, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
+        if page_token:
+            try:
+                decode_page_token(page_token)
+            except ValueError:
+                raise InvalidArgument("page_token is not valid") from None
         return await self._store.list_tasks(state, page_size, page_token)
 
     async def cancel(self, task_id: str) -> task_pb2.Task:
@@ -127,7 +132,7 @@ class Scheduler:
         log.info("cancelling task", task_id=task_id, executor_id=executor.executor_id)
         try:
             reply = await executor.stub.CancelTask(
-                executor_pb2.ExecutorCancelTaskRequest(task_id=task_id, reason="cancelled by request"),
+                executor_pb2.CancelTaskRequest(task_id=task_id, reason="cancelled by request"),
                 timeout=CANCEL_GRACE_SECONDS,
             )
             found = reply.found
@@ -174,9 +179,9 @@ class Scheduler:
     ) -> list[str]:
         """Registers (or re-registers) an executor; returns the sandboxes it should remove."""
         if not executor_id or not address:
-            raise ValueError("executor_id and address are required")
+            raise InvalidArgument("executor_id and address are required")
         if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+            raise InvalidArgument("capacity must be at least 1")
         stale: list[str] = []
         if self.sandboxes is not None:
             stale = await self.sandboxes.reconcile(executor_id, sandbox_ids)
@@ -326,7 +331,7 @@ class Scheduler:
         assert self.sandboxes is not None
         try:
             sandbox = await self.sandboxes.active(sandbox_id)
-        except (LookupError, RuntimeError) as exc:
+        except (NotFound, FailedPrecondition) as exc:
             await self._finish(task_id, task_pb2.TASK_STATE_FAILED, str(exc))
             return None
         executor = self.executors.get(sandbox.executor_id)

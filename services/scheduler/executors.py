@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from corral.grpc_server import insecure_channel
-from corral.v1 import executor_pb2_grpc, scheduler_pb2
+from corral.internal.v1 import executor_pb2_grpc, registry_pb2
 
 
 @dataclass
@@ -27,8 +27,8 @@ class ExecutorRecord:
     def free(self) -> int:
         return self.capacity - len(self.running) if self.alive else 0
 
-    def info(self) -> scheduler_pb2.ExecutorInfo:
-        return scheduler_pb2.ExecutorInfo(
+    def info(self) -> registry_pb2.ExecutorInfo:
+        return registry_pb2.ExecutorInfo(
             executor_id=self.executor_id,
             address=self.address,
             capacity=self.capacity,

@@ -21,8 +21,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
 from corral.config import Settings
+from corral.errors import InvalidSandboxRequest, SandboxEnded, SandboxNotFound, SandboxUnavailable
+from corral.internal.v1 import executor_pb2
 from corral.limits import limits_problem
-from corral.v1 import executor_pb2, sandbox_pb2
+from corral.v1 import sandbox_pb2
 
 from .executors import ExecutorRegistry
 from .sandbox_secrets import SandboxSecrets
@@ -34,22 +36,6 @@ CREATE_TIMEOUT_SECONDS = 150.0
 JUPYTER_TIMEOUT_SECONDS = 150.0
 EXPIRY_CHECK_SECONDS = 1.0
 ENDED = (sandbox_pb2.SANDBOX_STATE_DELETED, sandbox_pb2.SANDBOX_STATE_EXPIRED, sandbox_pb2.SANDBOX_STATE_FAILED)
-
-
-class SandboxNotFound(LookupError):
-    pass
-
-
-class SandboxEnded(RuntimeError):
-    """The sandbox exists but is deleted, expired or failed."""
-
-
-class SandboxUnavailable(RuntimeError):
-    """No executor can take (or still has) the sandbox."""
-
-
-class InvalidSandboxRequest(ValueError):
-    pass
 
 
 class SandboxRow(Base):
@@ -174,7 +160,7 @@ class SandboxCoordinator:
         self._creating.add(sandbox_id)
         try:
             reply = await executor.stub.CreateSandbox(
-                executor_pb2.ExecutorCreateSandboxRequest(
+                executor_pb2.CreateSandboxRequest(
                     sandbox_id=sandbox_id, spec=spec, expires_at=_timestamp(expires_at)
                 ),
                 timeout=CREATE_TIMEOUT_SECONDS,
@@ -227,7 +213,7 @@ class SandboxCoordinator:
             raise SandboxUnavailable(f"the sandbox's executor {sandbox.executor_id} is not connected")
         try:
             reply = await executor.stub.ExtendSandbox(
-                executor_pb2.ExecutorExtendSandboxRequest(sandbox_id=sandbox_id, expires_at=_timestamp(expires_at)),
+                executor_pb2.ExtendSandboxRequest(sandbox_id=sandbox_id, expires_at=_timestamp(expires_at)),
                 timeout=self.settings.gateway_rpc_timeout_seconds,
             )
         except grpc.aio.AioRpcError as exc:
@@ -255,7 +241,7 @@ class SandboxCoordinator:
             raise SandboxUnavailable(f"the sandbox's executor {sandbox.executor_id} is not connected")
         try:
             reply = await executor.stub.StartJupyter(
-                executor_pb2.ExecutorStartJupyterRequest(sandbox_id=sandbox_id, base_url=base_url),
+                executor_pb2.StartJupyterRequest(sandbox_id=sandbox_id, base_url=base_url),
                 timeout=JUPYTER_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
@@ -299,7 +285,7 @@ class SandboxCoordinator:
         if executor is not None:
             try:
                 await executor.stub.DeleteSandbox(
-                    executor_pb2.ExecutorDeleteSandboxRequest(sandbox_id=sandbox.sandbox_id),
+                    executor_pb2.DeleteSandboxRequest(sandbox_id=sandbox.sandbox_id),
                     timeout=self.settings.gateway_rpc_timeout_seconds,
                 )
             except grpc.aio.AioRpcError as exc:  # it removes it itself at expiry anyway

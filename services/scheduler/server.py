@@ -13,10 +13,11 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
-from corral.internal.v1 import sandbox_access_pb2_grpc
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc, sandbox_access_pb2_grpc
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from .core import Scheduler
+from .registry_servicer import ExecutorRegistryServicer
 from .sandbox_access import SERVICE_NAME as SANDBOX_ACCESS_SERVICE_NAME
 from .sandbox_access import SandboxAccessServicer
 from .sandbox_secrets import SandboxSecretsStore
@@ -29,6 +30,8 @@ log = structlog.get_logger()
 
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 SANDBOX_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
+REGISTRY_SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["ExecutorRegistryService"].full_name
+SERVICE_NAMES = [SERVICE_NAME, SANDBOX_SERVICE_NAME, REGISTRY_SERVICE_NAME, SANDBOX_ACCESS_SERVICE_NAME]
 
 
 async def serve(settings: Settings) -> None:
@@ -40,18 +43,18 @@ async def serve(settings: Settings) -> None:
     sandboxes.start()
 
     server = new_server()
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(
-        SchedulerServicer(scheduler, settings.heartbeat_interval_seconds), server
-    )
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler), server)
     sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(sandboxes), server)
     sandbox_access_pb2_grpc.add_SandboxAccessServiceServicer_to_server(
         SandboxAccessServicer(sandboxes, SandboxSecretsStore(engine)), server
     )
-    names = [SERVICE_NAME, SANDBOX_SERVICE_NAME, SANDBOX_ACCESS_SERVICE_NAME]
-    health = add_reflection_and_health(server, names)
+    registry_pb2_grpc.add_ExecutorRegistryServiceServicer_to_server(
+        ExecutorRegistryServicer(scheduler, settings.heartbeat_interval_seconds), server
+    )
+    health = add_reflection_and_health(server, SERVICE_NAMES)
     bind(server, settings.scheduler_address)
     await server.start()
-    await mark_serving(health, names)
+    await mark_serving(health, SERVICE_NAMES)
     log.info("scheduler listening", address=settings.scheduler_address)
 
     async def shutdown() -> None:

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from corral.config import Settings
 from corral.schema import TaskRequest
-from corral.steps import TOOL_NAMES, TOOLS, InvalidStep, check_spec, describe, needs_desktop, step_tool
+from corral.steps import TOOL_NAMES, TOOLS, InvalidTask, check_spec, describe, needs_desktop, step_tool
 from corral.v1 import gui_pb2, task_pb2
 
 SETTINGS = Settings(max_step_timeout_seconds=3600)
@@ -119,7 +119,7 @@ def test_gui_json_maps_onto_the_gui_services_requests() -> None:
     ],
 )
 def test_check_spec_names_the_field(spec: task_pb2.TaskSpec, message: str) -> None:
-    with pytest.raises(InvalidStep) as err:
+    with pytest.raises(InvalidTask) as err:
         check_spec(spec, SETTINGS)
     assert message in str(err.value)
     assert isinstance(err.value, ValueError)  # an InvalidArgument, also a ValueError

@@ -98,7 +98,7 @@ class AuthorizeSandboxAccessResponse(_message.Message):
 Global___AuthorizeSandboxAccessResponse: _TypeAlias = AuthorizeSandboxAccessResponse  # noqa: Y015
 
 @_typing.final
-class StartJupyterRequest(_message.Message):
+class OpenJupyterRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SANDBOX_ID_FIELD_NUMBER: _builtins.int
@@ -122,10 +122,10 @@ class StartJupyterRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StartJupyterRequest: _TypeAlias = StartJupyterRequest  # noqa: Y015
+Global___OpenJupyterRequest: _TypeAlias = OpenJupyterRequest  # noqa: Y015
 
 @_typing.final
-class StartJupyterResponse(_message.Message):
+class OpenJupyterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     HOST_SOCKET_FIELD_NUMBER: _builtins.int
@@ -142,4 +142,4 @@ class StartJupyterResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___StartJupyterResponse: _TypeAlias = StartJupyterResponse  # noqa: Y015
+Global___OpenJupyterResponse: _TypeAlias = OpenJupyterResponse  # noqa: Y015

@@ -43,10 +43,10 @@ class SandboxAccessServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.AuthorizeSandboxAccessRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.AuthorizeSandboxAccessResponse.FromString,
                 _registered_method=True)
-        self.StartJupyter = channel.unary_unary(
-                '/corral.internal.v1.SandboxAccessService/StartJupyter',
-                request_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterRequest.SerializeToString,
-                response_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterResponse.FromString,
+        self.OpenJupyter = channel.unary_unary(
+                '/corral.internal.v1.SandboxAccessService/OpenJupyter',
+                request_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.FromString,
                 _registered_method=True)
 
 
@@ -66,7 +66,7 @@ class SandboxAccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StartJupyter(self, request, context):
+    def OpenJupyter(self, request, context):
         """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
         PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
         sandbox has ended, UNAVAILABLE when its executor is gone.
@@ -83,10 +83,10 @@ def add_SandboxAccessServiceServicer_to_server(servicer, server):
                     request_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.AuthorizeSandboxAccessRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.AuthorizeSandboxAccessResponse.SerializeToString,
             ),
-            'StartJupyter': grpc.unary_unary_rpc_method_handler(
-                    servicer.StartJupyter,
-                    request_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterRequest.FromString,
-                    response_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterResponse.SerializeToString,
+            'OpenJupyter': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenJupyter,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,7 +131,7 @@ class SandboxAccessService:
             _registered_method=True)
 
     @staticmethod
-    def StartJupyter(request,
+    def OpenJupyter(request,
             target,
             options=(),
             channel_credentials=None,
@@ -144,9 +144,9 @@ class SandboxAccessService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.internal.v1.SandboxAccessService/StartJupyter',
-            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterRequest.SerializeToString,
-            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.StartJupyterResponse.FromString,
+            '/corral.internal.v1.SandboxAccessService/OpenJupyter',
+            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,7 +42,7 @@ class SandboxAccessServiceStub:
     for an unknown sandbox; otherwise OK with the access the token grants (NONE when it is
     empty or wrong), so the caller decides the order of its own refusals.
     """
-    StartJupyter: _grpc.UnaryUnaryMultiCallable[_sandbox_access_pb2.StartJupyterRequest, _sandbox_access_pb2.StartJupyterResponse]
+    OpenJupyter: _grpc.UnaryUnaryMultiCallable[_sandbox_access_pb2.OpenJupyterRequest, _sandbox_access_pb2.OpenJupyterResponse]
     """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
     PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
     sandbox has ended, UNAVAILABLE when its executor is gone.
@@ -62,7 +62,7 @@ class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
     for an unknown sandbox; otherwise OK with the access the token grants (NONE when it is
     empty or wrong), so the caller decides the order of its own refusals.
     """
-    StartJupyter: _aio.UnaryUnaryMultiCallable[_sandbox_access_pb2.StartJupyterRequest, _sandbox_access_pb2.StartJupyterResponse]  # type: ignore[assignment]
+    OpenJupyter: _aio.UnaryUnaryMultiCallable[_sandbox_access_pb2.OpenJupyterRequest, _sandbox_access_pb2.OpenJupyterResponse]  # type: ignore[assignment]
     """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
     PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
     sandbox has ended, UNAVAILABLE when its executor is gone.
@@ -87,11 +87,11 @@ class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
         """
 
     @_abc_1.abstractmethod
-    def StartJupyter(
+    def OpenJupyter(
         self,
-        request: _sandbox_access_pb2.StartJupyterRequest,
+        request: _sandbox_access_pb2.OpenJupyterRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_sandbox_access_pb2.StartJupyterResponse, _abc.Awaitable[_sandbox_access_pb2.StartJupyterResponse]]:
+    ) -> _typing.Union[_sandbox_access_pb2.OpenJupyterResponse, _abc.Awaitable[_sandbox_access_pb2.OpenJupyterResponse]]:
         """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
         PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
         sandbox has ended, UNAVAILABLE when its executor is gone.

@@ -21,8 +21,9 @@ from harness import free_port, require_docker
 
 from corral.config import Settings
 from corral.grpc_server import insecure_channel
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.schema import TaskRequest
-from corral.v1 import executor_pb2, executor_pb2_grpc, task_pb2
+from corral.v1 import task_pb2
 from services.executor.server import RunningExecutor, start_executor
 
 DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from corral.grpc_server import insecure_channel
-from corral.v1 import executor_pb2, executor_pb2_grpc
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.drivers.docker import LABEL_EXECUTOR, LABEL_POOL, docker_client
 
 from .conftest import ExecutorClient, ExecutorFactory, free_port, require_docker, spec

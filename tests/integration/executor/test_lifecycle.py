@@ -8,7 +8,7 @@ import random
 import grpc
 import pytest
 
-from corral.v1 import executor_pb2
+from corral.internal.v1 import executor_pb2
 
 from .conftest import ExecutorClient, ExecutorFactory, grpc_code, host_processes_matching, spec
 
@@ -113,7 +113,7 @@ async def test_cancel_stops_the_running_step(executor: ExecutorClient) -> None:
         events.append(response.event)
         if response.event.WhichOneof("event") == "step_started":
             reply = await executor.stub.CancelTask(
-                executor_pb2.ExecutorCancelTaskRequest(task_id=task_id, reason="user asked")
+                executor_pb2.CancelTaskRequest(task_id=task_id, reason="user asked")
             )
             assert reply.found
     results = [e.step_finished.result for e in events if e.WhichOneof("event") == "step_finished"]
@@ -123,7 +123,7 @@ async def test_cancel_stops_the_running_step(executor: ExecutorClient) -> None:
     finished = events[-1].finished
     assert finished.state == 5 and finished.error == "user asked"  # TASK_STATE_CANCELLED
     assert not host_processes_matching(f"sleep {m}")
-    missing = await executor.stub.CancelTask(executor_pb2.ExecutorCancelTaskRequest(task_id="nope"))
+    missing = await executor.stub.CancelTask(executor_pb2.CancelTaskRequest(task_id="nope"))
     assert not missing.found
 
 

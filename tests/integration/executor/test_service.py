@@ -15,15 +15,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from corral.grpc_server import insecure_channel, new_server
-from corral.v1 import (
-    executor_pb2,
-    executor_pb2_grpc,
-    memory_pb2,
-    memory_pb2_grpc,
-    scheduler_pb2,
-    scheduler_pb2_grpc,
-    task_pb2,
-)
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc, registry_pb2, registry_pb2_grpc
+from corral.v1 import memory_pb2, memory_pb2_grpc, task_pb2
 
 from .conftest import ExecutorClient, ExecutorFactory, free_port, grpc_code, spec
 
@@ -67,14 +60,14 @@ async def test_bad_requests_get_clear_status_codes(executor_factory: ExecutorFac
     assert status.running_task_ids == ["busy"]
     assert status.capacity == 1 and status.driver == executor.driver
     assert status.executor_id == executor.executor.executor_id
-    await executor.stub.CancelTask(executor_pb2.ExecutorCancelTaskRequest(task_id="busy"))
+    await executor.stub.CancelTask(executor_pb2.CancelTaskRequest(task_id="busy"))
     async for _ in long_task:
         pass
 
 
 async def test_reflection_and_health(executor: ExecutorClient) -> None:
     health = health_pb2_grpc.HealthStub(executor.channel)
-    reply = await health.Check(health_pb2.HealthCheckRequest(service="corral.v1.ExecutorService"))
+    reply = await health.Check(health_pb2.HealthCheckRequest(service="corral.internal.v1.ExecutorService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
     stub = reflection_pb2_grpc.ServerReflectionStub(executor.channel)
 
@@ -83,27 +76,27 @@ async def test_reflection_and_health(executor: ExecutorClient) -> None:
 
     async for response in stub.ServerReflectionInfo(requests()):
         names = {s.name for s in response.list_services_response.service}
-        assert "corral.v1.ExecutorService" in names
+        assert "corral.internal.v1.ExecutorService" in names
         break
 
 
-class FakeScheduler(scheduler_pb2_grpc.SchedulerServiceServicer):
+class FakeScheduler(registry_pb2_grpc.ExecutorRegistryServiceServicer):
     """Records registrations; forgets the executor once, to check it registers again."""
 
     def __init__(self) -> None:
-        self.registrations: list[scheduler_pb2.RegisterExecutorRequest] = []
+        self.registrations: list[registry_pb2.RegisterExecutorRequest] = []
         self.heartbeats = 0
         self.again = asyncio.Event()
 
-    async def RegisterExecutor(self, request: Any, context: Any) -> scheduler_pb2.RegisterExecutorResponse:
+    async def RegisterExecutor(self, request: Any, context: Any) -> registry_pb2.RegisterExecutorResponse:
         self.registrations.append(request)
         if len(self.registrations) >= 2:
             self.again.set()
-        return scheduler_pb2.RegisterExecutorResponse(heartbeat_interval_seconds=0.1)
+        return registry_pb2.RegisterExecutorResponse(heartbeat_interval_seconds=0.1)
 
-    async def Heartbeat(self, request: Any, context: Any) -> scheduler_pb2.HeartbeatResponse:
+    async def Heartbeat(self, request: Any, context: Any) -> registry_pb2.HeartbeatResponse:
         self.heartbeats += 1
-        return scheduler_pb2.HeartbeatResponse(known=self.heartbeats > 1)
+        return registry_pb2.HeartbeatResponse(known=self.heartbeats > 1)
 
 
 class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
@@ -121,7 +114,7 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
 async def test_registers_heartbeats_and_records_history(executor_factory: ExecutorFactory) -> None:
     scheduler, memory = FakeScheduler(), FakeMemory()
     server = new_server()
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(scheduler, server)
+    registry_pb2_grpc.add_ExecutorRegistryServiceServicer_to_server(scheduler, server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(memory, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -85,14 +85,14 @@ def test_tokens_are_checked_by_the_scheduler(channel: tuple[Cluster, grpc.Channe
         # Starting Jupyter (a process in the sandbox) needs the full token too.
         for token in ("", created.view_token, "wrong"):
             with pytest.raises(grpc.RpcError) as refused_start:
-                access.StartJupyter(
-                    sandbox_access_pb2.StartJupyterRequest(sandbox_id=sandbox_id, base_url="/x/", token=token)
+                access.OpenJupyter(
+                    sandbox_access_pb2.OpenJupyterRequest(sandbox_id=sandbox_id, base_url="/x/", token=token)
                 )
             assert refused_start.value.code() == grpc.StatusCode.PERMISSION_DENIED, token
     finally:
         sandboxes.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id))
     with pytest.raises(grpc.RpcError) as ended:
-        access.StartJupyter(
-            sandbox_access_pb2.StartJupyterRequest(sandbox_id=sandbox_id, base_url="/x/", token=created.token)
+        access.OpenJupyter(
+            sandbox_access_pb2.OpenJupyterRequest(sandbox_id=sandbox_id, base_url="/x/", token=created.token)
         )
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION

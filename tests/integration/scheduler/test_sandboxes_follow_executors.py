@@ -17,6 +17,7 @@ import grpc
 import pytest
 from harness import Cluster, cluster
 
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
@@ -27,9 +28,9 @@ def wait_until(condition: Callable[[], bool], what: str, limit: float = 30) -> N
         time.sleep(0.1)
 
 
-def alive_executors(channel: grpc.Channel) -> list[scheduler_pb2.ExecutorInfo]:
-    stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-    return [e for e in stub.ListExecutors(scheduler_pb2.ListExecutorsRequest()).executors if e.alive]
+def alive_executors(channel: grpc.Channel) -> list[registry_pb2.ExecutorInfo]:
+    stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
+    return [e for e in stub.ListExecutors(registry_pb2.ListExecutorsRequest()).executors if e.alive]
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import duration_pb2
 from harness import Cluster, cluster
 
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
@@ -102,7 +103,7 @@ def test_invalid_specs_are_refused_with_the_field_named(
     assert message in (err.value.details() or "")
 
 
-def test_unknown_task_and_bad_requests(stub: scheduler_pb2_grpc.SchedulerServiceStub) -> None:
+def test_unknown_task_and_bad_requests(scheduler: Cluster, stub: scheduler_pb2_grpc.SchedulerServiceStub) -> None:
     for call in (
         lambda: stub.GetTask(scheduler_pb2.GetTaskRequest(task_id="nope")),
         lambda: stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id="nope")),
@@ -115,8 +116,10 @@ def test_unknown_task_and_bad_requests(stub: scheduler_pb2_grpc.SchedulerService
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTasks(scheduler_pb2.ListTasksRequest(page_token="garbage!"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(grpc.RpcError) as err:
-        stub.RegisterExecutor(scheduler_pb2.RegisterExecutorRequest(executor_id="x", address="", capacity=1))
+    with grpc.insecure_channel(scheduler.scheduler_address) as channel:
+        registry = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            registry.RegisterExecutor(registry_pb2.RegisterExecutorRequest(executor_id="x", address="", capacity=1))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 

@@ -12,6 +12,7 @@ import grpc
 import pytest
 from harness import Cluster, cluster, free_port
 
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
@@ -33,10 +34,11 @@ def wait_for_state(
         time.sleep(0.05)
 
 
-def wait_for_executors(stub: scheduler_pb2_grpc.SchedulerServiceStub, count: int) -> None:
+def wait_for_executors(channel: grpc.Channel, count: int) -> None:
+    stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        alive = [e for e in stub.ListExecutors(scheduler_pb2.ListExecutorsRequest()).executors if e.alive]
+        alive = [e for e in stub.ListExecutors(registry_pb2.ListExecutorsRequest()).executors if e.alive]
         if len(alive) >= count:
             return
         time.sleep(0.1)
@@ -56,7 +58,7 @@ def system(tmp_path: Path) -> Iterator[Cluster]:
 def stub(system: Cluster) -> Iterator[scheduler_pb2_grpc.SchedulerServiceStub]:
     with grpc.insecure_channel(system.scheduler_address) as channel:
         s = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-        wait_for_executors(s, 1)
+        wait_for_executors(channel, 1)
         yield s
 
 
@@ -152,7 +154,7 @@ def test_tasks_spread_over_two_executors(tmp_path: Path) -> None:
             c.start_executor(name, CORRAL_EXECUTOR_ADDRESS=address, CORRAL_EXECUTOR_ID=name)
         with grpc.insecure_channel(c.scheduler_address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
-            wait_for_executors(stub, 2)
+            wait_for_executors(channel, 2)
             ids = [
                 stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=shell_spec("sleep 0.5"))).task_id
                 for _ in range(4)

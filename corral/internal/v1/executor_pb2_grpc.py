@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from corral.v1 import executor_pb2 as corral_dot_v1_dot_executor__pb2
+from corral.internal.v1 import executor_pb2 as corral_dot_internal_dot_v1_dot_executor__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in corral/v1/executor_pb2_grpc.py depends on'
+        + ' but the generated code in corral/internal/v1/executor_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -26,7 +26,7 @@ if _version_not_supported:
 
 
 class ExecutorServiceStub:
-    """Owns sandboxes on one host and runs tasks in them.
+    """Owns sandboxes on one host and runs tasks in them. Only the scheduler calls it.
     """
 
     def __init__(self, channel):
@@ -36,44 +36,44 @@ class ExecutorServiceStub:
             channel: A grpc.Channel.
         """
         self.RunTask = channel.unary_stream(
-                '/corral.v1.ExecutorService/RunTask',
-                request_serializer=corral_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
+                '/corral.internal.v1.ExecutorService/RunTask',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
         self.CancelTask = channel.unary_unary(
-                '/corral.v1.ExecutorService/CancelTask',
-                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskResponse.FromString,
+                '/corral.internal.v1.ExecutorService/CancelTask',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskResponse.FromString,
                 _registered_method=True)
         self.GetExecutorStatus = channel.unary_unary(
-                '/corral.v1.ExecutorService/GetExecutorStatus',
-                request_serializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
+                '/corral.internal.v1.ExecutorService/GetExecutorStatus',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
                 _registered_method=True)
         self.CreateSandbox = channel.unary_unary(
-                '/corral.v1.ExecutorService/CreateSandbox',
-                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.FromString,
+                '/corral.internal.v1.ExecutorService/CreateSandbox',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxResponse.FromString,
                 _registered_method=True)
         self.DeleteSandbox = channel.unary_unary(
-                '/corral.v1.ExecutorService/DeleteSandbox',
-                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.FromString,
+                '/corral.internal.v1.ExecutorService/DeleteSandbox',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxResponse.FromString,
                 _registered_method=True)
         self.ExtendSandbox = channel.unary_unary(
-                '/corral.v1.ExecutorService/ExtendSandbox',
-                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.FromString,
+                '/corral.internal.v1.ExecutorService/ExtendSandbox',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxResponse.FromString,
                 _registered_method=True)
         self.StartJupyter = channel.unary_unary(
-                '/corral.v1.ExecutorService/StartJupyter',
-                request_serializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.FromString,
+                '/corral.internal.v1.ExecutorService/StartJupyter',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.FromString,
                 _registered_method=True)
 
 
 class ExecutorServiceServicer:
-    """Owns sandboxes on one host and runs tasks in them.
+    """Owns sandboxes on one host and runs tasks in them. Only the scheduler calls it.
     """
 
     def RunTask(self, request, context):
@@ -98,7 +98,7 @@ class ExecutorServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateSandbox(self, request, context):
-        """Long-lived sandboxes (see sandbox.proto); the scheduler keeps their records.
+        """Long-lived sandboxes (see corral/v1/sandbox.proto); the scheduler keeps their records.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,49 +128,49 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'RunTask': grpc.unary_stream_rpc_method_handler(
                     servicer.RunTask,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.RunTaskRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.RunTaskResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.SerializeToString,
             ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskResponse.SerializeToString,
             ),
             'GetExecutorStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetExecutorStatus,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.SerializeToString,
             ),
             'CreateSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateSandbox,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxResponse.SerializeToString,
             ),
             'DeleteSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteSandbox,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxResponse.SerializeToString,
             ),
             'ExtendSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.ExtendSandbox,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxResponse.SerializeToString,
             ),
             'StartJupyter': grpc.unary_unary_rpc_method_handler(
                     servicer.StartJupyter,
-                    request_deserializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.SerializeToString,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'corral.v1.ExecutorService', rpc_method_handlers)
+            'corral.internal.v1.ExecutorService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('corral.v1.ExecutorService', rpc_method_handlers)
+    server.add_registered_method_handlers('corral.internal.v1.ExecutorService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
 class ExecutorService:
-    """Owns sandboxes on one host and runs tasks in them.
+    """Owns sandboxes on one host and runs tasks in them. Only the scheduler calls it.
     """
 
     @staticmethod
@@ -187,9 +187,9 @@ class ExecutorService:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/corral.v1.ExecutorService/RunTask',
-            corral_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
+            '/corral.internal.v1.ExecutorService/RunTask',
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -214,9 +214,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/CancelTask',
-            corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.ExecutorCancelTaskResponse.FromString,
+            '/corral.internal.v1.ExecutorService/CancelTask',
+            corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -241,9 +241,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/GetExecutorStatus',
-            corral_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
+            '/corral.internal.v1.ExecutorService/GetExecutorStatus',
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetExecutorStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -268,9 +268,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/CreateSandbox',
-            corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.ExecutorCreateSandboxResponse.FromString,
+            '/corral.internal.v1.ExecutorService/CreateSandbox',
+            corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.CreateSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -295,9 +295,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/DeleteSandbox',
-            corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.ExecutorDeleteSandboxResponse.FromString,
+            '/corral.internal.v1.ExecutorService/DeleteSandbox',
+            corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.DeleteSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -322,9 +322,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/ExtendSandbox',
-            corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.ExecutorExtendSandboxResponse.FromString,
+            '/corral.internal.v1.ExecutorService/ExtendSandbox',
+            corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.ExtendSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -349,9 +349,9 @@ class ExecutorService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/corral.v1.ExecutorService/StartJupyter',
-            corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterRequest.SerializeToString,
-            corral_dot_v1_dot_executor__pb2.ExecutorStartJupyterResponse.FromString,
+            '/corral.internal.v1.ExecutorService/StartJupyter',
+            corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.FromString,
             options,
             channel_credentials,
             insecure,

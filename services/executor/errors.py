@@ -1,0 +1,22 @@
+"""Errors only the executor raises (shared ones, e.g. InvalidTask and SandboxNotFound, are in
+corral.errors). corral.grpc_server's interceptor turns each into its status code."""
+
+from __future__ import annotations
+
+from corral.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+
+
+class AtCapacity(ResourceExhausted):
+    """Every slot of this executor is busy."""
+
+
+class AlreadyRunning(AlreadyExists):
+    """A task with this id is already running here."""
+
+
+class SandboxExists(AlreadyExists):
+    """A long-lived sandbox with this id is already here (or being created)."""
+
+
+class SandboxStartFailed(FailedPrecondition):
+    """The driver could not create the sandbox, or start its desktop or Jupyter Lab."""
