@@ -78,6 +78,7 @@ def line(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
 
+RUNTIME = Path(__file__).resolve().parents[3] / "sandbox" / "runtime"
 READY = {"type": "ready", "pid": 1, "protocol": protocol.PROTOCOL_VERSION}
 
 
@@ -261,7 +262,7 @@ async def test_an_agent_of_another_protocol_version_fails_the_sandbox(
 async def test_the_real_agent_speaks_this_protocol_version(tmp_path: Any) -> None:
     from services.executor.drivers.local import LocalTransport
 
-    agent = Path(__file__).resolve().parents[3] / "sandbox" / "runtime" / "agent.py"
+    agent = RUNTIME / "agent.py"
     transport = LocalTransport(config(tmp_path), agent)
     sandbox = AgentSandbox(transport, transport.config)
     await sandbox.start()
@@ -280,7 +281,7 @@ async def test_a_malformed_reply_fails_its_request_not_the_sandbox(tmp_path: Any
     reading = asyncio.create_task(sandbox.read_file("a.txt", 10))
     sent = await transport.next_request()
     transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "a.txt", "size": "big"}))
-    with pytest.raises(SandboxError, match="malformed reply: FileReply.size: expected an integer"):
+    with pytest.raises(SandboxError, match=r"malformed reply: FileReply\.size: expected an integer"):
         await asyncio.wait_for(reading, 5)
     writing = asyncio.create_task(sandbox.write_file("/tasks/t1/b.txt", "B", 10))
     sent = await transport.next_request()
