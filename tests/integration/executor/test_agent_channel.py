@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -289,3 +290,17 @@ async def test_a_malformed_reply_fails_its_request_not_the_sandbox(tmp_path: Any
     transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "/tasks/t1/b.txt", "size": 1}))
     assert await asyncio.wait_for(writing, 5) == "/tasks/t1/b.txt"
     await sandbox.close()
+
+
+def test_the_agent_and_its_protocol_need_only_the_standard_library(tmp_path: Any) -> None:
+    # The sandbox's system Python, no site-packages at all (-S), from another directory (-I
+    # keeps the agent's own off sys.path): it still loads its protocol and says it is ready.
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    done = subprocess.run(
+        [python, "-I", "-S", str(RUNTIME / "agent.py")],
+        cwd=tmp_path, input=b"", capture_output=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "CORRAL_AGENT_SCRIPT_DIR": str(tmp_path / "scripts")},
+    )
+    assert done.returncode == 0, done.stderr
+    ready = json.loads(done.stdout.splitlines()[0])
+    assert ready["type"] == "ready" and ready["protocol"] == protocol.PROTOCOL_VERSION
