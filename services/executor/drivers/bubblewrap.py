@@ -300,7 +300,6 @@ class BubblewrapTransport(Transport):
         self._stderr_reader: asyncio.Task[None] | None = None
         self._info: asyncio.Task[bytes] | None = None
         self._killed = False
-        self.log = log.bind(task_id=config.task_id)
 
     @property
     def running(self) -> bool:

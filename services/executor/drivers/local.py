@@ -156,7 +156,7 @@ class LocalTransport(Transport):
                 try:
                     await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
                 except TimeoutError:
-                    log.error("the local agent did not exit after SIGKILL", pid=process.pid)
+                    self.log.error("the local agent did not exit after SIGKILL", pid=process.pid)
         if self._stderr_reader is not None:
             self._stderr_reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
