@@ -66,6 +66,9 @@ class LocalDriver(SandboxDriver):
             raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
 
     async def create(self, config: SandboxConfig) -> Sandbox:
+        if config.desktop or config.host_run_dir is not None:
+            # desktop.py would start Xvfb, x11vnc... on the host itself.
+            raise SandboxError("the local (unisolated, test-only) driver runs no desktop")
         sandbox = AgentSandbox(LocalTransport(config, self.runtime_dir / "agent.py"), config)
         try:
             await sandbox.start()

@@ -120,6 +120,15 @@ async def test_closing_leaves_no_process_behind(tmp_path: Path) -> None:
         await sandbox.run(shell("true"), lambda s, d: None)
 
 
+async def test_no_desktop_on_the_host(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    config = SandboxConfig(
+        task_id="t-d", host_task_dir=tmp_path, limits=SandboxLimits.resolve(settings), desktop=True
+    )
+    with pytest.raises(SandboxError, match="runs no desktop"):
+        await LocalDriver(settings).create(config)
+
+
 def test_the_local_driver_is_not_a_setting(tmp_path: Path) -> None:
     # It isolates nothing: no configuration may make an executor run on it.
     from services.executor.server import make_driver
