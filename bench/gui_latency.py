@@ -28,7 +28,7 @@ from corral.v1 import gui_pb2
 from services.executor.desktop import start_desktop
 from services.executor.drivers.base import SandboxConfig, SandboxDriver, SandboxLimits
 from services.executor.drivers.bubblewrap import BubblewrapDriver
-from services.executor.gui_steps import GuiClient
+from services.executor.gui_client import GuiClient
 
 
 def percentile(values: list[float], p: float) -> float:

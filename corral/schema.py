@@ -1,21 +1,23 @@
 """The JSON shape of tasks (REST and CLI) and its translation to and from the protos.
 
 The step format is the one DESIGN.md §1 promises: {"tool": "shell", "command": "..."} and so
-on. Pydantic validates it, which gives clear messages naming the bad field and an OpenAPI
-schema for free.
+on; each tool's model lives with the tool in corral/steps/. Pydantic validates it, which gives
+clear messages naming the bad field and an OpenAPI schema for free.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any
 
 from google.protobuf import duration_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.steps import TOOL_NAMES, StepModel, step_to_proto
 from corral.v1 import task_pb2
 
-TOOLS = ("shell", "python", "typescript", "read_file", "write_file", "gui")
+# The tool names, for code that only needs those (the registry is corral.steps).
+TOOLS = TOOL_NAMES
 
 TASK_STATE_NAMES = {
     task_pb2.TASK_STATE_UNSPECIFIED: "unspecified",
@@ -41,75 +43,10 @@ STEP_STATE_NAMES = {
 }
 
 
-def step_tool(step: task_pb2.Step) -> str:
-    """The tool name of a proto step ('' when no action is set)."""
-    return step.WhichOneof("action") or ""
-
-
 def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(seconds * 1e9))
     return d
-
-
-class _StepBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    timeout: float | None = Field(
-        None, gt=0, description="Seconds before the step is killed (default: the task's, 60 s)."
-    )
-    continue_on_error: bool = Field(False, description="Run the next steps even if this fails.")
-
-
-class ShellStep(_StepBase):
-    tool: Literal["shell"]
-    command: str = Field(min_length=1, description="Run with /bin/sh -c in /tasks/{task_id}.")
-
-
-class PythonStep(_StepBase):
-    tool: Literal["python"]
-    code: str = Field(min_length=1, description="Python 3 source.")
-
-
-class TypeScriptStep(_StepBase):
-    tool: Literal["typescript"]
-    code: str = Field(min_length=1, description="TypeScript source, type-checked strictly.")
-
-
-class ReadFileStep(_StepBase):
-    tool: Literal["read_file"]
-    path: str = Field(min_length=1, description="Relative to the task directory.")
-
-
-class WriteFileStep(_StepBase):
-    tool: Literal["write_file"]
-    path: str = Field(min_length=1, description="Relative to the task directory.")
-    content: str = Field(description="Text to write.")
-
-
-class GuiStep(_StepBase):
-    tool: Literal["gui"]
-    action: str = Field(min_length=1, description="screenshot, click, type, key, scroll, ...")
-    x: int = 0
-    y: int = 0
-    to_x: int = 0
-    to_y: int = 0
-    button: str = ""
-    text: str = ""
-    keys: str = ""
-    direction: str = ""
-    amount: int = 0
-    window_id: str = ""
-    screenshot_after: bool = Field(False, description="Also take a screenshot after the action.")
-    max_width: int = Field(0, ge=0, description="Downscale screenshots to at most this width.")
-    max_height: int = Field(0, ge=0, description="Downscale screenshots to at most this height.")
-    count: int = Field(0, ge=0, le=3, description="Clicks for `click` (1-3).")
-
-
-StepModel = Annotated[
-    ShellStep | PythonStep | TypeScriptStep | ReadFileStep | WriteFileStep | GuiStep,
-    Field(discriminator="tool"),
-]
 
 
 class LimitsModel(BaseModel):
@@ -150,26 +87,6 @@ class TaskRequest(BaseModel):
         for step in self.steps:
             spec.steps.append(step_to_proto(step))
         return spec
-
-
-def step_to_proto(step: _StepBase) -> task_pb2.Step:
-    out = task_pb2.Step(continue_on_error=step.continue_on_error)
-    if step.timeout is not None:
-        out.timeout.CopyFrom(seconds_to_duration(step.timeout))
-    if isinstance(step, ShellStep):
-        out.shell.command = step.command
-    elif isinstance(step, PythonStep):
-        out.python.code = step.code
-    elif isinstance(step, TypeScriptStep):
-        out.typescript.code = step.code
-    elif isinstance(step, ReadFileStep):
-        out.read_file.path = step.path
-    elif isinstance(step, WriteFileStep):
-        out.write_file.path = step.path
-        out.write_file.content = step.content
-    elif isinstance(step, GuiStep):
-        out.gui.CopyFrom(task_pb2.GuiAction(**step.model_dump(exclude={"tool", "timeout", "continue_on_error"})))
-    return out
 
 
 def _time(ts: Timestamp, present: bool) -> str | None:

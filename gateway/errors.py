@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.schema import TOOLS
+from corral.steps.gui import ACTIONS as GUI_ACTIONS
 
 log = structlog.get_logger()
 
@@ -92,7 +93,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
 
 
 def field_path(loc: Sequence[int | str]) -> str:
-    """('steps', 1, 'shell', 'command') -> 'steps[1].command' (drops the union's tag name)."""
+    """('steps', 1, 'gui', 'click', 'x') -> 'steps[1].x' (drops the unions' tag names)."""
     path = ""
     previous: int | str | None = None
     for part in loc:
@@ -100,6 +101,8 @@ def field_path(loc: Sequence[int | str]) -> str:
             path += f"[{part}]"
         elif isinstance(previous, int) and part in TOOLS:
             pass  # pydantic puts the discriminator's value in the path; people don't
+        elif previous == "gui" and part in GUI_ACTIONS:
+            pass  # the same for a gui step's `action`
         else:
             path += f".{part}" if path else part
         previous = part
@@ -113,16 +116,23 @@ def describe_validation_error(error: dict[str, Any]) -> dict[str, str]:
         loc = loc[1:]
     kind = error.get("type", "")
     ctx = error.get("ctx") or {}
-    expected = ", ".join(TOOLS)
+    # Which discriminated union: a step's `tool`, or a gui step's `action`.
+    tag = str(ctx.get("discriminator", "'tool'")).strip("'")
+    expected = ", ".join(GUI_ACTIONS if tag == "action" else TOOLS)
+    what = "gui action" if tag == "action" else "tool"
     if kind == "union_tag_invalid":
-        message = f"unknown tool {ctx.get('tag')!r} (expected one of {expected})"
+        message = f"unknown {what} {ctx.get('tag')!r} (expected one of {expected})"
+        if tag == "action":
+            loc = [*loc, tag]
     elif kind == "union_tag_not_found":
-        loc = [*loc, "tool"]
+        loc = [*loc, tag]
         message = f"field required (one of {expected})"
     elif kind == "missing":
         message = "field required"
     elif kind == "extra_forbidden":
         message = "unknown field"
+    elif kind == "value_error" and isinstance(ctx.get("error"), ValueError):
+        message = str(ctx["error"])
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
         message = "must be a JSON object"
     else:

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from corral.v1 import gui_pb2 as _gui_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
@@ -199,72 +200,123 @@ class WriteFileAction(_message.Message):
 Global___WriteFileAction: _TypeAlias = WriteFileAction  # noqa: Y015
 
 @_typing.final
-class GuiAction(_message.Message):
-    """A desktop action handled by the sandbox's gui service."""
+class WaitWindowAction(_message.Message):
+    """Wait until a window whose title contains `text` exists (or the step's timeout)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    ACTION_FIELD_NUMBER: _builtins.int
-    X_FIELD_NUMBER: _builtins.int
-    Y_FIELD_NUMBER: _builtins.int
-    TO_X_FIELD_NUMBER: _builtins.int
-    TO_Y_FIELD_NUMBER: _builtins.int
-    BUTTON_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
-    KEYS_FIELD_NUMBER: _builtins.int
-    DIRECTION_FIELD_NUMBER: _builtins.int
-    AMOUNT_FIELD_NUMBER: _builtins.int
-    WINDOW_ID_FIELD_NUMBER: _builtins.int
-    SCREENSHOT_AFTER_FIELD_NUMBER: _builtins.int
-    MAX_WIDTH_FIELD_NUMBER: _builtins.int
-    MAX_HEIGHT_FIELD_NUMBER: _builtins.int
-    COUNT_FIELD_NUMBER: _builtins.int
-    action: _builtins.str
-    """One of: screenshot, move, click, double_click, triple_click, mouse_down, mouse_up, drag,
-    scroll, type, key, cursor_position, screen_size, list_windows, focus_window, wait_window
-    (waits until a window whose title contains `text` exists).
-    """
-    x: _builtins.int
-    y: _builtins.int
-    to_x: _builtins.int
-    to_y: _builtins.int
-    button: _builtins.str
     text: _builtins.str
-    keys: _builtins.str
-    direction: _builtins.str
-    amount: _builtins.int
-    window_id: _builtins.str
-    screenshot_after: _builtins.bool
-    """Take a screenshot after the action."""
-    max_width: _builtins.int
-    """Downscale screenshots so neither side exceeds these (0: full size)."""
-    max_height: _builtins.int
-    count: _builtins.int
-    """Clicks for `click` (1, 2 or 3; default 1)."""
     def __init__(
         self,
         *,
-        action: _builtins.str = ...,
-        x: _builtins.int = ...,
-        y: _builtins.int = ...,
-        to_x: _builtins.int = ...,
-        to_y: _builtins.int = ...,
-        button: _builtins.str = ...,
         text: _builtins.str = ...,
-        keys: _builtins.str = ...,
-        direction: _builtins.str = ...,
-        amount: _builtins.int = ...,
-        window_id: _builtins.str = ...,
-        screenshot_after: _builtins.bool = ...,
-        max_width: _builtins.int = ...,
-        max_height: _builtins.int = ...,
-        count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "amount", b"amount", "button", b"button", "count", b"count", "direction", b"direction", "keys", b"keys", "max_height", b"max_height", "max_width", b"max_width", "screenshot_after", b"screenshot_after", "text", b"text", "to_x", b"to_x", "to_y", b"to_y", "window_id", b"window_id", "x", b"x", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WaitWindowAction: _TypeAlias = WaitWindowAction  # noqa: Y015
+
+@_typing.final
+class GuiAction(_message.Message):
+    """A desktop action handled by the sandbox's gui service: one of the gui service's own requests.
+    The oneof field names are the JSON API's `action` names.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCREENSHOT_FIELD_NUMBER: _builtins.int
+    MOVE_FIELD_NUMBER: _builtins.int
+    CLICK_FIELD_NUMBER: _builtins.int
+    DOUBLE_CLICK_FIELD_NUMBER: _builtins.int
+    TRIPLE_CLICK_FIELD_NUMBER: _builtins.int
+    MOUSE_DOWN_FIELD_NUMBER: _builtins.int
+    MOUSE_UP_FIELD_NUMBER: _builtins.int
+    DRAG_FIELD_NUMBER: _builtins.int
+    SCROLL_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    KEY_FIELD_NUMBER: _builtins.int
+    CURSOR_POSITION_FIELD_NUMBER: _builtins.int
+    SCREEN_SIZE_FIELD_NUMBER: _builtins.int
+    LIST_WINDOWS_FIELD_NUMBER: _builtins.int
+    FOCUS_WINDOW_FIELD_NUMBER: _builtins.int
+    WAIT_WINDOW_FIELD_NUMBER: _builtins.int
+    SCREENSHOT_AFTER_FIELD_NUMBER: _builtins.int
+    MAX_WIDTH_FIELD_NUMBER: _builtins.int
+    MAX_HEIGHT_FIELD_NUMBER: _builtins.int
+    screenshot_after: _builtins.bool
+    """Take a screenshot after the action, downscaled so neither side exceeds max_width /
+    max_height (0: full size).
+    """
+    max_width: _builtins.int
+    max_height: _builtins.int
+    @_builtins.property
+    def screenshot(self) -> _gui_pb2.ScreenshotRequest: ...
+    @_builtins.property
+    def move(self) -> _gui_pb2.MoveMouseRequest: ...
+    @_builtins.property
+    def click(self) -> _gui_pb2.ClickRequest: ...
+    @_builtins.property
+    def double_click(self) -> _gui_pb2.ClickRequest:
+        """The click's count is ignored: 2 and 3."""
+
+    @_builtins.property
+    def triple_click(self) -> _gui_pb2.ClickRequest: ...
+    @_builtins.property
+    def mouse_down(self) -> _gui_pb2.MouseDownRequest: ...
+    @_builtins.property
+    def mouse_up(self) -> _gui_pb2.MouseUpRequest: ...
+    @_builtins.property
+    def drag(self) -> _gui_pb2.DragRequest: ...
+    @_builtins.property
+    def scroll(self) -> _gui_pb2.ScrollRequest: ...
+    @_builtins.property
+    def type(self) -> _gui_pb2.TypeTextRequest: ...
+    @_builtins.property
+    def key(self) -> _gui_pb2.PressKeyRequest: ...
+    @_builtins.property
+    def cursor_position(self) -> _gui_pb2.CursorPositionRequest: ...
+    @_builtins.property
+    def screen_size(self) -> _gui_pb2.ScreenSizeRequest: ...
+    @_builtins.property
+    def list_windows(self) -> _gui_pb2.ListWindowsRequest: ...
+    @_builtins.property
+    def focus_window(self) -> _gui_pb2.FocusWindowRequest: ...
+    @_builtins.property
+    def wait_window(self) -> Global___WaitWindowAction: ...
+    def __init__(
+        self,
+        *,
+        screenshot: _gui_pb2.ScreenshotRequest | None = ...,
+        move: _gui_pb2.MoveMouseRequest | None = ...,
+        click: _gui_pb2.ClickRequest | None = ...,
+        double_click: _gui_pb2.ClickRequest | None = ...,
+        triple_click: _gui_pb2.ClickRequest | None = ...,
+        mouse_down: _gui_pb2.MouseDownRequest | None = ...,
+        mouse_up: _gui_pb2.MouseUpRequest | None = ...,
+        drag: _gui_pb2.DragRequest | None = ...,
+        scroll: _gui_pb2.ScrollRequest | None = ...,
+        type: _gui_pb2.TypeTextRequest | None = ...,
+        key: _gui_pb2.PressKeyRequest | None = ...,
+        cursor_position: _gui_pb2.CursorPositionRequest | None = ...,
+        screen_size: _gui_pb2.ScreenSizeRequest | None = ...,
+        list_windows: _gui_pb2.ListWindowsRequest | None = ...,
+        focus_window: _gui_pb2.FocusWindowRequest | None = ...,
+        wait_window: Global___WaitWindowAction | None = ...,
+        screenshot_after: _builtins.bool = ...,
+        max_width: _builtins.int = ...,
+        max_height: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "click", b"click", "cursor_position", b"cursor_position", "double_click", b"double_click", "drag", b"drag", "focus_window", b"focus_window", "key", b"key", "list_windows", b"list_windows", "mouse_down", b"mouse_down", "mouse_up", b"mouse_up", "move", b"move", "screen_size", b"screen_size", "screenshot", b"screenshot", "scroll", b"scroll", "triple_click", b"triple_click", "type", b"type", "wait_window", b"wait_window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "click", b"click", "cursor_position", b"cursor_position", "double_click", b"double_click", "drag", b"drag", "focus_window", b"focus_window", "key", b"key", "list_windows", b"list_windows", "max_height", b"max_height", "max_width", b"max_width", "mouse_down", b"mouse_down", "mouse_up", b"mouse_up", "move", b"move", "screen_size", b"screen_size", "screenshot", b"screenshot", "screenshot_after", b"screenshot_after", "scroll", b"scroll", "triple_click", b"triple_click", "type", b"type", "wait_window", b"wait_window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["screenshot", "move", "click", "double_click", "triple_click", "mouse_down", "mouse_up", "drag", "scroll", "type", "key", "cursor_position", "screen_size", "list_windows", "focus_window", "wait_window"]  # noqa: Y015
+    _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
 Global___GuiAction: _TypeAlias = GuiAction  # noqa: Y015
 

@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 
-from Xlib import XK
+from corral.keys import key_problem
 
-# xdotool's own modifier aliases, accepted as they are.
-KEY_ALIASES = frozenset({"ctrl", "control", "alt", "shift", "super", "meta", "win", "cmd"})
 # Long text is typed in chunks so a single xdotool call never has to hold it all.
 TYPE_CHUNK = 64
 TYPE_DELAY_MS = 8
@@ -29,21 +26,10 @@ class InputFailed(RuntimeError):
 
 def check_keys(keys: str) -> list[str]:
     """Splits 'ctrl+shift+t Return' into combos, refusing names X does not know."""
-    combos = keys.split()
-    if not combos:
-        raise InvalidInput("keys is empty (e.g. 'Return', 'ctrl+c', 'ctrl+shift+t')")
-    for combo in combos:
-        for name in combo.split("+"):
-            if not name:
-                raise InvalidInput(f"malformed key combination {combo!r}")
-            if name.lower() in KEY_ALIASES:
-                continue
-            if XK.string_to_keysym(name) == 0 and not re.fullmatch(r"0x[0-9a-fA-F]+", name):
-                raise InvalidInput(
-                    f"unknown key {name!r} in {combo!r}: use X keysym names such as Return, "
-                    "Escape, Tab, BackSpace, Left, F5, a, A, ctrl, alt, shift, super"
-                )
-    return combos
+    problem = key_problem(keys)
+    if problem:
+        raise InvalidInput(problem)
+    return keys.split()
 
 
 class Input:

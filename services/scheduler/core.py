@@ -19,13 +19,14 @@ import structlog
 
 from corral.config import Settings
 from corral.schema import TERMINAL_TASK_STATES
+from corral.steps import InvalidStep as InvalidTask
+from corral.steps import check_spec
 from corral.v1 import executor_pb2, task_pb2
 
 from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
 from .sandboxes import SandboxCoordinator
 from .store import TaskStore
-from .validation import InvalidTask, validate_spec
 
 log = structlog.get_logger()
 
@@ -90,7 +91,7 @@ class Scheduler:
     # --- client-facing -----------------------------------------------------------------
 
     async def submit(self, spec: task_pb2.TaskSpec) -> task_pb2.Task:
-        validate_spec(spec, self._settings)
+        check_spec(spec, self._settings)
         if spec.sandbox_id:
             if self.sandboxes is None:
                 raise InvalidTask("this scheduler does not manage sandboxes")

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 import grpc
 
 from corral.grpc_server import Context
+from corral.steps import InvalidStep as InvalidTask
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 from .core import Scheduler, TaskAlreadyFinished, TaskNotFound
 from .sandboxes import SandboxEnded, SandboxNotFound
-from .validation import InvalidTask
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500

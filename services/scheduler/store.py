@@ -31,7 +31,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from corral.db import is_sqlite
-from corral.schema import TERMINAL_TASK_STATES, step_tool
+from corral.schema import TERMINAL_TASK_STATES
+from corral.steps import step_tool
 from corral.v1 import task_pb2
 
 

@@ -6,10 +6,11 @@ import asyncio
 import random
 
 import grpc
+import pytest
 
 from corral.v1 import executor_pb2
 
-from .conftest import ExecutorClient, ExecutorFactory, host_processes_matching, spec
+from .conftest import ExecutorClient, ExecutorFactory, grpc_code, host_processes_matching, spec
 
 
 def marker() -> str:
@@ -47,8 +48,11 @@ async def test_task_level_and_default_timeouts(executor_factory: ExecutorFactory
         [{"tool": "python", "code": "import time; time.sleep(60)"}], step_timeout=0.5
     )
     assert outcome.step(0).timed_out and "after 0.5s" in outcome.step(0).error
-    _, outcome = await executor.run_steps([{"tool": "shell", "command": "true", "timeout": 99999}])
-    assert "exceeds this executor's maximum" in outcome.step(0).error
+    # Above the deployment's maximum: refused at admission (as at submission), naming the field.
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await executor.run_steps([{"tool": "shell", "command": "true", "timeout": 99999}])
+    assert grpc_code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+    assert "steps[0].timeout 99999s exceeds this deployment's maximum of 3600s" in (err.value.details() or "")
 
 
 async def test_continue_on_error_completes_task(executor: ExecutorClient) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
-from corral.v1 import task_pb2
+import grpc
+import pytest
 
-from .conftest import ExecutorClient
+from corral.v1 import gui_pb2, task_pb2
+
+from .conftest import ExecutorClient, grpc_code
 
 
 async def test_curl_example_completes_with_hello(executor: ExecutorClient) -> None:
@@ -114,11 +117,23 @@ async def test_gui_step_gets_a_desktop_and_screenshot(executor: ExecutorClient) 
     """A gui step gives the sandbox a desktop (more in tests/integration/desktop)."""
     task_id, outcome = await executor.run_steps([
         {"tool": "gui", "action": "screenshot"},
-        {"tool": "gui", "action": "key", "keys": "no-such-key"},
+        {"tool": "gui", "action": "click", "x": 5000, "y": 10},
     ])
     assert outcome.step_state(0) == "STEP_STATE_COMPLETED", outcome.step(0).error
     assert f"/tasks/{task_id}/screenshots/step-000.png" in outcome.step(0).stdout
-    assert "unknown key 'no-such-key'" in outcome.step(1).error
+    assert "off the screen" in outcome.step(1).error
+
+
+async def test_statically_bad_gui_steps_are_refused_at_admission(executor: ExecutorClient) -> None:
+    """The executor runs the scheduler's own checks: an unknown key never reaches a sandbox."""
+    bad_key = task_pb2.Step(gui=task_pb2.GuiAction(key=gui_pb2.PressKeyRequest(keys="no-such-key")))
+    no_action = task_pb2.Step(gui=task_pb2.GuiAction())
+    for step, message in ((bad_key, "steps[0].gui.key.keys: unknown key 'no-such-key'"),
+                          (no_action, "steps[0].gui has no action")):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await executor.run(task_pb2.TaskSpec(steps=[step]))
+        assert grpc_code(err.value) == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (err.value.details() or "")
 
 
 async def test_task_env_reaches_steps(executor: ExecutorClient) -> None:

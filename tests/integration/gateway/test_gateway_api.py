@@ -133,6 +133,26 @@ def test_invalid_utf8_is_400(api: httpx.Client) -> None:
         ({"steps": [5]}, "steps[0]"),
         ({"steps": [{"tool": "shell", "command": "ls"}], "limits": {"memory_mb": -1}}, "limits.memory_mb"),
         ({"steps": [{"tool": "shell", "command": "ls"}], "priority": 1}, "priority: unknown field"),
+        # GUI steps are checked at submission: action, button, direction, key names.
+        (
+            {"steps": [{"tool": "gui", "action": "clik", "x": 1, "y": 2}]},
+            "steps[0].action: unknown gui action 'clik' (expected one of screenshot, move, click,",
+        ),
+        ({"steps": [{"tool": "gui", "x": 1}]}, "steps[0].action: field required (one of screenshot,"),
+        (
+            {"steps": [{"tool": "gui", "action": "click", "button": "lefty"}]},
+            "steps[0].button: input should be 'left', 'middle' or 'right'",
+        ),
+        (
+            {"steps": [{"tool": "gui", "action": "scroll", "direction": "sideways"}]},
+            "steps[0].direction: input should be 'up', 'down', 'left' or 'right'",
+        ),
+        (
+            {"steps": [{"tool": "gui", "action": "key", "keys": "ctrl+notakey"}]},
+            "steps[0].keys: unknown key 'notakey' in 'ctrl+notakey'",
+        ),
+        ({"steps": [{"tool": "gui", "action": "screenshot", "keys": "a"}]}, "steps[0].keys: unknown field"),
+        ({"steps": [{"tool": "gui", "action": "wait_window"}]}, "steps[0].text: field required"),
     ],
 )
 def test_invalid_tasks_are_400_naming_the_field(
@@ -153,6 +173,15 @@ def test_invalid_argument_from_the_scheduler_is_400(api: httpx.Client) -> None:
     assert response.status_code == 400, response.text
     assert error_of(response)["code"] == "invalid_argument"
     assert "A=B" in error_of(response)["message"]
+
+
+def test_timeouts_above_the_deployments_maximum_are_400(api: httpx.Client) -> None:
+    body = {"steps": [{"tool": "shell", "command": "true", "timeout": 99999}]}
+    response = api.post("/v1/tasks", json=body)
+    assert response.status_code == 400, response.text
+    assert error_of(response)["message"] == "steps[0].timeout 99999s exceeds this deployment's maximum of 3600s"
+    body = {"steps": [{"tool": "shell", "command": "true"}], "step_timeout": 10**6}
+    assert "step_timeout 1e+06s exceeds" in error_of(api.post("/schedule", json=body))["message"]
 
 
 def test_limits_above_the_deployments_maximum_are_400(api: httpx.Client) -> None:

@@ -1,0 +1,61 @@
+"""The executor's side of GUI steps: a connection to a sandbox's gui service, and screenshots
+saved into the task directory. What each action does is corral/steps/gui.py.
+
+The gui service listens on a unix socket in the sandbox's run directory; the executor's host
+reaches it there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import grpc
+
+from corral.grpc_server import CHANNEL_OPTIONS
+from corral.steps import StepFailed
+from corral.v1 import gui_pb2_grpc
+
+SCREENSHOTS = "screenshots"
+
+
+class GuiClient:
+    """A connection to one sandbox's gui service."""
+
+    def __init__(self, socket_path: Path) -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix:{socket_path}", options=CHANNEL_OPTIONS)
+        self.stub = gui_pb2_grpc.GuiServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close(None)
+
+
+class ScreenshotWriter:
+    """Saves PNGs under the host task directory without following links the sandbox made."""
+
+    def __init__(self, host_task_dir: Path, sandbox_task_dir: str) -> None:
+        self.host_task_dir = host_task_dir
+        self.sandbox_task_dir = sandbox_task_dir
+
+    def save(self, name: str, png: bytes) -> str:
+        task_fd = os.open(self.host_task_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            try:
+                os.mkdir(SCREENSHOTS, 0o755, dir_fd=task_fd)
+            except FileExistsError:
+                pass
+            # O_NOFOLLOW + O_DIRECTORY: a symlink planted by a step is refused, not followed.
+            dir_fd = os.open(SCREENSHOTS, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=task_fd)
+            try:
+                fd = os.open(
+                    name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd
+                )
+                with os.fdopen(fd, "wb") as f:
+                    f.write(png)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise StepFailed(f"could not save the screenshot {SCREENSHOTS}/{name}: {exc.strerror}") from None
+        finally:
+            os.close(task_fd)
+        return f"{self.sandbox_task_dir}/{SCREENSHOTS}/{name}"

@@ -1,0 +1,127 @@
+"""Where a task runs: its own sandbox (made on first use, closed at the end) or a long-lived one.
+
+A `SandboxLease` answers, for one task: the host task directory, the working directory steps
+use, the sandbox itself (with its desktop when the task needs one), the gui service's client,
+and, at the end, what to tear down. The step loop never needs to know which kind it holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+from pathlib import Path
+
+from corral.config import Settings
+from corral.steps import StepFailed, needs_desktop
+from corral.v1 import task_pb2
+from services.executor.desktop import Desktop, start_desktop
+from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxLimits
+from services.executor.gui_client import GuiClient
+from services.executor.sandboxes import ManagedSandbox, SandboxManager, SandboxNotFound
+
+
+class SandboxLease:
+    """The sandbox one task runs in."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        driver: SandboxDriver,
+        sandboxes: SandboxManager,
+        task_id: str,
+        spec: task_pb2.TaskSpec,
+    ) -> None:
+        self.settings = settings
+        self.driver = driver
+        self.task_id = task_id
+        self.spec = spec
+        self.limits = SandboxLimits.resolve(settings, spec.limits)
+        self.host_task_dir = settings.tasks_dir / task_id
+        # The task's directory inside the sandbox.
+        self.task_dir = f"/tasks/{task_id}"
+        # A task naming a long-lived sandbox runs in it, in /tasks/{task_id} there; processes
+        # and files then name that directory explicitly (the sandbox's own is /tasks).
+        self.managed: ManagedSandbox | None = None
+        self.cwd = ""
+        if spec.sandbox_id:
+            with contextlib.suppress(SandboxNotFound):
+                self.managed = sandboxes.get(spec.sandbox_id)
+            if self.managed is not None:
+                self.host_task_dir = self.managed.host_tasks_dir / task_id
+                self.cwd = self.task_dir
+        self.wants_desktop = needs_desktop(spec)
+        self.host_run_dir: Path | None = None
+        self.desktop: Desktop | None = None
+        self._sandbox: Sandbox | None = None
+        self._gui: GuiClient | None = None
+
+    @property
+    def note(self) -> str:
+        """How agent.log names where the task runs."""
+        return f" in sandbox {self.spec.sandbox_id}" if self.managed is not None else ""
+
+    def check_available(self) -> None:
+        if self.spec.sandbox_id and self.managed is None:
+            raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor (deleted or expired?)")
+
+    def quota(self) -> tuple[Path, int]:
+        """The directory the disk quota covers and its size in MiB: in a long-lived sandbox
+        the sandbox's whole /tasks under the sandbox's own limit."""
+        if self.managed is not None:
+            disk_mb = SandboxLimits.resolve(self.settings, self.managed.spec.limits).disk_mb
+            return self.managed.host_tasks_dir, disk_mb
+        return self.host_task_dir, self.limits.disk_mb
+
+    def lock(self) -> asyncio.Lock | contextlib.nullcontext[None]:
+        """Held while the task runs: one task at a time in a long-lived sandbox."""
+        return self.managed.lock if self.managed is not None else contextlib.nullcontext()
+
+    @property
+    def step_env(self) -> dict[str, str]:
+        return {"DISPLAY": self.desktop.display} if self.desktop is not None else {}
+
+    async def sandbox(self) -> Sandbox:
+        """The task's sandbox, started (with its desktop) on first use."""
+        if self._sandbox is None and self.managed is not None:
+            self._sandbox = self.managed.sandbox
+            self.desktop = self.managed.desktop
+        if self._sandbox is None:
+            if self.wants_desktop:
+                self.host_run_dir = self.settings.run_dir_root / self.task_id
+                self.driver.prepare_run_dir(self.host_run_dir)
+            config = SandboxConfig(
+                task_id=self.task_id,
+                host_task_dir=self.host_task_dir,
+                limits=self.limits,
+                network=self.spec.network,
+                env=dict(self.spec.env),
+                desktop=self.wants_desktop,
+                host_run_dir=self.host_run_dir,
+            )
+            self._sandbox = await self.driver.create(config)
+            if self.wants_desktop and self.host_run_dir is not None:
+                self.desktop = await start_desktop(self._sandbox, self.host_run_dir)
+        return self._sandbox
+
+    def gui(self) -> GuiClient:
+        if self.desktop is None:
+            raise StepFailed(
+                f"sandbox {self.spec.sandbox_id} has no desktop (create it with desktop: true)"
+                if self.managed is not None
+                else "this sandbox has no desktop"
+            )
+        if self._gui is None:
+            self._gui = GuiClient(self.desktop.gui_socket)
+        return self._gui
+
+    async def release(self) -> None:
+        """Closes what the task made: its gui connection and, unless long-lived, its sandbox."""
+        if self._gui is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._gui.close())
+        if self._sandbox is not None and self.managed is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._sandbox.close())
+        if self.host_run_dir is not None and self.managed is None:
+            shutil.rmtree(self.host_run_dir, ignore_errors=True)

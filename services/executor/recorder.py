@@ -1,0 +1,159 @@
+"""Everything a task leaves behind, written in one place: its events (streamed to the scheduler),
+agent.log and memory.json (TaskJournal, in the task directory) and its history (memory service).
+
+The step loop says what happened (`step_started`, `step_finished`, `skipped`...); the recorder
+turns each into the TaskEvent, the journal entries and the history event, so those three can
+never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES
+from corral.steps import StepOutcome, describe, step_tool
+from corral.v1 import memory_pb2, task_pb2
+from services.executor.drivers.base import StreamName
+from services.executor.history import history_event
+from services.executor.journal import TaskJournal
+
+_STREAMS: dict[StreamName, task_pb2.OutputStream.ValueType] = {
+    "stdout": task_pb2.OUTPUT_STREAM_STDOUT,
+    "stderr": task_pb2.OUTPUT_STREAM_STDERR,
+}
+
+
+def now() -> Timestamp:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class TaskRecorder:
+    def __init__(
+        self,
+        task_id: str,
+        emit: Callable[[task_pb2.TaskEvent], None],
+        record_history: Callable[[memory_pb2.HistoryEvent], None],
+    ) -> None:
+        self.task_id = task_id
+        self._emit_event = emit
+        self._history = record_history
+        self.journal: TaskJournal | None = None
+        self.log = structlog.get_logger().bind(task_id=task_id)
+
+    def _emit(self, **payload: object) -> None:
+        event = task_pb2.TaskEvent(task_id=self.task_id, **payload)  # type: ignore[arg-type]
+        event.time.CopyFrom(now())
+        self._emit_event(event)
+
+    def _journal_log(self, line: str, stdout: str = "", stderr: str = "") -> None:
+        if self.journal is not None:
+            self.journal.log(line, stdout=stdout, stderr=stderr)
+
+    def _journal_record(self, index: int, step: task_pb2.Step, state: str, result: task_pb2.StepResult) -> None:
+        if self.journal is not None:
+            exit_code = result.exit_code if result.HasField("exit_code") else None
+            self.journal.record(
+                {"step": index, "tool": step_tool(step), "action": describe(step), "status": state,
+                 "exit_code": exit_code, "stdout": result.stdout, "stderr": result.stderr,
+                 "error": result.error}
+            )
+
+    # --- the task --------------------------------------------------------------------------
+
+    def task_started(
+        self, executor_id: str, driver: str, task_dir: str, host_task_dir: str, where: str, steps: int
+    ) -> None:
+        self._emit(
+            started=task_pb2.TaskStarted(executor_id=executor_id, task_dir=task_dir, host_task_dir=host_task_dir)
+        )
+        self._journal_log(
+            f"task {self.task_id} started on executor {executor_id} ({driver}){where}; "
+            f"{steps} steps in {task_dir}"
+        )
+        self._history(history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_STARTED, state="running"))
+        self.log.info("task started", steps=steps)
+
+    def task_finished(self, state: task_pb2.TaskState.ValueType, error: str) -> None:
+        name = TASK_STATE_NAMES[state]
+        if self.journal is not None:
+            self.journal.log(f"task {name}" + (f": {error}" if error else ""))
+            self.journal.close()
+        self._history(
+            history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_FINISHED, state=name, error=error)
+        )
+        self._emit(finished=task_pb2.TaskFinished(state=state, error=error))
+        self.log.info("task finished", state=name, error=error or None)
+
+    # --- steps -----------------------------------------------------------------------------
+
+    def step_started(self, index: int, step: task_pb2.Step) -> None:
+        tool, action = step_tool(step), describe(step)
+        self._emit(step_started=task_pb2.StepStarted(index=index, tool=tool))
+        self._journal_log(f"step {index} {tool or 'empty'}: {action}")
+        self._history(
+            history_event(
+                self.task_id, memory_pb2.HISTORY_KIND_ACTION, step_index=index, tool=tool, action=action
+            )
+        )
+
+    def output(self, index: int, stream: StreamName, data: str) -> None:
+        self._emit(output=task_pb2.OutputChunk(index=index, stream=_STREAMS[stream], data=data))
+
+    def step_finished(
+        self,
+        index: int,
+        step: task_pb2.Step,
+        state: task_pb2.StepState.ValueType,
+        outcome: StepOutcome,
+        started_at: Timestamp,
+        duration_seconds: float,
+    ) -> None:
+        tool = step_tool(step)
+        result = task_pb2.StepResult(
+            index=index,
+            tool=tool,
+            state=state,
+            stdout=outcome.stdout,
+            stderr=outcome.stderr,
+            stdout_truncated=outcome.stdout_truncated,
+            stderr_truncated=outcome.stderr_truncated,
+            error=outcome.error,
+            timed_out=outcome.timed_out,
+        )
+        if outcome.exit_code is not None:
+            result.exit_code = outcome.exit_code
+        result.duration.FromNanoseconds(int(duration_seconds * 1e9))
+        result.started_at.CopyFrom(started_at)
+        result.finished_at.CopyFrom(now())
+        self._emit(step_finished=task_pb2.StepFinished(result=result))
+
+        state_name = STEP_STATE_NAMES[state]
+        exit_code = outcome.exit_code
+        summary = f"step {index} {state_name} in {duration_seconds:.3f}s"
+        if exit_code is not None:
+            summary += f" (exit {exit_code})"
+        if outcome.error:
+            summary += f": {outcome.error}"
+        self._journal_log(summary, stdout=outcome.stdout, stderr=outcome.stderr)
+        self._journal_record(index, step, state_name, result)
+        self._history(
+            history_event(
+                self.task_id, memory_pb2.HISTORY_KIND_RESULT, step_index=index, tool=tool,
+                action=describe(step), state=state_name, exit_code=exit_code, stdout=outcome.stdout,
+                stderr=outcome.stderr, error=outcome.error,
+            )
+        )
+
+    def skipped(self, index: int, step: task_pb2.Step, reason: str) -> None:
+        tool = step_tool(step)
+        result = task_pb2.StepResult(
+            index=index, tool=tool, state=task_pb2.STEP_STATE_SKIPPED, error=f"skipped: {reason}"
+        )
+        self._emit(step_finished=task_pb2.StepFinished(result=result))
+        self._journal_log(f"step {index} {tool or 'empty'} skipped: {reason}")
+        self._journal_record(index, step, "skipped", result)
