@@ -202,8 +202,8 @@ class RunPrinter:
             took = f" in {seconds:.2f}s"
         reason = f": {task.error}" if task.error else ""
         self.note(f"--- task {task.task_id} {state}{took}{reason}")
-        if task.host_log_path:
-            self.note(f"--- log: {task.host_log_path}")
+        if task.log_path:
+            self.note(f"--- log: {task.log_path} (in the sandbox)")
 
 
 async def follow(client: CorralClient, task_id: str, printer: RunPrinter | None) -> task_pb2.Task:
@@ -275,8 +275,8 @@ async def status(args: argparse.Namespace, scheduler: str) -> int:
         exit_code = "" if step["exit_code"] is None else f" exit {step['exit_code']}"
         print(f"  step {step['index'] + 1} {step['tool']:<10} {step['status']:<9}{exit_code}"
               f" {step['duration_seconds']:.3f}s" + (f"  {step['error']}" if step["error"] else ""))
-    if doc["host_log_path"]:
-        print(f"  log: {doc['host_log_path']}")
+    if doc["log_path"]:
+        print(f"  log: {doc['log_path']} (in the sandbox)")
     return 0
 
 

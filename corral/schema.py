@@ -10,37 +10,21 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import duration_pb2
-from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.steps import TOOL_NAMES, StepModel, step_to_proto
 from corral.v1 import task_pb2
+from corral.views import STEP_STATE_NAMES as STEP_STATE_NAMES
+from corral.views import TASK_STATE_NAMES as TASK_STATE_NAMES
+from corral.views import TASK_STATES_BY_NAME as TASK_STATES_BY_NAME
+from corral.views import StepView, TaskView, event_view
 
 # The tool names, for code that only needs those (the registry is corral.steps).
 TOOLS = TOOL_NAMES
 
-TASK_STATE_NAMES = {
-    task_pb2.TASK_STATE_UNSPECIFIED: "unspecified",
-    task_pb2.TASK_STATE_SCHEDULED: "scheduled",
-    task_pb2.TASK_STATE_RUNNING: "running",
-    task_pb2.TASK_STATE_COMPLETED: "completed",
-    task_pb2.TASK_STATE_FAILED: "failed",
-    task_pb2.TASK_STATE_CANCELLED: "cancelled",
-}
-TASK_STATES_BY_NAME = {name: value for value, name in TASK_STATE_NAMES.items()}
 TERMINAL_TASK_STATES = frozenset(
     {task_pb2.TASK_STATE_COMPLETED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED}
 )
-
-STEP_STATE_NAMES = {
-    task_pb2.STEP_STATE_UNSPECIFIED: "unspecified",
-    task_pb2.STEP_STATE_PENDING: "pending",
-    task_pb2.STEP_STATE_RUNNING: "running",
-    task_pb2.STEP_STATE_COMPLETED: "completed",
-    task_pb2.STEP_STATE_FAILED: "failed",
-    task_pb2.STEP_STATE_SKIPPED: "skipped",
-    task_pb2.STEP_STATE_CANCELLED: "cancelled",
-}
 
 
 def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
@@ -89,65 +73,15 @@ class TaskRequest(BaseModel):
         return spec
 
 
-def _time(ts: Timestamp, present: bool) -> str | None:
-    return ts.ToJsonString() if present else None
-
-
 def step_result_to_json(result: task_pb2.StepResult) -> dict[str, Any]:
-    return {
-        "index": result.index,
-        "tool": result.tool,
-        "status": STEP_STATE_NAMES.get(result.state, "unspecified"),
-        "exit_code": result.exit_code if result.HasField("exit_code") else None,
-        "stdout": result.stdout,
-        "stderr": result.stderr,
-        "stdout_truncated": result.stdout_truncated,
-        "stderr_truncated": result.stderr_truncated,
-        "timed_out": result.timed_out,
-        "duration_seconds": round(result.duration.ToNanoseconds() / 1e9, 6),
-        "error": result.error or None,
-        "started_at": _time(result.started_at, result.HasField("started_at")),
-        "finished_at": _time(result.finished_at, result.HasField("finished_at")),
-    }
+    return StepView.from_proto(result).to_json()
 
 
 def task_to_json(task: task_pb2.Task) -> dict[str, Any]:
-    """The status document of GET /status and /v1/tasks/{id}."""
-    return {
-        "task_id": task.task_id,
-        "status": TASK_STATE_NAMES.get(task.state, "unspecified"),
-        "error": task.error or None,
-        "steps": [step_result_to_json(s) for s in task.steps],
-        "executor_id": task.executor_id or None,
-        "task_dir": task.task_dir or None,
-        "sandbox_id": task.spec.sandbox_id or None,
-        "log_path": task.log_path or None,
-        "host_log_path": task.host_log_path or None,
-        "created_at": _time(task.created_at, task.HasField("created_at")),
-        "started_at": _time(task.started_at, task.HasField("started_at")),
-        "finished_at": _time(task.finished_at, task.HasField("finished_at")),
-    }
+    """The status document of GET /status and /v1/tasks/{id} (corral.views.TaskView)."""
+    return TaskView.from_proto(task).to_json()
 
 
 def event_to_json(event: task_pb2.TaskEvent) -> dict[str, Any]:
-    """One TaskEvent as the SSE stream and `corral run` show it."""
-    kind = event.WhichOneof("event") or "unknown"
-    body: dict[str, Any] = {"task_id": event.task_id, "sequence": event.sequence, "type": kind}
-    if event.HasField("time"):
-        body["time"] = event.time.ToJsonString()
-    if kind == "started":
-        body["executor_id"] = event.started.executor_id
-        body["task_dir"] = event.started.task_dir
-    elif kind == "step_started":
-        body["index"] = event.step_started.index
-        body["tool"] = event.step_started.tool
-    elif kind == "output":
-        body["index"] = event.output.index
-        body["stream"] = "stderr" if event.output.stream == task_pb2.OUTPUT_STREAM_STDERR else "stdout"
-        body["data"] = event.output.data
-    elif kind == "step_finished":
-        body["result"] = step_result_to_json(event.step_finished.result)
-    elif kind == "finished":
-        body["status"] = TASK_STATE_NAMES.get(event.finished.state, "unspecified")
-        body["error"] = event.finished.error or None
-    return body
+    """One TaskEvent as the SSE stream and `corral run` show it (corral.views.TaskEventView)."""
+    return event_view(event).to_json()

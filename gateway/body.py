@@ -1,20 +1,26 @@
-"""Reading a task from a request body: size cap, JSON with line/column errors, validation.
+"""Reading a JSON request body: size cap, JSON with line/column errors, validation by a model.
 
 The gateway parses bodies itself rather than letting FastAPI do it, so an oversized chunked
 body is stopped while it streams in, and any content type carrying JSON is accepted (curl's
--d without -H sends form-encoded headers over a JSON body).
+-d without -H sends form-encoded headers over a JSON body). `JsonBody(Model)` is the route
+dependency that does it, and `openapi` the route's declared request body: the same model,
+whose JSON schema /openapi.json carries (gateway/openapi.py collects BODY_MODELS).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from corral.schema import TaskRequest
 from gateway.errors import ApiError, validation_error
+
+M = TypeVar("M", bound=BaseModel)
+# Models of the request bodies routes declare, for the OpenAPI components.
+BODY_MODELS: list[type[BaseModel]] = []
 
 
 def _too_large(limit: int) -> ApiError:
@@ -60,17 +66,44 @@ def parse_json(raw: bytes) -> Any:
 JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number"}
 
 
-def validate_task(document: Any) -> TaskRequest:
+def validate_body(document: Any, model: type[M], expected: str = "") -> M:
     if not isinstance(document, dict):
         kind = "null" if document is None else JSON_TYPE_NAMES.get(type(document), "a boolean")
-        raise ApiError(
-            400, "invalid_argument", f'request body must be a JSON object with "steps", not {kind}'
-        )
+        raise ApiError(400, "invalid_argument", f"request body must be a JSON object{expected}, not {kind}")
     try:
-        return TaskRequest.model_validate(document)
+        return model.model_validate(document)
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False)) from None
 
 
+def validate_task(document: Any) -> TaskRequest:
+    return validate_body(document, TaskRequest, ' with "steps"')
+
+
 async def read_task_request(request: Request, limit: int) -> TaskRequest:
     return validate_task(parse_json(await read_body(request, limit)))
+
+
+class JsonBody(Generic[M]):
+    """A route dependency: the request body as `model`, read under the size limit.
+
+    `required=False`: an empty body means the model's defaults (every field has one).
+    """
+
+    def __init__(self, model: type[M], *, required: bool = True, expected: str = "") -> None:
+        self.model = model
+        self.required = required
+        self.expected = expected
+        BODY_MODELS.append(model)
+
+    async def __call__(self, request: Request) -> M:
+        raw = await read_body(request, request.app.state.settings.max_request_bytes)
+        if not self.required and not raw.strip():
+            return self.model()
+        return validate_body(parse_json(raw), self.model, self.expected)
+
+    @property
+    def openapi(self) -> dict[str, Any]:
+        """The route's `openapi_extra`: its request body is this model."""
+        schema = {"$ref": f"#/components/schemas/{self.model.__name__}"}
+        return {"requestBody": {"required": self.required, "content": {"application/json": {"schema": schema}}}}

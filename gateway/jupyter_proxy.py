@@ -62,6 +62,11 @@ class JupyterProxy:
             self._clients[socket_path] = client
         return client
 
+    async def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
     async def answers(self, socket_path: Path) -> bool:
         try:
             _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 2)

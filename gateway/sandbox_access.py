@@ -3,20 +3,28 @@
 The token comes as `?token=` (first visit, e.g. a link), then as a cookie scoped to the
 sandbox's path (set on that visit, so the pages' own requests and websockets carry it), or as
 `Authorization: Bearer`. The full token gives control; the view token only a view-only desktop.
-Missing token: 401; wrong token: 403.
+Missing token: 401; wrong token: 403. The scheduler checks the token
+(corral.internal.v1.SandboxAccessService): the gateway never sees the tokens' hashes, and
+learns the sandbox's run directory (where its sockets are) only for a valid token.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
 
+from corral.internal.v1 import sandbox_access_pb2
 from corral.v1 import sandbox_pb2
+from corral.views import SANDBOX_STATE_NAMES
+from gateway.backends import upstream
 from gateway.errors import ApiError
+
+if TYPE_CHECKING:
+    from gateway.deps import SandboxStubs
 
 COOKIE_PREFIX = "corral_sandbox_"
 
@@ -26,12 +34,21 @@ class Access(Enum):
     VIEW = "view"
 
 
+ACCESS = {
+    sandbox_access_pb2.SANDBOX_ACCESS_FULL: Access.FULL,
+    sandbox_access_pb2.SANDBOX_ACCESS_VIEW: Access.VIEW,
+}
+
+
 @dataclass(frozen=True)
 class Grant:
+    sandbox: sandbox_pb2.Sandbox
     access: Access
     token: str
     # True when the token came in the query: the caller sets the cookie and drops it from URLs.
     from_query: bool
+    # On the executor's host: vnc.sock, vnc-view.sock, jupyter.sock are here.
+    run_dir: Path
 
 
 def cookie_name(sandbox_id: str) -> str:
@@ -52,20 +69,26 @@ def presented_token(conn: HTTPConnection, sandbox_id: str) -> tuple[str, bool]:
     return conn.cookies.get(cookie_name(sandbox_id), ""), False
 
 
-def _matches(token: str, expected_sha256: str) -> bool:
-    digest = hashlib.sha256(token.encode()).hexdigest()
-    return bool(expected_sha256) and hmac.compare_digest(digest, expected_sha256)
+async def authorize(conn: HTTPConnection, stubs: SandboxStubs, sandbox_id: str) -> Grant:
+    """The access the presented token gives to the active sandbox `sandbox_id`.
 
-
-def authorize(conn: HTTPConnection, sandbox: sandbox_pb2.Sandbox) -> Grant:
-    token, from_query = presented_token(conn, sandbox.sandbox_id)
+    404 unknown sandbox, 409 ended, 401 no token, 403 wrong token -- in that order.
+    """
+    token, from_query = presented_token(conn, sandbox_id)
+    async with upstream("scheduler"):
+        reply = await stubs.access.AuthorizeSandboxAccess(
+            sandbox_access_pb2.AuthorizeSandboxAccessRequest(sandbox_id=sandbox_id, token=token),
+            timeout=stubs.timeout,
+        )
+    sandbox = reply.sandbox
+    if sandbox.state != sandbox_pb2.SANDBOX_STATE_ACTIVE:
+        raise ApiError(409, "failed_precondition", f"sandbox {sandbox_id} is {SANDBOX_STATE_NAMES.get(sandbox.state)}")
     if not token:
         raise ApiError(
             401, "unauthenticated",
             "this sandbox needs its access token: add ?token=... or an Authorization: Bearer header",
         )
-    if _matches(token, sandbox.token_sha256):
-        return Grant(Access.FULL, token, from_query)
-    if _matches(token, sandbox.view_token_sha256):
-        return Grant(Access.VIEW, token, from_query)
-    raise ApiError(403, "permission_denied", "wrong token for this sandbox")
+    access = ACCESS.get(reply.access)
+    if access is None or not reply.host_run_dir:
+        raise ApiError(403, "permission_denied", "wrong token for this sandbox")
+    return Grant(sandbox, access, token, from_query, Path(reply.host_run_dir))

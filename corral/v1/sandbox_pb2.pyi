@@ -114,26 +114,11 @@ class Sandbox(_message.Message):
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
-    HOST_RUN_DIR_FIELD_NUMBER: _builtins.int
-    HOST_TASKS_DIR_FIELD_NUMBER: _builtins.int
-    TOKEN_SHA256_FIELD_NUMBER: _builtins.int
-    VIEW_TOKEN_SHA256_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CURRENT_TASK_ID_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     state: Global___SandboxState.ValueType
     executor_id: _builtins.str
-    host_run_dir: _builtins.str
-    """Executor-host directory holding the sandbox's unix sockets (gui.sock, vnc.sock,
-    vnc-view.sock, jupyter.sock); seen inside the sandbox as /run/corral.
-    """
-    host_tasks_dir: _builtins.str
-    """Executor-host directory mounted at /tasks inside (one directory per task)."""
-    token_sha256: _builtins.str
-    """SHA-256 (hex) of the access token and of the view-only token; the tokens themselves are
-    only returned by CreateSandbox.
-    """
-    view_token_sha256: _builtins.str
     error: _builtins.str
     """Why it failed or ended."""
     current_task_id: _builtins.str
@@ -153,16 +138,12 @@ class Sandbox(_message.Message):
         executor_id: _builtins.str = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         expires_at: _timestamp_pb2.Timestamp | None = ...,
-        host_run_dir: _builtins.str = ...,
-        host_tasks_dir: _builtins.str = ...,
-        token_sha256: _builtins.str = ...,
-        view_token_sha256: _builtins.str = ...,
         error: _builtins.str = ...,
         current_task_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "host_run_dir", b"host_run_dir", "host_tasks_dir", b"host_tasks_dir", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state", "token_sha256", b"token_sha256", "view_token_sha256", b"view_token_sha256"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,46 +359,3 @@ class DeleteSandboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteSandboxResponse: _TypeAlias = DeleteSandboxResponse  # noqa: Y015
-
-@_typing.final
-class StartJupyterRequest(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SANDBOX_ID_FIELD_NUMBER: _builtins.int
-    BASE_URL_FIELD_NUMBER: _builtins.int
-    sandbox_id: _builtins.str
-    base_url: _builtins.str
-    """URL path prefix Jupyter is served under (its base_url), e.g. /v1/sandboxes/ID/jupyter/."""
-    def __init__(
-        self,
-        *,
-        sandbox_id: _builtins.str = ...,
-        base_url: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_url", b"base_url", "sandbox_id", b"sandbox_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___StartJupyterRequest: _TypeAlias = StartJupyterRequest  # noqa: Y015
-
-@_typing.final
-class StartJupyterResponse(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    HOST_SOCKET_FIELD_NUMBER: _builtins.int
-    host_socket: _builtins.str
-    """Executor-host path of Jupyter's unix socket."""
-    def __init__(
-        self,
-        *,
-        host_socket: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_socket", b"host_socket"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___StartJupyterResponse: _TypeAlias = StartJupyterResponse  # noqa: Y015

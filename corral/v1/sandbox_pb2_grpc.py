@@ -63,11 +63,6 @@ class SandboxServiceStub:
                 request_serializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.FromString,
                 _registered_method=True)
-        self.StartJupyter = channel.unary_unary(
-                '/corral.v1.SandboxService/StartJupyter',
-                request_serializer=corral_dot_v1_dot_sandbox__pb2.StartJupyterRequest.SerializeToString,
-                response_deserializer=corral_dot_v1_dot_sandbox__pb2.StartJupyterResponse.FromString,
-                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -108,13 +103,6 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def StartJupyter(self, request, context):
-        """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -142,11 +130,6 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.DeleteSandbox,
                     request_deserializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.FromString,
                     response_serializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.SerializeToString,
-            ),
-            'StartJupyter': grpc.unary_unary_rpc_method_handler(
-                    servicer.StartJupyter,
-                    request_deserializer=corral_dot_v1_dot_sandbox__pb2.StartJupyterRequest.FromString,
-                    response_serializer=corral_dot_v1_dot_sandbox__pb2.StartJupyterResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -288,33 +271,6 @@ class SandboxService:
             '/corral.v1.SandboxService/DeleteSandbox',
             corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.SerializeToString,
             corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def StartJupyter(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/corral.v1.SandboxService/StartJupyter',
-            corral_dot_v1_dot_sandbox__pb2.StartJupyterRequest.SerializeToString,
-            corral_dot_v1_dot_sandbox__pb2.StartJupyterResponse.FromString,
             options,
             channel_credentials,
             insecure,

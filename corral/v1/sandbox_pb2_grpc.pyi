@@ -43,8 +43,6 @@ class SandboxServiceStub:
     ExtendSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ExtendSandboxRequest, _sandbox_pb2.ExtendSandboxResponse]
     """Pushes the expiry to now + ttl."""
     DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.DeleteSandboxRequest, _sandbox_pb2.DeleteSandboxResponse]
-    StartJupyter: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.StartJupyterRequest, _sandbox_pb2.StartJupyterResponse]
-    """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers."""
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -61,8 +59,6 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     ExtendSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ExtendSandboxRequest, _sandbox_pb2.ExtendSandboxResponse]  # type: ignore[assignment]
     """Pushes the expiry to now + ttl."""
     DeleteSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.DeleteSandboxRequest, _sandbox_pb2.DeleteSandboxResponse]  # type: ignore[assignment]
-    StartJupyter: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.StartJupyterRequest, _sandbox_pb2.StartJupyterResponse]  # type: ignore[assignment]
-    """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers."""
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     """Long-lived sandboxes: created on their own, tasks name them (TaskSpec.sandbox_id) and run in
@@ -106,13 +102,5 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sandbox_pb2.DeleteSandboxRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.DeleteSandboxResponse, _abc.Awaitable[_sandbox_pb2.DeleteSandboxResponse]]: ...
-
-    @_abc_1.abstractmethod
-    def StartJupyter(
-        self,
-        request: _sandbox_pb2.StartJupyterRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_sandbox_pb2.StartJupyterResponse, _abc.Awaitable[_sandbox_pb2.StartJupyterResponse]]:
-        """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers."""
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

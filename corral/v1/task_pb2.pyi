@@ -566,7 +566,6 @@ class Task(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     TASK_DIR_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
-    HOST_LOG_PATH_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: Global___TaskState.ValueType
     executor_id: _builtins.str
@@ -576,8 +575,7 @@ class Task(_message.Message):
     task_dir: _builtins.str
     """The task directory as seen inside the sandbox: /tasks/{task_id}."""
     log_path: _builtins.str
-    """agent.log inside the sandbox, and where it lives on the executor's host."""
-    host_log_path: _builtins.str
+    """agent.log inside the sandbox."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -602,11 +600,10 @@ class Task(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         task_dir: _builtins.str = ...,
         log_path: _builtins.str = ...,
-        host_log_path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "host_log_path", b"host_log_path", "log_path", b"log_path", "spec", b"spec", "started_at", b"started_at", "state", b"state", "steps", b"steps", "task_dir", b"task_dir", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "log_path", b"log_path", "spec", b"spec", "started_at", b"started_at", "state", b"state", "steps", b"steps", "task_dir", b"task_dir", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -633,20 +630,17 @@ class TaskStarted(_message.Message):
 
     EXECUTOR_ID_FIELD_NUMBER: _builtins.int
     TASK_DIR_FIELD_NUMBER: _builtins.int
-    HOST_TASK_DIR_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     task_dir: _builtins.str
-    host_task_dir: _builtins.str
     def __init__(
         self,
         *,
         executor_id: _builtins.str = ...,
         task_dir: _builtins.str = ...,
-        host_task_dir: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor_id", b"executor_id", "host_task_dir", b"host_task_dir", "task_dir", b"task_dir"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor_id", b"executor_id", "task_dir", b"task_dir"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

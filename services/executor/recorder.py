@@ -65,12 +65,8 @@ class TaskRecorder:
 
     # --- the task --------------------------------------------------------------------------
 
-    def task_started(
-        self, executor_id: str, driver: str, task_dir: str, host_task_dir: str, where: str, steps: int
-    ) -> None:
-        self._emit(
-            started=task_pb2.TaskStarted(executor_id=executor_id, task_dir=task_dir, host_task_dir=host_task_dir)
-        )
+    def task_started(self, executor_id: str, driver: str, task_dir: str, where: str, steps: int) -> None:
+        self._emit(started=task_pb2.TaskStarted(executor_id=executor_id, task_dir=task_dir))
         self._journal_log(
             f"task {self.task_id} started on executor {executor_id} ({driver}){where}; "
             f"{steps} steps in {task_dir}"

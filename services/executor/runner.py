@@ -91,7 +91,7 @@ class TaskRun:
             async with lease.lock():
                 recorder.task_started(
                     self.runner.executor_id, self.runner.driver.name, lease.task_dir,
-                    str(lease.host_task_dir), lease.note, len(self.spec.steps),
+                    lease.note, len(self.spec.steps),
                 )
                 state, error = await self.loop.run()
         except asyncio.CancelledError:

@@ -373,7 +373,6 @@ class Scheduler:
                 started_at=time.time(),
                 executor_id=event.started.executor_id or (executor.executor_id if executor else ""),
                 task_dir=event.started.task_dir,
-                host_task_dir=event.started.host_task_dir,
             )
         elif kind == "step_started":
             result = task_pb2.StepResult(

@@ -75,12 +75,3 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         except ERRORS as exc:
             await _abort(exc, context)
         return sandbox_pb2.DeleteSandboxResponse(sandbox=sandbox)
-
-    async def StartJupyter(
-        self, request: sandbox_pb2.StartJupyterRequest, context: Context
-    ) -> sandbox_pb2.StartJupyterResponse:
-        try:
-            socket = await self._sandboxes.start_jupyter(request.sandbox_id, request.base_url)
-        except ERRORS as exc:
-            await _abort(exc, context)
-        return sandbox_pb2.StartJupyterResponse(host_socket=socket)

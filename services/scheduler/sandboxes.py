@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import secrets
 import time
 import uuid
@@ -26,6 +25,7 @@ from corral.limits import limits_problem
 from corral.v1 import executor_pb2, sandbox_pb2
 
 from .executors import ExecutorRegistry
+from .sandbox_secrets import SandboxSecrets
 from .store import Base
 
 log = structlog.get_logger()
@@ -61,10 +61,6 @@ class SandboxRow(Base):
     record: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def _timestamp(seconds: float) -> Timestamp:
     ts = Timestamp()
     ts.FromNanoseconds(int(seconds * 1e9))
@@ -76,8 +72,11 @@ class SandboxStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._lock = asyncio.Lock()  # one writer at a time (SQLite)
 
-    async def put(self, sandbox: sandbox_pb2.Sandbox) -> None:
+    async def put(self, sandbox: sandbox_pb2.Sandbox, private: SandboxSecrets | None = None) -> None:
+        """Saves the record; `private` (token hashes, host paths) goes with the first one."""
         async with self._lock, self._sessions.begin() as session:
+            if private is not None:
+                session.add(private.row(sandbox.sandbox_id))
             await session.merge(
                 SandboxRow(
                     sandbox_id=sandbox.sandbox_id,
@@ -126,6 +125,7 @@ class SandboxStore:
 def _parse(raw: bytes) -> sandbox_pb2.Sandbox:
     sandbox = sandbox_pb2.Sandbox()
     sandbox.ParseFromString(raw)
+    sandbox.DiscardUnknownFields()  # records written before host paths and hashes left Sandbox
     return sandbox
 
 
@@ -191,14 +191,10 @@ class SandboxCoordinator:
             executor_id=executor.executor_id,
             created_at=_timestamp(now),
             expires_at=_timestamp(expires_at),
-            host_run_dir=reply.host_run_dir,
-            host_tasks_dir=reply.host_tasks_dir,
-            token_sha256=hash_token(token),
-            view_token_sha256=hash_token(view_token),
         )
         sandbox.spec.ttl.FromNanoseconds(int(ttl * 1e9))
         try:
-            await self.store.put(sandbox)
+            await self.store.put(sandbox, SandboxSecrets.for_tokens(token, view_token, reply.host_run_dir))
         finally:
             self._creating.discard(sandbox_id)
         log.info("sandbox created", sandbox_id=sandbox_id, executor_id=executor.executor_id, ttl=ttl)

@@ -13,9 +13,13 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
+from corral.internal.v1 import sandbox_access_pb2_grpc
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from .core import Scheduler
+from .sandbox_access import SERVICE_NAME as SANDBOX_ACCESS_SERVICE_NAME
+from .sandbox_access import SandboxAccessServicer
+from .sandbox_secrets import SandboxSecretsStore
 from .sandbox_servicer import SandboxServicer
 from .sandboxes import SandboxCoordinator, SandboxStore
 from .servicer import SchedulerServicer
@@ -40,10 +44,14 @@ async def serve(settings: Settings) -> None:
         SchedulerServicer(scheduler, settings.heartbeat_interval_seconds), server
     )
     sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(sandboxes), server)
-    health = add_reflection_and_health(server, [SERVICE_NAME, SANDBOX_SERVICE_NAME])
+    sandbox_access_pb2_grpc.add_SandboxAccessServiceServicer_to_server(
+        SandboxAccessServicer(sandboxes, SandboxSecretsStore(engine)), server
+    )
+    names = [SERVICE_NAME, SANDBOX_SERVICE_NAME, SANDBOX_ACCESS_SERVICE_NAME]
+    health = add_reflection_and_health(server, names)
     bind(server, settings.scheduler_address)
     await server.start()
-    await mark_serving(health, [SERVICE_NAME, SANDBOX_SERVICE_NAME])
+    await mark_serving(health, names)
     log.info("scheduler listening", address=settings.scheduler_address)
 
     async def shutdown() -> None:

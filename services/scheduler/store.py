@@ -335,8 +335,6 @@ class TaskStore:
         task.spec.ParseFromString(row.spec)
         if row.task_dir:
             task.log_path = f"{row.task_dir}/agent.log"
-        if row.host_task_dir:
-            task.host_log_path = f"{row.host_task_dir}/agent.log"
         for field, value in (
             ("created_at", row.created_at),
             ("started_at", row.started_at),

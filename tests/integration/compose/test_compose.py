@@ -148,8 +148,9 @@ def test_curl_example_completes(deployment: Deployment) -> None:
     assert steps[2]["stdout"] == "Hello from the agent!"
     assert status["log_path"] == f"/tasks/{task_id}/agent.log"
     assert str(status["executor_id"]).startswith(deployment.prefix)
-    # The executor's task directory is the host's: the log is where the status says.
-    host_log = Path(str(status["host_log_path"]))
+    # The executor's task directory is the host's: CORRAL_HOST_DATA_DIR/executor-N/tasks/ID.
+    executor = str(status["executor_id"]).removeprefix(deployment.prefix)
+    host_log = Path(deployment.env["CORRAL_HOST_DATA_DIR"]) / executor / "tasks" / task_id / "agent.log"
     assert host_log.is_file() and "Hello from the agent!" in host_log.read_text()
 
 

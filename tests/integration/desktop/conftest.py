@@ -180,6 +180,16 @@ def wait_for_task(api: httpx.Client, task_id: str, timeout: float = 240) -> dict
     raise AssertionError(f"task {task_id} did not end: {task}")
 
 
+def host_task_dir(cluster: Cluster, task: dict[str, Any]) -> Path:
+    """Where the executor keeps `task`'s directory on this host (the status document says only
+    where it is inside the sandbox): CORRAL_DATA_DIR/tasks/ID, or, in a long-lived sandbox,
+    CORRAL_DATA_DIR/sandboxes/SANDBOX/tasks/ID."""
+    assert task["task_dir"] == f"/tasks/{task['task_id']}", task
+    if task["sandbox_id"]:
+        return cluster.data_dir / "sandboxes" / task["sandbox_id"] / "tasks" / task["task_id"]
+    return cluster.data_dir / "tasks" / task["task_id"]
+
+
 def run_task(api: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     reply = api.post("/v1/tasks", json=body)
     assert reply.status_code == 201, reply.text

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import io
 import json
-from pathlib import Path
 
 import httpx
 from harness import Cluster
 from PIL import Image
 
-from .conftest import run_task
+from .conftest import host_task_dir, run_task
 
 TERMINAL = {"tool": "shell", "command": "xterm -T corral-term -geometry 80x24+0+0 >/dev/null 2>&1 &"}
 
@@ -33,7 +32,7 @@ def test_terminal_typed_into_writes_a_file_and_screenshot_is_saved(
     assert task["status"] == "completed", task
     steps = task["steps"]
     assert steps[4]["stdout"] == "typed-in-the-desktop\n"
-    host_dir = Path(task["host_log_path"]).parent
+    host_dir = host_task_dir(desktop_stack, task)
     assert (host_dir / "from_gui.txt").read_text() == "typed-in-the-desktop\n"
     assert f"({sandbox_driver})" in (host_dir / "agent.log").read_text()
 
@@ -101,9 +100,9 @@ def test_bad_coordinates_and_keys_are_refused_with_a_reason(api: httpx.Client) -
     assert [s["status"] for s in steps[:2]] == ["failed"] * 2
 
 
-def test_screenshot_png_is_valid(api: httpx.Client) -> None:
+def test_screenshot_png_is_valid(api: httpx.Client, desktop_stack: Cluster) -> None:
     task = run_task(api, {"steps": [{"tool": "gui", "action": "screenshot", "max_height": 300}]})
     assert task["status"] == "completed", task
-    path = Path(task["host_log_path"]).parent / "screenshots" / "step-000.png"
+    path = host_task_dir(desktop_stack, task) / "screenshots" / "step-000.png"
     image = Image.open(io.BytesIO(path.read_bytes()))
     assert image.format == "PNG" and image.height == 300

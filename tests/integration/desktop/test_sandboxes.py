@@ -8,12 +8,11 @@ import stat
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 from harness import Cluster
 
-from .conftest import run_task, wait_for_task
+from .conftest import host_task_dir, run_task, wait_for_task
 
 # Run in a sandbox whose desktop is up: the desktop must not have weakened its isolation.
 ISOLATION_PROBE = (
@@ -47,7 +46,7 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(
         assert first["status"] == "completed", first
         assert first["steps"][0]["stdout"] == f"/tasks/{first['task_id']}\n"
         assert first["sandbox_id"] == sandbox_id
-        agent_log = Path(first["host_log_path"]).read_text()
+        agent_log = (host_task_dir(desktop_stack, first) / "agent.log").read_text()
         assert f"({sandbox_driver}) in sandbox {sandbox_id}" in agent_log, agent_log[:500]
 
         # The desktop's sockets, as the host (executor, gateway) sees them: owner and group
@@ -74,7 +73,7 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(
         titles = [w["title"] for w in json.loads(second["steps"][2]["stdout"])["windows"]]
         assert "persistent-term" in titles
         assert second["steps"][4]["stdout"] == "hi"
-        assert Path(second["host_log_path"]).parent.joinpath("second.txt").read_text() == "hi"
+        assert (host_task_dir(desktop_stack, second) / "second.txt").read_text() == "hi"
 
         listed = api.get("/v1/sandboxes").json()["sandboxes"]
         assert sandbox_id in [s["sandbox_id"] for s in listed]

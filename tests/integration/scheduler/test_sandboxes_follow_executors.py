@@ -47,13 +47,18 @@ def start(data_dir: Path, **overrides: str) -> Iterator[tuple[Cluster, grpc.Chan
             yield system, channel
 
 
-def create_sandbox(channel: grpc.Channel) -> sandbox_pb2.Sandbox:
+def run_dir(system: Cluster, sandbox_id: str) -> Path:
+    """The sandbox's run directory on the executor's host (CORRAL_DATA_DIR/run/ID)."""
+    return system.data_dir / "run" / sandbox_id
+
+
+def create_sandbox(system: Cluster, channel: grpc.Channel) -> sandbox_pb2.Sandbox:
     stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
     spec = sandbox_pb2.SandboxSpec()
     spec.ttl.FromSeconds(600)
     sandbox = stub.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec)).sandbox
     assert sandbox.state == sandbox_pb2.SANDBOX_STATE_ACTIVE
-    assert Path(sandbox.host_run_dir).is_dir()
+    assert run_dir(system, sandbox.sandbox_id).is_dir()
     return sandbox
 
 
@@ -65,7 +70,7 @@ def get_sandbox(channel: grpc.Channel, sandbox_id: str) -> sandbox_pb2.Sandbox:
 def test_an_executor_restart_fails_its_sandboxes(data_dir: Path) -> None:
     # A heartbeat timeout far away: the restart itself must be what ends the record.
     with start(data_dir, CORRAL_HEARTBEAT_TIMEOUT_SECONDS="120") as (system, channel):
-        sandbox = create_sandbox(channel)
+        sandbox = create_sandbox(system, channel)
         system.services["executor"].stop(signal.SIGKILL)
         system.start_executor()
 
@@ -85,7 +90,7 @@ def test_an_executor_restart_fails_its_sandboxes(data_dir: Path) -> None:
             scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "restarted" in (refused.value.details() or "")
-        replacement = create_sandbox(channel)
+        replacement = create_sandbox(system, channel)
         spec.sandbox_id = replacement.sandbox_id
         task_id = scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec)).task_id
         wait_until(
@@ -97,7 +102,7 @@ def test_an_executor_restart_fails_its_sandboxes(data_dir: Path) -> None:
 
 def test_a_lost_executor_fails_its_sandboxes_and_removes_them_when_back(data_dir: Path) -> None:
     with start(data_dir, CORRAL_HEARTBEAT_TIMEOUT_SECONDS="2") as (system, channel):
-        sandbox = create_sandbox(channel)
+        sandbox = create_sandbox(system, channel)
         executor = system.services["executor"].proc
         os.kill(executor.pid, signal.SIGSTOP)  # its socket stays open; only the heartbeats stop
         try:
@@ -112,5 +117,5 @@ def test_a_lost_executor_fails_its_sandboxes_and_removes_them_when_back(data_dir
 
         # Back, it registers again and is told to remove the sandbox nobody can use any more.
         wait_until(lambda: len(alive_executors(channel)) == 1, "the executor registered again")
-        wait_until(lambda: not Path(sandbox.host_run_dir).exists(), "the executor removed the sandbox")
+        wait_until(lambda: not run_dir(system, sandbox.sandbox_id).exists(), "the executor removed the sandbox")
         assert get_sandbox(channel, sandbox.sandbox_id).state == sandbox_pb2.SANDBOX_STATE_FAILED

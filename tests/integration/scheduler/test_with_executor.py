@@ -60,7 +60,9 @@ def stub(system: Cluster) -> Iterator[scheduler_pb2_grpc.SchedulerServiceStub]:
         yield s
 
 
-def test_watch_streams_every_event_in_order(stub: scheduler_pb2_grpc.SchedulerServiceStub) -> None:
+def test_watch_streams_every_event_in_order(
+    system: Cluster, stub: scheduler_pb2_grpc.SchedulerServiceStub
+) -> None:
     task_id = stub.SubmitTask(
         scheduler_pb2.SubmitTaskRequest(spec=shell_spec("echo one; sleep 0.2; echo two", "echo err >&2"))
     ).task_id
@@ -78,7 +80,7 @@ def test_watch_streams_every_event_in_order(stub: scheduler_pb2_grpc.SchedulerSe
     assert task.state == task_pb2.TASK_STATE_COMPLETED
     assert task.steps[0].stdout == "one\ntwo\n" and task.steps[0].exit_code == 0
     assert task.log_path == f"/tasks/{task_id}/agent.log"
-    assert Path(task.host_log_path).is_file()
+    assert (system.data_dir / "tasks" / task_id / "agent.log").is_file()
     # A late watcher gets the same history.
     replay = [r.event for r in stub.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task_id), timeout=30)]
     assert [e.sequence for e in replay] == [e.sequence for e in events]

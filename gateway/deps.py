@@ -1,0 +1,65 @@
+"""Route dependencies: what handlers need from the app (settings, gRPC stubs, the Jupyter
+proxy), all made once in the app's lifespan and kept on app.state.
+
+A handler names what it uses, e.g. `backends: BackendsDep`; nothing is captured in closures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends
+from starlette.requests import HTTPConnection
+
+from corral.config import Settings
+from corral.internal.v1 import sandbox_access_pb2_grpc
+from corral.v1 import sandbox_pb2_grpc
+from gateway.backends import Backends
+from gateway.jupyter_proxy import JupyterProxy
+
+
+@dataclass
+class SandboxStubs:
+    """The scheduler's public SandboxService and its internal SandboxAccessService (the token
+    check, host paths and Jupyter start that only the gateway may ask for)."""
+
+    sandboxes: sandbox_pb2_grpc.SandboxServiceAsyncStub
+    access: sandbox_access_pb2_grpc.SandboxAccessServiceAsyncStub
+    # Deadline of the quick calls (as Backends.timeout).
+    timeout: float
+
+    @classmethod
+    def over(cls, backends: Backends) -> SandboxStubs:
+        channel = backends.scheduler_channel
+        return cls(
+            sandboxes=sandbox_pb2_grpc.SandboxServiceStub(channel),
+            access=sandbox_access_pb2_grpc.SandboxAccessServiceStub(channel),
+            timeout=backends.timeout,
+        )
+
+
+def get_settings(conn: HTTPConnection) -> Settings:
+    settings: Settings = conn.app.state.settings
+    return settings
+
+
+def get_backends(conn: HTTPConnection) -> Backends:
+    backends: Backends = conn.app.state.backends
+    return backends
+
+
+def get_sandbox_stubs(conn: HTTPConnection) -> SandboxStubs:
+    stubs: SandboxStubs = conn.app.state.sandbox_stubs
+    return stubs
+
+
+def get_jupyter(conn: HTTPConnection) -> JupyterProxy:
+    proxy: JupyterProxy = conn.app.state.jupyter
+    return proxy
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BackendsDep = Annotated[Backends, Depends(get_backends)]
+SandboxStubsDep = Annotated[SandboxStubs, Depends(get_sandbox_stubs)]
+JupyterDep = Annotated[JupyterProxy, Depends(get_jupyter)]

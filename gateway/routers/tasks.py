@@ -1,0 +1,161 @@
+"""/v1/tasks: create, list, get, cancel, and follow a task's events live (SSE)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from corral.schema import TaskRequest
+from corral.v1 import scheduler_pb2, task_pb2
+from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, TaskList, TaskView
+from gateway.backends import Backends, upstream
+from gateway.body import JsonBody
+from gateway.deps import BackendsDep, SettingsDep
+from gateway.errors import ApiError
+from gateway.sse import task_event_stream
+from gateway.views import UPSTREAM, errors, view_response
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+
+TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"')
+TaskBody = Annotated[TaskRequest, Depends(TASK_BODY)]
+# Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413.
+SUBMIT_ERRORS = errors(400, 404, 409, 413, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
+                       e409="The sandbox named by sandbox_id has ended.")
+TASK_ERRORS = errors(404, *UPSTREAM)
+
+
+async def submit(backends: Backends, task: TaskRequest) -> task_pb2.Task:
+    async with upstream("scheduler"):
+        reply = await backends.scheduler.SubmitTask(
+            scheduler_pb2.SubmitTaskRequest(spec=task.to_proto()), timeout=backends.timeout
+        )
+    return reply.task if reply.HasField("task") else task_pb2.Task(task_id=reply.task_id)
+
+
+async def get_task(backends: Backends, task_id: str) -> task_pb2.Task:
+    if not task_id.strip():
+        raise ApiError(400, "invalid_argument", "task_id must not be empty")
+    async with upstream("scheduler"):
+        reply = await backends.scheduler.GetTask(
+            scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=backends.timeout
+        )
+    return reply.task
+
+
+@router.post(
+    "",
+    name="create_task",
+    summary="Create a task",
+    status_code=201,
+    response_model=TaskView,
+    responses=SUBMIT_ERRORS,
+    openapi_extra=TASK_BODY.openapi,
+)
+async def create_task(task: TaskBody, backends: BackendsDep) -> JSONResponse:
+    created = await submit(backends, task)
+    return view_response(
+        TaskView.from_proto(created), status_code=201, headers={"Location": f"/v1/tasks/{created.task_id}"}
+    )
+
+
+@router.get("", name="list_tasks", summary="List tasks", response_model=TaskList, responses=errors(400, *UPSTREAM))
+async def list_tasks(
+    backends: BackendsDep,
+    state: Annotated[
+        str | None,
+        Query(description="Only tasks in this state.", json_schema_extra={"enum": list(LISTABLE_TASK_STATES)}),
+    ] = None,
+    page_size: Annotated[int, Query(ge=1, le=500)] = 50,
+    page_token: Annotated[str, Query(description="next_page_token of the previous page.")] = "",
+) -> JSONResponse:
+    wanted = task_pb2.TASK_STATE_UNSPECIFIED
+    if state:
+        if state not in LISTABLE_TASK_STATES:
+            raise ApiError(
+                400,
+                "invalid_argument",
+                f"state: unknown state {state!r} (expected one of {', '.join(LISTABLE_TASK_STATES)})",
+            )
+        wanted = TASK_STATES_BY_NAME[state]
+    async with upstream("scheduler"):
+        reply = await backends.scheduler.ListTasks(
+            scheduler_pb2.ListTasksRequest(state=wanted, page_size=page_size, page_token=page_token),
+            timeout=backends.timeout,
+        )
+    listing = TaskList(tasks=[TaskView.from_proto(t) for t in reply.tasks], next_page_token=reply.next_page_token or None)
+    return view_response(listing)
+
+
+@router.get("/{task_id}", name="get_task", summary="Get a task", response_model=TaskView, responses=TASK_ERRORS)
+async def read_task(task_id: str, backends: BackendsDep) -> JSONResponse:
+    return view_response(TaskView.from_proto(await get_task(backends, task_id)))
+
+
+async def cancel(task_id: str, backends: BackendsDep) -> JSONResponse:
+    async with upstream("scheduler"):
+        reply = await backends.scheduler.CancelTask(
+            scheduler_pb2.CancelTaskRequest(task_id=task_id), timeout=backends.timeout
+        )
+    return view_response(TaskView.from_proto(reply.task))
+
+
+CANCEL_ERRORS = errors(404, 409, *UPSTREAM, e409="The task has already ended.")
+router.add_api_route(
+    "/{task_id}/cancel",
+    cancel,
+    methods=["POST"],
+    name="cancel_task",
+    summary="Cancel a task (stops its current step at once)",
+    response_model=TaskView,
+    responses=CANCEL_ERRORS,
+)
+router.add_api_route(
+    "/{task_id}",
+    cancel,
+    methods=["DELETE"],
+    name="delete_task",
+    summary="Cancel a task (same as POST .../cancel)",
+    response_model=TaskView,
+    responses=CANCEL_ERRORS,
+)
+
+EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **errors(400, 404, *UPSTREAM, e400="Last-Event-ID or after is not a sequence number."),
+    200: {
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        "description": "Frames `id: <sequence>`, `event: <type>`, `data: <JSON>`, where the data is a "
+        "TaskEvent (#/components/schemas/TaskEvent) and the event its `type`; the stream ends "
+        "after the `finished` event. Idle streams get `: keep-alive` comments.",
+    },
+}
+
+
+@router.get(
+    "/{task_id}/events",
+    name="task_events",
+    summary="Follow a task's events live (Server-Sent Events)",
+    response_class=StreamingResponse,
+    responses=EVENTS_RESPONSES,
+)
+async def task_events(
+    task_id: str,
+    backends: BackendsDep,
+    settings: SettingsDep,
+    after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    await get_task(backends, task_id)  # 404 before the stream starts, not inside it
+    if last_event_id:
+        try:
+            after = max(after, int(last_event_id))
+        except ValueError:
+            raise ApiError(400, "invalid_argument", "Last-Event-ID must be an event sequence number") from None
+    stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds)
+    return StreamingResponse(
+        stream,
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
