@@ -326,8 +326,9 @@ def version_mismatch(ready: Mapping[str, Any]) -> str:
     spoken = f"protocol {version}" if version is not None else "an unversioned protocol (1)"
     return (
         f"the sandbox agent speaks {spoken}, this executor {PROTOCOL_VERSION}: rebuild the "
-        "sandbox image (scripts/build-images) or point CORRAL_RUNTIME_DIR at a runtime of the "
-        "executor's own version, so that /app/agent.py and /app/agent_protocol.py match it"
+        "sandbox image (scripts/build-images) so that its /app/agent.py and agent_protocol.py "
+        "are the executor's (under bubblewrap, CORRAL_RUNTIME_DIR must be the executor's own "
+        "sandbox/runtime)"
     )
 
 

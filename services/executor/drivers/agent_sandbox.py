@@ -91,6 +91,7 @@ class AgentSandbox(Sandbox, Generic[T]):
         self.claimed = True
         self.log = log.bind(task_id=config.task_id)
         self.channel.log = self.channel.log.bind(task_id=config.task_id)
+        self.transport.log = self.transport.log.bind(task_id=config.task_id)
         move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
         env = {key: self._agent_value(key, value) for key, value in sandbox_env(config).items()}
         try:
@@ -107,12 +108,12 @@ class AgentSandbox(Sandbox, Generic[T]):
         self._closed = True
         try:
             await self.transport.kill()
+        finally:
             if self._reader is not None:
                 self._reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await self._reader
             self.channel.fail(SandboxError("the sandbox was closed"))
-        finally:
             if self.warm_slot is not None:
                 # Every process is gone: the task directory can go back in place.
                 task_dir = self.config.host_task_dir if self.claimed else None
@@ -123,11 +124,15 @@ class AgentSandbox(Sandbox, Generic[T]):
         try:
             while chunk := await self.transport.read():
                 self.channel.feed(chunk)
-        except (OSError, SandboxError) as exc:
-            self.log.debug("sandbox stream broke", error=str(exc))
+        except Exception as exc:  # a broken stream is an ended one
+            self.log.warning("the sandbox's stream broke", error=f"{type(exc).__name__}: {exc}")
         if self._closed:
             return
-        reason = await self.transport.death_reason()
+        try:
+            reason = await self.transport.death_reason()
+        except Exception as exc:
+            reason = "the sandbox ended unexpectedly"
+            self.log.warning("could not tell why the sandbox ended", error=f"{type(exc).__name__}: {exc}")
         self.log.warning("sandbox ended", reason=reason)
         self.channel.fail(SandboxError(reason))
 

@@ -3,7 +3,9 @@
 The sandbox gets new user/pid/net/ipc/uts/cgroup/mount namespaces, uid 1000, read-only system
 directories, a fresh /proc and /dev, a private /tmp, the task directory read-write at
 /tasks/{task_id} and the runtime read-only at /app. Its command is sandbox/runtime/agent.py,
-which speaks JSON lines with us over bwrap's stdin/stdout and runs each step.
+which runs each step. This module is only the isolation: BubblewrapTransport starts bwrap and
+carries bwrap's stdin/stdout, kills the namespace, and keeps bwrap's last words; AgentSandbox
+(agent_sandbox.py) speaks the agent protocol over it.
 
 When the executor runs as root, bwrap's user namespace would map the sandbox user to host root
 and make root-only files under the read-only binds (/etc/shadow) readable; so bwrap is started
@@ -298,7 +300,6 @@ class BubblewrapTransport(Transport):
         self._stderr_reader: asyncio.Task[None] | None = None
         self._info: asyncio.Task[bytes] | None = None
         self._killed = False
-        self.log = log.bind(task_id=config.task_id)
 
     @property
     def running(self) -> bool:

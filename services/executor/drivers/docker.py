@@ -6,11 +6,12 @@ a read-only root filesystem (tmpfs /tmp and /run), pids / memory (no swap) / CPU
 network `none` unless the task asks for network. The Docker socket is never mounted in it.
 The task directory is bind-mounted at /tasks/{task_id}, the container's working directory.
 
-The container's main process is the step agent (sandbox/runtime/agent.py, under tini); we talk
-JSON lines to it over the container's attached stdin/stdout (one hijacked Docker API
-connection, multiplexed stdout/stderr frames), so a step costs neither a container start nor a
-`docker exec`. StdinOnce makes Docker close the agent's stdin when that connection drops (the
-executor died): the agent then exits and the container stops; labels
+The container's main process is the step agent (sandbox/runtime/agent.py, under tini);
+DockerTransport carries its bytes over the container's attached stdin/stdout (one hijacked Docker
+API connection, multiplexed stdout/stderr frames), so a step costs neither a container start nor
+a `docker exec`; AgentSandbox (agent_sandbox.py) speaks the agent protocol over it. StdinOnce
+makes Docker close the agent's stdin when that connection drops (the executor died): the agent
+then exits and the container stops; labels
 (corral.executor=<executor id>) let the executor remove such leftovers when it starts again.
 
 A warm pool (CORRAL_DOCKER_WARM_POOL) keeps started containers ready; see warm_pool.py.

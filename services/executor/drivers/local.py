@@ -66,6 +66,9 @@ class LocalDriver(SandboxDriver):
             raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
 
     async def create(self, config: SandboxConfig) -> Sandbox:
+        if config.desktop or config.host_run_dir is not None:
+            # desktop.py would start Xvfb, x11vnc... on the host itself.
+            raise SandboxError("the local (unisolated, test-only) driver runs no desktop")
         sandbox = AgentSandbox(LocalTransport(config, self.runtime_dir / "agent.py"), config)
         try:
             await sandbox.start()
@@ -156,7 +159,7 @@ class LocalTransport(Transport):
                 try:
                     await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
                 except TimeoutError:
-                    log.error("the local agent did not exit after SIGKILL", pid=process.pid)
+                    self.log.error("the local agent did not exit after SIGKILL", pid=process.pid)
         if self._stderr_reader is not None:
             self._stderr_reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import abc
 
+import structlog
+
 from services.executor.drivers.base import SandboxConfig
 
 
@@ -30,8 +32,9 @@ class Transport(abc.ABC):
 
     def __init__(self, config: SandboxConfig) -> None:
         # The configuration the process was started with (a warm sandbox keeps its own when
-        # it is handed a task).
+        # it is handed a task; its log is re-bound to the task's id then).
         self.config = config
+        self.log: structlog.stdlib.BoundLogger = structlog.get_logger().bind(task_id=config.task_id)
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +21,7 @@ from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import MIB, ProcessRequest, SandboxConfig, SandboxError, SandboxLimits
 from services.executor.drivers.transport import Transport
 
-from .conftest import ExecutorClient
+from .conftest import ExecutorClient, ExecutorFactory
 
 
 class FakeAgent:
@@ -78,6 +80,7 @@ def line(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode() + b"\n"
 
 
+RUNTIME = Path(__file__).resolve().parents[3] / "sandbox" / "runtime"
 READY = {"type": "ready", "pid": 1, "protocol": protocol.PROTOCOL_VERSION}
 
 
@@ -249,8 +252,9 @@ async def test_an_agent_of_another_protocol_version_fails_the_sandbox(
         await sandbox.start()
     assert str(raised.value) == (
         f"the sandbox agent speaks {spoken}, this executor {protocol.PROTOCOL_VERSION}: rebuild the "
-        "sandbox image (scripts/build-images) or point CORRAL_RUNTIME_DIR at a runtime of the "
-        "executor's own version, so that /app/agent.py and /app/agent_protocol.py match it"
+        "sandbox image (scripts/build-images) so that its /app/agent.py and agent_protocol.py "
+        "are the executor's (under bubblewrap, CORRAL_RUNTIME_DIR must be the executor's own "
+        "sandbox/runtime)"
     )
     with pytest.raises(SandboxError, match="rebuild the sandbox image"):
         await sandbox.read_file("x", 10)
@@ -261,7 +265,7 @@ async def test_an_agent_of_another_protocol_version_fails_the_sandbox(
 async def test_the_real_agent_speaks_this_protocol_version(tmp_path: Any) -> None:
     from services.executor.drivers.local import LocalTransport
 
-    agent = Path(__file__).resolve().parents[3] / "sandbox" / "runtime" / "agent.py"
+    agent = RUNTIME / "agent.py"
     transport = LocalTransport(config(tmp_path), agent)
     sandbox = AgentSandbox(transport, transport.config)
     await sandbox.start()
@@ -280,7 +284,7 @@ async def test_a_malformed_reply_fails_its_request_not_the_sandbox(tmp_path: Any
     reading = asyncio.create_task(sandbox.read_file("a.txt", 10))
     sent = await transport.next_request()
     transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "a.txt", "size": "big"}))
-    with pytest.raises(SandboxError, match="malformed reply: FileReply.size: expected an integer"):
+    with pytest.raises(SandboxError, match=r"malformed reply: FileReply\.size: expected an integer"):
         await asyncio.wait_for(reading, 5)
     writing = asyncio.create_task(sandbox.write_file("/tasks/t1/b.txt", "B", 10))
     sent = await transport.next_request()
@@ -288,3 +292,53 @@ async def test_a_malformed_reply_fails_its_request_not_the_sandbox(tmp_path: Any
     transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "/tasks/t1/b.txt", "size": 1}))
     assert await asyncio.wait_for(writing, 5) == "/tasks/t1/b.txt"
     await sandbox.close()
+
+
+def test_the_agent_and_its_protocol_need_only_the_standard_library(tmp_path: Any) -> None:
+    # The sandbox's system Python, no site-packages at all (-S), from another directory (-I
+    # keeps the agent's own off sys.path): it still loads its protocol and says it is ready.
+    python = "/usr/bin/python3" if Path("/usr/bin/python3").exists() else sys.executable
+    done = subprocess.run(
+        [python, "-I", "-S", str(RUNTIME / "agent.py")],
+        cwd=tmp_path, input=b"", capture_output=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "CORRAL_AGENT_SCRIPT_DIR": str(tmp_path / "scripts")},
+    )
+    assert done.returncode == 0, done.stderr
+    ready = json.loads(done.stdout.splitlines()[0])
+    assert ready["type"] == "ready" and ready["protocol"] == protocol.PROTOCOL_VERSION
+
+
+async def test_one_environment_for_every_driver(executor: ExecutorClient) -> None:
+    task_id, outcome = await executor.run_steps(
+        [{"tool": "shell", "command": "echo $USER $LOGNAME $HOME $CORRAL_TASK_ID $CORRAL_TASK_DIR; id -un"}]
+    )
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
+    assert outcome.step(0).stdout == f"agent agent /tasks/{task_id} {task_id} /tasks/{task_id}\nagent\n"
+
+
+def runtime_speaking(runtime: Path, version: int) -> Path:
+    """A copy of the sandbox runtime (what the agent needs of it) whose protocol is `version`."""
+    runtime.mkdir()
+    shutil.copy(RUNTIME / "agent.py", runtime / "agent.py")
+    shutil.copytree(RUNTIME / "etc", runtime / "etc")
+    source = (RUNTIME / "agent_protocol.py").read_text()
+    current = f"PROTOCOL_VERSION = {protocol.PROTOCOL_VERSION}\n"
+    assert current in source
+    (runtime / "agent_protocol.py").write_text(source.replace(current, f"PROTOCOL_VERSION = {version}\n"))
+    return runtime
+
+
+@pytest.mark.parametrize("sandbox_driver", ["bubblewrap"])  # docker's runtime is its image
+async def test_a_bubblewrap_runtime_of_another_protocol_version_fails_the_task(
+    executor_factory: ExecutorFactory, tmp_path: Path
+) -> None:
+    # The real driver and agent, with a runtime whose protocol is one version ahead.
+    runtime = runtime_speaking(tmp_path / "runtime", protocol.PROTOCOL_VERSION + 1)
+    executor = await executor_factory(runtime_dir=runtime, bwrap_warm_pool=0)
+    _, outcome = await executor.run_steps([{"tool": "shell", "command": "echo never"}])
+    assert outcome.state == "TASK_STATE_FAILED", outcome.finished
+    said = f"{outcome.finished.error} {outcome.step(0).error if outcome.steps else ''}"
+    assert (
+        f"the sandbox agent speaks protocol {protocol.PROTOCOL_VERSION + 1}, "
+        f"this executor {protocol.PROTOCOL_VERSION}: rebuild the sandbox image"
+    ) in said, said
