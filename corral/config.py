@@ -117,6 +117,7 @@ class Settings(BaseSettings):
     max_task_disk_mb: int = Field(65536, ge=1, description="Largest limits.disk_mb a task may ask for.")
     max_read_file_bytes: int = Field(10 * 1024 * 1024, description="Largest file read_file returns.")
     max_write_file_bytes: int = Field(10 * 1024 * 1024, description="Largest content write_file accepts.")
+    max_list_entries: int = Field(10_000, gt=0, description="Most entries one list_files step returns.")
     runtime_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "sandbox" / "runtime",
         description="Directory mounted read-only at /app inside sandboxes (runner, TypeScript).",

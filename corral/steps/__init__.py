@@ -17,20 +17,29 @@ from corral.config import Settings
 from corral.errors import InvalidTask
 from corral.limits import limits_problem
 from corral.steps.base import StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
-from corral.steps.files import ReadFileStep, ReadFileTool, WriteFileStep, WriteFileTool
+from corral.steps.files import (
+    ListFilesStep,
+    ListFilesTool,
+    ReadFileStep,
+    ReadFileTool,
+    WriteFileStep,
+    WriteFileTool,
+)
 from corral.steps.gui import GuiStep, GuiTool
 from corral.steps.process import PythonStep, PythonTool, ShellStep, ShellTool, TypeScriptStep, TypeScriptTool
 from corral.v1 import task_pb2
 
 TOOLS: dict[str, StepTool[Any, Any]] = {
     tool.name: tool
-    for tool in (ShellTool(), PythonTool(), TypeScriptTool(), ReadFileTool(), WriteFileTool(), GuiTool())
+    for tool in (
+        ShellTool(), PythonTool(), TypeScriptTool(), ReadFileTool(), WriteFileTool(), GuiTool(), ListFilesTool()
+    )
 }
 TOOL_NAMES = tuple(TOOLS)
 
 # The JSON of one step, discriminated by `tool` (gui steps again by `action`).
 StepModel = Annotated[
-    ShellStep | PythonStep | TypeScriptStep | ReadFileStep | WriteFileStep | GuiStep,
+    ShellStep | PythonStep | TypeScriptStep | ReadFileStep | WriteFileStep | GuiStep | ListFilesStep,
     Field(discriminator="tool"),
 ]
 

@@ -10,7 +10,6 @@ context (services/executor/step_context.py).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -67,6 +66,16 @@ class FileEntry:
     mtime: float
 
 
+@dataclass(frozen=True)
+class Listing:
+    """A directory's entries (sorted by name); `path` as the sandbox sees it."""
+
+    path: str
+    entries: list[FileEntry]
+    # More entries than a listing returns (the first ones by name are kept).
+    truncated: bool = False
+
+
 class StepContext(Protocol):
     """What a running step may do; the executor implements it for one step of one task."""
 
@@ -91,7 +100,7 @@ class StepContext(Protocol):
     async def write_file(self, path: str, content: str) -> str:
         """Writes a file (parents created); returns its path inside the sandbox."""
 
-    async def list_files(self, path: str) -> Sequence[FileEntry]:
+    async def list_files(self, path: str) -> Listing:
         """The entries of a directory, confined like read_file."""
 
     async def gui(self) -> gui_pb2_grpc.GuiServiceAsyncStub:

@@ -1,4 +1,4 @@
-"""The file tools: `read_file` and `write_file`, confined to the step's directory.
+"""The file tools: `read_file`, `write_file` and `list_files`, confined to the step's directory.
 
 Paths are resolved by the sandbox's agent: relative to the task directory (or the sandbox's
 workspace), never through `..` or a symlink leading out; non-regular files are refused.
@@ -6,6 +6,8 @@ workspace), never through `..` or a symlink leading out; non-regular files are r
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict
 from typing import Literal
 
 from pydantic import Field
@@ -61,3 +63,30 @@ class WriteFileTool(StepTool[WriteFileStep, task_pb2.WriteFileAction]):
     async def run(self, action: task_pb2.WriteFileAction, ctx: StepContext) -> StepOutcome:
         path = await ctx.write_file(action.path, action.content)
         return StepOutcome.done(f"wrote {len(action.content.encode())} bytes to {path}\n")
+
+
+class ListFilesStep(StepModelBase):
+    tool: Literal["list_files"]
+    path: str = Field(".", min_length=1, description="The directory, relative to the task directory.")
+
+
+class ListFilesTool(StepTool[ListFilesStep, task_pb2.ListFilesAction]):
+    name = "list_files"
+    model = ListFilesStep
+
+    def to_proto(self, step: ListFilesStep) -> task_pb2.ListFilesAction:
+        return task_pb2.ListFilesAction(path=step.path)
+
+    def check(self, action: task_pb2.ListFilesAction, where: str) -> None:
+        require_text(action.path, f"{where}.path")
+
+    def describe(self, action: task_pb2.ListFilesAction) -> str:
+        return f"list {action.path}"
+
+    async def run(self, action: task_pb2.ListFilesAction, ctx: StepContext) -> StepOutcome:
+        listing = await ctx.list_files(action.path)
+        stdout = json.dumps(
+            {"path": listing.path, "entries": [asdict(e) for e in listing.entries], "truncated": listing.truncated}
+        ) + "\n"
+        ctx.output("stdout", stdout)
+        return StepOutcome.done(stdout)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from corral.v1 import gui_pb2 as corral_dot_v1_dot_gui__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/task.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13\x63orral/v1/gui.proto\"\x1e\n\x0bShellAction\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\"\x1c\n\x0cPythonAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\" \n\x10TypeScriptAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"\x1e\n\x0eReadFileAction\x12\x0c\n\x04path\x18\x01 \x01(\t\"0\n\x0fWriteFileAction\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\" \n\x10WaitWindowAction\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb5\x07\n\tGuiAction\x12\x32\n\nscreenshot\x18\x14 \x01(\x0b\x32\x1c.corral.v1.ScreenshotRequestH\x00\x12+\n\x04move\x18\x15 \x01(\x0b\x32\x1b.corral.v1.MoveMouseRequestH\x00\x12(\n\x05\x63lick\x18\x16 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12/\n\x0c\x64ouble_click\x18\x17 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12/\n\x0ctriple_click\x18\x18 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12\x31\n\nmouse_down\x18\x19 \x01(\x0b\x32\x1b.corral.v1.MouseDownRequestH\x00\x12-\n\x08mouse_up\x18\x1a \x01(\x0b\x32\x19.corral.v1.MouseUpRequestH\x00\x12&\n\x04\x64rag\x18\x1b \x01(\x0b\x32\x16.corral.v1.DragRequestH\x00\x12*\n\x06scroll\x18\x1c \x01(\x0b\x32\x18.corral.v1.ScrollRequestH\x00\x12*\n\x04type\x18\x1d \x01(\x0b\x32\x1a.corral.v1.TypeTextRequestH\x00\x12)\n\x03key\x18\x1e \x01(\x0b\x32\x1a.corral.v1.PressKeyRequestH\x00\x12;\n\x0f\x63ursor_position\x18\x1f \x01(\x0b\x32 .corral.v1.CursorPositionRequestH\x00\x12\x33\n\x0bscreen_size\x18  \x01(\x0b\x32\x1c.corral.v1.ScreenSizeRequestH\x00\x12\x35\n\x0clist_windows\x18! \x01(\x0b\x32\x1d.corral.v1.ListWindowsRequestH\x00\x12\x35\n\x0c\x66ocus_window\x18\" \x01(\x0b\x32\x1d.corral.v1.FocusWindowRequestH\x00\x12\x32\n\x0bwait_window\x18# \x01(\x0b\x32\x1b.corral.v1.WaitWindowActionH\x00\x12\x18\n\x10screenshot_after\x18( \x01(\x08\x12\x11\n\tmax_width\x18) \x01(\x05\x12\x12\n\nmax_height\x18* \x01(\x05\x42\x08\n\x06\x61\x63tionJ\x04\x08\x01\x10\x10R\x01xR\x01yR\x04to_xR\x04to_yR\x06\x62uttonR\x04textR\x04keysR\tdirectionR\x06\x61mountR\twindow_idR\x05\x63ount\"\xe5\x02\n\x04Step\x12\'\n\x05shell\x18\x01 \x01(\x0b\x32\x16.corral.v1.ShellActionH\x00\x12)\n\x06python\x18\x02 \x01(\x0b\x32\x17.corral.v1.PythonActionH\x00\x12\x31\n\ntypescript\x18\x03 \x01(\x0b\x32\x1b.corral.v1.TypeScriptActionH\x00\x12.\n\tread_file\x18\x04 \x01(\x0b\x32\x19.corral.v1.ReadFileActionH\x00\x12\x30\n\nwrite_file\x18\x05 \x01(\x0b\x32\x1a.corral.v1.WriteFileActionH\x00\x12#\n\x03gui\x18\x06 \x01(\x0b\x32\x14.corral.v1.GuiActionH\x00\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63ontinue_on_error\x18\x0b \x01(\x08\x42\x08\n\x06\x61\x63tion\"w\n\x06Limits\x12\x11\n\tmemory_mb\x18\x01 \x01(\x03\x12\x15\n\rmax_processes\x18\x02 \x01(\x05\x12\x18\n\x10max_file_size_mb\x18\x03 \x01(\x03\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x05 \x01(\x03\"\x8b\x02\n\x08TaskSpec\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Step\x12/\n\x0cstep_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07network\x18\x03 \x01(\x08\x12)\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1c.corral.v1.TaskSpec.EnvEntry\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.corral.v1.Limits\x12\x12\n\nsandbox_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65sktop\x18\x07 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x02\n\nStepResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.StepState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12+\n\x08\x64uration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\ttimed_out\x18\x0b \x01(\x08\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_exit_code\"\xf3\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.corral.v1.TaskState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12$\n\x05steps\x18\x04 \x03(\x0b\x32\x15.corral.v1.StepResult\x12\x13\n\x0b\x65xecutor_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08task_dir\x18\n \x01(\t\x12\x10\n\x08log_path\x18\x0b \x01(\tJ\x04\x08\x0c\x10\rR\rhost_log_path\"\x0f\n\rTaskScheduled\"I\n\x0bTaskStarted\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x10\n\x08task_dir\x18\x02 \x01(\tJ\x04\x08\x03\x10\x04R\rhost_task_dir\"*\n\x0bStepStarted\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04tool\x18\x02 \x01(\t\"S\n\x0bOutputChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x06stream\x18\x02 \x01(\x0e\x32\x17.corral.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"5\n\x0cStepFinished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.corral.v1.StepResult\"B\n\x0cTaskFinished\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xf4\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscheduled\x18\n \x01(\x0b\x32\x18.corral.v1.TaskScheduledH\x00\x12)\n\x07started\x18\x0b \x01(\x0b\x32\x16.corral.v1.TaskStartedH\x00\x12.\n\x0cstep_started\x18\x0c \x01(\x0b\x32\x16.corral.v1.StepStartedH\x00\x12(\n\x06output\x18\r \x01(\x0b\x32\x16.corral.v1.OutputChunkH\x00\x12\x30\n\rstep_finished\x18\x0e \x01(\x0b\x32\x17.corral.v1.StepFinishedH\x00\x12+\n\x08\x66inished\x18\x0f \x01(\x0b\x32\x17.corral.v1.TaskFinishedH\x00\x42\x07\n\x05\x65vent*\xa4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05*\xba\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x18\n\x14STEP_STATE_COMPLETED\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05\x12\x18\n\x14STEP_STATE_CANCELLED\x10\x06*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x63orral/v1/task.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x13\x63orral/v1/gui.proto\"\x1e\n\x0bShellAction\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\"\x1c\n\x0cPythonAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\" \n\x10TypeScriptAction\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\"\x1e\n\x0eReadFileAction\x12\x0c\n\x04path\x18\x01 \x01(\t\"0\n\x0fWriteFileAction\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x1f\n\x0fListFilesAction\x12\x0c\n\x04path\x18\x01 \x01(\t\" \n\x10WaitWindowAction\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xb5\x07\n\tGuiAction\x12\x32\n\nscreenshot\x18\x14 \x01(\x0b\x32\x1c.corral.v1.ScreenshotRequestH\x00\x12+\n\x04move\x18\x15 \x01(\x0b\x32\x1b.corral.v1.MoveMouseRequestH\x00\x12(\n\x05\x63lick\x18\x16 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12/\n\x0c\x64ouble_click\x18\x17 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12/\n\x0ctriple_click\x18\x18 \x01(\x0b\x32\x17.corral.v1.ClickRequestH\x00\x12\x31\n\nmouse_down\x18\x19 \x01(\x0b\x32\x1b.corral.v1.MouseDownRequestH\x00\x12-\n\x08mouse_up\x18\x1a \x01(\x0b\x32\x19.corral.v1.MouseUpRequestH\x00\x12&\n\x04\x64rag\x18\x1b \x01(\x0b\x32\x16.corral.v1.DragRequestH\x00\x12*\n\x06scroll\x18\x1c \x01(\x0b\x32\x18.corral.v1.ScrollRequestH\x00\x12*\n\x04type\x18\x1d \x01(\x0b\x32\x1a.corral.v1.TypeTextRequestH\x00\x12)\n\x03key\x18\x1e \x01(\x0b\x32\x1a.corral.v1.PressKeyRequestH\x00\x12;\n\x0f\x63ursor_position\x18\x1f \x01(\x0b\x32 .corral.v1.CursorPositionRequestH\x00\x12\x33\n\x0bscreen_size\x18  \x01(\x0b\x32\x1c.corral.v1.ScreenSizeRequestH\x00\x12\x35\n\x0clist_windows\x18! \x01(\x0b\x32\x1d.corral.v1.ListWindowsRequestH\x00\x12\x35\n\x0c\x66ocus_window\x18\" \x01(\x0b\x32\x1d.corral.v1.FocusWindowRequestH\x00\x12\x32\n\x0bwait_window\x18# \x01(\x0b\x32\x1b.corral.v1.WaitWindowActionH\x00\x12\x18\n\x10screenshot_after\x18( \x01(\x08\x12\x11\n\tmax_width\x18) \x01(\x05\x12\x12\n\nmax_height\x18* \x01(\x05\x42\x08\n\x06\x61\x63tionJ\x04\x08\x01\x10\x10R\x01xR\x01yR\x04to_xR\x04to_yR\x06\x62uttonR\x04textR\x04keysR\tdirectionR\x06\x61mountR\twindow_idR\x05\x63ount\"\x97\x03\n\x04Step\x12\'\n\x05shell\x18\x01 \x01(\x0b\x32\x16.corral.v1.ShellActionH\x00\x12)\n\x06python\x18\x02 \x01(\x0b\x32\x17.corral.v1.PythonActionH\x00\x12\x31\n\ntypescript\x18\x03 \x01(\x0b\x32\x1b.corral.v1.TypeScriptActionH\x00\x12.\n\tread_file\x18\x04 \x01(\x0b\x32\x19.corral.v1.ReadFileActionH\x00\x12\x30\n\nwrite_file\x18\x05 \x01(\x0b\x32\x1a.corral.v1.WriteFileActionH\x00\x12#\n\x03gui\x18\x06 \x01(\x0b\x32\x14.corral.v1.GuiActionH\x00\x12\x30\n\nlist_files\x18\x07 \x01(\x0b\x32\x1a.corral.v1.ListFilesActionH\x00\x12*\n\x07timeout\x18\n \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x19\n\x11\x63ontinue_on_error\x18\x0b \x01(\x08\x42\x08\n\x06\x61\x63tion\"w\n\x06Limits\x12\x11\n\tmemory_mb\x18\x01 \x01(\x03\x12\x15\n\rmax_processes\x18\x02 \x01(\x05\x12\x18\n\x10max_file_size_mb\x18\x03 \x01(\x03\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x0f\n\x07\x64isk_mb\x18\x05 \x01(\x03\"\x8b\x02\n\x08TaskSpec\x12\x1e\n\x05steps\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Step\x12/\n\x0cstep_timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07network\x18\x03 \x01(\x08\x12)\n\x03\x65nv\x18\x04 \x03(\x0b\x32\x1c.corral.v1.TaskSpec.EnvEntry\x12!\n\x06limits\x18\x05 \x01(\x0b\x32\x11.corral.v1.Limits\x12\x12\n\nsandbox_id\x18\x06 \x01(\t\x12\x0f\n\x07\x64\x65sktop\x18\x07 \x01(\x08\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x02\n\nStepResult\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04tool\x18\x02 \x01(\t\x12#\n\x05state\x18\x03 \x01(\x0e\x32\x14.corral.v1.StepState\x12\x16\n\texit_code\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\x05 \x01(\t\x12\x0e\n\x06stderr\x18\x06 \x01(\t\x12\x18\n\x10stdout_truncated\x18\x07 \x01(\x08\x12\x18\n\x10stderr_truncated\x18\x08 \x01(\x08\x12+\n\x08\x64uration\x18\t \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x65rror\x18\n \x01(\t\x12\x11\n\ttimed_out\x18\x0b \x01(\x08\x12.\n\nstarted_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x0c\n\n_exit_code\"\xf3\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x05state\x18\x02 \x01(\x0e\x32\x14.corral.v1.TaskState\x12!\n\x04spec\x18\x03 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12$\n\x05steps\x18\x04 \x03(\x0b\x32\x15.corral.v1.StepResult\x12\x13\n\x0b\x65xecutor_id\x18\x05 \x01(\t\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08task_dir\x18\n \x01(\t\x12\x10\n\x08log_path\x18\x0b \x01(\tJ\x04\x08\x0c\x10\rR\rhost_log_path\"\x0f\n\rTaskScheduled\"I\n\x0bTaskStarted\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x10\n\x08task_dir\x18\x02 \x01(\tJ\x04\x08\x03\x10\x04R\rhost_task_dir\"*\n\x0bStepStarted\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04tool\x18\x02 \x01(\t\"S\n\x0bOutputChunk\x12\r\n\x05index\x18\x01 \x01(\x05\x12\'\n\x06stream\x18\x02 \x01(\x0e\x32\x17.corral.v1.OutputStream\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\t\"5\n\x0cStepFinished\x12%\n\x06result\x18\x01 \x01(\x0b\x32\x15.corral.v1.StepResult\"B\n\x0cTaskFinished\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\r\n\x05\x65rror\x18\x02 \x01(\t\"\xf4\x02\n\tTaskEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tscheduled\x18\n \x01(\x0b\x32\x18.corral.v1.TaskScheduledH\x00\x12)\n\x07started\x18\x0b \x01(\x0b\x32\x16.corral.v1.TaskStartedH\x00\x12.\n\x0cstep_started\x18\x0c \x01(\x0b\x32\x16.corral.v1.StepStartedH\x00\x12(\n\x06output\x18\r \x01(\x0b\x32\x16.corral.v1.OutputChunkH\x00\x12\x30\n\rstep_finished\x18\x0e \x01(\x0b\x32\x17.corral.v1.StepFinishedH\x00\x12+\n\x08\x66inished\x18\x0f \x01(\x0b\x32\x17.corral.v1.TaskFinishedH\x00\x42\x07\n\x05\x65vent*\xa4\x01\n\tTaskState\x12\x1a\n\x16TASK_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14TASK_STATE_SCHEDULED\x10\x01\x12\x16\n\x12TASK_STATE_RUNNING\x10\x02\x12\x18\n\x14TASK_STATE_COMPLETED\x10\x03\x12\x15\n\x11TASK_STATE_FAILED\x10\x04\x12\x18\n\x14TASK_STATE_CANCELLED\x10\x05*\xba\x01\n\tStepState\x12\x1a\n\x16STEP_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12STEP_STATE_PENDING\x10\x01\x12\x16\n\x12STEP_STATE_RUNNING\x10\x02\x12\x18\n\x14STEP_STATE_COMPLETED\x10\x03\x12\x15\n\x11STEP_STATE_FAILED\x10\x04\x12\x16\n\x12STEP_STATE_SKIPPED\x10\x05\x12\x18\n\x14STEP_STATE_CANCELLED\x10\x06*a\n\x0cOutputStream\x12\x1d\n\x19OUTPUT_STREAM_UNSPECIFIED\x10\x00\x12\x18\n\x14OUTPUT_STREAM_STDOUT\x10\x01\x12\x18\n\x14OUTPUT_STREAM_STDERR\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,12 +36,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TASKSPEC_ENVENTRY']._loaded_options = None
   _globals['_TASKSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_TASKSTATE']._serialized_start=3509
-  _globals['_TASKSTATE']._serialized_end=3673
-  _globals['_STEPSTATE']._serialized_start=3676
-  _globals['_STEPSTATE']._serialized_end=3862
-  _globals['_OUTPUTSTREAM']._serialized_start=3864
-  _globals['_OUTPUTSTREAM']._serialized_end=3961
+  _globals['_TASKSTATE']._serialized_start=3592
+  _globals['_TASKSTATE']._serialized_end=3756
+  _globals['_STEPSTATE']._serialized_start=3759
+  _globals['_STEPSTATE']._serialized_end=3945
+  _globals['_OUTPUTSTREAM']._serialized_start=3947
+  _globals['_OUTPUTSTREAM']._serialized_end=4044
   _globals['_SHELLACTION']._serialized_start=121
   _globals['_SHELLACTION']._serialized_end=151
   _globals['_PYTHONACTION']._serialized_start=153
@@ -52,34 +52,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_READFILEACTION']._serialized_end=247
   _globals['_WRITEFILEACTION']._serialized_start=249
   _globals['_WRITEFILEACTION']._serialized_end=297
-  _globals['_WAITWINDOWACTION']._serialized_start=299
-  _globals['_WAITWINDOWACTION']._serialized_end=331
-  _globals['_GUIACTION']._serialized_start=334
-  _globals['_GUIACTION']._serialized_end=1283
-  _globals['_STEP']._serialized_start=1286
-  _globals['_STEP']._serialized_end=1643
-  _globals['_LIMITS']._serialized_start=1645
-  _globals['_LIMITS']._serialized_end=1764
-  _globals['_TASKSPEC']._serialized_start=1767
-  _globals['_TASKSPEC']._serialized_end=2034
-  _globals['_TASKSPEC_ENVENTRY']._serialized_start=1992
-  _globals['_TASKSPEC_ENVENTRY']._serialized_end=2034
-  _globals['_STEPRESULT']._serialized_start=2037
-  _globals['_STEPRESULT']._serialized_end=2413
-  _globals['_TASK']._serialized_start=2416
-  _globals['_TASK']._serialized_end=2787
-  _globals['_TASKSCHEDULED']._serialized_start=2789
-  _globals['_TASKSCHEDULED']._serialized_end=2804
-  _globals['_TASKSTARTED']._serialized_start=2806
-  _globals['_TASKSTARTED']._serialized_end=2879
-  _globals['_STEPSTARTED']._serialized_start=2881
-  _globals['_STEPSTARTED']._serialized_end=2923
-  _globals['_OUTPUTCHUNK']._serialized_start=2925
-  _globals['_OUTPUTCHUNK']._serialized_end=3008
-  _globals['_STEPFINISHED']._serialized_start=3010
-  _globals['_STEPFINISHED']._serialized_end=3063
-  _globals['_TASKFINISHED']._serialized_start=3065
-  _globals['_TASKFINISHED']._serialized_end=3131
-  _globals['_TASKEVENT']._serialized_start=3134
-  _globals['_TASKEVENT']._serialized_end=3506
+  _globals['_LISTFILESACTION']._serialized_start=299
+  _globals['_LISTFILESACTION']._serialized_end=330
+  _globals['_WAITWINDOWACTION']._serialized_start=332
+  _globals['_WAITWINDOWACTION']._serialized_end=364
+  _globals['_GUIACTION']._serialized_start=367
+  _globals['_GUIACTION']._serialized_end=1316
+  _globals['_STEP']._serialized_start=1319
+  _globals['_STEP']._serialized_end=1726
+  _globals['_LIMITS']._serialized_start=1728
+  _globals['_LIMITS']._serialized_end=1847
+  _globals['_TASKSPEC']._serialized_start=1850
+  _globals['_TASKSPEC']._serialized_end=2117
+  _globals['_TASKSPEC_ENVENTRY']._serialized_start=2075
+  _globals['_TASKSPEC_ENVENTRY']._serialized_end=2117
+  _globals['_STEPRESULT']._serialized_start=2120
+  _globals['_STEPRESULT']._serialized_end=2496
+  _globals['_TASK']._serialized_start=2499
+  _globals['_TASK']._serialized_end=2870
+  _globals['_TASKSCHEDULED']._serialized_start=2872
+  _globals['_TASKSCHEDULED']._serialized_end=2887
+  _globals['_TASKSTARTED']._serialized_start=2889
+  _globals['_TASKSTARTED']._serialized_end=2962
+  _globals['_STEPSTARTED']._serialized_start=2964
+  _globals['_STEPSTARTED']._serialized_end=3006
+  _globals['_OUTPUTCHUNK']._serialized_start=3008
+  _globals['_OUTPUTCHUNK']._serialized_end=3091
+  _globals['_STEPFINISHED']._serialized_start=3093
+  _globals['_STEPFINISHED']._serialized_end=3146
+  _globals['_TASKFINISHED']._serialized_start=3148
+  _globals['_TASKFINISHED']._serialized_end=3214
+  _globals['_TASKEVENT']._serialized_start=3217
+  _globals['_TASKEVENT']._serialized_end=3589
 # @@protoc_insertion_point(module_scope)

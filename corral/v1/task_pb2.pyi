@@ -200,6 +200,29 @@ class WriteFileAction(_message.Message):
 Global___WriteFileAction: _TypeAlias = WriteFileAction  # noqa: Y015
 
 @_typing.final
+class ListFilesAction(_message.Message):
+    """List a directory inside the task directory (same confinement as read_file); the step's
+    stdout is one JSON object: {"path": ..., "entries": [{"name", "type", "size", "mtime"}...]}.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListFilesAction: _TypeAlias = ListFilesAction  # noqa: Y015
+
+@_typing.final
 class WaitWindowAction(_message.Message):
     """Wait until a window whose title contains `text` exists (or the step's timeout)."""
 
@@ -332,6 +355,7 @@ class Step(_message.Message):
     READ_FILE_FIELD_NUMBER: _builtins.int
     WRITE_FILE_FIELD_NUMBER: _builtins.int
     GUI_FIELD_NUMBER: _builtins.int
+    LIST_FILES_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
     CONTINUE_ON_ERROR_FIELD_NUMBER: _builtins.int
     continue_on_error: _builtins.bool
@@ -349,6 +373,8 @@ class Step(_message.Message):
     @_builtins.property
     def gui(self) -> Global___GuiAction: ...
     @_builtins.property
+    def list_files(self) -> Global___ListFilesAction: ...
+    @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
         """Per-step timeout; when unset the task's step_timeout (default 60 s) applies."""
 
@@ -361,14 +387,15 @@ class Step(_message.Message):
         read_file: Global___ReadFileAction | None = ...,
         write_file: Global___WriteFileAction | None = ...,
         gui: Global___GuiAction | None = ...,
+        list_files: Global___ListFilesAction | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
         continue_on_error: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "gui", b"gui", "python", b"python", "read_file", b"read_file", "shell", b"shell", "timeout", b"timeout", "typescript", b"typescript", "write_file", b"write_file"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "gui", b"gui", "list_files", b"list_files", "python", b"python", "read_file", b"read_file", "shell", b"shell", "timeout", b"timeout", "typescript", b"typescript", "write_file", b"write_file"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "continue_on_error", b"continue_on_error", "gui", b"gui", "python", b"python", "read_file", b"read_file", "shell", b"shell", "timeout", b"timeout", "typescript", b"typescript", "write_file", b"write_file"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "continue_on_error", b"continue_on_error", "gui", b"gui", "list_files", b"list_files", "python", b"python", "read_file", b"read_file", "shell", b"shell", "timeout", b"timeout", "typescript", b"typescript", "write_file", b"write_file"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["shell", "python", "typescript", "read_file", "write_file", "gui"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["shell", "python", "typescript", "read_file", "write_file", "gui", "list_files"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 

@@ -26,7 +26,7 @@ import threading
 import time
 import types
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 
 def _load_protocol() -> types.ModuleType:
@@ -184,6 +184,43 @@ def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     return protocol.FileReply(path=path, size=len(data))
+
+
+@handles(protocol.ListFilesRequest)
+def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
+    path = resolve_path(request.path, request.cwd)
+    try:
+        # O_NOFOLLOW: the resolved path must be the directory itself, not a link swapped in since.
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise Refused(f"no such directory: {request.path}") from None
+    except NotADirectoryError:
+        raise Refused(f"{request.path} is not a directory") from None
+    except OSError as exc:
+        raise Refused(f"cannot list {request.path}: {exc.strerror}") from None
+    try:
+        with os.scandir(fd) as found:
+            names = sorted(entry.name for entry in found)
+        entries = []
+        for name in names[: max(request.max_entries, 0)]:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                continue  # gone since the scan
+            entries.append(
+                protocol.FileEntry(name=name, type=_entry_type(st.st_mode), size=st.st_size, mtime=st.st_mtime)
+            )
+    finally:
+        os.close(fd)
+    return protocol.ListFilesReply(path=path, entries=entries, truncated=len(names) > len(entries))
+
+
+def _entry_type(mode: int) -> Literal["file", "directory", "symlink", "other"]:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    return "file" if stat.S_ISREG(mode) else "other"
 
 
 @handles(protocol.ChdirRequest)

@@ -15,6 +15,7 @@ PROTOCOL_VERSION; the executor refuses an agent speaking another version (or non
     read_file  ReadFileRequest   -> FileReply | ErrorReply
     write_file WriteFileRequest  -> FileReply | ErrorReply
     chdir      ChdirRequest      -> ChdirReply | ErrorReply
+    list_files ListFilesRequest  -> ListFilesReply | ErrorReply
 
 Adding an operation touches three places and no transport. For `list_files`:
 
@@ -65,8 +66,8 @@ from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-# Version 1 was the unversioned protocol (a run sent both `command` and `code`).
-PROTOCOL_VERSION = 2
+# Version 1 was the unversioned protocol (a run sent both `command` and `code`); 3 added list_files.
+PROTOCOL_VERSION = 3
 
 MIB = 1024 * 1024
 # The longest line either side accepts: replies carry whole files, so this stays above the
@@ -210,6 +211,27 @@ class ChdirReply(Reply):
     path: str
 
 
+@dataclass(kw_only=True)
+class FileEntry(Message):
+    """One directory entry, as lstat sees it (a symlink is reported, never followed)."""
+
+    name: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int
+    # Seconds since the epoch.
+    mtime: float
+
+
+@dataclass(kw_only=True)
+class ListFilesReply(Reply):
+    """A directory's entries, sorted by name; `truncated` when there were more than asked for."""
+
+    TYPE: ClassVar[str] = "files"
+    path: str
+    entries: list[FileEntry] = field(default_factory=list)
+    truncated: bool = False
+
+
 # --- requests ------------------------------------------------------------------------------
 
 
@@ -278,6 +300,17 @@ class ChdirRequest(Request[ChdirReply]):
     REPLY: ClassVar[type[Reply] | None] = ChdirReply
     path: str
     env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class ListFilesRequest(Request[ListFilesReply]):
+    """Lists a directory inside the task directory (`cwd` if set), confined like read_file."""
+
+    OP: ClassVar[str] = "list_files"
+    REPLY: ClassVar[type[Reply] | None] = ListFilesReply
+    path: str
+    max_entries: int = 10_000
+    cwd: str = ""
 
 
 # --- encoding ------------------------------------------------------------------------------

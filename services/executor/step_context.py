@@ -8,11 +8,10 @@ end is described with the limits it ran under.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
 from corral.config import Settings
 from corral.steps import StepFailed, StepOutcome
-from corral.steps.base import FileEntry, ProcessKind, StreamName
+from corral.steps.base import Listing, ProcessKind, StreamName
 from corral.v1 import gui_pb2_grpc
 from services.executor.drivers.base import FileRefused, OutputCallback, ProcessRequest, ProcessResult
 from services.executor.gui_client import ScreenshotWriter
@@ -86,8 +85,13 @@ class ExecutorStepContext:
         except FileRefused as exc:
             raise StepFailed(str(exc)) from None
 
-    async def list_files(self, path: str) -> Sequence[FileEntry]:
-        raise StepFailed("list_files is not available on this executor")
+    async def list_files(self, path: str) -> Listing:
+        sandbox = await self.lease.sandbox()
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await sandbox.list_files(path, self.settings.max_list_entries, cwd=self.lease.cwd)
+        except FileRefused as exc:
+            raise StepFailed(str(exc)) from None
 
     async def gui(self) -> gui_pb2_grpc.GuiServiceAsyncStub:
         await self.lease.sandbox()

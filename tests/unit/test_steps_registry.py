@@ -142,3 +142,12 @@ def test_check_spec_names_the_field(spec: task_pb2.TaskSpec, message: str) -> No
 def test_json_models_refuse_what_the_check_would(step: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         TaskRequest.model_validate({"steps": [step]})
+
+
+def test_list_files_defaults_to_the_task_directory() -> None:
+    spec = proto({"tool": "list_files"}, {"tool": "list_files", "path": "src"})
+    check_spec(spec, SETTINGS)
+    assert [s.list_files.path for s in spec.steps] == [".", "src"]
+    assert describe(spec.steps[1]) == "list src"
+    with pytest.raises(InvalidStep, match=r"steps\[0\]\.list_files\.path is empty"):
+        check_spec(task_pb2.TaskSpec(steps=[task_pb2.Step(list_files=task_pb2.ListFilesAction())]), SETTINGS)

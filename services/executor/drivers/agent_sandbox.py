@@ -17,6 +17,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from corral import agent_protocol as protocol
+from corral.steps.base import FileEntry, Listing
 from services.executor.drivers.agent_channel import AgentChannel
 from services.executor.drivers.base import (
     FileRefused,
@@ -206,6 +207,15 @@ class AgentSandbox(Sandbox, Generic[T]):
             )
         )
         return self.transport.sandbox_path(reply.path or path)
+
+    async def list_files(self, path: str, max_entries: int, cwd: str = "") -> Listing:
+        reply = await self.channel.request(
+            protocol.ListFilesRequest(
+                path=self.transport.agent_path(path), max_entries=max_entries, cwd=self._agent_cwd(cwd)
+            )
+        )
+        entries = [FileEntry(name=e.name, type=e.type, size=e.size, mtime=e.mtime) for e in reply.entries]
+        return Listing(path=self.transport.sandbox_path(reply.path), entries=entries, truncated=reply.truncated)
 
     def _agent_cwd(self, cwd: str) -> str:
         return self.transport.agent_path(cwd) if cwd else ""

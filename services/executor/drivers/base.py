@@ -16,6 +16,7 @@ from typing import Literal
 
 from corral import errors
 from corral.config import Settings
+from corral.steps.base import Listing
 from corral.v1 import task_pb2
 
 StreamName = Literal["stdout", "stderr"]
@@ -157,6 +158,10 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
         """Writes a file inside the task directory (`cwd` if set), parents created; returns its sandbox path."""
+
+    @abc.abstractmethod
+    async def list_files(self, path: str, max_entries: int, cwd: str = "") -> Listing:
+        """A directory inside the task directory (`cwd` if set); raises FileRefused."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -141,3 +141,33 @@ async def test_task_env_reaches_steps(executor: ExecutorClient) -> None:
         [{"tool": "shell", "command": 'echo "$GREETING $HOME $(pwd)"'}], env={"GREETING": "hi"}
     )
     assert outcome.step(0).stdout == f"hi /tasks/{task_id} /tasks/{task_id}\n"
+
+
+async def test_list_files_lists_the_task_directory_confined_like_read_file(executor: ExecutorClient) -> None:
+    task_id, outcome = await executor.run_steps([
+        {"tool": "write_file", "path": "src/main.py", "content": "print(1)\n"},
+        {"tool": "shell", "command": "mkdir -p src/pkg && ln -s /etc/passwd src/link && ln -s /etc src/out"},
+        {"tool": "list_files", "path": "src"},
+        {"tool": "list_files"},
+        {"tool": "list_files", "path": "../", "continue_on_error": True},
+        {"tool": "list_files", "path": "src/out", "continue_on_error": True},
+        {"tool": "list_files", "path": "src/main.py", "continue_on_error": True},
+        {"tool": "list_files", "path": "/etc", "continue_on_error": True},
+    ])
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
+    listing = json.loads(outcome.step(2).stdout)
+    assert listing["path"] == f"/tasks/{task_id}/src" and not listing["truncated"]
+    entries = {e["name"]: e for e in listing["entries"]}
+    assert [e["name"] for e in listing["entries"]] == ["link", "main.py", "out", "pkg"]
+    assert entries["main.py"]["type"] == "file" and entries["main.py"]["size"] == 9
+    assert entries["main.py"]["mtime"] > 1_700_000_000
+    assert entries["pkg"]["type"] == "directory"
+    # Links are reported as links, never followed.
+    assert entries["link"]["type"] == "symlink" and entries["out"]["type"] == "symlink"
+    top = [e["name"] for e in json.loads(outcome.step(3).stdout)["entries"]]
+    assert "src" in top and "agent.log" in top
+    assert "'..' is not allowed" in outcome.step(4).error
+    assert "symlink leading outside" in outcome.step(5).error
+    assert "src/main.py is not a directory" in outcome.step(6).error
+    assert "absolute paths must be inside" in outcome.step(7).error
+    assert [outcome.step_state(i) for i in (4, 5, 6, 7)] == ["STEP_STATE_FAILED"] * 4
