@@ -140,7 +140,7 @@ class StepTool(abc.ABC, Generic[ModelT, ActionT]):
 
     @abc.abstractmethod
     def check(self, action: ActionT, where: str) -> None:
-        """Raises InvalidStep naming the field (`where` is e.g. 'steps[2].shell')."""
+        """Raises InvalidTask naming the field (`where` is e.g. 'steps[2].shell')."""
 
     @abc.abstractmethod
     def describe(self, action: ActionT) -> str:

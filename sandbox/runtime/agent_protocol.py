@@ -17,41 +17,14 @@ PROTOCOL_VERSION; the executor refuses an agent speaking another version (or non
     chdir      ChdirRequest      -> ChdirReply | ErrorReply
     list_files ListFilesRequest  -> ListFilesReply | ErrorReply
 
-Adding an operation touches three places and no transport. For `list_files`:
-
-  1. here, one request and one reply type (bump PROTOCOL_VERSION):
-
-        @dataclass(kw_only=True)
-        class FileEntry(Message):
-            name: str
-            type: Literal["file", "directory", "symlink", "other"]
-            size: int
-            mtime: float
-
-        @dataclass(kw_only=True)
-        class ListFilesReply(Reply):
-            TYPE: ClassVar[str] = "files"
-            entries: list[FileEntry] = field(default_factory=list)
-
-        @dataclass(kw_only=True)
-        class ListFilesRequest(Request[ListFilesReply]):
-            OP: ClassVar[str] = "list_files"
-            REPLY: ClassVar[type[Reply] | None] = ListFilesReply
-            path: str
-            cwd: str = ""
-
-  2. in sandbox/runtime/agent.py, one handler (confined like read_file by resolve_path):
-
-        @handles(protocol.ListFilesRequest)
-        def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply: ...
-
+Adding an operation touches three places and no transport; `list_files` is the worked
+example (protocol 3):
+  1. here, one request and one reply type (ListFilesRequest, ListFilesReply with FileEntry),
+     and PROTOCOL_VERSION bumped;
+  2. in sandbox/runtime/agent.py, one handler, `@handles(protocol.ListFilesRequest)`, confining
+     the path with resolve_path like every other file op;
   3. in services/executor/drivers/agent_sandbox.py, one method on AgentSandbox (and its
-     abstract twin on base.Sandbox):
-
-        async def list_files(self, path: str, cwd: str = "") -> list[protocol.FileEntry]:
-            reply = await self.channel.request(protocol.ListFilesRequest(
-                path=self.transport.agent_path(path), cwd=self.transport.agent_path(cwd)))
-            return reply.entries
+     abstract twin on base.Sandbox) that sends the request and maps the reply.
 
 Decoding (from_json) checks every field against its annotation, nested messages included, and
 ignores fields it does not know; a wrong type is a ProtocolError.

@@ -149,5 +149,5 @@ def test_list_files_defaults_to_the_task_directory() -> None:
     check_spec(spec, SETTINGS)
     assert [s.list_files.path for s in spec.steps] == [".", "src"]
     assert describe(spec.steps[1]) == "list src"
-    with pytest.raises(InvalidStep, match=r"steps\[0\]\.list_files\.path is empty"):
+    with pytest.raises(InvalidTask, match=r"steps\[0\]\.list_files\.path is empty"):
         check_spec(task_pb2.TaskSpec(steps=[task_pb2.Step(list_files=task_pb2.ListFilesAction())]), SETTINGS)
