@@ -117,7 +117,7 @@ def test_invalid_utf8_is_400(api: httpx.Client) -> None:
         (
             {"steps": [{"tool": "bash", "command": "ls"}]},
             "steps[0]: unknown tool 'bash' (expected one of shell, python, typescript, "
-            "read_file, write_file, gui)",
+            "read_file, write_file, gui, list_files)",
         ),
         (
             {"steps": [{"tool": "shell", "command": "ls"}, {"tool": "shell"}]},
