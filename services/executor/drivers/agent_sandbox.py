@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
 
 import structlog
 
@@ -83,6 +83,16 @@ class AgentSandbox(Sandbox, Generic[T]):
             raise SandboxError(f"{self.transport.what} did not start within {timeout:g}s") from None
         self.agent_pid = ready.pid
         await self.transport.started()
+
+    async def start_or_close(self) -> Self:
+        """start(), closing the sandbox (every process, its warm slot) when that fails or is
+        cancelled; returns the started sandbox."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
 
     async def claim(self, config: SandboxConfig) -> None:
         """Hands this warm sandbox a task: its directory moves into the sandbox's slot, and the

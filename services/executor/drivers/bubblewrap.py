@@ -181,12 +181,7 @@ class BubblewrapDriver(SandboxDriver):
                     await warm.close()
                     raise
         sandbox = self.sandbox(config)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
     def sandbox(self, config: SandboxConfig, warm_slot: Path | None = None) -> BubblewrapSandbox:
         """A sandbox (not started yet) of this driver."""
@@ -207,12 +202,7 @@ class BubblewrapDriver(SandboxDriver):
             shared_tasks=True,
         )
         sandbox = self.sandbox(config, warm_slot=slot)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
     def command(
         self,

@@ -68,12 +68,7 @@ class LocalDriver(SandboxDriver):
             # desktop.py would start Xvfb, x11vnc... on the host itself.
             raise SandboxError("the local (unisolated, test-only) driver runs no desktop")
         sandbox = AgentSandbox(LocalTransport(config, self.runtime_dir / "agent.py"), config)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
 
 class LocalTransport(SubprocessTransport):
