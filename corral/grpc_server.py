@@ -75,22 +75,12 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if handler is None:
             return handler  # unknown method: grpc answers UNIMPLEMENTED
         method = handler_call_details.method
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, method), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(
-                _unary(handler.stream_unary, method), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, method), handler.request_deserializer, handler.response_serializer
-            )
-        if handler.stream_stream is not None:
-            return grpc.stream_stream_rpc_method_handler(
-                _streaming(handler.stream_stream, method), handler.request_deserializer, handler.response_serializer
-            )
+        for kind, make_handler, wrap in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                return make_handler(  # type: ignore[no-any-return]
+                    wrap(behavior, method), handler.request_deserializer, handler.response_serializer
+                )
         return handler
 
 
@@ -126,6 +116,16 @@ def _streaming(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
             await abort_for(exc, context, method)
 
     return handle
+
+
+# Each kind of handler: its attribute on an RpcMethodHandler, the grpc function that builds
+# one, and the wrapper that maps its errors.
+_HANDLER_KINDS: list[tuple[str, Callable[..., Any], Callable[[Callable[..., Any], str], Callable[..., Any]]]] = [
+    ("unary_unary", grpc.unary_unary_rpc_method_handler, _unary),
+    ("stream_unary", grpc.stream_unary_rpc_method_handler, _unary),
+    ("unary_stream", grpc.unary_stream_rpc_method_handler, _streaming),
+    ("stream_stream", grpc.stream_stream_rpc_method_handler, _streaming),
+]
 
 
 def new_server() -> grpc.aio.Server:

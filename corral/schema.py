@@ -17,7 +17,7 @@ from corral.v1 import task_pb2
 from corral.views import STEP_STATE_NAMES as STEP_STATE_NAMES
 from corral.views import TASK_STATE_NAMES as TASK_STATE_NAMES
 from corral.views import TASK_STATES_BY_NAME as TASK_STATES_BY_NAME
-from corral.views import StepView, TaskView, event_view
+from corral.views import TaskView, event_view
 
 # The tool names, for code that only needs those (the registry is corral.steps).
 TOOLS = TOOL_NAMES
@@ -71,10 +71,6 @@ class TaskRequest(BaseModel):
         for step in self.steps:
             spec.steps.append(step_to_proto(step))
         return spec
-
-
-def step_result_to_json(result: task_pb2.StepResult) -> dict[str, Any]:
-    return StepView.from_proto(result).to_json()
 
 
 def task_to_json(task: task_pb2.Task) -> dict[str, Any]:

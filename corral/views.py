@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, get_args
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.steps import TOOL_NAMES
 from corral.v1 import memory_pb2, sandbox_pb2, task_pb2
 
 # --- enum names (one table per proto enum) -----------------------------------------------
@@ -87,7 +88,7 @@ class ScheduleResponse(View):
 
 class StepView(View):
     index: int
-    tool: str = Field(description="shell | python | typescript | read_file | write_file | gui")
+    tool: str = Field(description=" | ".join(TOOL_NAMES))
     status: StepStatus
     exit_code: int | None = Field(description="Unset for file and gui steps; -N when killed by signal N.")
     stdout: str

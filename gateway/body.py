@@ -15,7 +15,6 @@ from typing import Any, Generic, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
-from corral.schema import TaskRequest
 from gateway.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -74,14 +73,6 @@ def validate_body(document: Any, model: type[M], expected: str = "") -> M:
         return model.model_validate(document)
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False)) from None
-
-
-def validate_task(document: Any) -> TaskRequest:
-    return validate_body(document, TaskRequest, ' with "steps"')
-
-
-async def read_task_request(request: Request, limit: int) -> TaskRequest:
-    return validate_task(parse_json(await read_body(request, limit)))
 
 
 class JsonBody(Generic[M]):

@@ -8,15 +8,19 @@ end is described with the limits it ran under.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from corral.config import Settings
 from corral.steps import StepFailed, StepOutcome
 from corral.steps.base import Listing, ProcessKind, StreamName
 from corral.v1 import gui_pb2_grpc
-from services.executor.drivers.base import FileRefused, OutputCallback, ProcessRequest, ProcessResult
+from services.executor.drivers.base import FileRefused, OutputCallback, ProcessRequest, ProcessResult, Sandbox
 from services.executor.gui_client import ScreenshotWriter
 from services.executor.lease import SandboxLease
 from services.executor.outcome import describe_failure
+
+T = TypeVar("T")
 
 
 def process_outcome(result: ProcessResult, error: str) -> StepOutcome:
@@ -67,31 +71,30 @@ class ExecutorStepContext:
         result = await sandbox.run(request, self._on_output)
         return process_outcome(result, describe_failure(result, self.lease.limits, self._timeout, kind))
 
-    async def read_file(self, path: str) -> str:
+    async def _file_op(self, op: Callable[[Sandbox], Awaitable[T]]) -> T:
+        """A file operation on the task's sandbox under the step's timeout; a refused path
+        (FileRefused) fails the step with the agent's words."""
         sandbox = await self.lease.sandbox()
         try:
             async with asyncio.timeout(self._timeout):
-                return await sandbox.read_file(path, self.settings.max_read_file_bytes, cwd=self.lease.cwd)
+                return await op(sandbox)
         except FileRefused as exc:
             raise StepFailed(str(exc)) from None
+
+    async def read_file(self, path: str) -> str:
+        return await self._file_op(
+            lambda sandbox: sandbox.read_file(path, self.settings.max_read_file_bytes, cwd=self.lease.cwd)
+        )
 
     async def write_file(self, path: str, content: str) -> str:
-        sandbox = await self.lease.sandbox()
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await sandbox.write_file(
-                    path, content, self.settings.max_write_file_bytes, cwd=self.lease.cwd
-                )
-        except FileRefused as exc:
-            raise StepFailed(str(exc)) from None
+        return await self._file_op(
+            lambda sandbox: sandbox.write_file(path, content, self.settings.max_write_file_bytes, cwd=self.lease.cwd)
+        )
 
     async def list_files(self, path: str) -> Listing:
-        sandbox = await self.lease.sandbox()
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await sandbox.list_files(path, self.settings.max_list_entries, cwd=self.lease.cwd)
-        except FileRefused as exc:
-            raise StepFailed(str(exc)) from None
+        return await self._file_op(
+            lambda sandbox: sandbox.list_files(path, self.settings.max_list_entries, cwd=self.lease.cwd)
+        )
 
     async def gui(self) -> gui_pb2_grpc.GuiServiceAsyncStub:
         await self.lease.sandbox()

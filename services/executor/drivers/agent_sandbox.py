@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
 
 import structlog
 
@@ -83,6 +83,16 @@ class AgentSandbox(Sandbox, Generic[T]):
             raise SandboxError(f"{self.transport.what} did not start within {timeout:g}s") from None
         self.agent_pid = ready.pid
         await self.transport.started()
+
+    async def start_or_close(self) -> Self:
+        """start(), closing the sandbox (every process, its warm slot) when that fails or is
+        cancelled; returns the started sandbox."""
+        try:
+            await self.start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
 
     async def claim(self, config: SandboxConfig) -> None:
         """Hands this warm sandbox a task: its directory moves into the sandbox's slot, and the
@@ -195,6 +205,10 @@ class AgentSandbox(Sandbox, Generic[T]):
                 path=self.transport.agent_path(path), max_bytes=max_bytes, cwd=self._agent_cwd(cwd)
             )
         )
+        # The reply is the sandbox's word: the cap holds whatever the agent says. (Characters,
+        # not bytes: each byte of the file decodes to at most one, U+FFFD included.)
+        if len(reply.content) > max_bytes:
+            raise FileRefused(f"{path} is larger than the read limit of {max_bytes} bytes")
         return reply.content
 
     async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
@@ -214,8 +228,11 @@ class AgentSandbox(Sandbox, Generic[T]):
                 path=self.transport.agent_path(path), max_entries=max_entries, cwd=self._agent_cwd(cwd)
             )
         )
-        entries = [FileEntry(name=e.name, type=e.type, size=e.size, mtime=e.mtime) for e in reply.entries]
-        return Listing(path=self.transport.sandbox_path(reply.path), entries=entries, truncated=reply.truncated)
+        # The reply is the sandbox's word: no more entries than asked for, whatever it sent.
+        kept = reply.entries[: max(max_entries, 0)]
+        entries = [FileEntry(name=e.name, type=e.type, size=e.size, mtime=e.mtime) for e in kept]
+        truncated = reply.truncated or len(kept) < len(reply.entries)
+        return Listing(path=self.transport.sandbox_path(reply.path), entries=entries, truncated=truncated)
 
     def _agent_cwd(self, cwd: str) -> str:
         return self.transport.agent_path(cwd) if cwd else ""

@@ -51,7 +51,7 @@ from services.executor.drivers.base import (
     SandboxLimits,
     sandbox_env,
 )
-from services.executor.drivers.transport import Transport
+from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTransport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
@@ -62,10 +62,6 @@ log = structlog.get_logger()
 
 SANDBOX_PYTHON = "/usr/bin/python3"
 READY_TIMEOUT = 20.0
-# How much of bwrap's stdout is read (and fed to the agent channel) at a time.
-READ_CHUNK_BYTES = 64 * 1024
-# How long a killed sandbox gets to go before the next, harder step.
-KILL_GRACE_SECONDS = 5.0
 # The checkout holding the `corral` and `services` packages, mounted at SOURCE_DIR for the
 # gui service of desktop sandboxes.
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
@@ -185,12 +181,7 @@ class BubblewrapDriver(SandboxDriver):
                     await warm.close()
                     raise
         sandbox = self.sandbox(config)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
     def sandbox(self, config: SandboxConfig, warm_slot: Path | None = None) -> BubblewrapSandbox:
         """A sandbox (not started yet) of this driver."""
@@ -211,12 +202,7 @@ class BubblewrapDriver(SandboxDriver):
             shared_tasks=True,
         )
         sandbox = self.sandbox(config, warm_slot=slot)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
     def command(
         self,
@@ -283,7 +269,7 @@ def _bwrap_supports(bwrap: str, option: str) -> bool:
     return option in out.stdout + out.stderr
 
 
-class BubblewrapTransport(Transport):
+class BubblewrapTransport(SubprocessTransport):
     """One `bwrap` process: the agent is its command; bytes flow over bwrap's stdin/stdout."""
 
     what = "the sandbox"
@@ -293,17 +279,9 @@ class BubblewrapTransport(Transport):
         super().__init__(config)
         self.driver = driver
         self.tmp_size_mb = driver.settings.sandbox_tmp_size_mb
-        self.process: asyncio.subprocess.Process | None = None
         # The host pid of the sandbox's pid-namespace init (from bwrap's --info-fd).
         self.child_pid: int | None = None
-        self._stderr_tail = b""
-        self._stderr_reader: asyncio.Task[None] | None = None
         self._info: asyncio.Task[bytes] | None = None
-        self._killed = False
-
-    @property
-    def running(self) -> bool:
-        return not self._killed and self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         info_read, info_write = os.pipe2(os.O_CLOEXEC)
@@ -318,15 +296,7 @@ class BubblewrapTransport(Transport):
                 # was seen to crash the child with SIGSEGV.
                 uid, gid = driver.host_ids
                 argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                pass_fds=(info_write,),
-                env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"},
-                start_new_session=True,
-            )
+            await self._spawn(argv, pass_fds=(info_write,), env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
         except BaseException as exc:
             os.close(info_read)
             if isinstance(exc, OSError):
@@ -334,7 +304,6 @@ class BubblewrapTransport(Transport):
             raise
         finally:
             os.close(info_write)
-        self._stderr_reader = asyncio.create_task(self._read_stderr())
         # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
         self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
 
@@ -353,73 +322,38 @@ class BubblewrapTransport(Transport):
                 raw_info = await asyncio.shield(self._info)
             self.child_pid = int(json.loads(raw_info)["child-pid"])
 
-    async def read(self) -> bytes:
-        assert self.process is not None and self.process.stdout is not None
-        return await self.process.stdout.read(READ_CHUNK_BYTES)
-
-    async def write(self, data: bytes) -> None:
-        if self._killed or self.process is None or self.process.stdin is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise SandboxError(self._died_message()) from exc
-
-    async def kill(self) -> None:
-        if self._killed:
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        if process.returncode is not None:
             return
-        self._killed = True
-        process = self.process
-        if process is not None and process.returncode is None:
-            # The agent exits when its stdin closes; so does a sandbox whose start was cancelled
-            # before bwrap could protect it (--die-with-parent is set up inside, after clone()).
-            if process.stdin is not None:
-                process.stdin.close()
-            # Killing the pid namespace's init tears the whole namespace down, and bwrap only
-            # exits once every process in it is gone, so waiting on bwrap means "nothing left".
-            await self._learn_child_pid(KILL_GRACE_SECONDS)
-            if self.child_pid is not None:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(self.child_pid, signal.SIGKILL)
-                try:
-                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
-                except TimeoutError:
-                    self.log.warning(
-                        "bubblewrap outlived its namespace's init; killing it",
-                        bwrap_pid=process.pid, child_pid=self.child_pid,
-                    )
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                try:
-                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
-                except TimeoutError:
-                    # Never hang a task's end (or the executor's stop) on one process.
-                    self.log.error("bubblewrap did not exit after SIGKILL", bwrap_pid=process.pid)
-        if self._stderr_reader is not None:
-            self._stderr_reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._stderr_reader
+        # The agent exits when its stdin closes; so does a sandbox whose start was cancelled
+        # before bwrap could protect it (--die-with-parent is set up inside, after clone()).
+        if process.stdin is not None:
+            process.stdin.close()
+        # Killing the pid namespace's init tears the whole namespace down, and bwrap only
+        # exits once every process in it is gone, so waiting on bwrap means "nothing left".
+        await self._learn_child_pid(KILL_GRACE_SECONDS)
+        if self.child_pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.child_pid, signal.SIGKILL)
+            try:
+                await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+            except TimeoutError:
+                self.log.warning(
+                    "bubblewrap outlived its namespace's init; killing it",
+                    bwrap_pid=process.pid, child_pid=self.child_pid,
+                )
+        await self._kill_process(process, "bubblewrap", bwrap_pid=process.pid)
 
     async def death_reason(self) -> str:
-        # Give the stderr reader a moment so the message carries bwrap's reason.
-        await asyncio.sleep(0.05)
+        reason = await super().death_reason()
         if self.process is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), 1)
             self.log.info("bubblewrap ended", returncode=self.process.returncode)
-        return self._died_message()
+        return reason
 
     def _died_message(self) -> str:
-        detail = self._stderr_tail.decode("utf-8", "replace").strip()
+        detail = self._stderr_text()
         message = "the sandbox ended unexpectedly"
         return f"{message}: {detail}" if detail else message
-
-    async def _read_stderr(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while chunk := await self.process.stderr.read(4096):
-            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
 
 # A bubblewrap sandbox: the one agent client over a bwrap transport.

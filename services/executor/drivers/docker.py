@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import socket
 import uuid
 from pathlib import Path
@@ -137,13 +136,8 @@ class DockerDriver(SandboxDriver):
             self, config, mounts={self.host_path(slot): "/tasks"}, workdir="/tasks", labels={LABEL_POOL: "warm"}
         )
         sandbox = AgentSandbox(transport, config, warm_slot=slot)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            shutil.rmtree(slot, ignore_errors=True)
-            raise
-        return sandbox
+        # On failure close() removes the slot too (release_slot, nothing claimed).
+        return await sandbox.start_or_close()
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -200,12 +194,7 @@ class DockerDriver(SandboxDriver):
             self, config, mounts=mounts, workdir=config.task_dir, labels={LABEL_TASK: config.task_id}
         )
         sandbox = AgentSandbox(transport, config)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
     def create_container(
         self, config: SandboxConfig, mounts: dict[str, str], workdir: str, labels: dict[str, str]

@@ -39,12 +39,10 @@ from services.executor.drivers.base import (
     SandboxDriver,
     SandboxError,
 )
-from services.executor.drivers.transport import Transport
+from services.executor.drivers.transport import SubprocessTransport
 
 log = structlog.get_logger()
 
-READ_CHUNK_BYTES = 64 * 1024
-KILL_GRACE_SECONDS = 5.0
 # Makes the process a child subreaper (orphans of its steps re-parent to it, not to init, so
 # close() finds them), then becomes the agent: `python -I -c SUBREAPER PYTHON AGENT`.
 SUBREAPER = (
@@ -70,15 +68,10 @@ class LocalDriver(SandboxDriver):
             # desktop.py would start Xvfb, x11vnc... on the host itself.
             raise SandboxError("the local (unisolated, test-only) driver runs no desktop")
         sandbox = AgentSandbox(LocalTransport(config, self.runtime_dir / "agent.py"), config)
-        try:
-            await sandbox.start()
-        except BaseException:
-            await sandbox.close()
-            raise
-        return sandbox
+        return await sandbox.start_or_close()
 
 
-class LocalTransport(Transport):
+class LocalTransport(SubprocessTransport):
     """The agent (or `command`, for tests of the client itself) as a host subprocess."""
 
     what = "the local agent"
@@ -88,26 +81,15 @@ class LocalTransport(Transport):
         super().__init__(config)
         self.agent = agent
         self.command = list(command) if command is not None else None
-        self.process: asyncio.subprocess.Process | None = None
         self._script_dir: str | None = None
-        self._stderr_tail = b""
-        self._stderr_reader: asyncio.Task[None] | None = None
-        self._killed = False
         self._root = os.path.realpath(config.host_task_dir)
-
-    @property
-    def running(self) -> bool:
-        return not self._killed and self.process is not None and self.process.returncode is None
 
     async def start(self) -> None:
         self._script_dir = tempfile.mkdtemp(prefix="corral-local-agent-")
         argv = self.command or [sys.executable, "-I", "-c", SUBREAPER, sys.executable, str(self.agent)]
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
+            await self._spawn(
+                argv,
                 cwd=self._root,
                 env={
                     "PATH": SANDBOX_PATH,
@@ -115,75 +97,36 @@ class LocalTransport(Transport):
                     "HOME": self._root,
                     "CORRAL_AGENT_SCRIPT_DIR": self._script_dir,
                 },
-                start_new_session=True,
             )
         except OSError as exc:
             raise SandboxError(f"could not start the local agent: {exc}") from exc
-        self._stderr_reader = asyncio.create_task(self._read_stderr())
-
-    async def read(self) -> bytes:
-        assert self.process is not None and self.process.stdout is not None
-        return await self.process.stdout.read(READ_CHUNK_BYTES)
-
-    async def write(self, data: bytes) -> None:
-        if self._killed or self.process is None or self.process.stdin is None:
-            raise SandboxError("the sandbox is closed")
-        try:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise SandboxError(self._died_message()) from exc
 
     async def kill(self) -> None:
-        if self._killed:
-            return
-        self._killed = True
-        process = self.process
-        if process is not None:
-            if process.stdin is not None:
-                process.stdin.close()
-            # Everything below the agent first (stopped, then killed, until none is left), so
-            # nothing re-parents away from it; then the agent.
-            for _ in range(100):
-                victims = _descendants(process.pid)
-                if not victims:
-                    break
-                for sig in (signal.SIGSTOP, signal.SIGKILL):
-                    for pid in victims:
-                        with contextlib.suppress(ProcessLookupError, PermissionError):
-                            os.kill(pid, sig)
-                await asyncio.sleep(0.005)
-            if process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-                try:
-                    await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
-                except TimeoutError:
-                    self.log.error("the local agent did not exit after SIGKILL", pid=process.pid)
-        if self._stderr_reader is not None:
-            self._stderr_reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._stderr_reader
+        await super().kill()
         if self._script_dir is not None:
             shutil.rmtree(self._script_dir, ignore_errors=True)
 
-    async def death_reason(self) -> str:
-        await asyncio.sleep(0.05)  # the stderr reader's last words
-        if self.process is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.process.wait(), 1)
-        return self._died_message()
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        if process.stdin is not None:
+            process.stdin.close()
+        # Everything below the agent first (stopped, then killed, until none is left), so
+        # nothing re-parents away from it; then the agent.
+        for _ in range(100):
+            victims = _descendants(process.pid)
+            if not victims:
+                break
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in victims:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.kill(pid, sig)
+            await asyncio.sleep(0.005)
+        await self._kill_process(process, "the local agent", pid=process.pid)
 
     def _died_message(self) -> str:
         code = self.process.returncode if self.process is not None else None
         message = f"the local agent ended unexpectedly (exit status {code})"
-        detail = self._stderr_tail.decode("utf-8", "replace").strip()
+        detail = self._stderr_text()
         return f"{message}: {detail[-1000:]}" if detail else message
-
-    async def _read_stderr(self) -> None:
-        assert self.process is not None and self.process.stderr is not None
-        while chunk := await self.process.stderr.read(4096):
-            self._stderr_tail = (self._stderr_tail + chunk)[-4096:]
 
     # The agent sees the host directory where the sandbox would see config.task_dir.
 

@@ -10,10 +10,20 @@ technology needs only a transport (plus a driver class that builds it).
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextlib
+from typing import Any
 
 import structlog
 
-from services.executor.drivers.base import SandboxConfig
+from services.executor.drivers.base import SandboxConfig, SandboxError
+
+# How much of the agent's stdout is read (and fed to the agent channel) at a time.
+READ_CHUNK_BYTES = 64 * 1024
+# How long a killed process gets to go before the next, harder step.
+KILL_GRACE_SECONDS = 5.0
+# How much of the process's stderr is kept, for the words of its death.
+STDERR_TAIL_BYTES = 4096
 
 
 class Transport(abc.ABC):
@@ -79,3 +89,96 @@ class Transport(abc.ABC):
     def sandbox_path(self, path: str) -> str:
         """A path the agent reported, as the sandbox's users know it."""
         return path
+
+
+class SubprocessTransport(Transport):
+    """A transport whose isolated process is a host subprocess: the agent's stdin and stdout
+    are the process's pipes, and the tail of its stderr is kept for the words of its death.
+
+    Subclasses start the process with `_spawn`, kill what is inside it in `_terminate`, and
+    word an unexpected end in `_died_message`.
+    """
+
+    def __init__(self, config: SandboxConfig) -> None:
+        super().__init__(config)
+        self.process: asyncio.subprocess.Process | None = None
+        self._stderr_tail = b""
+        self._stderr_reader: asyncio.Task[None] | None = None
+        self._killed = False
+
+    @property
+    def running(self) -> bool:
+        return not self._killed and self.process is not None and self.process.returncode is None
+
+    async def _spawn(self, argv: list[str], **kwargs: Any) -> None:
+        """Starts `argv` in a new session with piped stdin/stdout/stderr (`kwargs` go to
+        create_subprocess_exec) and starts keeping its stderr's tail. Raises what that raises."""
+        self.process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            **kwargs,
+        )
+        self._stderr_reader = asyncio.create_task(self._read_stderr())
+
+    async def read(self) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        return await self.process.stdout.read(READ_CHUNK_BYTES)
+
+    async def write(self, data: bytes) -> None:
+        if self._killed or self.process is None or self.process.stdin is None:
+            raise SandboxError("the sandbox is closed")
+        try:
+            self.process.stdin.write(data)
+            await self.process.stdin.drain()
+        except (ConnectionError, RuntimeError) as exc:
+            raise SandboxError(self._died_message()) from exc
+
+    async def kill(self) -> None:
+        if self._killed:
+            return
+        self._killed = True
+        if self.process is not None:
+            await self._terminate(self.process)
+        if self._stderr_reader is not None:
+            self._stderr_reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._stderr_reader
+
+    @abc.abstractmethod
+    async def _terminate(self, process: asyncio.subprocess.Process) -> None:
+        """Kills every process of the sandbox, `process` last (see `_kill_process`)."""
+
+    async def _kill_process(self, process: asyncio.subprocess.Process, what: str, **ids: int) -> None:
+        """SIGKILLs `process` if it is still there and waits (bounded) until it is gone; `what`
+        and `ids` name it in the log when it outlives that."""
+        if process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            try:
+                await asyncio.wait_for(process.wait(), KILL_GRACE_SECONDS)
+            except TimeoutError:
+                # Never hang a task's end (or the executor's stop) on one process.
+                self.log.error(f"{what} did not exit after SIGKILL", **ids)
+
+    async def death_reason(self) -> str:
+        # Give the stderr reader a moment so the message carries the process's last words.
+        await asyncio.sleep(0.05)
+        if self.process is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.process.wait(), 1)
+        return self._died_message()
+
+    @abc.abstractmethod
+    def _died_message(self) -> str:
+        """Why the process ended, in words for the user (self._stderr_tail has its last words)."""
+
+    def _stderr_text(self) -> str:
+        return self._stderr_tail.decode("utf-8", "replace").strip()
+
+    async def _read_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        while chunk := await self.process.stderr.read(STDERR_TAIL_BYTES):
+            self._stderr_tail = (self._stderr_tail + chunk)[-STDERR_TAIL_BYTES:]

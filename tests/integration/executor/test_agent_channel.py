@@ -18,7 +18,14 @@ import pytest
 from corral import agent_protocol as protocol
 from services.executor.drivers.agent_channel import MAX_LINE_BYTES, AgentChannel
 from services.executor.drivers.agent_sandbox import AgentSandbox
-from services.executor.drivers.base import MIB, ProcessRequest, SandboxConfig, SandboxError, SandboxLimits
+from services.executor.drivers.base import (
+    MIB,
+    FileRefused,
+    ProcessRequest,
+    SandboxConfig,
+    SandboxError,
+    SandboxLimits,
+)
 from services.executor.drivers.transport import Transport
 
 from .conftest import ExecutorClient, ExecutorFactory
@@ -342,3 +349,27 @@ async def test_a_bubblewrap_runtime_of_another_protocol_version_fails_the_task(
         f"the sandbox agent speaks protocol {protocol.PROTOCOL_VERSION + 1}, "
         f"this executor {protocol.PROTOCOL_VERSION}: rebuild the sandbox image"
     ) in said, said
+
+
+async def test_the_client_holds_its_caps_whatever_the_agent_replies(tmp_path: Any) -> None:
+    # Replies are the sandbox's word (a step may write into the agent's stdout): a listing
+    # longer than max_entries is cut and marked truncated, a file longer than max_bytes refused.
+    transport = BytesTransport(config(tmp_path))
+    sandbox = AgentSandbox(transport, transport.config)
+    transport.incoming.put_nowait(line(READY))
+    await sandbox.start()
+    listing = asyncio.create_task(sandbox.list_files(".", 2))
+    sent = await transport.next_request()
+    assert sent["max_entries"] == 2
+    entries = [{"name": f"f{n}", "type": "file", "size": 1, "mtime": 0.0} for n in range(5)]
+    transport.incoming.put_nowait(
+        line({"type": "files", "id": sent["id"], "path": "/tasks/t1", "entries": entries, "truncated": False})
+    )
+    result = await asyncio.wait_for(listing, 5)
+    assert [e.name for e in result.entries] == ["f0", "f1"] and result.truncated
+    reading = asyncio.create_task(sandbox.read_file("a.txt", 3))
+    sent = await transport.next_request()
+    transport.incoming.put_nowait(line({"type": "file", "id": sent["id"], "path": "a.txt", "size": 3, "content": "abcdef"}))
+    with pytest.raises(FileRefused, match="larger than the read limit of 3 bytes"):
+        await asyncio.wait_for(reading, 5)
+    await sandbox.close()
