@@ -11,13 +11,7 @@ from corral.client import typed_errors
 from corral.grpc_server import insecure_channel
 from corral.schema import seconds_to_duration
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
-
-STATES = {
-    sandbox_pb2.SANDBOX_STATE_ACTIVE: "active",
-    sandbox_pb2.SANDBOX_STATE_DELETED: "deleted",
-    sandbox_pb2.SANDBOX_STATE_EXPIRED: "expired",
-    sandbox_pb2.SANDBOX_STATE_FAILED: "failed",
-}
+from corral.views import SANDBOX_STATE_NAMES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
     return {
         "sandbox_id": sandbox.sandbox_id,
-        "status": STATES.get(sandbox.state, "unspecified"),
+        "status": SANDBOX_STATE_NAMES.get(sandbox.state, "unspecified"),
         "desktop": sandbox.spec.desktop,
         "network": sandbox.spec.network,
         "executor_id": sandbox.executor_id,

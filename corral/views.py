@@ -9,11 +9,12 @@ Fields that are left out when unset (rather than null) say so in their descripti
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, cast, get_args
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.enums import enum_names
 from corral.steps import TOOL_NAMES
 from corral.v1 import memory_pb2, sandbox_pb2, task_pb2
 
@@ -26,40 +27,13 @@ SandboxStatus = Literal["active", "deleted", "expired", "failed"]
 HistoryKind = Literal["unspecified", "task_started", "action", "result", "task_finished"]
 OutputStreamName = Literal["stdout", "stderr"]
 
-TASK_STATE_NAMES = {
-    task_pb2.TASK_STATE_UNSPECIFIED: "unspecified",
-    task_pb2.TASK_STATE_SCHEDULED: "scheduled",
-    task_pb2.TASK_STATE_RUNNING: "running",
-    task_pb2.TASK_STATE_COMPLETED: "completed",
-    task_pb2.TASK_STATE_FAILED: "failed",
-    task_pb2.TASK_STATE_CANCELLED: "cancelled",
-}
-STEP_STATE_NAMES = {
-    task_pb2.STEP_STATE_UNSPECIFIED: "unspecified",
-    task_pb2.STEP_STATE_PENDING: "pending",
-    task_pb2.STEP_STATE_RUNNING: "running",
-    task_pb2.STEP_STATE_COMPLETED: "completed",
-    task_pb2.STEP_STATE_FAILED: "failed",
-    task_pb2.STEP_STATE_SKIPPED: "skipped",
-    task_pb2.STEP_STATE_CANCELLED: "cancelled",
-}
-SANDBOX_STATE_NAMES = {
-    sandbox_pb2.SANDBOX_STATE_UNSPECIFIED: "unspecified",
-    sandbox_pb2.SANDBOX_STATE_ACTIVE: "active",
-    sandbox_pb2.SANDBOX_STATE_DELETED: "deleted",
-    sandbox_pb2.SANDBOX_STATE_EXPIRED: "expired",
-    sandbox_pb2.SANDBOX_STATE_FAILED: "failed",
-}
-HISTORY_KIND_NAMES = {
-    memory_pb2.HISTORY_KIND_UNSPECIFIED: "unspecified",
-    memory_pb2.HISTORY_KIND_TASK_STARTED: "task_started",
-    memory_pb2.HISTORY_KIND_ACTION: "action",
-    memory_pb2.HISTORY_KIND_RESULT: "result",
-    memory_pb2.HISTORY_KIND_TASK_FINISHED: "task_finished",
-}
+TASK_STATE_NAMES = enum_names(task_pb2.TaskState, "TASK_STATE_")
+STEP_STATE_NAMES = enum_names(task_pb2.StepState, "STEP_STATE_")
+SANDBOX_STATE_NAMES = enum_names(sandbox_pb2.SandboxState, "SANDBOX_STATE_")
+HISTORY_KIND_NAMES = enum_names(memory_pb2.HistoryKind, "HISTORY_KIND_")
 # The task states a client may filter a listing by.
 LISTABLE_TASK_STATES: tuple[str, ...] = get_args(TaskStatus)
-TASK_STATES_BY_NAME = {name: value for value, name in TASK_STATE_NAMES.items()}
+TASK_STATES_BY_NAME = {name: cast(task_pb2.TaskState.ValueType, value) for value, name in TASK_STATE_NAMES.items()}
 
 
 def _time(ts: Timestamp, present: bool) -> str | None:

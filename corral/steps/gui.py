@@ -13,11 +13,12 @@ import asyncio
 import json
 import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 import grpc
 from pydantic import Field, field_validator
 
+from corral.enums import enum_names
 from corral.errors import InvalidTask
 from corral.keys import key_problem
 from corral.steps.base import StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
@@ -25,19 +26,11 @@ from corral.v1 import gui_pb2, task_pb2
 
 Button = Literal["left", "middle", "right"]
 Direction = Literal["up", "down", "left", "right"]
-BUTTONS: dict[str, gui_pb2.MouseButton.ValueType] = {
-    "left": gui_pb2.MOUSE_BUTTON_LEFT,
-    "middle": gui_pb2.MOUSE_BUTTON_MIDDLE,
-    "right": gui_pb2.MOUSE_BUTTON_RIGHT,
-}
-DIRECTIONS: dict[str, gui_pb2.ScrollDirection.ValueType] = {
-    "up": gui_pb2.SCROLL_DIRECTION_UP,
-    "down": gui_pb2.SCROLL_DIRECTION_DOWN,
-    "left": gui_pb2.SCROLL_DIRECTION_LEFT,
-    "right": gui_pb2.SCROLL_DIRECTION_RIGHT,
-}
-BUTTON_NAMES = {value: name for name, value in BUTTONS.items()}
-DIRECTION_NAMES = {value: name for name, value in DIRECTIONS.items()}
+# "left" -> MOUSE_BUTTON_LEFT..., "up" -> SCROLL_DIRECTION_UP...: the JSON names of gui.proto's enums.
+BUTTON_NAMES = {k: v for k, v in enum_names(gui_pb2.MouseButton, "MOUSE_BUTTON_").items() if k}
+DIRECTION_NAMES = {k: v for k, v in enum_names(gui_pb2.ScrollDirection, "SCROLL_DIRECTION_").items() if k}
+BUTTONS = {name: cast(gui_pb2.MouseButton.ValueType, value) for value, name in BUTTON_NAMES.items()}
+DIRECTIONS = {name: cast(gui_pb2.ScrollDirection.ValueType, value) for value, name in DIRECTION_NAMES.items()}
 MAX_SCROLL = 200
 CLICK_COUNTS = {"double_click": 2, "triple_click": 3}
 

@@ -212,7 +212,7 @@ def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
             )
     finally:
         os.close(fd)
-    return protocol.ListFilesReply(path=path, entries=entries, truncated=len(names) > len(entries))
+    return protocol.ListFilesReply(path=path, entries=entries, truncated=len(names) > max(request.max_entries, 0))
 
 
 def _entry_type(mode: int) -> Literal["file", "directory", "symlink", "other"]:

@@ -8,23 +8,18 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from corral.enums import enum_names
 from corral.errors import InvalidArgument, NotFound
 from corral.v1 import gui_pb2, gui_pb2_grpc
 from services.gui.display import Screen
 from services.gui.input import Input
 
 Context = Any  # grpc.aio.ServicerContext; the sandbox's runtime has no grpc-stubs
-BUTTON_NAMES = {
-    gui_pb2.MOUSE_BUTTON_UNSPECIFIED: "left",
-    gui_pb2.MOUSE_BUTTON_LEFT: "left",
-    gui_pb2.MOUSE_BUTTON_MIDDLE: "middle",
-    gui_pb2.MOUSE_BUTTON_RIGHT: "right",
-}
+# UNSPECIFIED means the left button; an unspecified direction is refused.
+BUTTON_NAMES = {**enum_names(gui_pb2.MouseButton, "MOUSE_BUTTON_"), gui_pb2.MOUSE_BUTTON_UNSPECIFIED: "left"}
 DIRECTION_NAMES = {
-    gui_pb2.SCROLL_DIRECTION_UP: "up",
-    gui_pb2.SCROLL_DIRECTION_DOWN: "down",
-    gui_pb2.SCROLL_DIRECTION_LEFT: "left",
-    gui_pb2.SCROLL_DIRECTION_RIGHT: "right",
+    k: v for k, v in enum_names(gui_pb2.ScrollDirection, "SCROLL_DIRECTION_").items()
+    if k != gui_pb2.SCROLL_DIRECTION_UNSPECIFIED
 }
 
 
@@ -43,7 +38,7 @@ class GuiServicer(gui_pb2_grpc.GuiServiceServicer):
         return x, y
 
     async def _button(self, button: int) -> str:
-        name = BUTTON_NAMES.get(button)  # type: ignore[call-overload]
+        name = BUTTON_NAMES.get(button)
         if name is None:
             raise InvalidArgument(f"unknown mouse button {button}")
         return str(name)

@@ -62,6 +62,9 @@ IMAGE_COPIES = {
     # The gui service's server is built by corral.grpc_server, whose interceptor maps corral.errors.
     "corral/errors.py": "/opt/corral/corral/errors.py",
     "corral/grpc_server.py": "/opt/corral/corral/grpc_server.py",
+    # The gui service's key-name check and enum names.
+    "corral/keys.py": "/opt/corral/corral/keys.py",
+    "corral/enums.py": "/opt/corral/corral/enums.py",
     **{
         str(path.relative_to(REPO)): f"/opt/corral/{path.relative_to(REPO)}"
         for pattern in ("services/gui/*.py", "corral/v1/gui_pb2*.py")
