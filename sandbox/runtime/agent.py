@@ -14,6 +14,7 @@ other op by the function registered for its request type with @handles.
 from __future__ import annotations
 
 import codecs
+import ctypes
 import importlib.util
 import os
 import resource
@@ -556,7 +557,24 @@ def handle(line: bytes) -> None:
     send(reply)
 
 
+PR_SET_DUMPABLE = 4
+
+
+def make_undumpable() -> None:
+    """Steps run as our uid: undumpable, we cannot be ptraced by them, and our /proc entries
+    (fd/, mem) are root's, so a step cannot write into the pipe that reports on it. The flag
+    is reset by execve, so the steps themselves stay ordinary processes."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+    except (OSError, AttributeError) as exc:
+        sys.stderr.write(f"corral agent: cannot protect itself from its steps: {exc}\n")
+        raise SystemExit(70) from None
+
+
 def main() -> None:
+    make_undumpable()
     # A step must not be able to stop the agent with ^C-style signals sent to everyone.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)

@@ -19,6 +19,7 @@ from services.executor.drivers.base import (
     FileRefused,
     OutputCallback,
     SandboxError,
+    StreamName,
 )
 
 log = structlog.get_logger()
@@ -33,11 +34,32 @@ R = TypeVar("R", bound=protocol.Reply)
 
 
 class PendingRun:
-    def __init__(self, on_output: OutputCallback) -> None:
+    """One run's output as received, capped here at `max_output` characters per stream.
+
+    The agent caps output too, but a step can reach what the agent sends; so the executor keeps
+    (and streams) no more than the cap, and flags the stream truncated itself, whatever the
+    agent's exit report says. (Characters: each output byte decodes to at most one.)
+    """
+
+    def __init__(self, on_output: OutputCallback, max_output: int) -> None:
         self.on_output = on_output
+        self.max_output = max_output
         self.stdout: list[str] = []
         self.stderr: list[str] = []
+        self.kept = {"stdout": 0, "stderr": 0}
+        self.truncated = {"stdout": False, "stderr": False}
         self.done: asyncio.Future[protocol.ExitReply] = asyncio.get_running_loop().create_future()
+
+    def take(self, stream: StreamName, data: str) -> str:
+        """What of `data` fits under the cap (recorded), '' when nothing does."""
+        room = self.max_output - self.kept[stream]
+        if len(data) > room:
+            data = data[: max(room, 0)]
+            self.truncated[stream] = True
+        if data:
+            self.kept[stream] += len(data)
+            (self.stderr if stream == "stderr" else self.stdout).append(data)
+        return data
 
 
 class AgentChannel:
@@ -139,9 +161,11 @@ class AgentChannel:
         run = self._runs.get(message.id)
         if run is not None:
             if isinstance(message, protocol.OutputReply):
-                (run.stderr if message.stream == "stderr" else run.stdout).append(message.data)
+                data = run.take(message.stream, message.data)
+                if not data:
+                    return
                 try:
-                    run.on_output(message.stream, message.data)
+                    run.on_output(message.stream, data)
                 except Exception:
                     self.log.exception("output callback failed")
             elif isinstance(message, protocol.ExitReply) and not run.done.done():
@@ -183,7 +207,7 @@ class AgentChannel:
         """Sends a run request (giving it its id) and waits for its exit report; cancelling
         kills the step."""
         request.id = next(self._ids)
-        pending = PendingRun(on_output)
+        pending = PendingRun(on_output, request.max_output_bytes)
         self._runs[request.id] = pending
         try:
             await self.send(request)

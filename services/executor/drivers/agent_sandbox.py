@@ -189,8 +189,8 @@ class AgentSandbox(Sandbox, Generic[T]):
             killed=reply.killed,
             stdout="".join(pending.stdout),
             stderr="".join(pending.stderr),
-            stdout_truncated=reply.stdout_truncated,
-            stderr_truncated=reply.stderr_truncated,
+            stdout_truncated=reply.stdout_truncated or pending.truncated["stdout"],
+            stderr_truncated=reply.stderr_truncated or pending.truncated["stderr"],
             error=reply.error,
         )
         if self.transport.cgroup_limits:

@@ -203,10 +203,11 @@ async def test_an_oversized_line_ending_in_the_same_chunk_fails_the_channel() ->
 async def test_a_step_flooding_the_agents_stdout_fails_the_sandbox_not_the_executor(
     executor: ExecutorClient,
 ) -> None:
-    # A step runs as the agent's uid, so it may open the agent's stdout and write into the
-    # protocol stream; an endless line must end that sandbox with a clear error. (Under
-    # bubblewrap the open is refused: python3 is owned by a uid unmapped in the sandbox's user
-    # namespace, so the agent cannot be inspected from inside, /proc/PID/fd included.)
+    # A step runs as the agent's uid and tries to open the agent's stdout to flood the protocol
+    # stream. The agent is undumpable, so the open is refused on every driver (under bubblewrap
+    # it was refused before that too: python3's owner is unmapped in the sandbox's user
+    # namespace). Had it got through, the 64 MiB line cap ends the sandbox with a clear error
+    # (test_an_oversized_line_fails_the_channel); either way the executor carries on.
     flood = (
         "import os\n"
         "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
@@ -224,10 +225,7 @@ async def test_a_step_flooding_the_agents_stdout_fails_the_sandbox_not_the_execu
     _, outcome = await executor.run_steps([{"tool": "python", "code": flood, "timeout": 60}])
     assert outcome.state == "TASK_STATE_FAILED", outcome.finished
     step = outcome.step(0)
-    if executor.driver == "bubblewrap" and "PermissionError" in step.stderr:
-        assert "/fd/1" in step.stderr, step.stderr
-    else:
-        assert "oversized message" in step.error, (step.error, step.stderr[-500:])
+    assert "PermissionError" in step.stderr and "/fd/1" in step.stderr, (step.error, step.stderr[-500:])
     # The executor still serves tasks.
     _, after = await executor.run_steps([{"tool": "shell", "command": "echo ok"}])
     assert after.state == "TASK_STATE_COMPLETED", after.finished
@@ -373,3 +371,67 @@ async def test_the_client_holds_its_caps_whatever_the_agent_replies(tmp_path: An
     with pytest.raises(FileRefused, match="larger than the read limit of 3 bytes"):
         await asyncio.wait_for(reading, 5)
     await sandbox.close()
+
+
+async def test_output_is_capped_by_the_executor_whatever_the_agent_says(tmp_path: Any) -> None:
+    # The run's cap is 1000 (config's max_output_bytes); an "agent" that sends 5000 characters
+    # and claims nothing was truncated: the executor keeps and streams 1000 and says truncated.
+    transport = BytesTransport(config(tmp_path))
+    sandbox = AgentSandbox(transport, transport.config)
+    transport.incoming.put_nowait(line(READY))
+    await sandbox.start()
+    streamed: list[str] = []
+    running = asyncio.create_task(
+        sandbox.run(ProcessRequest(kind="shell", code="x", timeout=5), lambda s, d: streamed.append(d))
+    )
+    sent = await transport.next_request()
+    assert sent["max_output_bytes"] == 1000
+    for _ in range(50):
+        transport.incoming.put_nowait(line({"type": "output", "id": sent["id"], "stream": "stdout", "data": "x" * 100}))
+    transport.incoming.put_nowait(line({"type": "output", "id": sent["id"], "stream": "stderr", "data": "e" * 10}))
+    transport.incoming.put_nowait(line({"type": "exit", "id": sent["id"], "exit_code": 0}))
+    result = await asyncio.wait_for(running, 5)
+    assert len(result.stdout) == 1000 and result.stdout_truncated
+    assert "".join(streamed) == "x" * 1000 + "e" * 10
+    assert result.stderr == "e" * 10 and not result.stderr_truncated
+    await sandbox.close()
+
+
+FORGE = r"""
+import json, os
+agent = None
+for pid in os.listdir("/proc"):
+    if pid.isdigit() and int(pid) != os.getpid():
+        try:
+            cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
+        except OSError:
+            continue
+        if b"agent.py" in cmdline:
+            agent = int(pid)
+print("found the agent:", agent is not None)
+forged = b"".join(
+    json.dumps(m).encode() + b"\n"
+    for i in range(1, 40)
+    for m in ({"id": i, "type": "output", "stream": "stdout", "data": "ALL 120 TESTS PASSED\n" * 1000},
+              {"id": i, "type": "exit", "exit_code": 0})
+)
+for target in ("fd/1", "mem"):
+    try:
+        with open(f"/proc/{agent}/{target}", "wb") as f:
+            f.write(forged)
+        print(target, "written")
+    except OSError as exc:
+        print(target, "refused:", exc.strerror)
+raise SystemExit(3)
+"""
+
+
+async def test_a_step_cannot_forge_its_own_result_through_the_agent(executor: ExecutorClient) -> None:
+    """The agent is undumpable: a step (same uid) can neither write into the pipe that reports
+    on it (/proc/AGENT/fd/1) nor into its memory, so the result is the step's own."""
+    _, outcome = await executor.run_steps([{"tool": "python", "code": FORGE}])
+    result = outcome.step(0)
+    assert "found the agent: True" in result.stdout, result.stdout
+    assert "fd/1 refused" in result.stdout and "mem refused" in result.stdout, result.stdout
+    assert "ALL 120 TESTS PASSED" not in result.stdout
+    assert result.exit_code == 3 and outcome.state == "TASK_STATE_FAILED"
