@@ -14,6 +14,11 @@ class AlreadyRunning(AlreadyExists):
     """A task with this id is already running here."""
 
 
+class TaskIdUsed(AlreadyExists):
+    """A task with this id has run here before: ids are never reused (its directory and
+    whatever it left there belong to that task)."""
+
+
 class SandboxExists(AlreadyExists):
     """A long-lived sandbox with this id is already here (or being created)."""
 

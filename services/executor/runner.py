@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 from collections.abc import AsyncGenerator
 
@@ -21,7 +22,7 @@ from corral.errors import InvalidTask, SandboxNotFound
 from corral.steps import check_spec
 from corral.v1 import memory_pb2, task_pb2
 from services.executor.drivers.base import SandboxDriver
-from services.executor.errors import AlreadyRunning, AtCapacity
+from services.executor.errors import AlreadyRunning, AtCapacity, TaskIdUsed
 from services.executor.history import HistoryRecorder
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.lease import SandboxLease
@@ -138,6 +139,9 @@ class TaskRunner:
         if len(self._runs) >= self.capacity:
             raise AtCapacity(f"executor {self.executor_id} is at capacity ({self.capacity} tasks)")
         run = TaskRun(self, task_id, spec)
+        if os.path.lexists(run.lease.host_task_dir):
+            # A run under a used id would work in that task's directory, among its files.
+            raise TaskIdUsed(f"task id {task_id} was already used on this executor; task ids are never reused")
         self._runs[task_id] = run
         self._idle.clear()
         return run

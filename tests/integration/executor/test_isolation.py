@@ -6,7 +6,10 @@ import asyncio
 import pwd
 import socket
 
-from .conftest import ExecutorClient
+import grpc
+import pytest
+
+from .conftest import ExecutorClient, grpc_code, spec
 
 
 async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> None:
@@ -98,3 +101,16 @@ async def test_network_when_the_task_asks(executor: ExecutorClient) -> None:
     finally:
         listener.close()
     assert outcome.step(0).stdout == "connected\n", outcome.step(0).stderr
+
+
+async def test_a_used_task_id_is_never_run_again(executor: ExecutorClient) -> None:
+    """Before, a RunTask naming a finished task's id ran in that task's directory and read
+    what it left there (its credentials); now the executor refuses the id."""
+    victim, outcome = await executor.run_steps([{"tool": "shell", "command": "echo hunter2 > credentials"}])
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await executor.run(spec([{"tool": "shell", "command": "cat credentials"}]), task_id=victim)
+    assert grpc_code(err.value) == grpc.StatusCode.ALREADY_EXISTS
+    assert f"task id {victim} was already used on this executor" in (err.value.details() or "")
+    # The victim's directory is as it left it.
+    assert (executor.host_task_dir(victim) / "credentials").read_text() == "hunter2\n"
