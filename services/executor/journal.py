@@ -9,8 +9,10 @@ Journal failures are logged, never fatal: the task's result does not depend on t
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import stat
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,10 +67,14 @@ class TaskJournal:
     def _append(self, name: str, data: bytes) -> None:
         if self._dir_fd is None:
             return
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_NONBLOCK: a FIFO planted as agent.log must not hang the executor on open; it (or
+        # any other non-regular file) is then refused.
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(name, flags, 0o644, dir_fd=self._dir_fd)
             try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(errno.EINVAL, f"{name} is not a regular file")
                 _write_all(fd, data)
             finally:
                 os.close(fd)

@@ -9,6 +9,8 @@ bubblewrap, containers or pods.
 from __future__ import annotations
 
 import abc
+import contextlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +170,22 @@ class Sandbox(abc.ABC):
         """Kills every process in the sandbox; returns once none is left. Idempotent."""
 
 
+def make_sandbox_dir(path: Path, owner: tuple[int, int] | None, mode: int) -> None:
+    """Creates `path` and hands it to the sandbox user (`owner`, `mode`) through a descriptor:
+    whatever a sandbox may have planted at `path` (a symlink, a FIFO) is refused with an error,
+    never followed, chowned or chmodded."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
 class SandboxDriver(abc.ABC):
     name: str
 
@@ -177,7 +195,7 @@ class SandboxDriver(abc.ABC):
 
     def prepare_task_dir(self, path: Path) -> None:
         """Creates the host task directory so the sandbox user can write in it."""
-        path.mkdir(parents=True, exist_ok=True)
+        make_sandbox_dir(path, None, 0o755)
 
     def prepare_run_dir(self, path: Path) -> None:
         """Creates the host run directory (unix sockets) so the sandbox user can write in it."""

@@ -49,6 +49,7 @@ from services.executor.drivers.base import (
     SandboxDriver,
     SandboxError,
     SandboxLimits,
+    make_sandbox_dir,
     sandbox_env,
 )
 from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTransport
@@ -106,10 +107,7 @@ class BubblewrapDriver(SandboxDriver):
         await self.pool.stop()
 
     def prepare_task_dir(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        if self.host_ids is not None:
-            os.chown(path, *self.host_ids)
-        path.chmod(0o755)
+        make_sandbox_dir(path, self.host_ids, 0o755)
 
     def needs_staging(self, config: SandboxConfig) -> bool:
         if self.host_ids is None:

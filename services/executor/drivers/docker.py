@@ -42,6 +42,7 @@ from services.executor.drivers.base import (
     SandboxDriver,
     SandboxError,
     SandboxLimits,
+    make_sandbox_dir,
 )
 from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
@@ -142,13 +143,13 @@ class DockerDriver(SandboxDriver):
     # --- sandboxes ---------------------------------------------------------------------------
 
     def prepare_task_dir(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             # No user namespace: the container's uid 1000 is the host's uid 1000.
-            os.chown(path, SANDBOX_UID, SANDBOX_GID)
-            path.chmod(0o755)
+            make_sandbox_dir(path, (SANDBOX_UID, SANDBOX_GID), 0o755)
         elif os.geteuid() != SANDBOX_UID:
-            path.chmod(0o777)  # we cannot chown to the sandbox user; let it write
+            make_sandbox_dir(path, None, 0o777)  # we cannot chown to the sandbox user; let it write
+        else:
+            make_sandbox_dir(path, None, 0o755)
 
     def host_path(self, path: Path) -> str:
         """`path` (under tasks_dir, as this process sees it) as the Docker host sees it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pwd
 import socket
 
@@ -114,3 +115,22 @@ async def test_a_used_task_id_is_never_run_again(executor: ExecutorClient) -> No
     assert f"task id {victim} was already used on this executor" in (err.value.details() or "")
     # The victim's directory is as it left it.
     assert (executor.host_task_dir(victim) / "credentials").read_text() == "hunter2\n"
+
+
+async def test_a_fifo_planted_as_agent_log_does_not_hang_the_executor(executor: ExecutorClient) -> None:
+    """Before, a FIFO in place of agent.log blocked the executor's open for ever (and every
+    later task with it); now the journal refuses a non-regular file and the task goes on."""
+    task_id, outcome = await asyncio.wait_for(
+        executor.run_steps([
+            {"tool": "shell", "command": "rm agent.log && mkfifo agent.log && test -p agent.log"},
+            {"tool": "shell", "command": "echo still running"},
+        ]),
+        60,
+    )
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
+    assert outcome.step(1).stdout == "still running\n"
+    # memory.json (replaced by rename, never opened in place) still has every step.
+    memory = json.loads((executor.host_task_dir(task_id) / "memory.json").read_text())
+    assert [entry["status"] for entry in memory] == ["completed", "completed"]
+    _, after = await asyncio.wait_for(executor.run_steps([{"tool": "shell", "command": "echo next"}]), 60)
+    assert after.state == "TASK_STATE_COMPLETED" and after.step(0).stdout == "next\n"
