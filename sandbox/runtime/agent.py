@@ -14,7 +14,9 @@ other op by the function registered for its request type with @handles.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
+import errno
 import importlib.util
 import os
 import resource
@@ -93,8 +95,11 @@ def _inside(path: str, root: str) -> bool:
 
 
 def resolve_path(path: str, cwd: str = "") -> str:
-    """Resolves `path` inside the task directory, refusing anything that leads out of it."""
-    root = os.path.realpath(cwd) if cwd else task_root()
+    """Resolves `path` inside the task directory, refusing anything that leads out of it.
+
+    This gives the refusal its words; the file is then opened with open_beneath, which holds
+    even when a link or rename races the check."""
+    root = root_of(cwd)
     if not path or "\x00" in path:
         raise Refused("the path is empty or contains a NUL byte")
     if os.path.isabs(path):
@@ -109,10 +114,73 @@ def resolve_path(path: str, cwd: str = "") -> str:
     if ".." in parts:
         raise Refused(f"refused path {path!r}: '..' is not allowed; paths stay inside {root}")
     full = os.path.normpath(os.path.join(root, relative))
-    real = os.path.realpath(full)
+    try:
+        real = os.path.realpath(full)
+    except OSError as exc:  # a component changed type while it was being resolved
+        raise Refused(f"refused path {path!r}: it changed while being resolved ({exc.strerror})") from None
     if not _inside(real, root):
         raise Refused(f"refused path {path!r}: it is a symlink leading outside {root}")
     return real
+
+
+# openat2(2): resolve a path without ever leaving the directory it starts from, atomically, so
+# no symlink or rename racing us can take a file operation out of the task directory.
+SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_BENEATH = 0x08
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+def openat_beneath(dir_fd: int, relative: str, flags: int, mode: int = 0o644) -> int:
+    """Opens `relative` below the directory `dir_fd`, never outside it (OSError otherwise:
+    EXDEV for an escape). Where the kernel has no openat2, one component at a time, each with
+    O_NOFOLLOW (stricter: no symlink at all is followed)."""
+    flags |= os.O_CLOEXEC
+    how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
+    fd = int(_libc.syscall(SYS_OPENAT2, dir_fd, relative.encode(), ctypes.byref(how), ctypes.sizeof(how)))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp profile that predates openat2
+        raise OSError(err, os.strerror(err), relative)
+    *parents, last = [part for part in relative.split("/") if part not in ("", ".")] or ["."]
+    current = os.dup(dir_fd)
+    try:
+        for part in parents:
+            following = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=current)
+            os.close(current)
+            current = following
+        return os.open(last, flags | os.O_NOFOLLOW, mode, dir_fd=current)
+    finally:
+        os.close(current)
+
+
+def open_beneath(root: str, real: str, flags: int, mode: int = 0o644) -> int:
+    """Opens `real` (a path resolve_path accepted) through `root`, so a race cannot escape."""
+    root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return openat_beneath(root_fd, os.path.relpath(real, root), flags, mode)
+    finally:
+        os.close(root_fd)
+
+
+def root_of(cwd: str) -> str:
+    return os.path.realpath(cwd) if cwd else task_root()
+
+
+def _refusal(path: str, action: str, exc: OSError, root: str) -> Refused:
+    if exc.errno == errno.EXDEV:
+        return Refused(f"refused path {path!r}: it leads outside {root}")
+    if exc.errno == errno.ENOENT:
+        return Refused(f"no such file: {path}")
+    return Refused(f"cannot {action} {path}: {exc.strerror}")
 
 
 def _describe_size(n: int) -> str:
@@ -137,16 +205,13 @@ def handles(kind: type[Q]) -> Callable[[Callable[[Q], protocol.Reply]], Callable
 
 @handles(protocol.ReadFileRequest)
 def read_file(request: protocol.ReadFileRequest) -> protocol.FileReply:
+    root = root_of(request.cwd)
     path = resolve_path(request.path, request.cwd)
     max_bytes = request.max_bytes
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise Refused(f"no such file: {request.path}") from None
-    except IsADirectoryError:
-        raise Refused(f"{request.path} is a directory") from None
+        fd = open_beneath(root, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError as exc:
-        raise Refused(f"cannot read {request.path}: {exc.strerror}") from None
+        raise _refusal(request.path, "read", exc, root) from None
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if not _is_regular(st.st_mode):
@@ -168,6 +233,7 @@ def _is_regular(mode: int) -> bool:
 
 @handles(protocol.WriteFileRequest)
 def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
+    root = root_of(request.cwd)
     path = resolve_path(request.path, request.cwd)
     max_bytes = request.max_bytes
     data = request.content.encode()
@@ -178,27 +244,52 @@ def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
     if os.path.isdir(path):
         raise Refused(f"{request.path} is a directory")
     try:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        parent = _make_parents_beneath(root, os.path.relpath(os.path.dirname(path), root))
+        try:
+            # O_NONBLOCK: a FIFO there must not hang the agent; it is refused below.
+            flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+            fd = os.open(os.path.basename(path), flags, 0o644, dir_fd=parent)
+        finally:
+            os.close(parent)
     except OSError as exc:
-        raise Refused(f"cannot write {request.path}: {exc.strerror}") from None
+        raise _refusal(request.path, "write", exc, root) from None
     with os.fdopen(fd, "wb") as f:
+        if not _is_regular(os.fstat(f.fileno()).st_mode):
+            raise Refused(f"{request.path} is not a regular file")
+        f.truncate(0)
         f.write(data)
     return protocol.FileReply(path=path, size=len(data))
 
 
+def _make_parents_beneath(root: str, relative: str) -> int:
+    """The directory `relative` below `root`, created as needed, one component at a time and
+    each opened beneath the one before (a link swapped in cannot lead out); returns its fd."""
+    current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in [p for p in relative.split("/") if p not in ("", ".")]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(part, 0o755, dir_fd=current)
+            following = openat_beneath(current, part, os.O_RDONLY | os.O_DIRECTORY)
+            os.close(current)
+            current = following
+    except BaseException:
+        os.close(current)
+        raise
+    return current
+
+
 @handles(protocol.ListFilesRequest)
 def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
+    root = root_of(request.cwd)
     path = resolve_path(request.path, request.cwd)
     try:
-        # O_NOFOLLOW: the resolved path must be the directory itself, not a link swapped in since.
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:
         raise Refused(f"no such directory: {request.path}") from None
     except NotADirectoryError:
         raise Refused(f"{request.path} is not a directory") from None
     except OSError as exc:
-        raise Refused(f"cannot list {request.path}: {exc.strerror}") from None
+        raise _refusal(request.path, "list", exc, root) from None
     try:
         with os.scandir(fd) as found:
             names = sorted(entry.name for entry in found)

@@ -10,6 +10,8 @@ import socket
 import grpc
 import pytest
 
+from corral.v1 import task_pb2
+
 from .conftest import ExecutorClient, grpc_code, spec
 
 
@@ -134,3 +136,35 @@ async def test_a_fifo_planted_as_agent_log_does_not_hang_the_executor(executor: 
     assert [entry["status"] for entry in memory] == ["completed", "completed"]
     _, after = await asyncio.wait_for(executor.run_steps([{"tool": "shell", "command": "echo next"}]), 60)
     assert after.state == "TASK_STATE_COMPLETED" and after.step(0).stdout == "next\n"
+
+
+async def test_write_file_cannot_be_raced_out_of_the_task_directory(executor: ExecutorClient) -> None:
+    """A background process flips `sub` between a directory and a symlink to /tmp while 80
+    write_file steps write into it. Before, about a third of the writes landed in /tmp (27 and
+    36 of 80 in two runs); now the agent opens beneath the task directory (openat2
+    RESOLVE_BENEATH), so none can, and the raced writes fail with the reason."""
+    # renameat2(RENAME_EXCHANGE) swaps the directory `sub` and the symlink `link` -> /tmp
+    # atomically, over and over: `sub` always exists, half the time a link out.
+    flipper = (
+        "import ctypes, os\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "os.mkdir('sub')\n"
+        "os.symlink('/tmp', 'link')\n"
+        "while True:\n"
+        "    libc.renameat2(-100, b'sub', -100, b'link', 2)\n"
+    )
+    writes = [
+        {"tool": "write_file", "path": f"sub/x-{n}", "content": "where am I?", "continue_on_error": True}
+        for n in range(80)
+    ]
+    _, outcome = await executor.run_steps([
+        {"tool": "write_file", "path": "flip.py", "content": flipper},
+        {"tool": "shell", "command": "python3 flip.py >/dev/null 2>&1 & sleep 0.2"},
+        *writes,
+        {"tool": "shell", "command": "ls /tmp | grep -c '^x-' || true"},
+    ])
+    escaped = outcome.step(82).stdout.strip()
+    assert escaped == "0", f"{escaped} writes landed in /tmp"
+    for n in range(2, 82):
+        result = outcome.step(n)
+        assert result.state == task_pb2.STEP_STATE_COMPLETED or result.error, result
