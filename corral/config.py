@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     sandbox_tmp_size_mb: int = Field(
         512, ge=16, description="Size of each sandbox's private /tmp (a tmpfs), MiB."
     )
+    sandbox_shm_size_mb: int = Field(
+        64, ge=1, description="Size of each sandbox's /dev/shm (a tmpfs, host memory), MiB."
+    )
     sandbox_cpus: float = Field(
         1.0, gt=0, description="CPUs each sandbox may use (docker driver: nano_cpus)."
     )

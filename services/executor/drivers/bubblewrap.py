@@ -234,7 +234,11 @@ class BubblewrapDriver(SandboxDriver):
                 args += ["--ro-bind", str(host), f"/{name}"]
         args += [
             "--proc", "/proc",
+            # /dev, / and every tmpfs are host memory: /dev read-only with a sized /dev/shm,
+            # / read-only (below), /tmp sized.
             "--dev", "/dev",
+            "--size", str(self.settings.sandbox_shm_size_mb * MIB), "--tmpfs", "/dev/shm",
+            "--remount-ro", "/dev",
             "--size", str(self.settings.sandbox_tmp_size_mb * MIB), "--tmpfs", "/tmp",
             "--bind", task_src, config.task_dir,
             "--ro-bind", runtime_src, "/app",
@@ -250,6 +254,9 @@ class BubblewrapDriver(SandboxDriver):
             for package in ("corral", "services"):
                 args += ["--ro-bind", f"{extra['source']}/{package}", f"{SOURCE_DIR}/{package}"]
         args += [
+            # Last of the mounts: nothing more is made under the sandbox's root, and nothing
+            # may be written there (bwrap's root is an unsized tmpfs).
+            "--remount-ro", "/",
             "--chdir", config.task_dir,
             "--clearenv",
         ]

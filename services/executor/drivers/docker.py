@@ -213,6 +213,7 @@ class DockerDriver(SandboxDriver):
                 "/tmp": f"rw,exec,nosuid,nodev,size={s.sandbox_tmp_size_mb}m,mode=1777",
                 "/run": "rw,noexec,nosuid,nodev,size=16m,mode=755",
             },
+            shm_size=f"{s.sandbox_shm_size_mb}m",
             pids_limit=limits.max_processes,
             mem_limit=limits.memory_mb * MIB,
             memswap_limit=limits.memory_mb * MIB,  # equal: no swap on top of the memory limit

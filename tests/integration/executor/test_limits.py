@@ -116,3 +116,21 @@ async def test_task_directory_file_count_is_limited(executor_factory: ExecutorFa
     )
     assert outcome.state == "TASK_STATE_FAILED"
     assert outcome.step(0).error == "disk quota exceeded: the task directory holds more than 200 files"
+
+
+async def test_no_unsized_memory_is_writable(executor: ExecutorClient) -> None:
+    """Every filesystem a step can write outside its task directory is sized: / and /dev are
+    read-only, /dev/shm holds 64 MiB. Before, bubblewrap's / and /dev were writable tmpfs as
+    large as half the host's memory (a step put 1.8 GB into /dev/shm)."""
+    _, outcome = await executor.run_steps([
+        {"tool": "shell", "command": "touch /x", "continue_on_error": True},
+        {"tool": "shell", "command": "touch /dev/x", "continue_on_error": True},
+        {"tool": "shell", "command": "dd if=/dev/zero of=/dev/shm/big bs=1M count=100", "continue_on_error": True},
+        {"tool": "shell", "command": "rm /dev/shm/big && dd if=/dev/zero of=/dev/shm/small bs=1M count=8 && echo fits"},
+        {"tool": "shell", "command": "echo fine > /dev/null && echo devices-work"},
+    ])
+    assert outcome.step(0).exit_code != 0 and "/x" in outcome.step(0).stderr
+    assert outcome.step(1).exit_code != 0 and "/dev/x" in outcome.step(1).stderr
+    assert outcome.step(2).exit_code != 0 and "No space left on device" in outcome.step(2).stderr
+    assert outcome.step(3).stdout.endswith("fits\n")
+    assert outcome.step(4).stdout == "devices-work\n"
