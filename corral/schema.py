@@ -12,15 +12,12 @@ from typing import Any
 from google.protobuf import duration_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from corral.steps import TOOL_NAMES, StepModel, step_to_proto
+from corral.steps import StepModel, step_to_proto
 from corral.v1 import task_pb2
 from corral.views import STEP_STATE_NAMES as STEP_STATE_NAMES
 from corral.views import TASK_STATE_NAMES as TASK_STATE_NAMES
 from corral.views import TASK_STATES_BY_NAME as TASK_STATES_BY_NAME
 from corral.views import TaskView, event_view
-
-# The tool names, for code that only needs those (the registry is corral.steps).
-TOOLS = TOOL_NAMES
 
 TERMINAL_TASK_STATES = frozenset(
     {task_pb2.TASK_STATE_COMPLETED, task_pb2.TASK_STATE_FAILED, task_pb2.TASK_STATE_CANCELLED}

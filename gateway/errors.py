@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from corral.errors import CorralError, Internal, error_class
-from corral.schema import TOOLS
+from corral.steps import TOOL_NAMES as TOOLS
 from corral.steps.gui import ACTIONS as GUI_ACTIONS
 
 log = structlog.get_logger()

@@ -79,10 +79,6 @@ def step_to_proto(step: StepModelBase) -> task_pb2.Step:
     return out
 
 
-def _seconds(duration: Any) -> float:
-    return float(duration.ToNanoseconds()) / 1e9
-
-
 def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
     """Raises InvalidTask naming the field when the task cannot run under this deployment.
 
@@ -94,7 +90,7 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
         raise InvalidTask(f"a task has at most {MAX_STEPS} steps, got {len(spec.steps)}")
     maximum = settings.max_step_timeout_seconds
     if spec.HasField("step_timeout"):
-        _check_timeout(_seconds(spec.step_timeout), "step_timeout", maximum)
+        _check_timeout(spec.step_timeout.ToTimedelta().total_seconds(), "step_timeout", maximum)
     for index, step in enumerate(spec.steps):
         found = tool_of(step)
         if found is None:
@@ -102,7 +98,7 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
         tool, action = found
         tool.check(action, f"steps[{index}].{tool.name}")
         if step.HasField("timeout"):
-            _check_timeout(_seconds(step.timeout), f"steps[{index}].timeout", maximum)
+            _check_timeout(step.timeout.ToTimedelta().total_seconds(), f"steps[{index}].timeout", maximum)
     for name in spec.env:
         if not name or "=" in name or "\0" in name:
             raise InvalidTask(f"env has an invalid variable name {name!r}")

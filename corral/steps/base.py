@@ -10,7 +10,7 @@ context (services/executor/step_context.py).
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from google.protobuf.message import Message
@@ -43,8 +43,6 @@ class StepOutcome:
     stderr_truncated: bool = False
     # Why it failed, in words.
     error: str = ""
-    # Paths (inside the sandbox) of the screenshots the step took.
-    screenshots: list[str] = field(default_factory=list)
 
     @classmethod
     def done(cls, stdout: str = "") -> StepOutcome:

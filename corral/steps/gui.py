@@ -252,7 +252,6 @@ class GuiTool(StepTool[Any, task_pb2.GuiAction]):
             raise StepFailed("the gui step has no action")
         stub = await ctx.gui()
         deadline = time.monotonic() + ctx.timeout
-        screenshots: list[str] = []
 
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
@@ -271,7 +270,6 @@ class GuiTool(StepTool[Any, task_pb2.GuiAction]):
         async def screenshot(request: gui_pb2.ScreenshotRequest, suffix: str) -> dict[str, Any]:
             reply = await call(stub.Screenshot, request)
             path = await ctx.save_screenshot(f"step-{ctx.index:03d}{suffix}.png", reply.png)
-            screenshots.append(path)
             return {"screenshot": path, "width": reply.width, "height": reply.height, "scale": reply.scale}
 
         # A copy: defaults are filled in below, and the task's spec stays as it was sent.
@@ -318,9 +316,7 @@ class GuiTool(StepTool[Any, task_pb2.GuiAction]):
             result["after"] = await screenshot(after, "-after")
         stdout = json.dumps(result) + "\n"
         ctx.output("stdout", stdout)
-        outcome = StepOutcome.done(stdout)
-        outcome.screenshots = screenshots
-        return outcome
+        return StepOutcome.done(stdout)
 
 
 def _window(w: gui_pb2.Window) -> dict[str, Any]:

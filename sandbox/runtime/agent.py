@@ -94,11 +94,11 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def resolve_path(path: str, cwd: str = "") -> str:
+def resolve_path(path: str, cwd: str = "") -> tuple[str, str]:
     """Resolves `path` inside the task directory, refusing anything that leads out of it.
 
-    This gives the refusal its words; the file is then opened with open_beneath, which holds
-    even when a link or rename races the check."""
+    Returns the root and the resolved path. This gives the refusal its words; the file is then
+    opened with open_beneath, which holds even when a link or rename races the check."""
     root = root_of(cwd)
     if not path or "\x00" in path:
         raise Refused("the path is empty or contains a NUL byte")
@@ -120,7 +120,7 @@ def resolve_path(path: str, cwd: str = "") -> str:
         raise Refused(f"refused path {path!r}: it changed while being resolved ({exc.strerror})") from None
     if not _inside(real, root):
         raise Refused(f"refused path {path!r}: it is a symlink leading outside {root}")
-    return real
+    return root, real
 
 
 # openat2(2): resolve a path without ever leaving the directory it starts from, atomically, so
@@ -205,8 +205,7 @@ def handles(kind: type[Q]) -> Callable[[Callable[[Q], protocol.Reply]], Callable
 
 @handles(protocol.ReadFileRequest)
 def read_file(request: protocol.ReadFileRequest) -> protocol.FileReply:
-    root = root_of(request.cwd)
-    path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd)
     max_bytes = request.max_bytes
     try:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -233,8 +232,7 @@ def _is_regular(mode: int) -> bool:
 
 @handles(protocol.WriteFileRequest)
 def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
-    root = root_of(request.cwd)
-    path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd)
     max_bytes = request.max_bytes
     data = request.content.encode()
     if len(data) > max_bytes:
@@ -280,8 +278,7 @@ def _make_parents_beneath(root: str, relative: str) -> int:
 
 @handles(protocol.ListFilesRequest)
 def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
-    root = root_of(request.cwd)
-    path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd)
     try:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:
@@ -656,8 +653,7 @@ def make_undumpable() -> None:
     (fd/, mem) are root's, so a step cannot write into the pipe that reports on it. The flag
     is reset by execve, so the steps themselves stay ordinary processes."""
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+        if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
     except (OSError, AttributeError) as exc:
         sys.stderr.write(f"corral agent: cannot protect itself from its steps: {exc}\n")

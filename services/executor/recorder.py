@@ -54,11 +54,11 @@ class TaskRecorder:
         if self.journal is not None:
             self.journal.log(line, stdout=stdout, stderr=stderr)
 
-    def _journal_record(self, index: int, step: task_pb2.Step, state: str, result: task_pb2.StepResult) -> None:
+    def _journal_record(self, index: int, action: str, state: str, result: task_pb2.StepResult) -> None:
         if self.journal is not None:
             exit_code = result.exit_code if result.HasField("exit_code") else None
             self.journal.record(
-                {"step": index, "tool": step_tool(step), "action": describe(step), "status": state,
+                {"step": index, "tool": result.tool, "action": action, "status": state,
                  "exit_code": exit_code, "stdout": result.stdout, "stderr": result.stderr,
                  "error": result.error}
             )
@@ -109,7 +109,7 @@ class TaskRecorder:
         started_at: Timestamp,
         duration_seconds: float,
     ) -> None:
-        tool = step_tool(step)
+        tool, action = step_tool(step), describe(step)
         result = task_pb2.StepResult(
             index=index,
             tool=tool,
@@ -136,11 +136,11 @@ class TaskRecorder:
         if outcome.error:
             summary += f": {outcome.error}"
         self._journal_log(summary, stdout=outcome.stdout, stderr=outcome.stderr)
-        self._journal_record(index, step, state_name, result)
+        self._journal_record(index, action, state_name, result)
         self._history(
             history_event(
                 self.task_id, memory_pb2.HISTORY_KIND_RESULT, step_index=index, tool=tool,
-                action=describe(step), state=state_name, exit_code=exit_code, stdout=outcome.stdout,
+                action=action, state=state_name, exit_code=exit_code, stdout=outcome.stdout,
                 stderr=outcome.stderr, error=outcome.error,
             )
         )
@@ -152,4 +152,4 @@ class TaskRecorder:
         )
         self._emit(step_finished=task_pb2.StepFinished(result=result))
         self._journal_log(f"step {index} {tool or 'empty'} skipped: {reason}")
-        self._journal_record(index, step, "skipped", result)
+        self._journal_record(index, describe(step), "skipped", result)

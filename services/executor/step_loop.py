@@ -25,10 +25,6 @@ from services.executor.recorder import TaskRecorder, now
 from services.executor.step_context import ExecutorStepContext
 
 
-def _seconds(duration: object) -> float:
-    return float(duration.ToNanoseconds()) / 1e9  # type: ignore[attr-defined]
-
-
 class StepLoop:
     def __init__(
         self,
@@ -68,9 +64,9 @@ class StepLoop:
 
     def timeout_of(self, step: task_pb2.Step) -> float:
         if step.HasField("timeout"):
-            return _seconds(step.timeout)
+            return step.timeout.ToTimedelta().total_seconds()
         if self.spec.HasField("step_timeout"):
-            return _seconds(self.spec.step_timeout)
+            return self.spec.step_timeout.ToTimedelta().total_seconds()
         return self.settings.step_timeout_seconds
 
     # --- the loop --------------------------------------------------------------------------
