@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, unix_connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
+from corral.sandbox_socket import SandboxSocket
 from gateway.errors import ApiError
 from gateway.sandbox_access import COOKIE_PREFIX
 
@@ -50,26 +51,45 @@ def _upstream_headers(conn: Request | WebSocket) -> dict[str, str]:
     return headers
 
 
+def open_socket(socket_path: Path) -> SandboxSocket:
+    """The sandbox's Jupyter socket, checked (corral/sandbox_socket.py): never a link it planted."""
+    return SandboxSocket(socket_path.parent, socket_path.name)
+
+
 class JupyterProxy:
     def __init__(self) -> None:
-        self._clients: dict[Path, httpx.AsyncClient] = {}
+        # One pooled client per sandbox, connecting through the socket's checked descriptor.
+        self._clients: dict[Path, tuple[SandboxSocket, httpx.AsyncClient]] = {}
 
-    def _client(self, socket_path: Path) -> httpx.AsyncClient:
-        client = self._clients.get(socket_path)
-        if client is None:
-            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
-            client = httpx.AsyncClient(transport=transport, base_url="http://jupyter", timeout=None)
-            self._clients[socket_path] = client
-        return client
+    def _client(self, socket_path: Path, sandbox_id: str) -> httpx.AsyncClient:
+        held = self._clients.get(socket_path)
+        if held is None:
+            try:
+                socket = open_socket(socket_path)
+            except OSError as exc:
+                raise ApiError(
+                    502, "bad_gateway", f"Jupyter in sandbox {sandbox_id} is not reachable: {exc.strerror}"
+                ) from None
+            transport = httpx.AsyncHTTPTransport(uds=socket.path)
+            held = socket, httpx.AsyncClient(transport=transport, base_url="http://jupyter", timeout=None)
+            self._clients[socket_path] = held
+        return held[1]
+
+    async def _drop(self, socket_path: Path) -> None:
+        held = self._clients.pop(socket_path, None)
+        if held is not None:
+            socket, client = held
+            await client.aclose()
+            socket.close()
 
     async def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            await client.aclose()
+        for socket_path in list(self._clients):
+            await self._drop(socket_path)
 
     async def answers(self, socket_path: Path) -> bool:
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(socket_path)), 2)
+            with open_socket(socket_path) as socket:
+                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket.path), 2)
         except (OSError, TimeoutError):
             return False
         writer.close()
@@ -78,14 +98,14 @@ class JupyterProxy:
     async def forward(self, request: Request, socket_path: Path, sandbox_id: str) -> Response:
         query = _query_without_token(request)
         url = request.url.path + (f"?{query}" if query else "")
-        client = self._client(socket_path)
+        client = self._client(socket_path, sandbox_id)
         upstream = client.build_request(
             request.method, url, headers=_upstream_headers(request), content=await request.body()
         )
         try:
             response = await client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
-            self._clients.pop(socket_path, None)
+            await self._drop(socket_path)
             raise ApiError(502, "bad_gateway", f"Jupyter in sandbox {sandbox_id} did not answer: {exc}") from None
         headers = [
             (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_HEADERS
@@ -106,11 +126,13 @@ class JupyterProxy:
             if not k.lower().startswith("sec-websocket") and k.lower() != "origin"
         }
         try:
-            upstream = await unix_connect(
-                str(socket_path), uri, subprotocols=offered or None, additional_headers=headers,
-                max_size=MAX_WS_MESSAGE, open_timeout=30,
-            )
+            with open_socket(socket_path) as socket:
+                upstream = await unix_connect(
+                    socket.path, uri, subprotocols=offered or None, additional_headers=headers,
+                    max_size=MAX_WS_MESSAGE, open_timeout=30,
+                )
         except (OSError, ConnectionClosed, Exception) as exc:
+            await websocket.accept()  # so the client sees why (a close before accepting is a bare 403)
             await websocket.close(code=1011, reason=f"Jupyter did not accept: {exc}"[:120])
             return
         await websocket.accept(subprotocol=upstream.subprotocol)

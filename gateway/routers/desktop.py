@@ -3,7 +3,8 @@
 The sockets behind them are files in the sandbox's run directory on the executor's host, which
 the scheduler tells the gateway for a valid token (gateway/sandbox_access.py); the gateway runs
 beside the executor (embedded mode) or shares its data volume (compose), so it reaches them on
-the filesystem.
+the filesystem -- through checked descriptors only (corral/sandbox_socket.py), since the
+sandbox can write its run directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
 from corral.internal.v1 import sandbox_access_pb2
+from corral.sandbox_socket import SandboxSocket
 from gateway.backends import upstream
 from gateway.deps import JupyterDep, SandboxStubs, SandboxStubsDep, SettingsDep
 from gateway.errors import ApiError
@@ -86,11 +88,15 @@ async def vnc_socket(websocket: WebSocket, sandbox_id: str, stubs: SandboxStubsD
         await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
         return
     view = grant.access == Access.VIEW or websocket.query_params.get("view_only") in ("1", "true")
-    socket_path = grant.run_dir / ("vnc-view.sock" if view else "vnc.sock")
+    name = "vnc-view.sock" if view else "vnc.sock"
     try:
-        reader, writer = await asyncio.open_unix_connection(str(socket_path))
+        # Through a checked descriptor: the sandbox may have replaced the socket by a link.
+        with SandboxSocket(grant.run_dir, name) as socket:
+            reader, writer = await asyncio.open_unix_connection(socket.path)
     except OSError as exc:
-        await websocket.close(code=1011, reason=f"the desktop is not reachable: {exc.strerror}")
+        # Accepted first, so the client sees why (a close before accepting is a bare 403).
+        await websocket.accept()
+        await websocket.close(code=1011, reason=f"the desktop is not reachable: {exc.strerror}"[:120])
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="binary" if "binary" in offered else None)

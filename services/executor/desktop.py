@@ -21,19 +21,9 @@ SCREEN_SIZE = (1024, 768)
 @dataclass(frozen=True)
 class Desktop:
     display: str
+    # gui.sock, vnc.sock, vnc-view.sock are here, made by the sandbox: reach them only through
+    # corral/sandbox_socket.py.
     host_run_dir: Path
-
-    @property
-    def gui_socket(self) -> Path:
-        return self.host_run_dir / "gui.sock"
-
-    @property
-    def vnc_socket(self) -> Path:
-        return self.host_run_dir / "vnc.sock"
-
-    @property
-    def vnc_view_socket(self) -> Path:
-        return self.host_run_dir / "vnc-view.sock"
 
 
 def _ignore(stream: StreamName, data: str) -> None:

@@ -25,3 +25,8 @@ class SandboxExists(AlreadyExists):
 
 class SandboxStartFailed(FailedPrecondition):
     """The driver could not create the sandbox, or start its desktop or Jupyter Lab."""
+
+
+class TaskDirRefused(FailedPrecondition):
+    """The task's directory was replaced by something the executor will not write through
+    (a link planted in a long-lived sandbox's /tasks)."""

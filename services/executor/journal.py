@@ -14,7 +14,6 @@ import json
 import os
 import stat
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -32,14 +31,12 @@ def now_iso() -> str:
 
 
 class TaskJournal:
-    def __init__(self, task_dir: Path) -> None:
-        self.task_dir = task_dir
+    """Writes through a descriptor of the task directory (SandboxLease.prepare_task_dir), its
+    own copy: the journal outlives the lease (the task's last line comes after release)."""
+
+    def __init__(self, task_dir_fd: int) -> None:
         self.entries: list[dict[str, Any]] = []
-        self._dir_fd: int | None = None
-        try:
-            self._dir_fd = os.open(task_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError as exc:
-            log.warning("cannot open the task directory for the journal", error=str(exc))
+        self._dir_fd: int | None = os.dup(task_dir_fd)
 
     def close(self) -> None:
         if self._dir_fd is not None:

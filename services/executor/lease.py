@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -17,7 +18,14 @@ from corral.errors import SandboxNotFound
 from corral.steps import StepFailed, needs_desktop
 from corral.v1 import task_pb2
 from services.executor.desktop import Desktop, start_desktop
-from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxLimits
+from services.executor.drivers.base import (
+    Sandbox,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxLimits,
+    open_sandbox_dir,
+)
+from services.executor.errors import TaskDirRefused
 from services.executor.gui_client import GuiClient
 from services.executor.sandboxes import ManagedSandbox, SandboxManager
 
@@ -56,6 +64,7 @@ class SandboxLease:
         self.desktop: Desktop | None = None
         self._sandbox: Sandbox | None = None
         self._gui: GuiClient | None = None
+        self.task_dir_fd: int | None = None
 
     @property
     def note(self) -> str:
@@ -73,6 +82,17 @@ class SandboxLease:
             disk_mb = SandboxLimits.resolve(self.settings, self.managed.spec.limits).disk_mb
             return self.managed.host_tasks_dir, disk_mb
         return self.host_task_dir, self.limits.disk_mb
+
+    def prepare_task_dir(self) -> int:
+        """Makes the host task directory and returns a descriptor of it (closed by release()),
+        opened once without following links: in a long-lived sandbox /tasks is the sandbox's to
+        write, and it could swap /tasks/{task_id} for a link to a host directory."""
+        try:
+            self.driver.prepare_task_dir(self.host_task_dir)
+            self.task_dir_fd = open_sandbox_dir(self.host_task_dir.parent, self.host_task_dir.name)
+        except OSError as exc:
+            raise TaskDirRefused(f"the task directory {self.task_dir} cannot be used: {exc.strerror}") from None
+        return self.task_dir_fd
 
     def lock(self) -> asyncio.Lock | contextlib.nullcontext[None]:
         """Held while the task runs: one task at a time in a long-lived sandbox."""
@@ -113,7 +133,7 @@ class SandboxLease:
                 else "this sandbox has no desktop"
             )
         if self._gui is None:
-            self._gui = GuiClient(self.desktop.gui_socket)
+            self._gui = GuiClient(self.desktop.host_run_dir)
         return self._gui
 
     async def release(self) -> None:
@@ -126,3 +146,6 @@ class SandboxLease:
                 await asyncio.shield(self._sandbox.close())
         if self.host_run_dir is not None and self.managed is None:
             shutil.rmtree(self.host_run_dir, ignore_errors=True)
+        if self.task_dir_fd is not None:
+            os.close(self.task_dir_fd)
+            self.task_dir_fd = None

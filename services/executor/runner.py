@@ -22,7 +22,7 @@ from corral.errors import InvalidTask, SandboxNotFound
 from corral.steps import check_spec
 from corral.v1 import memory_pb2, task_pb2
 from services.executor.drivers.base import SandboxDriver
-from services.executor.errors import AlreadyRunning, AtCapacity, TaskIdUsed
+from services.executor.errors import AlreadyRunning, AtCapacity, TaskDirRefused, TaskIdUsed
 from services.executor.history import HistoryRecorder
 from services.executor.journal import AGENT_LOG, TaskJournal
 from services.executor.lease import SandboxLease
@@ -77,8 +77,7 @@ class TaskRun:
         lease, recorder = self.lease, self.recorder
         try:
             lease.check_available()
-            self.runner.driver.prepare_task_dir(lease.host_task_dir)
-            recorder.journal = TaskJournal(lease.host_task_dir)
+            recorder.journal = TaskJournal(lease.prepare_task_dir())
             async with lease.lock():
                 recorder.task_started(
                     self.runner.executor_id, self.runner.driver.name, lease.task_dir,
@@ -88,7 +87,7 @@ class TaskRun:
         except asyncio.CancelledError:
             self._finish(task_pb2.TASK_STATE_CANCELLED, self.cancel_reason or "cancelled")
             raise
-        except SandboxNotFound as exc:
+        except (SandboxNotFound, TaskDirRefused) as exc:
             state, error = task_pb2.TASK_STATE_FAILED, str(exc)
         except Exception as exc:
             self.log.exception("task crashed")

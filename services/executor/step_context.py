@@ -101,5 +101,6 @@ class ExecutorStepContext:
         return self.lease.gui().stub
 
     async def save_screenshot(self, name: str, png: bytes) -> str:
-        writer = ScreenshotWriter(self.lease.host_task_dir, self.lease.task_dir)
+        assert self.lease.task_dir_fd is not None  # opened before any step runs
+        writer = ScreenshotWriter(self.lease.task_dir_fd, self.lease.task_dir)
         return await asyncio.to_thread(writer.save, name, png)

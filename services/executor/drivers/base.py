@@ -186,6 +186,19 @@ def make_sandbox_dir(path: Path, owner: tuple[int, int] | None, mode: int) -> No
         os.close(fd)
 
 
+def open_sandbox_dir(parent: Path, name: str) -> int:
+    """A descriptor of the directory `name` in `parent` (a directory the sandbox cannot write),
+    opened without following a link at either: the executor then writes its own files there
+    (agent.log, memory.json, screenshots) through it, whatever the sandbox renames or plants
+    later. Raises OSError (ELOOP, ENOTDIR) if the sandbox replaced the directory by a link."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    parent_fd = os.open(parent, flags)
+    try:
+        return os.open(name, flags, dir_fd=parent_fd)
+    finally:
+        os.close(parent_fd)
+
+
 class SandboxDriver(abc.ABC):
     name: str
 
