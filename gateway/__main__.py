@@ -6,12 +6,14 @@ import uvicorn
 
 from corral.config import load_settings
 from corral.logs import configure_logging
+from gateway import access_log
 from gateway.app import create_app
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_json)
+    access_log.install()
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from corral.config import Settings
 from gateway.backends import Backends
+from gateway.browser_guard import BrowserGuard, is_loopback
 from gateway.deps import SandboxStubs
 from gateway.errors import install_error_handlers
 from gateway.jupyter_proxy import JupyterProxy
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
+    app.add_middleware(BrowserGuard, loopback_only=is_loopback(settings.gateway_host))
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -1,8 +1,8 @@
 """Reading a JSON request body: size cap, JSON with line/column errors, validation by a model.
 
 The gateway parses bodies itself rather than letting FastAPI do it, so an oversized chunked
-body is stopped while it streams in, and any content type carrying JSON is accepted (curl's
--d without -H sends form-encoded headers over a JSON body). `JsonBody(Model)` is the route
+body is stopped while it streams in. (Only `application/json` bodies get here: see
+gateway/browser_guard.py.) `JsonBody(Model)` is the route
 dependency that does it, and `openapi` the route's declared request body: the same model,
 whose JSON schema /openapi.json carries (gateway/openapi.py collects BODY_MODELS).
 """

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +15,7 @@ from corral.grpc_server import insecure_channel
 from corral.v1 import memory_pb2, memory_pb2_grpc
 
 ONE_STEP = {"steps": [{"tool": "shell", "command": "echo hi"}]}
+JSON = {"Content-Type": "application/json"}
 
 
 def error_of(response: httpx.Response) -> dict[str, Any]:
@@ -63,17 +63,6 @@ def test_schedule_answers_exactly_a_task_id_and_status_describes_the_task(
     assert "log_path" in task
 
 
-def test_schedule_accepts_json_sent_without_a_json_content_type(api: httpx.Client) -> None:
-    # curl -d without -H sends application/x-www-form-urlencoded over a JSON body.
-    response = api.post(
-        "/schedule",
-        content=json.dumps(ONE_STEP),
-        headers={"Content-Type": "application/x-www-form-urlencoded"},
-    )
-    assert response.status_code == 200, response.text
-    assert list(response.json()) == ["task_id"]
-
-
 def test_status_without_task_id_is_400_and_unknown_task_is_404(api: httpx.Client) -> None:
     missing = api.get("/status")
     assert missing.status_code == 400
@@ -106,7 +95,7 @@ def test_malformed_json_is_400_naming_the_problem(api: httpx.Client, raw: str, e
 
 
 def test_invalid_utf8_is_400(api: httpx.Client) -> None:
-    response = api.post("/schedule", content=b'{"steps": "\xff"}')
+    response = api.post("/schedule", content=b'{"steps": "\xff"}', headers=JSON)
     assert response.status_code == 400
     assert "UTF-8" in error_of(response)["message"]
 
@@ -209,7 +198,7 @@ def test_chunked_body_over_the_limit_is_413(api: httpx.Client) -> None:
             yield b"x" * 512
         yield b'"}]}'
 
-    response = api.post("/v1/tasks", content=chunks())
+    response = api.post("/v1/tasks", content=chunks(), headers=JSON)
     assert response.request.headers.get("transfer-encoding") == "chunked"
     assert response.status_code == 413
     assert error_of(response)["code"] == "payload_too_large"

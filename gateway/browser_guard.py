@@ -1,0 +1,115 @@
+"""What a web page the user visits must not be able to do through their local gateway.
+
+A gateway without API keys answers anyone who reaches it, and a browser reaches 127.0.0.1 on
+behalf of any page it shows. So, before any route runs (HTTP and websockets alike):
+- cross-site requests are refused: a state-changing request (or a websocket) whose `Origin` is
+  not the gateway's own answers 403 (CSRF, cross-site websocket hijacking);
+- a state-changing request with a body must say `Content-Type: application/json`: HTML forms
+  and `fetch` without preflight can only send form encodings and text/plain (415 otherwise);
+- on a gateway bound to loopback, the `Host` must be a loopback name or address: a page on a
+  rebound DNS name (evil.example -> 127.0.0.1) is then refused with 403 (DNS rebinding).
+Clients that are not browsers (curl, the SDK, grpc) send no Origin and the JSON type, and pass.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from urllib.parse import urlsplit
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or an address, without port) is this machine's loopback."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(host_header: str) -> str:
+    """The name or address in a Host header, without its port."""
+    return urlsplit(f"//{host_header}").hostname or ""
+
+
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+
+
+class BrowserGuard:
+    """ASGI middleware applying the rules above; `loopback_only` when the gateway binds loopback."""
+
+    def __init__(self, app: ASGIApp, loopback_only: bool) -> None:
+        self.app = app
+        self.loopback_only = loopback_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        refusal = self.refusal(scope, Headers(scope=scope))
+        if refusal is None:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1008, "reason": refusal[2][:120]})
+        else:
+            await _send_error(send, *refusal)
+
+    def refusal(self, scope: Scope, headers: Headers) -> tuple[int, str, str] | None:
+        """(status, code, message) when the request is refused, else None."""
+        host = headers.get("host", "")
+        if self.loopback_only and not is_loopback(host_name(host)):
+            return (
+                403, "permission_denied",
+                f"Host {host!r} is not a loopback name: this gateway listens on loopback only and "
+                "answers only localhost or loopback addresses (a rebound DNS name is refused)",
+            )
+        websocket = scope["type"] == "websocket"
+        method = scope.get("method", "GET")
+        if not websocket and method in SAFE_METHODS:
+            return None
+        origin = headers.get("origin")
+        if origin is not None and not _same_origin(origin, host, scope):
+            return (
+                403, "permission_denied",
+                f"requests from origin {origin!r} are refused: only this gateway's own pages, or "
+                "clients that send no Origin (curl, the SDK), may change state",
+            )
+        if websocket:
+            return None
+        has_body = headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", "")
+        content_type = headers.get("content-type", "")
+        if has_body and not is_json(content_type):
+            return (
+                415, "unsupported_media_type",
+                f"the request body must be JSON with Content-Type: application/json (got {content_type or 'none'!r})",
+            )
+        return None
+
+
+def _same_origin(origin: str, host: str, scope: Scope) -> bool:
+    parts = urlsplit(origin)
+    if not parts.scheme or not parts.netloc:
+        return False  # "null" (sandboxed frames, file: pages) and garbage
+    scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+    return parts.scheme.lower() == scheme and parts.netloc.lower() == host.lower()
+
+
+async def _send_error(send: Send, status: int, code: str, message: str) -> None:
+    """The gateway's usual error document (gateway/errors.py) for a refusal."""
+    body = json.dumps({"error": {"code": code, "message": message}}).encode()
+    await send({
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+    })
+    await send({"type": "http.response.body", "body": body})
