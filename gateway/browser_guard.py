@@ -9,18 +9,23 @@ behalf of any page it shows. So, before any route runs (HTTP and websockets alik
 - on a gateway bound to loopback, the `Host` must be a loopback name or address: a page on a
   rebound DNS name (evil.example -> 127.0.0.1) is then refused with 403 (DNS rebinding).
 Clients that are not browsers (curl, the SDK, grpc) send no Origin and the JSON type, and pass.
+Jupyter Lab's own API (proxied under /v1/sandboxes/{id}/jupyter/) keeps its content types: it
+answers only the sandbox's token, which a foreign page has no way to send (its cookie is
+SameSite=Strict).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from urllib.parse import urlsplit
 
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+JUPYTER_PATH = re.compile(r"^/v1/sandboxes/[^/]+/jupyter/")
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -84,7 +89,7 @@ class BrowserGuard:
                 f"requests from origin {origin!r} are refused: only this gateway's own pages, or "
                 "clients that send no Origin (curl, the SDK), may change state",
             )
-        if websocket:
+        if websocket or JUPYTER_PATH.match(scope.get("path", "")):
             return None
         has_body = headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", "")
         content_type = headers.get("content-type", "")
