@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 
 def create_engine(url: str) -> AsyncEngine:
-    """An async engine; for SQLite, WAL mode and a busy timeout so readers never block writers.
+    """An async engine; for SQLite, WAL mode and a busy timeout so readers never block writers,
+    and a file only its owner may read.
 
     A plain `postgresql://` (or `postgres://`) URL gets the asyncpg driver, the async one
     Corral ships; other URLs are used as given.
@@ -20,7 +22,7 @@ def create_engine(url: str) -> AsyncEngine:
     if parsed.get_backend_name() != "sqlite":
         return create_async_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        _private_file(Path(parsed.database))
     engine = create_async_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -32,6 +34,16 @@ def create_engine(url: str) -> AsyncEngine:
         cursor.close()
 
     return engine
+
+
+def _private_file(path: Path) -> None:
+    """Creates the database file readable by its service only (it holds every task's env);
+    SQLite gives its -wal and -shm files the database file's permissions."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+    for existing in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if existing.exists():
+            os.chmod(existing, 0o600)
 
 
 def normalize_url(url: str) -> str:
