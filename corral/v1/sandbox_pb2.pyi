@@ -85,7 +85,9 @@ class SandboxSpec(_message.Message):
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra environment variables for every step run in it."""
+        """Extra environment variables for every step run in it. Write-only: a Sandbox read back
+        names them with empty values.
+        """
 
     def __init__(
         self,

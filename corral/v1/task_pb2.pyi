@@ -490,7 +490,9 @@ class TaskSpec(_message.Message):
 
     @_builtins.property
     def env(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Extra environment variables for every step."""
+        """Extra environment variables for every step. Write-only: a Task read back names them
+        with empty values (only the executor running the task receives the values).
+        """
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...

@@ -13,6 +13,7 @@ from corral.grpc_server import Context
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 from .core import Scheduler
+from .redaction import public_task
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -32,13 +33,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> scheduler_pb2.SubmitTaskResponse:
         task = await self._scheduler.submit(request.spec)
-        return scheduler_pb2.SubmitTaskResponse(task_id=task.task_id, task=task)
+        return scheduler_pb2.SubmitTaskResponse(task_id=task.task_id, task=public_task(task))
 
     async def GetTask(
         self, request: scheduler_pb2.GetTaskRequest, context: Context
     ) -> scheduler_pb2.GetTaskResponse:
         task = await self._scheduler.get(_require_task_id(request.task_id))
-        return scheduler_pb2.GetTaskResponse(task=task)
+        return scheduler_pb2.GetTaskResponse(task=public_task(task))
 
     async def ListTasks(
         self, request: scheduler_pb2.ListTasksRequest, context: Context
@@ -50,13 +51,13 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         tasks, token = await self._scheduler.list_tasks(
             request.state, request.page_size or DEFAULT_PAGE_SIZE, request.page_token
         )
-        return scheduler_pb2.ListTasksResponse(tasks=tasks, next_page_token=token)
+        return scheduler_pb2.ListTasksResponse(tasks=[public_task(t) for t in tasks], next_page_token=token)
 
     async def CancelTask(
         self, request: scheduler_pb2.CancelTaskRequest, context: Context
     ) -> scheduler_pb2.CancelTaskResponse:
         task = await self._scheduler.cancel(_require_task_id(request.task_id))
-        return scheduler_pb2.CancelTaskResponse(task=task)
+        return scheduler_pb2.CancelTaskResponse(task=public_task(task))
 
     async def WatchTask(
         self, request: scheduler_pb2.WatchTaskRequest, context: Context

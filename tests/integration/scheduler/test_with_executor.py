@@ -162,3 +162,17 @@ def test_tasks_spread_over_two_executors(tmp_path: Path) -> None:
             tasks = [wait_for_state(stub, i, ENDED) for i in ids]
     assert all(t.state == task_pb2.TASK_STATE_COMPLETED for t in tasks)
     assert {t.executor_id for t in tasks} == {"exec-a", "exec-b"}
+
+
+def test_env_values_are_write_only(stub: scheduler_pb2_grpc.SchedulerServiceStub) -> None:
+    """A task's env reaches its steps, but no public read returns the values (they are often
+    credentials): before, GetTask/ListTasks gave every caller every task's env."""
+    spec = shell_spec('echo "$API_KEY"')
+    spec.env["API_KEY"] = "sk-very-secret"
+    submitted = stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+    task = wait_for_state(stub, submitted.task_id, ENDED)
+    assert task.state == task_pb2.TASK_STATE_COMPLETED, task.error
+    assert task.steps[0].stdout == "sk-very-secret\n"  # the step had it
+    listed = stub.ListTasks(scheduler_pb2.ListTasksRequest()).tasks
+    for shown in (submitted.task, task, *[t for t in listed if t.task_id == submitted.task_id]):
+        assert dict(shown.spec.env) == {"API_KEY": ""}
