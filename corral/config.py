@@ -63,8 +63,27 @@ class Settings(BaseSettings):
     )
     step_timeout_seconds: float = Field(60.0, gt=0, description="Default per-step timeout.")
     max_step_timeout_seconds: float = Field(3600.0, gt=0, description="Largest timeout a step may ask for.")
-    sandbox_memory_mb: int = Field(2048, ge=64, description="Default address-space limit per process, MiB.")
-    sandbox_max_processes: int = Field(256, ge=8, description="Default process limit per sandbox.")
+    sandbox_memory_mb: int = Field(
+        2048, ge=64, description="Default memory limit of a sandbox as a whole (its cgroup; no swap), MiB."
+    )
+    sandbox_max_processes: int = Field(
+        256, ge=8, description="Default limit on processes and threads of a sandbox as a whole (pids.max)."
+    )
+    sandbox_cgroups: bool = Field(
+        True,
+        description="Bound each bubblewrap sandbox, and all of an executor's sandboxes together, by "
+        "cgroups where the executor can make them (root, or a delegated cgroup v2 subtree); "
+        "false, or where none can be made: per-process rlimits only (reported in the executor's status).",
+    )
+    executor_max_pids: int = Field(
+        0,
+        ge=0,
+        description="Processes and threads all of this executor's sandboxes may have together "
+        "(a parent cgroup's pids.max); 0: a quarter of the host's pid_max, at most 8192.",
+    )
+    executor_max_memory_mb: int = Field(
+        0, ge=0, description="Memory all of this executor's sandboxes may use together, MiB (0: no ceiling)."
+    )
     sandbox_max_file_size_mb: int = Field(256, ge=1, description="Default largest file a step may write, MiB.")
     sandbox_stage_dir: Path = Field(
         Path("/run/corral-sandbox"),

@@ -40,6 +40,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             driver=self.runner.driver.name,
             capacity=self.runner.capacity,
             running_task_ids=self.runner.running_task_ids,
+            sandbox_limits=self.runner.driver.limits_description,
         )
 
     # --- long-lived sandboxes ----------------------------------------------------------------

@@ -129,9 +129,14 @@ class GetExecutorStatusResponse(_message.Message):
     DRIVER_FIELD_NUMBER: _builtins.int
     CAPACITY_FIELD_NUMBER: _builtins.int
     RUNNING_TASK_IDS_FIELD_NUMBER: _builtins.int
+    SANDBOX_LIMITS_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     driver: _builtins.str
     capacity: _builtins.int
+    sandbox_limits: _builtins.str
+    """What bounds the host's memory and pids for this executor's sandboxes, in words: a cgroup
+    per sandbox and the executor's budget, or the fallback to per-process rlimits and why.
+    """
     @_builtins.property
     def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -141,10 +146,11 @@ class GetExecutorStatusResponse(_message.Message):
         driver: _builtins.str = ...,
         capacity: _builtins.int = ...,
         running_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        sandbox_limits: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "running_task_ids", b"running_task_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "running_task_ids", b"running_task_ids", "sandbox_limits", b"sandbox_limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

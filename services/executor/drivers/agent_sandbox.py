@@ -98,6 +98,7 @@ class AgentSandbox(Sandbox, Generic[T]):
         """Hands this warm sandbox a task: its directory moves into the sandbox's slot, and the
         agent changes into it with the task's environment. Raises SandboxError."""
         assert self.warm_slot is not None and not self.claimed
+        self.transport.apply_limits(config.limits)
         self.config = config
         self.claimed = True
         self.log = log.bind(task_id=config.task_id)
@@ -194,8 +195,9 @@ class AgentSandbox(Sandbox, Generic[T]):
             error=reply.error,
         )
         if self.transport.cgroup_limits:
+            budget = self.transport.pid_budget_hit() if reply.limit_events.get("pids_max") else 0
             result.error = result.error or limit_error(
-                result, reply.limit_events, limits, self.transport.tmp_size_mb
+                result, reply.limit_events, limits, self.transport.tmp_size_mb, budget
             )
         return result
 

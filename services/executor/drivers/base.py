@@ -201,6 +201,9 @@ def open_sandbox_dir(parent: Path, name: str) -> int:
 
 class SandboxDriver(abc.ABC):
     name: str
+    # What bounds the host's memory and pids for this driver's sandboxes, in words (the
+    # executor's status reports it; a fallback to weaker limits says so here).
+    limits_description: str = ""
 
     @abc.abstractmethod
     async def create(self, config: SandboxConfig) -> Sandbox:

@@ -17,6 +17,13 @@ root first bind-mounts both directories onto world-searchable staging paths.
 A warm pool (CORRAL_BWRAP_WARM_POOL, see warm_pool.py) keeps sandboxes started ahead of tasks,
 each with an empty slot directory at /tasks; a task without network, desktop or long-lived
 sandbox claims one (AgentSandbox.claim) instead of waiting for bwrap and the agent to start.
+
+Memory and pids are bounded per sandbox, and for all of the executor's sandboxes together, by
+cgroups (services/executor/cgroups.py): bwrap is started by a shell that first writes its own
+pid into the sandbox's cgroup.procs, so nothing sandboxed ever runs outside it; the cgroup's
+directory is bound read-only at /sys/fs/cgroup, where the agent reads its OOM and pids counters
+as it does in a container. Where no cgroup can be made, the agent's per-process rlimits stay,
+and the driver's limits_description says so.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
+from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups, rlimit_fallback
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
@@ -52,6 +60,7 @@ from services.executor.drivers.base import (
     make_sandbox_dir,
     sandbox_env,
 )
+from services.executor.drivers.faults import out_of_memory
 from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTransport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
@@ -96,15 +105,20 @@ class BubblewrapDriver(SandboxDriver):
         self.pool: WarmPool[BubblewrapSandbox] = WarmPool(
             settings.bwrap_warm_pool, self._start_warm, "bubblewrap sandbox"
         )
+        self.cgroups: ExecutorCgroups | None = None
+        self.limits_description = rlimit_fallback("the driver has not started")
 
     # --- executor lifecycle ----------------------------------------------------------------
 
     async def start(self, executor_id: str) -> None:
         restore_warm_dirs(self.settings.tasks_dir)
+        self.cgroups, self.limits_description = make_executor_cgroups(self.settings, executor_id)
         self.pool.start()
 
     async def stop(self) -> None:
         await self.pool.stop()
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove)
 
     def prepare_task_dir(self, path: Path) -> None:
         make_sandbox_dir(path, self.host_ids, 0o755)
@@ -155,8 +169,8 @@ class BubblewrapDriver(SandboxDriver):
         return prefix, staged_paths
 
     def fits_warm(self, config: SandboxConfig) -> bool:
-        """Whether a warm sandbox can serve this config. Limits do not matter here: bubblewrap
-        applies them per process (the agent's rlimits), not per sandbox."""
+        """Whether a warm sandbox can serve this config. Limits do not matter here: the claim
+        sets the sandbox's cgroup to the task's (AgentSandbox.claim), or they are rlimits."""
         return (
             not config.network
             and not config.desktop
@@ -209,6 +223,7 @@ class BubblewrapDriver(SandboxDriver):
         runtime_src: str,
         info_fd: int,
         extra_sources: dict[str, str] | None = None,
+        cgroup: Cgroup | None = None,
     ) -> list[str]:
         args = [self.bwrap, "--unshare-all"]
         if config.network:
@@ -253,6 +268,8 @@ class BubblewrapDriver(SandboxDriver):
             # Only the two packages the gui service imports, read-only.
             for package in ("corral", "services"):
                 args += ["--ro-bind", f"{extra['source']}/{package}", f"{SOURCE_DIR}/{package}"]
+        if cgroup is not None:
+            args += cgroup_binds(cgroup)
         args += [
             # Last of the mounts: nothing more is made under the sandbox's root, and nothing
             # may be written there (bwrap's root is an unsized tmpfs).
@@ -264,6 +281,27 @@ class BubblewrapDriver(SandboxDriver):
             args += ["--setenv", key, value]
         args += ["--", SANDBOX_PYTHON, "-I", "/app/agent.py"]
         return args
+
+
+def cgroup_binds(cgroup: Cgroup) -> list[str]:
+    """bwrap arguments showing the sandbox its own cgroup, read-only, where a container sees
+    it (the agent reads its OOM and pids counters there)."""
+    if cgroup.version == 2:
+        return ["--ro-bind", str(cgroup.dirs["memory"]), "/sys/fs/cgroup"]
+    args: list[str] = []
+    for controller, path in sorted(cgroup.dirs.items()):
+        args += ["--ro-bind", str(path), f"/sys/fs/cgroup/{controller}"]
+    return args
+
+
+def join_cgroup_prefix(cgroup: Cgroup) -> list[str]:
+    """A command prefix that moves itself into `cgroup` and then execs the rest: what it
+    starts (bwrap, everything in the sandbox) is in the cgroup from its first instruction.
+    A write that fails ends it (exit 126), so nothing runs outside."""
+    files = cgroup.procs_files
+    script = "".join(f'echo $$ > "${n + 1}" && ' for n in range(len(files)))
+    script += f'shift {len(files)} && exec "$@"'
+    return ["/bin/sh", "-c", script, "corral-cgroup", *files]
 
 
 def _bwrap_supports(bwrap: str, option: str) -> bool:
@@ -287,20 +325,34 @@ class BubblewrapTransport(SubprocessTransport):
         # The host pid of the sandbox's pid-namespace init (from bwrap's --info-fd).
         self.child_pid: int | None = None
         self._info: asyncio.Task[bytes] | None = None
+        # The sandbox's own cgroup (None: per-process rlimits, see BubblewrapDriver.cgroups)
+        # and the limits it holds now (a claimed warm sandbox's are its task's).
+        self.cgroup: Cgroup | None = None
+        self.limits = config.limits
 
     async def start(self) -> None:
-        info_read, info_write = os.pipe2(os.O_CLOEXEC)
         driver, config = self.driver, self.config
+        if driver.cgroups is not None:
+            try:
+                self.cgroup = driver.cgroups.sandbox(config.limits.memory_mb, config.limits.max_processes)
+            except OSError as exc:
+                raise SandboxError(f"could not make the sandbox's cgroup: {exc}") from exc
+            self.cgroup_limits = True
+        info_read, info_write = os.pipe2(os.O_CLOEXEC)
         staged = driver.needs_staging(config)
         prefix, sources = driver.staged_launcher(config, staged)
         try:
-            argv = prefix + driver.command(config, sources["task"], sources["app"], info_write, sources)
+            argv = prefix + driver.command(
+                config, sources["task"], sources["app"], info_write, sources, cgroup=self.cgroup
+            )
             if driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
                 # (subprocess's user=/group=) forces a full fork beside gRPC's threads, which
                 # was seen to crash the child with SIGSEGV.
                 uid, gid = driver.host_ids
                 argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+            if self.cgroup is not None:
+                argv = join_cgroup_prefix(self.cgroup) + argv
             await self._spawn(argv, pass_fds=(info_write,), env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
         except BaseException as exc:
             os.close(info_read)
@@ -349,6 +401,29 @@ class BubblewrapTransport(SubprocessTransport):
                 )
         await self._kill_process(process, "bubblewrap", bwrap_pid=process.pid)
 
+    def apply_limits(self, limits: SandboxLimits) -> None:
+        if self.cgroup is None:
+            return
+        try:
+            self.cgroup.set_limits(limits.memory_mb, limits.max_processes)
+        except OSError as exc:
+            raise SandboxError(f"could not set the warm sandbox's cgroup limits: {exc}") from exc
+        self.limits = limits
+
+    def pid_budget_hit(self) -> int:
+        budget = self.driver.cgroups
+        if self.cgroup is None or budget is None or self.cgroup.reached_own_pids_max():
+            return 0
+        return budget.max_pids
+
+    async def kill(self) -> None:
+        try:
+            await super().kill()
+        finally:
+            if self.cgroup is not None:
+                # bwrap waited for its namespace to empty: nothing is left in the cgroup.
+                await asyncio.to_thread(self.cgroup.remove)
+
     async def death_reason(self) -> str:
         reason = await super().death_reason()
         if self.process is not None:
@@ -356,6 +431,8 @@ class BubblewrapTransport(SubprocessTransport):
         return reason
 
     def _died_message(self) -> str:
+        if self.cgroup is not None and self.cgroup.counters().get("oom_kill"):
+            return f"the sandbox was killed: {out_of_memory(self.limits)}"
         detail = self._stderr_text()
         message = "the sandbox ended unexpectedly"
         return f"{message}: {detail}" if detail else message

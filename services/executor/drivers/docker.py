@@ -15,6 +15,12 @@ then exits and the container stops; labels
 (corral.executor=<executor id>) let the executor remove such leftovers when it starts again.
 
 A warm pool (CORRAL_DOCKER_WARM_POOL) keeps started containers ready; see warm_pool.py.
+
+With Docker's cgroupfs driver every container is created under one parent cgroup of this
+executor (`cgroup_parent`, made by services/executor/cgroups.py at the top of each hierarchy,
+where dockerd places containers), whose pids.max is the executor's budget: the sum of the
+containers cannot exhaust the host's pids. (Docker's systemd driver names slices instead; there
+the containers keep their own limits only, and limits_description says so.)
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from typing import Any
 import structlog
 
 from corral.config import Settings
+from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
@@ -44,6 +51,7 @@ from services.executor.drivers.base import (
     SandboxLimits,
     make_sandbox_dir,
 )
+from services.executor.drivers.faults import out_of_memory
 from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
@@ -89,6 +97,9 @@ class DockerDriver(SandboxDriver):
                 f"the sandbox image {self.image} is missing; build it with scripts/build-images"
             ) from None
         self.executor_id = ""
+        self.cgroups: ExecutorCgroups | None = None
+        self.cgroup_parent: str | None = None
+        self.limits_description = "cgroup per container (memory and pids); executor budget not set up yet"
         self._removals: set[asyncio.Task[None]] = set()
         self.pool: WarmPool[DockerSandbox] = WarmPool(
             settings.docker_warm_pool, self._start_warm, what="container"
@@ -101,6 +112,7 @@ class DockerDriver(SandboxDriver):
         removed = await asyncio.to_thread(self.remove_containers)
         if removed:
             log.warning("removed containers a previous run of this executor left", count=removed)
+        self.setup_budget(executor_id)
         restore_warm_dirs(self.settings.tasks_dir)
         self.pool.start()
 
@@ -112,6 +124,25 @@ class DockerDriver(SandboxDriver):
         # creation was interrupted, say) goes too.
         if self.executor_id:
             await asyncio.to_thread(self.remove_containers)
+        if self.cgroups is not None:
+            await asyncio.to_thread(self.cgroups.remove)
+
+    def setup_budget(self, executor_id: str) -> None:
+        """The executor's parent cgroup for its containers (see the module docstring)."""
+        per_container = "cgroup per container (memory and pids)"
+        cgroup_driver = str(self.api.info().get("CgroupDriver", ""))
+        if cgroup_driver != "cgroupfs":
+            reason = f"Docker's cgroup driver is {cgroup_driver or 'unknown'}, not cgroupfs"
+            log.warning("no executor-wide pid budget for containers", reason=reason)
+            self.limits_description = f"{per_container}; no executor budget: {reason}"
+            return
+        self.cgroups, words = make_executor_cgroups(self.settings, executor_id, at_root=True)
+        if self.cgroups is None:
+            self.limits_description = f"{per_container}; no executor budget: {words}"
+            return
+        # Docker's cgroupfs driver takes the parent as a path from each hierarchy's top.
+        self.cgroup_parent = "/" + self.cgroups.parent.paths[0].name
+        self.limits_description = f"{per_container}; {words}"
 
     def remove_containers(self) -> int:
         """Removes every container labelled with this executor's id; returns how many."""
@@ -221,6 +252,7 @@ class DockerDriver(SandboxDriver):
             network_mode=s.docker_network if config.network else "none",
             ipc_mode="private",
             ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+            cgroup_parent=self.cgroup_parent,
         )
         created = self.api.create_container(
             self.image,
@@ -284,7 +316,7 @@ class DockerDriver(SandboxDriver):
         except docker.errors.DockerException:
             return "the sandbox container is gone"
         if state.get("OOMKilled"):
-            return f"the sandbox was killed: out of memory (limit {config.limits.memory_mb} MiB)"
+            return f"the sandbox was killed: {out_of_memory(config.limits)}"
         if state.get("Running"):
             return "the sandbox agent's connection closed"
         return f"the sandbox container exited with code {state.get('ExitCode')}"
@@ -382,6 +414,14 @@ class DockerTransport(Transport):
             self.driver.remove_later(self.container_id)
         if self._writer is not None:
             self._writer.close()
+
+    def pid_budget_hit(self) -> int:
+        budget = self.driver.cgroups
+        if budget is None or self.container_id is None:
+            return 0
+        # Docker's cgroupfs driver names the container's cgroup by its id, under the parent.
+        own = Cgroup(budget.parent.version, {c: d / self.container_id for c, d in budget.parent.dirs.items()})
+        return 0 if own.reached_own_pids_max() else budget.max_pids
 
     async def death_reason(self) -> str:
         message = "the sandbox ended unexpectedly"

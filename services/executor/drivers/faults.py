@@ -13,10 +13,20 @@ from services.executor.drivers.base import ProcessResult, SandboxLimits
 DISK_FULL_MARKER = "No space left on device"
 
 
+def out_of_memory(limits: SandboxLimits) -> str:
+    """The words for the kernel's OOM kill in a sandbox's memory cgroup (both drivers)."""
+    return f"out of memory: the sandbox's processes used more than its {limits.memory_mb} MiB memory limit"
+
+
 def limit_error(
-    result: ProcessResult, events: Mapping[str, int], limits: SandboxLimits, tmp_size_mb: int
+    result: ProcessResult,
+    events: Mapping[str, int],
+    limits: SandboxLimits,
+    tmp_size_mb: int,
+    pid_budget: int = 0,
 ) -> str:
-    """The error naming the limit the step hit, or "" (then the generic description applies)."""
+    """The error naming the limit the step hit, or "" (then the generic description applies).
+    `pid_budget`: set when the executor's pid budget, not the sandbox's own limit, refused a fork."""
     if result.ok or result.timed_out or result.killed or result.error:
         return ""
     if result.signal is not None:
@@ -25,10 +35,15 @@ def limit_error(
         ending = f"exited with code {result.exit_code}: a process was killed"
     if events.get("oom_kill"):
         if result.signal == signal.SIGKILL:
-            return f"killed: out of memory (limit {limits.memory_mb} MiB)"
-        return f"{ending}: out of memory (limit {limits.memory_mb} MiB)"
+            return f"killed: {out_of_memory(limits)}"
+        return f"{ending}: {out_of_memory(limits)}"
     if events.get("pids_max"):
         prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"
+        if pid_budget:
+            return (
+                f"{prefix}: the executor's process budget is used up ({pid_budget} processes for "
+                "all of its sandboxes together)"
+            )
         return f"{prefix}: process limit reached ({limits.max_processes} processes)"
     if DISK_FULL_MARKER in result.stderr:
         prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from services.executor.drivers.base import SandboxConfig, SandboxError
+from services.executor.drivers.base import SandboxConfig, SandboxError, SandboxLimits
 
 # How much of the agent's stdout is read (and fed to the agent channel) at a time.
 READ_CHUNK_BYTES = 64 * 1024
@@ -33,9 +33,9 @@ class Transport(abc.ABC):
     what: str = "the sandbox"
     # How long the agent gets to say it is ready after start() returned.
     ready_timeout: float = 20.0
-    # Memory and processes are limited per sandbox (a cgroup: containers, pods) rather than
-    # per process: the agent then sets no rlimits for them (they would count every sandbox's
-    # uid-1000 processes together) and reports the cgroup's counters, which name the limit.
+    # Memory and processes are limited per sandbox (a cgroup: containers, pods, bubblewrap
+    # where the executor can make one) rather than per process: the agent then sets no rlimits
+    # for them and reports the cgroup's counters, which name the limit.
     cgroup_limits: bool = False
     # Size of the sandbox's /tmp in MiB (0: not limited), for the words of a disk-full step.
     tmp_size_mb: int = 0
@@ -52,6 +52,16 @@ class Transport(abc.ABC):
 
     async def started(self) -> None:
         """Called once the agent said it is ready (learn pids and the like). Must not hang."""
+        return None
+
+    def pid_budget_hit(self) -> int:
+        """After a step's fork was refused: the executor's pid budget if that budget (not the
+        sandbox's own limit) refused it, else 0."""
+        return 0
+
+    def apply_limits(self, limits: SandboxLimits) -> None:
+        """A warm sandbox was claimed by a task with these limits: make its cgroup follow them
+        where the transport has one (raises SandboxError when it cannot)."""
         return None
 
     @abc.abstractmethod

@@ -135,7 +135,7 @@ async def test_cgroup_limits_are_not_rlimits_and_their_events_name_the_limit(tmp
         line({"type": "exit", "id": sent["id"], "exit_code": None, "signal": 9, "limit_events": {"oom_kill": 1}})
     )
     result = await asyncio.wait_for(running, 5)
-    assert result.error == "killed: out of memory (limit 64 MiB)"
+    assert result.error == "killed: out of memory: the sandbox's processes used more than its 64 MiB memory limit"
     await sandbox.close()
 
 

@@ -171,7 +171,7 @@ async def test_oom_of_one_sandbox_leaves_others_running(executor: ExecutorClient
          {"tool": "shell", "command": "echo after"}],
         limits={"memory_mb": 128},
     )
-    assert hog.step(0).error == "killed: out of memory (limit 128 MiB)"
+    assert hog.step(0).error == "killed: out of memory: the sandbox's processes used more than its 128 MiB memory limit"
     assert hog.step(1).stdout == "after\n"
     events = [r.event async for r in neighbour]
     assert events[-1].finished.state == 3  # TASK_STATE_COMPLETED
