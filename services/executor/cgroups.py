@@ -323,7 +323,7 @@ def _remove_tree(path: Path) -> None:
             if exc.errno != errno.EBUSY:
                 log.warning("could not remove a cgroup", cgroup=str(path), error=str(exc))
                 return
-        time.sleep(0.01 * min(attempt + 1, 10))  # killed processes take a moment to leave
+        time.sleep(0.001 * min(2**attempt, 100))  # killed or exiting processes take a moment to leave
     log.warning("a cgroup stayed busy; it is removed at the executor's next start", cgroup=str(path))
 
 
