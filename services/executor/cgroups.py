@@ -38,6 +38,8 @@ SANDBOX_PREFIX = "sandbox-"
 # v2's "no internal processes" rule: an executor alone in a cgroup moves itself down here so
 # that the cgroup may hand controllers to its children.
 V2_LEAF = "corral-executor"
+# Pids a sandbox needs to start (bwrap, its init, the agent and its threads; tini in a container).
+SANDBOX_START_PIDS = 8
 
 
 class CgroupUnavailable(Exception):
@@ -157,6 +159,14 @@ class ExecutorCgroups:
             cgroup.remove()
             raise
         return cgroup
+
+    def nearly_used_up(self) -> bool:
+        """Whether too few pids are left in the budget to start one more sandbox."""
+        try:
+            current = int(_read(self.parent.dirs["pids"] / "pids.current"))
+        except (CgroupUnavailable, ValueError):
+            return False
+        return self.max_pids - current < SANDBOX_START_PIDS
 
     def remove(self) -> None:
         """Removes the parent (and any sandbox cgroup left in it), when the executor stops."""

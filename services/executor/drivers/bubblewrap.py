@@ -60,7 +60,7 @@ from services.executor.drivers.base import (
     make_sandbox_dir,
     sandbox_env,
 )
-from services.executor.drivers.faults import out_of_memory
+from services.executor.drivers.faults import out_of_memory, pid_budget_used_up
 from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTransport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
@@ -435,6 +435,9 @@ class BubblewrapTransport(SubprocessTransport):
             return f"the sandbox was killed: {out_of_memory(self.limits)}"
         detail = self._stderr_text()
         message = "the sandbox ended unexpectedly"
+        budget = self.driver.cgroups
+        if budget is not None and budget.nearly_used_up():
+            message = f"the sandbox could not start or go on: {pid_budget_used_up(budget.max_pids)}"
         return f"{message}: {detail}" if detail else message
 
 

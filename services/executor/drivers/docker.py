@@ -51,7 +51,7 @@ from services.executor.drivers.base import (
     SandboxLimits,
     make_sandbox_dir,
 )
-from services.executor.drivers.faults import out_of_memory
+from services.executor.drivers.faults import out_of_memory, pid_budget_used_up
 from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
@@ -367,6 +367,11 @@ class DockerTransport(Transport):
             raw, self._socket_holder = await asyncio.to_thread(self._attach)
             await asyncio.to_thread(driver.api.start, self.container_id)
         except docker.errors.DockerException as exc:
+            budget = driver.cgroups
+            if budget is not None and budget.nearly_used_up():
+                raise SandboxError(
+                    f"could not start the sandbox container: {pid_budget_used_up(budget.max_pids)}"
+                ) from exc
             raise SandboxError(f"could not start the sandbox container: {exc}") from exc
         self._reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
 

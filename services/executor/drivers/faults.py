@@ -18,6 +18,11 @@ def out_of_memory(limits: SandboxLimits) -> str:
     return f"out of memory: the sandbox's processes used more than its {limits.memory_mb} MiB memory limit"
 
 
+def pid_budget_used_up(budget: int) -> str:
+    """The words for a fork the executor's pid budget refused (both drivers)."""
+    return f"the executor's process budget is used up ({budget} processes for all of its sandboxes together)"
+
+
 def limit_error(
     result: ProcessResult,
     events: Mapping[str, int],
@@ -40,10 +45,7 @@ def limit_error(
     if events.get("pids_max"):
         prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"
         if pid_budget:
-            return (
-                f"{prefix}: the executor's process budget is used up ({pid_budget} processes for "
-                "all of its sandboxes together)"
-            )
+            return f"{prefix}: {pid_budget_used_up(pid_budget)}"
         return f"{prefix}: process limit reached ({limits.max_processes} processes)"
     if DISK_FULL_MARKER in result.stderr:
         prefix = "killed" if result.signal is not None else f"exited with code {result.exit_code}"

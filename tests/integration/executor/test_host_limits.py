@@ -20,7 +20,7 @@ from corral.internal.v1 import executor_pb2
 from services.executor.cgroups import SANDBOX_PREFIX, ExecutorCgroups, make_executor_cgroups
 from services.executor.drivers.bubblewrap import BubblewrapDriver
 
-from .conftest import ExecutorClient, ExecutorFactory, make_settings, spec
+from .conftest import ExecutorClient, ExecutorFactory, TaskOutcome, make_settings, spec
 
 # Three processes of 70 MiB each, held together: each fits a 160 MiB limit, their sum does not.
 THREE_HOGS = (
@@ -114,11 +114,7 @@ async def test_the_executor_budget_bounds_its_sandboxes_together(executor_factor
         )
     )
     held_file = executor.host_task_dir(holder_id) / "held"
-    for _ in range(1200):
-        if held_file.is_file() and held_file.read_text():
-            break
-        assert not holder.done(), holder.result()
-        await asyncio.sleep(0.05)
+    await wait_for_file(held_file, holder)
     first = int(held_file.read_text())
     try:
         _, second = await executor.run_steps(
@@ -142,6 +138,46 @@ async def test_the_executor_budget_bounds_its_sandboxes_together(executor_factor
         "exited with code 1: the executor's process budget is used up (60 processes for all of its "
         "sandboxes together)"
     )
+
+
+async def test_a_sandbox_that_cannot_start_for_the_budget_says_so(executor_factory: ExecutorFactory) -> None:
+    """One sandbox takes the whole budget; the next one's start fails naming the budget (before:
+    a bare 'bwrap: Creating new namespace failed' or runc's 'can't get final child's PID')."""
+    executor = await executor_factory(executor_max_pids=30, bwrap_warm_pool=0, docker_warm_pool=0)
+    holder_id = executor.new_task_id()
+    holder = asyncio.create_task(
+        executor.run(
+            spec(
+                [{"tool": "python", "code": FORK_AND_HOLD.format(count=40, hold=True), "timeout": 90}],
+                limits={"max_processes": 40},
+            ),
+            task_id=holder_id,
+        )
+    )
+    await wait_for_file(executor.host_task_dir(holder_id) / "held", holder)
+    try:
+        _, second = await executor.run_steps([{"tool": "shell", "command": "echo started"}])
+    finally:
+        (executor.host_task_dir(holder_id) / "release").write_text("")
+        _, first = await holder
+    budget_words = "the executor's process budget is used up (30 processes for all of its sandboxes together)"
+    assert second.state == "TASK_STATE_FAILED"
+    assert budget_words in second.finished.error, second.finished.error
+    assert first.step(0).error == f"exited with code 1: {budget_words}"
+
+
+def has_text(path: Path) -> bool:
+    return path.is_file() and bool(path.read_text())
+
+
+async def wait_for_file(path: Path, task: asyncio.Task[tuple[str, TaskOutcome]]) -> None:
+    """Polls for a file a sandbox writes (bounded by attempts; no assertion on time)."""
+    for _ in range(1200):
+        if has_text(path):
+            return
+        assert not task.done(), task.result()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path.name} never appeared")
 
 
 # --- bubblewrap's cgroups themselves -------------------------------------------------------------
