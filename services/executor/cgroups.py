@@ -74,7 +74,8 @@ class Cgroup:
         return child
 
     def set_limits(self, memory_mb: int, max_processes: int) -> None:
-        """Memory (no swap on top) and pids for every process in the cgroup; 0: unlimited."""
+        """Memory (no swap on top) and pids for all processes in the cgroup together; a 0
+        leaves that limit as it is. Raises OSError."""
         if max_processes:
             _write(self.dirs["pids"] / "pids.max", str(max_processes))
         if not memory_mb:
@@ -107,9 +108,9 @@ class Cgroup:
         (the keys of the agent's limit_events)."""
         counters: dict[str, int] = {}
         memory_file = "memory.events" if self.version == 2 else "memory.oom_control"
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(CgroupUnavailable, ValueError):
             counters["oom_kill"] = _keyed(self.dirs["memory"] / memory_file, "oom_kill")
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(CgroupUnavailable, ValueError):
             counters["pids_max"] = _keyed(self.dirs["pids"] / "pids.events", "max")
         return counters
 
@@ -185,8 +186,8 @@ class ExecutorCgroups:
 def make_executor_cgroups(
     settings: Settings, executor_id: str, at_root: bool = False
 ) -> tuple[ExecutorCgroups | None, str]:
-    """The executor's parent cgroup and the words for what bounds the host; (None, the
-    fallback's words) where no cgroup can be made (logged as a warning)."""
+    """The executor's parent cgroup and the words for what bounds the host; (None, why not)
+    where no cgroup can be made."""
     if not settings.sandbox_cgroups:
         reason = "sandbox cgroups are turned off (CORRAL_SANDBOX_CGROUPS=false)"
     else:
@@ -198,10 +199,7 @@ def make_executor_cgroups(
         else:
             log.info("sandbox limits", limits=cgroups.describe())
             return cgroups, cgroups.describe()
-    log.warning(
-        "sandboxes fall back to per-process rlimits: memory and pids do not bound the host", reason=reason
-    )
-    return None, rlimit_fallback(reason)
+    return None, reason
 
 
 def default_max_pids() -> int:
@@ -260,11 +258,13 @@ def _delegate_v2(path: Path, at_root: bool) -> None:
     except OSError as exc:
         if exc.errno != errno.EBUSY or at_root:
             raise CgroupUnavailable(f"cannot enable memory and pids controllers in {path}: {exc}") from exc
-    # EBUSY: processes live in `path`. Only ours may be moved.
-    others = {int(p) for p in _read(path / "cgroup.procs").split()} - {os.getpid()}
-    if others:
+    # EBUSY: processes live in `path`. Only ours (this session's: `corral up` and the services
+    # it started) may be moved down into a leaf.
+    procs = {int(p) for p in _read(path / "cgroup.procs").split()}
+    ours = {pid for pid in procs if _session(pid) == os.getsid(0)} | {os.getpid()}
+    if procs - ours:
         raise CgroupUnavailable(
-            f"{path} holds other processes ({len(others)}), so it cannot hand memory and pids "
+            f"{path} holds other processes ({len(procs - ours)}), so it cannot hand memory and pids "
             "controllers to sandboxes: run the executor in a cgroup of its own with delegation "
             "(systemd: Delegate=yes, or `systemd-run --user --scope -p Delegate=yes corral up`)"
         )
@@ -272,10 +272,19 @@ def _delegate_v2(path: Path, at_root: bool) -> None:
         leaf = path / V2_LEAF
         with contextlib.suppress(FileExistsError):
             leaf.mkdir(mode=0o755)
-        _write(leaf / "cgroup.procs", str(os.getpid()))
+        for pid in ours:
+            with contextlib.suppress(ProcessLookupError):
+                _write(leaf / "cgroup.procs", str(pid))
         _write(path / "cgroup.subtree_control", "+memory +pids")
     except OSError as exc:
         raise CgroupUnavailable(f"cannot enable memory and pids controllers in {path}: {exc}") from exc
+
+
+def _session(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except OSError:
+        return None
 
 
 def _cgroup_mounts() -> dict[str, tuple[Path, str]]:

@@ -112,7 +112,11 @@ class BubblewrapDriver(SandboxDriver):
 
     async def start(self, executor_id: str) -> None:
         restore_warm_dirs(self.settings.tasks_dir)
-        self.cgroups, self.limits_description = make_executor_cgroups(self.settings, executor_id)
+        self.cgroups, words = make_executor_cgroups(self.settings, executor_id)
+        if self.cgroups is None:
+            log.warning("sandboxes fall back to per-process rlimits: they do not bound the host", reason=words)
+            words = rlimit_fallback(words)
+        self.limits_description = words
         self.pool.start()
 
     async def stop(self) -> None:

@@ -138,6 +138,7 @@ class DockerDriver(SandboxDriver):
             return
         self.cgroups, words = make_executor_cgroups(self.settings, executor_id, at_root=True)
         if self.cgroups is None:
+            log.warning("no executor-wide pid budget for containers", reason=words)
             self.limits_description = f"{per_container}; no executor budget: {words}"
             return
         # Docker's cgroupfs driver takes the parent as a path from each hierarchy's top.

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -260,30 +262,36 @@ async def test_a_claimed_warm_sandbox_takes_its_tasks_limits(
     assert outcome.step(1).stdout == "50\n"
 
 
-def test_without_a_writable_cgroup_the_fallback_is_reported(tmp_path: Path) -> None:
+def test_without_a_writable_cgroup_the_fallback_is_reported() -> None:
     """A user that cannot write the cgroup hierarchy (a laptop without delegation) falls back
     to rlimits, saying so; checked in a child that dropped root."""
-    settings = make_settings(tmp_path, executor_id="unprivileged")
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-unprivileged-"))  # reachable by nobody
+    os.chown(data_dir, 65534, 65534)
+    settings = make_settings(data_dir, executor_id="unprivileged", bwrap_warm_pool=0)
     read, write = os.pipe()
     pid = os.fork()
-    if pid == 0:  # the child: no root, then the same call the drivers make at start
+    if pid == 0:  # the child: no root, then the bubblewrap driver's start
         try:
             os.close(read)
             os.setgroups([])
             os.setresgid(65534, 65534, 65534)
             os.setresuid(65534, 65534, 65534)
-            cgroups, words = make_executor_cgroups(settings, "unprivileged")
-            os.write(write, f"{cgroups is None}|{words}".encode())
+            driver = BubblewrapDriver(settings)
+            asyncio.run(driver.start("unprivileged"))
+            os.write(write, f"{driver.cgroups is None}|{driver.limits_description}".encode())
+        except BaseException as exc:
+            os.write(write, f"error|{type(exc).__name__}: {exc}".encode())
         finally:
             os._exit(0)
     os.close(write)
     with os.fdopen(read) as f:
         answer = f.read()
     os.waitpid(pid, 0)
+    shutil.rmtree(data_dir)
     none, words = answer.split("|", 1)
     assert none == "True", answer
     assert words.startswith("per-process rlimits only"), words
     assert "Permission denied" in words or "Read-only" in words, words
 
     off = make_executor_cgroups(Settings(sandbox_cgroups=False), "off")
-    assert off[0] is None and "CORRAL_SANDBOX_CGROUPS=false" in off[1]
+    assert off == (None, "sandbox cgroups are turned off (CORRAL_SANDBOX_CGROUPS=false)")
