@@ -81,9 +81,6 @@ class Settings(BaseSettings):
         description="Processes and threads all of this executor's sandboxes may have together "
         "(a parent cgroup's pids.max); 0: a quarter of the host's pid_max, at most 8192.",
     )
-    executor_max_memory_mb: int = Field(
-        0, ge=0, description="Memory all of this executor's sandboxes may use together, MiB (0: no ceiling)."
-    )
     sandbox_max_file_size_mb: int = Field(256, ge=1, description="Default largest file a step may write, MiB.")
     sandbox_stage_dir: Path = Field(
         Path("/run/corral-sandbox"),

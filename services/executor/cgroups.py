@@ -1,5 +1,5 @@
 """Cgroups that make a sandbox's limits bound the host: memory and pids for the sandbox as a
-whole, and a pid (optionally memory) budget for all of one executor's sandboxes together.
+whole, and a pid budget for all of one executor's sandboxes together.
 
     <the executor's own cgroup>/corral-<executor id>/     pids.max = the executor's budget
         sandbox-<random>/                                 memory limit, pids.max = the task's
@@ -124,15 +124,12 @@ class Cgroup:
 class ExecutorCgroups:
     """The executor's parent cgroup; one child per sandbox."""
 
-    def __init__(self, parent: Cgroup, max_pids: int, max_memory_mb: int) -> None:
+    def __init__(self, parent: Cgroup, max_pids: int) -> None:
         self.parent = parent
         self.max_pids = max_pids
-        self.max_memory_mb = max_memory_mb
 
     @classmethod
-    def create(
-        cls, executor_id: str, max_pids: int, max_memory_mb: int = 0, at_root: bool = False
-    ) -> ExecutorCgroups:
+    def create(cls, executor_id: str, max_pids: int, at_root: bool = False) -> ExecutorCgroups:
         """Makes (or takes over, removing the sandboxes a crashed run left) the executor's
         parent cgroup. `at_root`: at the top of each hierarchy (where dockerd, not this
         process, places containers) instead of under this process's own cgroup.
@@ -144,12 +141,12 @@ class ExecutorCgroups:
             for stale in _children(parent):
                 log.warning("removing a sandbox cgroup a previous run left", cgroup=str(stale.paths[0]))
                 stale.remove()
-            parent.set_limits(max_memory_mb, max_pids)
+            parent.set_limits(0, max_pids)
         except OSError as exc:
             raise CgroupUnavailable(
                 f"cannot make the executor's cgroup under {base.paths[0]}: {exc}"
             ) from exc
-        return cls(parent, max_pids, max_memory_mb)
+        return cls(parent, max_pids)
 
     def sandbox(self, memory_mb: int, max_processes: int) -> Cgroup:
         """A new cgroup for one sandbox, with its limits. Raises OSError."""
@@ -175,11 +172,9 @@ class ExecutorCgroups:
 
     def describe(self) -> str:
         """What bounds the host, in words (the executor's status reports it)."""
-        budget = f"executor budget {self.max_pids} pids"
-        if self.max_memory_mb:
-            budget += f" and {self.max_memory_mb} MiB"
         return (
-            f"cgroup v{self.parent.version}: memory and pids per sandbox, {budget} ({self.parent.paths[0]})"
+            f"cgroup v{self.parent.version}: memory and pids per sandbox, executor budget "
+            f"{self.max_pids} pids ({self.parent.paths[0]})"
         )
 
 
@@ -193,7 +188,7 @@ def make_executor_cgroups(
     else:
         max_pids = settings.executor_max_pids or default_max_pids()
         try:
-            cgroups = ExecutorCgroups.create(executor_id, max_pids, settings.executor_max_memory_mb, at_root)
+            cgroups = ExecutorCgroups.create(executor_id, max_pids, at_root)
         except CgroupUnavailable as exc:
             reason = str(exc)
         else:
