@@ -34,6 +34,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from corral.client import CorralClient
+from corral.config import Settings
 from corral.schema import TASK_STATE_NAMES, TaskRequest
 from corral.v1 import task_pb2
 
@@ -142,8 +143,9 @@ def bare_docker_run(runs: int) -> float | None:
 
 
 @contextlib.contextmanager
-def embedded_system(env: dict[str, str] | None = None) -> Iterator[str]:
-    """Runs `corral up` on free ports with a temporary data directory; yields the scheduler address."""
+def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Settings]]:
+    """Runs `corral up` on free ports with a temporary data directory; yields the scheduler
+    address and the settings that find its certificates."""
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     data_dir.chmod(0o755)
     scheduler = f"127.0.0.1:{free_port()}"
@@ -170,7 +172,7 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[str]:
         ready.wait(180)
         if process.poll() is not None or not any("Corral is up." in line for line in output):
             raise SystemExit("corral up did not start:\n" + "".join(output))
-        yield scheduler
+        yield scheduler, Settings(data_dir=data_dir)
     finally:
         process.send_signal(signal.SIGINT)
         try:
@@ -180,8 +182,8 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def measure(scheduler: str, count: int, burst: int) -> None:
-    async with CorralClient(scheduler) as client:
+async def measure(scheduler: str, settings: Settings, count: int, burst: int) -> None:
+    async with CorralClient(scheduler, settings) as client:
         await client.wait(await client.submit(ECHO_TASK))  # warm-up: connections, caches
         first_output, finished, failures, phases = await latency(client, count)
         print(f"(a) submit -> first output, one-step `echo x`, {count} sequential tasks")
@@ -223,7 +225,7 @@ def main() -> None:
         if bare_run is not None:
             print(f"bare `docker run --rm IMAGE true`: median {ms(bare_run)}")
     if args.scheduler:
-        asyncio.run(measure(args.scheduler, args.count, args.burst))
+        asyncio.run(measure(args.scheduler, Settings(), args.count, args.burst))
     else:
         env = {"CORRAL_SANDBOX_DRIVER": args.driver}
         pool_var = "CORRAL_DOCKER_WARM_POOL" if args.driver == "docker" else "CORRAL_BWRAP_WARM_POOL"
@@ -231,8 +233,8 @@ def main() -> None:
             env[pool_var] = str(args.warm_pool or 0)
         pool = env.get(pool_var) or os.environ.get(pool_var) or "default"
         print(f"system: `corral up` with the {args.driver} driver, warm pool {pool}")
-        with embedded_system(env) as scheduler:
-            asyncio.run(measure(scheduler, args.count, args.burst))
+        with embedded_system(env) as (scheduler, settings):
+            asyncio.run(measure(scheduler, settings, args.count, args.burst))
 
 
 if __name__ == "__main__":

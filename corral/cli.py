@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from corral import cli_run, cli_sandbox, cli_up
+from corral import cli_pki, cli_run, cli_sandbox, cli_up
 from corral.config import Settings
 from corral.errors import CorralError, Unavailable
 
@@ -21,6 +21,7 @@ EXAMPLES = """examples:
   corral status TASK_ID
   corral cancel TASK_ID
   corral sandbox create --desktop --ttl 3600  a long-lived sandbox; then corral run --sandbox ID ...
+  corral pki init ./pki                       a CA and service certificates for another deployment
 """
 
 
@@ -61,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sandbox = commands.add_parser("sandbox", help="long-lived sandboxes: create, ls, rm, extend")
     cli_sandbox.add_arguments(sandbox)
+
+    pki = commands.add_parser("pki", help="the deployment's CA and service certificates (compose, clusters)")
+    cli_pki.add_arguments(pki)
     return parser
 
 
@@ -97,6 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "up":
         return cli_up.main(args)
+    if args.command == "pki":
+        return cli_pki.run(args)
     return run_client_command(args)
 
 

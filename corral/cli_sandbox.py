@@ -8,7 +8,8 @@ import sys
 
 from corral import cli_run
 from corral.client import typed_errors
-from corral.grpc_server import insecure_channel
+from corral.config import Settings
+from corral.grpc_server import channel
 from corral.schema import seconds_to_duration
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 from corral.views import SANDBOX_STATE_NAMES
@@ -52,8 +53,8 @@ async def run(args: argparse.Namespace, scheduler: str) -> int:
 
 
 async def _run(args: argparse.Namespace, scheduler: str) -> int:
-    async with insecure_channel(scheduler) as channel:
-        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
+    async with channel(scheduler, Settings(), "admin") as chan:
+        stub = sandbox_pb2_grpc.SandboxServiceStub(chan)
         action = args.sandbox_command
         if action == "create":
             spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network)

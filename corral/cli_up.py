@@ -23,7 +23,9 @@ import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.config import Settings
+from corral.grpc_server import channel
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc
+from corral.pki import DEFAULT_HOSTS, PKIError, ensure_deployment
 from corral.supervisor import ServiceSpec, StartupError, Supervisor
 
 DEFAULT_SCHEDULER = Settings.model_fields["scheduler_address"].default
@@ -67,8 +69,22 @@ def child_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     for name in SETTING_FLAGS:
         env["CORRAL_" + name.upper()] = str(getattr(settings, name))
+    # Every service finds its certificate (and the CA) in the one directory up made.
+    env["CORRAL_TLS_DIR"] = str(settings.pki_dir)
     env["PYTHONUNBUFFERED"] = "1"
     return env
+
+
+def ensure_pki(settings: Settings) -> None:
+    """The deployment's CA and certificates, made on the first start and reused after. The
+    executor's certificate names its id (CORRAL_EXECUTOR_ID, else this host's name)."""
+    hosts = [*DEFAULT_HOSTS, socket.gethostname()]
+    for address in (settings.scheduler_address, settings.memory_address, settings.executor_address):
+        host = dial_host(split_address(address)[0])
+        if host not in hosts:
+            hosts.append(host)
+    if ensure_deployment(settings.pki_dir, settings.executor_id or socket.gethostname(), hosts):
+        print(f"corral: created the deployment's CA and certificates in {settings.pki_dir}", file=sys.stderr)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -99,10 +115,10 @@ def port_problem(host: str, port: int) -> str | None:
     return None
 
 
-def grpc_ready(address: str) -> Any:
+def grpc_ready(address: str, settings: Settings) -> Any:
     async def probe() -> bool:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
+        async with channel(address, settings, "admin") as chan:
+            stub = health_pb2_grpc.HealthStub(chan)
             try:
                 response = await stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
             except grpc.aio.AioRpcError:
@@ -133,8 +149,8 @@ async def wait_for_executor(settings: Settings, timeout: float) -> None:
     """Best effort: waits until the scheduler lists a live executor, so the first task runs at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    async with grpc.aio.insecure_channel(settings.scheduler_address) as channel:
-        stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
+    async with channel(settings.scheduler_address, settings, "admin") as chan:
+        stub = registry_pb2_grpc.ExecutorRegistryServiceStub(chan)
         while loop.time() < deadline:
             try:
                 response = await stub.ListExecutors(registry_pb2.ListExecutorsRequest(), timeout=2)
@@ -155,7 +171,7 @@ def service_specs(settings: Settings) -> list[list[ServiceSpec]]:
 
     def grpc_service(name: str, module: str, address: str) -> ServiceSpec:
         host, port = split_address(address)
-        return ServiceSpec(name, [python, "-m", module], grpc_ready(f"{dial_host(host)}:{port}"), env)
+        return ServiceSpec(name, [python, "-m", module], grpc_ready(f"{dial_host(host)}:{port}", settings), env)
 
     return [
         [
@@ -223,6 +239,11 @@ async def up(settings: Settings, quiet: bool, start_timeout: float) -> int:
         log_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         print(f"corral: cannot use data directory {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    try:
+        ensure_pki(settings)
+    except (PKIError, OSError) as exc:
+        print(f"corral: cannot set up certificates in {settings.pki_dir}: {exc}", file=sys.stderr)
         return 1
     supervisor = Supervisor(log_dir, echo=None if quiet else sys.stdout, start_timeout=start_timeout)
 

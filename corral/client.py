@@ -18,8 +18,9 @@ from types import TracebackType
 
 import grpc
 
+from corral.config import Settings
 from corral.errors import from_rpc_error
-from corral.grpc_server import insecure_channel
+from corral.grpc_server import channel
 from corral.schema import TERMINAL_TASK_STATES, TaskRequest
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -36,9 +37,11 @@ def typed_errors() -> Iterator[None]:
 class CorralClient:
     """SchedulerService calls with plain arguments; failures raise corral.errors classes."""
 
-    def __init__(self, scheduler_address: str) -> None:
+    def __init__(self, scheduler_address: str, settings: Settings | None = None) -> None:
+        """Calls as the deployment's admin: its certificate from `settings` (by default
+        CORRAL_TLS_* or <data_dir>/pki, which `corral up` creates)."""
         self.address = scheduler_address
-        self._channel = insecure_channel(scheduler_address)
+        self._channel = channel(scheduler_address, settings or Settings(), "admin")
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
 
     async def __aenter__(self) -> CorralClient:

@@ -25,6 +25,18 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_json: bool = Field(False, description="Log JSON lines instead of key=value text.")
 
+    # --- trust: TLS between services (corral.pki, corral.authz) -------------------------
+    tls_dir: Path | None = Field(
+        None,
+        description="Directory of the deployment's certificates: ca.crt and <role>.crt/.key "
+        "(data_dir/pki if unset; `corral up` creates it, `corral pki init` makes one).",
+    )
+    tls_ca_file: Path | None = Field(None, description="The CA certificate (tls_dir/ca.crt if unset).")
+    tls_cert_file: Path | None = Field(
+        None, description="This process's certificate (tls_dir/<role>.crt if unset)."
+    )
+    tls_key_file: Path | None = Field(None, description="This process's key (tls_dir/<role>.key if unset).")
+
     # --- scheduler ---------------------------------------------------------------------
     scheduler_address: str = Field(
         "127.0.0.1:50051", description="host:port the scheduler listens on and clients dial."
@@ -178,6 +190,18 @@ class Settings(BaseSettings):
     @property
     def run_dir_root(self) -> Path:
         return self.sandbox_run_dir or self.data_dir / "run"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.tls_dir or self.data_dir / "pki"
+
+    def tls_paths(self, role: str) -> tuple[Path, Path, Path]:
+        """CA certificate, certificate and key a process of `role` uses."""
+        return (
+            self.tls_ca_file or self.pki_dir / "ca.crt",
+            self.tls_cert_file or self.pki_dir / f"{role}.crt",
+            self.tls_key_file or self.pki_dir / f"{role}.key",
+        )
 
     def database_url(self, service: str) -> str:
         configured = {

@@ -1,8 +1,10 @@
-"""The shape every Corral gRPC server shares: errors to status codes, reflection, health,
-graceful stop.
+"""The shape every Corral gRPC server shares: errors to status codes, who may call what,
+reflection, health, TLS, graceful stop.
 
 Servicers raise `corral.errors` classes and nothing else; `ErrorInterceptor` (installed by
-`new_server`) is the one place that turns them into status codes.
+`new_server`) is the one place that turns them into status codes. `new_server` also installs
+corral.authz's interceptor (each RPC's allowed roles); `bind` listens with TLS and `channel`
+dials with TLS and the caller's certificate, both from the deployment's CA (corral.pki).
 """
 
 from __future__ import annotations
@@ -13,14 +15,18 @@ import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import Any, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import grpc
 from grpc_health.v1 import _async as health_aio  # the asyncio servicer (health.aio)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from corral.errors import ERROR_CLASS_KEY, CorralError
+from corral.errors import ERROR_CLASS_KEY, CorralError, Unauthenticated
+
+if TYPE_CHECKING:  # the gui service's interpreter has no pydantic: config is not imported here
+    from corral.config import Settings
 
 try:
     import structlog
@@ -128,8 +134,15 @@ _HANDLER_KINDS: list[tuple[str, Callable[..., Any], Callable[[Callable[..., Any]
 ]
 
 
-def new_server() -> grpc.aio.Server:
-    return grpc.aio.server(interceptors=[ErrorInterceptor()], options=CHANNEL_OPTIONS)
+def new_server(authorize: bool = True) -> grpc.aio.Server:
+    """A server that maps errors and, unless `authorize` is False (only the gui service's,
+    whose unix socket only its executor reaches), checks each caller against corral.authz."""
+    interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]  # type: ignore[type-arg]
+    if authorize:
+        from corral.authz import AuthorizationInterceptor
+
+        interceptors.insert(0, AuthorizationInterceptor())
+    return grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
 
 
 def add_reflection_and_health(
@@ -148,10 +161,52 @@ async def mark_serving(health_servicer: health_aio.HealthServicer, service_names
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-def bind(server: grpc.aio.Server, address: str) -> int:
-    """Binds `address` (host:port or unix:path); fails loudly when the port is taken."""
+def _read_tls_file(path: Path, what: str) -> bytes:
     try:
-        port = server.add_insecure_port(address)
+        return path.read_bytes()
+    except OSError as exc:
+        raise Unauthenticated(
+            f"cannot read the {what} {path}: {exc.strerror or exc} (`corral up` makes the "
+            "deployment's certificates in <data_dir>/pki, `corral pki init` elsewhere; "
+            "CORRAL_TLS_DIR or CORRAL_TLS_*_FILE point at them)"
+        ) from exc
+
+
+def _tls_material(settings: Settings, role: str) -> tuple[bytes, bytes, bytes]:
+    ca, cert, key = settings.tls_paths(role)
+    return (
+        _read_tls_file(ca, "CA certificate"),
+        _read_tls_file(cert, f"{role} certificate"),
+        _read_tls_file(key, f"{role} key"),
+    )
+
+
+def server_credentials(settings: Settings, role: str) -> grpc.ServerCredentials:
+    """TLS with `role`'s certificate, demanding a client certificate from the deployment's CA.
+
+    Demanded at the handshake because grpc's Python API has no middle way: without
+    require_client_auth the server never asks for a certificate, so none is ever seen (the
+    auth context then holds no peer identity at all). A caller without one is refused before
+    any RPC (the client sees UNAVAILABLE, "certificate required"); health and reflection
+    answer any holder of a certificate from the CA, whatever its role."""
+    ca, cert, key = _tls_material(settings, role)
+    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
+
+
+def channel_credentials(settings: Settings, role: str) -> grpc.ChannelCredentials:
+    """TLS trusting only the deployment's CA, presenting `role`'s certificate."""
+    ca, cert, key = _tls_material(settings, role)
+    return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+
+
+def bind(server: grpc.aio.Server, address: str, settings: Settings, role: str) -> int:
+    """Listens on `address` (host:port) with TLS as `role`; fails loudly when the port is taken."""
+    try:
+        credentials = server_credentials(settings, role)
+    except Unauthenticated as exc:
+        raise SystemExit(f"cannot listen on {address} with TLS: {exc.message}") from exc
+    try:
+        port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:  # grpc raises RuntimeError when binding fails
         raise SystemExit(f"cannot listen on {address}: {exc}") from exc
     if port == 0 and not address.startswith("unix:"):
@@ -179,5 +234,11 @@ async def run_until_signalled(
     waiter.cancel()
 
 
+def channel(address: str, settings: Settings, role: str) -> grpc.aio.Channel:
+    """A TLS channel to a Corral server, calling as `role` (its certificate from settings)."""
+    return grpc.aio.secure_channel(address, channel_credentials(settings, role), options=CHANNEL_OPTIONS)
+
+
 def insecure_channel(address: str) -> grpc.aio.Channel:
+    """Plaintext: only for the gui service's unix socket inside a sandbox's run directory."""
     return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)

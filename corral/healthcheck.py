@@ -5,7 +5,10 @@
     python -m corral.healthcheck http://127.0.0.1:8000/healthz   # HTTP: a 2xx answer?
 
 Uses the standard grpc.health.v1 service every Corral server registers, so it works against
-any of them (like grpc_health_probe, without another binary in the image).
+any of them (like grpc_health_probe, without another binary in the image). Over TLS, with the
+certificate of `--role` (default admin) and the deployment's CA, as every Corral process finds
+them (CORRAL_TLS_DIR, default <data_dir>/pki, or CORRAL_TLS_*_FILE): servers demand a client
+certificate from the CA, though health answers every role.
 """
 
 from __future__ import annotations
@@ -18,10 +21,17 @@ import urllib.request
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from corral.config import Settings
 
-def check_grpc(address: str, service: str, timeout: float) -> str | None:
+
+def check_grpc(address: str, service: str, timeout: float, role: str = "admin") -> str | None:
     """None when SERVING, else what is wrong."""
-    with grpc.insecure_channel(address) as channel:
+    try:
+        ca, cert, key = (path.read_bytes() for path in Settings().tls_paths(role))
+    except OSError as exc:
+        return f"cannot read {exc.filename}: {exc.strerror or exc}"
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
+    with grpc.secure_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -48,11 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("target", help="host:port of a gRPC server, or an http(s):// URL")
     parser.add_argument("--service", default="", help="gRPC service name to check ('' = the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
+    parser.add_argument("--role", default="admin", help="whose certificate to present (gRPC; default admin)")
     args = parser.parse_args(argv)
     if args.target.startswith(("http://", "https://")):
         problem = check_http(args.target, args.timeout)
     else:
-        problem = check_grpc(args.target, args.service, args.timeout)
+        problem = check_grpc(args.target, args.service, args.timeout, args.role)
     if problem is not None:
         print(f"unhealthy: {args.target}: {problem}", file=sys.stderr)
         return 1

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.config import Settings
-from corral.grpc_server import insecure_channel
+from corral.grpc_server import channel
 from corral.v1 import memory_pb2_grpc, scheduler_pb2_grpc
 from gateway.errors import from_rpc_error
 
@@ -39,8 +39,8 @@ class Backends:
 
     @classmethod
     def connect(cls, settings: Settings) -> Backends:
-        scheduler_channel = insecure_channel(settings.scheduler_address)
-        memory_channel = insecure_channel(settings.memory_address)
+        scheduler_channel = channel(settings.scheduler_address, settings, "gateway")
+        memory_channel = channel(settings.memory_address, settings, "gateway")
         return cls(
             scheduler_channel=scheduler_channel,
             memory_channel=memory_channel,

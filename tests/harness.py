@@ -1,4 +1,8 @@
-"""Starting real Corral services as subprocesses for tests: free ports, health waits, cleanup."""
+"""Starting real Corral services as subprocesses for tests: free ports, health waits, cleanup.
+
+Each cluster has its own deployment CA (corral.pki, in <data_dir>/pki): its services talk TLS
+with their role's certificate, and tests call them as the role they play (`Cluster.channel`).
+"""
 
 from __future__ import annotations
 
@@ -13,12 +17,15 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.config import Settings
+from corral.grpc_server import CHANNEL_OPTIONS
+from corral.pki import CA, ensure_deployment
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -27,6 +34,32 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def executor_tls(pki_dir: Path, executor_id: str) -> dict[str, Path]:
+    """Settings giving an executor a certificate for `executor_id` from the CA in `pki_dir`
+    (made, with every role's certificate, if missing)."""
+    ensure_deployment(pki_dir, executor_id="executor")
+    directory = pki_dir.parent / "issued" / f"executor-{executor_id}"
+    if not (directory / "executor.crt").exists():
+        CA.load(pki_dir).issue_into(directory, "executor", executor_id)
+    return {
+        "tls_dir": pki_dir,
+        "tls_cert_file": directory / "executor.crt",
+        "tls_key_file": directory / "executor.key",
+    }
+
+
+def executor_tls_env(pki_dir: Path, executor_id: str) -> dict[str, str]:
+    """executor_tls as CORRAL_* variables, for an executor started as a process."""
+    return {f"CORRAL_{name.upper()}": str(value) for name, value in executor_tls(pki_dir, executor_id).items()}
+
+
+def scheduler_channel(pki_dir: Path, address: str) -> grpc.aio.Channel:
+    """A channel calling as the scheduler of the CA in `pki_dir` (an executor's only caller)."""
+    from corral.grpc_server import channel
+
+    return channel(address, Settings(tls_dir=pki_dir), "scheduler")
 
 
 @functools.cache
@@ -55,9 +88,13 @@ def require_docker() -> None:
         pytest.skip(reason)
 
 
-def wait_for_grpc_health(address: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_grpc_health(
+    address: str, credentials: grpc.ChannelCredentials, timeout: float = 30.0,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Waits for SERVING over TLS (any certificate from the CA may ask)."""
     deadline = time.monotonic() + timeout
-    with grpc.insecure_channel(address) as channel:
+    with grpc.secure_channel(address, credentials) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -126,7 +163,52 @@ class Cluster:
             CORRAL_HEARTBEAT_TIMEOUT_SECONDS="3",
         )
         env.update(overrides)
+        env.setdefault("CORRAL_TLS_DIR", str(data_dir / "pki"))
+        ensure_deployment(Path(env["CORRAL_TLS_DIR"]), executor_id="executor")
         return cls(data_dir=data_dir, env=env)
+
+    @property
+    def pki_dir(self) -> Path:
+        return Path(self.env["CORRAL_TLS_DIR"])
+
+    @property
+    def ca_cert(self) -> bytes:
+        return (self.pki_dir / "ca.crt").read_bytes()
+
+    def issue(self, role: str, name: str | None = None) -> Path:
+        """A directory holding a certificate for `role`/`name` from this cluster's CA (with the
+        role's standard file names, as CORRAL_TLS_DIR expects)."""
+        name = name or role
+        directory = self.data_dir / "issued" / f"{role}-{name}"
+        if not (directory / f"{role}.crt").exists():
+            CA.load(self.pki_dir).issue_into(directory, role, name)
+        return directory
+
+    def settings(self, **overrides: object) -> Settings:
+        """Settings of this cluster (its addresses and certificates), as a client would have."""
+        return Settings(
+            data_dir=self.data_dir,
+            tls_dir=self.pki_dir,
+            scheduler_address=self.scheduler_address,
+            memory_address=self.memory_address,
+            **overrides,  # type: ignore[arg-type]
+        )
+
+    def credentials(self, role: str = "admin", name: str | None = None) -> grpc.ChannelCredentials:
+        """TLS as `role` (the cluster's own certificate for it; another `name` is issued)."""
+        directory = self.pki_dir if name is None else self.issue(role, name)
+        return grpc.ssl_channel_credentials(
+            root_certificates=self.ca_cert,
+            private_key=(directory / f"{role}.key").read_bytes(),
+            certificate_chain=(directory / f"{role}.crt").read_bytes(),
+        )
+
+    def channel(self, address: str, role: str = "admin", name: str | None = None) -> grpc.Channel:
+        """A blocking channel to one of the cluster's servers, calling as `role`."""
+        return grpc.secure_channel(address, self.credentials(role, name), options=CHANNEL_OPTIONS)
+
+    def aio_channel(self, address: str, role: str = "admin", name: str | None = None) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(address, self.credentials(role, name), options=CHANNEL_OPTIONS)
 
     @property
     def scheduler_address(self) -> str:
@@ -160,7 +242,7 @@ class Cluster:
         self.services[name] = service
         if health_address is not None:
             try:
-                wait_for_grpc_health(health_address, proc=proc)
+                wait_for_grpc_health(health_address, self.credentials(), proc=proc)
             except Exception as exc:
                 service.stop()
                 raise RuntimeError(f"{name} did not start: {exc}\n{service.log()[-3000:]}") from exc
@@ -173,7 +255,13 @@ class Cluster:
         return self.start("memory", "services.memory", self.memory_address)
 
     def start_executor(self, name: str = "executor", **env: str) -> Service:
+        """An executor whose certificate names CORRAL_EXECUTOR_ID if given, else `name`."""
         address = env.get("CORRAL_EXECUTOR_ADDRESS", self.executor_address)
+        executor_id = env.get("CORRAL_EXECUTOR_ID", name)
+        if executor_id != "executor":
+            directory = self.issue("executor", executor_id)
+            env.setdefault("CORRAL_TLS_CERT_FILE", str(directory / "executor.crt"))
+            env.setdefault("CORRAL_TLS_KEY_FILE", str(directory / "executor.key"))
         return self.start(name, "services.executor", address, **env)
 
     def stop(self) -> None:
@@ -181,6 +269,28 @@ class Cluster:
             service.stop()
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(service.proc.pid, signal.SIGKILL)
+
+
+class MemoryAsItsCallers:
+    """MemoryService as the roles that may call it: writes (AppendEvents, PutNote) as an
+    executor, reads as the gateway -- one object, so tests read like a single stub."""
+
+    WRITES = ("AppendEvents", "PutNote")
+
+    def __init__(self, system: Cluster) -> None:
+        from corral.v1 import memory_pb2_grpc
+
+        self.channels = [system.aio_channel(system.memory_address, role) for role in ("executor", "gateway")]
+        writer, reader = (memory_pb2_grpc.MemoryServiceStub(c) for c in self.channels)
+        for name in ("AppendEvents", "PutNote", "ListEvents", "Search", "GetNote", "ListNotes"):
+            setattr(self, name, getattr(writer if name in self.WRITES else reader, name))
+
+    async def close(self) -> None:
+        for channel in self.channels:
+            await channel.close()
+
+    def __getattr__(self, name: str) -> Any:  # the RPCs, set in __init__ (for type checkers)
+        raise AttributeError(name)
 
 
 @contextlib.contextmanager

@@ -15,7 +15,8 @@ import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from corral.grpc_server import insecure_channel
+from corral.config import Settings
+from corral.grpc_server import channel
 from corral.v1 import memory_pb2, memory_pb2_grpc
 
 log = structlog.get_logger()
@@ -57,8 +58,8 @@ def history_event(
 
 
 class HistoryRecorder:
-    def __init__(self, memory_address: str) -> None:
-        self.memory_address = memory_address
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._queue: asyncio.Queue[memory_pb2.HistoryEvent] = asyncio.Queue(QUEUE_SIZE)
         self._channel: grpc.aio.Channel | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -100,7 +101,7 @@ class HistoryRecorder:
 
     async def _send(self, task_id: str, events: list[memory_pb2.HistoryEvent]) -> None:
         if self._channel is None:
-            self._channel = insecure_channel(self.memory_address)
+            self._channel = channel(self.settings.memory_address, self.settings, "executor")
         stub = memory_pb2_grpc.MemoryServiceStub(self._channel)
         try:
             await stub.AppendEvents(
@@ -111,7 +112,7 @@ class HistoryRecorder:
             # Log the first failure loudly, then quietly until the service is back.
             (log.debug if self._failing else log.warning)(
                 "cannot record history in the memory service",
-                address=self.memory_address,
+                address=self.settings.memory_address,
                 code=exc.code().name,
                 details=exc.details(),
                 dropped=len(events),
@@ -119,5 +120,5 @@ class HistoryRecorder:
             self._failing = True
         else:
             if self._failing:
-                log.info("memory service reachable again", address=self.memory_address)
+                log.info("memory service reachable again", address=self.settings.memory_address)
             self._failing = False

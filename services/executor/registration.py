@@ -17,7 +17,8 @@ import contextlib
 import grpc
 import structlog
 
-from corral.grpc_server import insecure_channel
+from corral.config import Settings
+from corral.grpc_server import channel
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from services.executor.sandboxes import SandboxManager
 
@@ -29,7 +30,7 @@ CALL_TIMEOUT_SECONDS = 5.0
 class SchedulerRegistration:
     def __init__(
         self,
-        scheduler_address: str,
+        settings: Settings,
         executor_id: str,
         advertise_address: str,
         capacity: int,
@@ -37,7 +38,7 @@ class SchedulerRegistration:
         interval: float,
         sandboxes: SandboxManager,
     ) -> None:
-        self.scheduler_address = scheduler_address
+        self.settings = settings
         self.request = registry_pb2.RegisterExecutorRequest(
             executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver
         )
@@ -57,8 +58,8 @@ class SchedulerRegistration:
             self._task = None
 
     async def _run(self) -> None:
-        async with insecure_channel(self.scheduler_address) as channel:
-            stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
+        async with channel(self.settings.scheduler_address, self.settings, "executor") as chan:
+            stub = registry_pb2_grpc.ExecutorRegistryServiceStub(chan)
             failing = False
             while True:
                 interval = self.interval
@@ -75,7 +76,7 @@ class SchedulerRegistration:
                             interval = min(interval, reply.heartbeat_interval_seconds)
                         log.info(
                             "registered with the scheduler",
-                            scheduler=self.scheduler_address,
+                            scheduler=self.settings.scheduler_address,
                             executor_id=self.request.executor_id,
                         )
                     else:
@@ -92,7 +93,7 @@ class SchedulerRegistration:
                     self.registered = False
                     (log.debug if failing else log.info)(
                         "scheduler unreachable; will retry",
-                        scheduler=self.scheduler_address,
+                        scheduler=self.settings.scheduler_address,
                         code=exc.code().name,
                     )
                     failing = True

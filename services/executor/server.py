@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +16,7 @@ from corral.grpc_server import (
     run_until_signalled,
 )
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
+from corral.pki import PKIError, certified_executor_id
 from services.executor.drivers.base import SandboxDriver
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
@@ -67,14 +67,18 @@ async def start_executor(settings: Settings) -> RunningExecutor:
     driver = make_driver(settings)
     settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     server = new_server()
-    port = bind(server, settings.executor_address)
+    port = bind(server, settings.executor_address, settings, "executor")
     host = settings.executor_address.rsplit(":", 1)[0]
-    executor_id = settings.executor_id or f"{socket.gethostname()}-{port}"
+    try:
+        # The scheduler accepts this executor only under the id its certificate names.
+        executor_id = certified_executor_id(settings)
+    except PKIError as exc:
+        raise SystemExit(f"executor: {exc}") from exc
     advertise = settings.executor_advertise_address or f"{host}:{port}"
 
     # Before serving: the driver may clean up what a crashed run of this executor left.
     await driver.start(executor_id)
-    history = HistoryRecorder(settings.memory_address)
+    history = HistoryRecorder(settings)
     runner = TaskRunner(settings, driver, executor_id, history)
     runner.sandboxes.start()  # the reaper of expired long-lived sandboxes
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(runner), server)
@@ -83,7 +87,7 @@ async def start_executor(settings: Settings) -> RunningExecutor:
     await mark_serving(health, [SERVICE_NAME])
 
     registration = SchedulerRegistration(
-        settings.scheduler_address,
+        settings,
         executor_id,
         advertise,
         settings.executor_capacity,

@@ -27,7 +27,7 @@ log = logging.getLogger("corral.gui")
 
 async def serve(socket_path: str, display_name: str) -> None:
     screen = Screen(display_name)
-    server = new_server()
+    server = new_server(authorize=False)  # a unix socket in the run directory, only its executor reaches it
     gui_pb2_grpc.add_GuiServiceServicer_to_server(GuiServicer(screen, Input(display_name)), server)
     health_servicer = add_reflection_and_health(server, [SERVICE_NAME])
     with contextlib.suppress(FileNotFoundError):

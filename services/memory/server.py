@@ -27,7 +27,7 @@ async def serve(settings: Settings) -> None:
     server = new_server()
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(MemoryServicer(store), server)
     health = add_reflection_and_health(server, [SERVICE_NAME])
-    port = bind(server, settings.memory_address)
+    port = bind(server, settings.memory_address, settings, "memory")
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     log.info("memory serving", address=settings.memory_address, port=port)

@@ -47,7 +47,7 @@ class Scheduler:
     def __init__(self, store: TaskStore, settings: Settings) -> None:
         self._store = store
         self._settings = settings
-        self.executors = ExecutorRegistry()
+        self.executors = ExecutorRegistry(settings)
         self._assignments: dict[str, asyncio.Task[None]] = {}
         self._assigned_to: dict[str, ExecutorRecord] = {}
         self._events = EventLog(store)

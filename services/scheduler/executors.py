@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from corral.grpc_server import insecure_channel
+from corral.config import Settings
+from corral.grpc_server import channel as dial
 from corral.internal.v1 import executor_pb2_grpc, registry_pb2
 
 
@@ -39,7 +40,8 @@ class ExecutorRecord:
 
 
 class ExecutorRegistry:
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings  # the scheduler's certificate, for dialing executors
         self._executors: dict[str, ExecutorRecord] = {}
 
     def register(self, executor_id: str, address: str, capacity: int, driver: str) -> ExecutorRecord:
@@ -48,7 +50,7 @@ class ExecutorRegistry:
             existing.capacity, existing.driver = capacity, driver
             existing.last_seen, existing.alive = time.monotonic(), True
             return existing
-        channel = insecure_channel(address)
+        channel = dial(address, self._settings, "scheduler")
         record = ExecutorRecord(
             executor_id=executor_id,
             address=address,

@@ -52,7 +52,7 @@ async def serve(settings: Settings) -> None:
         ExecutorRegistryServicer(scheduler, settings.heartbeat_interval_seconds), server
     )
     health = add_reflection_and_health(server, SERVICE_NAMES)
-    bind(server, settings.scheduler_address)
+    bind(server, settings.scheduler_address, settings, "scheduler")
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     log.info("scheduler listening", address=settings.scheduler_address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -11,8 +12,13 @@ import pytest
 from cli_helpers import corral_command, free_port
 
 
-def run(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(corral_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout)
+def run(
+    *args: str, stdin: str | None = None, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        corral_command(*args), input=stdin, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_invalid_task_file_is_a_clear_message(tmp_path: Path) -> None:
@@ -37,10 +43,18 @@ def test_malformed_yaml_and_empty_run(tmp_path: Path) -> None:
 
 def test_unreachable_scheduler(tmp_path: Path) -> None:
     address = f"127.0.0.1:{free_port()}"
-    result = run("run", "echo hi", "--scheduler", address)
+    assert run("pki", "init", str(tmp_path / "pki")).returncode == 0
+    result = run("run", "echo hi", "--scheduler", address, env={"CORRAL_DATA_DIR": str(tmp_path)})
     assert result.returncode == 2
     assert f"cannot reach the scheduler at {address}" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_no_admin_certificate_is_a_clear_message(tmp_path: Path) -> None:
+    result = run("run", "echo hi", "--scheduler", f"127.0.0.1:{free_port()}", env={"CORRAL_DATA_DIR": str(tmp_path)})
+    assert result.returncode == 2
+    assert f"UNAUTHENTICATED: cannot read the CA certificate {tmp_path / 'pki' / 'ca.crt'}" in result.stderr
+    assert "corral pki init" in result.stderr and "Traceback" not in result.stderr
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -24,6 +25,7 @@ TERMINAL = {"completed", "failed", "cancelled"}
 def run_cli(up: CorralUp, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         corral_command(*args, "--scheduler", up.scheduler),
+        env={**os.environ, "CORRAL_DATA_DIR": str(up.data_dir)},  # where up keeps the admin certificate
         input=stdin,
         capture_output=True,
         text=True,
@@ -94,6 +96,7 @@ def test_corral_run_task_file_json_and_status(corral_up: CorralUp) -> None:
 def test_corral_run_sigint_cancels_the_task(corral_up: CorralUp) -> None:
     process = subprocess.Popen(
         corral_command("run", "echo started; sleep 300", "--scheduler", corral_up.scheduler),
+        env={**os.environ, "CORRAL_DATA_DIR": str(corral_up.data_dir)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -17,10 +17,9 @@ from typing import Any
 
 import grpc
 import pytest
-from harness import free_port, require_docker
+from harness import executor_tls, free_port, require_docker, scheduler_channel
 
 from corral.config import Settings
-from corral.grpc_server import insecure_channel
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.schema import TaskRequest
 from corral.v1 import task_pb2
@@ -48,6 +47,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
         "step_timeout_seconds": 30,
     }
     values.update(overrides)
+    # One CA per test (beside the data directories); each executor's certificate names its id.
+    values.update(executor_tls(data_dir.parent / "pki", values.get("executor_id") or "executor"))
     return Settings(**values)
 
 
@@ -88,7 +89,8 @@ class ExecutorClient:
         self.executor = executor
         self.settings = settings
         self.address = f"127.0.0.1:{executor.port}"
-        self.channel = insecure_channel(self.address)
+        assert settings.tls_dir is not None
+        self.channel = scheduler_channel(settings.tls_dir, self.address)  # as the scheduler calls
         self.stub = executor_pb2_grpc.ExecutorServiceStub(self.channel)
         self._ids = 0
 

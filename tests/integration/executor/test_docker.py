@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from harness import executor_tls_env, scheduler_channel
 
-from corral.grpc_server import insecure_channel
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.drivers.docker import LABEL_EXECUTOR, LABEL_POOL, docker_client
 
@@ -189,6 +189,7 @@ async def test_orphans_are_removed_when_a_killed_executor_restarts(tmp_path: Pat
         "CORRAL_DOCKER_WARM_POOL": "1",
         "CORRAL_SCHEDULER_ADDRESS": f"127.0.0.1:{free_port()}",
         "CORRAL_MEMORY_ADDRESS": f"127.0.0.1:{free_port()}",
+        **executor_tls_env(tmp_path / "pki", executor_id),
     }
 
     async def start() -> asyncio.subprocess.Process:
@@ -199,7 +200,7 @@ async def test_orphans_are_removed_when_a_killed_executor_restarts(tmp_path: Pat
 
     process = await start()
     try:
-        async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with scheduler_channel(tmp_path / "pki", f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 60)
             stub = executor_pb2_grpc.ExecutorServiceStub(channel)
             await wait_until(lambda: containers(executor_id, **{LABEL_POOL: "warm"}), "a warm container")
@@ -216,7 +217,7 @@ async def test_orphans_are_removed_when_a_killed_executor_restarts(tmp_path: Pat
         assert left  # the task's container (and maybe a refilled warm one) outlived the executor
 
         process = await start()
-        async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with scheduler_channel(tmp_path / "pki", f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 60)
         assert not left & {c["Id"] for c in containers(executor_id)}
         # The task directory is back from its warm slot.

@@ -13,8 +13,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from harness import executor_tls_env, scheduler_channel
 
-from corral.grpc_server import insecure_channel, new_server
+from corral.config import Settings
+from corral.grpc_server import bind, new_server
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc, registry_pb2, registry_pb2_grpc
 from corral.v1 import memory_pb2, memory_pb2_grpc, task_pb2
 
@@ -111,12 +113,13 @@ class FakeMemory(memory_pb2_grpc.MemoryServiceServicer):
         return memory_pb2.AppendEventsResponse()
 
 
-async def test_registers_heartbeats_and_records_history(executor_factory: ExecutorFactory) -> None:
+async def test_registers_heartbeats_and_records_history(executor_factory: ExecutorFactory, tmp_path: Path) -> None:
     scheduler, memory = FakeScheduler(), FakeMemory()
-    server = new_server()
+    server = new_server()  # with the real policy: the executor calls as executor "exec-a"
     registry_pb2_grpc.add_ExecutorRegistryServiceServicer_to_server(scheduler, server)
     memory_pb2_grpc.add_MemoryServiceServicer_to_server(memory, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    executor_tls_env(tmp_path / "pki", "exec-a")  # the test's CA (the factory's executors use it)
+    port = bind(server, "127.0.0.1:0", Settings(tls_dir=tmp_path / "pki"), "scheduler")
     await server.start()
     try:
         executor = await executor_factory(
@@ -154,13 +157,14 @@ async def test_runs_as_a_process(tmp_path: Path) -> None:
         "CORRAL_EXECUTOR_ADDRESS": f"127.0.0.1:{port}",
         "CORRAL_SCHEDULER_ADDRESS": f"127.0.0.1:{free_port()}",
         "CORRAL_MEMORY_ADDRESS": f"127.0.0.1:{free_port()}",
+        **executor_tls_env(tmp_path / "pki", "executor"),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services.executor", cwd=REPO, env=env,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        async with insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with scheduler_channel(tmp_path / "pki", f"127.0.0.1:{port}") as channel:
             await asyncio.wait_for(channel.channel_ready(), 30)
             stub = executor_pb2_grpc.ExecutorServiceStub(channel)
             events = [

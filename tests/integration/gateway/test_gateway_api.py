@@ -11,7 +11,6 @@ from gateway_stack import CURL_EXAMPLE, MAX_REQUEST_BYTES
 from harness import Cluster
 from sse_client import events, frames
 
-from corral.grpc_server import insecure_channel
 from corral.v1 import memory_pb2, memory_pb2_grpc
 
 ONE_STEP = {"steps": [{"tool": "shell", "command": "echo hi"}]}
@@ -351,7 +350,7 @@ async def test_history_and_search_read_the_memory_service(stack: Cluster) -> Non
     async with httpx.AsyncClient(base_url=stack.gateway_url, timeout=30) as api:
         created = await api.post("/v1/tasks", json=ONE_STEP)
         task_id = created.json()["task_id"]
-        async with insecure_channel(stack.memory_address) as channel:
+        async with stack.aio_channel(stack.memory_address, "executor") as channel:  # as an executor records
             memory = memory_pb2_grpc.MemoryServiceStub(channel)
             await memory.AppendEvents(
                 memory_pb2.AppendEventsRequest(

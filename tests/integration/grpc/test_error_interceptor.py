@@ -50,7 +50,7 @@ class Raising(scheduler_pb2_grpc.SchedulerServiceServicer):
 
 @pytest.fixture
 async def stub() -> AsyncIterator[scheduler_pb2_grpc.SchedulerServiceAsyncStub]:
-    server = new_server()
+    server = new_server(authorize=False)  # the error mapping alone (tests/integration/trust: the policy)
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(Raising(), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

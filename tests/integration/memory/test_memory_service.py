@@ -12,8 +12,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from harness import Cluster
 
-from corral.grpc_server import insecure_channel
 from corral.v1 import memory_pb2
 from corral.v1.memory_pb2_grpc import MemoryServiceStub
 
@@ -189,17 +189,17 @@ async def test_history_survives_a_restart_of_the_store(tmp_path: Path) -> None:
 
 
 async def test_health_reports_serving_for_the_server_and_the_memory_service(
-    memory_address: str,
+    memory_cluster: Cluster,
 ) -> None:
-    async with insecure_channel(memory_address) as channel:
+    async with memory_cluster.aio_channel(memory_cluster.memory_address) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         for service in ("", "corral.v1.MemoryService"):
             reply = await stub.Check(health_pb2.HealthCheckRequest(service=service))
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_reflection_lists_services_and_describes_memory_methods(memory_address: str) -> None:
-    with grpc.insecure_channel(memory_address) as channel:
+def test_reflection_lists_services_and_describes_memory_methods(memory_cluster: Cluster) -> None:
+    with memory_cluster.channel(memory_cluster.memory_address) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         services = set(database.get_services())
         assert {

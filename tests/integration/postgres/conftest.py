@@ -17,12 +17,10 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-from harness import cluster
+from harness import Cluster, MemoryAsItsCallers, cluster
 from sqlalchemy.engine import make_url
 
 from corral.db import normalize_url
-from corral.grpc_server import insecure_channel
-from corral.v1 import memory_pb2_grpc
 
 # The suites re-run here are imported as `integration.<area>.<module>`; rewrite their asserts
 # as pytest would have.
@@ -96,12 +94,18 @@ def postgres_url(postgres_server: str, module_database: str, monkeypatch: pytest
 
 
 @pytest.fixture
-def memory_address(tmp_path: Path, postgres_url: str) -> Iterator[str]:
+def memory_cluster(tmp_path: Path, postgres_url: str) -> Iterator[Cluster]:
     with cluster(tmp_path, "memory") as c:
-        yield c.memory_address
+        yield c
 
 
 @pytest.fixture
-async def memory(memory_address: str) -> AsyncIterator[memory_pb2_grpc.MemoryServiceStub]:
-    async with insecure_channel(memory_address) as channel:
-        yield memory_pb2_grpc.MemoryServiceStub(channel)
+def memory_address(memory_cluster: Cluster) -> str:
+    return memory_cluster.memory_address
+
+
+@pytest.fixture
+async def memory(memory_cluster: Cluster) -> AsyncIterator[MemoryAsItsCallers]:
+    clients = MemoryAsItsCallers(memory_cluster)
+    yield clients
+    await clients.close()

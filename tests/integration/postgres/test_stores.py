@@ -13,7 +13,6 @@ from datetime import UTC
 from pathlib import Path
 
 import asyncpg
-import grpc
 import pytest
 from harness import cluster
 from sqlalchemy.engine import make_url
@@ -161,7 +160,7 @@ async def test_history_and_notes_survive_reopening(memory_store: MemoryStore, da
 
 
 def test_services_store_in_postgresql_not_in_sqlite(tmp_path: Path, postgres_url: str) -> None:
-    with cluster(tmp_path, "memory", "scheduler") as c, grpc.insecure_channel(c.scheduler_address) as channel:
+    with cluster(tmp_path, "memory", "scheduler") as c, c.channel(c.scheduler_address) as channel:
         stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         task_id = stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec("echo hi"))).task_id
 

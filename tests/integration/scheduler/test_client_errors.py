@@ -33,7 +33,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 async def test_unknown_task_is_not_found_with_the_servers_message(scheduler: Cluster) -> None:
-    async with CorralClient(scheduler.scheduler_address) as client:
+    async with CorralClient(scheduler.scheduler_address, scheduler.settings()) as client:
         with pytest.raises(NotFound) as err:
             await client.get("nope")
         assert type(err.value) is TaskNotFound
@@ -48,7 +48,7 @@ async def test_unknown_task_is_not_found_with_the_servers_message(scheduler: Clu
 
 
 async def test_bad_input_is_invalid_argument_naming_the_field(scheduler: Cluster) -> None:
-    async with CorralClient(scheduler.scheduler_address) as client:
+    async with CorralClient(scheduler.scheduler_address, scheduler.settings()) as client:
         with pytest.raises(InvalidArgument) as err:
             await client.submit(task_pb2.TaskSpec())
         assert type(err.value) is InvalidTask
@@ -67,7 +67,7 @@ async def test_bad_input_is_invalid_argument_naming_the_field(scheduler: Cluster
 
 
 async def test_cancelling_an_ended_task_is_failed_precondition(scheduler: Cluster) -> None:
-    async with CorralClient(scheduler.scheduler_address) as client:
+    async with CorralClient(scheduler.scheduler_address, scheduler.settings()) as client:
         task_id = await client.submit(TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "true"}]}))
         await client.cancel(task_id)  # still queued (no executor): cancelled at once
         with pytest.raises(FailedPrecondition) as err:
@@ -79,7 +79,7 @@ async def test_cancelling_an_ended_task_is_failed_precondition(scheduler: Cluste
 async def test_an_unreachable_scheduler_is_unavailable(tmp_path: Path) -> None:
     from harness import free_port
 
-    async with CorralClient(f"127.0.0.1:{free_port()}") as client:
+    async with CorralClient(f"127.0.0.1:{free_port()}", Cluster.new(tmp_path).settings()) as client:
         with pytest.raises(Unavailable) as err:
             await client.get("x")
     assert isinstance(err.value, CorralError)

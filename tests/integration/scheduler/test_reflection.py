@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-import grpc
 import pytest
 from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -34,7 +33,7 @@ def test_reflection_lists_every_service_with_health(services: Cluster) -> None:
         services.memory_address: {"corral.v1.MemoryService"},
     }
     for address, served in expected.items():
-        with grpc.insecure_channel(address) as channel:
+        with services.channel(address) as channel:
             names = set(ProtoReflectionDescriptorDatabase(channel).get_services())
             assert {*served, "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"} <= names
             health = health_pb2_grpc.HealthStub(channel)
@@ -44,7 +43,7 @@ def test_reflection_lists_every_service_with_health(services: Cluster) -> None:
 
 
 def test_generic_client_submits_a_task_from_json(services: Cluster) -> None:
-    with grpc.insecure_channel(services.scheduler_address) as channel:
+    with services.channel(services.scheduler_address) as channel:
         pool = descriptor_pool.DescriptorPool(ProtoReflectionDescriptorDatabase(channel))
         method = pool.FindServiceByName("corral.v1.SchedulerService").FindMethodByName("SubmitTask")
         request_cls = message_factory.GetMessageClass(method.input_type)

@@ -25,7 +25,7 @@ def channel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     data_dir = tmp_path_factory.mktemp("access")
     data_dir.chmod(0o755)
     with cluster(data_dir, "scheduler", "executor") as system:
-        with grpc.insecure_channel(system.scheduler_address) as chan:
+        with system.channel(system.scheduler_address, "gateway") as chan:  # its only caller
             wait_until(lambda: len(alive_executors(chan)) == 1, "the executor registered")
             yield system, chan
 

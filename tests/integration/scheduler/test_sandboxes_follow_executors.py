@@ -43,7 +43,7 @@ def data_dir(tmp_path: Path) -> Path:
 @contextlib.contextmanager
 def start(data_dir: Path, **overrides: str) -> Iterator[tuple[Cluster, grpc.Channel]]:
     with cluster(data_dir, "scheduler", "executor", **overrides) as system:
-        with grpc.insecure_channel(system.scheduler_address) as channel:
+        with system.channel(system.scheduler_address) as channel:
             wait_until(lambda: len(alive_executors(channel)) == 1, "the executor registered")
             yield system, channel
 

@@ -22,7 +22,7 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 @pytest.fixture
 def stub(scheduler: Cluster) -> Iterator[scheduler_pb2_grpc.SchedulerServiceStub]:
-    with grpc.insecure_channel(scheduler.scheduler_address) as channel:
+    with scheduler.channel(scheduler.scheduler_address) as channel:
         yield scheduler_pb2_grpc.SchedulerServiceStub(channel)
 
 
@@ -116,7 +116,7 @@ def test_unknown_task_and_bad_requests(scheduler: Cluster, stub: scheduler_pb2_g
     with pytest.raises(grpc.RpcError) as err:
         stub.ListTasks(scheduler_pb2.ListTasksRequest(page_token="garbage!"))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    with grpc.insecure_channel(scheduler.scheduler_address) as channel:
+    with scheduler.channel(scheduler.scheduler_address, "executor", "x") as channel:
         registry = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         with pytest.raises(grpc.RpcError) as err:
             registry.RegisterExecutor(registry_pb2.RegisterExecutorRequest(executor_id="x", address="", capacity=1))
@@ -125,12 +125,12 @@ def test_unknown_task_and_bad_requests(scheduler: Cluster, stub: scheduler_pb2_g
 
 def test_state_persists_across_a_scheduler_restart(tmp_path: Path) -> None:
     with cluster(tmp_path, "scheduler") as c:
-        with grpc.insecure_channel(c.scheduler_address) as channel:
+        with c.channel(c.scheduler_address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             task_id = stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=shell_spec("true"))).task_id
         c.services["scheduler"].stop()
         c.start_scheduler()
-        with grpc.insecure_channel(c.scheduler_address) as channel:
+        with c.channel(c.scheduler_address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             task = stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id)).task
     assert task.state == task_pb2.TASK_STATE_SCHEDULED

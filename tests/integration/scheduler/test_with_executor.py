@@ -56,7 +56,7 @@ def system(tmp_path: Path) -> Iterator[Cluster]:
 
 @pytest.fixture
 def stub(system: Cluster) -> Iterator[scheduler_pb2_grpc.SchedulerServiceStub]:
-    with grpc.insecure_channel(system.scheduler_address) as channel:
+    with system.channel(system.scheduler_address) as channel:
         s = scheduler_pb2_grpc.SchedulerServiceStub(channel)
         wait_for_executors(channel, 1)
         yield s
@@ -152,7 +152,7 @@ def test_tasks_spread_over_two_executors(tmp_path: Path) -> None:
         for name in ("exec-a", "exec-b"):
             address = f"127.0.0.1:{free_port()}"
             c.start_executor(name, CORRAL_EXECUTOR_ADDRESS=address, CORRAL_EXECUTOR_ID=name)
-        with grpc.insecure_channel(c.scheduler_address) as channel:
+        with c.channel(c.scheduler_address) as channel:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             wait_for_executors(channel, 2)
             ids = [
