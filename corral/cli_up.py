@@ -77,13 +77,16 @@ def child_environment(settings: Settings) -> dict[str, str]:
 
 def ensure_pki(settings: Settings) -> None:
     """The deployment's CA and certificates, made on the first start and reused after. The
-    executor's certificate names its id (CORRAL_EXECUTOR_ID, else this host's name)."""
+    executor's certificate names its id: CORRAL_EXECUTOR_ID, else host-port as before (two
+    `corral up`s on one Docker engine must not share it: an executor removes the containers
+    labelled with its id when it starts)."""
     hosts = [*DEFAULT_HOSTS, socket.gethostname()]
     for address in (settings.scheduler_address, settings.memory_address, settings.executor_address):
         host = dial_host(split_address(address)[0])
         if host not in hosts:
             hosts.append(host)
-    if ensure_deployment(settings.pki_dir, settings.executor_id or socket.gethostname(), hosts):
+    executor_id = settings.executor_id or f"{socket.gethostname()}-{split_address(settings.executor_address)[1]}"
+    if ensure_deployment(settings.pki_dir, executor_id, hosts):
         print(f"corral: created the deployment's CA and certificates in {settings.pki_dir}", file=sys.stderr)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import uvicorn
 
 from corral.config import load_settings
+from corral.errors import Unauthenticated
+from corral.grpc_server import channel_credentials
 from corral.logs import configure_logging
 from gateway import access_log
 from gateway.app import create_app
@@ -14,6 +16,10 @@ def main() -> None:
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_json)
     access_log.install()
+    try:  # before uvicorn, so a missing certificate is one line, not a startup traceback
+        channel_credentials(settings, "gateway")
+    except Unauthenticated as exc:
+        raise SystemExit(f"gateway: {exc.message}") from exc
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

@@ -149,6 +149,7 @@ class Cluster:
     data_dir: Path
     env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    executor_ids: dict[str, str] = field(default_factory=dict)  # service name -> executor id
 
     @classmethod
     def new(cls, data_dir: Path, **overrides: str) -> Cluster:
@@ -255,13 +256,14 @@ class Cluster:
         return self.start("memory", "services.memory", self.memory_address)
 
     def start_executor(self, name: str = "executor", **env: str) -> Service:
-        """An executor whose certificate names CORRAL_EXECUTOR_ID if given, else `name`."""
+        """An executor whose certificate names CORRAL_EXECUTOR_ID if given, else `name-port`
+        (unique: a docker executor removes the containers labelled with its id when it starts)."""
         address = env.get("CORRAL_EXECUTOR_ADDRESS", self.executor_address)
-        executor_id = env.get("CORRAL_EXECUTOR_ID", name)
-        if executor_id != "executor":
-            directory = self.issue("executor", executor_id)
-            env.setdefault("CORRAL_TLS_CERT_FILE", str(directory / "executor.crt"))
-            env.setdefault("CORRAL_TLS_KEY_FILE", str(directory / "executor.key"))
+        executor_id = env.get("CORRAL_EXECUTOR_ID") or f"{name}-{address.rsplit(':', 1)[1]}"
+        directory = self.issue("executor", executor_id)
+        env.setdefault("CORRAL_TLS_CERT_FILE", str(directory / "executor.crt"))
+        env.setdefault("CORRAL_TLS_KEY_FILE", str(directory / "executor.key"))
+        self.executor_ids[name] = executor_id
         return self.start(name, "services.executor", address, **env)
 
     def stop(self) -> None:

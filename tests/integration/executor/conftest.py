@@ -48,7 +48,8 @@ def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     # One CA per test (beside the data directories); each executor's certificate names its id.
-    values.update(executor_tls(data_dir.parent / "pki", values.get("executor_id") or "executor"))
+    # (A unique id: a docker executor removes the containers labelled with its id at start.)
+    values.update(executor_tls(data_dir.parent / "pki", values.get("executor_id") or f"executor-{os.urandom(4).hex()}"))
     return Settings(**values)
 
 

@@ -23,15 +23,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from harness import Cluster, cluster
+from harness import Cluster, cluster, require_docker
 
 from corral.grpc_server import CHANNEL_OPTIONS
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc, registry_pb2, registry_pb2_grpc
 from corral.pki import CA, create_ca
 from corral.schema import TaskRequest
 from corral.v1 import memory_pb2, memory_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
-
-EXECUTOR_ID = "executor"  # the harness's executor: its certificate names this id
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +173,9 @@ def test_cancel_through_the_executor_is_refused_and_the_task_runs_on(system: Clu
 
 
 def test_rogue_registration_and_hijacking_are_refused(system: Cluster) -> None:
+    victim = system.executor_ids["executor"]
     hijack = registry_pb2.RegisterExecutorRequest(
-        executor_id=EXECUTOR_ID, address="127.0.0.1:1", capacity=100, driver="bubblewrap"
+        executor_id=victim, address="127.0.0.1:1", capacity=100, driver="bubblewrap"
     )
     with no_certificate(system, system.scheduler_address) as channel:
         stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
@@ -186,7 +185,7 @@ def test_rogue_registration_and_hijacking_are_refused(system: Cluster) -> None:
         stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         error = refused(lambda: stub.RegisterExecutor(hijack, timeout=10))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    assert "executor 'impostor' may act only as itself, not as executor_id 'executor'" in (error.details() or "")
+    assert f"executor 'impostor' may act only as itself, not as executor_id {victim!r}" in (error.details() or "")
     for role in ("gateway", "admin", "scheduler", "memory"):
         with system.channel(system.scheduler_address, role) as channel:
             stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
@@ -194,11 +193,11 @@ def test_rogue_registration_and_hijacking_are_refused(system: Cluster) -> None:
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, role
         assert "RegisterExecutor is for role executor" in (error.details() or "")
     with system.channel(system.scheduler_address) as admin:
-        assert executors(admin)[EXECUTOR_ID].address == system.executor_address  # not the attacker's
+        assert executors(admin)[victim].address == system.executor_address  # not the attacker's
 
 
 def test_spoofed_heartbeats_are_refused(system: Cluster) -> None:
-    beat = registry_pb2.HeartbeatRequest(executor_id=EXECUTOR_ID)
+    beat = registry_pb2.HeartbeatRequest(executor_id=system.executor_ids["executor"])
     with system.channel(system.scheduler_address, "executor", "impostor") as channel:
         stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         error = refused(lambda: stub.Heartbeat(beat, timeout=10))
@@ -211,7 +210,7 @@ def test_spoofed_heartbeats_are_refused(system: Cluster) -> None:
         stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         assert refused(lambda: stub.Heartbeat(beat, timeout=10)).code() == grpc.StatusCode.UNAVAILABLE
     # The executor's own certificate may.
-    with system.channel(system.scheduler_address, "executor") as channel:
+    with system.channel(system.scheduler_address, "executor", system.executor_ids["executor"]) as channel:
         stub = registry_pb2_grpc.ExecutorRegistryServiceStub(channel)
         assert stub.Heartbeat(beat, timeout=10).known
 
@@ -275,15 +274,30 @@ def test_health_answers_every_role(system: Cluster, role: str) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_the_keys_are_out_of_a_sandboxs_reach(system: Cluster) -> None:
+@pytest.fixture(params=["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)])
+def any_driver(request: pytest.FixtureRequest, system: Cluster) -> Iterator[Cluster]:
+    """The module's cluster (bubblewrap), or one whose executor runs docker sandboxes."""
+    if request.param == "bubblewrap":
+        yield system
+        return
+    require_docker()
+    data_dir = system.data_dir / "docker"
+    data_dir.mkdir(mode=0o755)
+    with cluster(data_dir, "memory", "scheduler") as c:
+        c.start_executor(CORRAL_SANDBOX_DRIVER="docker", CORRAL_DOCKER_WARM_POOL="0")
+        yield c
+
+
+def test_the_keys_are_out_of_a_sandboxs_reach(any_driver: Cluster) -> None:
     """A step cannot read the deployment's keys (they stay outside every sandbox's view)."""
+    system = any_driver
     keys = sorted(str(p) for p in Path(system.pki_dir).glob("*.key"))
     assert keys
     with system.channel(system.scheduler_address) as admin:
         scheduler = scheduler_pb2_grpc.SchedulerServiceStub(admin)
         command = "for f in " + " ".join(keys) + '; do cat "$f" && echo READ; done; true'
         task_id = scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=echo_spec(command))).task_id
-        events = list(scheduler.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task_id), timeout=60))
+        events = list(scheduler.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task_id), timeout=120))
     output = "".join(e.event.output.data for e in events if e.event.HasField("output"))
     assert events[-1].event.finished.state == task_pb2.TASK_STATE_COMPLETED
     assert "READ" not in output and "PRIVATE KEY" not in output
