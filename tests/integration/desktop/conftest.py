@@ -33,6 +33,7 @@ import pytest
 from harness import Cluster, Service, docker_unavailable, wait_for_http
 
 from corral.config import Settings
+from corral.pki import CA
 from services.executor.drivers.base import SANDBOX_GID
 
 REPO = Path(__file__).resolve().parents[3]
@@ -113,10 +114,13 @@ def unprivileged_gateway_refused() -> str:
 def start_unprivileged_gateway(cluster: Cluster) -> Service:
     """The gateway as GATEWAY_UID with SANDBOX_GID as a supplementary group (as in compose)."""
     log_path = cluster.data_dir / "gateway.log"
+    # Its certificate in a directory of its own uid (the cluster's is root's, 0700), as compose's.
+    tls_dir = cluster.data_dir / "gateway-pki"
+    CA.load(cluster.pki_dir).issue_into(tls_dir, "gateway", "gateway", owner=GATEWAY_UID)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
             unprivileged_argv(sys.executable, "-m", "gateway"),
-            cwd=REPO, env={**cluster.env, "PYTHONDONTWRITEBYTECODE": "1"},
+            cwd=REPO, env={**cluster.env, "PYTHONDONTWRITEBYTECODE": "1", "CORRAL_TLS_DIR": str(tls_dir)},
             stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     service = Service("gateway", proc, log_path)
