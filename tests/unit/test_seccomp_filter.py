@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from corral.config import Settings
 from services.executor.drivers import seccomp
+from services.executor.drivers.base import SandboxError
+from services.executor.drivers.bubblewrap import BubblewrapDriver
 
 # Docker's documented "significant syscalls blocked by the default profile", plus io_uring.
 DOCKER_DOCUMENTED = {
@@ -58,8 +62,6 @@ def test_builds_a_bpf_program() -> None:
 
 
 def test_disabled_by_setting_builds_nothing() -> None:
-    from corral.config import Settings
-
     assert seccomp.sandbox_filter(Settings(sandbox_seccomp=False)) is None
 
 
@@ -106,3 +108,17 @@ def test_the_docker_loader_installs_the_program(tmp_path: Path) -> None:
         "personality_query": "ok",
         "personality_linux32": "ok",
     }
+
+
+def test_bubblewrap_refuses_to_start_without_pyseccomp(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if shutil.which("bwrap") is None:
+        pytest.skip("bubblewrap is not installed")
+    monkeypatch.setitem(sys.modules, "pyseccomp", None)  # what `import pyseccomp` sees when it is missing
+    with pytest.raises(
+        SandboxError, match=r"needs the `pyseccomp` Python package.*CORRAL_SANDBOX_SECCOMP=false"
+    ):
+        BubblewrapDriver(Settings(data_dir=tmp_path))
+    # Turned off explicitly, it starts (and has no filter to install).
+    assert BubblewrapDriver(Settings(data_dir=tmp_path, sandbox_seccomp=False)).syscall_filter is None
