@@ -114,6 +114,13 @@ class Settings(BaseSettings):
     sandbox_shm_size_mb: int = Field(
         64, ge=1, description="Size of each sandbox's /dev/shm (a tmpfs, host memory), MiB."
     )
+    sandbox_seccomp: bool = Field(
+        True,
+        description="Install Corral's syscall filter in every sandbox, both drivers (see "
+        "services/executor/drivers/seccomp.py): no io_uring, kernel keyring, mounts or "
+        "namespaces, and no setuid/setgid file or device in task directories. Needs libseccomp. "
+        "false is for debugging only: the executor then warns loudly at start.",
+    )
     sandbox_cpus: float = Field(
         1.0, gt=0, description="CPUs each sandbox may use (docker driver: nano_cpus)."
     )

@@ -17,7 +17,7 @@ from corral.grpc_server import (
 )
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.pki import PKIError, certified_executor_id
-from services.executor.drivers.base import SandboxDriver
+from services.executor.drivers.base import SandboxDriver, SandboxError
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
 from services.executor.runner import TaskRunner
@@ -29,14 +29,18 @@ SERVICE_NAME = executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].full_
 
 
 def make_driver(settings: Settings) -> SandboxDriver:
-    if settings.sandbox_driver == "bubblewrap":
-        from services.executor.drivers.bubblewrap import BubblewrapDriver
+    try:
+        if settings.sandbox_driver == "bubblewrap":
+            from services.executor.drivers.bubblewrap import BubblewrapDriver
 
-        return BubblewrapDriver(settings)
-    if settings.sandbox_driver == "docker":
-        from services.executor.drivers.docker import DockerDriver
+            return BubblewrapDriver(settings)
+        if settings.sandbox_driver == "docker":
+            from services.executor.drivers.docker import DockerDriver
 
-        return DockerDriver(settings)
+            return DockerDriver(settings)
+    except SandboxError as exc:
+        # A missing tool or library (bwrap, libseccomp, the image): said as such, no traceback.
+        raise SystemExit(f"the {settings.sandbox_driver} sandbox driver cannot start: {exc}") from None
     raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap, docker)")
 
 

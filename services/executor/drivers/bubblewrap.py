@@ -44,6 +44,7 @@ import structlog
 
 from corral.config import Settings
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups, rlimit_fallback
+from services.executor.drivers import seccomp
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
@@ -99,6 +100,8 @@ class BubblewrapDriver(SandboxDriver):
         # Staging mount points, used only when a directory is out of the sandbox uid's reach.
         self.stage_dir = Path(settings.sandbox_stage_dir)
         self.supports_disable_userns = _bwrap_supports(bwrap, "--disable-userns")
+        # The syscall filter bwrap installs before exec'ing the agent (None: turned off).
+        self.syscall_filter = seccomp.sandbox_filter(settings)
         # No core dumps from sandboxes: bwrap and everything in it inherit this.
         _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
         resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
@@ -228,8 +231,11 @@ class BubblewrapDriver(SandboxDriver):
         info_fd: int,
         extra_sources: dict[str, str] | None = None,
         cgroup: Cgroup | None = None,
+        seccomp_fd: int | None = None,
     ) -> list[str]:
         args = [self.bwrap, "--unshare-all"]
+        if seccomp_fd is not None:
+            args += ["--seccomp", str(seccomp_fd)]
         if config.network:
             args.append("--share-net")
         if self.supports_disable_userns:
@@ -345,9 +351,12 @@ class BubblewrapTransport(SubprocessTransport):
         info_read, info_write = os.pipe2(os.O_CLOEXEC)
         staged = driver.needs_staging(config)
         prefix, sources = driver.staged_launcher(config, staged)
+        program = driver.syscall_filter
+        seccomp_fd = seccomp.filter_fd(program) if program is not None else None
         try:
             argv = prefix + driver.command(
-                config, sources["task"], sources["app"], info_write, sources, cgroup=self.cgroup
+                config, sources["task"], sources["app"], info_write, sources,
+                cgroup=self.cgroup, seccomp_fd=seccomp_fd,
             )
             if driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
@@ -357,7 +366,8 @@ class BubblewrapTransport(SubprocessTransport):
                 argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
             if self.cgroup is not None:
                 argv = join_cgroup_prefix(self.cgroup) + argv
-            await self._spawn(argv, pass_fds=(info_write,), env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
+            fds = (info_write,) if seccomp_fd is None else (info_write, seccomp_fd)
+            await self._spawn(argv, pass_fds=fds, env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
         except BaseException as exc:
             os.close(info_read)
             if isinstance(exc, OSError):
@@ -365,6 +375,7 @@ class BubblewrapTransport(SubprocessTransport):
             raise
         finally:
             os.close(info_write)
+            seccomp.close_fd(seccomp_fd)
         # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
         self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
 

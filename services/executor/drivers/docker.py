@@ -37,6 +37,7 @@ import structlog
 
 from corral.config import Settings
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups
+from services.executor.drivers import seccomp
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     MIB,
@@ -91,11 +92,18 @@ class DockerDriver(SandboxDriver):
         except docker.errors.DockerException as exc:
             raise SandboxError(f"the docker driver cannot reach a Docker engine: {exc}") from exc
         try:
-            self.api.inspect_image(self.image)
+            image = self.api.inspect_image(self.image)
         except docker.errors.ImageNotFound:
             raise SandboxError(
                 f"the sandbox image {self.image} is missing; build it with scripts/build-images"
             ) from None
+        # Corral's syscall filter, installed by the container's first process on top of
+        # Docker's default profile (see seccomp.py), then the image's own entrypoint; its CMD
+        # is given again (a new entrypoint clears it).
+        self.entrypoint = seccomp.docker_entrypoint(
+            seccomp.sandbox_filter(settings), list(image["Config"].get("Entrypoint") or [])
+        )
+        self.command = list(image["Config"].get("Cmd") or [])
         self.executor_id = ""
         self.cgroups: ExecutorCgroups | None = None
         self.cgroup_parent: str | None = None
@@ -258,6 +266,8 @@ class DockerDriver(SandboxDriver):
         created = self.api.create_container(
             self.image,
             user=f"{SANDBOX_UID}:{SANDBOX_GID}",
+            entrypoint=self.entrypoint,
+            command=self.command,
             hostname="sandbox",
             working_dir=workdir,
             environment={"LANG": "C.UTF-8", "PATH": SANDBOX_PATH, "HOME": workdir},
