@@ -22,6 +22,7 @@ from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
 from services.executor.runner import TaskRunner
 from services.executor.servicer import ExecutorServicer
+from services.executor.task_fs import TaskFilesystems
 
 log = structlog.get_logger()
 
@@ -38,6 +39,22 @@ def make_driver(settings: Settings) -> SandboxDriver:
 
         return DockerDriver(settings)
     raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap, docker)")
+
+
+def start_task_fs(settings: Settings, driver: SandboxDriver) -> None:
+    """Decides whether sandboxes get filesystems of their own, and says so (never silently)."""
+    task_fs = TaskFilesystems(settings, driver.disk_fs_blocker())
+    task_fs.recover()
+    driver.task_fs = task_fs
+    if task_fs.enabled:
+        log.info(task_fs.description)
+    else:
+        log.warning(task_fs.description)
+
+
+def stop_task_fs(driver: SandboxDriver) -> None:
+    if driver.task_fs is not None:
+        driver.task_fs.stop()
 
 
 @dataclass
@@ -58,6 +75,7 @@ class RunningExecutor:
         await self.runner.shutdown()
         await self.runner.sandboxes.stop()
         await self.runner.driver.stop()
+        stop_task_fs(self.runner.driver)
         await self.server.stop(grace)
         await self.history.close()
 
@@ -76,7 +94,8 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         raise SystemExit(f"executor: {exc}") from exc
     advertise = settings.executor_advertise_address or f"{host}:{port}"
 
-    # Before serving: the driver may clean up what a crashed run of this executor left.
+    # Before serving: filesystems and the driver clean up what a crashed run left.
+    start_task_fs(settings, driver)
     await driver.start(executor_id)
     history = HistoryRecorder(settings)
     runner = TaskRunner(settings, driver, executor_id, history)
@@ -115,6 +134,7 @@ async def serve(settings: Settings) -> None:
         await executor.runner.shutdown()
         await executor.runner.sandboxes.stop()
         await executor.runner.driver.stop()
+        stop_task_fs(executor.runner.driver)
 
     await run_until_signalled(executor.server, on_stop=on_stop)
     await executor.history.close()

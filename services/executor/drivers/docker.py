@@ -159,7 +159,10 @@ class DockerDriver(SandboxDriver):
         """A container for the warm pool: default limits, no network, its own slot at /tasks."""
         settings = self.settings
         slot = settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
-        slot.mkdir(parents=True, mode=0o755)
+        slot.parent.mkdir(parents=True, exist_ok=True)
+        if self.task_fs is None or not self.task_fs.attach(slot, settings.sandbox_disk_mb):
+            slot.mkdir(mode=0o755)
+        os.chmod(slot, 0o755)
         config = SandboxConfig(
             task_id="",
             host_task_dir=slot,
@@ -182,6 +185,13 @@ class DockerDriver(SandboxDriver):
             make_sandbox_dir(path, None, 0o777)  # we cannot chown to the sandbox user; let it write
         else:
             make_sandbox_dir(path, None, 0o755)
+
+    def disk_fs_blocker(self) -> str:
+        if self.settings.docker_tasks_host_dir is not None:
+            return "CORRAL_DOCKER_TASKS_HOST_DIR is set: the Docker host cannot see this executor's mounts"
+        if os.path.exists("/.dockerenv") and not _propagates_mounts(self.settings.data_dir):
+            return "the executor runs in a container whose data directory is not an rshared mount"
+        return ""
 
     def host_path(self, path: Path) -> str:
         """`path` (under tasks_dir, as this process sees it) as the Docker host sees it."""
@@ -207,18 +217,25 @@ class DockerDriver(SandboxDriver):
             and config.host_run_dir is None
             and config.limits.memory_mb == self.settings.sandbox_memory_mb
             and config.limits.max_processes == self.settings.sandbox_max_processes
+            and (
+                self.task_fs is None
+                or not self.task_fs.enabled
+                or config.limits.disk_mb == self.settings.sandbox_disk_mb
+            )
         )
 
+    async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
+        warm = self.pool.take() if self.is_default(config) else None
+        if warm is None:
+            return None
+        try:
+            await warm.claim(config, self.prepare_task_dir)
+            return warm
+        except BaseException:
+            await warm.close()
+            raise
+
     async def create(self, config: SandboxConfig) -> Sandbox:
-        if self.is_default(config):
-            warm = self.pool.take()
-            if warm is not None:
-                try:
-                    await warm.claim(config)
-                    return warm
-                except BaseException:
-                    await warm.close()
-                    raise
         mounts = {self.host_path(config.host_task_dir): config.task_dir}
         if config.host_run_dir is not None:
             # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
@@ -321,6 +338,20 @@ class DockerDriver(SandboxDriver):
         if state.get("Running"):
             return "the sandbox agent's connection closed"
         return f"the sandbox container exited with code {state.get('ExitCode')}"
+
+
+def _propagates_mounts(path: Path) -> bool:
+    """Whether mounts made at `path` reach the mount namespace they came from (the mount holding
+    it is shared), as they must for a Docker engine outside this container to see them."""
+    best, shared = -1, False
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split()
+            point = fields[4]
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+                best, shared = len(point), any(field.startswith("shared:") for field in fields[6:])
+    return shared
 
 
 class DockerTransport(Transport):
