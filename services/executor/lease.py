@@ -55,6 +55,7 @@ class SandboxLease:
         # A task naming a long-lived sandbox runs in it, in /tasks/{task_id} there; processes
         # and files then name that directory explicitly (the sandbox's own is /tasks).
         self.managed: ManagedSandbox | None = None
+        self._removed_reason = sandboxes.removed_reasons.get(spec.sandbox_id, "")
         self.cwd = ""
         if spec.sandbox_id:
             with contextlib.suppress(SandboxNotFound):
@@ -78,7 +79,8 @@ class SandboxLease:
 
     def check_available(self) -> None:
         if self.spec.sandbox_id and self.managed is None:
-            raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor (deleted or expired?)")
+            why = self._removed_reason or "deleted or expired?"
+            raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor ({why})")
 
     async def prepare_task_dir(self) -> int:
         """Makes the task's directory before anything is written there — in the slot of a warm

@@ -63,6 +63,8 @@ class SandboxManager:
         self.driver = driver
         self._sandboxes: dict[str, ManagedSandbox] = {}
         self._creating: set[str] = set()
+        # Why sandboxes were removed by this executor itself (a task naming one is told).
+        self.removed_reasons: dict[str, str] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -182,4 +184,5 @@ class SandboxManager:
             log.warning(
                 "deleting an idle sandbox over its disk quota", sandbox_id=managed.sandbox_id, reason=message
             )
+            self.removed_reasons[managed.sandbox_id] = f"deleted while idle: {message}"
             await self.delete(managed.sandbox_id, message)

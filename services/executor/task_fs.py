@@ -68,11 +68,15 @@ class TaskFsError(Exception):
     """A filesystem could not be made or released."""
 
 
+def reserved_mib(disk_mb: int) -> int:
+    return min(RESERVED_MIB, max(1, disk_mb // 4))
+
+
 def image_mib(disk_mb: int, inodes: int) -> int:
     """Size of an image whose free space is at least `disk_mb` MiB for the sandbox (measured:
     ext4's inode tables, bitmaps and group descriptors take about this much on top) plus the
     executor's reserve."""
-    return disk_mb + RESERVED_MIB + (inodes * INODE_BYTES + MIB - 1) // MIB + disk_mb // 256 + 2
+    return disk_mb + reserved_mib(disk_mb) + (inodes * INODE_BYTES + MIB - 1) // MIB + disk_mb // 256 + 2
 
 
 def _run(argv: list[str]) -> None:
@@ -243,7 +247,8 @@ class TaskFilesystems:
         self.data_dir = settings.data_dir.resolve()
         self.disks_dir = self.data_dir / DISKS_DIR
         self.max_mounts = settings.sandbox_max_filesystems
-        self.unavailable = blocked or self._probe()
+        off = "" if settings.sandbox_disk_fs else "CORRAL_SANDBOX_DISK_FS is off"
+        self.unavailable = off or blocked or self._probe()
 
     @property
     def enabled(self) -> bool:
@@ -259,8 +264,6 @@ class TaskFilesystems:
 
     def _probe(self) -> str:
         """Why no filesystem can be made here ("" when one can: a 1 MiB one was made)."""
-        if not self.settings.sandbox_disk_fs:
-            return "CORRAL_SANDBOX_DISK_FS is off"
         if os.geteuid() != 0:
             return "the executor is not root"
         if not os.path.exists("/dev/loop-control"):
@@ -298,7 +301,7 @@ class TaskFilesystems:
                     "-b",
                     "4096",
                     "-m",
-                    "0",
+                    f"{100 * reserved_mib(disk_mb) / size_mib:.4f}",
                     "-N",
                     str(inodes),
                     "-O",

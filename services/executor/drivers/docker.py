@@ -189,8 +189,8 @@ class DockerDriver(SandboxDriver):
     def disk_fs_blocker(self) -> str:
         if self.settings.docker_tasks_host_dir is not None:
             return "CORRAL_DOCKER_TASKS_HOST_DIR is set: the Docker host cannot see this executor's mounts"
-        if os.path.exists("/.dockerenv") and not _propagates_mounts(self.settings.data_dir):
-            return "the executor runs in a container whose data directory is not an rshared mount"
+        if not _sees_our_mounts(self.settings.data_dir):
+            return "the Docker engine runs elsewhere and the data directory is not a shared mount (rshared)"
         return ""
 
     def host_path(self, path: Path) -> str:
@@ -340,9 +340,15 @@ class DockerDriver(SandboxDriver):
         return f"the sandbox container exited with code {state.get('ExitCode')}"
 
 
-def _propagates_mounts(path: Path) -> bool:
-    """Whether mounts made at `path` reach the mount namespace they came from (the mount holding
-    it is shared), as they must for a Docker engine outside this container to see them."""
+def _sees_our_mounts(path: Path) -> bool:
+    """Whether the Docker engine sees mounts this process makes at `path`: it runs in our mount
+    namespace (a dockerd process is visible here and shares it), or the mount holding `path` is
+    shared (e.g. an `rshared` bind of the data directory into the executor's container)."""
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+                return os.stat(f"/proc/{pid}/ns/mnt").st_ino == ours
     best, shared = -1, False
     target = str(path.resolve())
     with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
