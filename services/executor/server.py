@@ -44,8 +44,7 @@ def make_driver(settings: Settings) -> SandboxDriver:
 def start_task_fs(settings: Settings, driver: SandboxDriver) -> None:
     """Decides whether sandboxes get filesystems of their own, and says so (never silently)."""
     task_fs = TaskFilesystems(settings, driver.disk_fs_blocker())
-    task_fs.recover()
-    driver.task_fs = task_fs
+    driver.task_fs = task_fs  # the driver's start() releases what a crashed run left
     if task_fs.enabled:
         log.info(task_fs.description)
     else:
@@ -94,7 +93,7 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         raise SystemExit(f"executor: {exc}") from exc
     advertise = settings.executor_advertise_address or f"{host}:{port}"
 
-    # Before serving: filesystems and the driver clean up what a crashed run left.
+    # Before serving: the driver cleans up what a crashed run left.
     start_task_fs(settings, driver)
     await driver.start(executor_id)
     history = HistoryRecorder(settings)

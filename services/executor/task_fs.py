@@ -216,11 +216,21 @@ def copy_out(source: Path, target: Path, before_install: Callable[[], None] = la
 
 def release(mount_point: Path) -> None:
     """A task's (or long-lived sandbox's) filesystem after its sandbox ended: its files are
-    copied out to the same host path, then it is unmounted. Errors are logged."""
+    copied out to the same host path, then it is unmounted. Errors are logged; files that
+    could not be copied are dropped with the filesystem (a loop device is never kept)."""
     try:
         copy_out(mount_point, mount_point, before_install=lambda: unmount(mount_point))
+        return
     except (TaskFsError, OSError) as exc:
-        log.error("could not release a sandbox filesystem", path=str(mount_point), error=str(exc))
+        log.error(
+            "could not copy a sandbox filesystem's files out; dropping them",
+            path=str(mount_point),
+            error=str(exc),
+        )
+    if os.path.ismount(mount_point):
+        discard(mount_point)
+        with contextlib.suppress(OSError):
+            os.mkdir(mount_point, 0o755)
 
 
 def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
@@ -374,6 +384,10 @@ def keep_from_slot(slot: Path, name: str, task_dir: Path) -> None:
         copy_out(slot / name, task_dir)
     except (TaskFsError, OSError) as exc:
         log.error("could not copy a task directory out of its warm slot", slot=str(slot), error=str(exc))
+        with contextlib.suppress(OSError):
+            if task_dir.is_symlink():
+                task_dir.unlink()
+                os.mkdir(task_dir, 0o755)
 
 
 def full_message(root: Path, disk_mb: int, max_files: int) -> str:

@@ -65,7 +65,7 @@ from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTr
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    restore_warm_dirs,
+    recover_task_dirs,
 )
 
 log = structlog.get_logger()
@@ -111,7 +111,7 @@ class BubblewrapDriver(SandboxDriver):
     # --- executor lifecycle ----------------------------------------------------------------
 
     async def start(self, executor_id: str) -> None:
-        restore_warm_dirs(self.settings.tasks_dir)
+        recover_task_dirs(self.settings.tasks_dir, self.task_fs)
         self.cgroups, words = make_executor_cgroups(self.settings, executor_id)
         if self.cgroups is None:
             log.warning("sandboxes fall back to per-process rlimits: they do not bound the host", reason=words)

@@ -56,7 +56,7 @@ from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    restore_warm_dirs,
+    recover_task_dirs,
 )
 
 log = structlog.get_logger()
@@ -113,7 +113,7 @@ class DockerDriver(SandboxDriver):
         if removed:
             log.warning("removed containers a previous run of this executor left", count=removed)
         self.setup_budget(executor_id)
-        restore_warm_dirs(self.settings.tasks_dir)
+        recover_task_dirs(self.settings.tasks_dir, self.task_fs)
         self.pool.start()
 
     async def stop(self) -> None:
@@ -231,6 +231,11 @@ class DockerDriver(SandboxDriver):
         try:
             await warm.claim(config, self.prepare_task_dir)
             return warm
+        except (SandboxError, OSError) as exc:
+            # Its directory goes back on close; the task gets a cold container instead.
+            warm.log.warning("could not claim a warm container", error=str(exc))
+            await warm.close()
+            return None
         except BaseException:
             await warm.close()
             raise

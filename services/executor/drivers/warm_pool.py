@@ -161,6 +161,15 @@ def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
     shutil.rmtree(slot, ignore_errors=True)
 
 
+def recover_task_dirs(tasks_dir: Path, filesystems: task_fs.TaskFilesystems | None) -> None:
+    """At a driver's start, once no sandbox of a previous run is left: the filesystems that
+    run left are released (their task directories copied out), then task directories left in
+    plain warm slots move back."""
+    if filesystems is not None:
+        filesystems.recover()
+    restore_warm_dirs(tasks_dir)
+
+
 def restore_warm_dirs(tasks_dir: Path) -> None:
     """Moves task directories a crashed run left inside warm slots back to tasks_dir."""
     warm = tasks_dir / WARM_DIR

@@ -16,6 +16,7 @@ import json
 import os
 import stat
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,53 @@ async def check_released(
     assert is_gone(slot)
     _, outcome = await restarted.run_steps([{"tool": "shell", "command": "echo fine"}])
     assert outcome.step(0).stdout == "fine\n"
+
+
+@pytest.mark.docker
+async def test_a_docker_engine_that_cannot_see_our_mounts_gets_measured_quotas(
+    executor_factory: ExecutorFactory, sandbox_driver: str, tmp_path: Path
+) -> None:
+    """CORRAL_DOCKER_TASKS_HOST_DIR says the engine sees tasks_dir elsewhere: mounts made here
+    would not reach it, so quotas are measured, and each task's agent.log says why."""
+    if sandbox_driver != "docker":
+        pytest.skip("a docker driver setting")
+    executor = await executor_factory(docker_tasks_host_dir=tmp_path / "data0" / "tasks")
+    task_id, outcome = await executor.run_steps([{"tool": "shell", "command": "echo x > x"}])
+    assert outcome.state == "TASK_STATE_COMPLETED"
+    log_text = (executor.host_task_dir(task_id) / "agent.log").read_text()
+    assert (
+        "disk quota: measured every 0.5s, not enforced by the kernel (CORRAL_DOCKER_TASKS_HOST_DIR is set"
+        in log_text
+    )
+
+
+def test_an_unprivileged_executor_says_why_it_measures(tmp_path: Path) -> None:
+    """`corral up` as a user: no filesystem can be made, and the reason is given."""
+    code = (
+        "from pathlib import Path; from corral.config import Settings; "
+        "from services.executor.task_fs import TaskFilesystems; "
+        f"print(TaskFilesystems(Settings(data_dir=Path('{tmp_path}/data'))).description)"
+    )
+    tmp_path.chmod(0o777)
+    result = subprocess.run(
+        [
+            "setpriv",
+            f"--reuid={OTHER_UID}",
+            f"--regid={OTHER_UID}",
+            "--clear-groups",
+            "--",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[3],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        result.stdout.strip()
+        == "disk quota: measured every 0.5s, not enforced by the kernel (the executor is not root)"
+    )
