@@ -108,14 +108,45 @@ def loop_mounts_under(root: Path) -> list[Path]:
     return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
-def backing_file(mount_point: Path) -> Path | None:
-    """The image file behind a loop-mounted filesystem, from sysfs."""
+def _backing_text(mount_point: Path) -> str:
     try:
         dev = os.stat(mount_point).st_dev
-        text = Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/loop/backing_file").read_text()
+        return Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/loop/backing_file").read_text().strip()
     except OSError:
-        return None
-    return Path(text.strip().removesuffix(" (deleted)"))
+        return ""
+
+
+def backing_file(mount_point: Path) -> Path | None:
+    """The image file behind a loop-mounted filesystem, from sysfs."""
+    text = _backing_text(mount_point)
+    return Path(text.removesuffix(" (deleted)")) if text else None
+
+
+def other_sandbox_mounts(own: Path) -> list[Path]:
+    """Mount points of sandbox filesystems (any executor's) other than the one holding `own`."""
+    own = own.resolve()
+    return [
+        point
+        for point in loop_mounts_under(Path("/"))
+        if not (own == point or own.is_relative_to(point))
+        and (image := backing_file(point)) is not None
+        and image.parent.name == DISKS_DIR
+    ]
+
+
+def discard_orphans() -> int:
+    """Lazily unmounts every sandbox filesystem whose image was deleted while it was mounted:
+    the data directory of an executor that was killed has since been removed (tests do), so
+    nobody will start there again. A running executor never deletes a mounted image. Returns
+    how many."""
+    count = 0
+    for point in loop_mounts_under(Path("/")):
+        text = _backing_text(point)
+        if text.endswith(" (deleted)") and Path(text.removesuffix(" (deleted)")).parent.name == DISKS_DIR:
+            with contextlib.suppress(TaskFsError):
+                _run(["umount", "--lazy", str(point)])
+                count += 1
+    return count
 
 
 def unmount(mount_point: Path) -> None:
@@ -358,6 +389,9 @@ class TaskFilesystems:
         and images nobody mounts are deleted."""
         if os.geteuid() != 0:
             return  # nobody here could have mounted them
+        orphans = discard_orphans()
+        if orphans:
+            log.warning("unmounted filesystems of removed data directories", count=orphans)
         tasks_dir = self.settings.tasks_dir.resolve()
         for point in loop_mounts_under(self.data_dir):
             log.warning("releasing a filesystem a previous run left", path=str(point))

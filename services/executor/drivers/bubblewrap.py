@@ -43,6 +43,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
+from services.executor import task_fs
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups, rlimit_fallback
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
@@ -164,6 +165,11 @@ class BubblewrapDriver(SandboxDriver):
             staged_paths[name] = str(stage)
             script += f'mount --bind "${{{2 * n + 1}}}" "${{{2 * n + 2}}}" && '
             args += [source, str(stage)]
+        # The private namespace copied every other sandbox's filesystem: it would keep their loop
+        # devices busy for as long as this sandbox lives, after their own ends.
+        for other in task_fs.other_sandbox_mounts(config.host_task_dir):
+            args.append(str(other))
+            script = f'umount --lazy "${{{len(args)}}}"; ' + script
         script += f"shift {len(args)} && exec \"$@\""
         prefix = [
             "unshare", "--mount", "--propagation", "private", "--",

@@ -12,6 +12,7 @@ data directory's host path.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import stat
@@ -62,6 +63,16 @@ def is_mount(path: Path) -> bool:
 
 def is_gone(path: Path) -> bool:
     return not os.path.ismount(path) and not os.path.lexists(path)
+
+
+def loop_devices_of(data_dir: Path) -> list[str]:
+    """Loop devices whose image lies in `data_dir` (sysfs), mounted or not."""
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip().startswith(f"{data_dir}/"):
+                found.append(backing.parts[3])
+    return found
 
 
 def allocated_bytes(root: Path) -> int:
@@ -353,6 +364,8 @@ async def test_no_filesystem_outlives_the_executor(
     await executor.executor.stop(grace=1)
     assert loop_mounts_under(data_dir) == []
     assert list((data_dir / task_fs.DISKS_DIR).glob("*.img")) == []
+    # The loop devices go with the last reference (no sandbox's namespace keeps one).
+    await wait_for(lambda: loop_devices_of(data_dir) == [], "the loop devices were freed")
 
 
 async def test_what_a_crashed_executor_left_is_released_at_start(executor_factory: ExecutorFactory) -> None:
@@ -445,3 +458,44 @@ def test_an_unprivileged_executor_says_why_it_measures(tmp_path: Path) -> None:
         result.stdout.strip()
         == "disk quota: measured every 0.5s, not enforced by the kernel (the executor is not root)"
     )
+
+
+async def test_a_tasks_loop_device_is_freed_while_other_sandboxes_live(executor: ExecutorClient) -> None:
+    """A sandbox started while another task's filesystem is mounted must not keep that
+    filesystem's loop device busy after the task (bubblewrap's staging namespace copied it)."""
+    own_filesystems(executor)
+    task_id = executor.new_task_id()
+    running = asyncio.ensure_future(
+        executor.run(
+            spec(
+                [
+                    {
+                        "tool": "shell",
+                        "command": "for i in $(seq 600); do [ -e go ] && break; sleep 0.05; done; echo went",
+                    },
+                ],
+                limits={"disk_mb": 20},
+            ),
+            task_id=task_id,
+        )
+    )
+    task_dir = executor.host_task_dir(task_id)
+    await wait_for(lambda: is_mount(task_dir), "the task's filesystem was mounted")
+    image = task_fs.backing_file(task_dir)
+    assert image is not None
+    sandbox_id = await create_sandbox(executor, QUOTA_MB)  # started while the task's fs is mounted
+    (task_dir / "go").write_text("")
+    _, outcome = await running
+    assert outcome.step(0).stdout == "went\n"
+    assert sandbox_id in executor.executor.runner.sandboxes.sandbox_ids
+    await wait_for(
+        lambda: not any(str(image) in dev for dev in loop_backings()), "the task's loop device was freed"
+    )
+
+
+def loop_backings() -> list[str]:
+    found = []
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            found.append(backing.read_text())
+    return found
