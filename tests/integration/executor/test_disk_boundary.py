@@ -341,6 +341,8 @@ async def test_a_tasks_files_stay_readable_after_it_ends(executor: ExecutorClien
     assert (task_dir / "notes.md").read_text() == "# notes\n"
     log_text = (task_dir / "agent.log").read_text()
     assert "disk quota: enforced by the kernel" in log_text and "task completed" in log_text
+    status = await executor.stub.GetExecutorStatus(executor_pb2.GetExecutorStatusRequest())
+    assert "disk quota: enforced by the kernel (the sandbox's own filesystem)" in status.sandbox_limits
     memory = json.loads((task_dir / "memory.json").read_text())
     assert [entry["status"] for entry in memory] == ["completed"] * 4
     # The sandbox user still owns its files, as before.
