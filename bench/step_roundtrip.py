@@ -10,6 +10,8 @@ pool), then, in one running sandbox, the round trip of
   - read_file of a small file (the agent's protocol alone: no process is started),
   - a `true` process step (protocol + fork/exec in the sandbox),
   - a `echo x` shell step.
+Also what a sandbox's own filesystem costs (services/executor/task_fs.py; --no-disk-fs to run
+without): making one (mkfs + mount) and releasing it (copy-out + unmount), at the default quota.
 For comparison: bare `docker run --rm IMAGE true` and `docker exec CONTAINER true` times.
 """
 
@@ -31,12 +33,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from corral.config import Settings
+from services.executor import task_fs
 from services.executor.drivers.base import (
     ProcessRequest,
+    Sandbox,
     SandboxConfig,
     SandboxDriver,
     SandboxLimits,
 )
+from services.executor.task_fs import TaskFilesystems
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -68,25 +73,47 @@ def make_driver(name: str, settings: Settings) -> SandboxDriver:
     return BubblewrapDriver(settings)
 
 
-async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
-    settings = Settings(data_dir=data_dir / name, sandbox_driver=name, docker_warm_pool=0, bwrap_warm_pool=0)
+async def bench_driver(name: str, n: int, starts: int, data_dir: Path, disk_fs: bool) -> None:
+    settings = Settings(
+        data_dir=data_dir / name, sandbox_driver=name, docker_warm_pool=0, bwrap_warm_pool=0, sandbox_disk_fs=disk_fs
+    )
     settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     driver = make_driver(name, settings)
+    filesystems = driver.task_fs = TaskFilesystems(settings, driver.disk_fs_blocker())
     await driver.start(f"bench-{os.getpid()}")
     limits = SandboxLimits.resolve(settings)
     counter = iter(range(10**9))
 
-    def config() -> SandboxConfig:
-        task_id = f"bench-{next(counter)}"
+    def config(task_id: str = "") -> SandboxConfig:
+        task_id = task_id or f"bench-{next(counter)}"
         path = settings.tasks_dir / task_id
+        filesystems.attach(path, limits.disk_mb)
         driver.prepare_task_dir(path)
         return SandboxConfig(task_id=task_id, host_task_dir=path, limits=limits)
 
-    print(f"{name}:")
+    async def close(sandbox: Sandbox) -> None:
+        await sandbox.close()
+        if await asyncio.to_thread(os.path.ismount, sandbox.config.host_task_dir):
+            await asyncio.to_thread(task_fs.release, sandbox.config.host_task_dir)
+
+    print(f"{name}: {filesystems.description}")
     try:
+        if filesystems.enabled:
+            made, released = [], []
+            for _ in range(starts):
+                start = time.perf_counter()
+                path = config().host_task_dir
+                made.append(time.perf_counter() - start)
+                (path / "result.txt").write_text("x" * 1000)
+                start = time.perf_counter()
+                task_fs.release(path)
+                released.append(time.perf_counter() - start)
+            print(line(f"own filesystem: make ({limits.disk_mb} MiB)", made))
+            print(line("own filesystem: copy out + unmount", released))
+
         async def cold() -> None:
             sandbox = await driver.create(config())
-            await sandbox.close()
+            await close(sandbox)
 
         print(line("create + close sandbox (cold)", await timed(cold, starts)))
         pool = getattr(driver, "pool", None)  # the docker and bubblewrap drivers have one
@@ -98,10 +125,14 @@ async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
                 while pool.ready_count < 1:  # noqa: ASYNC110 (polling a counter, fine in a bench)
                     await asyncio.sleep(0.05)
                 start = time.perf_counter()
-                sandbox = await driver.create(config())
+                task_id = f"bench-{next(counter)}"
+                claimed = await driver.claim_warm(
+                    SandboxConfig(task_id=task_id, host_task_dir=settings.tasks_dir / task_id, limits=limits)
+                )
                 claims.append(time.perf_counter() - start)
-                await sandbox.close()
-            print(line("create sandbox from the warm pool", claims))
+                assert claimed is not None
+                await claimed.close()
+            print(line("claim a sandbox from the warm pool", claims))
             await pool.stop()
 
         sandbox = await driver.create(config())
@@ -113,9 +144,10 @@ async def bench_driver(name: str, n: int, starts: int, data_dir: Path) -> None:
             echo = ProcessRequest(kind="shell", code="echo x", timeout=30)
             print(line("shell step `echo x`", await timed(lambda: sandbox.run(echo, lambda s, d: None), n)))
         finally:
-            await sandbox.close()
+            await close(sandbox)
     finally:
         await driver.stop()
+        filesystems.stop()
 
 
 def bare_docker(image: str, runs: int) -> None:
@@ -145,12 +177,13 @@ def main() -> None:
     parser.add_argument("--drivers", default="bubblewrap,docker")
     parser.add_argument("-n", type=int, default=200, help="round trips per measure")
     parser.add_argument("--starts", type=int, default=10, help="sandbox starts per measure")
+    parser.add_argument("--no-disk-fs", action="store_true", help="no per-sandbox filesystems (measured quota)")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory(prefix="corral-bench-") as tmp:
         Path(tmp).chmod(0o755)
         for name in args.drivers.split(","):
-            asyncio.run(bench_driver(name, args.n, args.starts, Path(tmp)))
+            asyncio.run(bench_driver(name, args.n, args.starts, Path(tmp), not args.no_disk_fs))
     if "docker" in args.drivers:
         bare_docker(Settings().docker_image, args.starts)
 

@@ -105,6 +105,16 @@ class Settings(BaseSettings):
     sandbox_max_files: int = Field(
         100_000, ge=10, description="Most files and directories a task's directory may hold."
     )
+    sandbox_disk_fs: bool = Field(
+        True,
+        description="Give each sandbox its own size-limited filesystem (loop-mounted ext4, as root) "
+        "so the kernel enforces its disk quota; off, or where it cannot be made, the quota is measured.",
+    )
+    sandbox_max_filesystems: int = Field(
+        64,
+        ge=1,
+        description="Most per-sandbox filesystems (loop devices) held at once; beyond, quotas are measured.",
+    )
     disk_check_interval_seconds: float = Field(
         0.5, gt=0, description="How often a running task's directory is measured against its quota."
     )

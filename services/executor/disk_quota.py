@@ -1,11 +1,13 @@
-"""The task directory's disk quota: measured while steps run, enforced by stopping the step.
+"""The task directory's disk quota, checked while steps run: a broken quota stops the step.
 
-A task's files live in a host directory bind-mounted into its sandbox, so neither driver's
-size-limited tmpfs (/tmp) nor the per-file size limit bounds how much a task can write there in
-total. Kernel quotas would need a dedicated filesystem on every executor host; instead the
-executor measures the directory every `disk_check_interval_seconds` and stops the running step
-while it holds more than the task's `disk_mb` or more than `sandbox_max_files` entries. A fast
-writer can overshoot by what it writes in one interval (the per-file limit still applies).
+Where the task directory is a filesystem of its own (task_fs.py) the kernel enforces the quota
+(writes past it fail with ENOSPC); this watch only asks the filesystem every
+`disk_check_interval_seconds` whether it is full, to stop the step and say so in words.
+Elsewhere the task's files live in a plain host directory bind-mounted into its sandbox, so the
+executor measures it (scandir, st_blocks) as often and stops the running step while it holds
+more than the task's `disk_mb` or more than `sandbox_max_files` entries. A fast writer can then
+overshoot by what it writes in one interval (the per-file limit still applies), and files
+unlinked while open are not seen.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import structlog
 
 from services.executor.drivers.base import MIB
+from services.executor.task_fs import full_message
 
 log = structlog.get_logger()
 
@@ -59,33 +62,50 @@ def measure(root: Path, stop_bytes: int, stop_files: int) -> DiskUsage:
     return DiskUsage(total, files)
 
 
+def over_quota(usage: DiskUsage, disk_mb: int, max_files: int) -> str:
+    """Why `usage` breaks the quota, or "" when it does not."""
+    if usage.bytes > disk_mb * MIB:
+        return (
+            f"disk quota exceeded: the task directory holds more than its {disk_mb} MiB "
+            f"({usage.bytes / MIB:.0f} MiB counted)"
+        )
+    if usage.files > max_files:
+        return f"disk quota exceeded: the task directory holds more than {max_files} files"
+    return ""
+
+
+def check(root: Path, disk_mb: int, max_files: int) -> str:
+    """Why the quota at `root` is broken (or "" when it is not): a filesystem of the sandbox's
+    own (task_fs.py) is asked whether it is full, a plain directory is measured."""
+    if os.path.ismount(root):
+        return full_message(root, disk_mb, max_files)
+    return over_quota(measure(root, disk_mb * MIB, max_files), disk_mb, max_files)
+
+
 class DiskWatch:
-    """Measures `root` every `interval` seconds while running; calls `on_over(message)` each
-    time it is over its quota (the task run stops the current step)."""
+    """Checks the quota every `interval` seconds while running; calls `on_over(message)` each
+    time it is broken (the task run stops the current step). `where()` names the directory
+    and its size in MiB (it may change as the task claims its sandbox)."""
 
     def __init__(
-        self, root: Path, disk_mb: int, max_files: int, interval: float, on_over: Callable[[str], None]
+        self,
+        where: Callable[[], tuple[Path, int]],
+        max_files: int,
+        interval: float,
+        on_over: Callable[[str], None],
     ) -> None:
-        self.root = root
-        self.disk_mb = disk_mb
+        self.where = where
         self.max_files = max_files
         self.interval = interval
         self.on_over = on_over
         self._task: asyncio.Task[None] | None = None
 
-    def over(self, usage: DiskUsage) -> str:
-        """Why `usage` breaks the quota, or "" when it does not."""
-        if usage.bytes > self.disk_mb * MIB:
-            return (
-                f"disk quota exceeded: the task directory holds more than its {self.disk_mb} MiB "
-                f"({usage.bytes / MIB:.0f} MiB counted)"
-            )
-        if usage.files > self.max_files:
-            return f"disk quota exceeded: the task directory holds more than {self.max_files} files"
-        return ""
+    async def check_now(self) -> str:
+        root, disk_mb = self.where()
+        return await asyncio.to_thread(check, root, disk_mb, self.max_files)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._watch(), name=f"disk-watch {self.root.name}")
+        self._task = asyncio.create_task(self._watch(), name="disk-watch")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -94,14 +114,12 @@ class DiskWatch:
             self._task = None
 
     async def _watch(self) -> None:
-        limit_bytes = self.disk_mb * MIB
         while True:
             await asyncio.sleep(self.interval)
             try:
-                usage = await asyncio.to_thread(measure, self.root, limit_bytes, self.max_files)
+                message = await self.check_now()
             except Exception:  # never let measuring take the task down
-                log.exception("could not measure a task directory", root=str(self.root))
+                log.exception("could not measure a task directory", root=str(self.where()[0]))
                 continue
-            message = self.over(usage)
             if message:
                 self.on_over(message)

@@ -37,8 +37,24 @@ class TaskJournal:
     def __init__(self, task_dir_fd: int) -> None:
         self.entries: list[dict[str, Any]] = []
         self._dir_fd: int | None = os.dup(task_dir_fd)
+        self._closed = False
+
+    def suspend(self) -> None:
+        """Lets go of the task directory for a while (it is about to move); resume() gives
+        it back. Lines logged meanwhile are lost."""
+        self._close_dir()
+
+    def resume(self, task_dir_fd: int | None) -> None:
+        """Writes through `task_dir_fd` (its own copy) after suspend(): the task directory
+        where it ended up (SandboxLease.reopen_task_dir); nothing more if None or closed."""
+        if task_dir_fd is not None and self._dir_fd is None and not self._closed:
+            self._dir_fd = os.dup(task_dir_fd)
 
     def close(self) -> None:
+        self._closed = True
+        self._close_dir()
+
+    def _close_dir(self) -> None:
         if self._dir_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._dir_fd)

@@ -13,10 +13,13 @@ import os
 import shutil
 from pathlib import Path
 
+import structlog
+
 from corral.config import Settings
 from corral.errors import SandboxNotFound
 from corral.steps import StepFailed, needs_desktop
 from corral.v1 import task_pb2
+from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop
 from services.executor.drivers.base import (
     Sandbox,
@@ -52,6 +55,7 @@ class SandboxLease:
         # A task naming a long-lived sandbox runs in it, in /tasks/{task_id} there; processes
         # and files then name that directory explicitly (the sandbox's own is /tasks).
         self.managed: ManagedSandbox | None = None
+        self._removed_reason = sandboxes.removed_reasons.get(spec.sandbox_id, "")
         self.cwd = ""
         if spec.sandbox_id:
             with contextlib.suppress(SandboxNotFound):
@@ -65,6 +69,8 @@ class SandboxLease:
         self._sandbox: Sandbox | None = None
         self._gui: GuiClient | None = None
         self.task_dir_fd: int | None = None
+        # The task directory is a filesystem of its own (task_fs.py), released at the end.
+        self.own_fs = False
 
     @property
     def note(self) -> str:
@@ -73,26 +79,72 @@ class SandboxLease:
 
     def check_available(self) -> None:
         if self.spec.sandbox_id and self.managed is None:
-            raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor (deleted or expired?)")
+            why = self._removed_reason or "deleted or expired?"
+            raise SandboxNotFound(f"sandbox {self.spec.sandbox_id} is not on this executor ({why})")
 
-    def quota(self) -> tuple[Path, int]:
-        """The directory the disk quota covers and its size in MiB: in a long-lived sandbox
-        the sandbox's whole /tasks under the sandbox's own limit."""
-        if self.managed is not None:
-            disk_mb = SandboxLimits.resolve(self.settings, self.managed.spec.limits).disk_mb
-            return self.managed.host_tasks_dir, disk_mb
-        return self.host_task_dir, self.limits.disk_mb
-
-    def prepare_task_dir(self) -> int:
-        """Makes the host task directory and returns a descriptor of it (closed by release()),
-        opened once without following links: in a long-lived sandbox /tasks is the sandbox's to
-        write, and it could swap /tasks/{task_id} for a link to a host directory."""
+    async def prepare_task_dir(self) -> int:
+        """Makes the task's directory before anything is written there — in the slot of a warm
+        sandbox the task claims now, else on a filesystem of its own where the executor can
+        make one (a plain host directory, its quota measured, where not) — and returns a
+        descriptor of it (closed by release()), opened once without following links: in a
+        long-lived sandbox /tasks is the sandbox's to write, and it could swap /tasks/{task_id}
+        for a link to a host directory."""
+        if self.managed is None:
+            self._sandbox = await self.driver.claim_warm(self.config())
+            if self._sandbox is None:
+                filesystems = self.driver.task_fs
+                self.own_fs = filesystems is not None and await asyncio.to_thread(
+                    filesystems.attach, self.host_task_dir, self.limits.disk_mb
+                )
         try:
-            self.driver.prepare_task_dir(self.host_task_dir)
-            self.task_dir_fd = open_sandbox_dir(self.host_task_dir.parent, self.host_task_dir.name)
+            if self._sandbox is None:
+                self.driver.prepare_task_dir(self.host_task_dir)
+            # A warm task's directory is in its sandbox's slot (a symlink stays at its host
+            # path), opened before any step ran there.
+            slot = self._warm_slot()
+            parent = slot if slot is not None else self.host_task_dir.parent
+            self.task_dir_fd = open_sandbox_dir(parent, self.task_id)
         except OSError as exc:
             raise TaskDirRefused(f"the task directory {self.task_dir} cannot be used: {exc.strerror}") from None
         return self.task_dir_fd
+
+    def _warm_slot(self) -> Path | None:
+        slot = getattr(self._sandbox, "warm_slot", None) if self.managed is None else None
+        return slot if isinstance(slot, Path) else None
+
+    @property
+    def task_dir_moves(self) -> bool:
+        """Whether release() moves the task directory (off its own filesystem, out of a slot)."""
+        return self.own_fs or self._warm_slot() is not None
+
+    def reopen_task_dir(self) -> int | None:
+        """After release(): a descriptor of the task directory where it ended up (the host's
+        own by now, no link), for the journal's last lines; None if it cannot be opened."""
+        try:
+            return open_sandbox_dir(self.host_task_dir.parent, self.host_task_dir.name)
+        except OSError as exc:
+            structlog.get_logger().warning("cannot open the task directory after its end", error=str(exc))
+            return None
+
+    @property
+    def disk_note(self) -> str:
+        """How the task's disk quota is bounded, for agent.log."""
+        filesystems = self.driver.task_fs
+        if filesystems is None:
+            return ""
+        if not filesystems.enabled or self.own_fs or os.path.ismount(self.quota()[0]):
+            return filesystems.description
+        return "disk quota: measured, not enforced by the kernel (no filesystem of its own could be made)"
+
+    def quota(self) -> tuple[Path, int]:
+        """The directory the disk quota covers and its size in MiB: in a long-lived sandbox
+        the sandbox's whole /tasks under the sandbox's own limit, in a warm sandbox its whole
+        slot (its /tasks: what the task renames next to its directory counts)."""
+        if self.managed is not None:
+            disk_mb = SandboxLimits.resolve(self.settings, self.managed.spec.limits).disk_mb
+            return self.managed.host_tasks_dir, disk_mb
+        slot = self._warm_slot()
+        return (slot, self.limits.disk_mb) if slot is not None else (self.host_task_dir, self.limits.disk_mb)
 
     def lock(self) -> asyncio.Lock | contextlib.nullcontext[None]:
         """Held while the task runs: one task at a time in a long-lived sandbox."""
@@ -111,19 +163,21 @@ class SandboxLease:
             if self.wants_desktop:
                 self.host_run_dir = self.settings.run_dir_root / self.task_id
                 self.driver.prepare_run_dir(self.host_run_dir)
-            config = SandboxConfig(
-                task_id=self.task_id,
-                host_task_dir=self.host_task_dir,
-                limits=self.limits,
-                network=self.spec.network,
-                env=dict(self.spec.env),
-                desktop=self.wants_desktop,
-                host_run_dir=self.host_run_dir,
-            )
-            self._sandbox = await self.driver.create(config)
+            self._sandbox = await self.driver.create(self.config())
             if self.wants_desktop and self.host_run_dir is not None:
                 self.desktop = await start_desktop(self._sandbox, self.host_run_dir)
         return self._sandbox
+
+    def config(self) -> SandboxConfig:
+        return SandboxConfig(
+            task_id=self.task_id,
+            host_task_dir=self.host_task_dir,
+            limits=self.limits,
+            network=self.spec.network,
+            env=dict(self.spec.env),
+            desktop=self.wants_desktop,
+            host_run_dir=self.host_run_dir,
+        )
 
     def gui(self) -> GuiClient:
         if self.desktop is None:
@@ -138,6 +192,10 @@ class SandboxLease:
 
     async def release(self) -> None:
         """Closes what the task made: its gui connection and, unless long-lived, its sandbox."""
+        # First: nothing of ours may hold the task's filesystem when it goes.
+        if self.task_dir_fd is not None:
+            os.close(self.task_dir_fd)
+            self.task_dir_fd = None
         if self._gui is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._gui.close())
@@ -146,6 +204,7 @@ class SandboxLease:
                 await asyncio.shield(self._sandbox.close())
         if self.host_run_dir is not None and self.managed is None:
             shutil.rmtree(self.host_run_dir, ignore_errors=True)
-        if self.task_dir_fd is not None:
-            os.close(self.task_dir_fd)
-            self.task_dir_fd = None
+        if self.own_fs:
+            # Every process is gone: the files move to a plain directory, the filesystem goes.
+            self.own_fs = False
+            await asyncio.shield(asyncio.to_thread(task_fs.release, self.host_task_dir))

@@ -77,12 +77,14 @@ class TaskRun:
         lease, recorder = self.lease, self.recorder
         try:
             lease.check_available()
-            recorder.journal = TaskJournal(lease.prepare_task_dir())
+            recorder.journal = TaskJournal(await lease.prepare_task_dir())
             async with lease.lock():
                 recorder.task_started(
                     self.runner.executor_id, self.runner.driver.name, lease.task_dir,
                     lease.note, len(self.spec.steps),
                 )
+                if lease.disk_note:
+                    recorder.journal.log(lease.disk_note)
                 state, error = await self.loop.run()
         except asyncio.CancelledError:
             self._finish(task_pb2.TASK_STATE_CANCELLED, self.cancel_reason or "cancelled")
@@ -93,7 +95,17 @@ class TaskRun:
             self.log.exception("task crashed")
             state, error = task_pb2.TASK_STATE_FAILED, f"the executor failed: {exc}"
         finally:
+            # The task directory may move (off its own filesystem, out of a warm slot): the
+            # journal lets go of it and writes again where it ends up.
+            moves = lease.task_dir_moves
+            if moves and recorder.journal is not None:
+                recorder.journal.suspend()
             await lease.release()
+            if moves and recorder.journal is not None:
+                fd = lease.reopen_task_dir()
+                recorder.journal.resume(fd)
+                if fd is not None:
+                    os.close(fd)
         self._finish(state, error)
 
     def _finish(self, state: task_pb2.TaskState.ValueType, error: str) -> None:

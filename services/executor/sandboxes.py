@@ -19,8 +19,17 @@ import structlog
 from corral.config import Settings
 from corral.errors import SandboxNotFound
 from corral.v1 import sandbox_pb2
+from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
-from services.executor.drivers.base import Sandbox, SandboxConfig, SandboxDriver, SandboxError, SandboxLimits
+from services.executor.disk_quota import measure, over_quota
+from services.executor.drivers.base import (
+    MIB,
+    Sandbox,
+    SandboxConfig,
+    SandboxDriver,
+    SandboxError,
+    SandboxLimits,
+)
 from services.executor.errors import SandboxExists, SandboxStartFailed
 
 log = structlog.get_logger()
@@ -37,6 +46,8 @@ class ManagedSandbox:
     host_run_dir: Path
     expires_at: float  # wall-clock seconds
     desktop: Desktop | None = None
+    # host_tasks_dir is a filesystem of its own (task_fs.py), released when the sandbox goes.
+    own_fs: bool = False
     # One task at a time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     jupyter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -46,13 +57,14 @@ class ManagedSandbox:
         return {"DISPLAY": self.desktop.display} if self.desktop else {}
 
 
-
 class SandboxManager:
     def __init__(self, settings: Settings, driver: SandboxDriver) -> None:
         self.settings = settings
         self.driver = driver
         self._sandboxes: dict[str, ManagedSandbox] = {}
         self._creating: set[str] = set()
+        # Why sandboxes were removed by this executor itself (a task naming one is told).
+        self.removed_reasons: dict[str, str] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     @property
@@ -85,27 +97,39 @@ class SandboxManager:
         try:
             host_tasks_dir = self.settings.data_dir / "sandboxes" / sandbox_id / "tasks"
             host_run_dir = self.settings.run_dir_root / sandbox_id
+            limits = SandboxLimits.resolve(self.settings, spec.limits)
+            filesystems = self.driver.task_fs
+            own_fs = filesystems is not None and await asyncio.to_thread(
+                filesystems.attach, host_tasks_dir, limits.disk_mb
+            )
             self.driver.prepare_task_dir(host_tasks_dir)
             self.driver.prepare_run_dir(host_run_dir)
             config = SandboxConfig(
                 task_id=sandbox_id,
                 host_task_dir=host_tasks_dir,
-                limits=SandboxLimits.resolve(self.settings, spec.limits),
+                limits=limits,
                 network=spec.network,
                 env=dict(spec.env),
                 desktop=spec.desktop,
                 host_run_dir=host_run_dir,
                 shared_tasks=True,
             )
-            sandbox = await self.driver.create(config)
+            try:
+                sandbox = await self.driver.create(config)
+            except BaseException:
+                if own_fs:
+                    await asyncio.to_thread(task_fs.release, host_tasks_dir)
+                raise
             managed = ManagedSandbox(
-                sandbox_id, spec, sandbox, host_tasks_dir, host_run_dir, expires_at
+                sandbox_id, spec, sandbox, host_tasks_dir, host_run_dir, expires_at, own_fs=own_fs
             )
             if spec.desktop:
                 try:
                     managed.desktop = await start_desktop(sandbox, host_run_dir)
                 except BaseException:
                     await sandbox.close()
+                    if own_fs:
+                        await asyncio.to_thread(task_fs.release, host_tasks_dir)
                     raise
             self._sandboxes[sandbox_id] = managed
             log.info("sandbox created", sandbox_id=sandbox_id, desktop=spec.desktop)
@@ -125,6 +149,8 @@ class SandboxManager:
         with contextlib.suppress(Exception):
             await managed.sandbox.close()
         shutil.rmtree(managed.host_run_dir, ignore_errors=True)
+        if managed.own_fs:
+            await asyncio.to_thread(task_fs.release, managed.host_tasks_dir)
         log.info("sandbox removed", sandbox_id=sandbox_id, reason=reason)
         return True
 
@@ -143,3 +169,20 @@ class SandboxManager:
             for managed in list(self._sandboxes.values()):
                 if managed.expires_at <= now:
                     await self.delete(managed.sandbox_id, "expired")
+                elif not managed.own_fs and not managed.lock.locked():
+                    await self._measure_idle(managed)
+
+    async def _measure_idle(self, managed: ManagedSandbox) -> None:
+        """Without a filesystem of its own, an idle sandbox's /tasks is measured too (its
+        background processes may write while no task runs); over its quota, it is deleted
+        (a running task's steps are stopped by the task's disk watch instead)."""
+        disk_mb = SandboxLimits.resolve(self.settings, managed.spec.limits).disk_mb
+        max_files = self.settings.sandbox_max_files
+        usage = await asyncio.to_thread(measure, managed.host_tasks_dir, disk_mb * MIB, max_files)
+        message = over_quota(usage, disk_mb, max_files)
+        if message and self._sandboxes.get(managed.sandbox_id) is managed and not managed.lock.locked():
+            log.warning(
+                "deleting an idle sandbox over its disk quota", sandbox_id=managed.sandbox_id, reason=message
+            )
+            self.removed_reasons[managed.sandbox_id] = f"deleted while idle: {message}"
+            await self.delete(managed.sandbox_id, message)

@@ -22,6 +22,7 @@ from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
 from services.executor.runner import TaskRunner
 from services.executor.servicer import ExecutorServicer
+from services.executor.task_fs import TaskFilesystems
 
 log = structlog.get_logger()
 
@@ -44,6 +45,21 @@ def make_driver(settings: Settings) -> SandboxDriver:
     raise SystemExit(f"unknown sandbox driver {settings.sandbox_driver!r} (available: bubblewrap, docker)")
 
 
+def start_task_fs(settings: Settings, driver: SandboxDriver) -> None:
+    """Decides whether sandboxes get filesystems of their own, and says so (never silently)."""
+    task_fs = TaskFilesystems(settings, driver.disk_fs_blocker())
+    driver.task_fs = task_fs  # the driver's start() releases what a crashed run left
+    if task_fs.enabled:
+        log.info(task_fs.description)
+    else:
+        log.warning(task_fs.description)
+
+
+def stop_task_fs(driver: SandboxDriver) -> None:
+    if driver.task_fs is not None:
+        driver.task_fs.stop()
+
+
 @dataclass
 class RunningExecutor:
     server: grpc.aio.Server
@@ -62,6 +78,7 @@ class RunningExecutor:
         await self.runner.shutdown()
         await self.runner.sandboxes.stop()
         await self.runner.driver.stop()
+        stop_task_fs(self.runner.driver)
         await self.server.stop(grace)
         await self.history.close()
 
@@ -80,7 +97,8 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         raise SystemExit(f"executor: {exc}") from exc
     advertise = settings.executor_advertise_address or f"{host}:{port}"
 
-    # Before serving: the driver may clean up what a crashed run of this executor left.
+    # Before serving: the driver cleans up what a crashed run left.
+    start_task_fs(settings, driver)
     await driver.start(executor_id)
     history = HistoryRecorder(settings)
     runner = TaskRunner(settings, driver, executor_id, history)
@@ -119,6 +137,7 @@ async def serve(settings: Settings) -> None:
         await executor.runner.shutdown()
         await executor.runner.sandboxes.stop()
         await executor.runner.driver.stop()
+        stop_task_fs(executor.runner.driver)
 
     await run_until_signalled(executor.server, on_stop=on_stop)
     await executor.history.close()

@@ -40,8 +40,14 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
             driver=self.runner.driver.name,
             capacity=self.runner.capacity,
             running_task_ids=self.runner.running_task_ids,
-            sandbox_limits=self.runner.driver.limits_description,
+            sandbox_limits=self._sandbox_limits(),
         )
+
+    def _sandbox_limits(self) -> str:
+        """What bounds the host's memory and pids, then its disk (task_fs.py), in words."""
+        driver = self.runner.driver
+        disk = driver.task_fs.description if driver.task_fs is not None else ""
+        return "; ".join(words for words in (driver.limits_description, disk) if words)
 
     # --- long-lived sandboxes ----------------------------------------------------------------
 

@@ -44,6 +44,7 @@ class StepLoop:
         self._sandbox_error: SandboxError | None = None
         # Why the disk watch stopped the running step (reset at each step).
         self._quota_error: str | None = None
+        self._disk_watch: DiskWatch | None = None
         self.log = structlog.get_logger().bind(task_id=recorder.task_id)
 
     # --- control ---------------------------------------------------------------------------
@@ -75,10 +76,8 @@ class StepLoop:
         """Runs every step; returns the task's state and, unless completed, why."""
         stop_reason = ""  # why the remaining steps are skipped
         failure = ""
-        quota_root, disk_mb = self.lease.quota()
-        disk_watch = DiskWatch(
-            quota_root,
-            disk_mb,
+        self._disk_watch = disk_watch = DiskWatch(
+            self.lease.quota,
             self.settings.sandbox_max_files,
             self.settings.disk_check_interval_seconds,
             self._over_quota,
@@ -130,6 +129,9 @@ class StepLoop:
                 outcome, state = StepOutcome.failed("cancelled"), task_pb2.STEP_STATE_CANCELLED
         finally:
             self._step_task = None
+        if state == task_pb2.STEP_STATE_FAILED and self._quota_error is None and self._disk_watch is not None:
+            # A write failed with ENOSPC before the watch looked: say why in the quota's words.
+            outcome.error = await self._disk_watch.check_now() or outcome.error
         if self.cancel_reason is not None and state != task_pb2.STEP_STATE_COMPLETED:
             state, outcome.error = task_pb2.STEP_STATE_CANCELLED, f"cancelled: {self.cancel_reason}"
         self.recorder.step_finished(index, step, state, outcome, started_at, time.monotonic() - started)

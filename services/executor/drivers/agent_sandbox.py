@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Generic, Self, TypeVar
 
@@ -31,7 +32,7 @@ from services.executor.drivers.base import (
 )
 from services.executor.drivers.faults import limit_error
 from services.executor.drivers.transport import Transport
-from services.executor.drivers.warm_pool import move_into_slot, release_slot
+from services.executor.drivers.warm_pool import make_in_slot, release_slot
 
 log = structlog.get_logger()
 
@@ -94,9 +95,10 @@ class AgentSandbox(Sandbox, Generic[T]):
             raise
         return self
 
-    async def claim(self, config: SandboxConfig) -> None:
-        """Hands this warm sandbox a task: its directory moves into the sandbox's slot, and the
-        agent changes into it with the task's environment. Raises SandboxError."""
+    async def claim(self, config: SandboxConfig, prepare_dir: Callable[[Path], None]) -> None:
+        """Hands this warm sandbox a task: its directory is made in the sandbox's slot (by
+        `prepare_dir`), and the agent changes into it with the task's environment. Raises
+        SandboxError."""
         assert self.warm_slot is not None and not self.claimed
         self.transport.apply_limits(config.limits)
         self.config = config
@@ -104,7 +106,7 @@ class AgentSandbox(Sandbox, Generic[T]):
         self.log = log.bind(task_id=config.task_id)
         self.channel.log = self.channel.log.bind(task_id=config.task_id)
         self.transport.log = self.transport.log.bind(task_id=config.task_id)
-        move_into_slot(config.host_task_dir, self.warm_slot, config.task_id)
+        make_in_slot(config.host_task_dir, self.warm_slot, config.task_id, prepare_dir)
         env = {key: self._agent_value(key, value) for key, value in sandbox_env(config).items()}
         try:
             await self.channel.request(

@@ -14,12 +14,15 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from corral import errors
 from corral.config import Settings
 from corral.steps.base import Listing
 from corral.v1 import task_pb2
+
+if TYPE_CHECKING:
+    from services.executor.task_fs import TaskFilesystems
 
 StreamName = Literal["stdout", "stderr"]
 ProcessKind = Literal["argv", "shell", "python", "typescript"]
@@ -53,7 +56,8 @@ class SandboxLimits:
     max_processes: int
     max_file_size_mb: int
     max_output_bytes: int
-    # Checked by the executor's disk watch (services/executor/disk_quota.py), not by drivers.
+    # The size of the sandbox's own filesystem (task_fs.py), else checked by the executor's
+    # disk watch (disk_quota.py).
     disk_mb: int
 
     @classmethod
@@ -204,6 +208,17 @@ class SandboxDriver(abc.ABC):
     # What bounds the host's memory and pids for this driver's sandboxes, in words (the
     # executor's status reports it; a fallback to weaker limits says so here).
     limits_description: str = ""
+    # Per-sandbox filesystems (services/executor/task_fs.py), set by the executor at start.
+    task_fs: TaskFilesystems | None = None
+
+    def disk_fs_blocker(self) -> str:
+        """Why this driver's sandboxes cannot use per-sandbox filesystems ("" when they can)."""
+        return ""
+
+    async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
+        """A warm sandbox handed this task (its directory made in the sandbox's slot), or None
+        when none is ready or fits; the task then gets create()'s cold sandbox."""
+        return None
 
     @abc.abstractmethod
     async def create(self, config: SandboxConfig) -> Sandbox:

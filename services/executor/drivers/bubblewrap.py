@@ -43,6 +43,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
+from services.executor import task_fs
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups, rlimit_fallback
 from services.executor.drivers import seccomp
 from services.executor.drivers.agent_sandbox import AgentSandbox
@@ -66,7 +67,7 @@ from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTr
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    restore_warm_dirs,
+    recover_task_dirs,
 )
 
 log = structlog.get_logger()
@@ -114,7 +115,7 @@ class BubblewrapDriver(SandboxDriver):
     # --- executor lifecycle ----------------------------------------------------------------
 
     async def start(self, executor_id: str) -> None:
-        restore_warm_dirs(self.settings.tasks_dir)
+        recover_task_dirs(self.settings.tasks_dir, self.task_fs)
         self.cgroups, words = make_executor_cgroups(self.settings, executor_id)
         if self.cgroups is None:
             log.warning("sandboxes fall back to per-process rlimits: they do not bound the host", reason=words)
@@ -167,6 +168,11 @@ class BubblewrapDriver(SandboxDriver):
             staged_paths[name] = str(stage)
             script += f'mount --bind "${{{2 * n + 1}}}" "${{{2 * n + 2}}}" && '
             args += [source, str(stage)]
+        # The private namespace copied every other sandbox's filesystem: it would keep their loop
+        # devices busy for as long as this sandbox lives, after their own ends.
+        for other in task_fs.other_sandbox_mounts(config.host_task_dir):
+            args.append(str(other))
+            script = f'umount --lazy "${{{len(args)}}}"; ' + script
         script += f"shift {len(args)} && exec \"$@\""
         prefix = [
             "unshare", "--mount", "--propagation", "private", "--",
@@ -176,29 +182,38 @@ class BubblewrapDriver(SandboxDriver):
         return prefix, staged_paths
 
     def fits_warm(self, config: SandboxConfig) -> bool:
-        """Whether a warm sandbox can serve this config. Limits do not matter here: the claim
-        sets the sandbox's cgroup to the task's (AgentSandbox.claim), or they are rlimits."""
+        """Whether a warm sandbox can serve this config. Limits do not matter here (the claim
+        sets the sandbox's cgroup to the task's, AgentSandbox.claim, or they are rlimits), but
+        for the disk quota when the slot is a filesystem of its own, made at the default size."""
         return (
             not config.network
             and not config.desktop
             and not config.shared_tasks
             and config.host_run_dir is None
+            and (
+                self.task_fs is None
+                or not self.task_fs.enabled
+                or config.limits.disk_mb == self.settings.sandbox_disk_mb
+            )
         )
 
+    async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
+        warm = self.pool.take() if self.fits_warm(config) else None
+        if warm is None:
+            return None
+        try:
+            await warm.claim(config, self.prepare_task_dir)
+            return warm
+        except (SandboxError, OSError) as exc:
+            # Its directory goes back on close; the task gets a cold sandbox instead.
+            warm.log.warning("could not claim a warm sandbox", error=str(exc))
+            await warm.close()
+            return None
+        except BaseException:
+            await warm.close()
+            raise
+
     async def create(self, config: SandboxConfig) -> Sandbox:
-        if self.fits_warm(config):
-            warm = self.pool.take()
-            if warm is not None:
-                try:
-                    await warm.claim(config)
-                    return warm
-                except (SandboxError, OSError) as exc:
-                    # Its directory goes back on close; the task gets a cold sandbox instead.
-                    warm.log.warning("could not claim a warm sandbox", error=str(exc))
-                    await warm.close()
-                except BaseException:
-                    await warm.close()
-                    raise
         sandbox = self.sandbox(config)
         return await sandbox.start_or_close()
 
@@ -210,7 +225,9 @@ class BubblewrapDriver(SandboxDriver):
         """A sandbox for no task yet: its own empty slot at /tasks, where its agent waits."""
         slot = self.settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
         slot.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        slot.mkdir(mode=0o700)
+        if self.task_fs is None or not self.task_fs.attach(slot, self.settings.sandbox_disk_mb):
+            slot.mkdir(mode=0o700)
+        os.chmod(slot, 0o700)
         if self.host_ids is not None:
             os.chown(slot, *self.host_ids)
         # shared_tasks: the slot is bound at /tasks itself (the shape of a long-lived sandbox).

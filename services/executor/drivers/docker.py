@@ -57,7 +57,7 @@ from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
-    restore_warm_dirs,
+    recover_task_dirs,
 )
 
 log = structlog.get_logger()
@@ -121,7 +121,7 @@ class DockerDriver(SandboxDriver):
         if removed:
             log.warning("removed containers a previous run of this executor left", count=removed)
         self.setup_budget(executor_id)
-        restore_warm_dirs(self.settings.tasks_dir)
+        recover_task_dirs(self.settings.tasks_dir, self.task_fs)
         self.pool.start()
 
     async def stop(self) -> None:
@@ -167,7 +167,10 @@ class DockerDriver(SandboxDriver):
         """A container for the warm pool: default limits, no network, its own slot at /tasks."""
         settings = self.settings
         slot = settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
-        slot.mkdir(parents=True, mode=0o755)
+        slot.parent.mkdir(parents=True, exist_ok=True)
+        if self.task_fs is None or not self.task_fs.attach(slot, settings.sandbox_disk_mb):
+            slot.mkdir(mode=0o755)
+        os.chmod(slot, 0o755)
         config = SandboxConfig(
             task_id="",
             host_task_dir=slot,
@@ -190,6 +193,13 @@ class DockerDriver(SandboxDriver):
             make_sandbox_dir(path, None, 0o777)  # we cannot chown to the sandbox user; let it write
         else:
             make_sandbox_dir(path, None, 0o755)
+
+    def disk_fs_blocker(self) -> str:
+        if self.settings.docker_tasks_host_dir is not None:
+            return "CORRAL_DOCKER_TASKS_HOST_DIR is set: the Docker host cannot see this executor's mounts"
+        if not _sees_our_mounts(self.settings.data_dir):
+            return "the Docker engine runs elsewhere and the data directory is not a shared mount (rshared)"
+        return ""
 
     def host_path(self, path: Path) -> str:
         """`path` (under tasks_dir, as this process sees it) as the Docker host sees it."""
@@ -215,18 +225,30 @@ class DockerDriver(SandboxDriver):
             and config.host_run_dir is None
             and config.limits.memory_mb == self.settings.sandbox_memory_mb
             and config.limits.max_processes == self.settings.sandbox_max_processes
+            and (
+                self.task_fs is None
+                or not self.task_fs.enabled
+                or config.limits.disk_mb == self.settings.sandbox_disk_mb
+            )
         )
 
+    async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
+        warm = self.pool.take() if self.is_default(config) else None
+        if warm is None:
+            return None
+        try:
+            await warm.claim(config, self.prepare_task_dir)
+            return warm
+        except (SandboxError, OSError) as exc:
+            # Its directory goes back on close; the task gets a cold container instead.
+            warm.log.warning("could not claim a warm container", error=str(exc))
+            await warm.close()
+            return None
+        except BaseException:
+            await warm.close()
+            raise
+
     async def create(self, config: SandboxConfig) -> Sandbox:
-        if self.is_default(config):
-            warm = self.pool.take()
-            if warm is not None:
-                try:
-                    await warm.claim(config)
-                    return warm
-                except BaseException:
-                    await warm.close()
-                    raise
         mounts = {self.host_path(config.host_task_dir): config.task_dir}
         if config.host_run_dir is not None:
             # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
@@ -331,6 +353,26 @@ class DockerDriver(SandboxDriver):
         if state.get("Running"):
             return "the sandbox agent's connection closed"
         return f"the sandbox container exited with code {state.get('ExitCode')}"
+
+
+def _sees_our_mounts(path: Path) -> bool:
+    """Whether the Docker engine sees mounts this process makes at `path`: it runs in our mount
+    namespace (a dockerd process is visible here and shares it), or the mount holding `path` is
+    shared (e.g. an `rshared` bind of the data directory into the executor's container)."""
+    ours = os.stat("/proc/self/ns/mnt").st_ino
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+                return os.stat(f"/proc/{pid}/ns/mnt").st_ino == ours
+    best, shared = -1, False
+    target = str(path.resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            fields = line.split(" - ")[0].split()
+            point = fields[4]
+            if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > best:
+                best, shared = len(point), any(field.startswith("shared:") for field in fields[6:])
+    return shared
 
 
 class DockerTransport(Transport):

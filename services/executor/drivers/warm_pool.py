@@ -1,10 +1,11 @@
 """A driver-neutral warm pool: started sandboxes waiting for a task, refilled in the background.
 
 A warm sandbox is started before any task exists, with its own fresh, empty host "slot"
-directory (tasks_dir/.warm/<slot>) mounted at /tasks and its agent sitting there. A task claims
-one: its directory moves into the slot (a symlink stays at tasks_dir/{task_id}), so it appears
-inside as /tasks/{task_id} with nothing beside it, and the agent changes into it. When the
-sandbox closes, the directory moves back. The driver decides which sandbox configurations a
+directory (tasks_dir/.warm/<slot>, a filesystem of its own where task_fs.py can make one)
+mounted at /tasks and its agent sitting there. A task claims one when it starts: its directory
+is made in the slot (a symlink stays at tasks_dir/{task_id}), so it appears inside as
+/tasks/{task_id} with nothing beside it, and the agent changes into it. When the sandbox
+closes, the directory moves (or, from a filesystem of its own, is copied) back. The driver decides which sandbox configurations a
 warm sandbox fits; the others get a sandbox of their own (a cold start).
 
 Both the bubblewrap and the docker driver use this module.
@@ -23,12 +24,13 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
+from services.executor import task_fs
 from services.executor.drivers.base import SandboxError
 
 log = structlog.get_logger()
 
 # Hidden (not a valid task id) directory of tasks_dir holding the warm sandboxes' /tasks.
-WARM_DIR = ".warm"
+WARM_DIR = task_fs.WARM_DIR
 RETRY_SECONDS = 5.0
 # A refill waits this long after a claim: starting a sandbox takes the event loop for a few ms
 # (fork/exec), which would otherwise land on the claiming task's first step.
@@ -122,19 +124,21 @@ class WarmPool(Generic[S]):
 # --- slots -------------------------------------------------------------------------------------
 
 
-def move_into_slot(task_dir: Path, slot: Path, task_id: str) -> None:
-    """Moves a task directory into a warm slot, leaving a relative symlink at its old path.
-
-    The task's journal holds an fd on the directory, which follows the rename; the symlink keeps
-    host paths (agent.log, screenshots) working while the task runs.
-    """
+def make_in_slot(task_dir: Path, slot: Path, task_id: str, prepare_dir: Callable[[Path], None]) -> None:
+    """Makes a task's directory in a warm slot (`prepare_dir` hands it to the sandbox user),
+    with a relative symlink at its host path while the task runs. Made there from the start
+    (the task claims its sandbox first): a slot may be a filesystem of its own (task_fs.py),
+    which a rename could not enter."""
     inside = slot / task_id
-    task_dir.rename(inside)
+    prepare_dir(inside)
     task_dir.symlink_to(os.path.relpath(inside, task_dir.parent))
 
 
 def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
     """After its sandbox ended: the task directory goes back in place, the slot goes away."""
+    if os.path.ismount(slot):
+        task_fs.release_slot(slot, task_dir, task_id)
+        return
     if task_dir is not None:
         inside = slot / task_id
         try:
@@ -147,10 +151,23 @@ def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
             log.warning("could not move a task directory back from its warm slot", slot=str(slot), error=str(exc))
             return
         if inside.exists() or inside.is_symlink():
-            log.warning("a task directory stayed in its warm slot", slot=str(slot), task_id=task_id)
-            return
+            # The sandbox replaced its directory (by a symlink, say): the slot goes all the
+            # same (what the task put elsewhere in it must not outlive it), an empty one stays.
+            log.warning("a task directory was no directory at its end", slot=str(slot), task_id=task_id)
+            with contextlib.suppress(OSError):
+                task_dir.unlink()
+                task_dir.mkdir(mode=0o755)
     # Whatever else the sandbox left in /tasks goes with the slot.
     shutil.rmtree(slot, ignore_errors=True)
+
+
+def recover_task_dirs(tasks_dir: Path, filesystems: task_fs.TaskFilesystems | None) -> None:
+    """At a driver's start, once no sandbox of a previous run is left: the filesystems that
+    run left are released (their task directories copied out), then task directories left in
+    plain warm slots move back."""
+    if filesystems is not None:
+        filesystems.recover()
+    restore_warm_dirs(tasks_dir)
 
 
 def restore_warm_dirs(tasks_dir: Path) -> None:

@@ -1,0 +1,439 @@
+"""Per-sandbox filesystems: the disk quota enforced by the kernel, where the executor can.
+
+Each sandbox's writable directory (a task's directory, a warm sandbox's slot, a long-lived
+sandbox's /tasks) can be its own ext4 filesystem: a sparse image file of the quota (plus its
+metadata) under data_dir/disks, made without a journal or reserved blocks, with about
+`sandbox_max_files` inodes, and loop-mounted nosuid,nodev,noatime at the directory before the
+sandbox starts. Writes past the quota then fail with ENOSPC inside the sandbox, unlinked-but-open
+files count, an idle sandbox is bounded like a busy one, and nothing renamed or linked inside
+leaves it; set-id bits and devices on it mean nothing on the host; the sandbox's mountinfo shows
+the mount's own root (`/`), not the data directory's host path.
+
+Lifecycle. A cold task's filesystem is made when its directory is (mkfs + mount, tens of ms);
+a warm sandbox's slot is made with the sandbox, ahead of any task, at the default quota (tasks
+asking for another one get a cold sandbox). When the sandbox is gone (every process dead), its
+files are copied out (cp: symlinks as links, hard links kept, holes kept) into a plain
+directory at the same host path, set-id bits stripped and FIFOs/sockets/devices dropped, before
+the copy is moved into place; then the filesystem is unmounted and its image deleted. So after
+a task everything reads its directory as before, and loop devices are held only while
+sandboxes run: at most `sandbox_max_filesystems` at once (beyond, a sandbox gets a measured
+directory). The executor's start copies out and unmounts what a crashed run left (under its
+own data directory only); its stop unmounts whatever is left.
+
+Where no filesystem can be made (not root, no loop devices, a Docker host that cannot see the
+executor's mounts, the setting off) the quota is measured instead (disk_quota.py), long-lived
+sandboxes included while idle; the executor logs why at start and each task's agent.log says so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import subprocess
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import structlog
+
+from corral.config import Settings
+
+log = structlog.get_logger()
+
+MIB = 1024 * 1024
+DISKS_DIR = "disks"
+# tasks_dir's directory of warm slots (drivers/warm_pool.py).
+WARM_DIR = ".warm"
+INODE_BYTES = 256
+# A filesystem with less than this free is full (a writer stops at ENOSPC within one block).
+FULL_BYTES = 64 * 1024
+# Inodes ext4 uses itself (1-10 reserved, the root; lost+found is removed).
+OWN_INODES = 11
+# Blocks only root (the executor: agent.log, memory.json) may use, so a task that fills its
+# filesystem still gets its journal written.
+RESERVED_MIB = 8
+COMMAND_TIMEOUT = 120.0
+REQUIRED_TOOLS = ("mount", "umount", "mkfs.ext4", "cp", "find")
+
+# One mount or unmount at a time: `mount -o loop` picks a free loop device, and a count of
+# our mounts decides whether another may be made.
+_mount_lock = threading.Lock()
+
+
+class TaskFsError(Exception):
+    """A filesystem could not be made or released."""
+
+
+def reserved_mib(disk_mb: int) -> int:
+    return min(RESERVED_MIB, max(1, disk_mb // 4))
+
+
+def image_mib(disk_mb: int, inodes: int) -> int:
+    """Size of an image whose free space is at least `disk_mb` MiB for the sandbox (measured:
+    ext4's inode tables, bitmaps and group descriptors take about this much on top) plus the
+    executor's reserve."""
+    return disk_mb + reserved_mib(disk_mb) + (inodes * INODE_BYTES + MIB - 1) // MIB + disk_mb // 256 + 2
+
+
+def _run(argv: list[str]) -> None:
+    try:
+        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    except subprocess.CalledProcessError as exc:
+        raise TaskFsError(f"{argv[0]} failed: {(exc.stderr or exc.stdout).strip()}") from exc
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise TaskFsError(f"{argv[0]} failed: {exc}") from exc
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field (spaces, tabs, newlines and backslashes are octal escapes)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def loop_mounts_under(root: Path) -> list[Path]:
+    """Mount points of loop-device filesystems at or below `root`, deepest first."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 2 or not tail[1].startswith("/dev/loop"):
+                continue
+            point = Path(_unescape(fields[4]))
+            if point == root or point.is_relative_to(root):
+                found.append(point)
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def _backing_text(mount_point: Path) -> str:
+    try:
+        dev = os.stat(mount_point).st_dev
+        return Path(f"/sys/dev/block/{os.major(dev)}:{os.minor(dev)}/loop/backing_file").read_text().strip()
+    except OSError:
+        return ""
+
+
+def backing_file(mount_point: Path) -> Path | None:
+    """The image file behind a loop-mounted filesystem, from sysfs."""
+    text = _backing_text(mount_point)
+    return Path(text.removesuffix(" (deleted)")) if text else None
+
+
+def other_sandbox_mounts(own: Path) -> list[Path]:
+    """Mount points of sandbox filesystems (any executor's) other than the one holding `own`."""
+    own = own.resolve()
+    return [
+        point
+        for point in loop_mounts_under(Path("/"))
+        if not (own == point or own.is_relative_to(point))
+        and (image := backing_file(point)) is not None
+        and image.parent.name == DISKS_DIR
+    ]
+
+
+def discard_orphans() -> int:
+    """Lazily unmounts every sandbox filesystem whose image was deleted while it was mounted:
+    the data directory of an executor that was killed has since been removed (tests do), so
+    nobody will start there again. A running executor never deletes a mounted image. Returns
+    how many."""
+    count = 0
+    for point in loop_mounts_under(Path("/")):
+        text = _backing_text(point)
+        if text.endswith(" (deleted)") and Path(text.removesuffix(" (deleted)")).parent.name == DISKS_DIR:
+            with contextlib.suppress(TaskFsError):
+                _run(["umount", "--lazy", str(point)])
+                count += 1
+    return count
+
+
+def unmount(mount_point: Path) -> None:
+    """Unmounts (lazily when something still holds it, e.g. a journal's descriptor; the loop
+    device then goes with the last user) and deletes the image."""
+    image = backing_file(mount_point)
+    with _mount_lock:
+        try:
+            _run(["umount", str(mount_point)])
+        except TaskFsError:
+            _run(["umount", "--lazy", str(mount_point)])
+    if image is not None and image.parent.name == DISKS_DIR:
+        with contextlib.suppress(FileNotFoundError):
+            image.unlink()
+
+
+def copy_out(source: Path, target: Path, before_install: Callable[[], None] = lambda: None) -> None:
+    """Copies the directory `source` (on a filesystem no sandbox uses any more) to `target`, a
+    plain host directory: set-id bits stripped, FIFOs, sockets and devices left out. The copy is
+    made in a root-only staging directory beside `target` and moved into place (replacing a
+    symlink or an empty directory there, after `before_install`, e.g. the unmount of `target`),
+    so no host user ever sees a set-id file of it."""
+    staging = target.parent / f".copy-{target.name}-{uuid.uuid4().hex[:8]}"
+    os.mkdir(staging, 0o700)
+    tree = staging / "tree"
+    try:
+        if source.is_dir() and not source.is_symlink():
+            _run(
+                [
+                    "cp",
+                    "--no-dereference",
+                    "--recursive",
+                    "--sparse=always",
+                    "--preserve=mode,ownership,timestamps,links",
+                    "--",
+                    f"{source}/.",
+                    str(tree),
+                ]
+            )
+            _run(
+                [
+                    "find",
+                    str(tree),
+                    "-xdev",
+                    "(",
+                    "-type",
+                    "p",
+                    "-o",
+                    "-type",
+                    "s",
+                    "-o",
+                    "-type",
+                    "b",
+                    "-o",
+                    "-type",
+                    "c",
+                    ")",
+                    "-delete",
+                ]
+            )
+            _run(
+                [
+                    "find",
+                    str(tree),
+                    "-xdev",
+                    "!",
+                    "-type",
+                    "l",
+                    "(",
+                    "-perm",
+                    "-4000",
+                    "-o",
+                    "-perm",
+                    "-2000",
+                    ")",
+                    "-exec",
+                    "chmod",
+                    "ug-s",
+                    "{}",
+                    "+",
+                ]
+            )
+        else:
+            # The sandbox replaced its directory (by a symlink, say): nothing of it is kept.
+            log.warning(
+                "a task directory was no directory at its end; keeping an empty one", path=str(source)
+            )
+            os.mkdir(tree, 0o755)
+        before_install()
+        if target.is_symlink():
+            target.unlink()
+        elif target.is_dir():
+            target.rmdir()  # an empty mount point by now
+        os.rename(tree, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def release(mount_point: Path) -> None:
+    """A task's (or long-lived sandbox's) filesystem after its sandbox ended: its files are
+    copied out to the same host path, then it is unmounted. Errors are logged; files that
+    could not be copied are dropped with the filesystem (a loop device is never kept)."""
+    try:
+        copy_out(mount_point, mount_point, before_install=lambda: unmount(mount_point))
+        return
+    except (TaskFsError, OSError) as exc:
+        log.error(
+            "could not copy a sandbox filesystem's files out; dropping them",
+            path=str(mount_point),
+            error=str(exc),
+        )
+    if os.path.ismount(mount_point):
+        discard(mount_point)
+        with contextlib.suppress(OSError):
+            os.mkdir(mount_point, 0o755)
+
+
+def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
+    """A warm slot that is its own filesystem, after its sandbox ended: the claimed task's
+    directory is copied out to `task_dir` (replacing the symlink); the rest goes with it."""
+    if task_dir is not None:
+        keep_from_slot(slot, task_id, task_dir)
+    discard(slot)
+
+
+def discard(mount_point: Path) -> None:
+    try:
+        unmount(mount_point)
+        mount_point.rmdir()
+    except (TaskFsError, OSError) as exc:
+        log.error("could not unmount a sandbox filesystem", path=str(mount_point), error=str(exc))
+
+
+class TaskFilesystems:
+    """Whether this executor makes per-sandbox filesystems, and making / releasing them."""
+
+    def __init__(self, settings: Settings, blocked: str = "") -> None:
+        self.settings = settings
+        self.data_dir = settings.data_dir.resolve()
+        self.disks_dir = self.data_dir / DISKS_DIR
+        self.max_mounts = settings.sandbox_max_filesystems
+        off = "" if settings.sandbox_disk_fs else "CORRAL_SANDBOX_DISK_FS is off"
+        self.unavailable = off or blocked or self._probe()
+
+    @property
+    def enabled(self) -> bool:
+        return not self.unavailable
+
+    @property
+    def description(self) -> str:
+        """How disk quotas are bounded here, for agent.log and the executor's start."""
+        if self.enabled:
+            return "disk quota: enforced by the kernel (the sandbox's own filesystem)"
+        interval = self.settings.disk_check_interval_seconds
+        return f"disk quota: measured every {interval:g}s, not enforced by the kernel ({self.unavailable})"
+
+    def _probe(self) -> str:
+        """Why no filesystem can be made here ("" when one can: a 1 MiB one was made)."""
+        if os.geteuid() != 0:
+            return "the executor is not root"
+        if not os.path.exists("/dev/loop-control"):
+            return "no /dev/loop-control"
+        missing = [tool for tool in REQUIRED_TOOLS if shutil.which(tool) is None]
+        if missing:
+            return f"missing {', '.join(missing)} (util-linux, e2fsprogs)"
+        probe = self.disks_dir / "probe"
+        try:
+            self.disks_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                probe.rmdir()
+            self._make(probe, 1, 16)
+            unmount(probe)
+            probe.rmdir()
+        except (TaskFsError, OSError) as exc:
+            return f"a test filesystem could not be mounted: {exc}"
+        return ""
+
+    def _make(self, path: Path, disk_mb: int, max_files: int) -> None:
+        inodes = max_files + OWN_INODES
+        image = self.disks_dir / f"{uuid.uuid4().hex}.img"
+        size_mib = image_mib(disk_mb, inodes)
+        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.ftruncate(fd, size_mib * MIB)  # sparse: costs what it holds
+        finally:
+            os.close(fd)
+        try:
+            _run(
+                [
+                    "mkfs.ext4",
+                    "-q",
+                    "-F",
+                    "-b",
+                    "4096",
+                    "-m",
+                    f"{100 * reserved_mib(disk_mb) / size_mib:.4f}",
+                    "-N",
+                    str(inodes),
+                    "-O",
+                    "^has_journal,^resize_inode",
+                    "-E",
+                    "nodiscard",
+                    str(image),
+                ]
+            )
+            os.mkdir(path, 0o700)
+            with _mount_lock:
+                if len(loop_mounts_under(self.data_dir)) >= self.max_mounts:
+                    raise TaskFsError(
+                        f"{self.max_mounts} sandbox filesystems are in use (sandbox_max_filesystems)"
+                    )
+                _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(image), str(path)])
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            image.unlink()
+            raise
+        (path / "lost+found").rmdir()
+
+    def attach(self, path: Path, disk_mb: int) -> bool:
+        """Makes a filesystem of `disk_mb` MiB at `path` (which must not exist yet); False,
+        logged, when this executor cannot (the directory is then left for the caller)."""
+        if not self.enabled:
+            return False
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._make(path, disk_mb, self.settings.sandbox_max_files)
+        except (TaskFsError, OSError) as exc:
+            log.warning(
+                "no filesystem of its own for a sandbox; its quota is measured",
+                path=str(path),
+                error=str(exc),
+            )
+            return False
+        return True
+
+    def recover(self) -> None:
+        """At start: what a crashed run left under this data directory is copied out and
+        unmounted (a warm slot: only the task directories linked from tasks_dir are kept),
+        and images nobody mounts are deleted."""
+        if os.geteuid() != 0:
+            return  # nobody here could have mounted them
+        orphans = discard_orphans()
+        if orphans:
+            log.warning("unmounted filesystems of removed data directories", count=orphans)
+        tasks_dir = self.settings.tasks_dir.resolve()
+        for point in loop_mounts_under(self.data_dir):
+            log.warning("releasing a filesystem a previous run left", path=str(point))
+            if point.parent == tasks_dir / WARM_DIR:
+                for child in list(point.iterdir()):
+                    link = tasks_dir / child.name
+                    if link.is_symlink() and link.resolve() == child.resolve():
+                        keep_from_slot(point, child.name, link)
+                discard(point)
+            else:
+                release(point)
+        if self.disks_dir.is_dir():
+            for image in self.disks_dir.glob("*.img"):
+                image.unlink()
+
+    def stop(self) -> None:
+        """At the executor's stop, after every sandbox closed: nothing of ours stays mounted."""
+        self.recover()
+
+
+def keep_from_slot(slot: Path, name: str, task_dir: Path) -> None:
+    """Copies slot/name out to task_dir (see copy_out); errors are logged."""
+    try:
+        copy_out(slot / name, task_dir)
+    except (TaskFsError, OSError) as exc:
+        log.error("could not copy a task directory out of its warm slot", slot=str(slot), error=str(exc))
+        with contextlib.suppress(OSError):
+            if task_dir.is_symlink():
+                task_dir.unlink()
+                os.mkdir(task_dir, 0o755)
+
+
+def full_message(root: Path, disk_mb: int, max_files: int) -> str:
+    """Why a sandbox's own filesystem at `root` is full, or ""."""
+    try:
+        st = os.statvfs(root)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return ""
+        raise
+    if st.f_bavail * st.f_frsize < FULL_BYTES:
+        return f"disk quota exceeded: the task directory is full (its {disk_mb} MiB are used)"
+    if st.f_favail == 0:
+        return f"disk quota exceeded: the task directory holds its limit of {max_files} files"
+    return ""
