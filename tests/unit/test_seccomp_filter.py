@@ -40,6 +40,7 @@ def test_denies_at_least_dockers_documented_list_and_io_uring() -> None:
     lines = seccomp.described()
     assert "keyctl: EPERM" in lines and "io_uring_setup: ENOSYS" in lines
     assert "chmod with S_ISUID or S_ISGID: EPERM" in lines
+    assert "ptrace of pid 1 (the sandbox's init): EPERM" in lines
     conditional = {rule.syscall for rule in seccomp.conditional_rules()}
     setuid_makers = {
         "chmod",

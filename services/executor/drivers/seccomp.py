@@ -134,6 +134,8 @@ def conditional_rules() -> list[Rule]:
     """Calls refused only for some arguments."""
     rules = [Rule("clone", (ArgMask(0, flag, flag),)) for flag in NAMESPACE_FLAGS]
     rules += _persona_rules()
+    # ptrace of the sandbox's init (bwrap's, or tini): attaching stops it and hangs the sandbox.
+    rules.append(Rule("ptrace", (ArgMask(1, 0xFFFFFFFF, 1),)))
     # RestrictSUIDSGID=: no setuid/setgid file and no device can be made (the task directory
     # is on the host, where any host user could run such a file as its owner).
     for syscall, mode_arg in (("chmod", 1), ("fchmod", 1), ("fchmodat", 2), ("fchmodat2", 2), ("creat", 1)):
@@ -149,6 +151,7 @@ def described() -> list[str]:
     lines += [f"{name}: ENOSYS" for name in DENIED_ENOSYS]
     conditions = {
         "clone": "with a namespace flag",
+        "ptrace": "of pid 1 (the sandbox's init)",
         "personality": "with a persona other than 0, 0x8, 0x20000, 0x20008 (or the 0xffffffff query)",
         "chmod": "with S_ISUID or S_ISGID",
         "fchmod": "with S_ISUID or S_ISGID",

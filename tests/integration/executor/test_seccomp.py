@@ -49,6 +49,8 @@ print(json.dumps({
     "personality_query": call(135, 0xFFFFFFFF),
     "openat2": call(437, -100, 0, 0, 0),
     "quotactl": call(179, 0, 0, 0, 0),
+    # PTRACE_SEIZE (does not stop the tracee, so an unfiltered run does not hang the sandbox).
+    "ptrace_init": call(101, 0x4206, 1, 0, 0),
 }))
 """
 
@@ -60,7 +62,7 @@ EXPECTED = {
     "bpf": "EPERM", "perf_event_open": "EPERM", "userfaultfd": "EPERM", "kcmp": "EPERM",
     "process_vm_readv": "EPERM", "get_mempolicy": "EPERM", "name_to_handle_at": "EPERM",
     "personality_addr_no_randomize": "EPERM", "personality_query": "ok",
-    "openat2": "ENOSYS", "quotactl": "EPERM",
+    "openat2": "ENOSYS", "quotactl": "EPERM", "ptrace_init": "EPERM",
 }  # fmt: skip
 
 
