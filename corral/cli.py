@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from corral import cli_pki, cli_run, cli_sandbox, cli_up
+from corral import cli_keys, cli_pki, cli_run, cli_sandbox, cli_up
 from corral.config import Settings
 from corral.errors import CorralError, Unavailable
 
@@ -22,6 +22,10 @@ EXAMPLES = """examples:
   corral cancel TASK_ID
   corral sandbox create --desktop --ttl 3600  a long-lived sandbox; then corral run --sandbox ID ...
   corral pki init ./pki                       a CA and service certificates for another deployment
+  corral keys create --admin --name admin --database   the first admin key (where the scheduler runs)
+  CORRAL_API_KEY=crl_... corral keys create --name alice   a key for tenant alice
+
+With API keys (CORRAL_AUTH=keys), client commands send CORRAL_API_KEY.
 """
 
 
@@ -65,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki = commands.add_parser("pki", help="the deployment's CA and service certificates (compose, clusters)")
     cli_pki.add_arguments(pki)
+
+    keys = commands.add_parser("keys", help="API keys: create, ls, revoke")
+    cli_keys.add_arguments(keys)
     return parser
 
 
@@ -74,6 +81,7 @@ CLIENT_COMMANDS: dict[str, Callable[[argparse.Namespace, str], Coroutine[Any, An
     "cancel": cli_run.cancel,
     "ls": cli_run.list_tasks,
     "sandbox": cli_sandbox.run,
+    "keys": cli_keys.run,
 }
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from corral import cli_run
+from corral.api_keys import metadata_for
 from corral.client import typed_errors
 from corral.config import Settings
 from corral.grpc_server import channel
@@ -53,6 +54,7 @@ async def run(args: argparse.Namespace, scheduler: str) -> int:
 
 
 async def _run(args: argparse.Namespace, scheduler: str) -> int:
+    key = metadata_for(Settings().api_key)  # CORRAL_API_KEY
     async with channel(scheduler, Settings(), "admin") as chan:
         stub = sandbox_pb2_grpc.SandboxServiceStub(chan)
         action = args.sandbox_command
@@ -65,7 +67,7 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
                 spec.env[key] = value
             if args.ttl:
                 spec.ttl.CopyFrom(seconds_to_duration(args.ttl))
-            created = await stub.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec))
+            created = await stub.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec), metadata=key)
             info = {**_describe(created.sandbox), "token": created.token, "view_token": created.view_token}
             if args.json:
                 print(json.dumps(info, indent=2))
@@ -78,7 +80,7 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
                 print(f"jupyter: http://GATEWAY/v1/sandboxes/{sid}/jupyter/?token={created.token}", file=sys.stderr)
                 print(f"run tasks in it: corral run --sandbox {sid} 'echo hi'", file=sys.stderr)
         elif action == "ls":
-            reply = await stub.ListSandboxes(sandbox_pb2.ListSandboxesRequest(include_ended=args.all))
+            reply = await stub.ListSandboxes(sandbox_pb2.ListSandboxesRequest(include_ended=args.all), metadata=key)
             rows = [_describe(s) for s in reply.sandboxes]
             if args.json:
                 print(json.dumps(rows, indent=2))
@@ -88,12 +90,12 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
                     print(f"{row['sandbox_id']}  {row['status']:<8} {flags:<16} expires {row['expires_at']}")
         elif action == "rm":
             for sandbox_id in args.sandbox_ids:
-                await stub.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id))
+                await stub.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=key)
                 print(f"deleted {sandbox_id}", file=sys.stderr)
         elif action == "extend":
             message = sandbox_pb2.ExtendSandboxRequest(sandbox_id=args.sandbox_id)
             if args.ttl:
                 message.ttl.CopyFrom(seconds_to_duration(args.ttl))
-            extended = await stub.ExtendSandbox(message)
+            extended = await stub.ExtendSandbox(message, metadata=key)
             print(f"{args.sandbox_id} expires at {extended.sandbox.expires_at.ToJsonString()}")
     return 0

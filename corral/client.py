@@ -18,6 +18,7 @@ from types import TracebackType
 
 import grpc
 
+from corral.api_keys import metadata_for
 from corral.config import Settings
 from corral.errors import from_rpc_error
 from corral.grpc_server import channel
@@ -37,12 +38,15 @@ def typed_errors() -> Iterator[None]:
 class CorralClient:
     """SchedulerService calls with plain arguments; failures raise corral.errors classes."""
 
-    def __init__(self, scheduler_address: str, settings: Settings | None = None) -> None:
+    def __init__(self, scheduler_address: str, settings: Settings | None = None, api_key: str | None = None) -> None:
         """Calls as the deployment's admin: its certificate from `settings` (by default
-        CORRAL_TLS_* or <data_dir>/pki, which `corral up` creates)."""
+        CORRAL_TLS_* or <data_dir>/pki, which `corral up` creates). `api_key` (crl_...) is sent
+        with every call as the tenant's key; None takes CORRAL_API_KEY's."""
         self.address = scheduler_address
-        self._channel = channel(scheduler_address, settings or Settings(), "admin")
+        settings = settings or Settings()
+        self._channel = channel(scheduler_address, settings, "admin")
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._key = metadata_for(settings.api_key if api_key is None else api_key)
 
     async def __aenter__(self) -> CorralClient:
         return self
@@ -62,12 +66,12 @@ class CorralClient:
         """Submits a task; returns its id."""
         spec = request.to_proto() if isinstance(request, TaskRequest) else request
         with typed_errors():
-            response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec))
+            response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec), metadata=self._key)
         return response.task_id
 
     async def get(self, task_id: str) -> task_pb2.Task:
         with typed_errors():
-            response = await self._stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id))
+            response = await self._stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id), metadata=self._key)
         return response.task
 
     async def list(
@@ -79,19 +83,20 @@ class CorralClient:
         """One page of tasks and the token of the next page ('' when none)."""
         with typed_errors():
             response = await self._stub.ListTasks(
-                scheduler_pb2.ListTasksRequest(state=state, page_size=page_size, page_token=page_token)
+                scheduler_pb2.ListTasksRequest(state=state, page_size=page_size, page_token=page_token),
+                metadata=self._key,
             )
         return list(response.tasks), response.next_page_token
 
     async def cancel(self, task_id: str) -> task_pb2.Task:
         with typed_errors():
-            response = await self._stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task_id))
+            response = await self._stub.CancelTask(scheduler_pb2.CancelTaskRequest(task_id=task_id), metadata=self._key)
         return response.task
 
     async def watch(self, task_id: str, after_sequence: int = 0) -> AsyncGenerator[task_pb2.TaskEvent, None]:
         """Yields the task's events (replayed, then live) until the task finishes."""
         call = self._stub.WatchTask(
-            scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after_sequence)
+            scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after_sequence), metadata=self._key
         )
         try:
             with typed_errors():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -36,6 +37,26 @@ class Settings(BaseSettings):
         None, description="This process's certificate (tls_dir/<role>.crt if unset)."
     )
     tls_key_file: Path | None = Field(None, description="This process's key (tls_dir/<role>.key if unset).")
+
+    # --- API keys and tenants (corral/api_keys.py) --------------------------------------
+    auth: Literal["auto", "keys", "off"] = Field(
+        "auto",
+        description="keys: every public call needs an API key; off: none does (one tenant, "
+        "'local'; a warning at every start when a service listens beyond loopback); auto: off "
+        "while the gateway and the scheduler listen on loopback only, and a refusal to start "
+        "otherwise (choose keys or off). Give every service the same value.",
+    )
+    api_key: str = Field("", description="The API key the CLI and the SDK send (crl_...).")
+    quota_max_tasks: int = Field(
+        100, ge=1, description="Unfinished (scheduled or running) tasks a tenant may have at once."
+    )
+    quota_max_sandboxes: int = Field(10, ge=1, description="Active long-lived sandboxes a tenant may have at once.")
+    quota_submissions_per_second: float = Field(
+        20.0, gt=0, description="Tasks and sandboxes a tenant may submit per second (bursts of twice that)."
+    )
+    audit_log: Path | None = Field(
+        None, description="The scheduler's audit log, one JSON line per security event (data_dir/audit.log if unset)."
+    )
 
     # --- scheduler ---------------------------------------------------------------------
     scheduler_address: str = Field(
@@ -219,6 +240,10 @@ class Settings(BaseSettings):
             self.tls_cert_file or self.pki_dir / f"{role}.crt",
             self.tls_key_file or self.pki_dir / f"{role}.key",
         )
+
+    @property
+    def audit_log_path(self) -> Path:
+        return self.audit_log or self.data_dir / "audit.log"
 
     def database_url(self, service: str) -> str:
         configured = {

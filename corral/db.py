@@ -6,9 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Connection, MetaData, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.schema import CreateColumn
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -56,3 +57,19 @@ def normalize_url(url: str) -> str:
 
 def is_sqlite(engine: AsyncEngine) -> bool:
     return engine.dialect.name == "sqlite"
+
+
+def add_missing_columns(conn: Connection, metadata: MetaData) -> None:
+    """Adds to existing tables the columns added since they were made (create_all makes only
+    missing tables). Only columns with a server default can be added this way, which is how
+    new columns are declared."""
+    inspector = inspect(conn)
+    for table in metadata.sorted_tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name in present or column.server_default is None:
+                continue
+            ddl = CreateColumn(column).compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")

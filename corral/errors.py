@@ -21,6 +21,8 @@ import grpc
 
 # Trailing metadata key carrying the raised class's name, so a client can raise that class again.
 ERROR_CLASS_KEY = "corral-error-class"
+# Trailing metadata key of a quota refusal: seconds after which trying again may work.
+RETRY_AFTER_KEY = "retry-after"
 
 
 # Every subclass by name (the first one defined wins; the tests check names are unique).
@@ -43,6 +45,10 @@ class CorralError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What the call's trailing metadata carries beside the class name."""
+        return ()
 
 
 class InvalidArgument(CorralError, ValueError):
@@ -139,6 +145,18 @@ class SandboxUnavailable(Unavailable):
 
 class InvalidSandboxRequest(InvalidArgument):
     pass
+
+
+class QuotaExceeded(ResourceExhausted):
+    """A tenant's quota is used up; the message names the quota, `retry_after` says when to
+    try again (HTTP Retry-After; gRPC trailing metadata `retry-after`)."""
+
+    def __init__(self, message: str = "", retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_AFTER_KEY, str(self.retry_after)),)
 
 
 _BY_CODE: dict[grpc.StatusCode, type[CorralError]] = {

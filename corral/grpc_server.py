@@ -61,7 +61,9 @@ async def abort_for(exc: Exception, context: Context, method: str) -> None:
     """Ends the call with the status `exc` stands for (always raises grpc.aio.AbortError)."""
     if isinstance(exc, CorralError):
         await context.abort(
-            exc.code, exc.message, trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__),)
+            exc.code,
+            exc.message,
+            trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__), *exc.trailing_metadata()),
         )
     _log_unexpected(method)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE.format(method=method))

@@ -106,6 +106,7 @@ class TaskView(View):
     executor_id: str | None
     task_dir: str | None = Field(description="/tasks/{task_id} inside the sandbox.")
     sandbox_id: str | None = Field(description="The long-lived sandbox it runs in, if any.")
+    tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
     log_path: str | None = Field(description="agent.log inside the sandbox.")
     created_at: str | None
     started_at: str | None
@@ -122,6 +123,7 @@ class TaskView(View):
                 "executor_id": task.executor_id or None,
                 "task_dir": task.task_dir or None,
                 "sandbox_id": task.spec.sandbox_id or None,
+                "tenant_id": task.tenant_id or None,
                 "log_path": task.log_path or None,
                 "created_at": _time(task.created_at, task.HasField("created_at")),
                 "started_at": _time(task.started_at, task.HasField("started_at")),
@@ -290,6 +292,7 @@ class SandboxView(View):
     created_at: str | None
     expires_at: str | None
     error: str | None = Field(description="Why it failed or ended.")
+    tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
     vnc_path: str | None = Field(description="Its noVNC desktop (with a token), when it has one.")
     jupyter_path: str
 
@@ -306,6 +309,7 @@ class SandboxView(View):
             "created_at": _time(sandbox.created_at, sandbox.HasField("created_at")),
             "expires_at": _time(sandbox.expires_at, sandbox.HasField("expires_at")),
             "error": sandbox.error or None,
+            "tenant_id": sandbox.tenant_id or None,
             "vnc_path": f"{base}/vnc/" if sandbox.spec.desktop else None,
             "jupyter_path": f"{base}/jupyter/",
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from corral.api_keys import keys_required
 from corral.config import load_settings
 from corral.errors import Unauthenticated
 from corral.grpc_server import channel_credentials
@@ -15,6 +16,8 @@ from gateway.app import create_app
 def main() -> None:
     settings = load_settings()
     configure_logging("gateway", settings.log_level, settings.log_json)
+    # Beyond loopback, refuses to start unless auth is decided (CORRAL_AUTH=keys or off).
+    keys_required(settings, "gateway", settings.gateway_host)
     access_log.install()
     try:  # before uvicorn, so a missing certificate is one line, not a startup traceback
         channel_credentials(settings, "gateway")

@@ -1,5 +1,6 @@
 """uvicorn's access log without credentials: `?token=` values (sandbox tokens in noVNC and
-Jupyter links) are replaced by `REDACTED` before a line is written."""
+Jupyter links, or an API key given there) and anything shaped like an API key (crl_...) are
+replaced by `REDACTED` before a line is written."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import re
 
 # token=..., access_token=..., key=... up to the next & or # (query values are URL-encoded).
 SECRET_QUERY = re.compile(r"(?P<name>(?:^|[?&;])(?:token|access_token|api_key|key)=)[^&#\s]*", re.IGNORECASE)
+API_KEY = re.compile(r"crl_[A-Za-z0-9_-]+")
 
 
 def redact(path: str) -> str:
-    return SECRET_QUERY.sub(r"\g<name>REDACTED", path)
+    return API_KEY.sub("crl_REDACTED", SECRET_QUERY.sub(r"\g<name>REDACTED", path))
 
 
 class RedactTokens(logging.Filter):

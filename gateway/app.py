@@ -19,9 +19,11 @@ from gateway.deps import SandboxStubs
 from gateway.errors import install_error_handlers
 from gateway.jupyter_proxy import JupyterProxy
 from gateway.openapi import install_openapi, operation_id
-from gateway.routers import desktop, health, history, sandboxes, seed, tasks
+from gateway.routers import desktop, health, history, keys, sandboxes, seed, tasks
 
-ROUTERS = (seed.router, tasks.router, history.router, sandboxes.router, desktop.router, health.router)
+ROUTERS = (
+    seed.router, tasks.router, history.router, sandboxes.router, desktop.router, keys.router, health.router
+)
 
 
 @asynccontextmanager

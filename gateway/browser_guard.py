@@ -9,6 +9,10 @@ behalf of any page it shows. So, before any route runs (HTTP and websockets alik
 - on a gateway bound to loopback, the `Host` must be a loopback name or address: a page on a
   rebound DNS name (evil.example -> 127.0.0.1) is then refused with 403 (DNS rebinding).
 Clients that are not browsers (curl, the SDK, grpc) send no Origin and the JSON type, and pass.
+The guard is on in both auth modes. Without keys it is what stands between a web page and the
+user's sandboxes; with keys a page cannot send the user's `Authorization` header cross-site
+anyway, but the rules cost nothing to clients that are not browsers and still cover the
+desktop's cookies, so they stay.
 Jupyter Lab's own API (proxied under /v1/sandboxes/{id}/jupyter/) keeps its content types: it
 answers only the sandbox's token, which a foreign page has no way to send (its cookie is
 SameSite=Strict).
@@ -16,7 +20,6 @@ SameSite=Strict).
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 from urllib.parse import urlsplit
@@ -24,20 +27,11 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from corral.api_keys import is_loopback
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JUPYTER_PATH = re.compile(r"^/v1/sandboxes/[^/]+/jupyter/")
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` (a name or an address, without port) is this machine's loopback."""
-    host = host.strip("[]").lower().rstrip(".")
-    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+__all__ = ["BrowserGuard", "is_loopback"]
 
 
 def host_name(host_header: str) -> str:

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral.errors import CorralError, Internal, error_class
+from corral.errors import RETRY_AFTER_KEY, CorralError, Internal, error_class
 from corral.steps import TOOL_NAMES as TOOLS
 from corral.steps.gui import ACTIONS as GUI_ACTIONS
 
@@ -49,13 +49,19 @@ class ApiError(Exception):
     """An error with the HTTP status, machine code and human message the client will see."""
 
     def __init__(
-        self, status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.details = details
+        self.headers = headers
 
 
 def error_body(code: str, message: str, details: list[dict[str, str]] | None = None) -> dict[str, Any]:
@@ -66,12 +72,31 @@ def error_body(code: str, message: str, details: list[dict[str, str]] | None = N
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse(error_body(error.code, error.message, error.details), status_code=error.status)
+    return JSONResponse(
+        error_body(error.code, error.message, error.details), status_code=error.status, headers=error.headers
+    )
 
 
 def from_corral_error(exc: CorralError) -> ApiError:
     """The HTTP face of a CorralError raised in the gateway: its class's status, its code's name."""
-    return ApiError(exc.http_status, exc.code.name.lower(), exc.message or exc.code.name.lower())
+    return ApiError(
+        exc.http_status, exc.code.name.lower(), exc.message or exc.code.name.lower(),
+        headers=_headers(exc.http_status, dict(exc.trailing_metadata())),
+    )
+
+
+def _headers(status: int, trailing: dict[str, str]) -> dict[str, str] | None:
+    """401 says how to authenticate (RFC 6750); a quota's 429 when to try again."""
+    if status == 401:
+        return {"WWW-Authenticate": 'Bearer realm="corral"'}
+    if status == 429 and trailing.get(RETRY_AFTER_KEY, "").isdigit():
+        return {"Retry-After": trailing[RETRY_AFTER_KEY]}
+    return None
+
+
+def _trailing(exc: grpc.aio.AioRpcError) -> dict[str, str]:
+    metadata: Any = exc.trailing_metadata() or ()
+    return {key: value if isinstance(value, str) else bytes(value).decode(errors="replace") for key, value in metadata}
 
 
 def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
@@ -87,7 +112,7 @@ def from_rpc_error(exc: grpc.aio.AioRpcError, service: str) -> ApiError:
         status, message = UPSTREAM_FAILED_STATUS, f"{service} failed: {details}"
     else:
         message = details
-    return ApiError(status, code.name.lower(), message)
+    return ApiError(status, code.name.lower(), message, headers=_headers(status, _trailing(exc)))
 
 
 def field_path(loc: Sequence[int | str]) -> str:

@@ -2,7 +2,8 @@
 
 The token comes as `?token=` (first visit, e.g. a link), then as a cookie scoped to the
 sandbox's path (set on that visit, so the pages' own requests and websockets carry it), or as
-`Authorization: Bearer`. The full token gives control; the view token only a view-only desktop.
+`Authorization: Bearer`. The full token gives control; the view token only a view-only desktop. The owner's API key
+(or an admin's), as `Authorization: Bearer`, opens it as the full token does.
 Missing token: 401; wrong token: 403. The scheduler checks the token
 (corral.internal.v1.SandboxAccessService): the gateway never sees the tokens' hashes, and
 learns the sandbox's run directory (where its sockets are) only for a valid token.
@@ -20,6 +21,7 @@ from starlette.requests import HTTPConnection
 from corral.internal.v1 import sandbox_access_pb2
 from corral.v1 import sandbox_pb2
 from corral.views import SANDBOX_STATE_NAMES
+from gateway.auth import forwarded
 from gateway.backends import upstream
 from gateway.errors import ApiError
 
@@ -78,6 +80,7 @@ async def authorize(conn: HTTPConnection, stubs: SandboxStubs, sandbox_id: str) 
     async with upstream("scheduler"):
         reply = await stubs.access.AuthorizeSandboxAccess(
             sandbox_access_pb2.AuthorizeSandboxAccessRequest(sandbox_id=sandbox_id, token=token),
+            metadata=forwarded(conn),
             timeout=stubs.timeout,
         )
     sandbox = reply.sandbox
@@ -87,6 +90,7 @@ async def authorize(conn: HTTPConnection, stubs: SandboxStubs, sandbox_id: str) 
         raise ApiError(
             401, "unauthenticated",
             "this sandbox needs its access token: add ?token=... or an Authorization: Bearer header",
+            headers={"WWW-Authenticate": 'Bearer realm="corral"'},
         )
     access = ACCESS.get(reply.access)
     if access is None or not reply.host_run_dir:

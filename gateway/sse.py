@@ -38,6 +38,7 @@ async def task_event_stream(
     task_id: str,
     after_sequence: int,
     keepalive_seconds: float,
+    caller: tuple[tuple[str, str], ...] = (),
 ) -> AsyncIterator[str]:
     """Yields SSE frames until the task's `finished` event (or the watch ends).
 
@@ -52,7 +53,7 @@ async def task_event_stream(
         try:
             for _ in range(MAX_WATCHES):
                 call = scheduler.WatchTask(
-                    scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last)
+                    scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last), metadata=caller
                 )
                 calls.append(call)
                 progressed = False

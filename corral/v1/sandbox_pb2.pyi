@@ -118,6 +118,7 @@ class Sandbox(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     CURRENT_TASK_ID_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     state: Global___SandboxState.ValueType
     executor_id: _builtins.str
@@ -125,6 +126,8 @@ class Sandbox(_message.Message):
     """Why it failed or ended."""
     current_task_id: _builtins.str
     """The task running in it now, if any."""
+    tenant_id: _builtins.str
+    """The tenant that created it (its API key's tenant; "local" without keys)."""
     @_builtins.property
     def spec(self) -> Global___SandboxSpec: ...
     @_builtins.property
@@ -142,10 +145,11 @@ class Sandbox(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         error: _builtins.str = ...,
         current_task_id: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -595,6 +595,7 @@ class Task(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     TASK_DIR_FIELD_NUMBER: _builtins.int
     LOG_PATH_FIELD_NUMBER: _builtins.int
+    TENANT_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     state: Global___TaskState.ValueType
     executor_id: _builtins.str
@@ -605,6 +606,8 @@ class Task(_message.Message):
     """The task directory as seen inside the sandbox: /tasks/{task_id}."""
     log_path: _builtins.str
     """agent.log inside the sandbox."""
+    tenant_id: _builtins.str
+    """The tenant that submitted it (its API key's tenant; "local" without keys)."""
     @_builtins.property
     def spec(self) -> Global___TaskSpec: ...
     @_builtins.property
@@ -629,10 +632,11 @@ class Task(_message.Message):
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         task_dir: _builtins.str = ...,
         log_path: _builtins.str = ...,
+        tenant_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "log_path", b"log_path", "spec", b"spec", "started_at", b"started_at", "state", b"state", "steps", b"steps", "task_dir", b"task_dir", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "error", b"error", "executor_id", b"executor_id", "finished_at", b"finished_at", "log_path", b"log_path", "spec", b"spec", "started_at", b"started_at", "state", b"state", "steps", b"steps", "task_dir", b"task_dir", "task_id", b"task_id", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

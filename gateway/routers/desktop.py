@@ -20,6 +20,7 @@ from fastapi import APIRouter, Query, Request, WebSocket
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.websockets import WebSocketDisconnect
 
+from corral.api_keys import metadata_for
 from corral.internal.v1 import sandbox_access_pb2
 from corral.sandbox_socket import SandboxSocket
 from gateway.backends import upstream
@@ -169,6 +170,8 @@ async def jupyter_socket(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Gran
             sandbox_access_pb2.OpenJupyterRequest(
                 sandbox_id=sandbox_id, base_url=f"/v1/sandboxes/{sandbox_id}/jupyter/", token=grant.token
             ),
+            # The grant's token may be the owner's API key, which the scheduler reads from here.
+            metadata=metadata_for(grant.token),
             timeout=JUPYTER_START_TIMEOUT_SECONDS,
         )
     return Path(reply.host_socket)

@@ -1,7 +1,13 @@
-"""A task's recorded history and search across tasks (the memory service)."""
+"""A task's recorded history and search across tasks (the memory service).
+
+The memory service knows tasks, not tenants: a task's history is read once the scheduler has
+said the caller owns the task, and a tenant's search keeps only hits in its own tasks (an
+admin's, and the keyless local mode's, keeps all).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -9,12 +15,17 @@ from fastapi.responses import JSONResponse
 
 from corral.v1 import memory_pb2
 from corral.views import HistoryEventView, HistoryResponse, SearchHitView, SearchResponse
-from gateway.backends import upstream
+from gateway.auth import CallerDep, Metadata, identity
+from gateway.backends import Backends, upstream
 from gateway.deps import BackendsDep
+from gateway.errors import ApiError
 from gateway.routers.tasks import get_task
 from gateway.views import UPSTREAM, errors, view_response
 
 router = APIRouter(tags=["history"])
+
+# The most hits the memory service returns for one search.
+MAX_SEARCH_HITS = 500
 
 
 @router.get(
@@ -27,10 +38,11 @@ router = APIRouter(tags=["history"])
 async def task_history(
     task_id: str,
     backends: BackendsDep,
+    caller: CallerDep,
     after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> JSONResponse:
-    await get_task(backends, task_id)
+    await get_task(backends, task_id, caller)
     async with upstream("memory"):
         reply = await backends.memory.ListEvents(
             memory_pb2.ListEventsRequest(task_id=task_id, after_sequence=after, limit=limit),
@@ -50,14 +62,24 @@ async def task_history(
 )
 async def search(
     backends: BackendsDep,
+    caller: CallerDep,
     q: Annotated[str, Query(min_length=1, description="Case-insensitive substring.")],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     task_id: Annotated[str, Query(description="Only this task's history.")] = "",
 ) -> JSONResponse:
+    who = await identity(backends, caller)
+    if task_id and not who.admin:
+        await get_task(backends, task_id, caller)  # 404 for another tenant's task (or an unknown one)
+    # A tenant's search asks for the most the memory service gives and keeps its own tasks' hits.
+    wanted = limit if who.admin or task_id else MAX_SEARCH_HITS
     async with upstream("memory"):
         reply = await backends.memory.Search(
-            memory_pb2.SearchRequest(query=q, limit=limit, task_id=task_id), timeout=backends.timeout
+            memory_pb2.SearchRequest(query=q, limit=wanted, task_id=task_id), timeout=backends.timeout
         )
+    found = list(reply.hits)
+    if not who.admin and not task_id:
+        owned = await owned_tasks(backends, caller, {hit.event.task_id for hit in found})
+        found = [hit for hit in found if hit.event.task_id in owned][:limit]
     hits = [
         SearchHitView(
             task_id=hit.event.task_id,
@@ -65,6 +87,23 @@ async def search(
             snippet=hit.snippet,
             event=HistoryEventView.from_proto(hit.event),
         )
-        for hit in reply.hits
+        for hit in found
     ]
     return view_response(SearchResponse(query=q, hits=hits))
+
+
+async def owned_tasks(backends: Backends, caller: Metadata, task_ids: set[str]) -> set[str]:
+    """Those of `task_ids` the caller's tenant owns (the scheduler answers 404 for the rest)."""
+
+    async def owns(task_id: str) -> bool:
+        try:
+            await get_task(backends, task_id, caller)
+        except ApiError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    ids = sorted(task_ids)
+    results = await asyncio.gather(*(owns(task_id) for task_id in ids))
+    return {task_id for task_id, owned in zip(ids, results, strict=True) if owned}

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from corral.schema import LimitsModel, seconds_to_duration
 from corral.v1 import sandbox_pb2, task_pb2
 from corral.views import SandboxCreated, SandboxList, SandboxView
+from gateway.auth import CallerDep
 from gateway.backends import upstream
 from gateway.body import JsonBody
 from gateway.deps import SandboxStubsDep
@@ -64,11 +65,11 @@ NOT_FOUND = "Unknown sandbox."
     openapi_extra=CREATE_BODY.openapi,
 )
 async def create_sandbox(
-    body: Annotated[SandboxRequest, Depends(CREATE_BODY)], stubs: SandboxStubsDep
+    body: Annotated[SandboxRequest, Depends(CREATE_BODY)], stubs: SandboxStubsDep, caller: CallerDep
 ) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await stubs.sandboxes.CreateSandbox(
-            sandbox_pb2.CreateSandboxRequest(spec=body.to_proto()), timeout=CREATE_TIMEOUT_SECONDS
+            sandbox_pb2.CreateSandboxRequest(spec=body.to_proto()), metadata=caller, timeout=CREATE_TIMEOUT_SECONDS
         )
     created = SandboxCreated.from_reply(reply)
     return view_response(created, status_code=201, headers={"Location": f"/v1/sandboxes/{created.sandbox_id}"})
@@ -77,11 +78,12 @@ async def create_sandbox(
 @router.get("", name="list_sandboxes", summary="List sandboxes", response_model=SandboxList, responses=errors(400, *UPSTREAM))
 async def list_sandboxes(
     stubs: SandboxStubsDep,
+    caller: CallerDep,
     include_ended: Annotated[bool, Query(description="Also deleted and expired ones.")] = False,
 ) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await stubs.sandboxes.ListSandboxes(
-            sandbox_pb2.ListSandboxesRequest(include_ended=include_ended), timeout=stubs.timeout
+            sandbox_pb2.ListSandboxesRequest(include_ended=include_ended), metadata=caller, timeout=stubs.timeout
         )
     return view_response(SandboxList(sandboxes=[SandboxView.from_proto(s) for s in reply.sandboxes]))
 
@@ -93,10 +95,10 @@ async def list_sandboxes(
     response_model=SandboxView,
     responses=errors(404, *UPSTREAM, e404=NOT_FOUND),
 )
-async def get_sandbox(sandbox_id: str, stubs: SandboxStubsDep) -> JSONResponse:
+async def get_sandbox(sandbox_id: str, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await stubs.sandboxes.GetSandbox(
-            sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id), timeout=stubs.timeout
+            sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id), metadata=caller, timeout=stubs.timeout
         )
     return view_response(SandboxView.from_proto(reply.sandbox))
 
@@ -110,13 +112,13 @@ async def get_sandbox(sandbox_id: str, stubs: SandboxStubsDep) -> JSONResponse:
     openapi_extra=EXTEND_BODY.openapi,
 )
 async def extend_sandbox(
-    sandbox_id: str, body: Annotated[ExtendRequest, Depends(EXTEND_BODY)], stubs: SandboxStubsDep
+    sandbox_id: str, body: Annotated[ExtendRequest, Depends(EXTEND_BODY)], stubs: SandboxStubsDep, caller: CallerDep
 ) -> JSONResponse:
     message = sandbox_pb2.ExtendSandboxRequest(sandbox_id=sandbox_id)
     if body.ttl is not None:
         message.ttl.CopyFrom(seconds_to_duration(body.ttl))
     async with upstream("scheduler"):
-        reply = await stubs.sandboxes.ExtendSandbox(message, timeout=stubs.timeout)
+        reply = await stubs.sandboxes.ExtendSandbox(message, metadata=caller, timeout=stubs.timeout)
     return view_response(SandboxView.from_proto(reply.sandbox))
 
 
@@ -127,9 +129,9 @@ async def extend_sandbox(
     response_model=SandboxView,
     responses=errors(404, *UPSTREAM, e404=NOT_FOUND),
 )
-async def delete_sandbox(sandbox_id: str, stubs: SandboxStubsDep) -> JSONResponse:
+async def delete_sandbox(sandbox_id: str, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await stubs.sandboxes.DeleteSandbox(
-            sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), timeout=stubs.timeout
+            sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=caller, timeout=stubs.timeout
         )
     return view_response(SandboxView.from_proto(reply.sandbox))

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from corral.views import ScheduleResponse, TaskView
+from gateway.auth import CallerDep
 from gateway.deps import BackendsDep
 from gateway.routers.tasks import SUBMIT_ERRORS, TASK_BODY, TaskBody, get_task, submit
 from gateway.views import UPSTREAM, errors, view_response
@@ -23,8 +24,8 @@ router = APIRouter(tags=["seed"])
     responses=SUBMIT_ERRORS,
     openapi_extra=TASK_BODY.openapi,
 )
-async def schedule(task: TaskBody, backends: BackendsDep) -> JSONResponse:
-    created = await submit(backends, task)
+async def schedule(task: TaskBody, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
+    created = await submit(backends, task, caller)
     return view_response(ScheduleResponse(task_id=created.task_id))
 
 
@@ -36,6 +37,6 @@ async def schedule(task: TaskBody, backends: BackendsDep) -> JSONResponse:
     responses=errors(400, 404, *UPSTREAM, e400="task_id is missing or empty."),
 )
 async def status(
-    backends: BackendsDep, task_id: Annotated[str, Query(description="From POST /schedule.")]
+    backends: BackendsDep, caller: CallerDep, task_id: Annotated[str, Query(description="From POST /schedule.")]
 ) -> JSONResponse:
-    return view_response(TaskView.from_proto(await get_task(backends, task_id)))
+    return view_response(TaskView.from_proto(await get_task(backends, task_id, caller)))

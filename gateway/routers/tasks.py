@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from corral.schema import TaskRequest
 from corral.v1 import scheduler_pb2, task_pb2
 from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, TaskList, TaskView
+from gateway.auth import CallerDep, Metadata
 from gateway.backends import Backends, upstream
 from gateway.body import JsonBody
 from gateway.deps import BackendsDep, SettingsDep
@@ -27,20 +28,21 @@ SUBMIT_ERRORS = errors(400, 404, 409, 413, *UPSTREAM, e404="Unknown sandbox (san
 TASK_ERRORS = errors(404, *UPSTREAM)
 
 
-async def submit(backends: Backends, task: TaskRequest) -> task_pb2.Task:
+async def submit(backends: Backends, task: TaskRequest, caller: Metadata) -> task_pb2.Task:
     async with upstream("scheduler"):
         reply = await backends.scheduler.SubmitTask(
-            scheduler_pb2.SubmitTaskRequest(spec=task.to_proto()), timeout=backends.timeout
+            scheduler_pb2.SubmitTaskRequest(spec=task.to_proto()), metadata=caller, timeout=backends.timeout
         )
     return reply.task if reply.HasField("task") else task_pb2.Task(task_id=reply.task_id)
 
 
-async def get_task(backends: Backends, task_id: str) -> task_pb2.Task:
+async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_pb2.Task:
+    """The task, if the caller's tenant owns it (404 otherwise, as for an unknown id)."""
     if not task_id.strip():
         raise ApiError(400, "invalid_argument", "task_id must not be empty")
     async with upstream("scheduler"):
         reply = await backends.scheduler.GetTask(
-            scheduler_pb2.GetTaskRequest(task_id=task_id), timeout=backends.timeout
+            scheduler_pb2.GetTaskRequest(task_id=task_id), metadata=caller, timeout=backends.timeout
         )
     return reply.task
 
@@ -54,8 +56,8 @@ async def get_task(backends: Backends, task_id: str) -> task_pb2.Task:
     responses=SUBMIT_ERRORS,
     openapi_extra=TASK_BODY.openapi,
 )
-async def create_task(task: TaskBody, backends: BackendsDep) -> JSONResponse:
-    created = await submit(backends, task)
+async def create_task(task: TaskBody, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
+    created = await submit(backends, task, caller)
     return view_response(
         TaskView.from_proto(created), status_code=201, headers={"Location": f"/v1/tasks/{created.task_id}"}
     )
@@ -64,6 +66,7 @@ async def create_task(task: TaskBody, backends: BackendsDep) -> JSONResponse:
 @router.get("", name="list_tasks", summary="List tasks", response_model=TaskList, responses=errors(400, *UPSTREAM))
 async def list_tasks(
     backends: BackendsDep,
+    caller: CallerDep,
     state: Annotated[
         str | None,
         Query(description="Only tasks in this state.", json_schema_extra={"enum": list(LISTABLE_TASK_STATES)}),
@@ -83,6 +86,7 @@ async def list_tasks(
     async with upstream("scheduler"):
         reply = await backends.scheduler.ListTasks(
             scheduler_pb2.ListTasksRequest(state=wanted, page_size=page_size, page_token=page_token),
+            metadata=caller,
             timeout=backends.timeout,
         )
     listing = TaskList(tasks=[TaskView.from_proto(t) for t in reply.tasks], next_page_token=reply.next_page_token or None)
@@ -90,14 +94,14 @@ async def list_tasks(
 
 
 @router.get("/{task_id}", name="get_task", summary="Get a task", response_model=TaskView, responses=TASK_ERRORS)
-async def read_task(task_id: str, backends: BackendsDep) -> JSONResponse:
-    return view_response(TaskView.from_proto(await get_task(backends, task_id)))
+async def read_task(task_id: str, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
+    return view_response(TaskView.from_proto(await get_task(backends, task_id, caller)))
 
 
-async def cancel(task_id: str, backends: BackendsDep) -> JSONResponse:
+async def cancel(task_id: str, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await backends.scheduler.CancelTask(
-            scheduler_pb2.CancelTaskRequest(task_id=task_id), timeout=backends.timeout
+            scheduler_pb2.CancelTaskRequest(task_id=task_id), metadata=caller, timeout=backends.timeout
         )
     return view_response(TaskView.from_proto(reply.task))
 
@@ -144,16 +148,17 @@ async def task_events(
     task_id: str,
     backends: BackendsDep,
     settings: SettingsDep,
+    caller: CallerDep,
     after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    await get_task(backends, task_id)  # 404 before the stream starts, not inside it
+    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
     if last_event_id:
         try:
             after = max(after, int(last_event_id))
         except ValueError:
             raise ApiError(400, "invalid_argument", "Last-Event-ID must be an event sequence number") from None
-    stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds)
+    stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds, caller)
     return StreamingResponse(
         stream,
         media_type="text/event-stream",

@@ -23,6 +23,7 @@ from corral.errors import (
     InvalidArgument,
     InvalidTask,
     NotFound,
+    QuotaExceeded,
     TaskAlreadyFinished,
     TaskNotFound,
 )
@@ -31,8 +32,11 @@ from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import check_spec
 from corral.v1 import task_pb2
 
+from .audit import AuditLog
 from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
+from .principal import LOCAL, Principal
+from .quotas import SubmissionRate
 from .sandboxes import SandboxCoordinator
 from .store import TaskStore, decode_page_token
 
@@ -58,6 +62,10 @@ class Scheduler:
         # at a time: _sandbox_of maps an assigned task to its sandbox.
         self.sandboxes: SandboxCoordinator | None = None
         self._sandbox_of: dict[str, str] = {}
+        # Tenants' submissions (set by the server; None: no audit log).
+        self.audit: AuditLog | None = None
+        self.submissions = SubmissionRate(settings.quota_submissions_per_second)
+        self._quota_lock = asyncio.Lock()  # a tenant's count and its new task, together
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -90,36 +98,64 @@ class Scheduler:
 
     # --- client-facing -----------------------------------------------------------------
 
-    async def submit(self, spec: task_pb2.TaskSpec) -> task_pb2.Task:
+    async def submit(self, spec: task_pb2.TaskSpec, who: Principal = LOCAL) -> task_pb2.Task:
+        """Stores a task owned by `who`'s tenant; running it in a sandbox needs owning that."""
         check_spec(spec, self._settings)
         if spec.sandbox_id:
             if self.sandboxes is None:
                 raise InvalidTask("this scheduler does not manage sandboxes")
-            await self.sandboxes.active(spec.sandbox_id)  # NOT_FOUND / FAILED_PRECONDITION
+            try:
+                await self.sandboxes.active(spec.sandbox_id, who.scope)  # NOT_FOUND / FAILED_PRECONDITION
+            except NotFound:
+                self.refused("SubmitTask", who, "sandbox of another tenant or unknown", sandbox_id=spec.sandbox_id)
+                raise
         task_id = uuid.uuid4().hex
-        task = await self._store.create(task_id, spec)
+        if who.admin:
+            task = await self._store.create(task_id, spec, who.tenant_id)
+        else:
+            async with self._quota_lock:
+                unfinished = await self._store.count_unfinished(who.tenant_id)
+                limit = self._settings.quota_max_tasks
+                if unfinished >= limit:
+                    raise QuotaExceeded(
+                        f"quota max_tasks exceeded: tenant {who.tenant_id!r} has {unfinished} "
+                        f"unfinished tasks (the most allowed is {limit}); retry when some have ended",
+                        retry_after=5,
+                    )
+                self.submissions.take(who)
+                task = await self._store.create(task_id, spec, who.tenant_id)
         self._events.open_new(task_id)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
         log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
         self._wake.set()
         return task
 
-    async def get(self, task_id: str) -> task_pb2.Task:
+    def refused(self, method: str, who: Principal, reason: str, **fields: str) -> None:
+        if self.audit is not None:
+            self.audit.refused(method, reason, who, **fields)
+
+    async def get(self, task_id: str, who: Principal = LOCAL, method: str = "GetTask") -> task_pb2.Task:
+        """The task; another tenant's answers exactly as an unknown id."""
         task = await self._store.get(task_id)
+        if task is not None and not who.owns(task.tenant_id):
+            self.refused(method, who, "task of another tenant", task_id=task_id)
+            task = None
         if task is None:
             raise TaskNotFound(f"no task with id {task_id!r}")
         return task
 
-    async def list_tasks(self, state: int, page_size: int, page_token: str) -> tuple[list[task_pb2.Task], str]:
+    async def list_tasks(
+        self, state: int, page_size: int, page_token: str, who: Principal = LOCAL
+    ) -> tuple[list[task_pb2.Task], str]:
         if page_token:
             try:
                 decode_page_token(page_token)
             except ValueError:
                 raise InvalidArgument("page_token is not valid") from None
-        return await self._store.list_tasks(state, page_size, page_token)
+        return await self._store.list_tasks(state, page_size, page_token, who.scope)
 
-    async def cancel(self, task_id: str) -> task_pb2.Task:
-        task = await self.get(task_id)
+    async def cancel(self, task_id: str, who: Principal = LOCAL) -> task_pb2.Task:
+        task = await self.get(task_id, who, "CancelTask")
         if task.state in TERMINAL_TASK_STATES:
             raise TaskAlreadyFinished(
                 f"task {task_id} already ended ({task_pb2.TaskState.Name(task.state)})"
@@ -148,9 +184,11 @@ class Scheduler:
             await self._finish(task_id, task_pb2.TASK_STATE_CANCELLED, "cancelled by request")
         return await self.get(task_id)
 
-    async def watch(self, task_id: str, after_sequence: int) -> AsyncIterator[task_pb2.TaskEvent]:
+    async def watch(
+        self, task_id: str, after_sequence: int, who: Principal = LOCAL
+    ) -> AsyncIterator[task_pb2.TaskEvent]:
         """Replays events after `after_sequence`, then follows live until `finished`."""
-        await self.get(task_id)
+        await self.get(task_id, who, "WatchTask")
         last = after_sequence
         while True:
             signal = self._events.signal(task_id)

@@ -1,45 +1,71 @@
 """SandboxService over gRPC (served by the scheduler): thin over SandboxCoordinator, whose
-corral.errors exceptions the server's interceptor turns into status codes."""
+corral.errors exceptions the server's interceptor turns into status codes. Each call acts for
+its caller's tenant (services/scheduler/principal.py): another tenant's sandbox is unknown."""
 
 from __future__ import annotations
 
+from corral.config import Settings
 from corral.grpc_server import Context
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
+from .audit import AuditLog
+from .principal import Authenticator
+from .quotas import SubmissionRate
 from .redaction import public_sandbox
 from .sandboxes import SandboxCoordinator
 
 
 class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
-    def __init__(self, coordinator: SandboxCoordinator) -> None:
+    def __init__(
+        self,
+        coordinator: SandboxCoordinator,
+        auth: Authenticator,
+        audit: AuditLog,
+        submissions: SubmissionRate,
+        settings: Settings,
+    ) -> None:
         self._sandboxes = coordinator
+        self._auth = auth
+        self._audit = audit
+        self._submissions = submissions
+        self._quota = settings.quota_max_sandboxes
 
     async def CreateSandbox(
         self, request: sandbox_pb2.CreateSandboxRequest, context: Context
     ) -> sandbox_pb2.CreateSandboxResponse:
-        sandbox, token, view_token = await self._sandboxes.create(request.spec)
+        who = await self._auth.caller(context, "CreateSandbox")
+        self._submissions.take(who)
+        sandbox, token, view_token = await self._sandboxes.create(
+            request.spec, who.tenant_id, quota=0 if who.admin else self._quota
+        )
+        self._audit.record("sandbox_created", who, sandbox_id=sandbox.sandbox_id)
         return sandbox_pb2.CreateSandboxResponse(sandbox=public_sandbox(sandbox), token=token, view_token=view_token)
 
     async def GetSandbox(
         self, request: sandbox_pb2.GetSandboxRequest, context: Context
     ) -> sandbox_pb2.GetSandboxResponse:
-        sandbox = await self._sandboxes.get(request.sandbox_id)
+        who = await self._auth.caller(context, "GetSandbox")
+        sandbox = await self._sandboxes.get(request.sandbox_id, who.scope)
         return sandbox_pb2.GetSandboxResponse(sandbox=public_sandbox(sandbox))
 
     async def ListSandboxes(
         self, request: sandbox_pb2.ListSandboxesRequest, context: Context
     ) -> sandbox_pb2.ListSandboxesResponse:
-        sandboxes = await self._sandboxes.list_sandboxes(request.include_ended)
+        who = await self._auth.caller(context, "ListSandboxes")
+        sandboxes = await self._sandboxes.list_sandboxes(request.include_ended, who.scope)
         return sandbox_pb2.ListSandboxesResponse(sandboxes=[public_sandbox(s) for s in sandboxes])
 
     async def ExtendSandbox(
         self, request: sandbox_pb2.ExtendSandboxRequest, context: Context
     ) -> sandbox_pb2.ExtendSandboxResponse:
-        sandbox = await self._sandboxes.extend(request.sandbox_id, request.ttl.ToNanoseconds() / 1e9)
+        who = await self._auth.caller(context, "ExtendSandbox")
+        sandbox = await self._sandboxes.extend(request.sandbox_id, request.ttl.ToNanoseconds() / 1e9, who.scope)
         return sandbox_pb2.ExtendSandboxResponse(sandbox=public_sandbox(sandbox))
 
     async def DeleteSandbox(
         self, request: sandbox_pb2.DeleteSandboxRequest, context: Context
     ) -> sandbox_pb2.DeleteSandboxResponse:
-        sandbox = await self._sandboxes.delete(request.sandbox_id)
+        who = await self._auth.caller(context, "DeleteSandbox")
+        sandbox = await self._sandboxes.delete(request.sandbox_id, who.scope)
+        self._audit.record("sandbox_deleted", who, sandbox_id=sandbox.sandbox_id)
         return sandbox_pb2.DeleteSandboxResponse(sandbox=public_sandbox(sandbox))

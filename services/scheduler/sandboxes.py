@@ -16,12 +16,19 @@ import uuid
 import grpc
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from sqlalchemy import Double, Integer, LargeBinary, String, select, update
+from sqlalchemy import Double, Integer, LargeBinary, String, Text, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import Mapped, mapped_column
 
+from corral.api_keys import LOCAL_TENANT
 from corral.config import Settings
-from corral.errors import InvalidSandboxRequest, SandboxEnded, SandboxNotFound, SandboxUnavailable
+from corral.errors import (
+    InvalidSandboxRequest,
+    QuotaExceeded,
+    SandboxEnded,
+    SandboxNotFound,
+    SandboxUnavailable,
+)
 from corral.internal.v1 import executor_pb2
 from corral.limits import limits_problem
 from corral.v1 import sandbox_pb2
@@ -45,6 +52,8 @@ class SandboxRow(Base):
     state: Mapped[int] = mapped_column(Integer, index=True)
     expires_at: Mapped[float] = mapped_column(Double, index=True)
     record: Mapped[bytes] = mapped_column(LargeBinary)
+    # The owner (corral.api_keys); records from before tenants belong to the local tenant.
+    tenant_id: Mapped[str] = mapped_column(Text, index=True, server_default=LOCAL_TENANT)
 
 
 def _timestamp(seconds: float) -> Timestamp:
@@ -69,16 +78,26 @@ class SandboxStore:
                     state=sandbox.state,
                     expires_at=sandbox.expires_at.ToNanoseconds() / 1e9,
                     record=sandbox.SerializeToString(),
+                    tenant_id=sandbox.tenant_id or LOCAL_TENANT,
                 )
             )
+
+    async def count_active(self, tenant_id: str) -> int:
+        query = select(func.count()).select_from(SandboxRow).where(
+            SandboxRow.tenant_id == tenant_id, SandboxRow.state == sandbox_pb2.SANDBOX_STATE_ACTIVE
+        )
+        async with self._sessions() as session:
+            return int(await session.scalar(query) or 0)
 
     async def get(self, sandbox_id: str) -> sandbox_pb2.Sandbox | None:
         async with self._sessions() as session:
             row = await session.get(SandboxRow, sandbox_id)
             return _parse(row.record) if row is not None else None
 
-    async def all(self, include_ended: bool) -> list[sandbox_pb2.Sandbox]:
+    async def all(self, include_ended: bool, tenant_id: str | None = None) -> list[sandbox_pb2.Sandbox]:
         query = select(SandboxRow.record).order_by(SandboxRow.expires_at)
+        if tenant_id is not None:
+            query = query.where(SandboxRow.tenant_id == tenant_id)
         if not include_ended:
             query = query.where(SandboxRow.state == sandbox_pb2.SANDBOX_STATE_ACTIVE)
         async with self._sessions() as session:
@@ -112,6 +131,7 @@ def _parse(raw: bytes) -> sandbox_pb2.Sandbox:
     sandbox = sandbox_pb2.Sandbox()
     sandbox.ParseFromString(raw)
     sandbox.DiscardUnknownFields()  # records written before host paths and hashes left Sandbox
+    sandbox.tenant_id = sandbox.tenant_id or LOCAL_TENANT  # records from before tenants
     return sandbox
 
 
@@ -121,7 +141,8 @@ class SandboxCoordinator:
         self.executors = executors
         self.settings = settings
         self._loop: asyncio.Task[None] | None = None
-        self._creating: set[str] = set()  # ids asked of an executor, not yet recorded
+        # Ids asked of an executor, not yet recorded, and their tenants.
+        self._creating: dict[str, str] = {}
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._expiry_loop(), name="sandbox-expiry")
@@ -142,7 +163,11 @@ class SandboxCoordinator:
             )
         return ttl
 
-    async def create(self, spec: sandbox_pb2.SandboxSpec) -> tuple[sandbox_pb2.Sandbox, str, str]:
+    async def create(
+        self, spec: sandbox_pb2.SandboxSpec, tenant_id: str = LOCAL_TENANT, quota: int = 0
+    ) -> tuple[sandbox_pb2.Sandbox, str, str]:
+        """Creates a sandbox owned by `tenant_id`; with `quota`, refuses when the tenant
+        already has that many active (or being created)."""
         ttl = self._ttl(spec.ttl.ToNanoseconds() / 1e9)
         for name in spec.env:
             if not name or "=" in name or "\0" in name:
@@ -150,6 +175,16 @@ class SandboxCoordinator:
         problem = limits_problem(spec.limits, self.settings)
         if problem:
             raise InvalidSandboxRequest(problem)
+        if quota:
+            held = await self.store.count_active(tenant_id) + sum(
+                1 for owner in self._creating.values() if owner == tenant_id
+            )
+            if held >= quota:
+                raise QuotaExceeded(
+                    f"quota max_sandboxes exceeded: tenant {tenant_id!r} has {held} active sandboxes "
+                    f"(the most allowed is {quota}; delete one or wait for one to expire)",
+                    retry_after=10,
+                )
         executor = self.executors.pick()
         if executor is None:
             raise SandboxUnavailable("no executor with free capacity is available to host a sandbox")
@@ -157,7 +192,7 @@ class SandboxCoordinator:
         token, view_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         now = time.time()
         expires_at = now + ttl
-        self._creating.add(sandbox_id)
+        self._creating[sandbox_id] = tenant_id
         try:
             reply = await executor.stub.CreateSandbox(
                 executor_pb2.CreateSandboxRequest(
@@ -166,7 +201,7 @@ class SandboxCoordinator:
                 timeout=CREATE_TIMEOUT_SECONDS,
             )
         except grpc.aio.AioRpcError as exc:
-            self._creating.discard(sandbox_id)
+            self._creating.pop(sandbox_id, None)
             raise SandboxUnavailable(
                 f"executor {executor.executor_id} could not create the sandbox: {exc.details()}"
             ) from None
@@ -177,35 +212,38 @@ class SandboxCoordinator:
             executor_id=executor.executor_id,
             created_at=_timestamp(now),
             expires_at=_timestamp(expires_at),
+            tenant_id=tenant_id,
         )
         sandbox.spec.ttl.FromNanoseconds(int(ttl * 1e9))
         try:
             await self.store.put(sandbox, SandboxSecrets.for_tokens(token, view_token, reply.host_run_dir))
         finally:
-            self._creating.discard(sandbox_id)
+            self._creating.pop(sandbox_id, None)
         log.info("sandbox created", sandbox_id=sandbox_id, executor_id=executor.executor_id, ttl=ttl)
         return sandbox, token, view_token
 
-    async def get(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
+    async def get(self, sandbox_id: str, tenant_id: str | None = None) -> sandbox_pb2.Sandbox:
+        """The sandbox; with `tenant_id`, only if that tenant owns it (another's answers
+        exactly as an unknown id)."""
         if not sandbox_id:
             raise InvalidSandboxRequest("sandbox_id is required")
         sandbox = await self.store.get(sandbox_id)
-        if sandbox is None:
+        if sandbox is None or (tenant_id is not None and sandbox.tenant_id != tenant_id):
             raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
         return sandbox
 
-    async def active(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
-        sandbox = await self.get(sandbox_id)
+    async def active(self, sandbox_id: str, tenant_id: str | None = None) -> sandbox_pb2.Sandbox:
+        sandbox = await self.get(sandbox_id, tenant_id)
         if sandbox.state != sandbox_pb2.SANDBOX_STATE_ACTIVE:
             state = sandbox_pb2.SandboxState.Name(sandbox.state).removeprefix("SANDBOX_STATE_").lower()
             raise SandboxEnded(f"sandbox {sandbox_id} is {state}" + (f": {sandbox.error}" if sandbox.error else ""))
         return sandbox
 
-    async def list_sandboxes(self, include_ended: bool) -> list[sandbox_pb2.Sandbox]:
-        return await self.store.all(include_ended)
+    async def list_sandboxes(self, include_ended: bool, tenant_id: str | None = None) -> list[sandbox_pb2.Sandbox]:
+        return await self.store.all(include_ended, tenant_id)
 
-    async def extend(self, sandbox_id: str, ttl_seconds: float) -> sandbox_pb2.Sandbox:
-        sandbox = await self.active(sandbox_id)
+    async def extend(self, sandbox_id: str, ttl_seconds: float, tenant_id: str | None = None) -> sandbox_pb2.Sandbox:
+        sandbox = await self.active(sandbox_id, tenant_id)
         ttl = self._ttl(ttl_seconds or sandbox.spec.ttl.ToNanoseconds() / 1e9)
         expires_at = time.time() + ttl
         executor = self.executors.get(sandbox.executor_id)
@@ -227,8 +265,8 @@ class SandboxCoordinator:
         await self.store.put(sandbox)
         return sandbox
 
-    async def delete(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
-        sandbox = await self.get(sandbox_id)
+    async def delete(self, sandbox_id: str, tenant_id: str | None = None) -> sandbox_pb2.Sandbox:
+        sandbox = await self.get(sandbox_id, tenant_id)
         if sandbox.state in ENDED:
             return sandbox
         await self._remove(sandbox, sandbox_pb2.SANDBOX_STATE_DELETED, "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import structlog
 
+from corral.api_keys import address_host, keys_required
 from corral.config import Settings
 from corral.db import create_engine
 from corral.grpc_server import (
@@ -14,9 +15,14 @@ from corral.grpc_server import (
     run_until_signalled,
 )
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc, sandbox_access_pb2_grpc
-from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
+from corral.v1 import keys_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
+from .audit import AuditLog
 from .core import Scheduler
+from .key_servicer import SERVICE_NAME as KEY_SERVICE_NAME
+from .key_servicer import KeyServicer
+from .key_store import KeyStore
+from .principal import Authenticator
 from .registry_servicer import ExecutorRegistryServicer
 from .sandbox_access import SERVICE_NAME as SANDBOX_ACCESS_SERVICE_NAME
 from .sandbox_access import SandboxAccessServicer
@@ -31,22 +37,33 @@ log = structlog.get_logger()
 SERVICE_NAME = scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"].full_name
 SANDBOX_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 REGISTRY_SERVICE_NAME = registry_pb2.DESCRIPTOR.services_by_name["ExecutorRegistryService"].full_name
-SERVICE_NAMES = [SERVICE_NAME, SANDBOX_SERVICE_NAME, REGISTRY_SERVICE_NAME, SANDBOX_ACCESS_SERVICE_NAME]
+SERVICE_NAMES = [
+    SERVICE_NAME, SANDBOX_SERVICE_NAME, KEY_SERVICE_NAME, REGISTRY_SERVICE_NAME, SANDBOX_ACCESS_SERVICE_NAME
+]
 
 
 async def serve(settings: Settings) -> None:
+    required = keys_required(settings, "scheduler", address_host(settings.scheduler_address))
     engine = create_engine(settings.database_url("scheduler"))
+    audit = AuditLog(settings.audit_log_path)
+    keys = KeyStore(engine)
+    auth = Authenticator(keys, required, audit)
     scheduler = Scheduler(TaskStore(engine), settings)
+    scheduler.audit = audit
     sandboxes = SandboxCoordinator(SandboxStore(engine), scheduler.executors, settings)
     scheduler.sandboxes = sandboxes
     await scheduler.start()
     sandboxes.start()
+    log.info("API keys", required=required, audit_log=str(audit.path))
 
     server = new_server()
-    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler), server)
-    sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(SandboxServicer(sandboxes), server)
+    scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler, auth, audit), server)
+    sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(
+        SandboxServicer(sandboxes, auth, audit, scheduler.submissions, settings), server
+    )
+    keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys, auth, audit), server)
     sandbox_access_pb2_grpc.add_SandboxAccessServiceServicer_to_server(
-        SandboxAccessServicer(sandboxes, SandboxSecretsStore(engine)), server
+        SandboxAccessServicer(sandboxes, SandboxSecretsStore(engine), auth), server
     )
     registry_pb2_grpc.add_ExecutorRegistryServiceServicer_to_server(
         ExecutorRegistryServicer(scheduler, settings.heartbeat_interval_seconds), server
@@ -66,3 +83,4 @@ async def serve(settings: Settings) -> None:
         await run_until_signalled(server, on_stop=shutdown)
     finally:
         await engine.dispose()
+        audit.close()

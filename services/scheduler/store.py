@@ -30,7 +30,8 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from corral.db import is_sqlite
+from corral.api_keys import LOCAL_TENANT
+from corral.db import add_missing_columns, is_sqlite
 from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import step_tool
 from corral.v1 import task_pb2
@@ -56,6 +57,8 @@ class TaskRow(Base):
     task_dir: Mapped[str] = mapped_column(Text, default="")
     host_task_dir: Mapped[str] = mapped_column(Text, default="")
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
+    # The owner (corral.api_keys); rows from before tenants belong to the local tenant.
+    tenant_id: Mapped[str] = mapped_column(Text, index=True, server_default=LOCAL_TENANT)
 
 
 class StepRow(Base):
@@ -114,6 +117,7 @@ class TaskStore:
     async def create_tables(self) -> None:
         async with self._engine.begin() as conn:
             await conn.run_sync(Base.metadata.create_all)
+            await conn.run_sync(add_missing_columns, Base.metadata)
 
     @asynccontextmanager
     async def _writing(self) -> AsyncIterator[AsyncSession]:
@@ -124,10 +128,11 @@ class TaskStore:
         async with self._write_lock, self._sessions.begin() as session:
             yield session
 
-    async def create(self, task_id: str, spec: task_pb2.TaskSpec) -> task_pb2.Task:
+    async def create(self, task_id: str, spec: task_pb2.TaskSpec, tenant_id: str = LOCAL_TENANT) -> task_pb2.Task:
         """Stores a new scheduled task; returns it as stored (no second read needed)."""
         row = TaskRow(
             task_id=task_id,
+            tenant_id=tenant_id,
             state=task_pb2.TASK_STATE_SCHEDULED,
             spec=spec.SerializeToString(),
             created_at=time.time(),
@@ -170,9 +175,12 @@ class TaskStore:
             return self._to_proto(row, list(steps))
 
     async def list_tasks(
-        self, state: int, page_size: int, page_token: str
+        self, state: int, page_size: int, page_token: str, tenant_id: str | None = None
     ) -> tuple[list[task_pb2.Task], str]:
+        """A page of tasks, newest first; only `tenant_id`'s when given."""
         query = select(TaskRow).order_by(TaskRow.created_at.desc(), TaskRow.task_id.desc())
+        if tenant_id is not None:
+            query = query.where(TaskRow.tenant_id == tenant_id)
         if state:
             query = query.where(TaskRow.state == state)
         if page_token:
@@ -319,6 +327,18 @@ class TaskStore:
                 events.append(event)
             return events
 
+    async def count_unfinished(self, tenant_id: str) -> int:
+        """The tenant's scheduled and running tasks (its concurrent-task quota counts these)."""
+        async with self._sessions() as session:
+            return int(
+                await session.scalar(
+                    select(func.count())
+                    .select_from(TaskRow)
+                    .where(TaskRow.tenant_id == tenant_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
+                )
+                or 0
+            )
+
     async def count(self) -> int:
         async with self._sessions() as session:
             return int(await session.scalar(select(func.count()).select_from(TaskRow)) or 0)
@@ -331,6 +351,7 @@ class TaskStore:
             executor_id=row.executor_id,
             error=row.error,
             task_dir=row.task_dir,
+            tenant_id=row.tenant_id,
         )
         task.spec.ParseFromString(row.spec)
         if row.task_dir:
