@@ -106,11 +106,12 @@ class TaskView(View):
     executor_id: str | None
     task_dir: str | None = Field(description="/tasks/{task_id} inside the sandbox.")
     sandbox_id: str | None = Field(description="The long-lived sandbox it runs in, if any.")
-    tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
     log_path: str | None = Field(description="agent.log inside the sandbox.")
     created_at: str | None
     started_at: str | None
     finished_at: str | None
+    # Last, after the seed's fields (which keep their order).
+    tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
 
     @classmethod
     def from_proto(cls, task: task_pb2.Task) -> TaskView:
@@ -123,11 +124,11 @@ class TaskView(View):
                 "executor_id": task.executor_id or None,
                 "task_dir": task.task_dir or None,
                 "sandbox_id": task.spec.sandbox_id or None,
-                "tenant_id": task.tenant_id or None,
                 "log_path": task.log_path or None,
                 "created_at": _time(task.created_at, task.HasField("created_at")),
                 "started_at": _time(task.started_at, task.HasField("started_at")),
                 "finished_at": _time(task.finished_at, task.HasField("finished_at")),
+                "tenant_id": task.tenant_id or None,
             }
         )
 

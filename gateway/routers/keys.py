@@ -79,7 +79,9 @@ async def create_key(
     return view_response(created, status_code=201, headers={"Cache-Control": "no-store"})
 
 
-@router.get("", name="list_keys", summary="List API keys", response_model=KeyList, responses=ADMIN_ERRORS)
+@router.get(
+    "", name="list_keys", summary="List API keys", response_model=KeyList, responses={**ADMIN_ERRORS, **errors(400)}
+)
 async def list_keys(
     backends: BackendsDep,
     caller: CallerDep,

@@ -86,3 +86,12 @@ async def test_a_raw_rpc_error_and_a_bug_are_json_too() -> None:
     assert response.status_code == 500
     assert "secret" not in response.text
     assert response.json()["error"]["code"] == "internal"
+
+
+def test_api_keys_never_reach_the_access_log() -> None:
+    from gateway.access_log import redact
+
+    key = "crl_" + "A1b2_-" * 7
+    assert key not in redact(f"/v1/sandboxes/x/vnc/?token={key}")
+    assert key not in redact(f"/v1/whatever/{key}?a=1")
+    assert redact("/status?task_id=abc") == "/status?task_id=abc"

@@ -35,8 +35,8 @@ def start_gateway(cluster: Cluster, timeout: float = 30.0) -> None:
     wait_for_http(service, cluster.gateway_url + "/openapi.json", timeout)
 
 
-def make_stack(data_dir: Path, *services: str) -> Iterator[Cluster]:
-    cluster = Cluster.new(data_dir, **TEST_ENV)
+def make_stack(data_dir: Path, *services: str, env: dict[str, str] | None = None) -> Iterator[Cluster]:
+    cluster = Cluster.new(data_dir, **(TEST_ENV if env is None else env))
     try:
         for name in services:
             getattr(cluster, f"start_{name}")()
