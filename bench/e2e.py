@@ -5,6 +5,7 @@
     .venv/bin/python bench/e2e.py --scheduler 127.0.0.1:50051   # against a running system
     .venv/bin/python bench/e2e.py --driver docker --warm-pool 2  # docker sandboxes (scripts/build-images)
     .venv/bin/python bench/e2e.py --warm-pool 0           # bubblewrap without its warm pool
+    .venv/bin/python bench/e2e.py --auth keys             # with API keys (a tenant's key per call)
 
 Measures, through the scheduler's gRPC API (SubmitTask + WatchTask):
   (a) latency from SubmitTask to the first output event of a one-step `echo x` task,
@@ -172,6 +173,14 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Se
         ready.wait(180)
         if process.poll() is not None or not any("Corral is up." in line for line in output):
             raise SystemExit("corral up did not start:\n" + "".join(output))
+        if (env or {}).get("CORRAL_AUTH") == "keys":
+            # A tenant's key (not an admin's: its quotas are counted too), sent by CorralClient.
+            made = subprocess.run(
+                [sys.executable, "-m", "corral.cli", "keys", "create", "--name", "bench", "--database"],
+                env={**os.environ, **(env or {}), "CORRAL_DATA_DIR": str(data_dir)},
+                capture_output=True, text=True, check=True,
+            )
+            os.environ["CORRAL_API_KEY"] = made.stdout.strip()
         yield scheduler, Settings(data_dir=data_dir)
     finally:
         process.send_signal(signal.SIGINT)
@@ -210,6 +219,8 @@ def main() -> None:
     parser.add_argument("--bwrap-runs", type=int, default=20)
     parser.add_argument("--driver", choices=["bubblewrap", "docker"], default="bubblewrap",
                         help="sandbox driver of the started system")
+    parser.add_argument("--auth", choices=["off", "keys"], default="off",
+                        help="keys: the started system requires API keys; the tasks go with a tenant's key")
     parser.add_argument("--warm-pool", type=int, default=None,
                         help="warm sandboxes kept ready (default: docker 0, bubblewrap CORRAL_BWRAP_WARM_POOL's)")
     args = parser.parse_args()
@@ -228,11 +239,15 @@ def main() -> None:
         asyncio.run(measure(args.scheduler, Settings(), args.count, args.burst))
     else:
         env = {"CORRAL_SANDBOX_DRIVER": args.driver}
+        if args.auth == "keys":
+            # Quotas high enough for the burst: the figure is the key check's cost, not a 429.
+            env.update(CORRAL_AUTH="keys", CORRAL_QUOTA_MAX_TASKS="100000",
+                       CORRAL_QUOTA_SUBMISSIONS_PER_SECOND="100000")
         pool_var = "CORRAL_DOCKER_WARM_POOL" if args.driver == "docker" else "CORRAL_BWRAP_WARM_POOL"
         if args.warm_pool is not None or args.driver == "docker":
             env[pool_var] = str(args.warm_pool or 0)
         pool = env.get(pool_var) or os.environ.get(pool_var) or "default"
-        print(f"system: `corral up` with the {args.driver} driver, warm pool {pool}")
+        print(f"system: `corral up` with the {args.driver} driver, warm pool {pool}, auth {args.auth}")
         with embedded_system(env) as (scheduler, settings):
             asyncio.run(measure(scheduler, settings, args.count, args.burst))
 

@@ -1,5 +1,7 @@
-"""deploy/docker-compose.yml for real: build the images, up, the README's curl example, tasks on
-both executors, PostgreSQL behind scheduler and memory, down leaving no sandbox container.
+"""deploy/docker-compose.yml for real: build the images, up, the first admin key as the compose
+file says, the README's curl example with a key, no key 401 and another tenant's task 404,
+tasks on both executors, PostgreSQL behind scheduler and memory, down leaving no sandbox
+container.
 
 Runs under its own compose project name, gateway port, host data directory and executor ids,
 so it neither touches nor is touched by another deployment on the same Docker engine.
@@ -53,6 +55,18 @@ class Deployment:
     env: dict[str, str]
     url: str
     prefix: str
+    # The first admin key (made in the fixture as the compose file's header says).
+    key: str = ""
+
+    @property
+    def auth(self) -> tuple[str, str]:
+        return ("-H", f"Authorization: Bearer {self.key}")
+
+    def schedule(self, body: str, key: str = "") -> str:
+        reply = curl("-X", "POST", f"{self.url}/schedule", "-H", f"Authorization: Bearer {key or self.key}",
+                     "-H", "Content-Type: application/json", "-d", body)
+        task_id: str = json.loads(reply)["task_id"]
+        return task_id
 
     def run(self, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
@@ -95,10 +109,10 @@ def curl(*args: str) -> str:
     return subprocess.run(["curl", "-sS", "--fail-with-body", *args], capture_output=True, text=True, check=True).stdout
 
 
-def wait_for_status(url: str, task_id: str, states: set[str], limit: float = 120) -> dict[str, object]:
+def wait_for_status(d: Deployment, task_id: str, states: set[str], limit: float = 120) -> dict[str, object]:
     deadline = time.monotonic() + limit
     while True:
-        status: dict[str, object] = json.loads(curl(f"{url}/status?task_id={task_id}"))
+        status: dict[str, object] = json.loads(curl(*d.auth, f"{d.url}/status?task_id={task_id}"))
         if status["status"] in states or time.monotonic() > deadline:
             return status
         time.sleep(0.2)
@@ -129,6 +143,9 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
             assert time.monotonic() < deadline, f"not all healthy: {states}\n{d.logs()}"
             assert "unhealthy" not in states.values() and "exited" not in states.values(), f"{states}\n{d.logs()}"
             time.sleep(1)
+        created = d.run("exec", "-T", "scheduler", "corral", "keys", "create", "--admin", "--name", "admin",
+                        "--database", "--json")
+        d.key = json.loads(created.stdout)["key"]
         yield d
     finally:
         d.run("down", "-v", "--remove-orphans", check=False)
@@ -138,9 +155,8 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 def test_curl_example_completes(deployment: Deployment) -> None:
-    reply = curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", CURL_EXAMPLE_BODY)
-    task_id = json.loads(reply)["task_id"]
-    status = wait_for_status(deployment.url, task_id, ENDED)
+    task_id = deployment.schedule(CURL_EXAMPLE_BODY)
+    status = wait_for_status(deployment, task_id, ENDED)
     assert status["status"] == "completed", status
     steps = status["steps"]
     assert isinstance(steps, list) and [s["exit_code"] for s in steps] == [0, 0, 0]
@@ -154,13 +170,33 @@ def test_curl_example_completes(deployment: Deployment) -> None:
     assert host_log.is_file() and "Hello from the agent!" in host_log.read_text()
 
 
+def test_keys_are_required_and_tenants_see_only_their_own(deployment: Deployment) -> None:
+    def status_code(*args: str) -> int:
+        out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", *args],
+                             capture_output=True, text=True, check=True).stdout
+        return int(out)
+
+    assert status_code("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json",
+                       "-d", CURL_EXAMPLE_BODY) == 401
+    assert status_code(f"{deployment.url}/v1/tasks") == 401
+
+    def new_key(name: str) -> str:
+        made = curl("-X", "POST", f"{deployment.url}/v1/keys", *deployment.auth, "-H", "Content-Type: application/json",
+                    "-d", json.dumps({"name": name}))
+        key: str = json.loads(made)["key"]
+        return key
+
+    alice, bob = new_key("alice"), new_key("bob")
+    task_id = deployment.schedule(CURL_EXAMPLE_BODY, key=alice)
+    assert status_code("-H", f"Authorization: Bearer {bob}", f"{deployment.url}/status?task_id={task_id}") == 404
+    assert status_code("-H", f"Authorization: Bearer {alice}", f"{deployment.url}/status?task_id={task_id}") == 200
+    assert wait_for_status(deployment, task_id, ENDED)["tenant_id"] == "alice"  # the admin sees it
+
+
 def test_tasks_spread_over_both_executors(deployment: Deployment) -> None:
     body = json.dumps({"steps": [{"tool": "shell", "command": "sleep 1; id -u"}]})
-    ids = [
-        json.loads(curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", body))["task_id"]
-        for _ in range(8)
-    ]
-    statuses = [wait_for_status(deployment.url, task_id, ENDED) for task_id in ids]
+    ids = [deployment.schedule(body) for _ in range(8)]
+    statuses = [wait_for_status(deployment, task_id, ENDED) for task_id in ids]
     assert [s["status"] for s in statuses] == ["completed"] * len(ids), statuses
     assert {s["steps"][0]["stdout"] for s in statuses} == {"1000\n"}  # type: ignore[index]
     assert {s["executor_id"] for s in statuses} == {f"{deployment.prefix}executor-1", f"{deployment.prefix}executor-2"}
@@ -187,12 +223,9 @@ def test_only_executors_get_the_docker_socket(deployment: Deployment) -> None:
 def test_down_leaves_no_sandbox_container(deployment: Deployment) -> None:
     # Runs last in this module: it takes the deployment down with tasks still running.
     body = json.dumps({"steps": [{"tool": "shell", "command": "sleep 600"}]})
-    ids = [
-        json.loads(curl("-X", "POST", f"{deployment.url}/schedule", "-H", "Content-Type: application/json", "-d", body))["task_id"]
-        for _ in range(2)
-    ]
+    ids = [deployment.schedule(body) for _ in range(2)]
     for task_id in ids:
-        assert wait_for_status(deployment.url, task_id, {"running"} | ENDED)["status"] == "running"
+        assert wait_for_status(deployment, task_id, {"running"} | ENDED)["status"] == "running"
     assert deployment.sandbox_containers(), "running tasks should have sandbox containers"
     deployment.run("down", "-v")
     assert deployment.sandbox_containers() == []
