@@ -5,11 +5,12 @@ its caller's tenant (services/scheduler/principal.py): another tenant's sandbox 
 from __future__ import annotations
 
 from corral.config import Settings
+from corral.errors import SandboxNotFound
 from corral.grpc_server import Context
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from .audit import AuditLog
-from .principal import Authenticator
+from .principal import Authenticator, Principal
 from .quotas import SubmissionRate
 from .redaction import public_sandbox
 from .sandboxes import SandboxCoordinator
@@ -30,6 +31,13 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self._submissions = submissions
         self._quota = settings.quota_max_sandboxes
 
+    async def _owned(self, sandbox_id: str, who: Principal, method: str) -> None:
+        """Another tenant's sandbox answers as an unknown one, and the refusal is audited."""
+        sandbox = await self._sandboxes.get(sandbox_id)
+        if not who.owns(sandbox.tenant_id):
+            self._audit.refused(method, "sandbox of another tenant", who, sandbox_id=sandbox_id)
+            raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
+
     async def CreateSandbox(
         self, request: sandbox_pb2.CreateSandboxRequest, context: Context
     ) -> sandbox_pb2.CreateSandboxResponse:
@@ -45,6 +53,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_pb2.GetSandboxRequest, context: Context
     ) -> sandbox_pb2.GetSandboxResponse:
         who = await self._auth.caller(context, "GetSandbox")
+        await self._owned(request.sandbox_id, who, "GetSandbox")
         sandbox = await self._sandboxes.get(request.sandbox_id, who.scope)
         return sandbox_pb2.GetSandboxResponse(sandbox=public_sandbox(sandbox))
 
@@ -59,6 +68,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_pb2.ExtendSandboxRequest, context: Context
     ) -> sandbox_pb2.ExtendSandboxResponse:
         who = await self._auth.caller(context, "ExtendSandbox")
+        await self._owned(request.sandbox_id, who, "ExtendSandbox")
         sandbox = await self._sandboxes.extend(request.sandbox_id, request.ttl.ToNanoseconds() / 1e9, who.scope)
         return sandbox_pb2.ExtendSandboxResponse(sandbox=public_sandbox(sandbox))
 
@@ -66,6 +76,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_pb2.DeleteSandboxRequest, context: Context
     ) -> sandbox_pb2.DeleteSandboxResponse:
         who = await self._auth.caller(context, "DeleteSandbox")
+        await self._owned(request.sandbox_id, who, "DeleteSandbox")
         sandbox = await self._sandboxes.delete(request.sandbox_id, who.scope)
         self._audit.record("sandbox_deleted", who, sandbox_id=sandbox.sandbox_id)
         return sandbox_pb2.DeleteSandboxResponse(sandbox=public_sandbox(sandbox))

@@ -221,6 +221,8 @@ def test_the_audit_log_names_keys_by_id_and_holds_no_key(
     keyed: Cluster, api: httpx.Client, admin: Key, alice: Key, bob: Key, alice_task: str
 ) -> None:
     api.get(f"/v1/tasks/{alice_task}", headers=bob.headers)  # a refusal to record
+    sleeper = api.post("/v1/tasks", json={"steps": [{"tool": "shell", "command": "sleep 60"}]}, headers=alice.headers)
+    assert api.post(f"/v1/tasks/{sleeper.json()['task_id']}/cancel", headers=alice.headers).status_code == 200
     audit = keyed.data_dir / "audit.log"
     assert stat.S_IMODE(audit.stat().st_mode) == 0o600
     lines = [json.loads(line) for line in audit.read_text().splitlines()]
@@ -233,6 +235,9 @@ def test_the_audit_log_names_keys_by_id_and_holds_no_key(
         for line in lines
     )
     assert any(line["event"] == "access_refused" and line["reason"] == "no API key" for line in lines)
+    assert any(line["event"] == "access_refused" and line.get("method") == "DeleteSandbox"
+               and line.get("key_id") == bob.key_id for line in lines)
+    assert {"sandbox_created", "sandbox_deleted", "task_cancelled", "key_revoked"} <= {line["event"] for line in lines}
     for log in [audit, *keyed.data_dir.glob("*.log")]:
         text = log.read_text(errors="replace")
         for key in (admin, alice, bob):
