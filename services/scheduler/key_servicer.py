@@ -33,6 +33,7 @@ class KeyServicer(keys_pb2_grpc.KeyServiceServicer):
     async def RevokeKey(self, request: keys_pb2.RevokeKeyRequest, context: Context) -> keys_pb2.RevokeKeyResponse:
         who = await self._auth.admin(context, "RevokeKey")
         key = await self._keys.revoke(request.key_id)
+        self._auth.forget(key.key_id)
         self._audit.record("key_revoked", who, revoked_key_id=key.key_id, revoked_key_tenant_id=key.tenant_id)
         return keys_pb2.RevokeKeyResponse(key=key)
 

@@ -178,3 +178,10 @@ def test_services_store_in_postgresql_not_in_sqlite(tmp_path: Path, postgres_url
     assert count == 1
     assert {"scheduler_tasks", "scheduler_events", "history_events", "notes"} <= set(tables)
     assert not list(tmp_path.glob("*.db"))
+
+
+def test_old_scheduler_tables_get_the_tenant_column_on_postgres(postgres_url: str) -> None:
+    pytest.register_assert_rewrite("unit")
+    from unit.test_tenant_columns import assert_old_tables_migrate
+
+    assert_old_tables_migrate(postgres_url)
