@@ -22,6 +22,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from corral.api_keys import address_host, is_loopback
 from corral.config import Settings
 from corral.grpc_server import channel
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc
@@ -206,7 +207,23 @@ def preflight(settings: Settings) -> list[str]:
         problem = port_problem(host, port)
         if problem:
             problems.append(f"{name} cannot listen on {address}: {problem}")
+    if settings.auth == "auto":
+        for name, host in (("gateway", settings.gateway_host), ("scheduler", address_host(settings.scheduler_address))):
+            if not is_loopback(host):
+                problems.append(
+                    f"{name} would listen on {host} without API keys: set CORRAL_AUTH=keys (then "
+                    "`corral keys create --admin --name admin --database`), or CORRAL_AUTH=off on purpose"
+                )
     return problems
+
+
+def auth_line(settings: Settings) -> str:
+    if settings.auth == "keys":
+        return ("  API keys       required: the first admin key is "
+                "`corral keys create --admin --name admin --database`")
+    if settings.auth == "off":
+        return "  API keys       OFF (CORRAL_AUTH=off): anyone who reaches the gateway acts as tenant 'local'"
+    return "  API keys       none (loopback only): you are the single tenant 'local'"
 
 
 def banner(settings: Settings, log_dir: Path) -> str:
@@ -221,6 +238,7 @@ def banner(settings: Settings, log_dir: Path) -> str:
             f"  executor       {settings.executor_address}   (gRPC, {settings.sandbox_driver} sandboxes)",
             f"  data           {settings.data_dir}",
             f"  logs           {log_dir}/<service>.log",
+            auth_line(settings),
             "Try:  corral run 'echo hello from a sandbox'"
             + ("" if settings.scheduler_address == DEFAULT_SCHEDULER else f" --scheduler {settings.scheduler_address}"),
             "Press Ctrl-C to stop.",

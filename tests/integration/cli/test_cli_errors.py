@@ -92,3 +92,27 @@ def test_up_with_an_unusable_data_dir(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "cannot use data directory" in result.stderr
+
+
+def test_up_beyond_loopback_without_a_decision_on_auth_starts_nothing(tmp_path: Path) -> None:
+    result = subprocess.run(
+        corral_command("up", "--data-dir", str(tmp_path), "--gateway-host", "0.0.0.0",
+                       "--gateway-port", str(free_port())),
+        capture_output=True, text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "CORRAL_AUTH"},
+    )
+    assert result.returncode == 1
+    assert "gateway would listen on 0.0.0.0 without API keys: set CORRAL_AUTH=keys" in result.stderr
+    assert "nothing was started" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_keys_commands_without_an_admin_key_are_a_clear_message(tmp_path: Path) -> None:
+    result = run("keys", "ls", "--scheduler", f"127.0.0.1:{free_port()}")
+    assert result.returncode == 2
+    assert "cannot reach the scheduler" in result.stderr
+    made = subprocess.run(
+        corral_command("keys", "create", "--name", "", "--database"), capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CORRAL_DATA_DIR": str(tmp_path)},
+    )
+    assert made.returncode == 2
+    assert "corral keys: INVALID_ARGUMENT: name is required" in made.stderr
