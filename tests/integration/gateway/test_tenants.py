@@ -149,6 +149,9 @@ async def test_the_grpc_api_takes_the_same_keys(keyed: Cluster, alice: Key, bob:
             await client.get(alice_task)
         with pytest.raises(TaskNotFound):
             await client.cancel(alice_task)
+        with pytest.raises(TaskNotFound):
+            async for _ in client.watch(alice_task):
+                pass
         listed, _ = await client.list()
         assert alice_task not in {t.task_id for t in listed}
     async with CorralClient(keyed.scheduler_address, api_key=alice.secret) as client:
