@@ -107,7 +107,10 @@ def rule(*roles: str, bound_to_name: str | None = None) -> Rule:
 OPEN = "open"  # answers anyone, no identity needed
 
 _EXECUTOR_RPC = rule("scheduler")
-_PUBLIC_API = rule("gateway", "admin")  # the future API-key callers come in here too
+# Public corral.v1 RPCs: the gateway on a client's behalf, or an admin's tools; on top, the
+# scheduler resolves the client's API key (`authorization` metadata) to its tenant
+# (services/scheduler/principal.py).
+_PUBLIC_API = rule("gateway", "admin")
 _MEMORY_WRITE = rule("executor")
 _MEMORY_READ = rule("gateway", "scheduler", "admin")
 
@@ -127,6 +130,8 @@ POLICY: dict[str, Rule | str] = {
     "corral.internal.v1.SandboxAccessService": rule("gateway"),
     "corral.v1.SchedulerService": _PUBLIC_API,
     "corral.v1.SandboxService": _PUBLIC_API,
+    # API keys: the scheduler checks the tenant's key on each call (admin keys manage them).
+    "corral.v1.KeyService": _PUBLIC_API,
     # History is written by the executors that ran the steps; read on a client's behalf.
     "/corral.v1.MemoryService/AppendEvents": _MEMORY_WRITE,
     "/corral.v1.MemoryService/PutNote": _MEMORY_WRITE,

@@ -16,7 +16,7 @@ from typing import Any
 from corral.api_keys import metadata_for
 from corral.client import typed_errors
 from corral.config import Settings
-from corral.grpc_server import insecure_channel
+from corral.grpc_server import channel
 from corral.v1 import keys_pb2, keys_pb2_grpc
 
 
@@ -62,9 +62,10 @@ async def run(args: argparse.Namespace, scheduler: str) -> int:
 
 
 async def _over_grpc(args: argparse.Namespace, scheduler: str) -> Any:
-    key = metadata_for(Settings().api_key)
-    async with insecure_channel(scheduler) as channel:
-        stub = keys_pb2_grpc.KeyServiceStub(channel)
+    settings = Settings()
+    key = metadata_for(settings.api_key)
+    async with channel(scheduler, settings, "admin") as chan:
+        stub = keys_pb2_grpc.KeyServiceStub(chan)
         if args.keys_command == "create":
             request = keys_pb2.CreateKeyRequest(name=args.name, tenant_id=args.tenant, admin=args.admin)
             reply = await stub.CreateKey(request, metadata=key)

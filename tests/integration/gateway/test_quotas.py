@@ -74,7 +74,7 @@ async def test_grpc_quota_refusals_are_resource_exhausted_with_the_same_message(
     limited: Cluster, api: httpx.Client, admin: Key
 ) -> None:
     frank = create_key(api, admin, "frank")
-    async with CorralClient(limited.scheduler_address, api_key=frank.secret) as client:
+    async with CorralClient(limited.scheduler_address, limited.settings(), api_key=frank.secret) as client:
         await client.submit(TaskRequest.model_validate(CURL_EXAMPLE))
         with pytest.raises(QuotaExceeded, match="quota max_tasks exceeded: tenant 'frank'"):
             await client.submit(TaskRequest.model_validate(CURL_EXAMPLE))

@@ -141,10 +141,10 @@ def test_search_returns_only_the_tenants_own_history(
 
 
 async def test_the_grpc_api_takes_the_same_keys(keyed: Cluster, alice: Key, bob: Key, alice_task: str) -> None:
-    async with CorralClient(keyed.scheduler_address, api_key="") as anonymous:
+    async with CorralClient(keyed.scheduler_address, keyed.settings(), api_key="") as anonymous:
         with pytest.raises(Unauthenticated):
             await anonymous.get(alice_task)
-    async with CorralClient(keyed.scheduler_address, api_key=bob.secret) as client:
+    async with CorralClient(keyed.scheduler_address, keyed.settings(), api_key=bob.secret) as client:
         with pytest.raises(TaskNotFound):
             await client.get(alice_task)
         with pytest.raises(TaskNotFound):
@@ -154,7 +154,7 @@ async def test_the_grpc_api_takes_the_same_keys(keyed: Cluster, alice: Key, bob:
                 pass
         listed, _ = await client.list()
         assert alice_task not in {t.task_id for t in listed}
-    async with CorralClient(keyed.scheduler_address, api_key=alice.secret) as client:
+    async with CorralClient(keyed.scheduler_address, keyed.settings(), api_key=alice.secret) as client:
         assert (await client.get(alice_task)).tenant_id == "alice"
 
 
