@@ -76,9 +76,14 @@ class SandboxManager:
 
     async def stop(self) -> None:
         if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
+            # Cancelled again until it ends (as WarmPool.stop): one CI run saw the reaper stay
+            # "cancelling" in its sleep for ever after a single cancel(), hanging the stop.
+            while not self._reaper.done():
+                self._reaper.cancel()
+                await asyncio.wait({self._reaper}, timeout=1.0)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                self._reaper.result()
+            self._reaper = None
         for sandbox_id in list(self._sandboxes):
             await self.delete(sandbox_id, "the executor is stopping")
 
