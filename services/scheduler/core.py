@@ -252,13 +252,7 @@ class Scheduler:
     async def _finish(self, task_id: str, state: task_pb2.TaskState.ValueType, error: str) -> None:
         """Ends a task the executor could not end itself; no-op if it already ended."""
         if not await self._store.finish_if_not_terminal(task_id, state, error):
-            return
-        step_state = (
-            task_pb2.STEP_STATE_CANCELLED
-            if state == task_pb2.TASK_STATE_CANCELLED
-            else task_pb2.STEP_STATE_FAILED
-        )
-        await self._store.mark_unfinished_steps(task_id, step_state, error)
+            return  # (its unfinished steps were closed with it)
         await self._append(
             task_pb2.TaskEvent(task_id=task_id, finished=task_pb2.TaskFinished(state=state, error=error))
         )
@@ -389,10 +383,6 @@ class Scheduler:
         state, error = event.finished.state, event.finished.error
         if not await self._store.finish_if_not_terminal(task_id, state, error):
             return
-        step_state = (
-            task_pb2.STEP_STATE_CANCELLED if state == task_pb2.TASK_STATE_CANCELLED else task_pb2.STEP_STATE_FAILED
-        )
-        await self._store.mark_unfinished_steps(task_id, step_state, error)
         await self._append(event)
 
     async def _store_progress(self, queue: asyncio.Queue[task_pb2.TaskEvent]) -> None:

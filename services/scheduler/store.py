@@ -242,14 +242,22 @@ class TaskStore:
     async def finish_if_not_terminal(
         self, task_id: str, state: task_pb2.TaskState.ValueType, error: str
     ) -> bool:
-        """Moves a task to a terminal state unless it is in one already; True if it moved."""
+        """Moves a task to a terminal state unless it is in one already; True if it moved.
+        Its pending/running steps are closed in the same transaction (a reader never sees an
+        ended task with a step still running)."""
+        step_state = (
+            task_pb2.STEP_STATE_CANCELLED if state == task_pb2.TASK_STATE_CANCELLED else task_pb2.STEP_STATE_FAILED
+        )
         async with self._writing() as session:
             result = await session.execute(
                 update(TaskRow)
                 .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
                 .values(state=state, error=_text(error), finished_at=time.time())
             )
-            return bool(getattr(result, "rowcount", 0))
+            moved = bool(getattr(result, "rowcount", 0))
+            if moved:
+                await _close_unfinished_steps(session, task_id, step_state, error)
+            return moved
 
     async def mark_running(self, task_id: str, **values: object) -> None:
         """The executor started the task (no effect once the task has ended)."""
@@ -263,7 +271,7 @@ class TaskStore:
 
     async def save_step(self, task_id: str, result: task_pb2.StepResult) -> None:
         """A step's progress or result (no effect once the task has ended, whose unfinished
-        steps mark_unfinished_steps closed)."""
+        steps finish_if_not_terminal closed)."""
         still_open = (
             select(TaskRow.task_id)
             .where(TaskRow.task_id == task_id, TaskRow.state.not_in(TERMINAL_TASK_STATES))
@@ -275,21 +283,6 @@ class TaskStore:
                 .where(StepRow.task_id == task_id, StepRow.index == result.index, still_open)
                 .values(result=result.SerializeToString())
             )
-
-    async def mark_unfinished_steps(
-        self, task_id: str, state: task_pb2.StepState.ValueType, error: str
-    ) -> None:
-        """Closes pending/running steps of a task that ended without the executor saying so."""
-        async with self._writing() as session:
-            rows = (await session.scalars(select(StepRow).where(StepRow.task_id == task_id))).all()
-            for row in rows:
-                result = task_pb2.StepResult()
-                result.ParseFromString(row.result)
-                if result.state in (task_pb2.STEP_STATE_PENDING, task_pb2.STEP_STATE_RUNNING):
-                    was_running = result.state == task_pb2.STEP_STATE_RUNNING
-                    result.state = state if was_running else task_pb2.STEP_STATE_SKIPPED
-                    result.error = error if was_running else "skipped: the task ended before this step"
-                    row.result = result.SerializeToString()
 
     async def insert_events(self, events: list[task_pb2.TaskEvent]) -> None:
         """Stores numbered events (one transaction) and advances each task's last sequence."""
@@ -367,3 +360,17 @@ class TaskStore:
         for step in steps:
             task.steps.add().ParseFromString(step.result)
         return task
+
+
+async def _close_unfinished_steps(
+    session: AsyncSession, task_id: str, state: task_pb2.StepState.ValueType, error: str
+) -> None:
+    rows = (await session.scalars(select(StepRow).where(StepRow.task_id == task_id))).all()
+    for row in rows:
+        result = task_pb2.StepResult()
+        result.ParseFromString(row.result)
+        if result.state in (task_pb2.STEP_STATE_PENDING, task_pb2.STEP_STATE_RUNNING):
+            was_running = result.state == task_pb2.STEP_STATE_RUNNING
+            result.state = state if was_running else task_pb2.STEP_STATE_SKIPPED
+            result.error = error if was_running else "skipped: the task ended before this step"
+            row.result = result.SerializeToString()
