@@ -12,10 +12,11 @@ a role and a name (see corral.pki) -- and checks it against `POLICY`:
 - an RPC bound to the caller's name (an executor registers and heartbeats only as itself):
   PERMISSION_DENIED when the request names another.
 
-Health and reflection answer any caller that passed the handshake. Another kind of identity
-(API keys, in `authorization` metadata) is one more entry in `AUTHENTICATORS`; its callers
-need a listener whose TLS does not demand a client certificate (grpc's
-ssl_server_credentials without require_client_auth), with this same interceptor.
+Health and reflection answer any caller that passed the handshake. The public corral.v1
+services are also open to callers with no certificate (`key_callers`): they come through the
+scheduler's public listener (CORRAL_SCHEDULER_PUBLIC_ADDRESS, TLS without a client
+certificate), and the scheduler's servicers require their API key (principal.py); every
+internal RPC answers them UNAUTHENTICATED.
 
 This module needs grpc only (no cryptography): the TLS library has verified the certificate
 chain, and grpc exposes the certificate's SPIFFE id as the `peer_spiffe_id` property.
@@ -97,11 +98,14 @@ class Rule:
     roles: frozenset[str]
     # A request field that must equal the caller's name (its executor id for an executor).
     bound_to_name: str | None = None
+    # Also callable with no certificate (the scheduler's public listener, server-only TLS):
+    # the servicer then requires the caller's API key (services/scheduler/principal.py).
+    key_callers: bool = False
 
 
-def rule(*roles: str, bound_to_name: str | None = None) -> Rule:
+def rule(*roles: str, bound_to_name: str | None = None, key_callers: bool = False) -> Rule:
     assert all(r in ROLES for r in roles), roles
-    return Rule(frozenset(roles), bound_to_name)
+    return Rule(frozenset(roles), bound_to_name, key_callers)
 
 
 OPEN = "open"  # answers anyone, no identity needed
@@ -110,7 +114,7 @@ _EXECUTOR_RPC = rule("scheduler")
 # Public corral.v1 RPCs: the gateway on a client's behalf, or an admin's tools; on top, the
 # scheduler resolves the client's API key (`authorization` metadata) to its tenant
 # (services/scheduler/principal.py).
-_PUBLIC_API = rule("gateway", "admin")
+_PUBLIC_API = rule("gateway", "admin", key_callers=True)
 _MEMORY_WRITE = rule("executor")
 _MEMORY_READ = rule("gateway", "scheduler", "admin")
 
@@ -162,6 +166,8 @@ def refusal(method: str, identity: Identity | None, request: Any) -> tuple[grpc.
     if not isinstance(found, Rule):
         return grpc.StatusCode.PERMISSION_DENIED, f"{method} is not open to any caller (no policy for it)"
     if identity is None:
+        if found.key_callers:
+            return None  # an API-key caller: its servicer checks the key
         return (
             grpc.StatusCode.UNAUTHENTICATED,
             f"{method} needs a client certificate from this deployment's CA "

@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     scheduler_address: str = Field(
         "127.0.0.1:50051", description="host:port the scheduler listens on and clients dial."
     )
+    scheduler_public_address: str = Field(
+        "",
+        description="host:port of the scheduler's public listener, for clients with an API key and no "
+        "certificate (TLS the client checks with the deployment's CA; `authorization: Bearer <key>` on "
+        "each call; only the public corral.v1 services answer there); empty: none.",
+    )
     scheduler_database_url: str = Field(
         "", description="SQLAlchemy URL of the scheduler's database (SQLite in data_dir if empty)."
     )

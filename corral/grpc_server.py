@@ -195,16 +195,24 @@ def server_credentials(settings: Settings, role: str) -> grpc.ServerCredentials:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=True)
 
 
+def public_server_credentials(settings: Settings, role: str) -> grpc.ServerCredentials:
+    """TLS with `role`'s certificate that asks no client certificate: the scheduler's public
+    listener, whose callers prove who they are with an API key (corral.authz `key_callers`)."""
+    _ca, cert, key = _tls_material(settings, role)
+    return grpc.ssl_server_credentials([(key, cert)], require_client_auth=False)
+
+
 def channel_credentials(settings: Settings, role: str) -> grpc.ChannelCredentials:
     """TLS trusting only the deployment's CA, presenting `role`'s certificate."""
     ca, cert, key = _tls_material(settings, role)
     return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
-def bind(server: grpc.aio.Server, address: str, settings: Settings, role: str) -> int:
-    """Listens on `address` (host:port) with TLS as `role`; fails loudly when the port is taken."""
+def bind(server: grpc.aio.Server, address: str, settings: Settings, role: str, public: bool = False) -> int:
+    """Listens on `address` (host:port) with TLS as `role` (demanding a client certificate,
+    unless `public`); fails loudly when the port is taken."""
     try:
-        credentials = server_credentials(settings, role)
+        credentials = (public_server_credentials if public else server_credentials)(settings, role)
     except Unauthenticated as exc:
         raise SystemExit(f"cannot listen on {address} with TLS: {exc.message}") from exc
     try:

@@ -70,6 +70,11 @@ async def serve(settings: Settings) -> None:
     )
     health = add_reflection_and_health(server, SERVICE_NAMES)
     bind(server, settings.scheduler_address, settings, "scheduler")
+    if settings.scheduler_public_address:
+        # API-key clients without a certificate; the same auth mode holds for its interface.
+        keys_required(settings, "scheduler's public listener", address_host(settings.scheduler_public_address))
+        bind(server, settings.scheduler_public_address, settings, "scheduler", public=True)
+        log.info("public listener for API-key clients", address=settings.scheduler_public_address)
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     log.info("scheduler listening", address=settings.scheduler_address)
