@@ -51,7 +51,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_error_handlers(app)
     install_openapi(app)
-    app.add_middleware(BrowserGuard, loopback_only=is_loopback(settings.gateway_host))
+    app.add_middleware(
+        BrowserGuard, loopback_only=is_loopback(settings.gateway_host), audit_path=settings.audit_log_path
+    )
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -22,12 +22,17 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import structlog
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from corral.api_keys import is_loopback
+from corral.audit import AuditLog
+
+log = structlog.get_logger()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JUPYTER_PATH = re.compile(r"^/v1/sandboxes/[^/]+/jupyter/")
@@ -45,20 +50,44 @@ def is_json(content_type: str) -> bool:
 
 
 class BrowserGuard:
-    """ASGI middleware applying the rules above; `loopback_only` when the gateway binds loopback."""
+    """ASGI middleware applying the rules above; `loopback_only` when the gateway binds loopback.
+    Each refusal is an `access_refused` line of the audit log at `audit_path` (opened on the
+    first one)."""
 
-    def __init__(self, app: ASGIApp, loopback_only: bool) -> None:
+    def __init__(self, app: ASGIApp, loopback_only: bool, audit_path: Path | None = None) -> None:
         self.app = app
         self.loopback_only = loopback_only
+        self.audit_path = audit_path
+        self._audit: AuditLog | None = None
+
+    def _record(self, scope: Scope, headers: Headers, code: str, message: str) -> None:
+        if self.audit_path is None:
+            return
+        try:
+            if self._audit is None:
+                self._audit = AuditLog(self.audit_path)
+            client = scope.get("client")
+            self._audit.refused(
+                f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')}",
+                f"browser guard: {code}: {message}",
+                origin=headers.get("origin"),
+                host=headers.get("host"),
+                client=f"{client[0]}:{client[1]}" if client else None,
+            )
+        except OSError as exc:  # the refusal itself stands
+            log.warning("cannot write the audit log", path=str(self.audit_path), error=str(exc))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        refusal = self.refusal(scope, Headers(scope=scope))
+        headers = Headers(scope=scope)
+        refusal = self.refusal(scope, headers)
         if refusal is None:
             await self.app(scope, receive, send)
-        elif scope["type"] == "websocket":
+            return
+        self._record(scope, headers, refusal[1], refusal[2])
+        if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008, "reason": refusal[2][:120]})
         else:
             await _send_error(send, *refusal)

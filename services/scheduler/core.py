@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
+from corral.audit import AuditLog
 from corral.config import Settings
 from corral.errors import (
     FailedPrecondition,
@@ -32,7 +33,6 @@ from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import check_spec
 from corral.v1 import task_pb2
 
-from .audit import AuditLog
 from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
 from .principal import LOCAL, Principal

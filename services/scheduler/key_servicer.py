@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from corral.audit import AuditLog
 from corral.grpc_server import Context
 from corral.v1 import keys_pb2, keys_pb2_grpc
 
-from .audit import AuditLog
 from .key_store import KeyStore
 from .principal import Authenticator
 

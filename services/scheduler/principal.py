@@ -19,7 +19,8 @@ from corral.grpc_server import Context
 from corral.v1 import keys_pb2
 
 if TYPE_CHECKING:
-    from .audit import AuditLog
+    from corral.audit import AuditLog
+
     from .key_store import KeyStore
 
 

@@ -4,12 +4,12 @@ its caller's tenant (services/scheduler/principal.py): another tenant's sandbox 
 
 from __future__ import annotations
 
+from corral.audit import AuditLog
 from corral.config import Settings
 from corral.errors import SandboxNotFound
 from corral.grpc_server import Context
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
-from .audit import AuditLog
 from .principal import Authenticator, Principal
 from .quotas import SubmissionRate
 from .redaction import public_sandbox

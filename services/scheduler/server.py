@@ -5,6 +5,7 @@ from __future__ import annotations
 import structlog
 
 from corral.api_keys import address_host, keys_required
+from corral.audit import AuditLog
 from corral.config import Settings
 from corral.db import create_engine
 from corral.grpc_server import (
@@ -17,7 +18,6 @@ from corral.grpc_server import (
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc, sandbox_access_pb2_grpc
 from corral.v1 import keys_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
-from .audit import AuditLog
 from .core import Scheduler
 from .key_servicer import SERVICE_NAME as KEY_SERVICE_NAME
 from .key_servicer import KeyServicer

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+from corral.audit import AuditLog
 from corral.errors import InvalidArgument, InvalidTask
 from corral.grpc_server import Context
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
-from .audit import AuditLog
 from .core import Scheduler
 from .principal import Authenticator
 from .redaction import public_task

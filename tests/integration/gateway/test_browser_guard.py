@@ -48,6 +48,11 @@ def test_a_foreign_origin_cannot_change_state(api: httpx.Client, stack: Cluster)
     own = api.post("/v1/tasks", json=ONE_STEP, headers={"Origin": stack.gateway_url})
     assert own.status_code == 201, own.text
     assert api.post("/v1/tasks", json=ONE_STEP).status_code == 201
+    # Each refusal is in the audit log.
+    audit = [json.loads(line) for line in (stack.data_dir / "audit.log").read_text().splitlines()]
+    refused = [e for e in audit if e.get("event") == "access_refused" and e.get("origin") == "http://evil.example"]
+    assert refused and refused[0]["method"] == "POST /v1/tasks", audit[-3:]
+    assert "browser guard" in refused[0]["reason"]
 
 
 def test_a_rebound_host_name_is_refused(api: httpx.Client) -> None:

@@ -3,18 +3,28 @@ sandbox created or deleted, a task submitted or cancelled, an access refused), n
 key's id and tenant, never a key.
 
 It is its own file (settings.audit_log_path, 0600), apart from the service's log, so it can be
-kept, shipped and read on its own; events are written as they happen (line-buffered).
+kept, shipped and read on its own; events are written as they happen, one append per line, so
+the scheduler and the gateway (its browser-guard refusals) may share it.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import structlog
 
-from .principal import Principal
+
+class Accountable(Protocol):
+    """Who an event is about: the key's id and tenant (services/scheduler/principal.py's
+    Principal), never the key."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def tenant_id(self) -> str: ...
 
 
 def _private_append(path: Path) -> TextIO:
@@ -36,13 +46,13 @@ class AuditLog:
             ],
         )
 
-    def record(self, event: str, who: Principal | None, **fields: Any) -> None:
+    def record(self, event: str, who: Accountable | None, **fields: Any) -> None:
         if who is not None:
             fields.setdefault("key_id", who.key_id)
             fields.setdefault("tenant_id", who.tenant_id)
         self._log.info(event, **fields)
 
-    def refused(self, method: str, reason: str, who: Principal | None = None, **fields: Any) -> None:
+    def refused(self, method: str, reason: str, who: Accountable | None = None, **fields: Any) -> None:
         self.record("access_refused", who, method=method, reason=reason, **fields)
 
     def close(self) -> None:
