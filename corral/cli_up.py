@@ -257,7 +257,8 @@ async def up(settings: Settings, quiet: bool, start_timeout: float) -> int:
 
     log_dir = settings.data_dir / "logs"
     try:
-        log_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log_dir.chmod(0o700)  # the services' logs are the operator's only
     except OSError as exc:
         print(f"corral: cannot use data directory {settings.data_dir}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -163,7 +163,8 @@ class Supervisor:
         """Copies the child's output to its log file and, prefixed with its name, to `echo`."""
         assert service.process.stdout is not None
         prefix = f"{service.name:<{self._width}} | "
-        with service.log_path.open("a", encoding="utf-8") as log_file:
+        fd = os.open(service.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "a", encoding="utf-8") as log_file:
             while True:
                 raw = await service.process.stdout.readline()
                 if not raw:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from typing import Any
@@ -39,6 +40,18 @@ def test_banner_names_every_url(corral_up: CorralUp) -> None:
     for address in (corral_up.scheduler, corral_up.memory, corral_up.executor):
         assert address in text
     assert (corral_up.data_dir / "logs" / "scheduler.log").exists()
+
+
+def test_data_directory_secrets_are_the_operators_only(corral_up: CorralUp) -> None:
+    """Logs, databases, certificates and the audit log are 0600 in 0700 directories (before:
+    logs and databases were 0644, readable by every host user)."""
+    data = corral_up.data_dir
+    assert stat.S_IMODE((data / "logs").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "pki").stat().st_mode) == 0o700
+    private = [*(data / "logs").iterdir(), *data.glob("*.db"), data / "pki" / "ca.key"]
+    assert len(private) >= 6, private
+    for path in private:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
 
 
 def test_curl_example_through_the_gateway(corral_up: CorralUp) -> None:
