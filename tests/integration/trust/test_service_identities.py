@@ -302,3 +302,39 @@ def test_the_keys_are_out_of_a_sandboxs_reach(any_driver: Cluster) -> None:
     assert events[-1].event.finished.state == task_pb2.TASK_STATE_COMPLETED
     assert "READ" not in output and "PRIVATE KEY" not in output
     assert "No such file or directory" in output
+
+
+# From inside a sandbox that shares the host's network (bubblewrap, "network": true), with the
+# grpc the sandbox runtime ships (/app/.venv): the attacks of the issue, as raw unary calls
+# (an empty request is b""), in plaintext as before mTLS.
+ATTACKS = r"""
+import sys, grpc
+for target in sys.argv[1:]:
+    address, method = target.split("=")
+    try:
+        grpc.insecure_channel(address).unary_unary(method)(b"", timeout=10)
+        print(method, "ANSWERED")
+    except grpc.RpcError as exc:
+        print(method, exc.code().name)
+"""
+
+
+def test_a_networked_sandbox_cannot_speak_to_any_service(system: Cluster) -> None:
+    """Before mTLS, a step with "network": true listed the executors, searched all history and
+    ran a task through the executor directly; now no Corral port answers it."""
+    targets = [
+        f"{system.env['CORRAL_SCHEDULER_ADDRESS']}=/corral.internal.v1.ExecutorRegistryService/ListExecutors",
+        f"{system.env['CORRAL_MEMORY_ADDRESS']}=/corral.v1.MemoryService/Search",
+        f"{system.env['CORRAL_EXECUTOR_ADDRESS']}=/corral.internal.v1.ExecutorService/GetExecutorStatus",
+    ]
+    command = "/app/.venv/bin/python -c '" + ATTACKS.replace("'", '"') + "' " + " ".join(targets)
+    spec = echo_spec(command)
+    spec.network = True
+    with system.channel(system.scheduler_address) as admin:
+        scheduler = scheduler_pb2_grpc.SchedulerServiceStub(admin)
+        task_id = scheduler.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec)).task_id
+        events = list(scheduler.WatchTask(scheduler_pb2.WatchTaskRequest(task_id=task_id), timeout=120))
+    output = "".join(e.event.output.data for e in events if e.event.HasField("output"))
+    assert events[-1].event.finished.state == task_pb2.TASK_STATE_COMPLETED, output
+    answers = dict(line.split() for line in output.strip().splitlines())
+    assert len(answers) == 3 and set(answers.values()) == {"UNAVAILABLE"}, output
