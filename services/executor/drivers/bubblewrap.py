@@ -198,20 +198,7 @@ class BubblewrapDriver(SandboxDriver):
         )
 
     async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
-        warm = self.pool.take() if self.fits_warm(config) else None
-        if warm is None:
-            return None
-        try:
-            await warm.claim(config, self.prepare_task_dir)
-            return warm
-        except (SandboxError, OSError) as exc:
-            # Its directory goes back on close; the task gets a cold sandbox instead.
-            warm.log.warning("could not claim a warm sandbox", error=str(exc))
-            await warm.close()
-            return None
-        except BaseException:
-            await warm.close()
-            raise
+        return await self.pool.claim(config, self.prepare_task_dir) if self.fits_warm(config) else None
 
     async def create(self, config: SandboxConfig) -> Sandbox:
         sandbox = self.sandbox(config)

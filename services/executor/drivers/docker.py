@@ -233,20 +233,7 @@ class DockerDriver(SandboxDriver):
         )
 
     async def claim_warm(self, config: SandboxConfig) -> Sandbox | None:
-        warm = self.pool.take() if self.is_default(config) else None
-        if warm is None:
-            return None
-        try:
-            await warm.claim(config, self.prepare_task_dir)
-            return warm
-        except (SandboxError, OSError) as exc:
-            # Its directory goes back on close; the task gets a cold container instead.
-            warm.log.warning("could not claim a warm container", error=str(exc))
-            await warm.close()
-            return None
-        except BaseException:
-            await warm.close()
-            raise
+        return await self.pool.claim(config, self.prepare_task_dir) if self.is_default(config) else None
 
     async def create(self, config: SandboxConfig) -> Sandbox:
         mounts = {self.host_path(config.host_task_dir): config.task_dir}

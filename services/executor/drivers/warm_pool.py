@@ -25,7 +25,7 @@ from typing import Generic, Protocol, TypeVar
 import structlog
 
 from services.executor import task_fs
-from services.executor.drivers.base import SandboxError
+from services.executor.drivers.base import SandboxConfig, SandboxError
 
 log = structlog.get_logger()
 
@@ -41,6 +41,9 @@ class PooledSandbox(Protocol):
     @property
     def alive(self) -> bool:
         """Whether the sandbox (and its agent) still runs."""
+
+    async def claim(self, config: SandboxConfig, prepare_dir: Callable[[Path], None]) -> None:
+        """Hands the sandbox a task (AgentSandbox.claim); raises SandboxError or OSError."""
 
     async def close(self) -> None: ...
 
@@ -85,6 +88,23 @@ class WarmPool(Generic[S]):
             self._close_later(self._ready.popleft())
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+    async def claim(self, config: SandboxConfig, prepare_dir: Callable[[Path], None]) -> S | None:
+        """A ready sandbox handed `config`'s task, or None (none ready, or the claim failed:
+        that sandbox is closed, its directory goes back, and the task gets a cold one)."""
+        warm = self.take()
+        if warm is None:
+            return None
+        try:
+            await warm.claim(config, prepare_dir)
+            return warm
+        except (SandboxError, OSError) as exc:
+            log.warning(f"could not claim a warm {self.what}", task_id=config.task_id, error=str(exc))
+            await warm.close()
+            return None
+        except BaseException:
+            await warm.close()
+            raise
 
     def take(self) -> S | None:
         """A ready sandbox (still alive), or None; either way a replacement is started."""
