@@ -8,24 +8,27 @@ the internal API, receive the values.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from corral.v1 import sandbox_pb2, task_pb2
+
+Shown = TypeVar("Shown", task_pb2.Task, sandbox_pb2.Sandbox)
+
+
+def _without_env_values(record: Shown) -> Shown:
+    """`record` itself when its env holds no values, else a copy naming the variables only."""
+    if not any(record.spec.env.values()):
+        return record
+    shown = type(record)()
+    shown.CopyFrom(record)
+    for name in shown.spec.env:
+        shown.spec.env[name] = ""
+    return shown
 
 
 def public_task(task: task_pb2.Task) -> task_pb2.Task:
-    if not any(task.spec.env.values()):
-        return task
-    shown = task_pb2.Task()
-    shown.CopyFrom(task)
-    for name in shown.spec.env:
-        shown.spec.env[name] = ""
-    return shown
+    return _without_env_values(task)
 
 
 def public_sandbox(sandbox: sandbox_pb2.Sandbox) -> sandbox_pb2.Sandbox:
-    if not any(sandbox.spec.env.values()):
-        return sandbox
-    shown = sandbox_pb2.Sandbox()
-    shown.CopyFrom(sandbox)
-    for name in shown.spec.env:
-        shown.spec.env[name] = ""
-    return shown
+    return _without_env_values(sandbox)
