@@ -96,3 +96,23 @@ def test_tokens_are_checked_by_the_scheduler(channel: tuple[Cluster, grpc.Channe
             sandbox_access_pb2.OpenJupyterRequest(sandbox_id=sandbox_id, base_url="/x/", token=created.token)
         )
     assert ended.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_sandbox_env_values_are_write_only(channel: tuple[Cluster, grpc.Channel]) -> None:
+    """A sandbox's env reaches the executor, but no public reply returns the values (before:
+    GetSandbox/ListSandboxes gave them to every caller)."""
+    _, chan = channel
+    sandboxes = sandbox_pb2_grpc.SandboxServiceStub(chan)
+    spec = sandbox_pb2.SandboxSpec(env={"API_KEY": "sk-very-secret"})
+    created = sandboxes.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec))
+    sandbox_id = created.sandbox.sandbox_id
+    try:
+        got = sandboxes.GetSandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id)).sandbox
+        listed = [s for s in sandboxes.ListSandboxes(sandbox_pb2.ListSandboxesRequest()).sandboxes
+                  if s.sandbox_id == sandbox_id]
+        for shown in (created.sandbox, got, *listed):
+            assert dict(shown.spec.env) == {"API_KEY": ""}
+        assert len(listed) == 1
+    finally:
+        deleted = sandboxes.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id)).sandbox
+        assert dict(deleted.spec.env) == {"API_KEY": ""}
