@@ -74,6 +74,7 @@ class SandboxSpec(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     TTL_FIELD_NUMBER: _builtins.int
     ENV_FIELD_NUMBER: _builtins.int
+    NETWORK_RULES_FIELD_NUMBER: _builtins.int
     desktop: _builtins.bool
     """Start the desktop (Xvfb, window manager, VNC, gui service)."""
     network: _builtins.bool
@@ -89,6 +90,12 @@ class SandboxSpec(_message.Message):
         names them with empty values.
         """
 
+    @_builtins.property
+    def network_rules(self) -> _task_pb2.NetworkRules:
+        """With network: which destinations (none given: the default policy of NetworkRules).
+        UpdateSandboxNetwork changes them while the sandbox runs.
+        """
+
     def __init__(
         self,
         *,
@@ -97,10 +104,11 @@ class SandboxSpec(_message.Message):
         limits: _task_pb2.Limits | None = ...,
         ttl: _duration_pb2.Duration | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        network_rules: _task_pb2.NetworkRules | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "ttl", b"ttl"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "network_rules", b"network_rules", "ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desktop", b"desktop", "env", b"env", "limits", b"limits", "network", b"network", "ttl", b"ttl"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desktop", b"desktop", "env", b"env", "limits", b"limits", "network", b"network", "network_rules", b"network_rules", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -365,3 +373,46 @@ class DeleteSandboxResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteSandboxResponse: _TypeAlias = DeleteSandboxResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSandboxNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def rules(self) -> _task_pb2.NetworkRules: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        rules: _task_pb2.NetworkRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSandboxNetworkRequest: _TypeAlias = UpdateSandboxNetworkRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSandboxNetworkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    def __init__(
+        self,
+        *,
+        sandbox: Global___Sandbox | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSandboxNetworkResponse: _TypeAlias = UpdateSandboxNetworkResponse  # noqa: Y015

@@ -63,6 +63,11 @@ class SandboxServiceStub:
                 request_serializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.FromString,
                 _registered_method=True)
+        self.UpdateSandboxNetwork = channel.unary_unary(
+                '/corral.v1.SandboxService/UpdateSandboxNetwork',
+                request_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -103,6 +108,14 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSandboxNetwork(self, request, context):
+        """Replaces the network rules of a sandbox created with network; new connections and
+        lookups follow them at once (established connections are not cut).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.DeleteSandbox,
                     request_deserializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.FromString,
                     response_serializer=corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.SerializeToString,
+            ),
+            'UpdateSandboxNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSandboxNetwork,
+                    request_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -271,6 +289,33 @@ class SandboxService:
             '/corral.v1.SandboxService/DeleteSandbox',
             corral_dot_v1_dot_sandbox__pb2.DeleteSandboxRequest.SerializeToString,
             corral_dot_v1_dot_sandbox__pb2.DeleteSandboxResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSandboxNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/UpdateSandboxNetwork',
+            corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class SandboxServiceStub:
     ExtendSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.ExtendSandboxRequest, _sandbox_pb2.ExtendSandboxResponse]
     """Pushes the expiry to now + ttl."""
     DeleteSandbox: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.DeleteSandboxRequest, _sandbox_pb2.DeleteSandboxResponse]
+    UpdateSandboxNetwork: _grpc.UnaryUnaryMultiCallable[_sandbox_pb2.UpdateSandboxNetworkRequest, _sandbox_pb2.UpdateSandboxNetworkResponse]
+    """Replaces the network rules of a sandbox created with network; new connections and
+    lookups follow them at once (established connections are not cut).
+    """
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -59,6 +63,10 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     ExtendSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.ExtendSandboxRequest, _sandbox_pb2.ExtendSandboxResponse]  # type: ignore[assignment]
     """Pushes the expiry to now + ttl."""
     DeleteSandbox: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.DeleteSandboxRequest, _sandbox_pb2.DeleteSandboxResponse]  # type: ignore[assignment]
+    UpdateSandboxNetwork: _aio.UnaryUnaryMultiCallable[_sandbox_pb2.UpdateSandboxNetworkRequest, _sandbox_pb2.UpdateSandboxNetworkResponse]  # type: ignore[assignment]
+    """Replaces the network rules of a sandbox created with network; new connections and
+    lookups follow them at once (established connections are not cut).
+    """
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     """Long-lived sandboxes: created on their own, tasks name them (TaskSpec.sandbox_id) and run in
@@ -102,5 +110,15 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sandbox_pb2.DeleteSandboxRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sandbox_pb2.DeleteSandboxResponse, _abc.Awaitable[_sandbox_pb2.DeleteSandboxResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateSandboxNetwork(
+        self,
+        request: _sandbox_pb2.UpdateSandboxNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_pb2.UpdateSandboxNetworkResponse, _abc.Awaitable[_sandbox_pb2.UpdateSandboxNetworkResponse]]:
+        """Replaces the network rules of a sandbox created with network; new connections and
+        lookups follow them at once (established connections are not cut).
+        """
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -442,6 +442,42 @@ class Limits(_message.Message):
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
+class NetworkRules(_message.Message):
+    """Which destinations a sandbox with network may reach (corral/network_rules.py). Without any
+    rule: the public internet; private ranges (RFC 1918, CGNAT, ULA) refused, and loopback,
+    link-local (metadata) and the executor's host never reachable, whatever the rules say.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_FIELD_NUMBER: _builtins.int
+    DENY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allow(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Domains ("pypi.org", "*.npmjs.org") and addresses or CIDRs ("203.0.113.0/24"). When any is
+        given only these are reachable, and only allowed names resolve. A private range opens only
+        through a rule inside it.
+        """
+
+    @_builtins.property
+    def deny(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Domains and addresses or CIDRs refused even where an allow rule covers them."""
+
+    def __init__(
+        self,
+        *,
+        allow: _abc.Iterable[_builtins.str] | None = ...,
+        deny: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow", b"allow", "deny", b"deny"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkRules: _TypeAlias = NetworkRules  # noqa: Y015
+
+@_typing.final
 class TaskSpec(_message.Message):
     """What a client asks for."""
 
@@ -474,6 +510,7 @@ class TaskSpec(_message.Message):
     LIMITS_FIELD_NUMBER: _builtins.int
     SANDBOX_ID_FIELD_NUMBER: _builtins.int
     DESKTOP_FIELD_NUMBER: _builtins.int
+    NETWORK_RULES_FIELD_NUMBER: _builtins.int
     network: _builtins.bool
     """Give the sandbox network access (off by default)."""
     sandbox_id: _builtins.str
@@ -496,6 +533,10 @@ class TaskSpec(_message.Message):
 
     @_builtins.property
     def limits(self) -> Global___Limits: ...
+    @_builtins.property
+    def network_rules(self) -> Global___NetworkRules:
+        """With network: which destinations (none given: the default policy of NetworkRules)."""
+
     def __init__(
         self,
         *,
@@ -506,10 +547,11 @@ class TaskSpec(_message.Message):
         limits: Global___Limits | None = ...,
         sandbox_id: _builtins.str = ...,
         desktop: _builtins.bool = ...,
+        network_rules: Global___NetworkRules | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "step_timeout", b"step_timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "network_rules", b"network_rules", "step_timeout", b"step_timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["desktop", b"desktop", "env", b"env", "limits", b"limits", "network", b"network", "sandbox_id", b"sandbox_id", "step_timeout", b"step_timeout", "steps", b"steps"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["desktop", b"desktop", "env", b"env", "limits", b"limits", "network", b"network", "network_rules", b"network_rules", "sandbox_id", b"sandbox_id", "step_timeout", b"step_timeout", "steps", b"steps"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

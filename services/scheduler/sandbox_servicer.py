@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from corral.audit import AuditLog
 from corral.config import Settings
-from corral.errors import SandboxNotFound
+from corral.errors import SandboxNotFound, Unimplemented
 from corral.grpc_server import Context
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
@@ -80,3 +80,9 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         sandbox = await self._sandboxes.delete(request.sandbox_id, who.scope)
         self._audit.record("sandbox_deleted", who, sandbox_id=sandbox.sandbox_id)
         return sandbox_pb2.DeleteSandboxResponse(sandbox=public_sandbox(sandbox))
+
+    async def UpdateSandboxNetwork(
+        self, request: sandbox_pb2.UpdateSandboxNetworkRequest, context: Context
+    ) -> sandbox_pb2.UpdateSandboxNetworkResponse:
+        # Being built (issue 10): the executor side lands with the drivers' network namespaces.
+        raise Unimplemented("UpdateSandboxNetwork is not served yet")
