@@ -6,3 +6,5 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from netlab import netlab  # noqa: F401  (the network test lab, tests/netlab.py)
