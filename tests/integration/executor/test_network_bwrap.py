@@ -176,6 +176,27 @@ async def test_the_host_and_the_metadata_address_are_refused_at_once(
     assert status.enabled and status.refused_connections >= 2
 
 
+async def test_the_hosts_abstract_unix_sockets_are_out_of_reach(networked: Sandbox) -> None:
+    """Abstract unix sockets belong to a network namespace: with the host's shared, a step
+    reached every one of them (X servers, D-Bus, containerd's); not with its own."""
+    name = f"corral-test-{os.urandom(4).hex()}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0{name}")
+    listener.listen()
+    try:
+        _, out, err = await shell(networked, (
+            "python3 -c 'import socket, sys\n"
+            "s = socket.socket(socket.AF_UNIX)\n"
+            "try:\n"
+            f"    s.connect(\"\\0{name}\"); print(\"connected\")\n"
+            "except OSError as e:\n"
+            "    print(type(e).__name__)'"
+        ))
+    finally:
+        listener.close()
+    assert out == "ConnectionRefusedError\n", err
+
+
 async def test_no_corral_port_is_reachable(executor_factory: ExecutorFactory, netlab: NetLab) -> None:
     """Before: a networked step ran tasks through the executor's gRPC port on 127.0.0.1."""
     executor = await executor_factory(bwrap_warm_pool=0, sandbox_dns_upstream=netlab.dns_upstream)
@@ -298,6 +319,33 @@ async def test_nothing_is_left_after_a_close_a_failed_start_or_a_cancelled_one(d
             await created.close()  # finished before the cancellation arrived: close it anyway
             raise asyncio.CancelledError
         assert own_namespaces(driver) == [] and own_pastas(driver) == []
+
+
+async def test_an_executor_starting_again_removes_the_namespaces_it_left(tmp_path: Path, netlab: NetLab) -> None:
+    """A crashed executor leaves its sandboxes' namespaces (and their pasta) behind; the next
+    start with the same id removes them, and nobody else's."""
+    settings = Settings(data_dir=tmp_path / "data", bwrap_warm_pool=0, sandbox_dns_upstream=netlab.dns_upstream)
+    executor_id = f"test-{os.urandom(4).hex()}"
+    first = BubblewrapDriver(settings)
+    await first.start(executor_id)
+    left = await first.create(config_for(first))
+    try:
+        assert len(own_namespaces(first)) == 1
+        others = [name for name in netns.names() if not name.startswith(first.netns_prefix)]
+        second = BubblewrapDriver(settings)
+        await second.start(executor_id)
+        assert own_namespaces(second) == []
+        assert set(others) <= set(netns.names()), "another executor's (or the lab's) namespace went"
+        # pasta quits once its namespace is deleted.
+        for _ in range(2000):
+            if not own_pastas(second):
+                break
+            await asyncio.sleep(0.005)
+        assert own_pastas(second) == []
+        await second.stop()
+    finally:
+        await left.close()
+        await first.stop()
 
 
 async def test_a_sandbox_without_network_has_only_loopback_and_refuses_rule_changes(driver: BubblewrapDriver) -> None:
