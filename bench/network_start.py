@@ -23,9 +23,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from corral.config import Settings  # noqa: E402
-from services.executor.drivers.base import SandboxConfig, SandboxLimits  # noqa: E402
-from services.executor.drivers.bubblewrap import BubblewrapDriver  # noqa: E402
+from corral.config import Settings
+from services.executor.drivers.base import SandboxConfig, SandboxLimits
+from services.executor.drivers.bubblewrap import BubblewrapDriver
 
 
 def summary(name: str, seconds: list[float]) -> str:
