@@ -36,7 +36,8 @@ log = structlog.get_logger("corral.executor.network")
 RESOLVER_ADDRESS = "127.0.0.53"
 RESOLVER_PORT = 53
 RESOLV_CONF = f"nameserver {RESOLVER_ADDRESS}\noptions timeout:2 attempts:1\n"
-TOOLS = ("ip", "nft", "nsenter", "pasta")
+# Each tool a sandbox's network needs, and the Debian package that has it.
+TOOLS = {"ip": "iproute2", "nft": "nftables", "nsenter": "util-linux", "pasta": "passt"}
 
 
 def network_blocker(euid: int | None = None) -> str:
@@ -44,8 +45,7 @@ def network_blocker(euid: int | None = None) -> str:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     reasons = []
     if missing:
-        packages = sorted({"passt" if t == "pasta" else "nftables" if t == "nft" else "iproute2/util-linux"
-                           for t in missing})
+        packages = sorted({TOOLS[tool] for tool in missing})
         reasons.append(f"{', '.join(missing)} not installed (apt-get install {' '.join(packages)})")
     if (euid if euid is not None else os.geteuid()) != 0:
         reasons.append("the executor is not root (it makes each sandbox's network namespace)")
@@ -58,7 +58,7 @@ def isolation_words(blocker: str) -> str:
         return f"network: unavailable, tasks asking for it fail ({blocker})"
     return (
         "network: a namespace per sandbox (pasta), nftables egress rules, "
-        "Corral's resolver; host, loopback, link-local and private ranges unreachable"
+        "Corral's resolver; host, loopback and link-local unreachable, private ranges unless allowed"
     )
 
 
@@ -69,7 +69,6 @@ def _bind_resolver_sockets() -> tuple[socket.socket, socket.socket]:
         for sock in (udp, tcp):
             sock.setblocking(False)
             sock.bind((RESOLVER_ADDRESS, RESOLVER_PORT))
-        tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         tcp.listen(16)
     except BaseException:
         udp.close()
