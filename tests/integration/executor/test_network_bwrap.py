@@ -33,7 +33,7 @@ from services.executor.drivers.base import ProcessRequest, Sandbox, SandboxConfi
 from services.executor.drivers.bubblewrap import BubblewrapDriver
 from services.executor.network import bwrap_net, netns
 
-from .conftest import ExecutorFactory
+from .conftest import ExecutorFactory, spec
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -208,6 +208,25 @@ async def test_no_corral_port_is_reachable(executor_factory: ExecutorFactory, ne
     assert outcome.state == "TASK_STATE_COMPLETED", outcome.finished
     lines = outcome.step(0).stdout.splitlines()
     assert len(lines) == len(targets) and all(line.endswith(" ConnectionRefusedError") for line in lines), lines
+
+
+async def test_a_tasks_rules_reach_its_sandbox(executor_factory: ExecutorFactory, netlab: NetLab) -> None:
+    """TaskSpec.network_rules, through RunTask, is what the sandbox's resolver and rules hold."""
+    executor = await executor_factory(bwrap_warm_pool=0, sandbox_dns_upstream=netlab.dns_upstream)
+    task = spec(
+        [{"tool": "python", "code": (
+            "import socket\n"
+            "for name in ('allowed.test', 'denied.test'):\n"
+            "    try:\n"
+            "        print(name, socket.gethostbyname(name))\n"
+            "    except OSError:\n"
+            "        print(name, 'unresolved')\n"
+        )}],
+        network=True,
+    )
+    task.network_rules.CopyFrom(NetworkRules.parse(allow=["allowed.test"]).to_proto())
+    _, outcome = await executor.run(task)
+    assert outcome.step(0).stdout == f"allowed.test {netlab.allowed}\ndenied.test unresolved\n", outcome.step(0).stderr
 
 
 async def test_names_resolve_only_when_allowed_and_denied_ones_are_never_forwarded(
