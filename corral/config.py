@@ -164,6 +164,12 @@ class Settings(BaseSettings):
     docker_image: str = Field(
         "corral/sandbox:latest", description="Sandbox image of the docker driver (scripts/build-images)."
     )
+    sandbox_dns_upstream: str = Field(
+        "",
+        description="Resolvers the sandboxes' DNS resolver asks for allowed names, "
+        '"host:port" comma-separated ("203.0.113.53:53,[2001:db8::53]:53"); empty: the '
+        "host's /etc/resolv.conf nameservers.",
+    )
     bwrap_warm_pool: int = Field(
         2, ge=0, description="Started bubblewrap sandboxes kept ready for new tasks (0: none); "
         "used by tasks without network, desktop or long-lived sandbox.",

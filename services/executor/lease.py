@@ -17,6 +17,7 @@ import structlog
 
 from corral.config import Settings
 from corral.errors import SandboxNotFound
+from corral.network_rules import NetworkRules
 from corral.steps import StepFailed, needs_desktop
 from corral.v1 import task_pb2
 from services.executor import task_fs
@@ -174,6 +175,7 @@ class SandboxLease:
             host_task_dir=self.host_task_dir,
             limits=self.limits,
             network=self.spec.network,
+            network_rules=NetworkRules.from_proto(self.spec.network_rules),
             env=dict(self.spec.env),
             desktop=self.wants_desktop,
             host_run_dir=self.host_run_dir,

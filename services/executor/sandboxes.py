@@ -18,6 +18,7 @@ import structlog
 
 from corral.config import Settings
 from corral.errors import SandboxNotFound
+from corral.network_rules import NetworkRules
 from corral.v1 import sandbox_pb2
 from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
@@ -114,6 +115,7 @@ class SandboxManager:
                 host_task_dir=host_tasks_dir,
                 limits=limits,
                 network=spec.network,
+                network_rules=NetworkRules.from_proto(spec.network_rules),
                 env=dict(spec.env),
                 desktop=spec.desktop,
                 host_run_dir=host_run_dir,

@@ -18,6 +18,7 @@ from typing import Generic, Self, TypeVar
 import structlog
 
 from corral import agent_protocol as protocol
+from corral.network_rules import NetworkRules
 from corral.steps.base import FileEntry, Listing
 from services.executor.drivers.agent_channel import AgentChannel
 from services.executor.drivers.base import (
@@ -33,6 +34,7 @@ from services.executor.drivers.base import (
 from services.executor.drivers.faults import limit_error
 from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import make_in_slot, release_slot
+from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
@@ -132,6 +134,14 @@ class AgentSandbox(Sandbox, Generic[T]):
                 # Every process is gone: the task directory can go back in place.
                 task_dir = self.config.host_task_dir if self.claimed else None
                 release_slot(self.warm_slot, task_dir, self.config.task_id)
+
+    async def update_network(self, rules: NetworkRules) -> None:
+        if not self.config.network:
+            await super().update_network(rules)
+        await self.transport.update_network(rules)
+
+    async def network_status(self) -> NetworkStatus:
+        return await self.transport.network_status()
 
     async def _read(self) -> None:
         """Feeds the agent's bytes to the channel; a stream that ends fails it, saying why."""

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Literal
 
 from corral import errors
 from corral.config import Settings
+from corral.network_rules import NetworkRules
 from corral.steps.base import Listing
 from corral.v1 import task_pb2
 
 if TYPE_CHECKING:
+    from services.executor.network.status import NetworkStatus
     from services.executor.task_fs import TaskFilesystems
 
 StreamName = Literal["stdout", "stderr"]
@@ -80,6 +82,10 @@ class SandboxConfig:
     host_task_dir: Path
     limits: SandboxLimits
     network: bool = False
+    # What a sandbox with network may reach (corral/network_rules.py); the default policy if empty.
+    network_rules: NetworkRules = field(default_factory=NetworkRules)
+    # Called (on the event loop) with words for each refused lookup ("lookup of x.test refused").
+    on_network_refused: Callable[[str], None] | None = None
     # Extra environment for every process (on top of the sandbox's minimal one).
     env: Mapping[str, str] = field(default_factory=dict)
     # The sandbox will run a desktop (services/executor/desktop.py starts it): the driver
@@ -172,6 +178,17 @@ class Sandbox(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Kills every process in the sandbox; returns once none is left. Idempotent."""
+
+    async def update_network(self, rules: NetworkRules) -> None:
+        """New egress rules, effective for new connections and lookups at once."""
+        raise errors.FailedPrecondition(
+            f"sandbox of task {self.config.task_id} was created without network; its rules cannot change"
+        )
+
+    async def network_status(self) -> NetworkStatus:
+        from services.executor.network.status import NetworkStatus
+
+        return NetworkStatus(enabled=False, rules=self.config.network_rules)
 
 
 def make_sandbox_dir(path: Path, owner: tuple[int, int] | None, mode: int) -> None:

@@ -24,6 +24,12 @@ pid into the sandbox's cgroup.procs, so nothing sandboxed ever runs outside it; 
 directory is bound read-only at /sys/fs/cgroup, where the agent reads its OOM and pids counters
 as it does in a container. Where no cgroup can be made, the agent's per-process rlimits stay,
 and the driver's limits_description says so.
+
+A sandbox with network gets a network namespace of its own (network/bwrap_net.py): its
+nftables rules and resolver are in place, and pasta attached, before bwrap starts inside it;
+it reaches the internet and nothing of the host. Where that cannot be made (not root, pasta or
+nft missing) a sandbox asking for network fails, saying what is missing: never the host's
+network instead.
 """
 
 from __future__ import annotations
@@ -38,11 +44,14 @@ import signal
 import stat
 import subprocess
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
+from corral import errors
 from corral.config import Settings
+from corral.network_rules import NetworkRules
 from services.executor import task_fs
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups, rlimit_fallback
 from services.executor.drivers import seccomp
@@ -69,6 +78,8 @@ from services.executor.drivers.warm_pool import (
     WarmPool,
     recover_task_dirs,
 )
+from services.executor.network import bwrap_net, netns, nft
+from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
@@ -111,6 +122,9 @@ class BubblewrapDriver(SandboxDriver):
         )
         self.cgroups: ExecutorCgroups | None = None
         self.limits_description = rlimit_fallback("the driver has not started")
+        # Why sandboxes cannot have network here ("" when they can), and their namespaces' prefix.
+        self.network_blocker = bwrap_net.network_blocker()
+        self.netns_prefix = netns.executor_prefix("")
 
     # --- executor lifecycle ----------------------------------------------------------------
 
@@ -120,7 +134,12 @@ class BubblewrapDriver(SandboxDriver):
         if self.cgroups is None:
             log.warning("sandboxes fall back to per-process rlimits: they do not bound the host", reason=words)
             words = rlimit_fallback(words)
-        self.limits_description = words
+        self.netns_prefix = netns.executor_prefix(executor_id)
+        if not self.network_blocker:
+            stale = await asyncio.to_thread(netns.remove_stale, self.netns_prefix)
+            if stale:
+                log.info("removed network namespaces left by a previous run", count=len(stale))
+        self.limits_description = f"{words}; {bwrap_net.isolation_words(self.network_blocker)}"
         self.pool.start()
 
     async def stop(self) -> None:
@@ -236,11 +255,13 @@ class BubblewrapDriver(SandboxDriver):
         extra_sources: dict[str, str] | None = None,
         cgroup: Cgroup | None = None,
         seccomp_fd: int | None = None,
+        resolv_conf_fd: int | None = None,
     ) -> list[str]:
         args = [self.bwrap, "--unshare-all"]
         if seccomp_fd is not None:
             args += ["--seccomp", str(seccomp_fd)]
         if config.network:
+            # The namespace bwrap was started in: the sandbox's own (BubblewrapTransport.start).
             args.append("--share-net")
         if self.supports_disable_userns:
             # No nested user namespaces (less kernel surface); bwrap wants the user ns explicit.
@@ -275,6 +296,9 @@ class BubblewrapDriver(SandboxDriver):
             "--ro-bind", f"{runtime_src}/etc/passwd", "/etc/passwd",
             "--ro-bind", f"{runtime_src}/etc/group", "/etc/group",
         ]
+        if resolv_conf_fd is not None:
+            # Corral's resolver, inside the sandbox's namespace, and no other.
+            args += ["--ro-bind-data", str(resolv_conf_fd), "/etc/resolv.conf"]
         extra = extra_sources or {}
         if "run" in extra:
             args += ["--bind", extra["run"], RUN_DIR]
@@ -343,9 +367,25 @@ class BubblewrapTransport(SubprocessTransport):
         # and the limits it holds now (a claimed warm sandbox's are its task's).
         self.cgroup: Cgroup | None = None
         self.limits = config.limits
+        self.network: bwrap_net.SandboxNetwork | None = None
+
+    async def start_network(self) -> None:
+        """The sandbox's own network namespace, rules, resolver and pasta (see bwrap_net.py)."""
+        driver, config = self.driver, self.config
+        if driver.network_blocker:
+            raise SandboxError(f"this executor cannot give sandboxes network: {driver.network_blocker}")
+        self.network = bwrap_net.SandboxNetwork(
+            driver.settings, driver.netns_prefix, config.network_rules, _refusal_words(config)
+        )
+        try:
+            await self.network.start()
+        except (netns.NetnsError, nft.NftError, OSError) as exc:
+            raise SandboxError(f"could not make the sandbox's network: {exc}") from exc
 
     async def start(self) -> None:
         driver, config = self.driver, self.config
+        if config.network:
+            await self.start_network()
         if driver.cgroups is not None:
             try:
                 self.cgroup = driver.cgroups.sandbox(config.limits.memory_mb, config.limits.max_processes)
@@ -357,10 +397,11 @@ class BubblewrapTransport(SubprocessTransport):
         prefix, sources = driver.staged_launcher(config, staged)
         program = driver.syscall_filter
         seccomp_fd = seccomp.filter_fd(program) if program is not None else None
+        resolv_fd = _data_fd(bwrap_net.RESOLV_CONF) if self.network is not None else None
         try:
             argv = prefix + driver.command(
                 config, sources["task"], sources["app"], info_write, sources,
-                cgroup=self.cgroup, seccomp_fd=seccomp_fd,
+                cgroup=self.cgroup, seccomp_fd=seccomp_fd, resolv_conf_fd=resolv_fd,
             )
             if driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
@@ -368,9 +409,12 @@ class BubblewrapTransport(SubprocessTransport):
                 # was seen to crash the child with SIGSEGV.
                 uid, gid = driver.host_ids
                 argv = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", *argv]
+            if self.network is not None:
+                # As root, before any uid drop: bwrap and all it starts live in the sandbox's namespace.
+                argv = ["nsenter", f"--net={self.network.netns_path}", "--", *argv]
             if self.cgroup is not None:
                 argv = join_cgroup_prefix(self.cgroup) + argv
-            fds = (info_write,) if seccomp_fd is None else (info_write, seccomp_fd)
+            fds = tuple(fd for fd in (info_write, seccomp_fd, resolv_fd) if fd is not None)
             await self._spawn(argv, pass_fds=fds, env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
         except BaseException as exc:
             os.close(info_read)
@@ -380,6 +424,8 @@ class BubblewrapTransport(SubprocessTransport):
         finally:
             os.close(info_write)
             seccomp.close_fd(seccomp_fd)
+            if resolv_fd is not None:
+                os.close(resolv_fd)
         # bwrap writes {"child-pid": N} there right after clone(); it ends when bwrap exits.
         self._info = asyncio.create_task(asyncio.to_thread(_read_all, info_read))
 
@@ -439,9 +485,26 @@ class BubblewrapTransport(SubprocessTransport):
         try:
             await super().kill()
         finally:
-            if self.cgroup is not None:
-                # bwrap waited for its namespace to empty: nothing is left in the cgroup.
-                await asyncio.to_thread(self.cgroup.remove)
+            try:
+                if self.cgroup is not None:
+                    # bwrap waited for its namespace to empty: nothing is left in the cgroup.
+                    await asyncio.to_thread(self.cgroup.remove)
+            finally:
+                if self.network is not None:
+                    await self.network.close()
+
+    async def update_network(self, rules: NetworkRules) -> None:
+        if self.network is None:
+            raise errors.FailedPrecondition("this sandbox was created without network; its rules cannot change")
+        try:
+            await self.network.update(rules)
+        except nft.NftError as exc:
+            raise SandboxError(f"could not change the sandbox's network rules: {exc}") from exc
+
+    async def network_status(self) -> NetworkStatus:
+        if self.network is None:
+            return NetworkStatus(enabled=False, rules=self.config.network_rules)
+        return await self.network.status()
 
     async def death_reason(self) -> str:
         reason = await super().death_reason()
@@ -480,6 +543,23 @@ def _searchable_by(path: Path, uid: int, gid: int) -> bool:
         if not st.st_mode & bit:
             return False
     return True
+
+
+def _refusal_words(config: SandboxConfig) -> Callable[[str], None] | None:
+    callback = config.on_network_refused
+    if callback is None:
+        return None
+    return lambda name: callback(f"lookup of {name} refused")
+
+
+def _data_fd(text: str) -> int:
+    """A pipe's read end holding `text` (small: it fits the pipe), for bwrap's --ro-bind-data."""
+    read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+    try:
+        os.write(write_fd, text.encode())
+    finally:
+        os.close(write_fd)
+    return read_fd
 
 
 def _read_all(fd: int) -> bytes:

@@ -16,7 +16,10 @@ from typing import Any
 
 import structlog
 
+from corral import errors
+from corral.network_rules import NetworkRules
 from services.executor.drivers.base import SandboxConfig, SandboxError, SandboxLimits
+from services.executor.network.status import NetworkStatus
 
 # How much of the agent's stdout is read (and fed to the agent channel) at a time.
 READ_CHUNK_BYTES = 64 * 1024
@@ -86,6 +89,13 @@ class Transport(abc.ABC):
     def running(self) -> bool:
         """Whether the process is (as far as is known without asking anyone) still there."""
         return True
+
+    async def update_network(self, rules: NetworkRules) -> None:
+        """See Sandbox.update_network; a transport without network rules of its own refuses."""
+        raise errors.FailedPrecondition("this sandbox was created without network; its rules cannot change")
+
+    async def network_status(self) -> NetworkStatus:
+        return NetworkStatus(enabled=False, rules=self.config.network_rules)
 
     # Paths: the agent's view of a path inside the sandbox and back. The same for every
     # isolating transport (the sandbox sees config.task_dir); the unisolated local transport's

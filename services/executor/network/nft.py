@@ -57,10 +57,11 @@ class SetNames:
 
 
 def _elements(networks: Iterable[IPNetwork | IPAddress], version: int) -> str:
-    items = sorted(
-        {str(ipaddress.ip_network(n)) for n in networks if ipaddress.ip_network(n).version == version}
-    )
-    return ", ".join(items)
+    # Merged: nft refuses an interval set whose elements overlap (a host address inside a
+    # never-reachable range, fe80::1 inside fe80::/10, an allow CIDR given twice).
+    of_version = [n for n in map(ipaddress.ip_network, networks) if n.version == version]
+    merged = ipaddress.collapse_addresses(of_version)  # type: ignore[type-var]
+    return ", ".join(str(n) for n in merged)
 
 
 def _set(name: str, family: str, elements: str, flags: str = "interval") -> str:
@@ -142,6 +143,9 @@ def sandbox_table(rules: NetworkRules, host_addresses: Sequence[IPAddress], reso
         [
             'oifname "lo" accept',
             "ct state established,related accept",
+            # IPv6 neighbour discovery with pasta's end of the link (link-local and multicast,
+            # refused below for everything else): without it there is no IPv6 at all.
+            "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
             f"jump {names.chain}",
         ],
         hook="type filter hook output priority 0; policy accept;",

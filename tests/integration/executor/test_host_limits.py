@@ -295,6 +295,8 @@ def test_without_a_writable_cgroup_the_fallback_is_reported() -> None:
     assert none == "True", answer
     assert words.startswith("per-process rlimits only"), words
     assert "Permission denied" in words or "Read-only" in words, words
+    # Nor can it give sandboxes network of their own: it says so, and such tasks fail.
+    assert "network: unavailable, tasks asking for it fail" in words and "not root" in words, words
 
     off = make_executor_cgroups(Settings(sandbox_cgroups=False), "off")
     assert off == (None, "sandbox cgroups are turned off (CORRAL_SANDBOX_CGROUPS=false)")

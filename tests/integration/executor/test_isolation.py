@@ -87,12 +87,13 @@ def host_address():
 
 
 async def test_network_when_the_task_asks(executor: ExecutorClient) -> None:
+    if executor.driver == "bubblewrap":
+        pytest.skip("a bubblewrap sandbox's network reaches nothing of the host: test_network_bwrap.py")
     listener = socket.socket()
-    shares_host_network = executor.driver == "bubblewrap"
-    listener.bind(("127.0.0.1" if shares_host_network else "0.0.0.0", 0))
+    listener.bind(("0.0.0.0", 0))
     listener.listen()
     port = listener.getsockname()[1]
-    find_host = "def host_address():\n    return '127.0.0.1'\n" if shares_host_network else HOST_ADDRESS
+    find_host = HOST_ADDRESS
     try:
         _, outcome = await executor.run_steps(
             [{"tool": "python", "code": (
