@@ -54,6 +54,8 @@ from services.executor.drivers.base import (
     SANDBOX_PATH,
     SANDBOX_UID,
     SOURCE_DIR,
+    WORKSPACE_DIR,
+    WORKSPACE_NAME,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -275,6 +277,9 @@ class BubblewrapDriver(SandboxDriver):
             "--ro-bind", f"{runtime_src}/etc/passwd", "/etc/passwd",
             "--ro-bind", f"{runtime_src}/etc/group", "/etc/group",
         ]
+        if config.workspace:
+            # Made by the executor with the sandbox, before anything of the sandbox has run.
+            args += ["--bind", f"{task_src}/{WORKSPACE_NAME}", WORKSPACE_DIR]
         extra = extra_sources or {}
         if "run" in extra:
             args += ["--bind", extra["run"], RUN_DIR]
