@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
 
@@ -94,8 +94,10 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root + "/")
 
 
-def resolve_path(path: str, cwd: str = "") -> tuple[str, str]:
-    """Resolves `path` inside the task directory, refusing anything that leads out of it.
+def resolve_path(path: str, cwd: str = "", roots: Sequence[str] = ()) -> tuple[str, str]:
+    """Resolves `path` inside the task directory (`cwd` if set, where a relative path starts),
+    or inside one of `roots` for an absolute path (a long-lived sandbox's workspace, /tmp and
+    the task's own directory), refusing anything that leads out of it.
 
     Returns the root and the resolved path. This gives the refusal its words; the file is then
     opened with open_beneath, which holds even when a link or rename races the check."""
@@ -104,8 +106,10 @@ def resolve_path(path: str, cwd: str = "") -> tuple[str, str]:
         raise Refused("the path is empty or contains a NUL byte")
     if os.path.isabs(path):
         normalized = os.path.normpath(path)
-        if not _inside(normalized, root):
-            raise Refused(f"refused path {path!r}: absolute paths must be inside {root}")
+        allowed = [root, *(os.path.realpath(r) for r in roots)]
+        root = next((r for r in allowed if _inside(normalized, r)), "")
+        if not root:
+            raise Refused(f"refused path {path!r}: absolute paths must be inside {' or '.join(allowed)}")
         relative = os.path.relpath(normalized, root)
         parts = path.split("/")
     else:
@@ -205,7 +209,7 @@ def handles(kind: type[Q]) -> Callable[[Callable[[Q], protocol.Reply]], Callable
 
 @handles(protocol.ReadFileRequest)
 def read_file(request: protocol.ReadFileRequest) -> protocol.FileReply:
-    root, path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd, request.roots)
     max_bytes = request.max_bytes
     try:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
@@ -232,7 +236,7 @@ def _is_regular(mode: int) -> bool:
 
 @handles(protocol.WriteFileRequest)
 def write_file(request: protocol.WriteFileRequest) -> protocol.FileReply:
-    root, path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd, request.roots)
     max_bytes = request.max_bytes
     data = request.content.encode()
     if len(data) > max_bytes:
@@ -278,7 +282,7 @@ def _make_parents_beneath(root: str, relative: str) -> int:
 
 @handles(protocol.ListFilesRequest)
 def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
-    root, path = resolve_path(request.path, request.cwd)
+    root, path = resolve_path(request.path, request.cwd, request.roots)
     try:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:

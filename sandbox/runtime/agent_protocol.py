@@ -250,6 +250,8 @@ class ReadFileRequest(Request[FileReply]):
     path: str
     max_bytes: int = DEFAULT_MAX_FILE_BYTES
     cwd: str = ""
+    # Other directories an absolute path may be in (see agent.resolve_path).
+    roots: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -262,6 +264,8 @@ class WriteFileRequest(Request[FileReply]):
     content: str
     max_bytes: int = DEFAULT_MAX_FILE_BYTES
     cwd: str = ""
+    # Other directories an absolute path may be in (see agent.resolve_path).
+    roots: list[str] = field(default_factory=list)
 
 
 @dataclass(kw_only=True)
@@ -284,6 +288,8 @@ class ListFilesRequest(Request[ListFilesReply]):
     path: str
     max_entries: int = 10_000
     cwd: str = ""
+    # Other directories an absolute path may be in (see agent.resolve_path).
+    roots: list[str] = field(default_factory=list)
 
 
 # --- encoding ------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from corral.v1 import task_pb2
 from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop
 from services.executor.drivers.base import (
+    WORKSPACE_DIR,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -53,17 +54,22 @@ class SandboxLease:
         self.host_task_dir = settings.tasks_dir / task_id
         # The task's directory inside the sandbox.
         self.task_dir = f"/tasks/{task_id}"
-        # A task naming a long-lived sandbox runs in it, in /tasks/{task_id} there; processes
-        # and files then name that directory explicitly (the sandbox's own is /tasks).
+        # A task naming a long-lived sandbox runs in its workspace (WORKSPACE_DIR), shared by
+        # every task there; its own /tasks/{task_id} holds its agent.log and screenshots.
+        # Processes and files name the directories explicitly (the sandbox's own is /tasks).
         self.managed: ManagedSandbox | None = None
         self._removed_reason = sandboxes.removed_reasons.get(spec.sandbox_id, "")
         self.cwd = ""
+        # Where else an absolute path of a file step may lead (see agent.resolve_path).
+        self.file_roots: tuple[str, ...] = ()
         if spec.sandbox_id:
             with contextlib.suppress(SandboxNotFound):
                 self.managed = sandboxes.get(spec.sandbox_id)
             if self.managed is not None:
                 self.host_task_dir = self.managed.host_tasks_dir / task_id
-                self.cwd = self.task_dir
+                workspace = self.managed.sandbox.config.workspace
+                self.cwd = WORKSPACE_DIR if workspace else self.task_dir
+                self.file_roots = (WORKSPACE_DIR, "/tmp", self.task_dir) if workspace else ()
         self.wants_desktop = needs_desktop(spec)
         self.host_run_dir: Path | None = None
         self.desktop: Desktop | None = None
@@ -153,7 +159,11 @@ class SandboxLease:
 
     @property
     def step_env(self) -> dict[str, str]:
-        return {"DISPLAY": self.desktop.display} if self.desktop is not None else {}
+        env = {"DISPLAY": self.desktop.display} if self.desktop is not None else {}
+        if self.managed is not None:
+            # The sandbox's base environment names the sandbox; each task's steps their task.
+            env |= {"CORRAL_TASK_ID": self.task_id, "CORRAL_TASK_DIR": self.task_dir}
+        return env
 
     async def sandbox(self) -> Sandbox:
         """The task's sandbox, started (with its desktop) on first use."""

@@ -25,6 +25,7 @@ from services.executor.desktop import Desktop, start_desktop, start_jupyter
 from services.executor.disk_quota import measure, over_quota
 from services.executor.drivers.base import (
     MIB,
+    WORKSPACE_NAME,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -109,6 +110,12 @@ class SandboxManager:
                 filesystems.attach, host_tasks_dir, limits.disk_mb
             )
             self.driver.prepare_task_dir(host_tasks_dir)
+            # The workspace: made here, before the sandbox exists (its mount source is never
+            # a path the sandbox has had a chance to replace).
+            workspace = host_tasks_dir / WORKSPACE_NAME
+            with contextlib.suppress(FileExistsError):
+                workspace.mkdir(mode=0o700)
+            self.driver.prepare_task_dir(workspace)
             self.driver.prepare_run_dir(host_run_dir)
             config = SandboxConfig(
                 task_id=sandbox_id,
@@ -120,6 +127,7 @@ class SandboxManager:
                 desktop=spec.desktop,
                 host_run_dir=host_run_dir,
                 shared_tasks=True,
+                workspace=True,
             )
             try:
                 sandbox = await self.driver.create(config)

@@ -82,18 +82,21 @@ class ExecutorStepContext:
             raise StepFailed(str(exc)) from None
 
     async def read_file(self, path: str) -> str:
+        cwd, roots = self.lease.cwd, self.lease.file_roots
         return await self._file_op(
-            lambda sandbox: sandbox.read_file(path, self.settings.max_read_file_bytes, cwd=self.lease.cwd)
+            lambda sandbox: sandbox.read_file(path, self.settings.max_read_file_bytes, cwd=cwd, roots=roots)
         )
 
     async def write_file(self, path: str, content: str) -> str:
+        cwd, roots = self.lease.cwd, self.lease.file_roots
         return await self._file_op(
-            lambda sandbox: sandbox.write_file(path, content, self.settings.max_write_file_bytes, cwd=self.lease.cwd)
+            lambda sandbox: sandbox.write_file(path, content, self.settings.max_write_file_bytes, cwd=cwd, roots=roots)
         )
 
     async def list_files(self, path: str) -> Listing:
+        cwd, roots = self.lease.cwd, self.lease.file_roots
         return await self._file_op(
-            lambda sandbox: sandbox.list_files(path, self.settings.max_list_entries, cwd=self.lease.cwd)
+            lambda sandbox: sandbox.list_files(path, self.settings.max_list_entries, cwd=cwd, roots=roots)
         )
 
     async def gui(self) -> gui_pb2_grpc.GuiServiceAsyncStub:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Generic, Self, TypeVar
 
@@ -213,10 +213,13 @@ class AgentSandbox(Sandbox, Generic[T]):
             )
         return result
 
-    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()) -> str:
         reply = await self.channel.request(
             protocol.ReadFileRequest(
-                path=self.transport.agent_path(path), max_bytes=max_bytes, cwd=self._agent_cwd(cwd)
+                path=self.transport.agent_path(path),
+                max_bytes=max_bytes,
+                cwd=self._agent_cwd(cwd),
+                roots=self._agent_roots(roots),
             )
         )
         # The reply is the sandbox's word: the cap holds whatever the agent says. (Characters,
@@ -225,21 +228,27 @@ class AgentSandbox(Sandbox, Generic[T]):
             raise FileRefused(f"{path} is larger than the read limit of {max_bytes} bytes")
         return reply.content
 
-    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
+    async def write_file(
+        self, path: str, content: str, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()
+    ) -> str:
         reply = await self.channel.request(
             protocol.WriteFileRequest(
                 path=self.transport.agent_path(path),
                 content=content,
                 max_bytes=max_bytes,
                 cwd=self._agent_cwd(cwd),
+                roots=self._agent_roots(roots),
             )
         )
         return self.transport.sandbox_path(reply.path or path)
 
-    async def list_files(self, path: str, max_entries: int, cwd: str = "") -> Listing:
+    async def list_files(self, path: str, max_entries: int, cwd: str = "", roots: Sequence[str] = ()) -> Listing:
         reply = await self.channel.request(
             protocol.ListFilesRequest(
-                path=self.transport.agent_path(path), max_entries=max_entries, cwd=self._agent_cwd(cwd)
+                path=self.transport.agent_path(path),
+                max_entries=max_entries,
+                cwd=self._agent_cwd(cwd),
+                roots=self._agent_roots(roots),
             )
         )
         # The reply is the sandbox's word: no more entries than asked for, whatever it sent.
@@ -250,3 +259,6 @@ class AgentSandbox(Sandbox, Generic[T]):
 
     def _agent_cwd(self, cwd: str) -> str:
         return self.transport.agent_path(cwd) if cwd else ""
+
+    def _agent_roots(self, roots: Sequence[str]) -> list[str]:
+        return [self.transport.agent_path(root) for root in roots]

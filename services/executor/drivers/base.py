@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -42,6 +42,11 @@ SANDBOX_UID = 1000
 SANDBOX_GID = 1000
 SANDBOX_USER = "agent"
 SANDBOX_PATH = "/usr/local/bin:/usr/bin:/bin"
+# A long-lived sandbox's workspace: the working directory and HOME of everything run in it,
+# across tasks (SandboxConfig.workspace). On the host it is WORKSPACE_NAME in the sandbox's
+# tasks directory, so the sandbox's disk limit covers it.
+WORKSPACE_DIR = "/workspace"
+WORKSPACE_NAME = ".workspace"
 
 
 class SandboxError(errors.Unavailable):
@@ -96,10 +101,21 @@ class SandboxConfig:
     # A long-lived sandbox: host_task_dir is mounted at /tasks and holds one directory per
     # task; processes and files name their task directory with ProcessRequest.cwd / `cwd`.
     shared_tasks: bool = False
+    # With shared_tasks: host_task_dir/WORKSPACE_NAME is mounted at WORKSPACE_DIR, the
+    # home and working directory of every process.
+    workspace: bool = False
 
     @property
     def task_dir(self) -> str:
         return "/tasks" if self.shared_tasks else f"/tasks/{self.task_id}"
+
+    @property
+    def home(self) -> str:
+        return WORKSPACE_DIR if self.workspace else self.task_dir
+
+    @property
+    def host_workspace_dir(self) -> Path | None:
+        return self.host_task_dir / WORKSPACE_NAME if self.workspace else None
 
 
 def sandbox_env(config: SandboxConfig) -> dict[str, str]:
@@ -107,7 +123,7 @@ def sandbox_env(config: SandboxConfig) -> dict[str, str]:
     the sandbox's `config.env` and a request's own `env` go on top."""
     return {
         "PATH": SANDBOX_PATH,
-        "HOME": config.task_dir,
+        "HOME": config.home,
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
         "USER": SANDBOX_USER,
@@ -129,8 +145,8 @@ class ProcessRequest:
     env: Mapping[str, str] = field(default_factory=dict)
     # Bytes of stdout (and separately of stderr) kept; the sandbox's limit when 0.
     max_output_bytes: int = 0
-    # Working directory inside the sandbox (the task's directory in a long-lived sandbox);
-    # the sandbox's own task_dir when empty.
+    # Working directory inside the sandbox (the workspace in a long-lived sandbox); the
+    # sandbox's own task_dir when empty.
     cwd: str = ""
 
 
@@ -164,16 +180,19 @@ class Sandbox(abc.ABC):
         """Runs one process in the task directory and waits for it (or its timeout)."""
 
     @abc.abstractmethod
-    async def read_file(self, path: str, max_bytes: int, cwd: str = "") -> str:
-        """The text of a file inside the task directory (`cwd` if set); raises FileRefused."""
+    async def read_file(self, path: str, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()) -> str:
+        """The text of a file inside the task directory (`cwd` if set, where relative paths
+        start; an absolute path may also be inside one of `roots`); raises FileRefused."""
 
     @abc.abstractmethod
-    async def write_file(self, path: str, content: str, max_bytes: int, cwd: str = "") -> str:
-        """Writes a file inside the task directory (`cwd` if set), parents created; returns its sandbox path."""
+    async def write_file(
+        self, path: str, content: str, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()
+    ) -> str:
+        """Writes a file (confined as read_file), parents created; returns its sandbox path."""
 
     @abc.abstractmethod
-    async def list_files(self, path: str, max_entries: int, cwd: str = "") -> Listing:
-        """A directory inside the task directory (`cwd` if set); raises FileRefused."""
+    async def list_files(self, path: str, max_entries: int, cwd: str = "", roots: Sequence[str] = ()) -> Listing:
+        """A directory (confined as read_file); raises FileRefused."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -63,6 +63,8 @@ from services.executor.drivers.base import (
     SANDBOX_PATH,
     SANDBOX_UID,
     SOURCE_DIR,
+    WORKSPACE_DIR,
+    WORKSPACE_NAME,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -299,6 +301,9 @@ class BubblewrapDriver(SandboxDriver):
         if resolv_conf_fd is not None:
             # Corral's resolver, inside the sandbox's namespace, and no other.
             args += ["--ro-bind-data", str(resolv_conf_fd), "/etc/resolv.conf"]
+        if config.workspace:
+            # Made by the executor with the sandbox, before anything of the sandbox has run.
+            args += ["--bind", f"{task_src}/{WORKSPACE_NAME}", WORKSPACE_DIR]
         extra = extra_sources or {}
         if "run" in extra:
             args += ["--bind", extra["run"], RUN_DIR]

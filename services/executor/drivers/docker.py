@@ -45,6 +45,7 @@ from services.executor.drivers.base import (
     SANDBOX_GID,
     SANDBOX_PATH,
     SANDBOX_UID,
+    WORKSPACE_DIR,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -240,6 +241,8 @@ class DockerDriver(SandboxDriver):
         if config.host_run_dir is not None:
             # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
             mounts[self.host_path(config.host_run_dir)] = RUN_DIR
+        if config.host_workspace_dir is not None:
+            mounts[self.host_path(config.host_workspace_dir)] = WORKSPACE_DIR
         transport = DockerTransport(
             self, config, mounts=mounts, workdir=config.task_dir, labels={LABEL_TASK: config.task_id}
         )

@@ -34,6 +34,7 @@ from corral.config import Settings
 from services.executor.drivers.agent_sandbox import AgentSandbox
 from services.executor.drivers.base import (
     SANDBOX_PATH,
+    WORKSPACE_DIR,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -128,21 +129,26 @@ class LocalTransport(SubprocessTransport):
         detail = self._stderr_text()
         return f"{message}: {detail[-1000:]}" if detail else message
 
-    # The agent sees the host directory where the sandbox would see config.task_dir.
+    # The agent sees the host directory where the sandbox would see config.task_dir (and the
+    # workspace's where it would see WORKSPACE_DIR).
+
+    def _mappings(self) -> list[tuple[str, str]]:
+        """(sandbox path, host path), most specific first."""
+        mappings = [(self.config.task_dir, self._root)]
+        if self.config.host_workspace_dir is not None:
+            mappings.insert(0, (WORKSPACE_DIR, os.path.realpath(self.config.host_workspace_dir)))
+        return mappings
 
     def agent_path(self, path: str) -> str:
-        inside = self.config.task_dir
-        if path == inside:
-            return self._root
-        if path.startswith(inside + "/"):
-            return self._root + path[len(inside) :]
+        for inside, host in self._mappings():
+            if path == inside or path.startswith(inside + "/"):
+                return host + path[len(inside) :]
         return path
 
     def sandbox_path(self, path: str) -> str:
-        if path == self._root:
-            return self.config.task_dir
-        if path.startswith(self._root + "/"):
-            return self.config.task_dir + path[len(self._root) :]
+        for inside, host in self._mappings():
+            if path == host or path.startswith(host + "/"):
+                return inside + path[len(host) :]
         return path
 
 

@@ -137,7 +137,7 @@ def test_a_swapped_task_directory_does_not_redirect_screenshots(api: httpx.Clien
     try:
         task = run_task(api, {"sandbox_id": sandbox_id, "steps": [
             {"tool": "shell", "command": (
-                f'me=$(basename "$PWD"); cd /tasks && mv "$me" moved-away && ln -s {victim} "$me" && ls -l /tasks'
+                f'me="$CORRAL_TASK_ID"; cd /tasks && mv "$me" moved-away && ln -s {victim} "$me" && ls -l /tasks'
             )},
             {"tool": "gui", "action": "screenshot"},
         ]})

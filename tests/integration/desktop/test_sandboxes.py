@@ -38,13 +38,14 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(
     assert sandbox["status"] == "active" and sandbox["token"] and sandbox["view_token"]
     try:
         first = run_task(api, {"sandbox_id": sandbox_id, "steps": [
-            {"tool": "shell", "command": "echo kept > note.txt; pwd"},
+            {"tool": "shell", "command": "echo kept > note.txt; pwd; echo $HOME; echo $CORRAL_TASK_DIR"},
             {"tool": "shell", "command": "sleep 1000 & echo $! > /tmp/sleeper.pid"},
             {"tool": "shell", "command": "xterm -T persistent-term >/dev/null 2>&1 &"},
             {"tool": "gui", "action": "wait_window", "text": "persistent-term", "timeout": 60},
         ]})
         assert first["status"] == "completed", first
-        assert first["steps"][0]["stdout"] == f"/tasks/{first['task_id']}\n"
+        # Every task works in the sandbox's workspace; its own directory holds its logs.
+        assert first["steps"][0]["stdout"] == f"/workspace\n/workspace\n/tasks/{first['task_id']}\n"
         assert first["sandbox_id"] == sandbox_id
         agent_log = (host_task_dir(desktop_stack, first) / "agent.log").read_text()
         assert f"({sandbox_driver}) in sandbox {sandbox_id}" in agent_log, agent_log[:500]
@@ -57,7 +58,7 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(
             assert stat.S_ISSOCK(mode) and mode & 0o060 == 0o060 and mode & 0o007 == 0, (name, oct(mode))
 
         second = run_task(api, {"sandbox_id": sandbox_id, "steps": [
-            {"tool": "shell", "command": f"cat /tasks/{first['task_id']}/note.txt"},
+            {"tool": "shell", "command": "cat note.txt"},
             {"tool": "shell", "command": "kill -0 $(cat /tmp/sleeper.pid) && echo alive"},
             {"tool": "gui", "action": "list_windows"},
             {"tool": "write_file", "path": "second.txt", "content": "hi"},
@@ -73,7 +74,8 @@ def test_tasks_share_a_sandbox_files_processes_and_desktop(
         titles = [w["title"] for w in json.loads(second["steps"][2]["stdout"])["windows"]]
         assert "persistent-term" in titles
         assert second["steps"][4]["stdout"] == "hi"
-        assert (host_task_dir(desktop_stack, second) / "second.txt").read_text() == "hi"
+        workspace = desktop_stack.data_dir / "sandboxes" / sandbox_id / "tasks" / ".workspace"
+        assert (workspace / "second.txt").read_text() == "hi"
 
         listed = api.get("/v1/sandboxes").json()["sandboxes"]
         assert sandbox_id in [s["sandbox_id"] for s in listed]
