@@ -11,7 +11,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.executor.drivers.base import RUN_DIR, ProcessRequest, Sandbox, SandboxError, StreamName
+from services.executor.drivers.base import (
+    RUN_DIR,
+    WORKSPACE_DIR,
+    ProcessRequest,
+    Sandbox,
+    SandboxError,
+    StreamName,
+)
 
 LAUNCHER = ("/usr/bin/python3", "-I", "/app/desktop.py")
 START_TIMEOUT_SECONDS = 90.0
@@ -58,6 +65,6 @@ async def start_desktop(sandbox: Sandbox, host_run_dir: Path, cwd: str = "") -> 
     return Desktop(display=str(reply["display"]), host_run_dir=host_run_dir)
 
 
-async def start_jupyter(sandbox: Sandbox, host_run_dir: Path, base_url: str, root: str = "/tasks") -> Path:
+async def start_jupyter(sandbox: Sandbox, host_run_dir: Path, base_url: str, root: str = WORKSPACE_DIR) -> Path:
     await _launch(sandbox, "Jupyter Lab", ("jupyter", "--base-url", base_url, "--root", root), root)
     return host_run_dir / "jupyter.sock"

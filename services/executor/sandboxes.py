@@ -25,6 +25,7 @@ from services.executor.desktop import Desktop, start_desktop, start_jupyter
 from services.executor.disk_quota import measure, over_quota
 from services.executor.drivers.base import (
     MIB,
+    WORKSPACE_DIR,
     WORKSPACE_NAME,
     Sandbox,
     SandboxConfig,
@@ -173,7 +174,7 @@ class SandboxManager:
         managed = self.get(sandbox_id)
         async with managed.jupyter_lock:
             try:
-                return await start_jupyter(managed.sandbox, managed.host_run_dir, base_url, "/tasks")
+                return await start_jupyter(managed.sandbox, managed.host_run_dir, base_url, WORKSPACE_DIR)
             except SandboxError as exc:
                 raise SandboxStartFailed(str(exc)) from exc
 

@@ -63,11 +63,12 @@ def test_kernel_through_the_proxy_reads_a_file_the_task_wrote(api: httpx.Client,
                           headers={"Authorization": f"Bearer {token}"})
         assert kernel.status_code == 201, kernel.text
         kernel_id = kernel.json()["id"]
-        contents = api.get(f"{base}/api/contents/{task['task_id']}").json()
+        # Jupyter is rooted at the sandbox's workspace, where the task wrote.
+        contents = api.get(f"{base}/api/contents/").json()
         assert "data.txt" in [item["name"] for item in contents["content"]]
 
         ws_url = desktop_stack.gateway_url.replace("http", "ws", 1) + f"{base}/api/kernels/{kernel_id}/channels"
-        code = f"print(open('/tasks/{task['task_id']}/data.txt').read().upper())"
+        code = "print(open('/workspace/data.txt').read().upper())"
         assert asyncio.run(execute(ws_url, token, code)) == "WRITTEN BY A TASK\n"
     finally:
         api.cookies.clear()
