@@ -1,0 +1,153 @@
+"""What SDK calls return: typed, immutable results built from the gateway's JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from corral import errors
+
+Stream = Literal["stdout", "stderr"]
+
+
+class CommandFailed(errors.FailedPrecondition):
+    """A command asked with `check=True` ended other than with exit code 0."""
+
+    def __init__(self, result: CommandResult) -> None:
+        what = result.error or (f"exit code {result.exit_code}" if result.exit_code is not None else "no exit code")
+        super().__init__(f"the command failed: {what}")
+        self.result = result
+        self.exit_code = result.exit_code
+        self.stdout = result.stdout
+        self.stderr = result.stderr
+
+
+# The names of the issue's error tree: Timeout is a command or call that ran out of time.
+Timeout = errors.DeadlineExceeded
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    # Why it failed, in words (timeout, a limit, could not start...); "" when it ran to its end.
+    error: str = ""
+    timed_out: bool = False
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.error and not self.timed_out
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CommandResult:
+        exit_code = data.get("exit_code")
+        return cls(
+            exit_code=int(exit_code) if exit_code is not None else None,
+            stdout=str(data.get("stdout", "")),
+            stderr=str(data.get("stderr", "")),
+            stdout_truncated=bool(data.get("stdout_truncated", False)),
+            stderr_truncated=bool(data.get("stderr_truncated", False)),
+            error=str(data.get("error", "") or ""),
+            timed_out=bool(data.get("timed_out", False)),
+            duration=float(data.get("duration", data.get("duration_seconds", 0.0)) or 0.0),
+        )
+
+    def checked(self, check: bool) -> CommandResult:
+        if check and not self.ok:
+            if self.timed_out:
+                raise Timeout(self.error or "the command timed out")
+            raise CommandFailed(self)
+        return self
+
+
+@dataclass(frozen=True)
+class OutputChunk:
+    """A piece of a command's output, as it was produced."""
+
+    stream: Stream
+    text: str
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    type: Literal["file", "directory", "symlink", "other"]
+    size: int = 0
+    mtime: float = 0.0
+    path: str = ""
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FileInfo:
+        kind = str(data.get("type", "other"))
+        return cls(
+            name=str(data.get("name", "")),
+            type=kind if kind in ("file", "directory", "symlink") else "other",  # type: ignore[arg-type]
+            size=int(data.get("size", 0) or 0),
+            mtime=float(data.get("mtime", 0) or 0),
+            path=str(data.get("path", "")),
+        )
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    index: int
+    tool: str
+    status: str
+    exit_code: int | None
+    stdout: str
+    stderr: str
+    error: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> StepOutcome:
+        exit_code = data.get("exit_code")
+        return cls(
+            index=int(data.get("index", 0)),
+            tool=str(data.get("tool", "")),
+            status=str(data.get("status", "")),
+            exit_code=int(exit_code) if exit_code is not None else None,
+            stdout=str(data.get("stdout", "")),
+            stderr=str(data.get("stderr", "")),
+            error=str(data.get("error", "") or ""),
+        )
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A one-shot task's final status (GET /v1/tasks/{id})."""
+
+    task_id: str
+    status: str
+    steps: list[StepOutcome] = field(default_factory=list)
+    error: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "completed"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskResult:
+        return cls(
+            task_id=str(data.get("task_id", "")),
+            status=str(data.get("status", "")),
+            steps=[StepOutcome.from_json(s) for s in data.get("steps", [])],
+            error=str(data.get("error", "") or ""),
+            raw=data,
+        )
+
+
+TERMINAL_TASK_STATUSES = frozenset({"completed", "failed", "cancelled"})
+
+
+def command_event(event: str, data: dict[str, Any]) -> OutputChunk | CommandResult | None:
+    """One event of a command's stream: a piece of output, its result, or nothing of ours."""
+    if event in ("stdout", "stderr"):
+        return OutputChunk("stdout" if event == "stdout" else "stderr", str(data.get("text", data.get("data", ""))))
+    if event in ("exit", "result", "finished"):
+        return CommandResult.from_json(data.get("result", data))
+    return None

@@ -1,0 +1,370 @@
+"""The blocking SDK: `Sandbox`, its `files`, command handles and `run_task`.
+
+    from corral import Sandbox
+    with Sandbox.create(desktop=True, ttl=3600) as sb:
+        print(sb.run_shell("pip --version").stdout)
+
+aio.py is the same API with `async`; both send the calls built in calls.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import httpx
+
+from corral.sdk import calls
+from corral.sdk._http import Call, Connection, SseParser, check, error_event, transport_error
+from corral.sdk.results import (
+    TERMINAL_TASK_STATUSES,
+    CommandResult,
+    FileInfo,
+    OutputChunk,
+    TaskResult,
+    command_event,
+)
+
+OnOutput = Callable[[str], None]
+
+
+class Client:
+    """One HTTP connection pool to the gateway, with the SDK's error mapping."""
+
+    def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
+        self.connection = Connection.resolve(url, api_key)
+        self.http = httpx.Client(base_url=self.connection.url, headers=self.connection.headers, timeout=timeout)
+
+    def send(self, call: Call) -> httpx.Response:
+        try:
+            return check(self.http.request(call.method, call.path, **call.request_args()))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.connection) from None
+
+    def json(self, call: Call) -> Any:
+        return self.send(call).json()
+
+    def events(self, call: Call) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The Server-Sent Events of a streaming answer, as (event, data)."""
+        try:
+            with self.http.stream(call.method, call.path, **call.request_args()) as response:
+                check(response)
+                parser = SseParser()
+                for line in response.iter_lines():
+                    for event in parser.feed(line):
+                        yield event.event, event.data
+        except httpx.HTTPError as exc:
+            raise transport_error(exc, self.connection) from None
+
+    def close(self) -> None:
+        self.http.close()
+
+
+def _emit(chunk: OutputChunk, on_stdout: OnOutput | None, on_stderr: OnOutput | None) -> None:
+    callback = on_stdout if chunk.stream == "stdout" else on_stderr
+    if callback is not None:
+        callback(chunk.text)
+
+
+class CommandStream:
+    """A command's output as it is produced (iterate it); `.result` once it has ended."""
+
+    def __init__(self, events: Iterator[tuple[str, dict[str, Any]]]) -> None:
+        self._events = events
+        self.result: CommandResult | None = None
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        for event, data in self._events:
+            if event == "error":
+                raise error_event(data)
+            item = command_event(event, data)
+            if isinstance(item, OutputChunk):
+                yield item
+            elif item is not None:
+                self.result = item
+
+
+class CommandHandle:
+    """A command started with `background=True`: wait for it, feed its stdin, signal or kill it."""
+
+    def __init__(self, client: Client, sandbox_id: str, command_id: str) -> None:
+        self._client, self.sandbox_id, self.id = client, sandbox_id, command_id
+
+    def wait(self, check: bool = False) -> CommandResult:
+        data = self._client.json(calls.command_status(self.sandbox_id, self.id, wait=True))
+        return CommandResult.from_json(data.get("result", data)).checked(check)
+
+    def output(self) -> CommandStream:
+        """Its output from the start, live until it ends."""
+        return CommandStream(self._client.events(calls.command_output(self.sandbox_id, self.id)))
+
+    def send_stdin(self, data: str | bytes) -> None:
+        self._client.send(calls.command_stdin(self.sandbox_id, self.id, data.encode() if isinstance(data, str) else data))
+
+    def signal(self, signal: str = "SIGTERM") -> None:
+        self._client.send(calls.command_signal(self.sandbox_id, self.id, signal))
+
+    def kill(self) -> None:
+        self._client.send(calls.command_kill(self.sandbox_id, self.id))
+
+
+class Files:
+    """The sandbox's files beyond read_file / write_file: listing, upload, download..."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self._sandbox = sandbox
+
+    def list(self, path: str = ".") -> list[FileInfo]:
+        data = self._sandbox.client.json(calls.list_files(self._sandbox.id, path))
+        return [FileInfo.from_json(e) for e in data.get("entries", [])]
+
+    def stat(self, path: str) -> FileInfo:
+        return FileInfo.from_json(self._sandbox.client.json(calls.stat_file(self._sandbox.id, path)))
+
+    def make_dir(self, path: str) -> None:
+        self._sandbox.client.send(calls.make_dir(self._sandbox.id, path))
+
+    def remove(self, path: str) -> None:
+        self._sandbox.client.send(calls.remove(self._sandbox.id, path))
+
+    def rename(self, source: str, target: str) -> None:
+        self._sandbox.client.send(calls.rename(self._sandbox.id, source, target))
+
+    def upload(self, directory: str, tar: bytes) -> None:
+        """Extracts a tar archive into `directory` (entries leading out are refused)."""
+        self._sandbox.client.send(calls.upload(self._sandbox.id, directory, tar))
+
+    def download(self, directory: str) -> bytes:
+        """`directory` as a tar archive."""
+        return self._sandbox.client.send(calls.download(self._sandbox.id, directory)).content
+
+
+class Sandbox:
+    """A long-lived sandbox, driven one call at a time. Made by `create` or `connect`; `with`
+    deletes it at the end of the block (when this process created it)."""
+
+    def __init__(self, client: Client, info: dict[str, Any], owned: bool) -> None:
+        self.client = client
+        self.info = info
+        self.id: str = str(info["sandbox_id"])
+        # Shown once, at creation: noVNC with control and Jupyter (token), view-only (view_token).
+        self.token: str = str(info.get("token", ""))
+        self.view_token: str = str(info.get("view_token", ""))
+        self._owned = owned
+        self.files = Files(self)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        desktop: bool = False,
+        ttl: float | None = None,
+        network: calls.NetworkArg = False,
+        env: Mapping[str, str] | None = None,
+        limits: Mapping[str, int] | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+    ) -> Sandbox:
+        client = Client(url, api_key)
+        try:
+            info = client.json(calls.create_sandbox(desktop, ttl, network, env, limits))
+        except BaseException:
+            client.close()
+            raise
+        return cls(client, info, owned=True)
+
+    @classmethod
+    def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> Sandbox:
+        client = Client(url, api_key)
+        try:
+            info = client.json(calls.get_sandbox(sandbox_id))
+        except BaseException:
+            client.close()
+            raise
+        return cls(client, info, owned=False)
+
+    def __enter__(self) -> Sandbox:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        try:
+            if self._owned:
+                self.kill()
+        finally:
+            self.client.close()
+
+    # --- lifetime ----------------------------------------------------------------------------
+
+    def refresh(self) -> dict[str, Any]:
+        self.info = {**self.info, **self.client.json(calls.get_sandbox(self.id))}
+        return self.info
+
+    def extend(self, ttl: float | None = None) -> None:
+        self.client.send(calls.extend_sandbox(self.id, ttl))
+
+    def set_network(self, allow: Sequence[str] = (), deny: Sequence[str] = ()) -> None:
+        """Replaces the sandbox's network rules (it must have been created with network)."""
+        self.client.send(calls.set_network(self.id, allow, deny))
+
+    def kill(self) -> None:
+        """Deletes the sandbox: its processes, files and desktop go."""
+        from corral import errors
+
+        try:
+            self.client.send(calls.delete_sandbox(self.id))
+        except errors.NotFound:
+            pass
+
+    # --- commands ----------------------------------------------------------------------------
+
+    @overload
+    def run_shell(
+        self, command: str, *, stream: Literal[False] = False, background: Literal[False] = False,
+        timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
+        on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandResult: ...
+
+    @overload
+    def run_shell(
+        self, command: str, *, stream: Literal[True], background: Literal[False] = False,
+        timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
+        on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandStream: ...
+
+    @overload
+    def run_shell(
+        self, command: str, *, stream: Literal[False] = False, background: Literal[True],
+        timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
+        on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandHandle: ...
+
+    def run_shell(
+        self, command: str, *, stream: bool = False, background: bool = False,
+        timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
+        on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandResult | CommandStream | CommandHandle:
+        """Runs `/bin/sh -c command` in the sandbox's workspace."""
+        return self._run("shell", command, stream, background, timeout, cwd, env, on_stdout, on_stderr, check)
+
+    def run_python(
+        self, code: str, *, timeout: float | None = None, cwd: str | None = None,
+        env: Mapping[str, str] | None = None, on_stdout: OnOutput | None = None,
+        on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandResult:
+        result = self._run("python", code, False, False, timeout, cwd, env, on_stdout, on_stderr, check)
+        assert isinstance(result, CommandResult)
+        return result
+
+    def run_typescript(
+        self, code: str, *, timeout: float | None = None, cwd: str | None = None,
+        env: Mapping[str, str] | None = None, on_stdout: OnOutput | None = None,
+        on_stderr: OnOutput | None = None, check: bool = False,
+    ) -> CommandResult:
+        result = self._run("typescript", code, False, False, timeout, cwd, env, on_stdout, on_stderr, check)
+        assert isinstance(result, CommandResult)
+        return result
+
+    def _run(
+        self, tool: calls.Tool, source: str, stream: bool, background: bool, timeout: float | None,
+        cwd: str | None, env: Mapping[str, str] | None, on_stdout: OnOutput | None,
+        on_stderr: OnOutput | None, check: bool,
+    ) -> CommandResult | CommandStream | CommandHandle:
+        body = calls.command_body(tool, source, timeout, cwd, env, background)
+        if background:
+            data = self.client.json(calls.run_command(self.id, body))
+            return CommandHandle(self.client, self.id, str(data["command_id"]))
+        if stream:
+            return CommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
+        if on_stdout is None and on_stderr is None:
+            return CommandResult.from_json(self.client.json(calls.run_command(self.id, body))).checked(check)
+        live = CommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
+        for chunk in live:
+            _emit(chunk, on_stdout, on_stderr)
+        if live.result is None:
+            from corral import errors
+
+            raise errors.Unavailable("the command's output ended without its result")
+        return live.result.checked(check)
+
+    # --- files -------------------------------------------------------------------------------
+
+    @overload
+    def read_file(self, path: str, *, binary: Literal[False] = False) -> str: ...
+
+    @overload
+    def read_file(self, path: str, *, binary: Literal[True]) -> bytes: ...
+
+    def read_file(self, path: str, *, binary: bool = False) -> str | bytes:
+        """A file's content (relative paths start at /workspace): text, or bytes with binary=True."""
+        content = self.client.send(calls.read_file(self.id, path)).content
+        return content if binary else content.decode("utf-8", "replace")
+
+    def write_file(self, path: str, content: str | bytes) -> None:
+        """Writes (creates or replaces) a file, making its parent directories."""
+        self.client.send(calls.write_file(self.id, path, content.encode() if isinstance(content, str) else content))
+
+    # --- desktop -----------------------------------------------------------------------------
+
+    def screenshot(self) -> bytes:
+        """The desktop as PNG bytes."""
+        return self.client.send(calls.screenshot(self.id)).content
+
+    def desktop(self, action: str, **fields: Any) -> dict[str, Any]:
+        """Any gui action (README, "The desktop"): `sb.desktop("drag", x=1, y=2, to_x=3, to_y=4)`."""
+        answer: dict[str, Any] = self.client.json(calls.desktop_action(self.id, action, **fields))
+        return answer
+
+    def click(self, x: int, y: int, button: str = "left", count: int = 1) -> None:
+        self.desktop("click", x=x, y=y, button=button, count=count)
+
+    def double_click(self, x: int, y: int) -> None:
+        self.desktop("double_click", x=x, y=y)
+
+    def move(self, x: int, y: int) -> None:
+        self.desktop("move", x=x, y=y)
+
+    def scroll(self, direction: str = "down", amount: int = 1, x: int | None = None, y: int | None = None) -> None:
+        self.desktop("scroll", direction=direction, amount=amount, x=x, y=y)
+
+    def type(self, text: str) -> None:
+        self.desktop("type", text=text)
+
+    def key(self, keys: str) -> None:
+        """xdotool key names and combinations: "ctrl+s", "Return"."""
+        self.desktop("key", keys=keys)
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    def run_task(self, steps: Sequence[Mapping[str, Any]], **task: Any) -> TaskResult:
+        """A task (steps as in the task format) run in this sandbox, waited for."""
+        return _run_task(self.client, {"steps": list(steps), **task, "sandbox_id": self.id})
+
+
+def run_task(
+    steps: Sequence[Mapping[str, Any]],
+    *,
+    url: str | None = None,
+    api_key: str | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    **task: Any,
+) -> TaskResult:
+    """Submits a one-shot task (its own fresh sandbox), follows it, returns its final status.
+    `task` takes the task format's other fields (network, env, limits, step_timeout...)."""
+    client = Client(url, api_key)
+    try:
+        return _run_task(client, {"steps": list(steps), **task}, on_event)
+    finally:
+        client.close()
+
+
+def _run_task(
+    client: Client, spec: Mapping[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None
+) -> TaskResult:
+    task_id = str(client.json(calls.submit_task(spec))["task_id"])
+    for event, data in client.events(calls.task_events(task_id)):
+        if on_event is not None:
+            on_event(event, data)
+        if event == "finished" or data.get("status") in TERMINAL_TASK_STATUSES:
+            break
+    return TaskResult.from_json(client.json(calls.get_task(task_id)))
