@@ -4,7 +4,7 @@ The scheduler may be down, restarting or absent (tests run the executor alone): 
 retried quietly, and a heartbeat answered with known=false (the scheduler forgot us, e.g.
 after a restart) triggers a fresh registration. A registration waits for the channel to
 connect (wait_for_ready) instead of failing fast, so it is sent the moment the scheduler
-answers again (the channel retries at least every half second, corral.grpc_server), not a
+answers again (the channel retries every half second or so, corral.grpc_server), not a
 heartbeat interval later.
 
 Each registration lists the long-lived sandboxes this executor holds, so the scheduler can fail
