@@ -364,8 +364,17 @@ class ErrorResponse(View):
 
 
 class HealthResponse(View):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="'ok': every service answers; 'degraded': the gateway still schedules and runs "
+        "tasks, but a service it does not need for that (memory) is down."
+    )
     services: dict[str, str] = Field(description="'serving', or what is wrong, per service.")
+    degraded: list[str] | None = Field(
+        None, exclude_if=_absent, description="The services that are down, when degraded."
+    )
+    message: str | None = Field(
+        None, exclude_if=_absent, description="What does not work meanwhile, when degraded."
+    )
 
 
 class HealthUnavailableResponse(View):

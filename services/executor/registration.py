@@ -1,8 +1,11 @@
 """Keeps this executor registered with the scheduler: register, then heartbeat forever.
 
 The scheduler may be down, restarting or absent (tests run the executor alone): failures are
-retried quietly every heartbeat interval, and a heartbeat answered with known=false (the
-scheduler forgot us, e.g. after a restart) triggers a fresh registration.
+retried quietly, and a heartbeat answered with known=false (the scheduler forgot us, e.g.
+after a restart) triggers a fresh registration. A registration waits for the channel to
+connect (wait_for_ready) instead of failing fast, so it is sent the moment the scheduler
+answers again (the channel retries every half second or so, corral.grpc_server), not a
+heartbeat interval later.
 
 Each registration lists the long-lived sandboxes this executor holds, so the scheduler can fail
 the records of sandboxes it lost (an executor restart) and name the ones it no longer wants
@@ -25,6 +28,10 @@ from services.executor.sandboxes import SandboxManager
 log = structlog.get_logger()
 
 CALL_TIMEOUT_SECONDS = 5.0
+# A scheduler that is down or did not answer in time: the next registration (wait_for_ready)
+# waits for it, so only a short pause keeps a failing connection from spinning.
+UNREACHABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+UNREACHABLE_RETRY_SECONDS = 0.1
 
 
 class SchedulerRegistration:
@@ -68,7 +75,9 @@ class SchedulerRegistration:
                         request = registry_pb2.RegisterExecutorRequest()
                         request.CopyFrom(self.request)
                         request.sandbox_ids.extend(self.sandboxes.sandbox_ids)
-                        reply = await stub.RegisterExecutor(request, timeout=CALL_TIMEOUT_SECONDS)
+                        reply = await stub.RegisterExecutor(
+                            request, timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True
+                        )
                         self.registered = True
                         for sandbox_id in reply.stale_sandbox_ids:
                             await self.sandboxes.delete(sandbox_id, "the scheduler no longer has it")
@@ -97,4 +106,7 @@ class SchedulerRegistration:
                         code=exc.code().name,
                     )
                     failing = True
+                    if exc.code() in UNREACHABLE_CODES:
+                        # Register again at once: that call waits for the scheduler itself.
+                        interval = min(interval, UNREACHABLE_RETRY_SECONDS)
                 await asyncio.sleep(interval)
