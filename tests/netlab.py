@@ -1,14 +1,18 @@
 """A small internet of the tests' own: a network namespace with web hosts and a DNS zone.
 
 The `netlab` fixture makes a network namespace joined to the host by a veth pair:
-- host side 203.0.113.1/24, an address *of the host*, which sandboxes must not reach;
-- inside: web servers answering their own name on port 80 at 203.0.113.10 (allowed.test),
-  203.0.113.20 (denied.test), 198.51.100.10 (other.test) and 10.213.0.10 (private.test, a
-  "private service"), and a DNS server at 203.0.113.53:53 for `test.` (tests/netlab_hosts.py),
+- host side 198.18.0.1/24, an address *of the host*, which sandboxes must not reach;
+- inside: web servers answering their own name on port 80 at 198.18.0.10 (allowed.test),
+  198.18.0.20 (denied.test), 198.19.0.10 (other.test) and 10.213.0.10 (private.test, a
+  "private service"), and a DNS server at 198.18.0.53:53 for `test.` (tests/netlab_hosts.py),
   which logs every name it is asked (`netlab.queries()`).
-The host routes 198.51.100.0/24 and 10.213.0.0/24 through the veth, so bubblewrap's pasta and
-docker's bridge reach the lab as they would the internet. Nothing here sends a packet beyond
-loopback and the lab's own addresses. Needs root (ip netns); skips otherwise.
+The host routes 198.19.0.0/24 and 10.213.0.0/24 through the veth, so bubblewrap's pasta and
+docker's bridge reach the lab as they would the internet. The ranges are the benchmarking
+block (RFC 2544), public to the sandboxes' rules: the documentation blocks (192.0.2.0/24,
+203.0.113.0/24...) are this workplace's own addresses (its registries answer at one), and a
+lab route over them would cut the machine off; the fixture refuses to start over any route
+already there. Nothing here sends a packet beyond loopback and the lab's own addresses.
+Needs root (ip netns); skips otherwise.
 """
 
 from __future__ import annotations
@@ -25,14 +29,15 @@ from pathlib import Path
 
 import pytest
 
-HOST_ADDRESS = "203.0.113.1"
-LAB_ADDRESS = "203.0.113.2"
-ALLOWED = "203.0.113.10"
-DENIED = "203.0.113.20"
-OTHER = "198.51.100.10"
+HOST_ADDRESS = "198.18.0.1"
+LAB_ADDRESS = "198.18.0.2"
+LAB_NETWORK = "198.18.0.0/24"
+ALLOWED = "198.18.0.10"
+DENIED = "198.18.0.20"
+OTHER = "198.19.0.10"
 PRIVATE = "10.213.0.10"
-DNS = "203.0.113.53"
-ROUTED = ("198.51.100.0/24", "10.213.0.0/24")
+DNS = "198.18.0.53"
+ROUTED = ("198.19.0.0/24", "10.213.0.0/24")
 
 
 @dataclass
@@ -70,6 +75,25 @@ def _teardown(namespace: str, veth: str) -> None:
     _ip("netns", "del", namespace, check=False)
 
 
+def _routes_over(networks: tuple[str, ...]) -> list[str]:
+    """Routes of the host (other than the default) that overlap the lab's networks."""
+    import ipaddress
+
+    wanted = [ipaddress.ip_network(n) for n in networks]
+    found = []
+    for line in _ip("-4", "route", "show", check=False).stdout.splitlines():
+        target = line.split()[0] if line.split() else ""
+        if target in ("default", ""):
+            continue
+        try:
+            network = ipaddress.ip_network(target, strict=False)
+        except ValueError:
+            continue
+        if any(network.overlaps(w) for w in wanted):
+            found.append(line.strip())
+    return found
+
+
 @contextlib.contextmanager
 def running_netlab(tmp: Path) -> Iterator[NetLab]:
     suffix = f"{os.getpid() % 100000}"
@@ -77,6 +101,9 @@ def running_netlab(tmp: Path) -> Iterator[NetLab]:
     if _ip("-4", "addr", "show", "to", f"{HOST_ADDRESS}/32", check=False).stdout.strip():
         pytest.fail(f"{HOST_ADDRESS} is already on this host: another test lab is running")
     _teardown(namespace, veth)
+    overlapping = _routes_over((LAB_NETWORK, *ROUTED))
+    if overlapping:
+        pytest.fail(f"the test lab's ranges are in use on this host ({overlapping}): it would cut them off")
     setup = [
         ("netns", "add", namespace),
         ("link", "add", veth, "type", "veth", "peer", "name", peer),
@@ -91,8 +118,8 @@ def running_netlab(tmp: Path) -> Iterator[NetLab]:
             for address in (ALLOWED, DENIED, OTHER, PRIVATE, DNS)
         ],
         ("-n", namespace, "link", "set", peer, "up"),
-        # No default route: the lab answers 203.0.113.0/24 only (docker masquerades and pasta
-        # connects from 203.0.113.1), so nothing in it can reach past the host.
+        # No default route: the lab answers 198.18.0.0/24 only (docker masquerades and pasta
+        # connects from 198.18.0.1), so nothing in it can reach past the host.
     ]
     hosts: subprocess.Popen[str] | None = None
     try:

@@ -1,7 +1,7 @@
 """The test lab's hosts: run inside the lab's network namespace by tests/netlab.py.
 
 Serves, on port 80 of each of the lab's web addresses, an HTTP answer naming that host, and on
-203.0.113.53:53 (UDP and TCP) a DNS zone for `test.`. Every query it receives is appended to
+198.18.0.53:53 (UDP and TCP) a DNS zone for `test.`. Every query it receives is appended to
 the log file given as its argument (one name per line), so a test can tell that a name the
 sandbox's resolver refused was never forwarded.
 
@@ -19,20 +19,20 @@ from pathlib import Path
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
-DNS_ADDRESS = "203.0.113.53"
+DNS_ADDRESS = "198.18.0.53"
 # name -> address; every web address serves HTTP.
 ZONE = {
-    "allowed.test": "203.0.113.10",
-    "www.allowed.test": "203.0.113.10",
-    "denied.test": "203.0.113.20",
-    "other.test": "198.51.100.10",
+    "allowed.test": "198.18.0.10",
+    "www.allowed.test": "198.18.0.10",
+    "denied.test": "198.18.0.20",
+    "other.test": "198.19.0.10",
     "private.test": "10.213.0.10",
     "private-name.test": "10.213.0.10",
     "rebind.test": "127.0.0.1",
     "metadata.test": "169.254.169.254",
 }
-WEB = {"203.0.113.10": "allowed.test", "203.0.113.20": "denied.test",
-       "198.51.100.10": "other.test", "10.213.0.10": "private.test"}
+WEB = {"198.18.0.10": "allowed.test", "198.18.0.20": "denied.test",
+       "198.19.0.10": "other.test", "10.213.0.10": "private.test"}
 
 
 class ZoneResolver(BaseResolver):  # type: ignore[misc]
