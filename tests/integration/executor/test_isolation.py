@@ -12,10 +12,11 @@ import pytest
 
 from corral.v1 import task_pb2
 
-from .conftest import ExecutorClient, grpc_code, spec
+from .conftest import GVISOR_NO_STATX, ExecutorClient, grpc_code, gvisor_skip, spec
 
 
 async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> None:
+    gvisor_skip(executor.driver, GVISOR_NO_STATX)
     other = executor.settings.tasks_dir / "other-task"
     other.mkdir(parents=True)
     (other / "secret.txt").write_text("top secret")

@@ -29,6 +29,7 @@ from services.executor.drivers.docker import DockerDriver
 from services.executor.network import docker_net
 
 from .conftest import DOCKER_RUNTIME, ExecutorClient, ExecutorFactory, make_settings, spec
+from .test_docker import wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -207,7 +208,7 @@ async def test_another_sandbox_is_refused(lab_executor: ExecutorClient) -> None:
         "import socket, os, time\n"
         "s = socket.socket(); s.bind(('0.0.0.0', 8080)); s.listen(); s.settimeout(0.2)\n"
         "ip = os.popen('ip -4 -o addr show eth0').read().split()[3].split('/')[0]\n"
-        "open('address', 'w').write(ip)\n"
+        "open('address.tmp', 'w').write(ip); os.rename('address.tmp', 'address')\n"
         "got = 0\n"
         "while not os.path.exists('done'):\n"
         "    try:\n        s.accept()[0].close(); got += 1\n    except OSError:\n        pass\n"
@@ -226,12 +227,11 @@ async def test_another_sandbox_is_refused(lab_executor: ExecutorClient) -> None:
     attacker = asyncio.create_task(lab_executor.run(spec(attacker_steps, network=True), attacker_id))
     victim_dir, attacker_dir = lab_executor.host_task_dir(victim_id), lab_executor.host_task_dir(attacker_id)
     try:
-        async with asyncio.timeout(60):
-            while not (victim_dir / "address").exists() or not attacker_dir.exists():
-                await asyncio.sleep(0.1)
+        await wait_until(lambda: (victim_dir / "address").exists() and attacker_dir.exists(), "both sandboxes ran")
         address = (victim_dir / "address").read_text()
         assert address.startswith("10.231."), address
-        (attacker_dir / "target").write_text(address)
+        (attacker_dir / "target.tmp").write_text(address)
+        (attacker_dir / "target.tmp").rename(attacker_dir / "target")
         _, attacked = await asyncio.wait_for(attacker, 60)
     finally:
         with contextlib.suppress(OSError):
@@ -273,7 +273,7 @@ async def test_dns_answers_allowed_names_only_and_forwards_nothing_else(
     # Docker's resolver is not listening on our network (resolv.conf is ours), or it forwards to ours.
     assert found[5] in ("refused", "timeout", "REFUSED"), found
     assert found[6:] == ["prohibited", "refused", "refused", "refused"], found
-    resolv, allowed, unresolved = outcome.step(1).stdout.splitlines()[-3:]
+    allowed, unresolved = outcome.step(1).stdout.splitlines()[-2:]
     assert f"nameserver {GATEWAY}" in outcome.step(1).stdout
     assert allowed.split()[0] == netlab.allowed and unresolved == "unresolved", outcome.step(1).stdout
     queried = netlab.queries()
@@ -345,14 +345,15 @@ async def test_the_sandbox_cannot_alter_its_rules(docker_driver: DockerDriver, n
         )
         result = await sandbox.run(ProcessRequest(kind="shell", timeout=60, code=attack), lambda s, t: None)
         lines = result.stdout.splitlines()
-        assert "Operation not permitted" in lines[0] and "Operation not permitted" in lines[1], result
-        assert lines[2] == "PermissionError", result
-        assert lines[3] in ("PermissionError", "sent"), result  # netlink to netfilter: no CAP_NET_ADMIN
+        # No CAP_NET_ADMIN / CAP_NET_RAW (runc: EPERM; gVisor: EACCES or its own errno).
+        assert all(("not permitted" in line or "Permission denied" in line) for line in lines[:2]), result
+        assert lines[2] != "sent", result  # a raw socket would spoof another source address
+        # Netlink to netfilter may take the bytes: the kernel refuses the request itself, and
+        # in any case the table is in the host's namespace, not the container's.
         assert await run_probe(sandbox, [["http", netlab.other], ["http", netlab.allowed]]) == ["refused", "allowed.test"]
     finally:
         await sandbox.close()
-    table = subprocess.run(["nft", "list", "table", "inet", docker_net.TABLE], capture_output=True, text=True, check=True)
-    assert "10.231.255.77" not in table.stdout
+    assert "10.231.255.77" not in await asyncio.to_thread(_table_text)
 
 
 async def test_stale_rules_of_a_crashed_run_are_removed_at_start(tmp_path: Path, netlab: NetLab, sandbox_driver: str) -> None:
