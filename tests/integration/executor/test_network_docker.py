@@ -384,12 +384,13 @@ def _table_text() -> str:
 
 
 async def test_network_fails_closed_where_the_rules_cannot_be_enforced(executor_factory: ExecutorFactory) -> None:
-    """An executor that cannot set up its filtered network (here: the network exists with
-    another bridge) refuses networked tasks, saying why, and runs offline ones."""
-    executor = await executor_factory(docker_network_bridge="corral9")
+    """An executor that cannot set up its filtered network (here: CORRAL_DOCKER_NETWORK names
+    Docker's default bridge, where containers talk to each other and to the host) refuses
+    networked tasks, saying why, and runs offline ones."""
+    executor = await executor_factory(docker_network="bridge")
     _, networked = await executor.run_steps([{"tool": "shell", "command": "echo reached"}], network=True)
     assert networked.state == "TASK_STATE_FAILED", networked.finished
     message = networked.finished.error
-    assert "cannot give sandboxes network" in message and "corral-sandboxes exists with other settings" in message, message
+    assert "cannot give sandboxes network" in message and "the docker network bridge exists with other settings" in message, message
     _, offline = await executor.run_steps([{"tool": "shell", "command": "echo offline"}])
     assert offline.step(0).stdout == "offline\n"
