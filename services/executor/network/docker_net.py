@@ -3,7 +3,7 @@
 Sandboxes with network are attached to one Docker network Corral creates (CORRAL_DOCKER_NETWORK,
 `corral-sandboxes`: its own subnet, a fixed bridge name, inter-container traffic off). In the
 host's network namespace, where the container cannot reach, one nftables table (`inet
-corral_docker`, shared by every executor of the host) holds:
+corral_docker_<bridge>`, shared by the host's executors on that network) holds:
 - `forward` (before Docker's own filter): packets from the bridge of connections already let
   through pass; a new one jumps to its sandbox's chain (nft.py's `egress_chain`) by source
   address (the `sandboxes` verdict map); a source no sandbox holds is refused (fail closed);
@@ -30,6 +30,7 @@ import ipaddress
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 from collections.abc import Sequence
@@ -47,6 +48,8 @@ from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
+# The host table of one sandbox network is `corral_docker_<bridge>`: two deployments with
+# networks of their own on one host each filter their own bridge.
 TABLE = "corral_docker"
 SANDBOXES = "sandboxes"  # source address -> jump to the sandbox's egress chain
 DNS_PORTS = "dns_ports"  # source address -> the port of its executor's resolver
@@ -76,6 +79,10 @@ class BridgeNetwork:
             )
         return cls(settings.docker_network, settings.docker_network_bridge, subnet)
 
+    @property
+    def table(self) -> str:
+        return f"{TABLE}_{re.sub(r'[^A-Za-z0-9_]', '_', self.bridge)}"
+
     def docker_options(self) -> dict[str, str]:
         return {
             "com.docker.network.bridge.name": self.bridge,
@@ -87,7 +94,7 @@ class BridgeNetwork:
 def base_script(net: BridgeNetwork) -> str:
     """The shared table's maps and hook chains (their rules replaced, the maps and per-sandbox
     chains kept): idempotent, one transaction, safe while other executors use the table."""
-    t, b, gw = f"inet {TABLE}", net.bridge, net.gateway
+    t, b, gw = f"inet {net.table}", net.bridge, net.gateway
     refuse = ["meta l4proto tcp reject with tcp reset", "reject with icmpx type admin-prohibited"]
     lines = [
         f"add table {t}",
@@ -116,6 +123,7 @@ def base_script(net: BridgeNetwork) -> str:
 
 
 def sandbox_script(
+    table: str,
     names: nft.SetNames, rules: NetworkRules, denied: Sequence[IPAddress | IPNetwork], address: IPAddress, dns_port: int
 ) -> str:
     """One sandbox's sets, chains and map entries, added to the shared table."""
@@ -125,17 +133,17 @@ def sandbox_script(
         for name, body in ((names.refuse, nft.refuse_rules(names)), (names.chain, nft.egress_chain(names, rules)))
     )
     return (
-        f"table inet {TABLE} {{\n{sets}{chains}}}\n"
-        f"add element inet {TABLE} {SANDBOXES} {{ {address} : jump {names.chain} }}\n"
-        f"add element inet {TABLE} {DNS_PORTS} {{ {address} : {dns_port} }}\n"
+        f"table inet {table} {{\n{sets}{chains}}}\n"
+        f"add element inet {table} {SANDBOXES} {{ {address} : jump {names.chain} }}\n"
+        f"add element inet {table} {DNS_PORTS} {{ {address} : {dns_port} }}\n"
     )
 
 
-def removal_script(table: dict[str, Any], prefix: str) -> str:
+def removal_script(name: str, table: dict[str, Any], prefix: str) -> str:
     """Deletes every set, chain and counter named `prefix...` and the map entries that lead to
     them, from `nft -j list table` output (`table`)."""
     items = [next(iter(item.items())) for item in table.get("nftables", []) if "metainfo" not in item]
-    t = f"inet {TABLE}"
+    t = f"inet {name}"
     lines: list[str] = []
     addresses = []
     for kind, item in items:
@@ -161,13 +169,13 @@ def removal_script(table: dict[str, Any], prefix: str) -> str:
     return "\n".join(lines) + "\n" if lines else ""
 
 
-async def list_table() -> dict[str, Any]:
+async def list_table(name: str) -> dict[str, Any]:
     proc = await asyncio.create_subprocess_exec(
-        "nft", "-j", "list", "table", "inet", TABLE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        "nft", "-j", "list", "table", "inet", name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
-        raise nft.NftError(f"cannot read the nftables table {TABLE}: {err.decode(errors='replace').strip()}")
+        raise nft.NftError(f"cannot read the nftables table {name}: {err.decode(errors='replace').strip()}")
     result: dict[str, Any] = json.loads(out or b"{}")
     return result
 
@@ -212,18 +220,18 @@ class ContainerEgress:
 
     async def open_resolved(self, addresses: Sequence[IPAddress], ttl: int) -> None:
         async with self._lock:
-            await nft.run_nft(nft.resolved_script(TABLE, self.names, addresses, ttl))
+            await nft.run_nft(nft.resolved_script(self.owner.net.table, self.names, addresses, ttl))
 
     async def update(self, rules: NetworkRules) -> None:
         async with self._lock:
-            await nft.run_nft(nft.update_script(TABLE, self.names, rules, self.owner.denied))
+            await nft.run_nft(nft.update_script(self.owner.net.table, self.names, rules, self.owner.denied))
             self._rules = rules
 
     async def status(self) -> NetworkStatus:
         return NetworkStatus(
             enabled=True,
             rules=self._rules,
-            refused_connections=await nft.read_counter(TABLE, self.names.refused),
+            refused_connections=await nft.read_counter(self.owner.net.table, self.names.refused),
             refused_lookups=self._stats.refused_lookups,
             recent_refused_names=list(self._stats.recent_refused_names),
         )
@@ -249,7 +257,7 @@ class DockerNetwork:
     def description(self) -> str:
         if self.blocker:
             return f"sandboxes with network refused: {self.blocker}"
-        return f"network: docker network {self.net.name} ({self.net.subnet}), filtered by nftables table inet {TABLE}"
+        return f"network: docker network {self.net.name} ({self.net.subnet}), filtered by nftables table inet {self.net.table}"
 
     async def start(self, executor_id: str) -> None:
         self.executor_prefix = "x" + hashlib.sha256(executor_id.encode()).hexdigest()[:8] + "_"
@@ -337,7 +345,7 @@ class DockerNetwork:
                 await self._remove(self.executor_prefix)
 
     async def _remove(self, prefix: str) -> None:
-        script = removal_script(await list_table(), prefix)
+        script = removal_script(self.net.table, await list_table(self.net.table), prefix)
         if script:
             await nft.run_nft(script)
 
@@ -351,7 +359,7 @@ class DockerNetwork:
         prefix = f"{self.executor_prefix}{self._count}_"
         ip = ipaddress.ip_address(address)
         egress = ContainerEgress(self, prefix, ip, rules, stats)
-        script = sandbox_script(egress.names, rules, self.denied, ip, self.dns_port)
+        script = sandbox_script(self.net.table, egress.names, rules, self.denied, ip, self.dns_port)
         try:
             await nft.run_nft(script)
         except nft.NftError as exc:
@@ -360,7 +368,7 @@ class DockerNetwork:
             # A crashed executor's entries for an address Docker handed out again: ours now.
             for map_name in (SANDBOXES, DNS_PORTS):
                 with contextlib.suppress(nft.NftError):
-                    await nft.run_nft(f"delete element inet {TABLE} {map_name} {{ {ip} }}\n")
+                    await nft.run_nft(f"delete element inet {self.net.table} {map_name} {{ {ip} }}\n")
             await nft.run_nft(script)
         self._by_address[str(ip)] = egress
         return egress
