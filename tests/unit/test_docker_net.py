@@ -8,7 +8,7 @@ import ipaddress
 from corral.network_rules import NetworkRules
 from services.executor.network import docker_net, nft
 
-T = "corral_docker_corral0"
+T = "corral_docker"
 
 
 def listing(*items: dict[str, object]) -> dict[str, object]:
@@ -46,7 +46,7 @@ def test_a_sandbox_script_maps_its_address_to_its_chain_and_resolver() -> None:
     names = nft.SetNames(prefix="xaaaa_7_")
     net = ipaddress.ip_network("10.231.0.0/16")
     script = docker_net.sandbox_script(T, names, NetworkRules.parse(allow=["pypi.org"]), [net], ipaddress.ip_address("10.231.0.9"), 40001)
-    assert "add element inet corral_docker_corral0 sandboxes { 10.231.0.9 : jump xaaaa_7_egress }" in script
-    assert "add element inet corral_docker_corral0 dns_ports { 10.231.0.9 : 40001 }" in script
+    assert "add element inet corral_docker sandboxes { 10.231.0.9 : jump xaaaa_7_egress }" in script
+    assert "add element inet corral_docker dns_ports { 10.231.0.9 : 40001 }" in script
     # The sandbox subnet is refused (other sandboxes), whatever an allow rule says.
     assert "10.231.0.0/16" in script.split("set xaaaa_7_denied_v4")[1].split("}")[0]

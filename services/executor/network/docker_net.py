@@ -3,7 +3,8 @@
 Sandboxes with network are attached to one Docker network Corral creates (CORRAL_DOCKER_NETWORK,
 `corral-sandboxes`: its own subnet, a fixed bridge name, inter-container traffic off). In the
 host's network namespace, where the container cannot reach, one nftables table (`inet
-corral_docker_<bridge>`, shared by the host's executors on that network) holds:
+corral_docker`; `corral_docker_<bridge>` for another bridge; shared by the host's executors on
+that network) holds:
 - `forward` (before Docker's own filter): packets from the bridge of connections already let
   through pass; a new one jumps to its sandbox's chain (nft.py's `egress_chain`) by source
   address (the `sandboxes` verdict map); a source no sandbox holds is refused (fail closed);
@@ -48,9 +49,11 @@ from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
-# The host table of one sandbox network is `corral_docker_<bridge>`: two deployments with
-# networks of their own on one host each filter their own bridge.
+# The host table of the sandbox network on bridge corral0 (the default); another bridge's is
+# `corral_docker_<bridge>`: two deployments with networks of their own on one host each filter
+# their own bridge, never overwriting the other's hook chains.
 TABLE = "corral_docker"
+DEFAULT_BRIDGE = "corral0"
 SANDBOXES = "sandboxes"  # source address -> jump to the sandbox's egress chain
 DNS_PORTS = "dns_ports"  # source address -> the port of its executor's resolver
 LABEL_OWNER = "corral.owner"
@@ -81,6 +84,8 @@ class BridgeNetwork:
 
     @property
     def table(self) -> str:
+        if self.bridge == DEFAULT_BRIDGE:
+            return TABLE
         return f"{TABLE}_{re.sub(r'[^A-Za-z0-9_]', '_', self.bridge)}"
 
     def docker_options(self) -> dict[str, str]:

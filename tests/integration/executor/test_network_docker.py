@@ -379,7 +379,7 @@ async def test_stale_rules_of_a_crashed_run_are_removed_at_start(tmp_path: Path,
 
 def _table_text() -> str:
     return subprocess.run(
-        ["nft", "list", "table", "inet", "corral_docker_corral0"], capture_output=True, text=True, check=True
+        ["nft", "list", "table", "inet", docker_net.TABLE], capture_output=True, text=True, check=True
     ).stdout
 
 
