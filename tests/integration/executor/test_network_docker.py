@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from netlab import NetLab
 
+from corral.internal.v1 import executor_pb2
 from corral.network_rules import NetworkRules
 from services.executor.drivers.base import ProcessRequest, SandboxConfig, SandboxLimits
 from services.executor.drivers.docker import DockerDriver
@@ -394,3 +395,5 @@ async def test_network_fails_closed_where_the_rules_cannot_be_enforced(executor_
     assert "cannot give sandboxes network" in message and "the docker network bridge exists with other settings" in message, message
     _, offline = await executor.run_steps([{"tool": "shell", "command": "echo offline"}])
     assert offline.step(0).stdout == "offline\n"
+    status = await executor.stub.GetExecutorStatus(executor_pb2.GetExecutorStatusRequest())
+    assert "sandboxes with network refused: the docker network bridge exists with other settings" in status.sandbox_limits
