@@ -178,7 +178,21 @@ class Settings(BaseSettings):
         0, ge=0, description="Started containers the docker driver keeps ready for new tasks (0: none)."
     )
     docker_network: str = Field(
-        "bridge", description="Docker network of sandboxes whose task asks for network (others get none)."
+        "corral-sandboxes",
+        description="The Docker network Corral creates and owns for sandboxes whose task asks for "
+        "network (others get none): a bridge without inter-container traffic, filtered by the "
+        "executor's nftables table in the host's namespace (services/executor/network/docker_net.py).",
+    )
+    docker_network_subnet: str = Field(
+        "10.231.0.0/16", description="Subnet of the docker driver's sandbox network (its gateway: the first address)."
+    )
+    docker_network_bridge: str = Field(
+        "corral0", max_length=15, description="Name of the host bridge interface of the sandbox network."
+    )
+    docker_runtime: str = Field(
+        "",
+        description="OCI runtime of sandbox containers (empty: dockerd's default, runc); runsc runs "
+        "them on gVisor (scripts/install-gvisor registers it).",
     )
     docker_tasks_host_dir: Path | None = Field(
         None,

@@ -36,6 +36,7 @@ from typing import Any
 import structlog
 
 from corral.config import Settings
+from corral.network_rules import NetworkRules
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups
 from services.executor.drivers import seccomp
 from services.executor.drivers.agent_sandbox import AgentSandbox
@@ -60,6 +61,9 @@ from services.executor.drivers.warm_pool import (
     WarmPool,
     recover_task_dirs,
 )
+from services.executor.network.docker_net import ContainerEgress, DockerNetwork, NetworkUnavailable
+from services.executor.network.resolver import EgressStats
+from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
@@ -110,6 +114,10 @@ class DockerDriver(SandboxDriver):
         self.cgroup_parent: str | None = None
         self.limits_description = "cgroup per container (memory and pids); executor budget not set up yet"
         self._removals: set[asyncio.Task[None]] = set()
+        try:
+            self.network = DockerNetwork(settings, self.api)
+        except NetworkUnavailable as exc:
+            raise SandboxError(str(exc)) from None
         self.pool: WarmPool[DockerSandbox] = WarmPool(
             settings.docker_warm_pool, self._start_warm, what="container"
         )
@@ -122,6 +130,8 @@ class DockerDriver(SandboxDriver):
         if removed:
             log.warning("removed containers a previous run of this executor left", count=removed)
         self.setup_budget(executor_id)
+        await self.network.start(executor_id)
+        self.limits_description += f"; {self.network.description}"
         recover_task_dirs(self.settings.tasks_dir, self.task_fs)
         self.pool.start()
 
@@ -133,6 +143,7 @@ class DockerDriver(SandboxDriver):
         # creation was interrupted, say) goes too.
         if self.executor_id:
             await asyncio.to_thread(self.remove_containers)
+        await self.network.stop()
         if self.cgroups is not None:
             await asyncio.to_thread(self.cgroups.remove)
 
@@ -237,6 +248,8 @@ class DockerDriver(SandboxDriver):
         return await self.pool.claim(config, self.prepare_task_dir) if self.is_default(config) else None
 
     async def create(self, config: SandboxConfig) -> Sandbox:
+        if config.network and self.network.blocker:
+            raise SandboxError(f"this executor cannot give sandboxes network: {self.network.blocker}")
         mounts = {self.host_path(config.host_task_dir): config.task_dir}
         if config.host_run_dir is not None:
             # The unix sockets of the desktop and Jupyter (on the /run tmpfs's mount point).
@@ -256,8 +269,15 @@ class DockerDriver(SandboxDriver):
         import docker.types
 
         limits, s = config.limits, self.settings
+        binds = {source: {"bind": target, "mode": "rw"} for source, target in mounts.items()}
+        network: dict[str, Any] = {"network_mode": "none"}
+        if config.network:
+            # Corral's network and resolver (docker_net.py); the resolv.conf naming only it
+            # replaces Docker's, which would name its embedded resolver.
+            network = self.network.container_options()
+            binds[self.host_path(self.network.resolv_conf)] = {"bind": "/etc/resolv.conf", "mode": "ro"}
         host_config = self.api.create_host_config(
-            binds={source: {"bind": target, "mode": "rw"} for source, target in mounts.items()},
+            binds=binds,
             cap_drop=["ALL"],
             security_opt=["no-new-privileges"],
             read_only=True,
@@ -270,10 +290,11 @@ class DockerDriver(SandboxDriver):
             mem_limit=limits.memory_mb * MIB,
             memswap_limit=limits.memory_mb * MIB,  # equal: no swap on top of the memory limit
             nano_cpus=int(s.sandbox_cpus * 1e9),
-            network_mode=s.docker_network if config.network else "none",
+            **network,
             ipc_mode="private",
             ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
             cgroup_parent=self.cgroup_parent,
+            runtime=s.docker_runtime or None,
         )
         created = self.api.create_container(
             self.image,
@@ -391,6 +412,7 @@ class DockerTransport(Transport):
         self._writer: asyncio.StreamWriter | None = None
         self._stderr_tail = b""
         self._killed = False
+        self.egress: ContainerEgress | None = None
 
     async def start(self) -> None:
         import docker.errors
@@ -409,6 +431,8 @@ class DockerTransport(Transport):
                 raise
             raw, self._socket_holder = await asyncio.to_thread(self._attach)
             await asyncio.to_thread(driver.api.start, self.container_id)
+            if self.config.network:
+                await self._attach_network()
         except docker.errors.DockerException as exc:
             budget = driver.cgroups
             if budget is not None and budget.nearly_used_up():
@@ -417,6 +441,36 @@ class DockerTransport(Transport):
                 ) from exc
             raise SandboxError(f"could not start the sandbox container: {exc}") from exc
         self._reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
+
+    async def _attach_network(self) -> None:
+        """Puts the started container's address under its rules: until then the host's table
+        refuses every packet from it (an unknown source)."""
+        assert self.container_id is not None
+        info = await asyncio.to_thread(self.driver.api.inspect_container, self.container_id)
+        name = self.driver.network.net.name
+        address = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(name, {}).get("IPAddress")
+        if not address:
+            raise SandboxError(f"the sandbox container has no address on the docker network {name}")
+        callback = self.config.on_network_refused
+        stats = EgressStats(on_refused=None if callback is None else lambda n: callback(f"lookup of {n} refused"))
+        try:
+            self.egress = await self.driver.network.attach(address, self.config.network_rules, stats)
+        except (NetworkUnavailable, RuntimeError) as exc:
+            raise SandboxError(f"could not apply the sandbox's network rules: {exc}") from exc
+
+    async def update_network(self, rules: NetworkRules) -> None:
+        if self.egress is None:
+            await super().update_network(rules)
+            return
+        try:
+            await self.egress.update(rules)
+        except RuntimeError as exc:
+            raise SandboxError(f"could not apply the sandbox's new network rules: {exc}") from exc
+
+    async def network_status(self) -> NetworkStatus:
+        if self.egress is None:
+            return await super().network_status()
+        return await self.egress.status()
 
     def _attach(self) -> tuple[socket.socket, Any]:
         params = {"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1}
@@ -456,6 +510,12 @@ class DockerTransport(Transport):
         if self._killed:
             return
         self._killed = True
+        if self.egress is not None:
+            # While the container still holds its address (Docker may hand it out again).
+            try:
+                await self.driver.network.detach(self.egress)
+            except RuntimeError as exc:
+                self.log.warning("could not remove a sandbox's network rules", error=str(exc))
         if self.container_id is not None:
             await asyncio.to_thread(self.driver.kill_container, self.container_id)
             # Every process is gone now; deleting the container's files can happen later.

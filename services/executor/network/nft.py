@@ -71,13 +71,17 @@ def _set(name: str, family: str, elements: str, flags: str = "interval") -> str:
     return f"set {name} {{ {body} }}"
 
 
-def denied_networks(rules: NetworkRules, host_addresses: Sequence[IPAddress]) -> list[IPNetwork | IPAddress]:
+def denied_networks(
+    rules: NetworkRules, host_addresses: Sequence[IPAddress | IPNetwork]
+) -> list[IPNetwork | IPAddress]:
     """Refused whatever else a rule says: the never-reachable ranges, the host's addresses and
     the deny rules."""
     return [*NEVER_REACHABLE, *host_addresses, *rules.deny_networks]
 
 
-def set_definitions(names: SetNames, rules: NetworkRules, host_addresses: Sequence[IPAddress]) -> list[str]:
+def set_definitions(
+    names: SetNames, rules: NetworkRules, host_addresses: Sequence[IPAddress | IPNetwork]
+) -> list[str]:
     denied = denied_networks(rules, host_addresses)
     return [
         _set(names.denied_v4, "ipv4_addr", _elements(denied, 4)),
@@ -160,7 +164,11 @@ def sandbox_table(rules: NetworkRules, host_addresses: Sequence[IPAddress], reso
 
 
 def update_script(
-    table: str, names: SetNames, rules: NetworkRules, host_addresses: Sequence[IPAddress], family: str = "inet"
+    table: str,
+    names: SetNames,
+    rules: NetworkRules,
+    host_addresses: Sequence[IPAddress | IPNetwork],
+    family: str = "inet",
 ) -> str:
     """Replaces one sandbox's sets and chain in place (one transaction); the refusal counter
     keeps counting. Resolved addresses are dropped: the names they answered may be refused now."""

@@ -17,7 +17,15 @@ from harness import executor_tls_env, scheduler_channel
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.drivers.docker import LABEL_EXECUTOR, LABEL_POOL, docker_client
 
-from .conftest import ExecutorClient, ExecutorFactory, free_port, require_docker, spec
+from .conftest import (
+    GVISOR_NO_STATX,
+    ExecutorClient,
+    ExecutorFactory,
+    free_port,
+    gvisor_skip,
+    require_docker,
+    spec,
+)
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parents[3]
@@ -43,8 +51,16 @@ async def wait_until(predicate: Any, what: str, attempts: int = 600) -> None:
         await asyncio.sleep(0.1)
     raise AssertionError(f"never happened: {what}")
 
+# What gVisor does differently with the same cgroup limits (its Sentry is in the container's cgroup).
+PIDS_ON_GVISOR = (
+    "pids.max counts the Sentry's own threads, not the sandbox's processes: a fork bomb ends the "
+    "whole sandbox instead of being refused a fork"
+)
+OOM_ON_GVISOR = "the memory limit is the whole sandbox's: an out-of-memory kill ends the container, not one process"
+
 
 async def test_hardening_seen_from_inside(executor: ExecutorClient) -> None:
+    gvisor_skip(executor.driver, GVISOR_NO_STATX + "; no CapAmb in /proc/self/status")
     task_id, outcome = await executor.run_steps(
         [
             {"tool": "shell", "command": "id -u; id -g"},
@@ -88,6 +104,7 @@ async def test_hardening_seen_from_inside(executor: ExecutorClient) -> None:
 
 
 async def test_warm_pool_hands_a_started_container_to_the_next_task(executor_factory: ExecutorFactory) -> None:
+    gvisor_skip("docker", "its /proc/self/cgroup does not name the container; " + GVISOR_NO_STATX)
     executor = await executor_factory(docker_warm_pool=1, executor_id=f"warm-{uuid.uuid4().hex[:8]}")
     executor_id = executor.executor.executor_id
     pool = executor.executor.runner.driver.pool  # type: ignore[attr-defined]
@@ -144,6 +161,7 @@ async def test_disk_quota_names_the_limit(executor_factory: ExecutorFactory) -> 
 
 
 async def test_fork_bomb_leaves_the_sandbox_usable(executor: ExecutorClient) -> None:
+    gvisor_skip(executor.driver, PIDS_ON_GVISOR)
     bomb = "while true; do sleep 600 & done"
     _, outcome = await executor.run_steps(
         [
@@ -160,6 +178,7 @@ async def test_fork_bomb_leaves_the_sandbox_usable(executor: ExecutorClient) -> 
 
 
 async def test_oom_of_one_sandbox_leaves_others_running(executor: ExecutorClient) -> None:
+    gvisor_skip(executor.driver, OOM_ON_GVISOR)
     neighbour = executor.stub.RunTask(
         executor_pb2.RunTaskRequest(
             task_id=executor.new_task_id(),
