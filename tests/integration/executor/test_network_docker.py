@@ -341,7 +341,7 @@ async def test_the_sandbox_cannot_alter_its_rules(docker_driver: DockerDriver, n
             "python3 -c \"import socket\n"
             "for args in ((socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW), (socket.AF_NETLINK, socket.SOCK_RAW, 12)):\n"
             "  try:\n    s = socket.socket(*args); s.bind((0, 0)) if args[0] == socket.AF_NETLINK else None; "
-            "s.sendto(b'x' * 64, (0, 0)) if args[0] == socket.AF_NETLINK else s.sendto(b'x' * 40, ('198.51.100.10', 0)); print('sent')\n"
+            f"s.sendto(b'x' * 64, (0, 0)) if args[0] == socket.AF_NETLINK else s.sendto(b'x' * 40, ('{netlab.other}', 0)); print('sent')\n"
             "  except OSError as e: print(type(e).__name__)\""
         )
         result = await sandbox.run(ProcessRequest(kind="shell", timeout=60, code=attack), lambda s, t: None)
