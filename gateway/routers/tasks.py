@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from corral.bounds import INT64_MAX
 from corral.schema import TaskRequest
 from corral.v1 import scheduler_pb2, task_pb2
 from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, TaskList, TaskView
@@ -137,6 +138,16 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def event_sequence(last_event_id: str) -> int:
+    """The Last-Event-ID header as a sequence number (what the stream's `id:` lines carry)."""
+    text = last_event_id.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > INT64_MAX:
+        raise ApiError(
+            400, "invalid_argument", f"Last-Event-ID must be an event sequence number (0 to {INT64_MAX})"
+        )
+    return int(text)
+
+
 @router.get(
     "/{task_id}/events",
     name="task_events",
@@ -149,15 +160,13 @@ async def task_events(
     backends: BackendsDep,
     settings: SettingsDep,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events after this sequence.")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
+    # Every check before the stream starts: an error inside it would break the response.
     if last_event_id:
-        try:
-            after = max(after, int(last_event_id))
-        except ValueError:
-            raise ApiError(400, "invalid_argument", "Last-Event-ID must be an event sequence number") from None
+        after = max(after, event_sequence(last_event_id))
+    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
     stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds, caller)
     return StreamingResponse(
         stream,

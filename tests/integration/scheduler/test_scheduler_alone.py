@@ -92,6 +92,29 @@ def test_list_filters_by_state_and_pages(stub: scheduler_pb2_grpc.SchedulerServi
             ),
             "steps[0].timeout must be positive",
         ),
+        # Past what a timedelta holds (~1e14 s): INVALID_ARGUMENT, not an overflow's INTERNAL.
+        (
+            task_pb2.TaskSpec(
+                steps=[task_pb2.Step(shell=task_pb2.ShellAction(command="x"))],
+                step_timeout=duration_pb2.Duration(seconds=10**15),
+            ),
+            "step_timeout 1e+15s exceeds this deployment's maximum",
+        ),
+        (
+            task_pb2.TaskSpec(
+                steps=[
+                    task_pb2.Step(shell=task_pb2.ShellAction(command="x"), timeout=duration_pb2.Duration(seconds=2**62))
+                ]
+            ),
+            "steps[0].timeout 4.61169e+18s exceeds this deployment's maximum",
+        ),
+        (
+            task_pb2.TaskSpec(
+                steps=[task_pb2.Step(shell=task_pb2.ShellAction(command="x"))],
+                limits=task_pb2.Limits(max_output_bytes=2**63 - 1),
+            ),
+            "limits.max_output_bytes 9223372036854775807 exceeds this deployment's maximum",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_with_the_field_named(
