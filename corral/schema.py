@@ -35,8 +35,10 @@ class LimitsModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # At most what the proto's int64/int32 carry; the deployment's maximums are checked after.
-    memory_mb: int = Field(0, ge=0, le=INT64_MAX, description="Address space per process, MiB (0: default).")
-    max_processes: int = Field(0, ge=0, le=INT32_MAX, description="Processes in the sandbox (0: default).")
+    memory_mb: int = Field(0, ge=0, le=INT64_MAX, description="Memory limit, MiB (0: default; else at least 64).")
+    max_processes: int = Field(
+        0, ge=0, le=INT32_MAX, description="Processes in the sandbox (0: default; else at least 8)."
+    )
     max_file_size_mb: int = Field(0, ge=0, le=INT64_MAX, description="Largest file written, MiB (0: default).")
     max_output_bytes: int = Field(0, ge=0, le=INT64_MAX, description="stdout/stderr kept per step (0: default).")
     disk_mb: int = Field(0, ge=0, le=INT64_MAX, description="Most the task directory may hold, MiB (0: default).")

@@ -69,6 +69,16 @@ def test_max_processes_past_int32_is_400(api: httpx.Client) -> None:
     refused(response, "limits.max_processes")
 
 
+@pytest.mark.parametrize(("field", "value"), [("max_processes", 1), ("max_processes", 7), ("memory_mb", 1)])
+@pytest.mark.parametrize("path", ["/v1/tasks", "/v1/sandboxes"])
+def test_limits_too_small_to_start_a_sandbox_are_400(api: httpx.Client, path: str, field: str, value: int) -> None:
+    # Before: a sandbox with max_processes 1 was created, bwrap could not fork, and the client
+    # got 503 "scheduler is not reachable: ... Creating new namespace failed".
+    steps = f'"steps": [{SHELL}], ' if path == "/v1/tasks" else ""
+    response = post_raw(api, path, f'{{{steps}"limits": {{"{field}": {value}}}}}')
+    refused(response, f"limits.{field} {value} is below the least a sandbox runs with")
+
+
 @pytest.mark.parametrize(("action", "field"), GUI_INT_FIELDS)
 @pytest.mark.parametrize("value", [2**40, -(2**40)])
 def test_gui_numbers_past_int32_are_400_naming_the_field(
