@@ -59,7 +59,7 @@ async def task_history(
     name="search",
     summary="Search commands and outputs across tasks (newest first)",
     response_model=SearchResponse,
-    responses=errors(400, *UPSTREAM),
+    responses=errors(400, 404, *UPSTREAM, e404="Unknown task (task_id)."),
 )
 async def search(
     backends: BackendsDep,

@@ -69,7 +69,10 @@ NOT_FOUND = "Unknown sandbox."
     summary="Create a long-lived sandbox",
     status_code=201,
     response_model=SandboxCreated,
-    responses=errors(400, 413, *UPSTREAM, e503="No executor can host it, or a service is unavailable."),
+    responses=errors(
+        400, 413, 429, *UPSTREAM, e429="The tenant has as many active sandboxes as its quota allows.",
+        e503="No executor can host it, or a service is unavailable.",
+    ),
     openapi_extra=CREATE_BODY.openapi,
 )
 async def create_sandbox(

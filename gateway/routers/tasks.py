@@ -23,10 +23,11 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"')
 TaskBody = Annotated[TaskRequest, Depends(TASK_BODY)]
-# Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413.
-SUBMIT_ERRORS = errors(400, 404, 409, 413, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
-                       e409="The sandbox named by sandbox_id has ended.")
-TASK_ERRORS = errors(404, *UPSTREAM)
+# Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413, quota 429.
+SUBMIT_ERRORS = errors(400, 404, 409, 413, 429, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
+                       e409="The sandbox named by sandbox_id has ended.",
+                       e429="The tenant's submission quota is used up (Retry-After says when to retry).")
+TASK_ERRORS = errors(400, 404, *UPSTREAM, e400="task_id is blank.")
 
 
 async def submit(backends: Backends, task: TaskRequest, caller: Metadata) -> task_pb2.Task:
@@ -128,7 +129,7 @@ router.add_api_route(
 )
 
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **errors(400, 404, *UPSTREAM, e400="Last-Event-ID or after is not a sequence number."),
+    **errors(400, 404, *UPSTREAM, e400="Last-Event-ID or after is not a sequence number, or task_id is blank."),
     200: {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "Frames `id: <sequence>`, `event: <type>`, `data: <JSON>`, where the data is a "
