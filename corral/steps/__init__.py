@@ -100,9 +100,11 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
         tool.check(action, f"steps[{index}].{tool.name}")
         if step.HasField("timeout"):
             _check_timeout(_seconds(step.timeout), f"steps[{index}].timeout", maximum)
-    for name in spec.env:
+    for name, value in spec.env.items():
         if not name or "=" in name or "\0" in name:
             raise InvalidTask(f"env has an invalid variable name {name!r}")
+        if "\0" in value:
+            raise InvalidTask(f"env.{name} contains a NUL character (no environment variable can hold one)")
     problem = limits_problem(spec.limits, settings)
     if problem:
         raise InvalidTask(problem)

@@ -156,5 +156,8 @@ class StepTool(abc.ABC, Generic[ModelT, ActionT]):
 
 
 def require_text(value: str, where: str) -> None:
+    """A command, program or path: not empty, and no NUL (no argv, source or path holds one)."""
     if not value:
         raise InvalidTask(f"{where} is empty")
+    if "\0" in value:
+        raise InvalidTask(f"{where} contains a NUL character")

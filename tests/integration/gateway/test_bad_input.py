@@ -79,6 +79,25 @@ def test_limits_too_small_to_start_a_sandbox_are_400(api: httpx.Client, path: st
     refused(response, f"limits.{field} {value} is below the least a sandbox runs with")
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"steps": [{"tool": "shell", "command": "echo a\0b"}]}, "steps[0].shell.command contains a NUL"),
+        ({"steps": [{"tool": "python", "code": "print(1)\0"}]}, "steps[0].python.code contains a NUL"),
+        ({"steps": [{"tool": "read_file", "path": "a\0b"}]}, "steps[0].read_file.path contains a NUL"),
+        ({"steps": [{"tool": "shell", "command": "true"}], "env": {"A": "x\0y"}}, "env.A contains a NUL"),
+    ],
+)
+def test_nul_characters_where_no_program_takes_them_are_400(api: httpx.Client, body: object, field: str) -> None:
+    # Before: 201, then the step failed when it ran ("could not run the step: embedded null byte").
+    refused(api.post("/v1/tasks", json=body), field)
+
+
+def test_a_nul_character_in_a_sandboxs_env_is_400(api: httpx.Client) -> None:
+    # Before: 201, a sandbox whose every step would fail.
+    refused(api.post("/v1/sandboxes", json={"env": {"A": "x\0y"}}), "env.A contains a NUL")
+
+
 @pytest.mark.parametrize(("action", "field"), GUI_INT_FIELDS)
 @pytest.mark.parametrize("value", [2**40, -(2**40)])
 def test_gui_numbers_past_int32_are_400_naming_the_field(
