@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from corral.bounds import MAX_STEP_TIMEOUT_SECONDS, MAX_TTL_SECONDS
+
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "corral"
 
 
@@ -100,8 +102,12 @@ class Settings(BaseSettings):
         65534,
         description="Unprivileged host uid sandboxes run as when the executor runs as root.",
     )
-    step_timeout_seconds: float = Field(60.0, gt=0, description="Default per-step timeout.")
-    max_step_timeout_seconds: float = Field(3600.0, gt=0, description="Largest timeout a step may ask for.")
+    step_timeout_seconds: float = Field(
+        60.0, gt=0, le=MAX_STEP_TIMEOUT_SECONDS, description="Default per-step timeout."
+    )
+    max_step_timeout_seconds: float = Field(
+        3600.0, gt=0, le=MAX_STEP_TIMEOUT_SECONDS, description="Largest timeout a step may ask for (at most a week)."
+    )
     sandbox_memory_mb: int = Field(
         2048, ge=64, description="Default memory limit of a sandbox as a whole (its cgroup; no swap), MiB."
     )
@@ -225,10 +231,11 @@ class Settings(BaseSettings):
         "limited to 107 bytes. The gateway must see the same directory.",
     )
     sandbox_default_ttl_seconds: float = Field(
-        3600.0, gt=0, description="Lifetime of a long-lived sandbox when the client gives none."
+        3600.0, gt=0, le=MAX_TTL_SECONDS, description="Lifetime of a long-lived sandbox when the client gives none."
     )
     sandbox_max_ttl_seconds: float = Field(
-        7 * 24 * 3600.0, gt=0, description="Longest lifetime a sandbox may be given at once."
+        7 * 24 * 3600.0, gt=0, le=MAX_TTL_SECONDS,
+        description="Longest lifetime a sandbox may be given at once (at most a year).",
     )
     novnc_dir: Path = Field(
         Path("/usr/share/novnc"), description="The noVNC client the gateway serves (Debian's novnc)."

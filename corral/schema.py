@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.bounds import INT32_MAX, INT64_MAX, MAX_STEP_TIMEOUT_SECONDS
 from corral.steps import StepModel, step_to_proto
 from corral.v1 import task_pb2
 from corral.views import STEP_STATE_NAMES as STEP_STATE_NAMES
@@ -33,11 +34,14 @@ def seconds_to_duration(seconds: float) -> duration_pb2.Duration:
 class LimitsModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    memory_mb: int = Field(0, ge=0, description="Address space per process, MiB (0: default).")
-    max_processes: int = Field(0, ge=0, description="Processes in the sandbox (0: default).")
-    max_file_size_mb: int = Field(0, ge=0, description="Largest file written, MiB (0: default).")
-    max_output_bytes: int = Field(0, ge=0, description="stdout/stderr kept per step (0: default).")
-    disk_mb: int = Field(0, ge=0, description="Most the task directory may hold, MiB (0: default).")
+    # At most what the proto's int64/int32 carry; the deployment's maximums are checked after.
+    memory_mb: int = Field(0, ge=0, le=INT64_MAX, description="Memory limit, MiB (0: default; else at least 64).")
+    max_processes: int = Field(
+        0, ge=0, le=INT32_MAX, description="Processes in the sandbox (0: default; else at least 8)."
+    )
+    max_file_size_mb: int = Field(0, ge=0, le=INT64_MAX, description="Largest file written, MiB (0: default).")
+    max_output_bytes: int = Field(0, ge=0, le=INT64_MAX, description="stdout/stderr kept per step (0: default).")
+    disk_mb: int = Field(0, ge=0, le=INT64_MAX, description="Most the task directory may hold, MiB (0: default).")
 
 
 class TaskRequest(BaseModel):
@@ -47,7 +51,12 @@ class TaskRequest(BaseModel):
 
     steps: list[StepModel] = Field(min_length=1, max_length=1000)
     step_timeout: float | None = Field(
-        None, gt=0, description="Default timeout of every step, seconds (60 if unset)."
+        None,
+        gt=0,
+        le=MAX_STEP_TIMEOUT_SECONDS,
+        allow_inf_nan=False,
+        description="Default timeout of every step, seconds (60 if unset; at most a week, and at most "
+        "the deployment's CORRAL_MAX_STEP_TIMEOUT_SECONDS).",
     )
     network: bool = Field(False, description="Give the sandbox network access.")
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")

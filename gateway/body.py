@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
 
+from corral.bounds import MAX_JSON_DEPTH
 from gateway.errors import ApiError, validation_error
 
 M = TypeVar("M", bound=BaseModel)
@@ -53,13 +54,38 @@ def parse_json(raw: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise ApiError(400, "invalid_json", f"request body is not UTF-8: {exc.reason}") from None
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ApiError(
             400,
             "invalid_json",
             f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}",
         ) from None
+    except RecursionError:
+        # The parser recurses per level; far past MAX_JSON_DEPTH it runs out of stack.
+        raise _too_deep() from None
+    if json_depth(document) > MAX_JSON_DEPTH:
+        raise _too_deep()
+    return document
+
+
+def _too_deep() -> ApiError:
+    return ApiError(400, "invalid_json", f"request body nests objects and arrays deeper than {MAX_JSON_DEPTH} levels")
+
+
+def json_depth(document: Any) -> int:
+    """How deep arrays and objects nest in `document` (a scalar is 0), without recursing."""
+    deepest = 0
+    pending = [(document, 1)]
+    while pending:
+        node, depth = pending.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:  # past the limit the answer is known
+            pending.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 JSON_TYPE_NAMES = {list: "an array", str: "a string", int: "a number", float: "a number"}

@@ -12,7 +12,8 @@ from corral.views import ErrorResponse, View
 
 ERROR_DESCRIPTIONS: dict[int, str] = {
     400: "Malformed JSON or an invalid field or parameter (the message names it).",
-    401: "The sandbox's token is missing.",
+    401: "No API key, or an unknown or revoked one (when keys are required); for a sandbox's pages, "
+    "its token is missing.",
     403: "The token is wrong, or only the view-only token was given.",
     404: "Unknown task.",
     409: "The task or sandbox is in the wrong state for this (the message says which).",
@@ -22,8 +23,9 @@ ERROR_DESCRIPTIONS: dict[int, str] = {
     503: "A backing service is unavailable.",
     504: "A backing service did not answer in time.",
 }
-# Every route that calls a backing service can give these.
-UPSTREAM = (502, 503, 504)
+# Every route that calls a backing service can give these: it forwards the caller's API key
+# (401 when keys are required and it is not a valid one) and the service may fail.
+UPSTREAM = (401, 502, 503, 504)
 
 
 def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from google.protobuf import duration_pb2
 from pydantic import Field
 
 from corral.config import Settings
@@ -90,7 +91,7 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
         raise InvalidTask(f"a task has at most {MAX_STEPS} steps, got {len(spec.steps)}")
     maximum = settings.max_step_timeout_seconds
     if spec.HasField("step_timeout"):
-        _check_timeout(spec.step_timeout.ToTimedelta().total_seconds(), "step_timeout", maximum)
+        _check_timeout(_seconds(spec.step_timeout), "step_timeout", maximum)
     for index, step in enumerate(spec.steps):
         found = tool_of(step)
         if found is None:
@@ -98,13 +99,20 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
         tool, action = found
         tool.check(action, f"steps[{index}].{tool.name}")
         if step.HasField("timeout"):
-            _check_timeout(step.timeout.ToTimedelta().total_seconds(), f"steps[{index}].timeout", maximum)
-    for name in spec.env:
+            _check_timeout(_seconds(step.timeout), f"steps[{index}].timeout", maximum)
+    for name, value in spec.env.items():
         if not name or "=" in name or "\0" in name:
             raise InvalidTask(f"env has an invalid variable name {name!r}")
+        if "\0" in value:
+            raise InvalidTask(f"env.{name} contains a NUL character (no environment variable can hold one)")
     problem = limits_problem(spec.limits, settings)
     if problem:
         raise InvalidTask(problem)
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    # Not ToTimedelta: a timedelta overflows at ~1e14 s, where a Duration goes on to ~9e18.
+    return duration.seconds + duration.nanos / 1e9
 
 
 def _check_timeout(seconds: float, where: str, maximum: float) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, Protocol, Typ
 from google.protobuf.message import Message
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.bounds import MAX_STEP_TIMEOUT_SECONDS
 from corral.errors import InvalidTask
 
 if TYPE_CHECKING:
@@ -114,7 +115,12 @@ class StepModelBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     timeout: float | None = Field(
-        None, gt=0, description="Seconds before the step is killed (default: the task's, 60 s)."
+        None,
+        gt=0,
+        le=MAX_STEP_TIMEOUT_SECONDS,
+        allow_inf_nan=False,
+        description="Seconds before the step is killed (default: the task's, 60 s; at most a week, and "
+        "at most the deployment's CORRAL_MAX_STEP_TIMEOUT_SECONDS).",
     )
     continue_on_error: bool = Field(False, description="Run the next steps even if this fails.")
 
@@ -150,5 +156,8 @@ class StepTool(abc.ABC, Generic[ModelT, ActionT]):
 
 
 def require_text(value: str, where: str) -> None:
+    """A command, program or path: not empty, and no NUL (no argv, source or path holds one)."""
     if not value:
         raise InvalidTask(f"{where} is empty")
+    if "\0" in value:
+        raise InvalidTask(f"{where} contains a NUL character")

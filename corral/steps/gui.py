@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal, cast
 import grpc
 from pydantic import Field, field_validator
 
+from corral.bounds import INT32_MAX, INT32_MIN
 from corral.enums import enum_names
 from corral.errors import InvalidTask
 from corral.keys import key_problem
@@ -32,6 +33,9 @@ DIRECTION_NAMES = {k: v for k, v in enum_names(gui_pb2.ScrollDirection, "SCROLL_
 BUTTONS = {name: cast(gui_pb2.MouseButton.ValueType, value) for value, name in BUTTON_NAMES.items()}
 DIRECTIONS = {name: cast(gui_pb2.ScrollDirection.ValueType, value) for value, name in DIRECTION_NAMES.items()}
 MAX_SCROLL = 200
+# Screen coordinates are int32 in gui.proto; off-screen ones fail the step when it runs.
+Coordinate = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX)]
+Size = Annotated[int, Field(ge=0, le=INT32_MAX)]
 CLICK_COUNTS = {"double_click": 2, "triple_click": 3}
 
 
@@ -41,13 +45,13 @@ CLICK_COUNTS = {"double_click": 2, "triple_click": 3}
 class _Gui(StepModelBase):
     tool: Literal["gui"]
     screenshot_after: bool = Field(False, description="Also take a screenshot after the action.")
-    max_width: int = Field(0, ge=0, description="Downscale screenshots to at most this width.")
-    max_height: int = Field(0, ge=0, description="Downscale screenshots to at most this height.")
+    max_width: Size = Field(0, description="Downscale screenshots to at most this width.")
+    max_height: Size = Field(0, description="Downscale screenshots to at most this height.")
 
 
 class _At(_Gui):
-    x: int = Field(0, description="Screen x coordinate (pixels from the left).")
-    y: int = Field(0, description="Screen y coordinate (pixels from the top).")
+    x: Coordinate = Field(0, description="Screen x coordinate (pixels from the left).")
+    y: Coordinate = Field(0, description="Screen y coordinate (pixels from the top).")
 
 
 class GuiScreenshot(_Gui):
@@ -90,8 +94,8 @@ class GuiDrag(_At):
     """Press at (x, y), move to (to_x, to_y), release."""
 
     action: Literal["drag"]
-    to_x: int = 0
-    to_y: int = 0
+    to_x: Coordinate = 0
+    to_y: Coordinate = 0
     button: Button = "left"
 
 
@@ -99,8 +103,8 @@ class GuiScroll(_Gui):
     action: Literal["scroll"]
     direction: Direction = "down"
     amount: int = Field(1, ge=0, le=MAX_SCROLL, description="Wheel clicks (0 means 1).")
-    x: int = Field(0, description="Where to scroll (with y); the pointer's place if both are 0.")
-    y: int = 0
+    x: Coordinate = Field(0, description="Where to scroll (with y); the pointer's place if both are 0.")
+    y: Coordinate = 0
 
 
 class GuiType(_Gui):

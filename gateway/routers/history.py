@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
+from corral.bounds import INT64_MAX, MAX_SEARCH_QUERY_CHARS
 from corral.v1 import memory_pb2
 from corral.views import HistoryEventView, HistoryResponse, SearchHitView, SearchResponse
 from gateway.auth import CallerDep, Metadata, identity
@@ -39,7 +40,7 @@ async def task_history(
     task_id: str,
     backends: BackendsDep,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events after this sequence.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> JSONResponse:
     await get_task(backends, task_id, caller)
@@ -58,12 +59,14 @@ async def task_history(
     name="search",
     summary="Search commands and outputs across tasks (newest first)",
     response_model=SearchResponse,
-    responses=errors(400, *UPSTREAM),
+    responses=errors(400, 404, *UPSTREAM, e404="Unknown task (task_id)."),
 )
 async def search(
     backends: BackendsDep,
     caller: CallerDep,
-    q: Annotated[str, Query(min_length=1, description="Case-insensitive substring.")],
+    q: Annotated[
+        str, Query(min_length=1, max_length=MAX_SEARCH_QUERY_CHARS, description="Case-insensitive substring.")
+    ],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     task_id: Annotated[str, Query(description="Only this task's history.")] = "",
 ) -> JSONResponse:

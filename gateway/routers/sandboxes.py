@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from corral.bounds import MAX_TTL_SECONDS
 from corral.schema import LimitsModel, seconds_to_duration
 from corral.v1 import sandbox_pb2, task_pb2
 from corral.views import SandboxCreated, SandboxList, SandboxView
@@ -30,7 +31,11 @@ class SandboxRequest(BaseModel):
     desktop: bool = Field(False, description="Start a desktop (Xvfb, window manager, VNC, gui service).")
     network: bool = Field(False, description="Give the sandbox network access.")
     limits: LimitsModel | None = None
-    ttl: float | None = Field(None, gt=0, description="Seconds it lives unless extended (default 3600).")
+    ttl: float | None = Field(
+        None, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False,
+        description="Seconds it lives unless extended (default 3600; at most a year, and at most the "
+        "deployment's CORRAL_SANDBOX_MAX_TTL_SECONDS).",
+    )
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
 
     def to_proto(self) -> sandbox_pb2.SandboxSpec:
@@ -47,7 +52,10 @@ class ExtendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ttl: float | None = Field(None, gt=0, description="New lifetime from now, seconds (default: its ttl).")
+    ttl: float | None = Field(
+        None, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False,
+        description="New lifetime from now, seconds (default: its ttl; capped like a new sandbox's).",
+    )
 
 
 CREATE_BODY = JsonBody(SandboxRequest, required=False)
@@ -61,7 +69,10 @@ NOT_FOUND = "Unknown sandbox."
     summary="Create a long-lived sandbox",
     status_code=201,
     response_model=SandboxCreated,
-    responses=errors(400, 413, *UPSTREAM, e503="No executor can host it, or a service is unavailable."),
+    responses=errors(
+        400, 413, 429, *UPSTREAM, e429="The tenant has as many active sandboxes as its quota allows.",
+        e503="No executor can host it, or a service is unavailable.",
+    ),
     openapi_extra=CREATE_BODY.openapi,
 )
 async def create_sandbox(

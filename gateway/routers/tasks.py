@@ -7,6 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from corral.bounds import INT64_MAX
 from corral.schema import TaskRequest
 from corral.v1 import scheduler_pb2, task_pb2
 from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, TaskList, TaskView
@@ -22,10 +23,11 @@ router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
 TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"')
 TaskBody = Annotated[TaskRequest, Depends(TASK_BODY)]
-# Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413.
-SUBMIT_ERRORS = errors(400, 404, 409, 413, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
-                       e409="The sandbox named by sandbox_id has ended.")
-TASK_ERRORS = errors(404, *UPSTREAM)
+# Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413, quota 429.
+SUBMIT_ERRORS = errors(400, 404, 409, 413, 429, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
+                       e409="The sandbox named by sandbox_id has ended.",
+                       e429="The tenant's submission quota is used up (Retry-After says when to retry).")
+TASK_ERRORS = errors(400, 404, *UPSTREAM, e400="task_id is blank.")
 
 
 async def submit(backends: Backends, task: TaskRequest, caller: Metadata) -> task_pb2.Task:
@@ -127,7 +129,7 @@ router.add_api_route(
 )
 
 EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **errors(400, 404, *UPSTREAM, e400="Last-Event-ID or after is not a sequence number."),
+    **errors(400, 404, *UPSTREAM, e400="Last-Event-ID or after is not a sequence number, or task_id is blank."),
     200: {
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
         "description": "Frames `id: <sequence>`, `event: <type>`, `data: <JSON>`, where the data is a "
@@ -135,6 +137,16 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
         "after the `finished` event. Idle streams get `: keep-alive` comments.",
     },
 }
+
+
+def event_sequence(last_event_id: str) -> int:
+    """The Last-Event-ID header as a sequence number (what the stream's `id:` lines carry)."""
+    text = last_event_id.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > INT64_MAX:
+        raise ApiError(
+            400, "invalid_argument", f"Last-Event-ID must be an event sequence number (0 to {INT64_MAX})"
+        )
+    return int(text)
 
 
 @router.get(
@@ -149,15 +161,13 @@ async def task_events(
     backends: BackendsDep,
     settings: SettingsDep,
     caller: CallerDep,
-    after: Annotated[int, Query(ge=0, description="Only events after this sequence.")] = 0,
+    after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events after this sequence.")] = 0,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
+    # Every check before the stream starts: an error inside it would break the response.
     if last_event_id:
-        try:
-            after = max(after, int(last_event_id))
-        except ValueError:
-            raise ApiError(400, "invalid_argument", "Last-Event-ID must be an event sequence number") from None
+        after = max(after, event_sequence(last_event_id))
+    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
     stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds, caller)
     return StreamingResponse(
         stream,

@@ -31,6 +31,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from corral.bounds import MAX_SEARCH_QUERY_CHARS
 from corral.db import create_engine
 from corral.errors import InvalidArgument, NotFound
 
@@ -268,7 +269,7 @@ class MemoryStore:
 
     async def search(self, query: str, limit: int = 0, task_id: str = "") -> list[SearchResult]:
         """Case-insensitive substring search over actions and outputs, newest first."""
-        _require(query, "query")
+        _require(query, "query", MAX_SEARCH_QUERY_CHARS)
         _check_text(task_id, "task_id")
         if limit < 0:
             raise InvalidArgument("limit must not be negative")

@@ -169,9 +169,11 @@ class SandboxCoordinator:
         """Creates a sandbox owned by `tenant_id`; with `quota`, refuses when the tenant
         already has that many active (or being created)."""
         ttl = self._ttl(spec.ttl.ToNanoseconds() / 1e9)
-        for name in spec.env:
+        for name, value in spec.env.items():
             if not name or "=" in name or "\0" in name:
                 raise InvalidSandboxRequest(f"env has an invalid variable name {name!r}")
+            if "\0" in value:
+                raise InvalidSandboxRequest(f"env.{name} contains a NUL character (no environment variable can hold one)")
         problem = limits_problem(spec.limits, self.settings)
         if problem:
             raise InvalidSandboxRequest(problem)

@@ -71,10 +71,18 @@ def test_operation_ids_are_unique_and_no_default_422(spec: Spec) -> None:
 
 def test_routes_declare_only_the_errors_they_can_give(spec: Spec) -> None:
     paths = spec["paths"]
-    for path, method in [("/v1/tasks", "get"), ("/v1/search", "get"), ("/healthz", "get"),
-                         ("/v1/sandboxes", "post"), ("/v1/sandboxes", "get")]:
+    for path, method in [("/v1/tasks", "get"), ("/healthz", "get"), ("/v1/sandboxes", "post"), ("/v1/sandboxes", "get")]:
         assert "404" not in paths[path][method]["responses"], (method, path)
     assert "404" in paths["/status"]["get"]["responses"]
+    # A tenant's search in another tenant's task (task_id=...) is 404, as for an unknown one.
+    assert "404" in paths["/v1/search"]["get"]["responses"]
+    # Every route that forwards the caller's key can be refused it, when keys are required.
+    for path, method in [("/v1/tasks", "get"), ("/v1/tasks/{task_id}", "get"), ("/v1/search", "get"),
+                         ("/v1/sandboxes", "post"), ("/schedule", "post")]:
+        assert "401" in paths[path][method]["responses"], (method, path)
+    assert "401" not in paths["/healthz"]["get"]["responses"]
+    assert "429" in paths["/schedule"]["post"]["responses"]
+    assert "429" in paths["/v1/sandboxes"]["post"]["responses"]
     assert "409" in paths["/v1/tasks/{task_id}/cancel"]["post"]["responses"]
     assert {"401", "403", "404", "409"} <= set(paths["/v1/sandboxes/{sandbox_id}/vnc/"]["get"]["responses"])
     assert "413" in paths["/schedule"]["post"]["responses"]

@@ -164,6 +164,8 @@ async def test_errors_carry_status_codes_and_clear_messages(memory: MemoryServic
             "INVALID_ARGUMENT",
         ),
         (memory.Search(memory_pb2.SearchRequest(query="")), "INVALID_ARGUMENT"),
+        # Longer than SQLite's LIKE takes (50,000 bytes): refused as such, not a failed query.
+        (memory.Search(memory_pb2.SearchRequest(query="a" * 60_000)), "INVALID_ARGUMENT"),
     ]
     for call, code in cases:
         with pytest.raises(grpc.aio.AioRpcError) as caught:

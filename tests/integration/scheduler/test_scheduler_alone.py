@@ -11,7 +11,7 @@ from google.protobuf import duration_pb2
 from harness import Cluster, cluster
 
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +92,29 @@ def test_list_filters_by_state_and_pages(stub: scheduler_pb2_grpc.SchedulerServi
             ),
             "steps[0].timeout must be positive",
         ),
+        # Past what a timedelta holds (~1e14 s): INVALID_ARGUMENT, not an overflow's INTERNAL.
+        (
+            task_pb2.TaskSpec(
+                steps=[task_pb2.Step(shell=task_pb2.ShellAction(command="x"))],
+                step_timeout=duration_pb2.Duration(seconds=10**15),
+            ),
+            "step_timeout 1e+15s exceeds this deployment's maximum",
+        ),
+        (
+            task_pb2.TaskSpec(
+                steps=[
+                    task_pb2.Step(shell=task_pb2.ShellAction(command="x"), timeout=duration_pb2.Duration(seconds=2**62))
+                ]
+            ),
+            "steps[0].timeout 4.61169e+18s exceeds this deployment's maximum",
+        ),
+        (
+            task_pb2.TaskSpec(
+                steps=[task_pb2.Step(shell=task_pb2.ShellAction(command="x"))],
+                limits=task_pb2.Limits(max_output_bytes=2**63 - 1),
+            ),
+            "limits.max_output_bytes 9223372036854775807 exceeds this deployment's maximum",
+        ),
     ],
 )
 def test_invalid_specs_are_refused_with_the_field_named(
@@ -134,3 +157,22 @@ def test_state_persists_across_a_scheduler_restart(tmp_path: Path) -> None:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(channel)
             task = stub.GetTask(scheduler_pb2.GetTaskRequest(task_id=task_id)).task
     assert task.state == task_pb2.TASK_STATE_SCHEDULED
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # A Duration far past any timedelta or float nanosecond count still gets a clear answer.
+        (sandbox_pb2.SandboxSpec(ttl=duration_pb2.Duration(seconds=10**15)), "ttl 1e+15s exceeds the maximum"),
+        (sandbox_pb2.SandboxSpec(limits=task_pb2.Limits(max_processes=1)), "limits.max_processes 1 is below"),
+        (sandbox_pb2.SandboxSpec(limits=task_pb2.Limits(disk_mb=2**63 - 1)), "limits.disk_mb 9223372036854775807 exceeds"),
+        (sandbox_pb2.SandboxSpec(env={"A": "x\0y"}), "env.A contains a NUL character"),
+    ],
+)
+def test_invalid_sandbox_specs_are_invalid_argument(scheduler: Cluster, spec: sandbox_pb2.SandboxSpec, message: str) -> None:
+    with scheduler.channel(scheduler.scheduler_address) as channel:
+        sandboxes = sandbox_pb2_grpc.SandboxServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            sandboxes.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec), timeout=30)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (err.value.details() or "")
