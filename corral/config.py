@@ -256,7 +256,7 @@ class Settings(BaseSettings):
         "its first byte (or the connection's opening) is cut off."
     )
     gateway_body_timeout_seconds: float = Field(
-        60.0, gt=0, description="A request whose body has not all arrived this long after its headers is cut off."
+        30.0, gt=0, description="A request whose body has not all arrived this long after its headers is cut off."
     )
     gateway_keep_alive_seconds: float = Field(
         5.0, gt=0, description="An idle keep-alive connection is closed after this long."

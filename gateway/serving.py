@@ -22,7 +22,7 @@ from corral.config import Settings
 
 class DeadlineH11Protocol(H11Protocol):
     header_timeout: float = 10.0
-    body_timeout: float = 60.0
+    body_timeout: float = 30.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

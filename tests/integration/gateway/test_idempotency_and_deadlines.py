@@ -147,9 +147,9 @@ def _open(stack: Cluster, data: bytes) -> socket.socket:
 def test_half_sent_requests_are_cut_off(stack: Cluster, api: httpx.Client) -> None:
     before = task_ids(api)
     silent = [_open(stack, b"") for _ in range(HALF_SENT)]
-    half_headers = [_open(stack, b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Ty") for _ in range(HALF_SENT)]
+    half_headers = [_open(stack, b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty") for _ in range(HALF_SENT)]
     half_body = [
-        _open(stack, b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        _open(stack, b"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
               b"Content-Length: 100\r\n\r\n{\"steps\": [")
         for _ in range(HALF_SENT)
     ]
