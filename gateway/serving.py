@@ -28,6 +28,7 @@ class DeadlineH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self._read_deadline: asyncio.TimerHandle | None = None
         self._reading_body = False
+        self._upgraded = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -44,7 +45,10 @@ class DeadlineH11Protocol(H11Protocol):
         self._follow_request()
 
     def handle_websocket_upgrade(self, event: h11.Request) -> None:
-        self._disarm()  # the WebSocket protocol takes the connection over
+        # The WebSocket protocol takes the connection over; h11 still sees the upgrade
+        # request's (empty) body as unread, so no deadline may be armed after this.
+        self._upgraded = True
+        self._disarm()
         super().handle_websocket_upgrade(event)
 
     def on_response_complete(self) -> None:
@@ -53,7 +57,7 @@ class DeadlineH11Protocol(H11Protocol):
 
     def _follow_request(self) -> None:
         """Moves the deadline along with the request: headers in, body in, or done."""
-        if self.transport.is_closing():
+        if self._upgraded or self.transport.is_closing():
             self._disarm()
             return
         state = self.conn.their_state
@@ -65,6 +69,8 @@ class DeadlineH11Protocol(H11Protocol):
 
     def _arm(self, seconds: float, body: bool) -> None:
         self._disarm()
+        if self._upgraded:
+            return
         self._reading_body = body
         self._read_deadline = self.loop.call_later(seconds, self._cut_off)
 

@@ -8,19 +8,27 @@ half-sent requests were all held open for over 70 s. Now a retry answers the fir
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import uvicorn
+import websockets
 from gateway_stack import TEST_ENV, make_stack
-from harness import Cluster
+from harness import Cluster, free_port
 from sse_client import frames
+
+from corral.config import Settings
+from gateway.serving import protocol_for
 
 HALF_SENT = 200  # connections per kind of half-sent request
 READ_LIMIT = 30.0  # how long a test waits for the gateway to close a batch (seconds; a bound)
@@ -178,3 +186,46 @@ def test_long_responses_and_idle_keep_alive_connections_are_not_cut_off(api: htt
     assert keep_alives == 10
     # The same (kept-alive) connection serves the next request.
     assert api.get(f"/v1/tasks/{task_id}").json()["status"] == "scheduled"
+
+
+def test_a_websocket_outlives_the_deadlines(tmp_path: Path) -> None:
+    """An upgraded connection (the desktop's VNC, Jupyter's kernels) belongs to the WebSocket
+    protocol: no read deadline may cut it (h11 still counts the upgrade request's body as
+    unread, which once armed the body deadline and closed every WebSocket after it)."""
+
+    async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        assert scope["type"] == "websocket"
+        await receive()  # websocket.connect
+        await send({"type": "websocket.accept"})
+        while (message := await receive())["type"] == "websocket.receive":
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+
+    settings = Settings(data_dir=tmp_path, gateway_header_timeout_seconds=0.3, gateway_body_timeout_seconds=0.3)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(echo, host="127.0.0.1", port=port, http=protocol_for(settings), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not server.started:
+            assert time.monotonic() < deadline, "the test server did not start"
+            time.sleep(0.05)
+
+        async def talk() -> list[str]:
+            async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+                answers = []
+                for i in range(4):
+                    await asyncio.sleep(0.4)  # past both deadlines, several times over
+                    await ws.send(f"ping {i}")
+                    answers.append(str(await ws.recv()))
+                return answers
+
+        assert asyncio.run(talk()) == [f"ping {i}" for i in range(4)]
+    finally:
+        server.should_exit = True
+        thread.join(10)
