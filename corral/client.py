@@ -62,11 +62,14 @@ class CorralClient:
     async def close(self) -> None:
         await self._channel.close(None)
 
-    async def submit(self, request: TaskRequest | task_pb2.TaskSpec) -> str:
-        """Submits a task; returns its id."""
+    async def submit(self, request: TaskRequest | task_pb2.TaskSpec, idempotency_key: str = "") -> str:
+        """Submits a task; returns its id. With `idempotency_key`, a retry of this call (same
+        key, same request) returns the first call's task instead of making another."""
         spec = request.to_proto() if isinstance(request, TaskRequest) else request
         with typed_errors():
-            response = await self._stub.SubmitTask(scheduler_pb2.SubmitTaskRequest(spec=spec), metadata=self._key)
+            response = await self._stub.SubmitTask(
+                scheduler_pb2.SubmitTaskRequest(spec=spec, idempotency_key=idempotency_key), metadata=self._key
+            )
         return response.task_id
 
     async def get(self, task_id: str) -> task_pb2.Task:

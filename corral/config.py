@@ -79,6 +79,19 @@ class Settings(BaseSettings):
     heartbeat_timeout_seconds: float = Field(
         10.0, description="An executor silent this long is lost; its running tasks fail."
     )
+    idempotency_key_hours: float = Field(
+        24.0, gt=0, description="How long an Idempotency-Key answers its first request's result."
+    )
+    retention_hours: float = Field(
+        168.0,
+        ge=0,
+        description="Finished tasks (their records, events and history, and their directories on the "
+        "executor) are removed this long after they ended; 0 keeps them for ever. Running tasks and "
+        "live sandboxes are never touched.",
+    )
+    retention_sweep_seconds: float = Field(
+        600.0, gt=0, description="How often the retention sweep runs (scheduler, memory, executor)."
+    )
 
     # --- memory ------------------------------------------------------------------------
     memory_address: str = Field(
@@ -97,6 +110,12 @@ class Settings(BaseSettings):
     )
     executor_id: str = Field("", description="Stable name of this executor (hostname-port if empty).")
     executor_capacity: int = Field(8, ge=1, description="Tasks this executor runs at once.")
+    executor_max_sandboxes: int = Field(
+        0,
+        ge=0,
+        description="Long-lived sandboxes this executor holds at once (0: as many as its capacity); "
+        "a create beyond what all executors hold is refused (429, Retry-After).",
+    )
     sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap or docker.")
     sandbox_host_uid: int = Field(
         65534,
@@ -252,6 +271,16 @@ class Settings(BaseSettings):
     )
     gateway_sse_keepalive_seconds: float = Field(
         15.0, gt=0, description="Idle time after which an event stream sends a keep-alive comment."
+    )
+    gateway_header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request whose line and headers have not all arrived this long after "
+        "its first byte (or the connection's opening) is cut off."
+    )
+    gateway_body_timeout_seconds: float = Field(
+        30.0, gt=0, description="A request whose body has not all arrived this long after its headers is cut off."
+    )
+    gateway_keep_alive_seconds: float = Field(
+        5.0, gt=0, description="An idle keep-alive connection is closed after this long."
     )
 
     @cached_property

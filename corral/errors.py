@@ -159,6 +159,23 @@ class QuotaExceeded(ResourceExhausted):
         return ((RETRY_AFTER_KEY, str(self.retry_after)),)
 
 
+class IdempotencyKeyReused(AlreadyExists):
+    """The idempotency key was used (by the same tenant, within its lifetime) for a different
+    request, or its first request is still being carried out."""
+
+
+class CapacityExhausted(ResourceExhausted):
+    """The executors can hold no more of something right now (e.g. long-lived sandboxes);
+    `retry_after` says when trying again may work (HTTP Retry-After)."""
+
+    def __init__(self, message: str = "", retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_AFTER_KEY, str(self.retry_after)),)
+
+
 _BY_CODE: dict[grpc.StatusCode, type[CorralError]] = {
     cls.code: cls
     for cls in (

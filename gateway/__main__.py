@@ -11,6 +11,7 @@ from corral.grpc_server import channel_credentials
 from corral.logs import configure_logging
 from gateway import access_log
 from gateway.app import create_app
+from gateway.serving import protocol_for
 
 
 def main() -> None:
@@ -30,6 +31,9 @@ def main() -> None:
         log_level=settings.log_level.lower(),
         # Keep-alive comments keep SSE streams open; let uvicorn end them quickly on shutdown.
         timeout_graceful_shutdown=5,
+        # Requests that are slow to arrive are cut off (gateway/serving.py), idle connections too.
+        http=protocol_for(settings),
+        timeout_keep_alive=max(1, round(settings.gateway_keep_alive_seconds)),
     )
 
 

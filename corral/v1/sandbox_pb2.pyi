@@ -168,16 +168,22 @@ class CreateSandboxRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Optional; as SubmitTaskRequest.idempotency_key. A replay answers the sandbox the first
+    request created, with `replayed` set and without its tokens (they are shown once).
+    """
     @_builtins.property
     def spec(self) -> Global___SandboxSpec: ...
     def __init__(
         self,
         *,
         spec: Global___SandboxSpec | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -190,10 +196,13 @@ class CreateSandboxResponse(_message.Message):
     SANDBOX_FIELD_NUMBER: _builtins.int
     TOKEN_FIELD_NUMBER: _builtins.int
     VIEW_TOKEN_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     token: _builtins.str
-    """Full access (noVNC with control, Jupyter). Shown once."""
+    """Full access (noVNC with control, Jupyter). Shown once: empty in a replay."""
     view_token: _builtins.str
-    """noVNC in view-only mode, nothing else. Shown once."""
+    """noVNC in view-only mode, nothing else. Shown once: empty in a replay."""
+    replayed: _builtins.bool
+    """This answers a retry of an earlier request with the same idempotency_key."""
     @_builtins.property
     def sandbox(self) -> Global___Sandbox: ...
     def __init__(
@@ -202,10 +211,11 @@ class CreateSandboxResponse(_message.Message):
         sandbox: Global___Sandbox | None = ...,
         token: _builtins.str = ...,
         view_token: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox", "token", b"token", "view_token", b"view_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "sandbox", b"sandbox", "token", b"token", "view_token", b"view_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/task.proto\"6\n\x11SubmitTaskRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"D\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.corral.v1.Task\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"^\n\x10ListTasksRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x11WatchTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent2\xfc\x02\n\x10SchedulerService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x63orral/v1/scheduler.proto\x12\tcorral.v1\x1a\x14\x63orral/v1/task.proto\"O\n\x11SubmitTaskRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.corral.v1.TaskSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"V\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x1d\n\x04task\x18\x02 \x01(\x0b\x32\x0f.corral.v1.Task\x12\x10\n\x08replayed\x18\x03 \x01(\x08\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"0\n\x0fGetTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\"^\n\x10ListTasksRequest\x12#\n\x05state\x18\x01 \x01(\x0e\x32\x14.corral.v1.TaskState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"L\n\x11ListTasksResponse\x12\x1e\n\x05tasks\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Task\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"3\n\x12\x43\x61ncelTaskResponse\x12\x1d\n\x04task\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Task\";\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"8\n\x11WatchTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent2\xfc\x02\n\x10SchedulerService\x12I\n\nSubmitTask\x12\x1c.corral.v1.SubmitTaskRequest\x1a\x1d.corral.v1.SubmitTaskResponse\x12@\n\x07GetTask\x12\x19.corral.v1.GetTaskRequest\x1a\x1a.corral.v1.GetTaskResponse\x12\x46\n\tListTasks\x12\x1b.corral.v1.ListTasksRequest\x1a\x1c.corral.v1.ListTasksResponse\x12I\n\nCancelTask\x12\x1c.corral.v1.CancelTaskRequest\x1a\x1d.corral.v1.CancelTaskResponse\x12H\n\tWatchTask\x12\x1b.corral.v1.WatchTaskRequest\x1a\x1c.corral.v1.WatchTaskResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,25 +33,25 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.scheduler_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITTASKREQUEST']._serialized_start=62
-  _globals['_SUBMITTASKREQUEST']._serialized_end=116
-  _globals['_SUBMITTASKRESPONSE']._serialized_start=118
-  _globals['_SUBMITTASKRESPONSE']._serialized_end=186
-  _globals['_GETTASKREQUEST']._serialized_start=188
-  _globals['_GETTASKREQUEST']._serialized_end=221
-  _globals['_GETTASKRESPONSE']._serialized_start=223
-  _globals['_GETTASKRESPONSE']._serialized_end=271
-  _globals['_LISTTASKSREQUEST']._serialized_start=273
-  _globals['_LISTTASKSREQUEST']._serialized_end=367
-  _globals['_LISTTASKSRESPONSE']._serialized_start=369
-  _globals['_LISTTASKSRESPONSE']._serialized_end=445
-  _globals['_CANCELTASKREQUEST']._serialized_start=447
-  _globals['_CANCELTASKREQUEST']._serialized_end=483
-  _globals['_CANCELTASKRESPONSE']._serialized_start=485
-  _globals['_CANCELTASKRESPONSE']._serialized_end=536
-  _globals['_WATCHTASKREQUEST']._serialized_start=538
-  _globals['_WATCHTASKREQUEST']._serialized_end=597
-  _globals['_WATCHTASKRESPONSE']._serialized_start=599
-  _globals['_WATCHTASKRESPONSE']._serialized_end=655
-  _globals['_SCHEDULERSERVICE']._serialized_start=658
-  _globals['_SCHEDULERSERVICE']._serialized_end=1038
+  _globals['_SUBMITTASKREQUEST']._serialized_end=141
+  _globals['_SUBMITTASKRESPONSE']._serialized_start=143
+  _globals['_SUBMITTASKRESPONSE']._serialized_end=229
+  _globals['_GETTASKREQUEST']._serialized_start=231
+  _globals['_GETTASKREQUEST']._serialized_end=264
+  _globals['_GETTASKRESPONSE']._serialized_start=266
+  _globals['_GETTASKRESPONSE']._serialized_end=314
+  _globals['_LISTTASKSREQUEST']._serialized_start=316
+  _globals['_LISTTASKSREQUEST']._serialized_end=410
+  _globals['_LISTTASKSRESPONSE']._serialized_start=412
+  _globals['_LISTTASKSRESPONSE']._serialized_end=488
+  _globals['_CANCELTASKREQUEST']._serialized_start=490
+  _globals['_CANCELTASKREQUEST']._serialized_end=526
+  _globals['_CANCELTASKRESPONSE']._serialized_start=528
+  _globals['_CANCELTASKRESPONSE']._serialized_end=579
+  _globals['_WATCHTASKREQUEST']._serialized_start=581
+  _globals['_WATCHTASKREQUEST']._serialized_end=640
+  _globals['_WATCHTASKRESPONSE']._serialized_start=642
+  _globals['_WATCHTASKRESPONSE']._serialized_end=698
+  _globals['_SCHEDULERSERVICE']._serialized_start=701
+  _globals['_SCHEDULERSERVICE']._serialized_end=1081
 # @@protoc_insertion_point(module_scope)

@@ -24,16 +24,23 @@ class SubmitTaskRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SPEC_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """Optional. A retry with the same key (from the same tenant, within 24 hours) creates
+    nothing and answers the task the first request created, with `replayed` set; the same key
+    with a different spec is ALREADY_EXISTS. 1-255 characters from A-Z a-z 0-9 - _ . : ~ + / =.
+    """
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
         self,
         *,
         spec: _task_pb2.TaskSpec | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "spec", b"spec"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -45,7 +52,10 @@ class SubmitTaskResponse(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     TASK_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    replayed: _builtins.bool
+    """This answers a retry of an earlier request with the same idempotency_key."""
     @_builtins.property
     def task(self) -> _task_pb2.Task: ...
     def __init__(
@@ -53,10 +63,11 @@ class SubmitTaskResponse(_message.Message):
         *,
         task_id: _builtins.str = ...,
         task: _task_pb2.Task | None = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["replayed", b"replayed", "task", b"task", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -16,6 +16,7 @@ from gateway.auth import CallerDep
 from gateway.backends import upstream
 from gateway.body import JsonBody
 from gateway.deps import SandboxStubsDep
+from gateway.idempotency import REPLAYED, IdempotencyKeyDep
 from gateway.views import UPSTREAM, errors, view_response
 
 router = APIRouter(prefix="/v1/sandboxes", tags=["sandboxes"])
@@ -69,19 +70,34 @@ NOT_FOUND = "Unknown sandbox."
     summary="Create a long-lived sandbox",
     status_code=201,
     response_model=SandboxCreated,
-    responses=errors(
-        400, 413, 429, *UPSTREAM, e429="The tenant has as many active sandboxes as its quota allows.",
-        e503="No executor can host it, or a service is unavailable.",
-    ),
+    responses={
+        **errors(
+            400, 409, 413, 429, *UPSTREAM,
+            e409="The Idempotency-Key was used for a different request.",
+            e429="A quota, or what the executors can hold, is used up (Retry-After says when to retry).",
+            e503="No executor can host it, or a service is unavailable.",
+        ),
+        200: {
+            "model": SandboxView,
+            "description": "A replay (Idempotency-Key seen before): the sandbox, without its tokens (shown once).",
+        },
+    },
     openapi_extra=CREATE_BODY.openapi,
 )
 async def create_sandbox(
-    body: Annotated[SandboxRequest, Depends(CREATE_BODY)], stubs: SandboxStubsDep, caller: CallerDep
+    body: Annotated[SandboxRequest, Depends(CREATE_BODY)],
+    stubs: SandboxStubsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyDep,
 ) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await stubs.sandboxes.CreateSandbox(
-            sandbox_pb2.CreateSandboxRequest(spec=body.to_proto()), metadata=caller, timeout=CREATE_TIMEOUT_SECONDS
+            sandbox_pb2.CreateSandboxRequest(spec=body.to_proto(), idempotency_key=idempotency_key),
+            metadata=caller,
+            timeout=CREATE_TIMEOUT_SECONDS,
         )
+    if reply.replayed:
+        return view_response(SandboxView.from_proto(reply.sandbox), headers=REPLAYED)
     created = SandboxCreated.from_reply(reply)
     return view_response(created, status_code=201, headers={"Location": f"/v1/sandboxes/{created.sandbox_id}"})
 

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from corral.views import ScheduleResponse, TaskView
 from gateway.auth import CallerDep
 from gateway.deps import BackendsDep
+from gateway.idempotency import REPLAYED, IdempotencyKeyDep
 from gateway.routers.tasks import SUBMIT_ERRORS, TASK_BODY, TaskBody, get_task, submit
 from gateway.views import UPSTREAM, errors, view_response
 
@@ -24,9 +25,11 @@ router = APIRouter(tags=["seed"])
     responses=SUBMIT_ERRORS,
     openapi_extra=TASK_BODY.openapi,
 )
-async def schedule(task: TaskBody, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
-    created = await submit(backends, task, caller)
-    return view_response(ScheduleResponse(task_id=created.task_id))
+async def schedule(
+    task: TaskBody, backends: BackendsDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+) -> JSONResponse:
+    created, replayed = await submit(backends, task, caller, idempotency_key)
+    return view_response(ScheduleResponse(task_id=created.task_id), headers=REPLAYED if replayed else None)
 
 
 @router.get(

@@ -16,6 +16,7 @@ from gateway.backends import Backends, upstream
 from gateway.body import JsonBody
 from gateway.deps import BackendsDep, SettingsDep
 from gateway.errors import ApiError
+from gateway.idempotency import REPLAYED, IdempotencyKeyDep
 from gateway.sse import task_event_stream
 from gateway.views import UPSTREAM, errors, view_response
 
@@ -25,17 +26,23 @@ TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"')
 TaskBody = Annotated[TaskRequest, Depends(TASK_BODY)]
 # Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413, quota 429.
 SUBMIT_ERRORS = errors(400, 404, 409, 413, 429, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",
-                       e409="The sandbox named by sandbox_id has ended.",
+                       e409="The sandbox named by sandbox_id has ended, or the Idempotency-Key was "
+                       "used for a different request.",
                        e429="The tenant's submission quota is used up (Retry-After says when to retry).")
 TASK_ERRORS = errors(400, 404, *UPSTREAM, e400="task_id is blank.")
 
 
-async def submit(backends: Backends, task: TaskRequest, caller: Metadata) -> task_pb2.Task:
+async def submit(
+    backends: Backends, task: TaskRequest, caller: Metadata, idempotency_key: str = ""
+) -> tuple[task_pb2.Task, bool]:
+    """The task created (or, replayed True, the one an earlier request with the key created)."""
     async with upstream("scheduler"):
         reply = await backends.scheduler.SubmitTask(
-            scheduler_pb2.SubmitTaskRequest(spec=task.to_proto()), metadata=caller, timeout=backends.timeout
+            scheduler_pb2.SubmitTaskRequest(spec=task.to_proto(), idempotency_key=idempotency_key),
+            metadata=caller,
+            timeout=backends.timeout,
         )
-    return reply.task if reply.HasField("task") else task_pb2.Task(task_id=reply.task_id)
+    return (reply.task if reply.HasField("task") else task_pb2.Task(task_id=reply.task_id)), reply.replayed
 
 
 async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_pb2.Task:
@@ -55,14 +62,15 @@ async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_p
     summary="Create a task",
     status_code=201,
     response_model=TaskView,
-    responses=SUBMIT_ERRORS,
+    responses={**SUBMIT_ERRORS, 200: {"model": TaskView, "description": "A replay (Idempotency-Key seen before)."}},
     openapi_extra=TASK_BODY.openapi,
 )
-async def create_task(task: TaskBody, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
-    created = await submit(backends, task, caller)
-    return view_response(
-        TaskView.from_proto(created), status_code=201, headers={"Location": f"/v1/tasks/{created.task_id}"}
-    )
+async def create_task(
+    task: TaskBody, backends: BackendsDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
+) -> JSONResponse:
+    created, replayed = await submit(backends, task, caller, idempotency_key)
+    headers = {"Location": f"/v1/tasks/{created.task_id}", **(REPLAYED if replayed else {})}
+    return view_response(TaskView.from_proto(created), status_code=200 if replayed else 201, headers=headers)
 
 
 @router.get("", name="list_tasks", summary="List tasks", response_model=TaskList, responses=errors(400, *UPSTREAM))

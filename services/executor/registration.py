@@ -47,7 +47,8 @@ class SchedulerRegistration:
     ) -> None:
         self.settings = settings
         self.request = registry_pb2.RegisterExecutorRequest(
-            executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver
+            executor_id=executor_id, address=advertise_address, capacity=capacity, driver=driver,
+            max_sandboxes=sandboxes.max_sandboxes,
         )
         self.sandboxes = sandboxes
         self.interval = interval

@@ -17,7 +17,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
-from corral.errors import SandboxNotFound
+from corral.errors import CapacityExhausted, SandboxNotFound
 from corral.network_rules import NetworkRules
 from corral.v1 import sandbox_pb2
 from services.executor import task_fs
@@ -71,6 +71,10 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
 
     @property
+    def max_sandboxes(self) -> int:
+        return self.settings.executor_max_sandboxes or self.settings.executor_capacity
+
+    @property
     def sandbox_ids(self) -> list[str]:
         return sorted(self._sandboxes)
 
@@ -101,6 +105,14 @@ class SandboxManager:
     ) -> ManagedSandbox:
         if sandbox_id in self._sandboxes or sandbox_id in self._creating:
             raise SandboxExists(f"sandbox {sandbox_id} already exists here")
+        most = self.max_sandboxes
+        if len(self._sandboxes) + len(self._creating) >= most:
+            # The scheduler places within this too; a create past it starves the tasks here.
+            raise CapacityExhausted(
+                f"this executor holds {most} long-lived sandboxes, the most it may "
+                "(CORRAL_EXECUTOR_MAX_SANDBOXES)",
+                retry_after=10,
+            )
         self._creating.add(sandbox_id)
         try:
             host_tasks_dir = self.settings.data_dir / "sandboxes" / sandbox_id / "tasks"

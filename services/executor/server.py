@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 import grpc
@@ -17,9 +18,11 @@ from corral.grpc_server import (
 )
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.pki import PKIError, certified_executor_id
+from corral.retention import start_sweeping, stop_sweeping
 from services.executor.drivers.base import SandboxDriver, SandboxError
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
+from services.executor.retention import sweep as sweep_task_dirs
 from services.executor.runner import TaskRunner
 from services.executor.servicer import ExecutorServicer
 from services.executor.task_fs import TaskFilesystems
@@ -67,6 +70,7 @@ class RunningExecutor:
     runner: TaskRunner
     history: HistoryRecorder
     registration: SchedulerRegistration
+    retention: asyncio.Task[None] | None = None
 
     @property
     def executor_id(self) -> str:
@@ -74,6 +78,7 @@ class RunningExecutor:
 
     async def stop(self, grace: float = 5.0) -> None:
         """Cancels running tasks (killing their sandboxes), then stops serving."""
+        await stop_sweeping(self.retention)
         await self.registration.stop()
         await self.runner.shutdown()
         await self.runner.sandboxes.stop()
@@ -126,13 +131,15 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         capacity=settings.executor_capacity,
         tasks_dir=str(settings.tasks_dir),
     )
-    return RunningExecutor(server, port, runner, history, registration)
+    retention = start_sweeping("executor", settings, lambda: sweep_task_dirs(settings, lambda: runner.running_task_ids))
+    return RunningExecutor(server, port, runner, history, registration, retention)
 
 
 async def serve(settings: Settings) -> None:
     executor = await start_executor(settings)
 
     async def on_stop() -> None:
+        await stop_sweeping(executor.retention)
         await executor.registration.stop()
         await executor.runner.shutdown()
         await executor.runner.sandboxes.stop()

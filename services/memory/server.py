@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import structlog
 
 from corral.config import Settings
@@ -12,6 +14,7 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
+from corral.retention import cutoff, start_sweeping, stop_sweeping
 from corral.v1 import memory_pb2, memory_pb2_grpc
 from services.memory.servicer import MemoryServicer
 from services.memory.store import MemoryStore
@@ -31,7 +34,17 @@ async def serve(settings: Settings) -> None:
     await server.start()
     await mark_serving(health, [SERVICE_NAME])
     log.info("memory serving", address=settings.memory_address, port=port)
+    retention = start_sweeping("memory", settings, lambda: sweep_history(store, settings))
     try:
         await run_until_signalled(server)
     finally:
+        await stop_sweeping(retention)
         await store.close()
+
+
+async def sweep_history(store: MemoryStore, settings: Settings) -> dict[str, int]:
+    """The retention sweep's memory part: the history of tasks finished before the cutoff."""
+    before = cutoff(settings)
+    if before is None:
+        return {}
+    return {"task_histories": await store.remove_finished_before(datetime.fromtimestamp(before, UTC))}

@@ -24,6 +24,9 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    case,
+    delete,
     func,
     or_,
     select,
@@ -34,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from corral.bounds import MAX_SEARCH_QUERY_CHARS
 from corral.db import create_engine
 from corral.errors import InvalidArgument, NotFound
+from corral.v1.memory_pb2 import HISTORY_KIND_TASK_FINISHED
 
 # InvalidArgument and NotFound (corral.errors) are what the store raises; callers import them here too.
 __all__ = ["HistoryRecord", "InvalidArgument", "MemoryStore", "NotFound", "NoteRecord", "SearchResult"]
@@ -214,6 +218,28 @@ class MemoryStore:
                     if attempt == APPEND_RETRIES - 1:
                         raise
         raise AssertionError("unreachable")
+
+    async def remove_finished_before(self, before: datetime, batch: int = 500) -> int:
+        """Removes the history of tasks that finished (a task_finished record) and recorded
+        nothing since `before`, `batch` tasks at a time; how many tasks. A task still running
+        has no task_finished record, or a later record, and keeps its history."""
+        removed = 0
+        while True:
+            finished = func.sum(case((history_events.c.kind == HISTORY_KIND_TASK_FINISHED, 1), else_=0))
+            query = (
+                select(history_events.c.task_id)
+                .group_by(history_events.c.task_id)
+                .having(and_(func.max(history_events.c.time) < before, finished > 0))
+                .limit(batch)
+            )
+            async with self._engine.begin() as conn:
+                ids = list((await conn.scalars(query)).all())
+                if not ids:
+                    return removed
+                await conn.execute(delete(history_events).where(history_events.c.task_id.in_(ids)))
+            for task_id in ids:
+                self._task_locks.pop(task_id, None)
+            removed += len(ids)
 
     async def _append_locked(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
         now = datetime.now(UTC)

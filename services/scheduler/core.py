@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 import structlog
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from corral.audit import AuditLog
 from corral.config import Settings
@@ -35,6 +37,7 @@ from corral.v1 import task_pb2
 
 from .events import EventLog
 from .executors import ExecutorRecord, ExecutorRegistry
+from .idempotency import Claim, IdempotencyKeys, forget_expired
 from .principal import LOCAL, Principal
 from .quotas import SubmissionRate
 from .sandboxes import SandboxCoordinator
@@ -50,6 +53,7 @@ PROGRESS_EVENTS = frozenset({"started", "step_started", "step_finished"})
 class Scheduler:
     def __init__(self, store: TaskStore, settings: Settings) -> None:
         self._store = store
+        self.store = store
         self._settings = settings
         self.executors = ExecutorRegistry(settings)
         self._assignments: dict[str, asyncio.Task[None]] = {}
@@ -66,6 +70,7 @@ class Scheduler:
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
         self._quota_lock = asyncio.Lock()  # a tenant's count and its new task, together
+        self.idempotency = IdempotencyKeys(store.engine, settings.idempotency_key_hours * 3600)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -100,6 +105,16 @@ class Scheduler:
 
     async def submit(self, spec: task_pb2.TaskSpec, who: Principal = LOCAL) -> task_pb2.Task:
         """Stores a task owned by `who`'s tenant; running it in a sandbox needs owning that."""
+        return (await self.submit_once(spec, who, ""))[0]
+
+    async def submit_once(
+        self, spec: task_pb2.TaskSpec, who: Principal, idempotency_key: str
+    ) -> tuple[task_pb2.Task, bool]:
+        """submit(), and with a key: the task an earlier request with that key created, if
+        any (then True: a replay, nothing created; before any quota, so a retry is not refused)."""
+        claim = Claim.of(who.tenant_id, idempotency_key, "SubmitTask", spec) if idempotency_key else None
+        if claim is not None and (replayed := await self._replayed_task(claim)) is not None:
+            return replayed, True
         check_spec(spec, self._settings)
         if spec.sandbox_id:
             if self.sandboxes is None:
@@ -110,25 +125,52 @@ class Scheduler:
                 self.refused("SubmitTask", who, "sandbox of another tenant or unknown", sandbox_id=spec.sandbox_id)
                 raise
         task_id = uuid.uuid4().hex
-        if who.admin:
-            task = await self._store.create(task_id, spec, who.tenant_id)
-        else:
-            async with self._quota_lock:
-                unfinished = await self._store.count_unfinished(who.tenant_id)
-                limit = self._settings.quota_max_tasks
-                if unfinished >= limit:
-                    raise QuotaExceeded(
-                        f"quota max_tasks exceeded: tenant {who.tenant_id!r} has {unfinished} "
-                        f"unfinished tasks (the most allowed is {limit}); retry when some have ended",
-                        retry_after=5,
-                    )
-                self.submissions.take(who)
-                task = await self._store.create(task_id, spec, who.tenant_id)
+        try:
+            task = await self._create(task_id, spec, who, claim)
+        except IntegrityError:
+            # A concurrent request with the same key stored its task first (the key is unique).
+            if claim is None or (replayed := await self._replayed_task(claim)) is None:
+                raise
+            return replayed, True
         self._events.open_new(task_id)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
         log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
         self._wake.set()
+        return task, False
+
+    async def _replayed_task(self, claim: Claim) -> task_pb2.Task | None:
+        task_id = await self.idempotency.earlier(claim)
+        if not task_id:
+            return None
+        task = await self._store.get(task_id)
+        if task is None:
+            raise TaskNotFound(f"the task {task_id} made by idempotency key {claim.key!r} was removed (retention)")
         return task
+
+    async def _create(
+        self, task_id: str, spec: task_pb2.TaskSpec, who: Principal, claim: Claim | None
+    ) -> task_pb2.Task:
+        """The task stored (with its idempotency key, in one transaction), within the quota."""
+        lifetime = self.idempotency.lifetime
+
+        async def keep_key(session: AsyncSession) -> None:
+            if claim is not None:
+                await forget_expired(session, claim, lifetime)
+                session.add(claim.row(task_id))
+
+        if who.admin:
+            return await self._store.create(task_id, spec, who.tenant_id, keep_key)
+        async with self._quota_lock:
+            unfinished = await self._store.count_unfinished(who.tenant_id)
+            limit = self._settings.quota_max_tasks
+            if unfinished >= limit:
+                raise QuotaExceeded(
+                    f"quota max_tasks exceeded: tenant {who.tenant_id!r} has {unfinished} "
+                    f"unfinished tasks (the most allowed is {limit}); retry when some have ended",
+                    retry_after=5,
+                )
+            self.submissions.take(who)
+            return await self._store.create(task_id, spec, who.tenant_id, keep_key)
 
     def refused(self, method: str, who: Principal, reason: str, **fields: str) -> None:
         if self.audit is not None:

@@ -27,6 +27,12 @@ class ExecutorRecord:
     last_seen: float = field(default_factory=time.monotonic)
     alive: bool = True
     running: set[str] = field(default_factory=set)
+    # Long-lived sandboxes it holds at most (its registration; 0: as many as its capacity).
+    max_sandboxes: int = 0
+
+    @property
+    def sandbox_room(self) -> int:
+        return self.max_sandboxes or self.capacity
 
     @property
     def free(self) -> int:
@@ -40,6 +46,7 @@ class ExecutorRecord:
             running=len(self.running),
             driver=self.driver,
             alive=self.alive,
+            max_sandboxes=self.sandbox_room,
         )
 
 

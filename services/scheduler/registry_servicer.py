@@ -21,6 +21,9 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
         stale = await self._scheduler.register_executor(
             request.executor_id, request.address, request.capacity, request.driver, list(request.sandbox_ids)
         )
+        record = self._scheduler.executors.get(request.executor_id)
+        if record is not None:
+            record.max_sandboxes = request.max_sandboxes
         return registry_pb2.RegisterExecutorResponse(
             heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale
         )
@@ -33,4 +36,8 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
     async def ListExecutors(
         self, request: registry_pb2.ListExecutorsRequest, context: Context
     ) -> registry_pb2.ListExecutorsResponse:
-        return registry_pb2.ListExecutorsResponse(executors=[e.info() for e in self._scheduler.executors.all()])
+        placed = await self._scheduler.sandboxes.placed() if self._scheduler.sandboxes is not None else {}
+        infos = [e.info() for e in self._scheduler.executors.all()]
+        for info in infos:
+            info.sandboxes = placed.get(info.executor_id, 0)
+        return registry_pb2.ListExecutorsResponse(executors=infos)

@@ -10,10 +10,11 @@ from corral.errors import SandboxNotFound, Unimplemented
 from corral.grpc_server import Context
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
+from .idempotency import Claim, IdempotencyKeys
 from .principal import Authenticator, Principal
 from .quotas import SubmissionRate
 from .redaction import public_sandbox
-from .sandboxes import SandboxCoordinator
+from .sandboxes import CREATE_TIMEOUT_SECONDS, SandboxCoordinator
 
 
 class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
@@ -24,12 +25,14 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         audit: AuditLog,
         submissions: SubmissionRate,
         settings: Settings,
+        keys: IdempotencyKeys,
     ) -> None:
         self._sandboxes = coordinator
         self._auth = auth
         self._audit = audit
         self._submissions = submissions
         self._quota = settings.quota_max_sandboxes
+        self._keys = keys
 
     async def _owned(self, sandbox_id: str, who: Principal, method: str) -> None:
         """Another tenant's sandbox answers as an unknown one, and the refusal is audited."""
@@ -42,10 +45,26 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_pb2.CreateSandboxRequest, context: Context
     ) -> sandbox_pb2.CreateSandboxResponse:
         who = await self._auth.caller(context, "CreateSandbox")
-        self._submissions.take(who)
-        sandbox, token, view_token = await self._sandboxes.create(
-            request.spec, who.tenant_id, quota=0 if who.admin else self._quota
-        )
+        claim = None
+        if request.idempotency_key:
+            claim = Claim.of(who.tenant_id, request.idempotency_key, "CreateSandbox", request.spec)
+            # A retry waits for a first request still creating (an executor call of its own).
+            earlier = await self._keys.acquire(claim, CREATE_TIMEOUT_SECONDS, 2 * CREATE_TIMEOUT_SECONDS)
+            if earlier is not None:
+                # The tokens were shown once, to the first request: a replay answers without them.
+                replayed = await self._sandboxes.get(earlier, who.tenant_id)
+                return sandbox_pb2.CreateSandboxResponse(sandbox=public_sandbox(replayed), replayed=True)
+        try:
+            self._submissions.take(who)
+            sandbox, token, view_token = await self._sandboxes.create(
+                request.spec, who.tenant_id, quota=0 if who.admin else self._quota
+            )
+        except BaseException:
+            if claim is not None:
+                await self._keys.release(claim)
+            raise
+        if claim is not None:
+            await self._keys.fulfil(claim, sandbox.sandbox_id)
         self._audit.record("sandbox_created", who, sandbox_id=sandbox.sandbox_id)
         return sandbox_pb2.CreateSandboxResponse(sandbox=public_sandbox(sandbox), token=token, view_token=view_token)
 

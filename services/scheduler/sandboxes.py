@@ -23,6 +23,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from corral.api_keys import LOCAL_TENANT
 from corral.config import Settings
 from corral.errors import (
+    CapacityExhausted,
     InvalidSandboxRequest,
     QuotaExceeded,
     SandboxEnded,
@@ -33,7 +34,7 @@ from corral.internal.v1 import executor_pb2
 from corral.limits import limits_problem
 from corral.v1 import sandbox_pb2
 
-from .executors import ExecutorRegistry
+from .executors import ExecutorRecord, ExecutorRegistry
 from .sandbox_secrets import SandboxSecrets
 from .store import Base
 
@@ -143,6 +144,9 @@ class SandboxCoordinator:
         self._loop: asyncio.Task[None] | None = None
         # Ids asked of an executor, not yet recorded, and their tenants.
         self._creating: dict[str, str] = {}
+        # Ids being created, and the executor each was placed on.
+        self._placing: dict[str, str] = {}
+        self._placement_lock = asyncio.Lock()
 
     def start(self) -> None:
         self._loop = asyncio.create_task(self._expiry_loop(), name="sandbox-expiry")
@@ -187,10 +191,8 @@ class SandboxCoordinator:
                     f"(the most allowed is {quota}; delete one or wait for one to expire)",
                     retry_after=10,
                 )
-        executor = self.executors.pick()
-        if executor is None:
-            raise SandboxUnavailable("no executor with free capacity is available to host a sandbox")
         sandbox_id = uuid.uuid4().hex
+        executor = await self._place(sandbox_id)
         token, view_token = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         now = time.time()
         expires_at = now + ttl
@@ -204,9 +206,18 @@ class SandboxCoordinator:
             )
         except grpc.aio.AioRpcError as exc:
             self._creating.pop(sandbox_id, None)
+            await self._unplace(sandbox_id)
+            if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise CapacityExhausted(
+                    f"executor {executor.executor_id} could not take the sandbox: {exc.details()}", retry_after=10
+                ) from None
             raise SandboxUnavailable(
                 f"executor {executor.executor_id} could not create the sandbox: {exc.details()}"
             ) from None
+        except BaseException:
+            self._creating.pop(sandbox_id, None)
+            await self._unplace(sandbox_id)
+            raise
         sandbox = sandbox_pb2.Sandbox(
             sandbox_id=sandbox_id,
             state=sandbox_pb2.SANDBOX_STATE_ACTIVE,
@@ -221,8 +232,47 @@ class SandboxCoordinator:
             await self.store.put(sandbox, SandboxSecrets.for_tokens(token, view_token, reply.host_run_dir))
         finally:
             self._creating.pop(sandbox_id, None)
+            await self._unplace(sandbox_id)
         log.info("sandbox created", sandbox_id=sandbox_id, executor_id=executor.executor_id, ttl=ttl)
         return sandbox, token, view_token
+
+    async def placed(self) -> dict[str, int]:
+        """Sandboxes per executor: the active records and those being created."""
+        counts: dict[str, int] = {}
+        for sandbox in await self.store.all(include_ended=False):
+            counts[sandbox.executor_id] = counts.get(sandbox.executor_id, 0) + 1
+        for executor_id in self._placing.values():
+            counts[executor_id] = counts.get(executor_id, 0) + 1
+        return counts
+
+    async def _place(self, sandbox_id: str) -> ExecutorRecord:
+        """The live executor with the most room for another sandbox (each holds at most its
+        max_sandboxes, so sandboxes cannot take the room of its tasks); CapacityExhausted when
+        none has any. The count and the placement are one step under the lock, and a placement
+        leaves `_placing` only under it once recorded, so two creates cannot take one place."""
+        async with self._placement_lock:
+            placed = await self.placed()
+            room = {
+                e.executor_id: e.sandbox_room - placed.get(e.executor_id, 0) for e in self.executors.all() if e.alive
+            }
+            best = max(room, key=lambda executor_id: room[executor_id], default=None)
+            if best is None or room[best] <= 0:
+                held = sum(placed.get(executor_id, 0) for executor_id in room)
+                raise CapacityExhausted(
+                    f"the executors hold as many long-lived sandboxes as they may ({held} on {len(room)} "
+                    "executors, CORRAL_EXECUTOR_MAX_SANDBOXES each); delete one or wait for one to expire"
+                    if room
+                    else "no executor is connected to host a sandbox",
+                    retry_after=10,
+                )
+            self._placing[sandbox_id] = best
+        executor = self.executors.get(best)
+        assert executor is not None
+        return executor
+
+    async def _unplace(self, sandbox_id: str) -> None:
+        async with self._placement_lock:
+            self._placing.pop(sandbox_id, None)
 
     async def get(self, sandbox_id: str, tenant_id: str | None = None) -> sandbox_pb2.Sandbox:
         """The sandbox; with `tenant_id`, only if that tenant owns it (another's answers

@@ -16,6 +16,7 @@ from corral.grpc_server import (
     run_until_signalled,
 )
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc, sandbox_access_pb2_grpc
+from corral.retention import start_sweeping, stop_sweeping
 from corral.v1 import keys_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from .core import Scheduler
@@ -24,6 +25,7 @@ from .key_servicer import KeyServicer
 from .key_store import KeyStore
 from .principal import Authenticator
 from .registry_servicer import ExecutorRegistryServicer
+from .retention import sweep
 from .sandbox_access import SERVICE_NAME as SANDBOX_ACCESS_SERVICE_NAME
 from .sandbox_access import SandboxAccessServicer
 from .sandbox_secrets import SandboxSecretsStore
@@ -54,12 +56,13 @@ async def serve(settings: Settings) -> None:
     scheduler.sandboxes = sandboxes
     await scheduler.start()
     sandboxes.start()
+    retention = start_sweeping("scheduler", settings, lambda: sweep(scheduler.store, scheduler.idempotency, settings))
     log.info("API keys", required=required, audit_log=str(audit.path))
 
     server = new_server()
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler, auth, audit), server)
     sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(
-        SandboxServicer(sandboxes, auth, audit, scheduler.submissions, settings), server
+        SandboxServicer(sandboxes, auth, audit, scheduler.submissions, settings, scheduler.idempotency), server
     )
     keys_pb2_grpc.add_KeyServiceServicer_to_server(KeyServicer(keys, auth, audit), server)
     sandbox_access_pb2_grpc.add_SandboxAccessServiceServicer_to_server(
@@ -81,6 +84,7 @@ async def serve(settings: Settings) -> None:
 
     async def shutdown() -> None:
         await health.enter_graceful_shutdown()
+        await stop_sweeping(retention)
         await sandboxes.stop()
         await scheduler.stop()
 

@@ -39,9 +39,10 @@ class SchedulerServicer(scheduler_pb2_grpc.SchedulerServiceServicer):
         self, request: scheduler_pb2.SubmitTaskRequest, context: Context
     ) -> scheduler_pb2.SubmitTaskResponse:
         who = await self._auth.caller(context, "SubmitTask")
-        task = await self._scheduler.submit(request.spec, who)
-        self._audit.record("task_submitted", who, task_id=task.task_id, sandbox_id=request.spec.sandbox_id)
-        return scheduler_pb2.SubmitTaskResponse(task_id=task.task_id, task=public_task(task))
+        task, replayed = await self._scheduler.submit_once(request.spec, who, request.idempotency_key)
+        if not replayed:
+            self._audit.record("task_submitted", who, task_id=task.task_id, sandbox_id=request.spec.sandbox_id)
+        return scheduler_pb2.SubmitTaskResponse(task_id=task.task_id, task=public_task(task), replayed=replayed)
 
     async def GetTask(
         self, request: scheduler_pb2.GetTaskRequest, context: Context

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -22,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    delete,
     func,
     or_,
     select,
@@ -110,6 +111,7 @@ def decode_page_token(token: str) -> tuple[float, str]:
 class TaskStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # SQLite allows one writer at a time; queueing writes here avoids "database is locked".
         self._write_lock = asyncio.Lock() if is_sqlite(engine) else None
@@ -128,8 +130,15 @@ class TaskStore:
         async with self._write_lock, self._sessions.begin() as session:
             yield session
 
-    async def create(self, task_id: str, spec: task_pb2.TaskSpec, tenant_id: str = LOCAL_TENANT) -> task_pb2.Task:
-        """Stores a new scheduled task; returns it as stored (no second read needed)."""
+    async def create(
+        self,
+        task_id: str,
+        spec: task_pb2.TaskSpec,
+        tenant_id: str = LOCAL_TENANT,
+        also: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    ) -> task_pb2.Task:
+        """Stores a new scheduled task; returns it as stored (no second read needed). `also`
+        writes more in the same transaction (the task's idempotency key)."""
         row = TaskRow(
             task_id=task_id,
             tenant_id=tenant_id,
@@ -158,6 +167,8 @@ class TaskStore:
             # PostgreSQL (unlike SQLite by default) enforces the steps' foreign key.
             await session.flush()
             session.add_all(steps)
+            if also is not None:
+                await also(session)
         return self._to_proto(row, steps)
 
     async def get(self, task_id: str) -> task_pb2.Task | None:
@@ -331,6 +342,41 @@ class TaskStore:
                 )
                 or 0
             )
+
+    async def remove_finished_before(self, cutoff: float, batch: int = 500) -> int:
+        """Removes tasks that ended before `cutoff` (epoch seconds), with their steps and
+        events, `batch` at a time; how many. Unfinished tasks are never touched."""
+        removed = 0
+        while True:
+            async with self._writing() as session:
+                ids = list(
+                    (
+                        await session.scalars(
+                            select(TaskRow.task_id)
+                            .where(TaskRow.state.in_(TERMINAL_TASK_STATES), TaskRow.finished_at < cutoff)
+                            .limit(batch)
+                        )
+                    ).all()
+                )
+                if not ids:
+                    return removed
+                # Explicitly, children first: SQLite enforces no foreign keys (no cascade).
+                await session.execute(delete(EventRow).where(EventRow.task_id.in_(ids)))
+                await session.execute(delete(StepRow).where(StepRow.task_id.in_(ids)))
+                await session.execute(
+                    delete(TaskRow).where(TaskRow.task_id.in_(ids), TaskRow.state.in_(TERMINAL_TASK_STATES))
+                )
+            removed += len(ids)
+
+    async def set_finished_at(self, task_id: str, finished_at: float) -> None:
+        """For tests and tools: when the task ended."""
+        async with self._writing() as session:
+            await session.execute(update(TaskRow).where(TaskRow.task_id == task_id).values(finished_at=finished_at))
+
+    async def count_events(self, task_id: str) -> int:
+        async with self._sessions() as session:
+            query = select(func.count()).select_from(EventRow).where(EventRow.task_id == task_id)
+            return int(await session.scalar(query) or 0)
 
     async def count(self) -> int:
         async with self._sessions() as session:

@@ -27,6 +27,7 @@ class RegisterExecutorRequest(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
     SANDBOX_IDS_FIELD_NUMBER: _builtins.int
+    MAX_SANDBOXES_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     """host:port the scheduler dials to run tasks there."""
@@ -34,6 +35,10 @@ class RegisterExecutorRequest(_message.Message):
     """How many tasks it runs at once."""
     driver: _builtins.str
     """Sandbox driver, e.g. bubblewrap."""
+    max_sandboxes: _builtins.int
+    """How many long-lived sandboxes it holds at most (CORRAL_EXECUTOR_MAX_SANDBOXES); 0 (an
+    executor from before the setting): as many as its capacity.
+    """
     @_builtins.property
     def sandbox_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The long-lived sandboxes it holds now. The scheduler fails the records of others it had
@@ -48,10 +53,11 @@ class RegisterExecutorRequest(_message.Message):
         capacity: _builtins.int = ...,
         driver: _builtins.str = ...,
         sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
+        max_sandboxes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "sandbox_ids", b"sandbox_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "sandbox_ids", b"sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -149,12 +155,17 @@ class ExecutorInfo(_message.Message):
     RUNNING_FIELD_NUMBER: _builtins.int
     DRIVER_FIELD_NUMBER: _builtins.int
     ALIVE_FIELD_NUMBER: _builtins.int
+    MAX_SANDBOXES_FIELD_NUMBER: _builtins.int
+    SANDBOXES_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     capacity: _builtins.int
     running: _builtins.int
     driver: _builtins.str
     alive: _builtins.bool
+    max_sandboxes: _builtins.int
+    sandboxes: _builtins.int
+    """Long-lived sandboxes placed on it (active or being created)."""
     def __init__(
         self,
         *,
@@ -164,10 +175,12 @@ class ExecutorInfo(_message.Message):
         running: _builtins.int = ...,
         driver: _builtins.str = ...,
         alive: _builtins.bool = ...,
+        max_sandboxes: _builtins.int = ...,
+        sandboxes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "running", b"running"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "running", b"running", "sandboxes", b"sandboxes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,19 +7,24 @@ runs concurrent transactions for real; these tests pin the stores' behaviour on 
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 from harness import cluster
+from sqlalchemy import update
 from sqlalchemy.engine import make_url
 
 from corral.db import create_engine
+from corral.errors import IdempotencyKeyReused
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from corral.v1.memory_pb2 import HISTORY_KIND_TASK_FINISHED
 from services.memory.store import HistoryRecord, InvalidArgument, MemoryStore
+from services.scheduler.idempotency import Claim, IdempotencyKeys, IdempotencyRow
 from services.scheduler.store import TaskStore, decode_page_token, encode_page_token
 
 
@@ -186,3 +191,61 @@ def test_old_scheduler_tables_get_the_tenant_column_on_postgres(postgres_url: st
     from unit.test_tenant_columns import assert_old_tables_migrate
 
     assert_old_tables_migrate(postgres_url)
+
+
+# --- retention and idempotency keys (services/scheduler/retention.py, idempotency.py) -------
+
+
+async def test_the_sweep_removes_old_finished_tasks_and_keeps_unfinished_ones(task_store: TaskStore) -> None:
+    old_done, new_done, old_running, old_queued = (uuid.uuid4().hex for _ in range(4))
+    for task_id in (old_done, new_done, old_running, old_queued):
+        await task_store.create(task_id, spec("true"))
+        await task_store.insert_events([task_pb2.TaskEvent(task_id=task_id, sequence=1)])
+    for task_id in (old_done, new_done):
+        assert await task_store.finish_if_not_terminal(task_id, task_pb2.TASK_STATE_COMPLETED, "")
+    await task_store.mark_running(old_running)
+    a_week_ago = time.time() - 7 * 24 * 3600
+    for task_id in (old_done, old_running, old_queued):
+        await task_store.set_finished_at(task_id, a_week_ago)  # (a finished_at on unfinished ones too)
+    assert await task_store.remove_finished_before(time.time() - 3600) == 1
+    assert await task_store.get(old_done) is None and await task_store.count_events(old_done) == 0
+    for kept in (new_done, old_running, old_queued):
+        assert await task_store.get(kept) is not None and await task_store.count_events(kept) == 1
+
+
+async def test_idempotency_keys_expire_and_are_swept(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        await TaskStore(engine).create_tables()
+        keys = IdempotencyKeys(engine, lifetime_seconds=24 * 3600)
+        old = Claim.of("t", "old-key", "SubmitTask", spec("true"))
+        fresh = Claim.of("t", "fresh-key", "SubmitTask", spec("true"))
+        assert await keys.acquire(old, 0, 0) is None and await keys.acquire(fresh, 0, 0) is None
+        await keys.fulfil(old, "task-1")
+        await keys.fulfil(fresh, "task-2")
+        assert await keys.earlier(old) == "task-1"
+        async with engine.begin() as conn:  # the old key was used 25 hours ago
+            await conn.execute(
+                update(IdempotencyRow).where(IdempotencyRow.key == "old-key").values(created_at=time.time() - 25 * 3600)
+            )
+        assert await keys.earlier(old) is None  # expired: the key is new again
+        assert await keys.sweep(time.time()) == 1
+        assert await keys.count() == 1 and await keys.earlier(fresh) == "task-2"
+        # The same tenant's key with another request is refused; another tenant's is its own.
+        with pytest.raises(IdempotencyKeyReused):
+            await keys.earlier(Claim.of("t", "fresh-key", "SubmitTask", spec("false")))
+        assert await keys.earlier(Claim.of("u", "fresh-key", "SubmitTask", spec("false"))) is None
+    finally:
+        await engine.dispose()
+
+
+async def test_memory_removes_the_history_of_tasks_finished_before_the_cutoff(memory_store: MemoryStore) -> None:
+    long_ago = datetime.now(UTC) - timedelta(days=8)
+    finished = HISTORY_KIND_TASK_FINISHED
+    await memory_store.append_events("old-done", [HistoryRecord("old-done", 1, time=long_ago), HistoryRecord("old-done", finished, time=long_ago)])
+    await memory_store.append_events("old-running", [HistoryRecord("old-running", 1, time=long_ago)])
+    await memory_store.append_events("new-done", [HistoryRecord("new-done", 1), HistoryRecord("new-done", finished)])
+    assert await memory_store.remove_finished_before(datetime.now(UTC) - timedelta(days=7)) == 1
+    assert await memory_store.list_events("old-done") == []
+    assert len(await memory_store.list_events("old-running")) == 1
+    assert len(await memory_store.list_events("new-done")) == 2

@@ -14,6 +14,7 @@ from corral.client import CorralClient
 from corral.errors import (
     CorralError,
     FailedPrecondition,
+    IdempotencyKeyReused,
     InvalidArgument,
     InvalidTask,
     NotFound,
@@ -84,3 +85,15 @@ async def test_an_unreachable_scheduler_is_unavailable(tmp_path: Path) -> None:
             await client.get("x")
     assert isinstance(err.value, CorralError)
     assert isinstance(err.value, ConnectionError)
+
+
+async def test_a_retry_with_an_idempotency_key_returns_the_first_task(scheduler: Cluster) -> None:
+    async with CorralClient(scheduler.scheduler_address, scheduler.settings()) as client:
+        request = TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "echo once"}]})
+        first = await client.submit(request, idempotency_key="client-retry-1")
+        assert await client.submit(request, idempotency_key="client-retry-1") == first
+        other = TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "echo twice"}]})
+        with pytest.raises(IdempotencyKeyReused, match="client-retry-1"):
+            await client.submit(other, idempotency_key="client-retry-1")
+        with pytest.raises(InvalidArgument, match="idempotency_key"):
+            await client.submit(request, idempotency_key="not a key")
