@@ -45,6 +45,8 @@ log = structlog.get_logger()
 CREATE_TIMEOUT_SECONDS = 150.0
 JUPYTER_TIMEOUT_SECONDS = 150.0
 EXPIRY_CHECK_SECONDS = 1.0
+# A GET of a sandbox asks its executor for the network counters; a slow one must not hold it.
+NETWORK_STATUS_TIMEOUT_SECONDS = 3.0
 # An executor's refusal of UpdateSandboxNetwork, passed on as the same kind of error.
 _EXECUTOR_REFUSALS: dict[grpc.StatusCode, type[InvalidSandboxRequest | FailedPrecondition]] = {
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
@@ -373,7 +375,7 @@ class SandboxCoordinator:
         try:
             reply = await executor.stub.GetSandboxNetwork(
                 executor_pb2.GetSandboxNetworkRequest(sandbox_id=sandbox.sandbox_id),
-                timeout=self.settings.gateway_rpc_timeout_seconds,
+                timeout=min(NETWORK_STATUS_TIMEOUT_SECONDS, self.settings.gateway_rpc_timeout_seconds),
             )
         except grpc.aio.AioRpcError as exc:
             log.warning("no network status from the executor", sandbox_id=sandbox.sandbox_id, error=exc.details())

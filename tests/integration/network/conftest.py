@@ -120,7 +120,7 @@ def refused(word: object) -> bool:
 
 
 @pytest.fixture(scope="module", params=DRIVERS)
-def corral(request: pytest.FixtureRequest, netlab: NetLab) -> Iterator[Corral]:
+def corral(request: pytest.FixtureRequest, netlab: NetLab, host_listener: int) -> Iterator[Corral]:
     driver = str(request.param)
     if driver == "docker":
         require_docker()
@@ -134,23 +134,25 @@ def corral(request: pytest.FixtureRequest, netlab: NetLab) -> Iterator[Corral]:
         wait_for_http(cluster.start("gateway", "gateway"), cluster.gateway_url + "/openapi.json")
         with httpx.Client(base_url=cluster.gateway_url, timeout=60) as api:
             corral = Corral(cluster, api, driver, netlab)
-            _refuse_a_shared_host_network(corral)
+            _refuse_a_host_network(corral, host_listener)
             yield corral
     finally:
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-def _refuse_a_shared_host_network(corral: Corral) -> None:
-    """Before any test looks a name up: a driver whose sandboxes share the host's network would
-    send the lab's names to the host's own resolver, beyond this machine. One connection to the
-    gateway's loopback port tells (and is itself the first attack of the suite)."""
-    host, port = corral.corral_ports[-1]
-    found = corral.probe(f"print(json.dumps({{'gateway': connect({host!r}, {port})}}))")
-    if not refused(found["gateway"]):
+def _refuse_a_host_network(corral: Corral, listener: int) -> None:
+    """Before any test looks a name up: a driver whose sandboxes reach the host (sharing its
+    network, or through a bridge to it) would send the lab's names to the host's own resolver,
+    beyond this machine. Connections to the host's loopback and own addresses only tell (and
+    are the suite's first attack)."""
+    targets = [*corral.corral_ports, ("127.0.0.1", listener), *[(a, listener) for a in host_addresses()]]
+    found = corral.probe(f"print(json.dumps({{f'{{h}}:{{p}}': connect(h, p) for h, p in {targets!r}}}))")
+    opened = sorted(target for target, word in found.items() if target != "task_id" and not refused(word))
+    if opened:
         pytest.fail(
-            f"a {corral.driver} sandbox with network reaches the gateway on {host}:{port}: it shares "
-            "the host's network (no test that looks names up runs against it)"
+            f"a {corral.driver} sandbox with network reaches the host at {', '.join(opened)}: no test "
+            "that looks names up runs against it"
         )
 
 
