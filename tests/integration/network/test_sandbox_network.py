@@ -77,17 +77,19 @@ def test_deny_rules_win_and_a_private_range_opens_only_by_cidr(corral: Corral) -
     lab = corral.lab
     found = corral.probe(
         "print(json.dumps({'other': get('other.test'), 'denied_name': lookup('denied.test'),\n"
-        "    'denied_address': connect('" + lab.denied + "', 80), 'private': get('" + lab.private + "'),\n"
-        "    'private_name': get('private-name.test')}))\n",
-        network={"allow": ["other.test", "denied.test", "10.213.0.0/24", "private-name.test"],
-                 "deny": ["denied.test", lab.denied]},
+        "    'denied_address': connect('" + lab.denied + "', 80), 'private': get('" + lab.private + "')}))\n",
+        network={"allow": ["other.test", "denied.test", "10.213.0.0/24"], "deny": ["denied.test", lab.denied]},
     )
     assert found["other"] == "other.test", found
     assert refused(found["denied_name"]) and refused(found["denied_address"]), found
     assert found["private"] == "private.test", found
-    # Opened by its CIDR rule the address answers by its address; a name resolving into a
-    # private range stays refused (rebinding), whatever allows the name.
-    assert refused(found["private_name"]), found
+    # A name allowed by its rule but resolving into a private range stays refused (DNS
+    # rebinding): only a CIDR rule opens a private service.
+    by_name = corral.probe(
+        "print(json.dumps({'private_name': get('private-name.test'), 'control': get('allowed.test')}))\n",
+        network={"allow": ["private-name.test", "allowed.test"]},
+    )
+    assert by_name["control"] == "allowed.test" and refused(by_name["private_name"]), by_name
 
 
 def _sandbox(corral: Corral, network: object) -> str:
