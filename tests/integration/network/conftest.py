@@ -25,9 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from harness import Cluster, require_docker, wait_for_http
-from netlab import LAB_ADDRESS, NetLab, netlab, wait_for_port
-
-__all__ = ["netlab"]  # the lab's fixture, for this folder's tests
+from netlab import LAB_ADDRESS, NetLab, wait_for_port
 
 DRIVERS = ["bubblewrap", pytest.param("docker", marks=pytest.mark.docker)]
 METADATA = "169.254.169.254"
