@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from corral.audit import AuditLog
 from corral.config import Settings
-from corral.errors import SandboxNotFound
+from corral.errors import InvalidSandboxRequest, SandboxNotFound
 from corral.grpc_server import Context
+from corral.steps import check_network_rules
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from .idempotency import Claim, IdempotencyKeys
@@ -104,6 +105,8 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self, request: sandbox_pb2.UpdateSandboxNetworkRequest, context: Context
     ) -> sandbox_pb2.UpdateSandboxNetworkResponse:
         who = await self._auth.caller(context, "UpdateSandboxNetwork")
+        # The rules first, as the gateway does: a bad one is named whatever the sandbox.
+        check_network_rules(True, request.rules, InvalidSandboxRequest)
         await self._owned(request.sandbox_id, who, "UpdateSandboxNetwork")
         sandbox = await self._sandboxes.update_network(request.sandbox_id, request.rules, who.scope)
         self._audit.record(

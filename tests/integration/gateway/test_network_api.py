@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import re
 
+import grpc
 import httpx
 import pytest
 from harness import Cluster
+
+from corral.client import CorralClient
+from corral.errors import InvalidArgument, SandboxNotFound
+from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, task_pb2
 
 ONE_STEP = [{"tool": "shell", "command": "true"}]
 RULES = {"allow": ["allowed.test", "*.allowed.test", "203.0.113.0/24"], "deny": ["denied.test"]}
@@ -122,3 +127,24 @@ def test_a_sandbox_reads_back_its_rules_and_the_executors_counters_are_scraped(
     (labels,) = connections
     assert 'driver="bubblewrap"' in labels and 'executor_id="executor-' in labels
     assert _samples(scraped, "corral_executor_up") == {labels: 1.0}
+
+
+async def test_the_scheduler_refuses_bad_rules_sent_over_grpc(stack: Cluster) -> None:
+    """Past the gateway's models too: a TaskSpec or a rule change with a bad rule is
+    INVALID_ARGUMENT naming it."""
+    steps = [task_pb2.Step(shell=task_pb2.ShellAction(command="true"))]
+    bad = task_pb2.TaskSpec(steps=steps, network=True, network_rules=task_pb2.NetworkRules(allow=["fe80::1"]))
+    async with CorralClient(stack.scheduler_address, stack.settings()) as client:
+        with pytest.raises(InvalidArgument, match=r"network.allow\[0\]: 'fe80::1' is never reachable"):
+            await client.submit(bad)
+        stub = sandbox_pb2_grpc.SandboxServiceStub(stack.aio_channel(stack.scheduler_address))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.UpdateSandboxNetwork(
+                sandbox_pb2.UpdateSandboxNetworkRequest(
+                    sandbox_id="0" * 32, rules=task_pb2.NetworkRules(deny=["not a rule"])
+                )
+            )
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "network.deny[0]: 'not a rule'" in (caught.value.details() or "")
+        with pytest.raises(SandboxNotFound):
+            await client.update_sandbox_network("0" * 32, allow=["allowed.test"])
