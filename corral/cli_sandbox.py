@@ -11,8 +11,7 @@ from corral.api_keys import metadata_for
 from corral.client import typed_errors
 from corral.config import Settings
 from corral.grpc_server import channel
-from corral.network_json import NetworkRulesModel, network_of
-from corral.network_rules import NetworkRules
+from corral.network_json import NetworkRulesModel, checked_rules, network_of
 from corral.schema import seconds_to_duration
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 from corral.views import SANDBOX_STATE_NAMES, SandboxView
@@ -77,7 +76,7 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
         action = args.sandbox_command
         if action == "create":
             spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network or bool(args.allow or args.deny))
-            spec.network_rules.CopyFrom(NetworkRules.parse(args.allow, args.deny).to_proto())
+            spec.network_rules.CopyFrom(checked_rules(args.allow, args.deny))
             for item in args.env:
                 key, sep, value = item.partition("=")
                 if not sep:
@@ -118,9 +117,9 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
             print(f"{args.sandbox_id} expires at {extended.sandbox.expires_at.ToJsonString()}")
         elif action == "network":
             if args.allow or args.deny or args.default:
-                rules = NetworkRules.parse(args.allow, args.deny)  # InvalidArgument naming the rule
+                rules = checked_rules(args.allow, args.deny)  # InvalidArgument naming the rule
                 updated = await stub.UpdateSandboxNetwork(
-                    sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=args.sandbox_id, rules=rules.to_proto()),
+                    sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=args.sandbox_id, rules=rules),
                     metadata=key,
                 )
                 sandbox = updated.sandbox

@@ -22,7 +22,7 @@ from corral.api_keys import metadata_for
 from corral.config import Settings
 from corral.errors import from_rpc_error
 from corral.grpc_server import channel
-from corral.network_rules import NetworkRules
+from corral.network_json import checked_rules
 from corral.schema import TERMINAL_TASK_STATES, TaskRequest
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
@@ -137,10 +137,10 @@ class CorralClient:
         """Replaces the network rules of a sandbox created with network (none: the default
         policy); new connections follow them at once. InvalidArgument names a bad rule;
         FailedPrecondition: the sandbox has no network."""
-        rules = NetworkRules.parse(allow, deny)
+        rules = checked_rules(allow, deny)
         with typed_errors():
             response = await self._sandboxes.UpdateSandboxNetwork(
-                sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=rules.to_proto()),
+                sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=rules),
                 metadata=self._key,
             )
         return response.sandbox

@@ -7,6 +7,7 @@ whose message names the bad rule; on the protos it is `network = true` + `networ
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
@@ -29,26 +30,33 @@ class NetworkRulesModel(BaseModel):
     allow: list[str] = Field(default_factory=list, description="Reachable destinations only. " + RULE_SYNTAX)
     deny: list[str] = Field(default_factory=list, description="Refused even where allowed. " + RULE_SYNTAX)
 
-    @classmethod
-    def of(cls, rules: NetworkRules) -> NetworkRulesModel:
-        return cls(allow=rules.allow, deny=rules.deny)
-
     def parse(self) -> NetworkRules:
         """Raises InvalidArgument naming the bad rule."""
         return NetworkRules.parse(self.allow, self.deny)
 
     def to_proto(self) -> task_pb2.NetworkRules:
-        return self.parse().to_proto()
+        return checked_rules(self.allow, self.deny)
+
+
+def checked_rules(allow: Iterable[str] = (), deny: Iterable[str] = ()) -> task_pb2.NetworkRules:
+    """The rules as sent (trimmed, in their order: read back as written), once they parse;
+    raises InvalidArgument naming a bad one. (The drivers get the parsed NetworkRules.)"""
+    allow, deny = list(allow), list(deny)
+    NetworkRules.parse(allow, deny)
+    return task_pb2.NetworkRules(allow=[r.strip() for r in allow], deny=[r.strip() for r in deny])
 
 
 def _validate(value: Any) -> bool | NetworkRulesModel:
     if isinstance(value, NetworkRulesModel):
         value = value.model_dump()
     try:
-        enabled, rules = rules_from_json(value)
+        enabled, _ = rules_from_json(value)
     except InvalidArgument as exc:
         raise ValueError(str(exc).removeprefix("network.").removeprefix("network: ")) from None
-    return NetworkRulesModel.of(rules) if isinstance(value, dict) else enabled
+    if isinstance(value, dict):
+        rules = checked_rules(value.get("allow", []), value.get("deny", []))
+        return NetworkRulesModel(allow=list(rules.allow), deny=list(rules.deny))
+    return enabled
 
 
 # A field holding `"network"`: validated (the rules parsed, a bad one named) and shown in the

@@ -19,7 +19,7 @@ import structlog
 from corral.config import Settings
 from corral.errors import CapacityExhausted, SandboxNotFound
 from corral.network_rules import NetworkRules
-from corral.v1 import sandbox_pb2
+from corral.v1 import sandbox_pb2, task_pb2
 from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
 from services.executor.disk_quota import measure, over_quota
@@ -207,11 +207,12 @@ class SandboxManager:
         log.info("sandbox removed", sandbox_id=sandbox_id, reason=reason)
         return True
 
-    async def update_network(self, sandbox_id: str, rules: NetworkRules) -> NetworkStatus:
+    async def update_network(self, sandbox_id: str, asked: task_pb2.NetworkRules) -> NetworkStatus:
         """Replaces the sandbox's rules (the driver raises FailedPrecondition when it cannot)."""
         managed = self.get(sandbox_id)
+        rules = NetworkRules.from_proto(asked)  # InvalidArgument naming a bad rule
         await managed.sandbox.update_network(rules)
-        managed.spec.network_rules.CopyFrom(rules.to_proto())
+        managed.spec.network_rules.CopyFrom(asked)
         log.info("sandbox network rules changed", sandbox_id=sandbox_id, allow=rules.allow, deny=rules.deny)
         return await managed.sandbox.network_status()
 

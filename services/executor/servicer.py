@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from corral.errors import FailedPrecondition, InvalidArgument, SandboxNotFound
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
-from corral.network_rules import NetworkRules
 from services.executor.runner import TASK_ID_PATTERN, TaskRunner
 
 
@@ -94,8 +93,7 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
         managed = self.runner.sandboxes.get(request.sandbox_id)  # SandboxNotFound
         if not managed.spec.network:
             raise FailedPrecondition(f"sandbox {request.sandbox_id} was created without network")
-        rules = NetworkRules.from_proto(request.rules)  # InvalidArgument naming the rule
-        status = await self.runner.sandboxes.update_network(request.sandbox_id, rules)
+        status = await self.runner.sandboxes.update_network(request.sandbox_id, request.rules)
         return executor_pb2.UpdateSandboxNetworkResponse(status=status.to_proto())
 
     async def GetSandboxNetwork(

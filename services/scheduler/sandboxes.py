@@ -348,7 +348,7 @@ class SandboxCoordinator:
         executor = self._executor_of(sandbox)
         try:
             reply = await executor.stub.UpdateSandboxNetwork(
-                executor_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=parsed.to_proto()),
+                executor_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=rules),
                 timeout=self.settings.gateway_rpc_timeout_seconds,
             )
         except grpc.aio.AioRpcError as exc:
@@ -358,7 +358,7 @@ class SandboxCoordinator:
             raise SandboxUnavailable(f"executor {sandbox.executor_id}: {exc.details()}") from None
         # Stored after the executor applied them: the record never shows rules not in force.
         sandbox = await self.active(sandbox_id, tenant_id)
-        sandbox.spec.network_rules.CopyFrom(parsed.to_proto())
+        sandbox.spec.network_rules.CopyFrom(rules)
         await self.store.put(sandbox)
         sandbox.network_status.CopyFrom(reply.status)
         log.info("sandbox network rules changed", sandbox_id=sandbox_id, allow=parsed.allow, deny=parsed.deny)

@@ -45,6 +45,14 @@ def test_the_three_forms_map_to_the_protos_and_back() -> None:
         assert task(shown).to_proto() == spec
 
 
+def test_rules_read_back_as_written() -> None:
+    # Checked, not rewritten: the order and text the client sent (trimmed) come back.
+    spec = task({"allow": [" 203.0.113.7", "PyPI.org", "*.npmjs.org"], "deny": ["10.0.0.0/8"]}).to_proto()
+    assert list(spec.network_rules.allow) == ["203.0.113.7", "PyPI.org", "*.npmjs.org"]
+    shown = task_to_json(task_pb2.Task(task_id="t", state=task_pb2.TASK_STATE_SCHEDULED, spec=spec))["network"]
+    assert shown == {"allow": ["203.0.113.7", "PyPI.org", "*.npmjs.org"], "deny": ["10.0.0.0/8"]}
+
+
 def test_a_sandbox_takes_the_same_forms() -> None:
     spec = SandboxRequest.model_validate({"network": {"allow": ["allowed.test"]}}).to_proto()
     assert spec.network and list(spec.network_rules.allow) == ["allowed.test"]

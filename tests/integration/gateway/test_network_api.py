@@ -4,12 +4,15 @@ tests/integration/network/): `"network"` in and out in the same shape, bad rules
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
 import grpc
 import httpx
 import pytest
-from harness import Cluster
+from harness import REPO, Cluster
 
 from corral.client import CorralClient
 from corral.errors import InvalidArgument, SandboxNotFound
@@ -148,3 +151,33 @@ async def test_the_scheduler_refuses_bad_rules_sent_over_grpc(stack: Cluster) ->
         assert "network.deny[0]: 'not a rule'" in (caught.value.details() or "")
         with pytest.raises(SandboxNotFound):
             await client.update_sandbox_network("0" * 32, allow=["allowed.test"])
+
+
+def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral.cli", "sandbox", *args, "--scheduler", cluster.scheduler_address],
+        cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_the_cli_creates_shows_and_changes_a_sandboxs_rules(full_stack: Cluster) -> None:
+    created = _cli(full_stack, "create", "--allow", "allowed.test", "--ttl", "120", "--json")
+    assert created.returncode == 0, created.stderr
+    sandbox_id = json.loads(created.stdout)["sandbox_id"]
+    assert json.loads(created.stdout)["network"] == {"allow": ["allowed.test"], "deny": []}
+    try:
+        shown = _cli(full_stack, "network", sandbox_id)
+        assert shown.returncode == 0, shown.stderr
+        assert "allow: allowed.test" in shown.stdout and "refused:" in shown.stdout
+        changed = _cli(full_stack, "network", sandbox_id, "--allow", "other.test", "--deny", "203.0.113.66", "--json")
+        assert changed.returncode == 0, changed.stderr
+        document = json.loads(changed.stdout)
+        assert document["network"] == {"allow": ["other.test"], "deny": ["203.0.113.66"]}
+        # The rules in force, as the executor understood them (an address is its /32).
+        assert document["network_status"]["rules"] == {"allow": ["other.test"], "deny": ["203.0.113.66/32"]}
+        bad = _cli(full_stack, "network", sandbox_id, "--allow", "127.0.0.0/8")
+        assert bad.returncode == 2 and "allow[0]: '127.0.0.0/8' is never reachable" in bad.stderr, bad.stderr
+        reset = _cli(full_stack, "network", sandbox_id, "--default", "--json")
+        assert reset.returncode == 0 and json.loads(reset.stdout)["network"] is True, reset.stderr
+    finally:
+        _cli(full_stack, "rm", sandbox_id)
