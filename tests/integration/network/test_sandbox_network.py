@@ -71,6 +71,9 @@ def test_allow_rules_narrow_by_name_and_cidr(corral: Corral) -> None:
     forwarded = lab.queries()[asked:]
     assert "allowed.test" in forwarded
     assert "other.test" not in forwarded and "denied.test" not in forwarded, forwarded
+    # The task's own sandbox tells its events what it refused.
+    refusals = " ".join(e["description"] for e in corral.events(found["task_id"]) if e["type"] == "network_refused")
+    assert "other.test" in refusals and "denied.test" in refusals, refusals
 
 
 def test_deny_rules_win_and_a_private_range_opens_only_by_cidr(corral: Corral) -> None:
