@@ -200,6 +200,8 @@ class RunPrinter:
             out = sys.stderr if event.output.stream == task_pb2.OUTPUT_STREAM_STDERR else sys.stdout
             out.write(event.output.data)
             out.flush()
+        elif kind == "network_refused":
+            self.note(f"--- network: {event.network_refused.description}")
         elif kind == "step_finished":
             result = event.step_finished.result
             if result.state == task_pb2.STEP_STATE_COMPLETED:
