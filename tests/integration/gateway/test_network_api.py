@@ -14,6 +14,7 @@ import httpx
 import pytest
 from harness import REPO, Cluster
 
+from corral import Sandbox, errors
 from corral.client import CorralClient
 from corral.errors import InvalidArgument, SandboxNotFound
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, task_pb2
@@ -181,3 +182,16 @@ def test_the_cli_creates_shows_and_changes_a_sandboxs_rules(full_stack: Cluster)
         assert reset.returncode == 0 and json.loads(reset.stdout)["network"] is True, reset.stderr
     finally:
         _cli(full_stack, "rm", sandbox_id)
+
+
+def test_the_rest_sdk_changes_a_sandboxs_rules(full_stack: Cluster) -> None:
+    with Sandbox.create(network={"allow": ["allowed.test"]}, ttl=120, url=full_stack.gateway_url) as sandbox:
+        assert sandbox.info["network"] == {"allow": ["allowed.test"], "deny": []}
+        sandbox.set_network(allow=["other.test"], deny=["denied.test"])
+        assert sandbox.refresh()["network"] == {"allow": ["other.test"], "deny": ["denied.test"]}
+        with pytest.raises(errors.InvalidArgument, match=r"allow\[0\]: 'http://x' is not a valid address or CIDR"):
+            sandbox.set_network(allow=["http://x"])
+    with Sandbox.create(ttl=120, url=full_stack.gateway_url) as offline, pytest.raises(
+        errors.FailedPrecondition, match="created without network"
+    ):
+        offline.set_network(allow=["allowed.test"])
