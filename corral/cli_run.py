@@ -83,6 +83,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--timeout", type=float, metavar="SECONDS", help="timeout of every step")
     parser.add_argument("--network", action="store_true", help="give the sandbox network access")
+    add_network_rule_arguments(parser, "(implies --network)")
     parser.add_argument("--sandbox", metavar="SANDBOX_ID", help="run in this long-lived sandbox (corral sandbox create)")
     parser.add_argument(
         "-e", "--env", action="append", default=[], metavar="NAME=VALUE", help="environment variable"
@@ -91,6 +92,24 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", action="store_true", help="print every event as a JSON line")
     parser.add_argument("-q", "--quiet", action="store_true", help="no step headers or summary")
     add_scheduler_argument(parser)
+
+
+def add_network_rule_arguments(parser: argparse.ArgumentParser, note: str = "") -> None:
+    parser.add_argument(
+        "--allow", action="append", default=[], metavar="RULE",
+        help=f"reach only these: domain, *.domain, address or CIDR (repeatable) {note}".rstrip(),
+    )
+    parser.add_argument(
+        "--deny", action="append", default=[], metavar="RULE",
+        help=f"never reach these, even if allowed (repeatable) {note}".rstrip(),
+    )
+
+
+def network_value(args: argparse.Namespace) -> bool | dict[str, list[str]]:
+    """--network, --allow and --deny as the JSON `"network"` value."""
+    if args.allow or args.deny:
+        return {"allow": list(args.allow), "deny": list(args.deny)}
+    return bool(args.network)
 
 
 def load_task_file(path: str) -> dict[str, Any]:
@@ -127,8 +146,8 @@ def build_request(args: argparse.Namespace) -> TaskRequest:
         raise UsageError("nothing to run: give shell commands, --python/--typescript code or -f FILE")
     if args.timeout is not None:
         document["step_timeout"] = args.timeout
-    if args.network:
-        document["network"] = True
+    if args.network or args.allow or args.deny:
+        document["network"] = network_value(args)
     if args.sandbox:
         document["sandbox_id"] = args.sandbox
     for pair in args.env:
@@ -181,6 +200,8 @@ class RunPrinter:
             out = sys.stderr if event.output.stream == task_pb2.OUTPUT_STREAM_STDERR else sys.stdout
             out.write(event.output.data)
             out.flush()
+        elif kind == "network_refused":
+            self.note(f"--- network: {event.network_refused.description}")
         elif kind == "step_finished":
             result = event.step_finished.result
             if result.state == task_pb2.STEP_STATE_COMPLETED:

@@ -1,4 +1,4 @@
-"""`corral sandbox create|ls|rm|extend`: long-lived sandboxes, over gRPC to the scheduler."""
+"""`corral sandbox create|ls|rm|extend|network`: long-lived sandboxes, over gRPC to the scheduler."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from corral.api_keys import metadata_for
 from corral.client import typed_errors
 from corral.config import Settings
 from corral.grpc_server import channel
+from corral.network_json import NetworkRulesModel, checked_rules, network_of
 from corral.schema import seconds_to_duration
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
-from corral.views import SANDBOX_STATE_NAMES
+from corral.views import SANDBOX_STATE_NAMES, SandboxView
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -21,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     create = commands.add_parser("create", help="create a sandbox; prints its id and tokens")
     create.add_argument("--desktop", action="store_true", help="with a desktop (noVNC, gui steps)")
     create.add_argument("--network", action="store_true", help="with network access")
+    cli_run.add_network_rule_arguments(create, "(implies --network)")
     create.add_argument("--ttl", type=float, default=0, help="lifetime in seconds (default 3600)")
     create.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--json", action="store_true")
@@ -32,8 +34,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     extend = commands.add_parser("extend", help="extend a sandbox's lifetime to now + ttl")
     extend.add_argument("sandbox_id")
     extend.add_argument("--ttl", type=float, default=0, help="seconds (default: its ttl)")
-    for sub in (create, ls, rm, extend):
+    network = commands.add_parser(
+        "network",
+        help="replace a sandbox's network rules (effective for new connections at once); "
+        "without --allow/--deny/--default, show its network status",
+    )
+    network.add_argument("sandbox_id")
+    cli_run.add_network_rule_arguments(network)
+    network.add_argument("--default", action="store_true", help="drop every rule: the default policy")
+    network.add_argument("--json", action="store_true")
+    for sub in (create, ls, rm, extend, network):
         cli_run.add_scheduler_argument(sub)
+
+
+def _network_json(sandbox: sandbox_pb2.Sandbox) -> object:
+    value = network_of(sandbox.spec.network, sandbox.spec.network_rules)
+    return value.model_dump() if isinstance(value, NetworkRulesModel) else value
 
 
 def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
@@ -41,7 +57,7 @@ def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
         "sandbox_id": sandbox.sandbox_id,
         "status": SANDBOX_STATE_NAMES.get(sandbox.state, "unspecified"),
         "desktop": sandbox.spec.desktop,
-        "network": sandbox.spec.network,
+        "network": _network_json(sandbox),
         "executor_id": sandbox.executor_id,
         "expires_at": sandbox.expires_at.ToJsonString(),
         "error": sandbox.error or None,
@@ -59,7 +75,8 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
         stub = sandbox_pb2_grpc.SandboxServiceStub(chan)
         action = args.sandbox_command
         if action == "create":
-            spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network)
+            spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network or bool(args.allow or args.deny))
+            spec.network_rules.CopyFrom(checked_rules(args.allow, args.deny))
             for item in args.env:
                 key, sep, value = item.partition("=")
                 if not sep:
@@ -98,4 +115,34 @@ async def _run(args: argparse.Namespace, scheduler: str) -> int:
                 message.ttl.CopyFrom(seconds_to_duration(args.ttl))
             extended = await stub.ExtendSandbox(message, metadata=key)
             print(f"{args.sandbox_id} expires at {extended.sandbox.expires_at.ToJsonString()}")
+        elif action == "network":
+            if args.allow or args.deny or args.default:
+                rules = checked_rules(args.allow, args.deny)  # InvalidArgument naming the rule
+                updated = await stub.UpdateSandboxNetwork(
+                    sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=args.sandbox_id, rules=rules),
+                    metadata=key,
+                )
+                sandbox = updated.sandbox
+            else:
+                got = await stub.GetSandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=args.sandbox_id), metadata=key)
+                sandbox = got.sandbox
+            _print_network(sandbox, args.json)
     return 0
+
+
+def _print_network(sandbox: sandbox_pb2.Sandbox, as_json: bool) -> None:
+    view = SandboxView.from_proto(sandbox)
+    shown = {"sandbox_id": view.sandbox_id, "network": _network_json(sandbox),
+             "network_status": view.network_status.model_dump() if view.network_status else None}
+    if as_json:
+        print(json.dumps(shown, indent=2))
+        return
+    rules = sandbox.spec.network_rules
+    print(f"{sandbox.sandbox_id}: network {'on' if sandbox.spec.network else 'off'}")
+    print(f"  allow: {', '.join(rules.allow) or '(any public destination)'}")
+    print(f"  deny:  {', '.join(rules.deny) or '-'}")
+    if view.network_status is not None:
+        status = view.network_status
+        print(f"  refused: {status.refused_connections} connections, {status.refused_lookups} lookups")
+        if status.recent_refused_names:
+            print(f"  recently refused names: {', '.join(status.recent_refused_names)}")

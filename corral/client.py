@@ -12,7 +12,7 @@ grpc.aio.AioRpcError. `typed_errors()` does the same for code that calls stubs d
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
@@ -22,8 +22,9 @@ from corral.api_keys import metadata_for
 from corral.config import Settings
 from corral.errors import from_rpc_error
 from corral.grpc_server import channel
+from corral.network_json import checked_rules
 from corral.schema import TERMINAL_TASK_STATES, TaskRequest
-from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from corral.v1 import sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
 
 
 @contextmanager
@@ -36,7 +37,8 @@ def typed_errors() -> Iterator[None]:
 
 
 class CorralClient:
-    """SchedulerService calls with plain arguments; failures raise corral.errors classes."""
+    """SchedulerService (and a few SandboxService) calls with plain arguments; failures raise
+    corral.errors classes."""
 
     def __init__(self, scheduler_address: str, settings: Settings | None = None, api_key: str | None = None) -> None:
         """Calls as the deployment's admin: its certificate from `settings` (by default
@@ -46,6 +48,7 @@ class CorralClient:
         settings = settings or Settings()
         self._channel = channel(scheduler_address, settings, "admin")
         self._stub = scheduler_pb2_grpc.SchedulerServiceStub(self._channel)
+        self._sandboxes = sandbox_pb2_grpc.SandboxServiceStub(self._channel)
         self._key = metadata_for(settings.api_key if api_key is None else api_key)
 
     async def __aenter__(self) -> CorralClient:
@@ -116,6 +119,31 @@ class CorralClient:
             pass
         task = await self.get(task_id)
         return task
+
+
+    # --- long-lived sandboxes ----------------------------------------------------------------
+
+    async def get_sandbox(self, sandbox_id: str) -> sandbox_pb2.Sandbox:
+        """The sandbox, with its network status when it has network."""
+        with typed_errors():
+            response = await self._sandboxes.GetSandbox(
+                sandbox_pb2.GetSandboxRequest(sandbox_id=sandbox_id), metadata=self._key
+            )
+        return response.sandbox
+
+    async def update_sandbox_network(
+        self, sandbox_id: str, allow: Iterable[str] = (), deny: Iterable[str] = ()
+    ) -> sandbox_pb2.Sandbox:
+        """Replaces the network rules of a sandbox created with network (none: the default
+        policy); new connections follow them at once. InvalidArgument names a bad rule;
+        FailedPrecondition: the sandbox has no network."""
+        rules = checked_rules(allow, deny)
+        with typed_errors():
+            response = await self._sandboxes.UpdateSandboxNetwork(
+                sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=rules),
+                metadata=self._key,
+            )
+        return response.sandbox
 
 
 def is_terminal(task: task_pb2.Task) -> bool:

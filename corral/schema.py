@@ -13,6 +13,7 @@ from google.protobuf import duration_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.bounds import INT32_MAX, INT64_MAX, MAX_STEP_TIMEOUT_SECONDS
+from corral.network_json import NETWORK_DESCRIPTION, NetworkField, network_to_proto
 from corral.steps import StepModel, step_to_proto
 from corral.v1 import task_pb2
 from corral.views import STEP_STATE_NAMES as STEP_STATE_NAMES
@@ -58,7 +59,7 @@ class TaskRequest(BaseModel):
         description="Default timeout of every step, seconds (60 if unset; at most a week, and at most "
         "the deployment's CORRAL_MAX_STEP_TIMEOUT_SECONDS).",
     )
-    network: bool = Field(False, description="Give the sandbox network access.")
+    network: NetworkField = Field(False, description=NETWORK_DESCRIPTION)
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
     limits: LimitsModel | None = None
     sandbox_id: str | None = Field(
@@ -67,8 +68,9 @@ class TaskRequest(BaseModel):
     desktop: bool = Field(False, description="Give the task's sandbox a desktop (gui steps imply it).")
 
     def to_proto(self) -> task_pb2.TaskSpec:
+        network, rules = network_to_proto(self.network)
         spec = task_pb2.TaskSpec(
-            network=self.network, env=self.env, sandbox_id=self.sandbox_id or "", desktop=self.desktop
+            network=network, network_rules=rules, env=self.env, sandbox_id=self.sandbox_id or "", desktop=self.desktop
         )
         if self.step_timeout is not None:
             spec.step_timeout.CopyFrom(seconds_to_duration(self.step_timeout))

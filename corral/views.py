@@ -15,6 +15,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from pydantic import BaseModel, ConfigDict, Field
 
 from corral.enums import enum_names
+from corral.network_json import NETWORK_DESCRIPTION, NetworkField, NetworkStatusView, network_of
 from corral.steps import TOOL_NAMES
 from corral.v1 import memory_pb2, sandbox_pb2, task_pb2
 
@@ -24,7 +25,7 @@ TaskStatus = Literal["scheduled", "running", "completed", "failed", "cancelled"]
 StepStatus = Literal["pending", "running", "completed", "failed", "skipped", "cancelled"]
 SandboxStatus = Literal["active", "deleted", "expired", "failed"]
 # The memory service stores whatever kind a writer sends, so "unspecified" can come back.
-HistoryKind = Literal["unspecified", "task_started", "action", "result", "task_finished"]
+HistoryKind = Literal["unspecified", "task_started", "action", "result", "task_finished", "network_refused"]
 OutputStreamName = Literal["stdout", "stderr"]
 
 TASK_STATE_NAMES = enum_names(task_pb2.TaskState, "TASK_STATE_")
@@ -112,6 +113,7 @@ class TaskView(View):
     finished_at: str | None
     # Last, after the seed's fields (which keep their order).
     tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
+    network: NetworkField = Field(False, description=NETWORK_DESCRIPTION)
 
     @classmethod
     def from_proto(cls, task: task_pb2.Task) -> TaskView:
@@ -129,6 +131,7 @@ class TaskView(View):
                 "started_at": _time(task.started_at, task.HasField("started_at")),
                 "finished_at": _time(task.finished_at, task.HasField("finished_at")),
                 "tenant_id": task.tenant_id or None,
+                "network": network_of(task.spec.network, task.spec.network_rules),
             }
         )
 
@@ -182,6 +185,14 @@ class FinishedEvent(_EventBase):
     error: str | None
 
 
+class NetworkRefusedEvent(_EventBase):
+    """The sandbox's network refused a lookup (connections refused are counted: GET the
+    sandbox, /metrics)."""
+
+    type: Literal["network_refused"]
+    description: str
+
+
 class UnknownEvent(_EventBase):
     """An event kind newer than this gateway."""
 
@@ -189,7 +200,14 @@ class UnknownEvent(_EventBase):
 
 
 TaskEventView = Annotated[
-    ScheduledEvent | StartedEvent | StepStartedEvent | OutputEvent | StepFinishedEvent | FinishedEvent | UnknownEvent,
+    ScheduledEvent
+    | StartedEvent
+    | StepStartedEvent
+    | OutputEvent
+    | StepFinishedEvent
+    | FinishedEvent
+    | NetworkRefusedEvent
+    | UnknownEvent,
     Field(discriminator="type"),
 ]
 EVENT_MODELS: dict[str, type[_EventBase]] = {
@@ -199,6 +217,7 @@ EVENT_MODELS: dict[str, type[_EventBase]] = {
     "output": OutputEvent,
     "step_finished": StepFinishedEvent,
     "finished": FinishedEvent,
+    "network_refused": NetworkRefusedEvent,
 }
 
 
@@ -222,6 +241,8 @@ def event_view(event: task_pb2.TaskEvent) -> _EventBase:
     elif kind == "finished":
         body["status"] = TASK_STATE_NAMES.get(event.finished.state, "unspecified")
         body["error"] = event.finished.error or None
+    elif kind == "network_refused":
+        body["description"] = event.network_refused.description
     return EVENT_MODELS.get(kind, UnknownEvent).model_validate(body)
 
 
@@ -287,7 +308,7 @@ class SandboxView(View):
     sandbox_id: str
     status: SandboxStatus
     desktop: bool
-    network: bool
+    network: NetworkField = Field(description=NETWORK_DESCRIPTION)
     ttl_seconds: float
     executor_id: str | None
     created_at: str | None
@@ -296,6 +317,9 @@ class SandboxView(View):
     tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
     vnc_path: str | None = Field(description="Its noVNC desktop (with a token), when it has one.")
     jupyter_path: str
+    network_status: NetworkStatusView | None = Field(
+        None, description="What its network refused so far (GET of one sandbox with network only)."
+    )
 
     @staticmethod
     def fields_of(sandbox: sandbox_pb2.Sandbox) -> dict[str, Any]:
@@ -304,7 +328,7 @@ class SandboxView(View):
             "sandbox_id": sandbox.sandbox_id,
             "status": SANDBOX_STATE_NAMES.get(sandbox.state, "unspecified"),
             "desktop": sandbox.spec.desktop,
-            "network": sandbox.spec.network,
+            "network": network_of(sandbox.spec.network, sandbox.spec.network_rules),
             "ttl_seconds": sandbox.spec.ttl.ToNanoseconds() / 1e9,
             "executor_id": sandbox.executor_id or None,
             "created_at": _time(sandbox.created_at, sandbox.HasField("created_at")),
@@ -313,6 +337,9 @@ class SandboxView(View):
             "tenant_id": sandbox.tenant_id or None,
             "vnc_path": f"{base}/vnc/" if sandbox.spec.desktop else None,
             "jupyter_path": f"{base}/jupyter/",
+            "network_status": (
+                NetworkStatusView.from_proto(sandbox.network_status) if sandbox.HasField("network_status") else None
+            ),
         }
 
     @classmethod

@@ -18,11 +18,13 @@ from gateway.browser_guard import BrowserGuard, is_loopback
 from gateway.deps import SandboxStubs
 from gateway.errors import install_error_handlers
 from gateway.jupyter_proxy import JupyterProxy
+from gateway.metrics import GatewayMetrics, RequestCounter
 from gateway.openapi import install_openapi, operation_id
-from gateway.routers import desktop, health, history, keys, sandboxes, seed, tasks
+from gateway.routers import desktop, health, history, keys, metrics, sandboxes, seed, tasks
 
 ROUTERS = (
-    seed.router, tasks.router, history.router, sandboxes.router, desktop.router, keys.router, health.router
+    seed.router, tasks.router, history.router, sandboxes.router, desktop.router, keys.router, health.router,
+    metrics.router,
 )
 
 
@@ -49,11 +51,14 @@ def create_app(settings: Settings) -> FastAPI:
         generate_unique_id_function=operation_id,
     )
     app.state.settings = settings
+    app.state.metrics = GatewayMetrics()
     install_error_handlers(app)
     install_openapi(app)
     app.add_middleware(
         BrowserGuard, loopback_only=is_loopback(settings.gateway_host), audit_path=settings.audit_log_path
     )
+    # Outermost: the guard's refusals are counted too.
+    app.add_middleware(RequestCounter, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
     return app

@@ -32,6 +32,8 @@ class Identity:
     tenant_id: str
     key_id: str
     admin: bool
+    # Whether this deployment requires keys (without, every caller is the local admin).
+    keys_required: bool = False
 
 
 async def identity(backends: Backends, metadata: Metadata) -> Identity:
@@ -40,7 +42,7 @@ async def identity(backends: Backends, metadata: Metadata) -> Identity:
         reply = await keys_pb2_grpc.KeyServiceStub(backends.scheduler_channel).GetIdentity(
             keys_pb2.GetIdentityRequest(), metadata=metadata, timeout=backends.timeout
         )
-    return Identity(reply.tenant_id, reply.key_id, reply.admin)
+    return Identity(reply.tenant_id, reply.key_id, reply.admin, reply.keys_required)
 
 
 CallerDep = Annotated[Metadata, Depends(forwarded)]

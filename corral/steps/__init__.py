@@ -15,8 +15,9 @@ from google.protobuf import duration_pb2
 from pydantic import Field
 
 from corral.config import Settings
-from corral.errors import InvalidTask
+from corral.errors import InvalidArgument, InvalidTask
 from corral.limits import limits_problem
+from corral.network_rules import NetworkRules
 from corral.steps.base import StepContext, StepFailed, StepModelBase, StepOutcome, StepTool
 from corral.steps.files import (
     ListFilesStep,
@@ -108,6 +109,24 @@ def check_spec(spec: task_pb2.TaskSpec, settings: Settings) -> None:
     problem = limits_problem(spec.limits, settings)
     if problem:
         raise InvalidTask(problem)
+    check_network_rules(spec.network, spec.network_rules, InvalidTask)
+    if spec.sandbox_id and (spec.network_rules.allow or spec.network_rules.deny):
+        raise InvalidTask(
+            "network rules of a task run in a sandbox are the sandbox's: change them with "
+            "PUT /v1/sandboxes/{id}/network"
+        )
+
+
+def check_network_rules(
+    network: bool, rules: task_pb2.NetworkRules, error: type[InvalidArgument] = InvalidArgument
+) -> NetworkRules:
+    """The rules parsed; raises `error` naming the bad rule, or rules given without network."""
+    if not network and (rules.allow or rules.deny):
+        raise error("network rules are given but network is off (send \"network\": {\"allow\": [...]})")
+    try:
+        return NetworkRules.from_proto(rules)
+    except InvalidArgument as exc:
+        raise error(str(exc)) from None
 
 
 def _seconds(duration: duration_pb2.Duration) -> float:
@@ -133,6 +152,7 @@ __all__ = [
     "StepModelBase",
     "StepOutcome",
     "StepTool",
+    "check_network_rules",
     "check_spec",
     "describe",
     "needs_desktop",

@@ -31,6 +31,8 @@ class _HistoryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HistoryKi
     HISTORY_KIND_ACTION: _HistoryKind.ValueType  # 2
     HISTORY_KIND_RESULT: _HistoryKind.ValueType  # 3
     HISTORY_KIND_TASK_FINISHED: _HistoryKind.ValueType  # 4
+    HISTORY_KIND_NETWORK_REFUSED: _HistoryKind.ValueType  # 5
+    """The sandbox's network refused a lookup (TaskEvent.network_refused); `action` says what."""
 
 class HistoryKind(_HistoryKind, metaclass=_HistoryKindEnumTypeWrapper): ...
 
@@ -39,6 +41,8 @@ HISTORY_KIND_TASK_STARTED: HistoryKind.ValueType  # 1
 HISTORY_KIND_ACTION: HistoryKind.ValueType  # 2
 HISTORY_KIND_RESULT: HistoryKind.ValueType  # 3
 HISTORY_KIND_TASK_FINISHED: HistoryKind.ValueType  # 4
+HISTORY_KIND_NETWORK_REFUSED: HistoryKind.ValueType  # 5
+"""The sandbox's network refused a lookup (TaskEvent.network_refused); `action` says what."""
 Global___HistoryKind: _TypeAlias = HistoryKind  # noqa: Y015
 
 @_typing.final

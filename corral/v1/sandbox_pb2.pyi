@@ -127,6 +127,7 @@ class Sandbox(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     CURRENT_TASK_ID_FIELD_NUMBER: _builtins.int
     TENANT_ID_FIELD_NUMBER: _builtins.int
+    NETWORK_STATUS_FIELD_NUMBER: _builtins.int
     sandbox_id: _builtins.str
     state: Global___SandboxState.ValueType
     executor_id: _builtins.str
@@ -142,6 +143,12 @@ class Sandbox(_message.Message):
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def expires_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def network_status(self) -> Global___SandboxNetworkStatus:
+        """What its network refused so far, asked of its executor (GetSandbox only; unset when
+        the sandbox has no network, has ended, or its executor did not answer).
+        """
+
     def __init__(
         self,
         *,
@@ -154,14 +161,52 @@ class Sandbox(_message.Message):
         error: _builtins.str = ...,
         current_task_id: _builtins.str = ...,
         tenant_id: _builtins.str = ...,
+        network_status: Global___SandboxNetworkStatus | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "spec", b"spec"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "network_status", b"network_status", "spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "current_task_id", b"current_task_id", "error", b"error", "executor_id", b"executor_id", "expires_at", b"expires_at", "network_status", b"network_status", "sandbox_id", b"sandbox_id", "spec", b"spec", "state", b"state", "tenant_id", b"tenant_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Sandbox: _TypeAlias = Sandbox  # noqa: Y015
+
+@_typing.final
+class SandboxNetworkStatus(_message.Message):
+    """The network of a running sandbox, as its executor sees it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    REFUSED_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    REFUSED_LOOKUPS_FIELD_NUMBER: _builtins.int
+    RECENT_REFUSED_NAMES_FIELD_NUMBER: _builtins.int
+    refused_connections: _builtins.int
+    """Connections the sandbox's firewall refused, and lookups its resolver refused."""
+    refused_lookups: _builtins.int
+    @_builtins.property
+    def rules(self) -> _task_pb2.NetworkRules:
+        """The rules in force (spec.network_rules after the last UpdateSandboxNetwork)."""
+
+    @_builtins.property
+    def recent_refused_names(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The last names whose lookup was refused, oldest first (a few)."""
+
+    def __init__(
+        self,
+        *,
+        rules: _task_pb2.NetworkRules | None = ...,
+        refused_connections: _builtins.int = ...,
+        refused_lookups: _builtins.int = ...,
+        recent_refused_names: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["recent_refused_names", b"recent_refused_names", "refused_connections", b"refused_connections", "refused_lookups", b"refused_lookups", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SandboxNetworkStatus: _TypeAlias = SandboxNetworkStatus  # noqa: Y015
 
 @_typing.final
 class CreateSandboxRequest(_message.Message):

@@ -813,6 +813,31 @@ class TaskFinished(_message.Message):
 Global___TaskFinished: _TypeAlias = TaskFinished  # noqa: Y015
 
 @_typing.final
+class NetworkRefused(_message.Message):
+    """The sandbox's network refused something the task tried: a lookup of a name the rules do not
+    allow (the sandbox's resolver answered REFUSED and forwarded nothing). Refused connections
+    are counted (GET /v1/sandboxes/{id}, /metrics), not reported one by one.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    description: _builtins.str
+    """In words, e.g. "lookup of denied.test refused"."""
+    def __init__(
+        self,
+        *,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___NetworkRefused: _TypeAlias = NetworkRefused  # noqa: Y015
+
+@_typing.final
 class TaskEvent(_message.Message):
     """Everything observable about a task, in order."""
 
@@ -827,6 +852,7 @@ class TaskEvent(_message.Message):
     OUTPUT_FIELD_NUMBER: _builtins.int
     STEP_FINISHED_FIELD_NUMBER: _builtins.int
     FINISHED_FIELD_NUMBER: _builtins.int
+    NETWORK_REFUSED_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     sequence: _builtins.int
     """Increasing per task, starting at 1."""
@@ -844,6 +870,8 @@ class TaskEvent(_message.Message):
     def step_finished(self) -> Global___StepFinished: ...
     @_builtins.property
     def finished(self) -> Global___TaskFinished: ...
+    @_builtins.property
+    def network_refused(self) -> Global___NetworkRefused: ...
     def __init__(
         self,
         *,
@@ -856,12 +884,13 @@ class TaskEvent(_message.Message):
         output: Global___OutputChunk | None = ...,
         step_finished: Global___StepFinished | None = ...,
         finished: Global___TaskFinished | None = ...,
+        network_refused: Global___NetworkRefused | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "output", b"output", "scheduled", b"scheduled", "started", b"started", "step_finished", b"step_finished", "step_started", b"step_started", "time", b"time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "network_refused", b"network_refused", "output", b"output", "scheduled", b"scheduled", "started", b"started", "step_finished", b"step_finished", "step_started", b"step_started", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "output", b"output", "scheduled", b"scheduled", "sequence", b"sequence", "started", b"started", "step_finished", b"step_finished", "step_started", b"step_started", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "finished", b"finished", "network_refused", b"network_refused", "output", b"output", "scheduled", b"scheduled", "sequence", b"sequence", "started", b"started", "step_finished", b"step_finished", "step_started", b"step_started", "task_id", b"task_id", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["scheduled", "started", "step_started", "output", "step_finished", "finished"]  # noqa: Y015
+    _WhichOneofReturnType_event: _TypeAlias = _typing.Literal["scheduled", "started", "step_started", "output", "step_finished", "finished", "network_refused"]  # noqa: Y015
     _WhichOneofArgType_event: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_event) -> _WhichOneofReturnType_event | None: ...
 

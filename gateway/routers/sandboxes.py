@@ -1,4 +1,4 @@
-"""/v1/sandboxes: long-lived sandboxes (create, list, get, extend, delete)."""
+"""/v1/sandboxes: long-lived sandboxes (create, list, get, extend, delete, network rules)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from corral.bounds import MAX_TTL_SECONDS
+from corral.errors import InvalidArgument
+from corral.network_json import NETWORK_DESCRIPTION, NetworkField, NetworkRulesModel, network_to_proto
 from corral.schema import LimitsModel, seconds_to_duration
 from corral.v1 import sandbox_pb2, task_pb2
 from corral.views import SandboxCreated, SandboxList, SandboxView
@@ -30,7 +32,7 @@ class SandboxRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     desktop: bool = Field(False, description="Start a desktop (Xvfb, window manager, VNC, gui service).")
-    network: bool = Field(False, description="Give the sandbox network access.")
+    network: NetworkField = Field(False, description=NETWORK_DESCRIPTION)
     limits: LimitsModel | None = None
     ttl: float | None = Field(
         None, gt=0, le=MAX_TTL_SECONDS, allow_inf_nan=False,
@@ -40,7 +42,8 @@ class SandboxRequest(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
 
     def to_proto(self) -> sandbox_pb2.SandboxSpec:
-        spec = sandbox_pb2.SandboxSpec(desktop=self.desktop, network=self.network, env=self.env)
+        network, rules = network_to_proto(self.network)
+        spec = sandbox_pb2.SandboxSpec(desktop=self.desktop, network=network, network_rules=rules, env=self.env)
         if self.limits is not None:
             spec.limits.CopyFrom(task_pb2.Limits(**self.limits.model_dump()))
         if self.ttl is not None:
@@ -59,8 +62,22 @@ class ExtendRequest(BaseModel):
     )
 
 
+class NetworkRulesRequest(NetworkRulesModel):
+    """PUT /v1/sandboxes/{id}/network: the new rules, replacing the old ones whole (`{}`: the
+    default policy). Checked like the create's `"network"` object, a bad rule named."""
+
+    @model_validator(mode="after")
+    def _rules_parse(self) -> NetworkRulesRequest:
+        try:
+            self.parse()
+        except InvalidArgument as exc:
+            raise ValueError(str(exc).removeprefix("network.")) from None
+        return self
+
+
 CREATE_BODY = JsonBody(SandboxRequest, required=False)
 EXTEND_BODY = JsonBody(ExtendRequest, required=False)
+NETWORK_BODY = JsonBody(NetworkRulesRequest, expected=' ({"allow": [...], "deny": [...]})')
 NOT_FOUND = "Unknown sandbox."
 
 
@@ -161,4 +178,27 @@ async def delete_sandbox(sandbox_id: str, stubs: SandboxStubsDep, caller: Caller
         reply = await stubs.sandboxes.DeleteSandbox(
             sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=caller, timeout=stubs.timeout
         )
+    return view_response(SandboxView.from_proto(reply.sandbox))
+
+
+@router.put(
+    "/{sandbox_id}/network",
+    name="update_sandbox_network",
+    summary="Replace a sandbox's network rules (new connections follow them at once)",
+    response_model=SandboxView,
+    responses=errors(
+        400, 404, 409, 413, *UPSTREAM, e404=NOT_FOUND,
+        e409="The sandbox has ended, or was created without network.",
+    ),
+    openapi_extra=NETWORK_BODY.openapi,
+)
+async def update_sandbox_network(
+    sandbox_id: str,
+    body: Annotated[NetworkRulesRequest, Depends(NETWORK_BODY)],
+    stubs: SandboxStubsDep,
+    caller: CallerDep,
+) -> JSONResponse:
+    message = sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=body.to_proto())
+    async with upstream("scheduler"):
+        reply = await stubs.sandboxes.UpdateSandboxNetwork(message, metadata=caller, timeout=stubs.timeout)
     return view_response(SandboxView.from_proto(reply.sandbox))

@@ -24,6 +24,7 @@ from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop
 from services.executor.drivers.base import (
     WORKSPACE_DIR,
+    NetworkRefusedCallback,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -45,9 +46,13 @@ class SandboxLease:
         sandboxes: SandboxManager,
         task_id: str,
         spec: task_pb2.TaskSpec,
+        on_network_refused: NetworkRefusedCallback | None = None,
     ) -> None:
         self.settings = settings
         self.driver = driver
+        self.sandboxes = sandboxes
+        # Told of what the sandbox's network refuses (the task's events).
+        self.on_network_refused = on_network_refused
         self.task_id = task_id
         self.spec = spec
         self.limits = SandboxLimits.resolve(settings, spec.limits)
@@ -170,11 +175,15 @@ class SandboxLease:
         if self._sandbox is None and self.managed is not None:
             self._sandbox = self.managed.sandbox
             self.desktop = self.managed.desktop
+            # What the sandbox's network refuses while this task runs goes in its events.
+            self.managed.on_network_refused = self.on_network_refused
         if self._sandbox is None:
             if self.wants_desktop:
                 self.host_run_dir = self.settings.run_dir_root / self.task_id
                 self.driver.prepare_run_dir(self.host_run_dir)
             self._sandbox = await self.driver.create(self.config())
+            if self.spec.network:
+                self.sandboxes.network.track(self._sandbox)
             if self.wants_desktop and self.host_run_dir is not None:
                 self.desktop = await start_desktop(self._sandbox, self.host_run_dir)
         return self._sandbox
@@ -185,7 +194,9 @@ class SandboxLease:
             host_task_dir=self.host_task_dir,
             limits=self.limits,
             network=self.spec.network,
+            # Checked at admission (check_spec), parsed again here: the drivers get the object.
             network_rules=NetworkRules.from_proto(self.spec.network_rules),
+            on_network_refused=self.on_network_refused if self.spec.network else None,
             env=dict(self.spec.env),
             desktop=self.wants_desktop,
             host_run_dir=self.host_run_dir,
@@ -211,7 +222,10 @@ class SandboxLease:
         if self._gui is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._gui.close())
+        if self.managed is not None and self.managed.on_network_refused is self.on_network_refused:
+            self.managed.on_network_refused = None
         if self._sandbox is not None and self.managed is None:
+            await asyncio.shield(self.sandboxes.network.retire(self._sandbox))  # never raises
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._sandbox.close())
         if self.host_run_dir is not None and self.managed is None:

@@ -26,6 +26,11 @@ _STREAMS: dict[StreamName, task_pb2.OutputStream.ValueType] = {
 }
 
 
+# Refused lookups reported one by one per task; past this a step looping on a denied name
+# would flood the event log, so the rest are only counted (network_status, /metrics).
+MAX_NETWORK_EVENTS = 50
+
+
 def now() -> Timestamp:
     ts = Timestamp()
     ts.GetCurrentTime()
@@ -44,6 +49,7 @@ class TaskRecorder:
         self._history = record_history
         self.journal: TaskJournal | None = None
         self.log = structlog.get_logger().bind(task_id=task_id)
+        self._network_events = 0
 
     def _emit(self, **payload: object) -> None:
         event = task_pb2.TaskEvent(task_id=self.task_id, **payload)  # type: ignore[arg-type]
@@ -84,6 +90,19 @@ class TaskRecorder:
         )
         self._emit(finished=task_pb2.TaskFinished(state=state, error=error))
         self.log.info("task finished", state=name, error=error or None)
+
+    def network_refused(self, description: str) -> None:
+        """The sandbox's network refused something (a lookup of a denied name)."""
+        self._network_events += 1
+        if self._network_events > MAX_NETWORK_EVENTS + 1:
+            return
+        if self._network_events == MAX_NETWORK_EVENTS + 1:
+            description = f"more refused by the network; past {MAX_NETWORK_EVENTS} they are only counted"
+        self._emit(network_refused=task_pb2.NetworkRefused(description=description))
+        self._journal_log(f"network: {description}")
+        self._history(
+            history_event(self.task_id, memory_pb2.HISTORY_KIND_NETWORK_REFUSED, action=description)
+        )
 
     # --- steps -----------------------------------------------------------------------------
 

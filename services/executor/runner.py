@@ -42,9 +42,11 @@ class TaskRun:
         self.runner = runner
         self.task_id = task_id
         self.spec = spec
-        self.lease = SandboxLease(runner.settings, runner.driver, runner.sandboxes, task_id, spec)
         self._events: asyncio.Queue[task_pb2.TaskEvent | None] = asyncio.Queue()
         self.recorder = TaskRecorder(task_id, self._events.put_nowait, runner.record)
+        self.lease = SandboxLease(
+            runner.settings, runner.driver, runner.sandboxes, task_id, spec, self.recorder.network_refused
+        )
         self.loop = StepLoop(runner.settings, spec, self.lease, self.recorder)
         self.log = log.bind(task_id=task_id)
 

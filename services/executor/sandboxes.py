@@ -19,7 +19,7 @@ import structlog
 from corral.config import Settings
 from corral.errors import CapacityExhausted, SandboxNotFound
 from corral.network_rules import NetworkRules
-from corral.v1 import sandbox_pb2
+from corral.v1 import sandbox_pb2, task_pb2
 from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
 from services.executor.disk_quota import measure, over_quota
@@ -27,6 +27,7 @@ from services.executor.drivers.base import (
     MIB,
     WORKSPACE_DIR,
     WORKSPACE_NAME,
+    NetworkRefusedCallback,
     Sandbox,
     SandboxConfig,
     SandboxDriver,
@@ -34,6 +35,7 @@ from services.executor.drivers.base import (
     SandboxLimits,
 )
 from services.executor.errors import SandboxExists, SandboxStartFailed
+from services.executor.network.status import NetworkStatus, NetworkTally
 
 log = structlog.get_logger()
 
@@ -54,10 +56,25 @@ class ManagedSandbox:
     # One task at a time.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     jupyter_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # The running task's, told of what the network refuses (none between tasks).
+    on_network_refused: NetworkRefusedCallback | None = None
 
     @property
     def step_env(self) -> dict[str, str]:
         return {"DISPLAY": self.desktop.display} if self.desktop else {}
+
+
+class _RefusalRelay:
+    """The sandbox's on_network_refused, fixed at its creation, passing each refusal on to
+    whichever task runs in it then (the sandbox's counters keep them all anyway)."""
+
+    def __init__(self) -> None:
+        self.managed: ManagedSandbox | None = None
+
+    def __call__(self, description: str) -> None:
+        listener = self.managed.on_network_refused if self.managed is not None else None
+        if listener is not None:
+            listener(description)
 
 
 class SandboxManager:
@@ -69,6 +86,8 @@ class SandboxManager:
         # Why sandboxes were removed by this executor itself (a task naming one is told).
         self.removed_reasons: dict[str, str] = {}
         self._reaper: asyncio.Task[None] | None = None
+        # Refused connections and lookups of every sandbox with network here (tasks' too).
+        self.network = NetworkTally()
 
     @property
     def max_sandboxes(self) -> int:
@@ -130,12 +149,14 @@ class SandboxManager:
                 workspace.mkdir(mode=0o700)
             self.driver.prepare_task_dir(workspace)
             self.driver.prepare_run_dir(host_run_dir)
+            relay = _RefusalRelay()
             config = SandboxConfig(
                 task_id=sandbox_id,
                 host_task_dir=host_tasks_dir,
                 limits=limits,
                 network=spec.network,
                 network_rules=NetworkRules.from_proto(spec.network_rules),
+                on_network_refused=relay if spec.network else None,
                 env=dict(spec.env),
                 desktop=spec.desktop,
                 host_run_dir=host_run_dir,
@@ -151,6 +172,9 @@ class SandboxManager:
             managed = ManagedSandbox(
                 sandbox_id, spec, sandbox, host_tasks_dir, host_run_dir, expires_at, own_fs=own_fs
             )
+            relay.managed = managed
+            if spec.network:
+                self.network.track(sandbox)
             if spec.desktop:
                 try:
                     managed.desktop = await start_desktop(sandbox, host_run_dir)
@@ -174,6 +198,7 @@ class SandboxManager:
         managed = self._sandboxes.pop(sandbox_id, None)
         if managed is None:
             return False
+        await self.network.retire(managed.sandbox)
         with contextlib.suppress(Exception):
             await managed.sandbox.close()
         shutil.rmtree(managed.host_run_dir, ignore_errors=True)
@@ -181,6 +206,22 @@ class SandboxManager:
             await asyncio.to_thread(task_fs.release, managed.host_tasks_dir)
         log.info("sandbox removed", sandbox_id=sandbox_id, reason=reason)
         return True
+
+    async def update_network(self, sandbox_id: str, asked: task_pb2.NetworkRules) -> NetworkStatus:
+        """Replaces the sandbox's rules (the driver raises FailedPrecondition when it cannot)."""
+        managed = self.get(sandbox_id)
+        rules = NetworkRules.from_proto(asked)  # InvalidArgument naming a bad rule
+        await managed.sandbox.update_network(rules)
+        managed.spec.network_rules.CopyFrom(asked)
+        log.info("sandbox network rules changed", sandbox_id=sandbox_id, allow=rules.allow, deny=rules.deny)
+        return await managed.sandbox.network_status()
+
+    async def network_status(self, sandbox_id: str) -> NetworkStatus | None:
+        """None when the sandbox has no network."""
+        managed = self.get(sandbox_id)
+        if not managed.spec.network:
+            return None
+        return await managed.sandbox.network_status()
 
     async def start_jupyter(self, sandbox_id: str, base_url: str) -> Path:
         managed = self.get(sandbox_id)

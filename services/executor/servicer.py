@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from corral.errors import InvalidArgument, SandboxNotFound
+from corral.errors import FailedPrecondition, InvalidArgument, SandboxNotFound
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from services.executor.runner import TASK_ID_PATTERN, TaskRunner
@@ -35,12 +35,15 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     async def GetExecutorStatus(
         self, request: executor_pb2.GetExecutorStatusRequest, context: Context
     ) -> executor_pb2.GetExecutorStatusResponse:
+        refused_connections, refused_lookups = await self.runner.sandboxes.network.totals()
         return executor_pb2.GetExecutorStatusResponse(
             executor_id=self.runner.executor_id,
             driver=self.runner.driver.name,
             capacity=self.runner.capacity,
             running_task_ids=self.runner.running_task_ids,
             sandbox_limits=self._sandbox_limits(),
+            network_refused_connections=refused_connections,
+            network_refused_lookups=refused_lookups,
         )
 
     def _sandbox_limits(self) -> str:
@@ -83,3 +86,21 @@ class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
     ) -> executor_pb2.StartJupyterResponse:
         socket = await self.runner.sandboxes.start_jupyter(request.sandbox_id, request.base_url or "/")
         return executor_pb2.StartJupyterResponse(host_socket=str(socket))
+
+    async def UpdateSandboxNetwork(
+        self, request: executor_pb2.UpdateSandboxNetworkRequest, context: Context
+    ) -> executor_pb2.UpdateSandboxNetworkResponse:
+        managed = self.runner.sandboxes.get(request.sandbox_id)  # SandboxNotFound
+        if not managed.spec.network:
+            raise FailedPrecondition(f"sandbox {request.sandbox_id} was created without network")
+        status = await self.runner.sandboxes.update_network(request.sandbox_id, request.rules)
+        return executor_pb2.UpdateSandboxNetworkResponse(status=status.to_proto())
+
+    async def GetSandboxNetwork(
+        self, request: executor_pb2.GetSandboxNetworkRequest, context: Context
+    ) -> executor_pb2.GetSandboxNetworkResponse:
+        status = await self.runner.sandboxes.network_status(request.sandbox_id)  # SandboxNotFound
+        reply = executor_pb2.GetSandboxNetworkResponse()
+        if status is not None:
+            reply.status.CopyFrom(status.to_proto())
+        return reply

@@ -4,10 +4,15 @@ exceptions become status codes in the server's interceptor."""
 
 from __future__ import annotations
 
+import asyncio
+
+import grpc
+
 from corral.grpc_server import Context
-from corral.internal.v1 import registry_pb2, registry_pb2_grpc
+from corral.internal.v1 import executor_pb2, registry_pb2, registry_pb2_grpc
 
 from .core import Scheduler
+from .executors import ExecutorRecord
 
 
 class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer):
@@ -37,7 +42,28 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
         self, request: registry_pb2.ListExecutorsRequest, context: Context
     ) -> registry_pb2.ListExecutorsResponse:
         placed = await self._scheduler.sandboxes.placed() if self._scheduler.sandboxes is not None else {}
-        infos = [e.info() for e in self._scheduler.executors.all()]
+        executors = self._scheduler.executors.all()
+        infos = [e.info() for e in executors]
         for info in infos:
             info.sandboxes = placed.get(info.executor_id, 0)
+        if request.include_network_counters:
+            await asyncio.gather(*(_add_network_counters(e, info) for e, info in zip(executors, infos, strict=True)))
         return registry_pb2.ListExecutorsResponse(executors=infos)
+
+
+STATUS_TIMEOUT_SECONDS = 3.0
+
+
+async def _add_network_counters(executor: ExecutorRecord, info: registry_pb2.ExecutorInfo) -> None:
+    """The executor's refused-connection and lookup totals, 0 when it does not answer (a
+    scrape of /metrics must not hang on one executor)."""
+    if not executor.alive:
+        return
+    try:
+        status = await executor.stub.GetExecutorStatus(
+            executor_pb2.GetExecutorStatusRequest(), timeout=STATUS_TIMEOUT_SECONDS
+        )
+    except grpc.aio.AioRpcError:
+        return
+    info.network_refused_connections = status.network_refused_connections
+    info.network_refused_lookups = status.network_refused_lookups

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from corral.audit import AuditLog
 from corral.config import Settings
-from corral.errors import SandboxNotFound, Unimplemented
+from corral.errors import InvalidSandboxRequest, SandboxNotFound
 from corral.grpc_server import Context
+from corral.steps import check_network_rules
 from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 from .idempotency import Claim, IdempotencyKeys
@@ -73,7 +74,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
     ) -> sandbox_pb2.GetSandboxResponse:
         who = await self._auth.caller(context, "GetSandbox")
         await self._owned(request.sandbox_id, who, "GetSandbox")
-        sandbox = await self._sandboxes.get(request.sandbox_id, who.scope)
+        sandbox = await self._sandboxes.with_network_status(await self._sandboxes.get(request.sandbox_id, who.scope))
         return sandbox_pb2.GetSandboxResponse(sandbox=public_sandbox(sandbox))
 
     async def ListSandboxes(
@@ -103,5 +104,13 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
     async def UpdateSandboxNetwork(
         self, request: sandbox_pb2.UpdateSandboxNetworkRequest, context: Context
     ) -> sandbox_pb2.UpdateSandboxNetworkResponse:
-        # Being built (issue 10): the executor side lands with the drivers' network namespaces.
-        raise Unimplemented("UpdateSandboxNetwork is not served yet")
+        who = await self._auth.caller(context, "UpdateSandboxNetwork")
+        # The rules first, as the gateway does: a bad one is named whatever the sandbox.
+        check_network_rules(True, request.rules, InvalidSandboxRequest)
+        await self._owned(request.sandbox_id, who, "UpdateSandboxNetwork")
+        sandbox = await self._sandboxes.update_network(request.sandbox_id, request.rules, who.scope)
+        self._audit.record(
+            "sandbox_network_changed", who, sandbox_id=sandbox.sandbox_id,
+            allow=list(request.rules.allow), deny=list(request.rules.deny),
+        )
+        return sandbox_pb2.UpdateSandboxNetworkResponse(sandbox=public_sandbox(sandbox))

@@ -24,6 +24,7 @@ from corral.api_keys import LOCAL_TENANT
 from corral.config import Settings
 from corral.errors import (
     CapacityExhausted,
+    FailedPrecondition,
     InvalidSandboxRequest,
     QuotaExceeded,
     SandboxEnded,
@@ -32,7 +33,8 @@ from corral.errors import (
 )
 from corral.internal.v1 import executor_pb2
 from corral.limits import limits_problem
-from corral.v1 import sandbox_pb2
+from corral.steps import check_network_rules
+from corral.v1 import sandbox_pb2, task_pb2
 
 from .executors import ExecutorRecord, ExecutorRegistry
 from .sandbox_secrets import SandboxSecrets
@@ -43,6 +45,13 @@ log = structlog.get_logger()
 CREATE_TIMEOUT_SECONDS = 150.0
 JUPYTER_TIMEOUT_SECONDS = 150.0
 EXPIRY_CHECK_SECONDS = 1.0
+# A GET of a sandbox asks its executor for the network counters; a slow one must not hold it.
+NETWORK_STATUS_TIMEOUT_SECONDS = 3.0
+# An executor's refusal of UpdateSandboxNetwork, passed on as the same kind of error.
+_EXECUTOR_REFUSALS: dict[grpc.StatusCode, type[InvalidSandboxRequest | FailedPrecondition]] = {
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidSandboxRequest,
+}
 ENDED = (sandbox_pb2.SANDBOX_STATE_DELETED, sandbox_pb2.SANDBOX_STATE_EXPIRED, sandbox_pb2.SANDBOX_STATE_FAILED)
 
 
@@ -181,6 +190,7 @@ class SandboxCoordinator:
         problem = limits_problem(spec.limits, self.settings)
         if problem:
             raise InvalidSandboxRequest(problem)
+        check_network_rules(spec.network, spec.network_rules, InvalidSandboxRequest)
         if quota:
             held = await self.store.count_active(tenant_id) + sum(
                 1 for owner in self._creating.values() if owner == tenant_id
@@ -323,6 +333,62 @@ class SandboxCoordinator:
             return sandbox
         await self._remove(sandbox, sandbox_pb2.SANDBOX_STATE_DELETED, "")
         return await self.get(sandbox_id)
+
+    async def update_network(
+        self, sandbox_id: str, rules: task_pb2.NetworkRules, tenant_id: str | None = None
+    ) -> sandbox_pb2.Sandbox:
+        """Replaces the rules of a sandbox with network, on its executor and in its record."""
+        parsed = check_network_rules(True, rules, InvalidSandboxRequest)
+        sandbox = await self.active(sandbox_id, tenant_id)
+        if not sandbox.spec.network:
+            raise FailedPrecondition(
+                f"sandbox {sandbox_id} was created without network; its network rules cannot be "
+                "changed (create a sandbox with \"network\": true or {\"allow\": [...]})"
+            )
+        executor = self._executor_of(sandbox)
+        try:
+            reply = await executor.stub.UpdateSandboxNetwork(
+                executor_pb2.UpdateSandboxNetworkRequest(sandbox_id=sandbox_id, rules=rules),
+                timeout=self.settings.gateway_rpc_timeout_seconds,
+            )
+        except grpc.aio.AioRpcError as exc:
+            refusal = _EXECUTOR_REFUSALS.get(exc.code())
+            if refusal is not None:  # the driver's own words (e.g. it cannot change rules)
+                raise refusal(exc.details() or "refused by the executor") from None
+            raise SandboxUnavailable(f"executor {sandbox.executor_id}: {exc.details()}") from None
+        # Stored after the executor applied them: the record never shows rules not in force.
+        sandbox = await self.active(sandbox_id, tenant_id)
+        sandbox.spec.network_rules.CopyFrom(rules)
+        await self.store.put(sandbox)
+        sandbox.network_status.CopyFrom(reply.status)
+        log.info("sandbox network rules changed", sandbox_id=sandbox_id, allow=parsed.allow, deny=parsed.deny)
+        return sandbox
+
+    async def with_network_status(self, sandbox: sandbox_pb2.Sandbox) -> sandbox_pb2.Sandbox:
+        """The record with its executor's network status, when it has network and the
+        executor answers (a GET never fails because the counters cannot be read)."""
+        if sandbox.state != sandbox_pb2.SANDBOX_STATE_ACTIVE or not sandbox.spec.network:
+            return sandbox
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is None or not executor.alive:
+            return sandbox
+        try:
+            reply = await executor.stub.GetSandboxNetwork(
+                executor_pb2.GetSandboxNetworkRequest(sandbox_id=sandbox.sandbox_id),
+                timeout=min(NETWORK_STATUS_TIMEOUT_SECONDS, self.settings.gateway_rpc_timeout_seconds),
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.warning("no network status from the executor", sandbox_id=sandbox.sandbox_id, error=exc.details())
+            return sandbox
+        if reply.HasField("status"):
+            sandbox.network_status.CopyFrom(reply.status)
+        return sandbox
+
+    def _executor_of(self, sandbox: sandbox_pb2.Sandbox) -> ExecutorRecord:
+        executor = self.executors.get(sandbox.executor_id)
+        if executor is None or not executor.alive:
+            raise SandboxUnavailable(f"the sandbox's executor {sandbox.executor_id} is not connected")
+        return executor
 
     async def start_jupyter(self, sandbox_id: str, base_url: str) -> str:
         sandbox = await self.active(sandbox_id)

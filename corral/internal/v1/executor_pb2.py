@@ -27,7 +27,7 @@ from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/executor.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\x1a\x14\x63orral/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x12\x43\x61ncelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"\x84\x01\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\x12\x16\n\x0esandbox_limits\x18\x05 \x01(\t\"\x80\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x15\x43reateSandboxResponse\x12\x14\n\x0chost_run_dir\x18\x01 \x01(\t\x12\x16\n\x0ehost_tasks_dir\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"&\n\x15\x44\x65leteSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"Z\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x15\x45xtendSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\";\n\x13StartJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"+\n\x14StartJupyterResponse\x12\x13\n\x0bhost_socket\x18\x01 \x01(\t2\xcb\x05\n\x0f\x45xecutorService\x12T\n\x07RunTask\x12\".corral.internal.v1.RunTaskRequest\x1a#.corral.internal.v1.RunTaskResponse0\x01\x12[\n\nCancelTask\x12%.corral.internal.v1.CancelTaskRequest\x1a&.corral.internal.v1.CancelTaskResponse\x12p\n\x11GetExecutorStatus\x12,.corral.internal.v1.GetExecutorStatusRequest\x1a-.corral.internal.v1.GetExecutorStatusResponse\x12\x64\n\rCreateSandbox\x12(.corral.internal.v1.CreateSandboxRequest\x1a).corral.internal.v1.CreateSandboxResponse\x12\x64\n\rDeleteSandbox\x12(.corral.internal.v1.DeleteSandboxRequest\x1a).corral.internal.v1.DeleteSandboxResponse\x12\x64\n\rExtendSandbox\x12(.corral.internal.v1.ExtendSandboxRequest\x1a).corral.internal.v1.ExtendSandboxResponse\x12\x61\n\x0cStartJupyter\x12\'.corral.internal.v1.StartJupyterRequest\x1a(.corral.internal.v1.StartJupyterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/executor.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\x1a\x14\x63orral/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x12\x43\x61ncelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"\xca\x01\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\x12\x16\n\x0esandbox_limits\x18\x05 \x01(\t\x12#\n\x1bnetwork_refused_connections\x18\x06 \x01(\x03\x12\x1f\n\x17network_refused_lookups\x18\x07 \x01(\x03\"\x80\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x15\x43reateSandboxResponse\x12\x14\n\x0chost_run_dir\x18\x01 \x01(\t\x12\x16\n\x0ehost_tasks_dir\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"&\n\x15\x44\x65leteSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"Z\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x15\x45xtendSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\";\n\x13StartJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"+\n\x14StartJupyterResponse\x12\x13\n\x0bhost_socket\x18\x01 \x01(\t\"Y\n\x1bUpdateSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05rules\x18\x02 \x01(\x0b\x32\x17.corral.v1.NetworkRules\"O\n\x1cUpdateSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus\".\n\x18GetSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"L\n\x19GetSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus2\xb8\x07\n\x0f\x45xecutorService\x12T\n\x07RunTask\x12\".corral.internal.v1.RunTaskRequest\x1a#.corral.internal.v1.RunTaskResponse0\x01\x12[\n\nCancelTask\x12%.corral.internal.v1.CancelTaskRequest\x1a&.corral.internal.v1.CancelTaskResponse\x12p\n\x11GetExecutorStatus\x12,.corral.internal.v1.GetExecutorStatusRequest\x1a-.corral.internal.v1.GetExecutorStatusResponse\x12\x64\n\rCreateSandbox\x12(.corral.internal.v1.CreateSandboxRequest\x1a).corral.internal.v1.CreateSandboxResponse\x12\x64\n\rDeleteSandbox\x12(.corral.internal.v1.DeleteSandboxRequest\x1a).corral.internal.v1.DeleteSandboxResponse\x12\x64\n\rExtendSandbox\x12(.corral.internal.v1.ExtendSandboxRequest\x1a).corral.internal.v1.ExtendSandboxResponse\x12\x61\n\x0cStartJupyter\x12\'.corral.internal.v1.StartJupyterRequest\x1a(.corral.internal.v1.StartJupyterResponse\x12y\n\x14UpdateSandboxNetwork\x12/.corral.internal.v1.UpdateSandboxNetworkRequest\x1a\x30.corral.internal.v1.UpdateSandboxNetworkResponse\x12p\n\x11GetSandboxNetwork\x12,.corral.internal.v1.GetSandboxNetworkRequest\x1a-.corral.internal.v1.GetSandboxNetworkResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,23 +45,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=354
   _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=380
   _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_start=383
-  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=515
-  _globals['_CREATESANDBOXREQUEST']._serialized_start=518
-  _globals['_CREATESANDBOXREQUEST']._serialized_end=646
-  _globals['_CREATESANDBOXRESPONSE']._serialized_start=648
-  _globals['_CREATESANDBOXRESPONSE']._serialized_end=717
-  _globals['_DELETESANDBOXREQUEST']._serialized_start=719
-  _globals['_DELETESANDBOXREQUEST']._serialized_end=761
-  _globals['_DELETESANDBOXRESPONSE']._serialized_start=763
-  _globals['_DELETESANDBOXRESPONSE']._serialized_end=801
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=803
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=893
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=895
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=933
-  _globals['_STARTJUPYTERREQUEST']._serialized_start=935
-  _globals['_STARTJUPYTERREQUEST']._serialized_end=994
-  _globals['_STARTJUPYTERRESPONSE']._serialized_start=996
-  _globals['_STARTJUPYTERRESPONSE']._serialized_end=1039
-  _globals['_EXECUTORSERVICE']._serialized_start=1042
-  _globals['_EXECUTORSERVICE']._serialized_end=1757
+  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=585
+  _globals['_CREATESANDBOXREQUEST']._serialized_start=588
+  _globals['_CREATESANDBOXREQUEST']._serialized_end=716
+  _globals['_CREATESANDBOXRESPONSE']._serialized_start=718
+  _globals['_CREATESANDBOXRESPONSE']._serialized_end=787
+  _globals['_DELETESANDBOXREQUEST']._serialized_start=789
+  _globals['_DELETESANDBOXREQUEST']._serialized_end=831
+  _globals['_DELETESANDBOXRESPONSE']._serialized_start=833
+  _globals['_DELETESANDBOXRESPONSE']._serialized_end=871
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=873
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=963
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=965
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=1003
+  _globals['_STARTJUPYTERREQUEST']._serialized_start=1005
+  _globals['_STARTJUPYTERREQUEST']._serialized_end=1064
+  _globals['_STARTJUPYTERRESPONSE']._serialized_start=1066
+  _globals['_STARTJUPYTERRESPONSE']._serialized_end=1109
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_start=1111
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_end=1200
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_start=1202
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_end=1281
+  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_start=1283
+  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_end=1329
+  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_start=1331
+  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_end=1407
+  _globals['_EXECUTORSERVICE']._serialized_start=1410
+  _globals['_EXECUTORSERVICE']._serialized_end=2362
 # @@protoc_insertion_point(module_scope)

@@ -130,6 +130,8 @@ class GetExecutorStatusResponse(_message.Message):
     CAPACITY_FIELD_NUMBER: _builtins.int
     RUNNING_TASK_IDS_FIELD_NUMBER: _builtins.int
     SANDBOX_LIMITS_FIELD_NUMBER: _builtins.int
+    NETWORK_REFUSED_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    NETWORK_REFUSED_LOOKUPS_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     driver: _builtins.str
     capacity: _builtins.int
@@ -137,6 +139,9 @@ class GetExecutorStatusResponse(_message.Message):
     """What bounds the host's memory and pids for this executor's sandboxes, in words: a cgroup
     per sandbox and the executor's budget, or the fallback to per-process rlimits and why.
     """
+    network_refused_connections: _builtins.int
+    """Totals over every sandbox with network this executor ran since it started (/metrics)."""
+    network_refused_lookups: _builtins.int
     @_builtins.property
     def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -147,10 +152,12 @@ class GetExecutorStatusResponse(_message.Message):
         capacity: _builtins.int = ...,
         running_task_ids: _abc.Iterable[_builtins.str] | None = ...,
         sandbox_limits: _builtins.str = ...,
+        network_refused_connections: _builtins.int = ...,
+        network_refused_lookups: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "running_task_ids", b"running_task_ids", "sandbox_limits", b"sandbox_limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running_task_ids", b"running_task_ids", "sandbox_limits", b"sandbox_limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,3 +334,87 @@ class StartJupyterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartJupyterResponse: _TypeAlias = StartJupyterResponse  # noqa: Y015
+
+@_typing.final
+class UpdateSandboxNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def rules(self) -> _task_pb2.NetworkRules: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        rules: _task_pb2.NetworkRules | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rules", b"rules", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSandboxNetworkRequest: _TypeAlias = UpdateSandboxNetworkRequest  # noqa: Y015
+
+@_typing.final
+class UpdateSandboxNetworkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _sandbox_pb2.SandboxNetworkStatus: ...
+    def __init__(
+        self,
+        *,
+        status: _sandbox_pb2.SandboxNetworkStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateSandboxNetworkResponse: _TypeAlias = UpdateSandboxNetworkResponse  # noqa: Y015
+
+@_typing.final
+class GetSandboxNetworkRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSandboxNetworkRequest: _TypeAlias = GetSandboxNetworkRequest  # noqa: Y015
+
+@_typing.final
+class GetSandboxNetworkResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _sandbox_pb2.SandboxNetworkStatus:
+        """Unset when the sandbox has no network."""
+
+    def __init__(
+        self,
+        *,
+        status: _sandbox_pb2.SandboxNetworkStatus | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSandboxNetworkResponse: _TypeAlias = GetSandboxNetworkResponse  # noqa: Y015

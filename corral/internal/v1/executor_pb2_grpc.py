@@ -70,6 +70,16 @@ class ExecutorServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.FromString,
                 _registered_method=True)
+        self.UpdateSandboxNetwork = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/UpdateSandboxNetwork',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkResponse.FromString,
+                _registered_method=True)
+        self.GetSandboxNetwork = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/GetSandboxNetwork',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -123,6 +133,20 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSandboxNetwork(self, request, context):
+        """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSandboxNetwork(self, request, context):
+        """Its rules in force and what its network refused so far.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -160,6 +184,16 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.StartJupyter,
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.SerializeToString,
+            ),
+            'UpdateSandboxNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSandboxNetwork,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkResponse.SerializeToString,
+            ),
+            'GetSandboxNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxNetwork,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -352,6 +386,60 @@ class ExecutorService:
             '/corral.internal.v1.ExecutorService/StartJupyter',
             corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterRequest.SerializeToString,
             corral_dot_internal_dot_v1_dot_executor__pb2.StartJupyterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSandboxNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/UpdateSandboxNetwork',
+            corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.UpdateSandboxNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/GetSandboxNetwork',
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -46,6 +46,10 @@ class ExecutorServiceStub:
     """Idempotent: found is false when the sandbox is not (or no longer) here."""
     ExtendSandbox: _grpc.UnaryUnaryMultiCallable[_executor_pb2.ExtendSandboxRequest, _executor_pb2.ExtendSandboxResponse]
     StartJupyter: _grpc.UnaryUnaryMultiCallable[_executor_pb2.StartJupyterRequest, _executor_pb2.StartJupyterResponse]
+    UpdateSandboxNetwork: _grpc.UnaryUnaryMultiCallable[_executor_pb2.UpdateSandboxNetworkRequest, _executor_pb2.UpdateSandboxNetworkResponse]
+    """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
+    GetSandboxNetwork: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]
+    """Its rules in force and what its network refused so far."""
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -65,6 +69,10 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Idempotent: found is false when the sandbox is not (or no longer) here."""
     ExtendSandbox: _aio.UnaryUnaryMultiCallable[_executor_pb2.ExtendSandboxRequest, _executor_pb2.ExtendSandboxResponse]  # type: ignore[assignment]
     StartJupyter: _aio.UnaryUnaryMultiCallable[_executor_pb2.StartJupyterRequest, _executor_pb2.StartJupyterResponse]  # type: ignore[assignment]
+    UpdateSandboxNetwork: _aio.UnaryUnaryMultiCallable[_executor_pb2.UpdateSandboxNetworkRequest, _executor_pb2.UpdateSandboxNetworkResponse]  # type: ignore[assignment]
+    """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
+    GetSandboxNetwork: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]  # type: ignore[assignment]
+    """Its rules in force and what its network refused so far."""
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns sandboxes on one host and runs tasks in them. Only the scheduler calls it."""
@@ -123,5 +131,21 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.StartJupyterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.StartJupyterResponse, _abc.Awaitable[_executor_pb2.StartJupyterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateSandboxNetwork(
+        self,
+        request: _executor_pb2.UpdateSandboxNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.UpdateSandboxNetworkResponse, _abc.Awaitable[_executor_pb2.UpdateSandboxNetworkResponse]]:
+        """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
+
+    @_abc_1.abstractmethod
+    def GetSandboxNetwork(
+        self,
+        request: _executor_pb2.GetSandboxNetworkRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetSandboxNetworkResponse, _abc.Awaitable[_executor_pb2.GetSandboxNetworkResponse]]:
+        """Its rules in force and what its network refused so far."""
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

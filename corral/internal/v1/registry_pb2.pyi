@@ -134,12 +134,17 @@ Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
 class ListExecutorsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    INCLUDE_NETWORK_COUNTERS_FIELD_NUMBER: _builtins.int
+    include_network_counters: _builtins.bool
+    """Also ask each live executor for its network counters (GetExecutorStatus; /metrics)."""
     def __init__(
         self,
+        *,
+        include_network_counters: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_network_counters", b"include_network_counters"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -157,6 +162,8 @@ class ExecutorInfo(_message.Message):
     ALIVE_FIELD_NUMBER: _builtins.int
     MAX_SANDBOXES_FIELD_NUMBER: _builtins.int
     SANDBOXES_FIELD_NUMBER: _builtins.int
+    NETWORK_REFUSED_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    NETWORK_REFUSED_LOOKUPS_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     capacity: _builtins.int
@@ -166,6 +173,11 @@ class ExecutorInfo(_message.Message):
     max_sandboxes: _builtins.int
     sandboxes: _builtins.int
     """Long-lived sandboxes placed on it (active or being created)."""
+    network_refused_connections: _builtins.int
+    """With include_network_counters: refused connections and lookups of its sandboxes since
+    it started (0 when it did not answer).
+    """
+    network_refused_lookups: _builtins.int
     def __init__(
         self,
         *,
@@ -177,10 +189,12 @@ class ExecutorInfo(_message.Message):
         alive: _builtins.bool = ...,
         max_sandboxes: _builtins.int = ...,
         sandboxes: _builtins.int = ...,
+        network_refused_connections: _builtins.int = ...,
+        network_refused_lookups: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "running", b"running", "sandboxes", b"sandboxes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running", b"running", "sandboxes", b"sandboxes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -30,6 +30,8 @@ StreamName = Literal["stdout", "stderr"]
 ProcessKind = Literal["argv", "shell", "python", "typescript"]
 # Called with (stream, text) for each piece of output as the process produces it.
 OutputCallback = Callable[[StreamName, str], None]
+# Called (on the event loop) with a short description of each refused lookup.
+NetworkRefusedCallback = Callable[[str], None]
 
 MIB = 1024 * 1024
 # Inside every sandbox: the run directory (unix sockets of the gui service, VNC and Jupyter,

@@ -83,8 +83,9 @@ def test_every_route_but_health_and_docs_needs_a_key(api: httpx.Client) -> None:
         ("POST", f"/v1/tasks/{UNKNOWN_ID}/cancel"), ("GET", f"/v1/tasks/{UNKNOWN_ID}/history"),
         ("GET", "/v1/search?q=x"), ("GET", "/v1/sandboxes"), ("POST", "/v1/sandboxes"),
         ("GET", "/v1/keys"), ("GET", f"/v1/sandboxes/{UNKNOWN_ID}/vnc/"),
+        ("PUT", f"/v1/sandboxes/{UNKNOWN_ID}/network"), ("GET", "/metrics"),
     ]:
-        body = {} if path == "/v1/sandboxes" else CURL_EXAMPLE if method == "POST" and "cancel" not in path else None
+        body = {} if path.endswith(("/v1/sandboxes", "/network")) else CURL_EXAMPLE if method == "POST" and "cancel" not in path else None
         for headers in ({}, {"Authorization": "Bearer crl_not-a-key"}):
             reply = api.request(method, path, json=body, headers=headers)
             if path.endswith("/vnc/"):
@@ -175,8 +176,14 @@ def test_sandboxes_belong_to_their_tenant(api: httpx.Client, alice: Key, bob: Ke
             ("POST", f"/v1/sandboxes/{sandbox_id}/extend"),
             ("DELETE", f"/v1/sandboxes/{sandbox_id}"),
             ("GET", f"/v1/sandboxes/{sandbox_id}/vnc/"),
+            ("PUT", f"/v1/sandboxes/{sandbox_id}/network"),
         ]:
-            assert api.request(method, path, headers=bob.headers).status_code == 404, (method, path)
+            body = {"allow": ["allowed.test"]} if method == "PUT" else None
+            assert api.request(method, path, json=body, headers=bob.headers).status_code == 404, (method, path)
+        # Alice's own sandbox has no network: its rules cannot change (the record is hers).
+        refused = api.put(f"/v1/sandboxes/{sandbox_id}/network", json={"allow": []}, headers=alice.headers)
+        assert refused.status_code == 409, refused.text
+        assert "created without network" in refused.json()["error"]["message"]
         assert sandbox_id not in {s["sandbox_id"] for s in api.get("/v1/sandboxes", headers=bob.headers).json()["sandboxes"]}
         assert sandbox_id in {s["sandbox_id"] for s in api.get("/v1/sandboxes", headers=admin.headers).json()["sandboxes"]}
         # The owner's key opens the desktop routes as the sandbox token does (this one has no
@@ -245,3 +252,15 @@ def test_the_audit_log_names_keys_by_id_and_holds_no_key(
         text = log.read_text(errors="replace")
         for key in (admin, alice, bob):
             assert key.secret not in text, f"{key.tenant_id}'s key is in {log.name}"
+
+
+def test_metrics_answer_an_admin_key_only(api: httpx.Client, alice: Key, admin: Key) -> None:
+    refused = api.get("/metrics", headers=alice.headers)
+    assert refused.status_code == 403, refused.text
+    assert "admin API key" in refused.json()["error"]["message"]
+    scraped = api.get("/metrics", headers=admin.headers)
+    assert scraped.status_code == 200, scraped.text
+    assert scraped.headers["content-type"].startswith("text/plain")
+    # The executor's series are there (and no tenant's key or id is a label anywhere).
+    assert "corral_sandbox_network_refused_connections_total{" in scraped.text
+    assert alice.tenant_id not in scraped.text and admin.secret not in scraped.text
