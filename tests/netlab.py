@@ -70,7 +70,8 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def _teardown(namespace: str, veth: str) -> None:
     for network in ROUTED:
-        _ip("route", "del", network, check=False)
+        # Only our own routes (through our veth): never another lab's.
+        _ip("route", "del", network, "dev", veth, check=False)
     _ip("link", "del", veth, check=False)
     _ip("netns", "del", namespace, check=False)
 
