@@ -413,9 +413,22 @@ class RenameRequest(_PathRequest[DoneReply]):
 # --- encoding ------------------------------------------------------------------------------
 
 
+# Above this, a base64 `data` field is put into the line as it is (json.dumps would scan it for
+# characters to escape, and base64 has none: 11 ms per MiB, the most of a chunk's cost).
+SPLICE_BYTES = 16 * 1024
+
+
 def encode(message: Message) -> bytes:
     """One message as its line, newline included."""
-    return json.dumps(message.to_json()).encode() + b"\n"
+    fields = message.to_json()
+    data = fields.get("data")
+    if isinstance(message, BytesReply | WriteBytesRequest | StdinRequest) and isinstance(data, str) and len(data) > SPLICE_BYTES:
+        if data.isascii() and '"' not in data and "\\" not in data:
+            fields["data"] = ""
+            # The key is unique, and no string value holds an unescaped quote: this is the field.
+            head, _, tail = json.dumps(fields).partition('"data": ""')
+            return b"".join((head.encode(), b'"data": "', data.encode("ascii"), b'"', tail.encode(), b"\n"))
+    return json.dumps(fields).encode() + b"\n"
 
 
 def parse_line(line: bytes | str) -> dict[str, Any]:
