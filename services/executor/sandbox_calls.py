@@ -343,6 +343,9 @@ class SandboxCalls:
         waiter = asyncio.create_task(process.wait())
         waiter.add_done_callback(lambda _: queue.put_nowait(None))
         try:
+            # At once, so that the caller's stream opens before any output (or a refusal
+            # before it, as an error of the call).
+            yield calls_pb2.SandboxCommandEvent(started="")
             while (item := await queue.get()) is not None:
                 stream, data = item
                 yield calls_pb2.SandboxCommandEvent(output=calls_pb2.SandboxCommandOutput(stream=stream, data=data))
