@@ -57,7 +57,6 @@ class SandboxCommand(_message.Message):
     ENV_FIELD_NUMBER: _builtins.int
     TIMEOUT_SECONDS_FIELD_NUMBER: _builtins.int
     BACKGROUND_FIELD_NUMBER: _builtins.int
-    STREAM_FIELD_NUMBER: _builtins.int
     STDIN_FIELD_NUMBER: _builtins.int
     tool: _builtins.str
     """"shell", "python" or "typescript"."""
@@ -69,8 +68,6 @@ class SandboxCommand(_message.Message):
     """Seconds (default 60; background commands: 3600)."""
     background: _builtins.bool
     """Return a command id at once; the command runs on (see GetSandboxCommand)."""
-    stream: _builtins.bool
-    """Send output as it is produced (else only the end, with all of it)."""
     stdin: _builtins.bool
     """Keep the command's stdin open for WriteSandboxCommandStdin (background commands only)."""
     @_builtins.property
@@ -84,12 +81,11 @@ class SandboxCommand(_message.Message):
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         timeout_seconds: _builtins.float = ...,
         background: _builtins.bool = ...,
-        stream: _builtins.bool = ...,
         stdin: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "code", b"code", "cwd", b"cwd", "env", b"env", "stdin", b"stdin", "stream", b"stream", "timeout_seconds", b"timeout_seconds", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background", b"background", "code", b"code", "cwd", b"cwd", "env", b"env", "stdin", b"stdin", "timeout_seconds", b"timeout_seconds", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -268,7 +264,9 @@ class RunSandboxCommandResponse(_message.Message):
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___SandboxCommandEvent: ...
+    def event(self) -> Global___SandboxCommandEvent:
+        """exit (with all the output), or started (a background command's id)."""
+
     def __init__(
         self,
         *,
@@ -281,6 +279,51 @@ class RunSandboxCommandResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSandboxCommandResponse: _TypeAlias = RunSandboxCommandResponse  # noqa: Y015
+
+@_typing.final
+class StreamSandboxCommandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    COMMAND_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    @_builtins.property
+    def command(self) -> Global___SandboxCommand: ...
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+        command: Global___SandboxCommand | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["command", b"command"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSandboxCommandRequest: _TypeAlias = StreamSandboxCommandRequest  # noqa: Y015
+
+@_typing.final
+class StreamSandboxCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> Global___SandboxCommandEvent:
+        """started (""), then output events, then exit (without the output already sent)."""
+
+    def __init__(
+        self,
+        *,
+        event: Global___SandboxCommandEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamSandboxCommandResponse: _TypeAlias = StreamSandboxCommandResponse  # noqa: Y015
 
 @_typing.final
 class GetSandboxCommandRequest(_message.Message):

@@ -69,10 +69,15 @@ class SandboxServiceStub:
                 request_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.FromString,
                 _registered_method=True)
-        self.RunSandboxCommand = channel.unary_stream(
+        self.RunSandboxCommand = channel.unary_unary(
                 '/corral.v1.SandboxService/RunSandboxCommand',
                 request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.StreamSandboxCommand = channel.unary_stream(
+                '/corral.v1.SandboxService/StreamSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.FromString,
                 _registered_method=True)
         self.GetSandboxCommand = channel.unary_unary(
                 '/corral.v1.SandboxService/GetSandboxCommand',
@@ -164,7 +169,14 @@ class SandboxServiceServicer:
 
     def RunSandboxCommand(self, request, context):
         """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
-        A command: its end (and its output as produced, with stream), or a background command's id.
+        A command: its end with its output, or a background command's id (unary: the lean path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSandboxCommand(self, request, context):
+        """A command's output as it is produced, then its end.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,10 +263,15 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     request_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.FromString,
                     response_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.SerializeToString,
             ),
-            'RunSandboxCommand': grpc.unary_stream_rpc_method_handler(
+            'RunSandboxCommand': grpc.unary_unary_rpc_method_handler(
                     servicer.RunSandboxCommand,
                     request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.FromString,
                     response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.SerializeToString,
+            ),
+            'StreamSandboxCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.SerializeToString,
             ),
             'GetSandboxCommand': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSandboxCommand,
@@ -484,12 +501,39 @@ class SandboxService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
             '/corral.v1.SandboxService/RunSandboxCommand',
             corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.SerializeToString,
             corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.SandboxService/StreamSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

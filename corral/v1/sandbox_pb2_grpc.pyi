@@ -48,10 +48,12 @@ class SandboxServiceStub:
     """Replaces the network rules of a sandbox created with network; new connections and
     lookups follow them at once (established connections are not cut).
     """
-    RunSandboxCommand: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]
+    RunSandboxCommand: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]
     """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
-    A command: its end (and its output as produced, with stream), or a background command's id.
+    A command: its end with its output, or a background command's id (unary: the lean path).
     """
+    StreamSandboxCommand: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.StreamSandboxCommandRequest, _sandbox_calls_pb2.StreamSandboxCommandResponse]
+    """A command's output as it is produced, then its end."""
     GetSandboxCommand: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.GetSandboxCommandRequest, _sandbox_calls_pb2.GetSandboxCommandResponse]
     WatchSandboxCommand: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.WatchSandboxCommandRequest, _sandbox_calls_pb2.WatchSandboxCommandResponse]
     WriteSandboxCommandStdin: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxCommandStdinRequest, _sandbox_calls_pb2.WriteSandboxCommandStdinResponse]
@@ -80,10 +82,12 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """Replaces the network rules of a sandbox created with network; new connections and
     lookups follow them at once (established connections are not cut).
     """
-    RunSandboxCommand: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]  # type: ignore[assignment]
+    RunSandboxCommand: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]  # type: ignore[assignment]
     """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
-    A command: its end (and its output as produced, with stream), or a background command's id.
+    A command: its end with its output, or a background command's id (unary: the lean path).
     """
+    StreamSandboxCommand: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.StreamSandboxCommandRequest, _sandbox_calls_pb2.StreamSandboxCommandResponse]  # type: ignore[assignment]
+    """A command's output as it is produced, then its end."""
     GetSandboxCommand: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.GetSandboxCommandRequest, _sandbox_calls_pb2.GetSandboxCommandResponse]  # type: ignore[assignment]
     WatchSandboxCommand: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.WatchSandboxCommandRequest, _sandbox_calls_pb2.WatchSandboxCommandResponse]  # type: ignore[assignment]
     WriteSandboxCommandStdin: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxCommandStdinRequest, _sandbox_calls_pb2.WriteSandboxCommandStdinResponse]  # type: ignore[assignment]
@@ -151,10 +155,18 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _sandbox_calls_pb2.RunSandboxCommandRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_sandbox_calls_pb2.RunSandboxCommandResponse], _abc.AsyncIterator[_sandbox_calls_pb2.RunSandboxCommandResponse]]:
+    ) -> _typing.Union[_sandbox_calls_pb2.RunSandboxCommandResponse, _abc.Awaitable[_sandbox_calls_pb2.RunSandboxCommandResponse]]:
         """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
-        A command: its end (and its output as produced, with stream), or a background command's id.
+        A command: its end with its output, or a background command's id (unary: the lean path).
         """
+
+    @_abc_1.abstractmethod
+    def StreamSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.StreamSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_calls_pb2.StreamSandboxCommandResponse], _abc.AsyncIterator[_sandbox_calls_pb2.StreamSandboxCommandResponse]]:
+        """A command's output as it is produced, then its end."""
 
     @_abc_1.abstractmethod
     def GetSandboxCommand(

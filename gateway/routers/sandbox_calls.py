@@ -25,19 +25,40 @@ import grpc
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from starlette.requests import HTTPConnection
 
+from corral.config import Settings
 from corral.steps.gui import GuiStep, GuiTool
 from corral.v1 import memory_pb2, sandbox_pb2
 from corral.v1 import sandbox_calls_pb2 as calls_pb2
 from corral.views import HistoryEventView, HistoryResponse
-from gateway.auth import CallerDep, Metadata
+from gateway.auth import Metadata, forwarded
 from gateway.backends import upstream
 from gateway.body import JsonBody, parse_json, read_body
-from gateway.deps import BackendsDep, SandboxStubs, SandboxStubsDep, SettingsDep
+from gateway.deps import BackendsDep, SandboxStubs, get_sandbox_stubs, get_settings
 from gateway.errors import ApiError, error_body, from_rpc_error, validation_error
 from gateway.views import UPSTREAM, errors
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["sandbox calls"])
+
+
+# The app's usual dependencies, as coroutines: FastAPI runs a plain function's in its thread
+# pool, a hop per dependency per call that these many small calls would pay every time.
+async def _stubs(conn: HTTPConnection) -> SandboxStubs:
+    return get_sandbox_stubs(conn)
+
+
+async def _settings(conn: HTTPConnection) -> Settings:
+    return get_settings(conn)
+
+
+async def _caller(conn: HTTPConnection) -> Metadata:
+    return forwarded(conn)
+
+
+SandboxStubsDep = Annotated[SandboxStubs, Depends(_stubs)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+CallerDep = Annotated[Metadata, Depends(_caller)]
 
 SSE_TYPE = "text/event-stream"
 NOT_FOUND = "Unknown sandbox (or command)."
@@ -45,6 +66,8 @@ CALL_ERRORS = (400, 404, 409, *UPSTREAM)
 # Entries a directory download walks at most.
 MAX_DOWNLOAD_ENTRIES = 100_000
 WRITE_CHUNK_BYTES = 1024 * 1024
+# How long past its own timeout a command's call waits (the scheduler's and executor's grace).
+COMMAND_GRACE_SECONDS = 60.0
 
 
 def wants_stream(request: Request, stream: bool) -> bool:
@@ -169,7 +192,7 @@ class CommandRequest(BaseModel):
             raise ValueError("give exactly one of command and code")
         return self
 
-    def to_proto(self, stream: bool) -> calls_pb2.SandboxCommand:
+    def to_proto(self) -> calls_pb2.SandboxCommand:
         return calls_pb2.SandboxCommand(
             tool=self.tool,
             code=self.command if self.command is not None else self.code or "",
@@ -177,7 +200,6 @@ class CommandRequest(BaseModel):
             env=self.env,
             timeout_seconds=self.timeout or 0.0,
             background=self.background,
-            stream=stream and not self.background,
             stdin=self.stdin,
         )
 
@@ -210,14 +232,19 @@ async def run_command(
     caller: CallerDep,
     stream: Annotated[bool, Query(description="Stream output as Server-Sent Events.")] = False,
 ) -> Response:
-    streaming = wants_stream(request, stream) and not body.background
-    message = calls_pb2.RunSandboxCommandRequest(sandbox_id=sandbox_id, command=body.to_proto(streaming))
-    call = stubs.sandboxes.RunSandboxCommand(message, metadata=caller)
-    first = await first_of(call)
-    if streaming:
+    if wants_stream(request, stream) and not body.background:
+        call = stubs.sandboxes.StreamSandboxCommand(
+            calls_pb2.StreamSandboxCommandRequest(sandbox_id=sandbox_id, command=body.to_proto()), metadata=caller
+        )
+        first = await first_of(call)
         return sse_response(relay_sse(first, call, settings.gateway_sse_keepalive_seconds))
-    call.cancel()
-    event = first.event
+    async with upstream("scheduler"):
+        reply = await stubs.sandboxes.RunSandboxCommand(
+            calls_pb2.RunSandboxCommandRequest(sandbox_id=sandbox_id, command=body.to_proto()),
+            metadata=caller,
+            timeout=stubs.timeout if body.background else (body.timeout or 60.0) + COMMAND_GRACE_SECONDS,
+        )
+    event = reply.event
     if event.WhichOneof("event") == "started":
         return JSONResponse(
             {"command_id": event.started},

@@ -15,9 +15,13 @@ from services.executor.sandbox_calls import SandboxCalls
 class SandboxCallsServicer:
     calls: SandboxCalls
 
-    async def RunCommand(self, request: pb.RunCommandRequest, context: Context) -> AsyncIterator[pb.RunCommandResponse]:
-        async for event in self.calls.run_command(request.call):
-            yield pb.RunCommandResponse(reply=calls_pb2.RunSandboxCommandResponse(event=event))
+    async def RunCommand(self, request: pb.RunCommandRequest, context: Context) -> pb.RunCommandResponse:
+        event = await self.calls.run_command(request.call)
+        return pb.RunCommandResponse(reply=calls_pb2.RunSandboxCommandResponse(event=event))
+
+    async def StreamCommand(self, request: pb.StreamCommandRequest, context: Context) -> AsyncIterator[pb.StreamCommandResponse]:
+        async for event in self.calls.stream_command(request.call):
+            yield pb.StreamCommandResponse(reply=calls_pb2.StreamSandboxCommandResponse(event=event))
 
     async def GetCommand(self, request: pb.GetCommandRequest, context: Context) -> pb.GetCommandResponse:
         status = self.calls.command_status(request.call)

@@ -279,6 +279,10 @@ class SandboxCalls:
             summary += f" (exit {exit_code})"
         if error:
             summary += f": {error}"
+        # After the reply is on its way: the caller does not wait for the log.
+        asyncio.get_running_loop().call_soon(self._log, managed, summary, stdout, stderr)
+
+    def _log(self, managed: ManagedSandbox, summary: str, stdout: str, stderr: str) -> None:
         try:
             # The sandbox's /tasks: opened without following links at each call (the sandbox
             # writes there, and nothing of ours may hold it open when the sandbox goes).
@@ -323,21 +327,27 @@ class SandboxCalls:
         limits = managed.sandbox.config.limits
         return lambda result: describe_failure(result, limits, request.timeout, request.kind)
 
-    async def run_command(self, call: calls_pb2.RunSandboxCommandRequest) -> AsyncIterator[calls_pb2.SandboxCommandEvent]:
+    async def run_command(self, call: calls_pb2.RunSandboxCommandRequest) -> calls_pb2.SandboxCommandEvent:
+        """A foreground command's end, with its output; a background command's id."""
         managed, sandbox = self._managed(call.sandbox_id)
         command = call.command
         request = self._process_request(managed, command)
-        describe = self._describe(managed, request)
         if command.background:
-            yield calls_pb2.SandboxCommandEvent(started=await self._start_background(managed, sandbox, request, command))
-            return
+            return calls_pb2.SandboxCommandEvent(started=await self._start_background(managed, sandbox, request, command))
         started = time.monotonic()
-        if not command.stream:
-            result = await sandbox.run(request, lambda stream, data: None)
-            reply = _result_proto(result, describe(result), time.monotonic() - started, output=True)
-            self._record_command(managed, command, result, reply)
-            yield calls_pb2.SandboxCommandEvent(exit=reply)
-            return
+        result = await sandbox.run(request, lambda stream, data: None)
+        reply = _result_proto(result, self._describe(managed, request)(result), time.monotonic() - started, output=True)
+        self._record_command(managed, command, result, reply)
+        return calls_pb2.SandboxCommandEvent(exit=reply)
+
+    async def stream_command(self, call: calls_pb2.StreamSandboxCommandRequest) -> AsyncIterator[calls_pb2.SandboxCommandEvent]:
+        """`started`, the command's output as it comes, then its end (without the output)."""
+        managed, sandbox = self._managed(call.sandbox_id)
+        command = call.command
+        if command.background:
+            raise InvalidArgument("a background command is not streamed: follow it with .../output")
+        request = self._process_request(managed, command)
+        started = time.monotonic()
         queue: asyncio.Queue[tuple[StreamName, str] | None] = asyncio.Queue()
         process = await sandbox.start_process(request, lambda stream, data: queue.put_nowait((stream, data)))
         waiter = asyncio.create_task(process.wait())
@@ -355,7 +365,7 @@ class SandboxCalls:
                 waiter.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await waiter
-        reply = _result_proto(result, describe(result), time.monotonic() - started, output=False)
+        reply = _result_proto(result, self._describe(managed, request)(result), time.monotonic() - started, output=False)
         self._record_command(managed, command, result, reply)
         yield calls_pb2.SandboxCommandEvent(exit=reply)
 

@@ -105,13 +105,24 @@ class SandboxCallsServicer:
 
     async def RunSandboxCommand(
         self, request: calls_pb2.RunSandboxCommandRequest, context: Context
-    ) -> AsyncIterator[calls_pb2.RunSandboxCommandResponse]:
-        stub = await self._executor(request.sandbox_id, context, "RunSandboxCommand")
+    ) -> calls_pb2.RunSandboxCommandResponse:
         command = request.command
-        timeout = None  # a background command's start is quick; it runs on at the executor
-        if not command.background:
-            timeout = (command.timeout_seconds or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
-        call = stub.RunCommand(pb.RunCommandRequest(call=request), timeout=timeout)
+        # A background command's start is quick; a foreground one may take its whole timeout.
+        timeout = 0.0 if command.background else (
+            (command.timeout_seconds or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
+        )
+        reply: calls_pb2.RunSandboxCommandResponse = await self._unary(
+            request.sandbox_id, context, "RunSandboxCommand", "RunCommand", pb.RunCommandRequest(call=request), timeout
+        )
+        return reply
+
+    async def StreamSandboxCommand(
+        self, request: calls_pb2.StreamSandboxCommandRequest, context: Context
+    ) -> AsyncIterator[calls_pb2.StreamSandboxCommandResponse]:
+        stub = await self._executor(request.sandbox_id, context, "StreamSandboxCommand")
+        command = request.command
+        timeout = (command.timeout_seconds or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
+        call = stub.StreamCommand(pb.StreamCommandRequest(call=request), timeout=timeout)
         async for reply in self._stream(request.sandbox_id, call):
             yield reply
 

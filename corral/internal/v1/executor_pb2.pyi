@@ -461,6 +461,46 @@ class RunCommandResponse(_message.Message):
 Global___RunCommandResponse: _TypeAlias = RunCommandResponse  # noqa: Y015
 
 @_typing.final
+class StreamCommandRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def call(self) -> _sandbox_calls_pb2.StreamSandboxCommandRequest: ...
+    def __init__(
+        self,
+        *,
+        call: _sandbox_calls_pb2.StreamSandboxCommandRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCommandRequest: _TypeAlias = StreamCommandRequest  # noqa: Y015
+
+@_typing.final
+class StreamCommandResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPLY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def reply(self) -> _sandbox_calls_pb2.StreamSandboxCommandResponse: ...
+    def __init__(
+        self,
+        *,
+        reply: _sandbox_calls_pb2.StreamSandboxCommandResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamCommandResponse: _TypeAlias = StreamCommandResponse  # noqa: Y015
+
+@_typing.final
 class GetCommandRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

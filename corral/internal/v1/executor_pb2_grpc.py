@@ -80,10 +80,15 @@ class ExecutorServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.FromString,
                 _registered_method=True)
-        self.RunCommand = channel.unary_stream(
+        self.RunCommand = channel.unary_unary(
                 '/corral.internal.v1.ExecutorService/RunCommand',
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.FromString,
+                _registered_method=True)
+        self.StreamCommand = channel.unary_stream(
+                '/corral.internal.v1.ExecutorService/StreamCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.FromString,
                 _registered_method=True)
         self.GetCommand = channel.unary_unary(
                 '/corral.internal.v1.ExecutorService/GetCommand',
@@ -200,6 +205,12 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StreamCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetCommand(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -296,10 +307,15 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.SerializeToString,
             ),
-            'RunCommand': grpc.unary_stream_rpc_method_handler(
+            'RunCommand': grpc.unary_unary_rpc_method_handler(
                     servicer.RunCommand,
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.SerializeToString,
+            ),
+            'StreamCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.SerializeToString,
             ),
             'GetCommand': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCommand,
@@ -607,12 +623,39 @@ class ExecutorService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
+        return grpc.experimental.unary_unary(
             request,
             target,
             '/corral.internal.v1.ExecutorService/RunCommand',
             corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.SerializeToString,
             corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/StreamCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,10 +50,11 @@ class ExecutorServiceStub:
     """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
     GetSandboxNetwork: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]
     """Its rules in force and what its network refused so far."""
-    RunCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]
+    RunCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]
     """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
     relayed by the scheduler once it has checked the caller owns the sandbox).
     """
+    StreamCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]
     GetCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]
     WatchCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.WatchCommandRequest, _executor_pb2.WatchCommandResponse]
     WriteCommandStdin: _grpc.UnaryUnaryMultiCallable[_executor_pb2.WriteCommandStdinRequest, _executor_pb2.WriteCommandStdinResponse]
@@ -85,10 +86,11 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
     GetSandboxNetwork: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]  # type: ignore[assignment]
     """Its rules in force and what its network refused so far."""
-    RunCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]  # type: ignore[assignment]
+    RunCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]  # type: ignore[assignment]
     """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
     relayed by the scheduler once it has checked the caller owns the sandbox).
     """
+    StreamCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]  # type: ignore[assignment]
     GetCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]  # type: ignore[assignment]
     WatchCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.WatchCommandRequest, _executor_pb2.WatchCommandResponse]  # type: ignore[assignment]
     WriteCommandStdin: _aio.UnaryUnaryMultiCallable[_executor_pb2.WriteCommandStdinRequest, _executor_pb2.WriteCommandStdinResponse]  # type: ignore[assignment]
@@ -177,10 +179,17 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _executor_pb2.RunCommandRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_executor_pb2.RunCommandResponse], _abc.AsyncIterator[_executor_pb2.RunCommandResponse]]:
+    ) -> _typing.Union[_executor_pb2.RunCommandResponse, _abc.Awaitable[_executor_pb2.RunCommandResponse]]:
         """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
         relayed by the scheduler once it has checked the caller owns the sandbox).
         """
+
+    @_abc_1.abstractmethod
+    def StreamCommand(
+        self,
+        request: _executor_pb2.StreamCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.StreamCommandResponse], _abc.AsyncIterator[_executor_pb2.StreamCommandResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetCommand(
