@@ -421,15 +421,33 @@ async def read_file(sandbox_id: str, path: PathQuery, stubs: SandboxStubsDep, ca
 async def write_stream(
     stubs: SandboxStubs, caller: Metadata, sandbox_id: str, path: str, chunks: AsyncIterator[bytes]
 ) -> calls_pb2.SandboxFileInfo:
+    """Streams `chunks` into the file. When reading them fails (a body over the limit: an
+    ApiError), the call is cancelled, so the sandbox keeps the file as it was, and that error
+    is raised."""
+    failed: list[ApiError] = []
+    calls: list[Any] = []
+
     async def parts() -> AsyncIterator[calls_pb2.WriteSandboxFileRequest]:
         yield calls_pb2.WriteSandboxFileRequest(target=calls_pb2.SandboxFileTarget(sandbox_id=sandbox_id, path=path))
-        async for chunk in chunks:
-            for start in range(0, len(chunk), WRITE_CHUNK_BYTES):
-                yield calls_pb2.WriteSandboxFileRequest(data=chunk[start : start + WRITE_CHUNK_BYTES])
+        try:
+            async for chunk in chunks:
+                for start in range(0, len(chunk), WRITE_CHUNK_BYTES):
+                    yield calls_pb2.WriteSandboxFileRequest(data=chunk[start : start + WRITE_CHUNK_BYTES])
+        except ApiError as exc:
+            failed.append(exc)
+            calls[0].cancel()
 
-    async with upstream("scheduler"):
-        reply = await stubs.sandboxes.WriteSandboxFile(parts(), metadata=caller)
-    return reply.file
+    call = stubs.sandboxes.WriteSandboxFile(parts(), metadata=caller)
+    calls.append(call)
+    try:
+        async with upstream("scheduler"):
+            reply = await call
+    except (asyncio.CancelledError, ApiError):
+        if failed:
+            raise failed[0] from None
+        raise
+    file: calls_pb2.SandboxFileInfo = reply.file
+    return file
 
 
 def too_large(limit: int) -> ApiError:
@@ -459,30 +477,7 @@ async def limited_body(request: Request, limit: int) -> AsyncIterator[bytes]:
 async def write_file(
     sandbox_id: str, path: PathQuery, request: Request, stubs: SandboxStubsDep, settings: SettingsDep, caller: CallerDep
 ) -> JSONResponse:
-    limit = settings.sandbox_file_max_bytes
-    body = limited_body(request, limit)
-    # An oversized body stops the upload (413) before the sandbox sees more.
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise too_large(limit)
-    oversized: list[ApiError] = []
-
-    async def guarded() -> AsyncIterator[bytes]:
-        try:
-            async for chunk in body:
-                yield chunk
-        except ApiError as exc:
-            oversized.append(exc)
-            raise
-
-    try:
-        info = await write_stream(stubs, caller, sandbox_id, path, guarded())
-    except ApiError:
-        if oversized:
-            raise oversized[0] from None
-        raise
-    if oversized:
-        raise oversized[0]
+    info = await write_stream(stubs, caller, sandbox_id, path, limited_body(request, settings.sandbox_file_max_bytes))
     return JSONResponse(info_json(info))
 
 

@@ -353,6 +353,9 @@ def read_bytes(request: protocol.ReadBytesRequest) -> protocol.BytesReply:
 @handles(protocol.WriteBytesRequest)
 def write_bytes(request: protocol.WriteBytesRequest) -> protocol.FileReply:
     root, path = resolve_path(request.path, request.cwd, request.roots)
+    final = resolve_path(request.rename_to, request.cwd, request.roots) if request.rename_to else None
+    if final is not None and os.path.isdir(final[1]):
+        raise Refused(f"{request.rename_to} is a directory")
     try:
         data = base64.b64decode(request.data)
     except ValueError:
@@ -361,28 +364,44 @@ def write_bytes(request: protocol.WriteBytesRequest) -> protocol.FileReply:
         raise Refused(f"{request.path} is a directory")
     try:
         parent = _make_parents_beneath(root, os.path.relpath(os.path.dirname(path), root))
+    except OSError as exc:
+        raise _refusal(request.path, "write", exc, root) from None
+    try:
         try:
             flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
             fd = os.open(os.path.basename(path), flags, 0o644, dir_fd=parent)
+        except OSError as exc:
+            raise _refusal(request.path, "write", exc, root) from None
+        with os.fdopen(fd, "wb") as f:
+            st = os.fstat(f.fileno())
+            if not _is_regular(st.st_mode):
+                raise Refused(f"{request.path} is not a regular file")
+            start = st.st_size if request.append else 0
+            if start + len(data) > request.max_bytes:
+                raise Refused(
+                    f"{request.rename_to or request.path} would be {start + len(data)} bytes, larger than "
+                    f"the write limit of {_describe_size(request.max_bytes)}"
+                )
+            if not request.append:
+                f.truncate(0)
+            f.seek(start)
+            f.write(data)
+        if final is None or not request.commit:
+            return protocol.FileReply(path=path, size=start + len(data))
+        target_root, target = final
+        try:
+            target_dir = _make_parents_beneath(target_root, os.path.relpath(os.path.dirname(target), target_root))
+        except OSError as exc:
+            raise _refusal(request.rename_to, "write", exc, target_root) from None
+        try:
+            os.rename(os.path.basename(path), os.path.basename(target), src_dir_fd=parent, dst_dir_fd=target_dir)
+        except OSError as exc:
+            raise Refused(f"cannot write {request.rename_to}: {exc.strerror}") from None
         finally:
-            os.close(parent)
-    except OSError as exc:
-        raise _refusal(request.path, "write", exc, root) from None
-    with os.fdopen(fd, "wb") as f:
-        st = os.fstat(f.fileno())
-        if not _is_regular(st.st_mode):
-            raise Refused(f"{request.path} is not a regular file")
-        start = st.st_size if request.append else 0
-        if start + len(data) > request.max_bytes:
-            raise Refused(
-                f"{request.path} would be {start + len(data)} bytes, larger than the write limit "
-                f"of {_describe_size(request.max_bytes)}"
-            )
-        if not request.append:
-            f.truncate(0)
-        f.seek(start)
-        f.write(data)
-    return protocol.FileReply(path=path, size=start + len(data))
+            os.close(target_dir)
+        return protocol.FileReply(path=target, size=start + len(data))
+    finally:
+        os.close(parent)
 
 
 def _entry(name: str, st: os.stat_result) -> protocol.FileEntry:

@@ -379,6 +379,10 @@ class WriteBytesRequest(_PathRequest[FileReply]):
     data: str
     append: bool = False
     max_bytes: int = DEFAULT_MAX_FILE_BYTES
+    # The file this one becomes (confined like `path`, checked with every chunk): with
+    # `commit`, `path` is renamed to it after the write (a whole file appears at once).
+    rename_to: str = ""
+    commit: bool = False
 
 
 @dataclass(kw_only=True)

@@ -218,6 +218,8 @@ class SandboxCalls:
         # sandbox id -> its background commands by id, oldest first.
         self._commands: dict[str, OrderedDict[str, BackgroundCommand]] = {}
         self._gui: dict[str, GuiClient] = {}
+        # A removed sandbox's background commands (their output) and gui connection go with it.
+        sandboxes.on_removed.append(self._forget)
 
     # --- the sandbox ---------------------------------------------------------------------------
 
@@ -485,20 +487,34 @@ class SandboxCalls:
         self._record(managed, "read_file", f"{call.path} ({sent} bytes)", duration=time.monotonic() - started)
 
     async def write_file(self, target: calls_pb2.SandboxFileTarget, chunks: AsyncIterator[bytes]) -> calls_pb2.SandboxFileInfo:
+        """Writes the chunks to a file beside the target, renamed over it at the end: a reader
+        never sees half a file, and a write that fails (too large, the caller gone) leaves the
+        old one as it was."""
         managed, sandbox = self._managed(target.sandbox_id)
         limit = self.settings.sandbox_file_max_bytes
         started = time.monotonic()
-        written, path, append = 0, target.path, False
+        head, name = posixpath.split(target.path.rstrip("/"))
+        if not name or name in (".", ".."):
+            raise InvalidArgument(f"{target.path!r} names no file")
+        partial = posixpath.join(head, f".{name}.part-{next(self._ids)}")
+        where = (WORKSPACE_DIR, FILE_ROOTS, target.path)
+        written, append = 0, False
         try:
             async for chunk in chunks:
                 for start in range(0, len(chunk), CHUNK_BYTES):
                     piece = chunk[start : start + CHUNK_BYTES]
-                    path, written = await sandbox.write_chunk(target.path, piece, append, limit, WORKSPACE_DIR, FILE_ROOTS)
+                    _, written = await sandbox.write_chunk(partial, piece, append, limit, *where)
                     append = True
-            if not append:  # an empty file
-                path, written = await sandbox.write_chunk(target.path, b"", False, limit, WORKSPACE_DIR, FILE_ROOTS)
-        except FileRefused as exc:
-            self._record(managed, "write_file", target.path, error=str(exc), duration=time.monotonic() - started)
+            path, written = await sandbox.write_chunk(partial, b"", append, limit, *where, commit=True)
+        except BaseException as exc:
+            if append:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(sandbox.remove(partial, WORKSPACE_DIR, FILE_ROOTS))
+            if isinstance(exc, FileRefused):
+                # The words name the file asked for, not the one written beside it.
+                error = str(exc).replace(partial, target.path).replace(posixpath.basename(partial), name)
+                self._record(managed, "write_file", target.path, error=error, duration=time.monotonic() - started)
+                raise FileRefused(error) from None
             raise
         self._record(managed, "write_file", f"{target.path} ({written} bytes)", duration=time.monotonic() - started)
         return calls_pb2.SandboxFileInfo(name=posixpath.basename(path), path=path, type="file", size=written, mtime=time.time())

@@ -250,14 +250,25 @@ class AgentSandbox(Sandbox, Generic[T]):
         return data[: max(length, 0)], reply.size, reply.eof or len(data) < length
 
     async def write_chunk(
-        self, path: str, data: bytes, append: bool, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()
+        self,
+        path: str,
+        data: bytes,
+        append: bool,
+        max_bytes: int,
+        cwd: str = "",
+        roots: Sequence[str] = (),
+        rename_to: str = "",
+        commit: bool = False,
     ) -> tuple[str, int]:
-        """Writes `data` as the file's content, or after it (`append`); (its path, its size)."""
+        """Writes `data` as the file's content, or after it (`append`); with `commit`, renames
+        it to `rename_to` (checked with each chunk) after. Returns (its path, its size)."""
         reply = await self.channel.request(
             protocol.WriteBytesRequest(
                 data=base64.b64encode(data).decode("ascii"),
                 append=append,
                 max_bytes=max_bytes,
+                rename_to=self.transport.agent_path(rename_to) if rename_to else "",
+                commit=commit,
                 **self._located(path, cwd, roots),
             )
         )

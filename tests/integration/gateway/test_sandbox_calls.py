@@ -209,6 +209,17 @@ def test_files_round_trip_as_bytes(api: httpx.Client, sandbox: str, driver: str)
         assert back == big
         api.delete(f"{sandbox}/files", params={"path": "/tmp/big.bin"})
 
+        # A body that turns out too large as it streams in (no Content-Length) is refused and
+        # leaves the file as it was: the new content is written beside it, renamed only when whole.
+        api.put(f"{sandbox}/files", params={"path": "bin/keep.txt"}, content=b"old", headers=RAW)
+        chunk = b"\x01" * (1024 * 1024)
+        streamed = api.put(f"{sandbox}/files", params={"path": "bin/keep.txt"}, headers=RAW,
+                           content=(chunk for _ in range(FILE_LIMIT // len(chunk) + 1)))
+        assert streamed.status_code == 413, streamed.text
+        assert api.get(f"{sandbox}/files", params={"path": "bin/keep.txt"}).content == b"old"
+        names = [e["name"] for e in api.get(f"{sandbox}/files/list", params={"path": "bin"}).json()["entries"]]
+        assert names == ["data.bin", "empty", "keep.txt"], names
+
     too_big = api.put(f"{sandbox}/files", params={"path": "huge"}, content=b"\0" * (FILE_LIMIT + 1), headers=RAW)
     assert too_big.status_code == 413 and str(FILE_LIMIT) in too_big.text, too_big.text
 
