@@ -69,3 +69,26 @@ def test_signal_names() -> None:
     assert _signal_number("SIGTERM") == 15 and _signal_number("term") == 15 and _signal_number("9") == 9
     with pytest.raises(InvalidArgument, match="unknown signal 'SIGNOPE'"):
         _signal_number("SIGNOPE")
+
+
+def test_who_may_make_the_calls() -> None:
+    """The public calls: the gateway (a client's key with it) or an admin; the executor's
+    side: the scheduler only (a gateway or a sandbox's executor cannot reach an agent directly)."""
+    from corral.authz import Identity, refusal
+    from corral.internal.v1 import executor_pb2
+    from corral.v1 import sandbox_pb2
+
+    public = [m.name for m in sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].methods if "Sandbox" in m.name]
+    assert {"RunSandboxCommand", "StreamSandboxCommand", "ReadSandboxFile", "WriteSandboxFile"} <= set(public)
+    for name in public:
+        method = f"/corral.v1.SandboxService/{name}"
+        assert refusal(method, Identity("gateway", "gateway"), None) is None
+        assert refusal(method, Identity("executor", "e1"), None) is not None
+    internal = ["RunCommand", "StreamCommand", "GetCommand", "WatchCommand", "WriteCommandStdin", "SignalCommand",
+                "ReadFile", "WriteFile", "OperateFile", "RunDesktopAction"]
+    assert set(internal) <= {m.name for m in executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].methods}
+    for name in internal:
+        method = f"/corral.internal.v1.ExecutorService/{name}"
+        assert refusal(method, Identity("scheduler", "scheduler"), None) is None
+        for other in (Identity("gateway", "gateway"), Identity("executor", "e1"), None):
+            assert refusal(method, other, None) is not None, (name, other)

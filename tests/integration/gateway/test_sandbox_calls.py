@@ -341,3 +341,10 @@ def test_unknown_sandbox_and_no_desktop(api: httpx.Client, sandbox: str) -> None
         assert reply.status_code == 409 and "has no desktop (create it with desktop: true)" in reply.text, reply.text
     bad_action = api.post(f"{sandbox}/desktop/actions", json={"action": "fly"})
     assert bad_action.status_code == 400, bad_action.text
+
+    # A deleted sandbox says so (after its calls were routed to its executor once).
+    other = api.post("/v1/sandboxes", json={"ttl": 60}).json()["sandbox_id"]
+    assert api.post(f"/v1/sandboxes/{other}/commands", json={"command": "true"}).status_code == 200
+    api.delete(f"/v1/sandboxes/{other}")
+    gone = api.post(f"/v1/sandboxes/{other}/commands", json={"command": "true"})
+    assert gone.status_code == 409 and f"sandbox {other} is deleted" in gone.text, gone.text
