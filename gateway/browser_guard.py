@@ -40,7 +40,9 @@ JUPYTER_PATH = re.compile(r"^/v1/sandboxes/[^/]+/jupyter/")
 # encoding and no text/plain, so a page can send it only after a CORS preflight, which this
 # gateway never grants.
 RAW_BODY_PATH = re.compile(r"^/v1/sandboxes/[^/]+/(files|files/upload|commands/[^/]+/stdin)$")
-RAW_BODY_TYPES = frozenset({"application/octet-stream", "application/x-tar", "application/zip"})
+RAW_BODY_TYPES = frozenset({
+    "application/octet-stream", "application/x-tar", "application/zip", "application/gzip", "application/x-gzip",
+})
 __all__ = ["BrowserGuard", "is_loopback"]
 
 

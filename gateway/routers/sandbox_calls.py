@@ -14,11 +14,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import posixpath
+import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import IO, Annotated, Any, Literal
 
 import grpc
@@ -544,9 +548,8 @@ async def rename_file(
     return JSONResponse({"path": reply.path})
 
 
-def tar_problem(member: tarfile.TarInfo) -> str:
-    """Why an archive entry may not be extracted ("" when it may)."""
-    name = member.name
+def path_problem(name: str) -> str:
+    """Why an archive entry's name may not be extracted ("" when it may)."""
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if name.startswith("/"):
         return "is an absolute path"
@@ -554,6 +557,16 @@ def tar_problem(member: tarfile.TarInfo) -> str:
         return "leads out of the directory ('..')"
     if "\x00" in name:
         return "contains a NUL byte"
+    if not parts:
+        return "has no name"
+    return ""
+
+
+def tar_problem(member: tarfile.TarInfo) -> str:
+    """Why a tar entry may not be extracted ("" when it may)."""
+    problem = path_problem(member.name)
+    if problem:
+        return problem
     if member.issym():
         return f"is a symbolic link (to {member.linkname!r})"
     if member.islnk():
@@ -565,10 +578,90 @@ def tar_problem(member: tarfile.TarInfo) -> str:
     return ""
 
 
+def zip_problem(info: zipfile.ZipInfo) -> str:
+    """Why a zip entry may not be extracted ("" when it may)."""
+    problem = path_problem(info.filename)
+    if problem:
+        return problem
+    kind = stat.S_IFMT(info.external_attr >> 16)
+    if kind == stat.S_IFLNK:
+        return "is a symbolic link"
+    if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+        return "is a device, FIFO or socket"
+    return ""
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    name: str
+    directory: bool
+    size: int
+    open: Callable[[], IO[bytes]]
+
+
+def refused(name: str, problem: str) -> ApiError:
+    return ApiError(400, "invalid_argument", f"refused archive entry {name!r}: it {problem}; nothing was extracted")
+
+
+def archive_entries(spool: IO[bytes], limit: int) -> tuple[list[ArchiveEntry], Callable[[], None]]:
+    """Every entry of a tar (optionally compressed) or zip archive, each checked, their sizes
+    bounded by `limit` in total (a small compressed body cannot unpack to more); and what closes
+    the archive. A refused entry is a 400 naming it, before anything is written."""
+    entries: list[ArchiveEntry] = []
+    total = 0
+
+    def count(name: str, size: int) -> None:
+        nonlocal total
+        total += max(size, 0)
+        if total > limit:
+            raise ApiError(413, "payload_too_large", f"the archive unpacks to more than {limit} bytes (at {name!r})")
+
+    if zipfile.is_zipfile(spool):
+        spool.seek(0)
+        try:
+            archive = zipfile.ZipFile(spool)
+        except zipfile.BadZipFile as exc:
+            raise ApiError(400, "invalid_argument", f"the zip archive is damaged: {exc}") from None
+        for info in archive.infolist():
+            problem = zip_problem(info)
+            if problem:
+                archive.close()
+                raise refused(info.filename, problem)
+            count(info.filename, info.file_size)
+            entries.append(ArchiveEntry(info.filename, info.is_dir(), info.file_size, functools.partial(archive.open, info)))
+        return entries, archive.close
+    spool.seek(0)
+    try:
+        tar = tarfile.open(fileobj=spool, mode="r:*")
+    except tarfile.TarError as exc:
+        raise ApiError(400, "invalid_argument", f"the body is not a tar or zip archive: {exc}") from None
+    try:
+        while (member := tar.next()) is not None:
+            problem = tar_problem(member)
+            if problem:
+                raise refused(member.name, problem)
+            count(member.name, member.size)
+            opener = functools.partial(_extracted, tar, member)
+            entries.append(ArchiveEntry(member.name, member.isdir(), member.size, opener))
+    except tarfile.TarError as exc:
+        tar.close()
+        raise ApiError(400, "invalid_argument", f"the tar archive is damaged: {exc}") from None
+    except BaseException:
+        tar.close()
+        raise
+    return entries, tar.close
+
+
+def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
+    source = tar.extractfile(member)
+    assert source is not None  # a regular file: checked
+    return source
+
+
 @router.post(
     "/files/upload",
     name="upload_sandbox_files",
-    summary="Extract a tar archive (the raw body, optionally gzipped) into a directory",
+    summary="Extract a tar (optionally compressed) or zip archive, the raw body, into a directory",
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND),
 )
 async def upload(
@@ -584,32 +677,21 @@ async def upload(
     with tempfile.SpooledTemporaryFile(max_size=WRITE_CHUNK_BYTES * 8) as spool:
         async for chunk in limited_body(request, limit):
             spool.write(chunk)
-        spool.seek(0)
+        entries, close = archive_entries(spool, limit)
         try:
-            archive = tarfile.open(fileobj=spool, mode="r:*")  # closed below
-        except tarfile.TarError as exc:
-            raise ApiError(400, "invalid_argument", f"the body is not a tar archive: {exc}") from None
-        with archive:
-            try:
-                members = archive.getmembers()
-            except tarfile.TarError as exc:
-                raise ApiError(400, "invalid_argument", f"the tar archive is damaged: {exc}") from None
-            for member in members:
-                problem = tar_problem(member)
-                if problem:
-                    raise ApiError(400, "invalid_argument", f"refused archive entry {member.name!r}: it {problem}; nothing was extracted")
             files = directories = total = 0
-            for member in members:
-                target = posixpath.normpath(posixpath.join(path, member.name))
-                if member.isdir():
+            for entry in entries:
+                target = posixpath.normpath(posixpath.join(path, entry.name))
+                if entry.directory:
                     await operate(stubs, caller, calls_pb2.OperateSandboxFileRequest(sandbox_id=sandbox_id, mkdir=target))
                     directories += 1
                     continue
-                source = archive.extractfile(member)
-                assert source is not None  # a regular file
-                await write_stream(stubs, caller, sandbox_id, target, _read_chunks(source))
+                with entry.open() as source:
+                    await write_stream(stubs, caller, sandbox_id, target, _read_chunks(source))
                 files += 1
-                total += member.size
+                total += entry.size
+        finally:
+            close()
     return JSONResponse({"path": path, "files": files, "directories": directories, "bytes": total})
 
 

@@ -12,6 +12,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -295,11 +296,39 @@ def test_tar_upload_is_extracted_safely_and_download_gives_it_back(api: httpx.Cl
     assert api.get(f"{sandbox}/files/stat", params={"path": "bad"}).status_code == 400  # never made
     assert api.post(f"{sandbox}/files/upload", content=b"not a tar", headers=TAR).status_code == 400
 
+    # A zip the same way; its links (a mode in the entry's attributes) refused too.
+    def zip_of(*entries: tuple[str, bytes, int]) -> bytes:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            for name, data, mode in entries:
+                info = zipfile.ZipInfo(name)
+                info.external_attr = mode << 16
+                archive.writestr(info, data)
+        return buffer.getvalue()
+
+    zipped = zip_of(("z/one.txt", b"one", 0o100644), ("z/two/", b"", 0o040755))
+    unzipped = api.post(f"{sandbox}/files/upload", params={"path": "up"}, content=zipped, headers={"content-type": "application/zip"})
+    assert unzipped.status_code == 200 and (unzipped.json()["files"], unzipped.json()["directories"]) == (1, 1), unzipped.text
+    assert api.get(f"{sandbox}/files", params={"path": "up/z/one.txt"}).content == b"one"
+    for name, mode, words in [("../z.txt", 0o100644, "'..'"), ("zl", 0o120777, "symbolic link")]:
+        bad_zip = zip_of(("first.txt", b"x", 0o100644), (name, b"/etc/passwd", mode))
+        refused = api.post(f"{sandbox}/files/upload", params={"path": "badzip"}, content=bad_zip, headers={"content-type": "application/zip"})
+        assert refused.status_code == 400 and repr(name) in refused.text and words in refused.text, refused.text
+    assert api.get(f"{sandbox}/files/stat", params={"path": "badzip"}).status_code == 400
+    # A small compressed body that would unpack past the limit is refused before extracting.
+    bomb = io.BytesIO()
+    with tarfile.open(fileobj=bomb, mode="w:gz") as archive:
+        info = entry("zeros.bin")
+        info.size = FILE_LIMIT + 1
+        archive.addfile(info, io.BytesIO(bytes(FILE_LIMIT + 1)))
+    bombed = api.post(f"{sandbox}/files/upload", params={"path": "bomb"}, content=bomb.getvalue(), headers=TAR)
+    assert bombed.status_code == 413 and "unpacks to more than" in bombed.text, bombed.text
+
     downloaded = api.get(f"{sandbox}/files/download", params={"path": "up"})
     assert downloaded.status_code == 200 and downloaded.headers["content-type"] == "application/x-tar"
     with tarfile.open(fileobj=io.BytesIO(downloaded.content)) as archive:
         files = {m.name: archive.extractfile(m).read() for m in archive.getmembers() if m.isfile()}  # type: ignore[union-attr]
-    assert files == {"pkg/a.txt": b"alpha", "pkg/sub/b.bin": b"\x00\x01"}, files
+    assert files == {"pkg/a.txt": b"alpha", "pkg/sub/b.bin": b"\x00\x01", "z/one.txt": b"one"}, files
 
 
 def test_calls_run_beside_a_task_and_are_recorded(api: httpx.Client, sandbox: str, calls_stack: Cluster) -> None:
