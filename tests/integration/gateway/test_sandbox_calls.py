@@ -377,3 +377,16 @@ def test_unknown_sandbox_and_no_desktop(api: httpx.Client, sandbox: str) -> None
     api.delete(f"/v1/sandboxes/{other}")
     gone = api.post(f"/v1/sandboxes/{other}/commands", json={"command": "true"})
     assert gone.status_code == 409 and f"sandbox {other} is deleted" in gone.text, gone.text
+
+
+def test_raw_bodies_stay_out_of_a_web_pages_reach(api: httpx.Client, sandbox: str) -> None:
+    """Raw bodies are let through the browser guard for the byte routes only, and only in
+    types a page cannot send without a CORS preflight (which the gateway never grants)."""
+    form_like = api.put(f"{sandbox}/files", params={"path": "page.txt"}, content=b"x", headers={"content-type": "text/plain"})
+    assert form_like.status_code == 415, form_like.text
+    cross_site = api.put(f"{sandbox}/files", params={"path": "page.txt"}, content=b"x",
+                         headers={**RAW, "origin": "http://evil.example"})
+    assert cross_site.status_code == 403, cross_site.text
+    elsewhere = api.post(f"{sandbox}/commands", content=b'{"command": "true"}', headers=RAW)
+    assert elsewhere.status_code == 415, elsewhere.text
+    assert api.get(f"{sandbox}/files/stat", params={"path": "page.txt"}).status_code == 400  # never written
