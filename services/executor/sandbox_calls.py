@@ -275,7 +275,7 @@ class SandboxCalls:
                 stdout=stdout[:HISTORY_OUTPUT_CHARS],
                 stderr=stderr[:HISTORY_OUTPUT_CHARS],
                 error=error,
-            ))
+            ), batch=True)
         summary = f"call {tool}: {action} -> {state} in {duration:.3f}s"
         if exit_code is not None:
             summary += f" (exit {exit_code})"
