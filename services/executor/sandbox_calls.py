@@ -55,6 +55,8 @@ MAX_TIMEOUT_SECONDS = 24 * 3600.0
 FILE_ROOTS = (WORKSPACE_DIR, "/tmp")
 CHUNK_BYTES = 1024 * 1024
 DESKTOP_TIMEOUT_SECONDS = 60.0
+# How long a call's agent.log lines wait for others' to be written with.
+LOG_BATCH_SECONDS = 0.2
 # What of a call's output its history entry keeps.
 HISTORY_OUTPUT_CHARS = 64 * 1024
 
@@ -218,6 +220,8 @@ class SandboxCalls:
         # sandbox id -> its background commands by id, oldest first.
         self._commands: dict[str, OrderedDict[str, BackgroundCommand]] = {}
         self._gui: dict[str, GuiClient] = {}
+        # agent.log lines not yet written, by sandbox (see _record).
+        self._log_lines: dict[str, list[tuple[str, str, str]]] = {}
         # A removed sandbox's background commands (their output) and gui connection go with it.
         sandboxes.on_removed.append(self._forget)
 
@@ -281,12 +285,22 @@ class SandboxCalls:
             summary += f" (exit {exit_code})"
         if error:
             summary += f": {error}"
-        # After the reply is on its way: the caller does not wait for the log.
-        asyncio.get_running_loop().call_soon(self._log, managed, summary, stdout, stderr)
+        # Written a little later, with the lines of the calls meanwhile: the caller does not
+        # wait for the log, and a busy sandbox's log is opened a few times a second, not per call.
+        pending = self._log_lines.setdefault(managed.sandbox_id, [])
+        pending.append((summary, stdout, stderr))
+        if len(pending) == 1:
+            asyncio.get_running_loop().call_later(LOG_BATCH_SECONDS, self._write_log, managed)
 
-    def _log(self, managed: ManagedSandbox, summary: str, stdout: str, stderr: str) -> None:
+    def _write_log(self, managed: ManagedSandbox) -> None:
+        lines = self._log_lines.pop(managed.sandbox_id, [])
         try:
-            # The sandbox's /tasks: opened without following links at each call (the sandbox
+            if not lines or self.sandboxes.get(managed.sandbox_id) is not managed:
+                return
+        except SandboxNotFound:
+            return  # the sandbox is gone, and its /tasks with it
+        try:
+            # The sandbox's /tasks: opened without following links each time (the sandbox
             # writes there, and nothing of ours may hold it open when the sandbox goes).
             dir_fd = open_sandbox_dir(managed.host_tasks_dir.parent, managed.host_tasks_dir.name)
         except OSError as exc:
@@ -294,7 +308,8 @@ class SandboxCalls:
             return
         try:
             journal = TaskJournal(dir_fd)
-            journal.log(summary, stdout=stdout, stderr=stderr)
+            for summary, stdout, stderr in lines:
+                journal.log(summary, stdout=stdout, stderr=stderr)
             journal.close()
         finally:
             os.close(dir_fd)

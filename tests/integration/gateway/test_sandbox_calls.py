@@ -339,6 +339,9 @@ def test_calls_run_beside_a_task_and_are_recorded(api: httpx.Client, sandbox: st
     ]})
     assert task.status_code == 201, task.text
     task_id = task.json()["task_id"]
+    assert api.post(f"{sandbox}/files/mkdir", json={"path": "beside"}).status_code == 200
+    api.put(f"{sandbox}/files", params={"path": "beside/note"}, content=b"n", headers=RAW)
+    assert api.get(f"{sandbox}/files", params={"path": "beside/note"}).content == b"n"
     run(api, sandbox, command="mkdir -p beside && echo call-marker-7 && touch beside/go")
     for _ in range(600):
         status = api.get(f"/v1/tasks/{task_id}").json()
@@ -349,14 +352,19 @@ def test_calls_run_beside_a_task_and_are_recorded(api: httpx.Client, sandbox: st
 
     # The call's history entry (written in the background) and its agent.log lines.
     for _ in range(100):
-        events = api.get(f"{sandbox}/history").json()["events"]
+        events = api.get(f"{sandbox}/history?limit=10000").json()["events"]
         marked = [e for e in events if "call-marker-7" in e["action"]]
         if marked:
             break
         time.sleep(0.1)
     assert marked and marked[0]["tool"] == "shell" and marked[0]["stdout"] == "call-marker-7\n", events[-3:]
     assert {"write_file", "read_file", "mkdir"} <= {e["tool"] for e in events}
-    log = (calls_stack.data_dir / "sandboxes" / sandbox_id / "tasks" / "agent.log").read_text()
+    log_path = calls_stack.data_dir / "sandboxes" / sandbox_id / "tasks" / "agent.log"
+    for _ in range(100):  # written a moment after the call, with the calls around it
+        log = log_path.read_text() if log_path.exists() else ""
+        if "call-marker-7" in log:
+            break
+        time.sleep(0.1)
     assert "call shell: mkdir -p beside && echo call-marker-7" in log and "stdout | call-marker-7" in log, log[-2000:]
 
 
