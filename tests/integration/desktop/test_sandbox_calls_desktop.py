@@ -4,6 +4,7 @@ clicked and typed into through desktop actions, and the screen returned as PNG b
 from __future__ import annotations
 
 import io
+import time
 
 import httpx
 from PIL import Image
@@ -42,7 +43,12 @@ def test_desktop_calls_click_type_and_screenshot_bytes(api: httpx.Client) -> Non
         assert after.status_code == 200 and after.json()["png_base64"], after.text[:300]
         refused = api.post(f"{sandbox}/desktop/actions", json={"action": "key", "keys": "ctrl+nosuchkey"})
         assert refused.status_code == 400 and "nosuchkey" in refused.text, refused.text
-        history = api.get(f"{sandbox}/history").json()["events"]
-        assert {"gui click", "gui type", "gui screenshot"} <= {e["action"] for e in history if e["tool"] == "gui"}
+        wanted = {"gui click", "gui type", "gui screenshot"}
+        for _ in range(100):  # history is written in the background, in batches
+            history = api.get(f"{sandbox}/history").json()["events"]
+            if wanted <= {e["action"] for e in history if e["tool"] == "gui"}:
+                break
+            time.sleep(0.1)
+        assert wanted <= {e["action"] for e in history if e["tool"] == "gui"}, history
     finally:
         api.delete(sandbox)
