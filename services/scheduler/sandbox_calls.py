@@ -69,6 +69,8 @@ class SandboxCallsServicer:
             raise SandboxNotFound(f"no sandbox with id {sandbox_id!r}")
         executor = self._sandboxes.executors.get(route.executor_id)
         if executor is None or not executor.alive:
+            if routes.pop(sandbox_id, None) is not None:
+                await self._sandboxes.active(sandbox_id)  # SandboxEnded: failed with its executor
             raise SandboxUnavailable(f"the sandbox's executor {route.executor_id} is not connected")
         return executor.stub
 
