@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 from starlette.requests import HTTPConnection
 
+from corral.bounds import MAX_COMMAND_TIMEOUT_SECONDS
 from corral.config import Settings
 from corral.steps.gui import GuiStep, GuiTool
 from corral.v1 import memory_pb2, sandbox_pb2
@@ -186,7 +187,9 @@ class CommandRequest(BaseModel):
     code: str | None = Field(None, description="The Python / TypeScript source (or the shell command).")
     cwd: str = Field("", description="Where it runs, relative to the workspace (default: the workspace).")
     env: dict[str, str] = Field(default_factory=dict)
-    timeout: float | None = Field(None, gt=0, description="Seconds (default 60; background: 3600).")
+    timeout: float | None = Field(
+        None, gt=0, le=MAX_COMMAND_TIMEOUT_SECONDS, description="Seconds (default 60; background: 3600)."
+    )
     background: bool = Field(False, description="Return {command_id} at once; the command runs on.")
     stdin: bool = Field(False, description="Background only: keep stdin open for .../stdin.")
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from corral.bounds import MAX_COMMAND_TIMEOUT_SECONDS
 from corral.config import Settings
 from corral.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted, SandboxNotFound
 from corral.steps import StepFailed, StepOutcome
@@ -50,7 +51,7 @@ log = structlog.get_logger()
 TOOLS = ("shell", "python", "typescript")
 DEFAULT_TIMEOUT_SECONDS = 60.0
 DEFAULT_BACKGROUND_TIMEOUT_SECONDS = 3600.0
-MAX_TIMEOUT_SECONDS = 24 * 3600.0
+MAX_TIMEOUT_SECONDS = MAX_COMMAND_TIMEOUT_SECONDS
 # Where absolute paths of file calls may lead (relative ones start in the workspace).
 FILE_ROOTS = (WORKSPACE_DIR, "/tmp")
 CHUNK_BYTES = 1024 * 1024
@@ -328,9 +329,14 @@ class SandboxCalls:
         )
         if not 0 < timeout <= MAX_TIMEOUT_SECONDS:
             raise InvalidArgument(f"timeout must be between 0 and {MAX_TIMEOUT_SECONDS:g} seconds, got {timeout:g}")
-        for name in command.env:
+        for name, value in command.env.items():
             if not name or "=" in name or "\0" in name:
                 raise InvalidArgument(f"env has an invalid variable name {name!r}")
+            if "\0" in value:
+                raise InvalidArgument(f"env: the value of {name} contains a NUL character")
+        for field_name, text in (("command" if command.tool == "shell" else "code", command.code), ("cwd", command.cwd)):
+            if "\0" in text:
+                raise InvalidArgument(f"{field_name} contains a NUL character")
         cwd = posixpath.normpath(posixpath.join(WORKSPACE_DIR, command.cwd)) if command.cwd else WORKSPACE_DIR
         return ProcessRequest(
             kind=command.tool,  # type: ignore[arg-type]  # checked against TOOLS above

@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 
 from corral.audit import AuditLog
+from corral.bounds import MAX_COMMAND_TIMEOUT_SECONDS
 from corral.errors import InvalidArgument, SandboxNotFound, SandboxUnavailable, from_rpc_error
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2 as pb
@@ -34,6 +35,13 @@ DEFAULT_COMMAND_TIMEOUT_SECONDS = 60.0
 DESKTOP_TIMEOUT_SECONDS = 90.0
 # Most sandboxes whose routes are remembered (an active sandbox's never change).
 MAX_ROUTES = 10_000
+
+
+def command_deadline(command: calls_pb2.SandboxCommand) -> float:
+    """How long a foreground command's relay waits: its timeout (the executor refuses one
+    out of range; a huge one must not overflow the deadline) and the grace."""
+    asked = command.timeout_seconds if 0 < command.timeout_seconds <= MAX_COMMAND_TIMEOUT_SECONDS else 0.0
+    return (asked or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
 
 
 @dataclass(frozen=True)
@@ -110,9 +118,7 @@ class SandboxCallsServicer:
     ) -> calls_pb2.RunSandboxCommandResponse:
         command = request.command
         # A background command's start is quick; a foreground one may take its whole timeout.
-        timeout = 0.0 if command.background else (
-            (command.timeout_seconds or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
-        )
+        timeout = 0.0 if command.background else command_deadline(command)
         reply: calls_pb2.RunSandboxCommandResponse = await self._unary(
             request.sandbox_id, context, "RunSandboxCommand", "RunCommand", pb.RunCommandRequest(call=request), timeout
         )
@@ -123,7 +129,7 @@ class SandboxCallsServicer:
     ) -> AsyncIterator[calls_pb2.StreamSandboxCommandResponse]:
         stub = await self._executor(request.sandbox_id, context, "StreamSandboxCommand")
         command = request.command
-        timeout = (command.timeout_seconds or DEFAULT_COMMAND_TIMEOUT_SECONDS) + COMMAND_GRACE_SECONDS
+        timeout = command_deadline(command)
         call = stub.StreamCommand(pb.StreamCommandRequest(call=request), timeout=timeout)
         async for reply in self._stream(request.sandbox_id, call):
             yield reply

@@ -108,6 +108,9 @@ def test_a_command_returns_its_result(api: httpx.Client, sandbox: str) -> None:
         ({"tool": "shell"}, "exactly one of command and code"),
         ({"tool": "shell", "command": "   "}, "empty"),
         ({"tool": "shell", "command": "cat", "stdin": True}, "stdin is for background commands"),
+        ({"tool": "shell", "command": "true", "timeout": 1e300}, "timeout"),
+        ({"tool": "shell", "command": "echo a\u0000b"}, "command contains a NUL character"),
+        ({"tool": "shell", "command": "true", "env": {"X": "a\u0000"}}, "the value of X contains a NUL character"),
     ]:
         refused = api.post(f"{sandbox}/commands", json=body)
         assert refused.status_code == 400 and words in refused.text, (body, refused.text)
