@@ -13,6 +13,8 @@ INT64_MAX = 2**63 - 1
 MAX_STEP_TIMEOUT_SECONDS = 7 * 24 * 3600.0
 # A sandbox may be given at most a year at once (CORRAL_SANDBOX_MAX_TTL_SECONDS likewise).
 MAX_TTL_SECONDS = 365 * 24 * 3600.0
+# The longest a command on a long-lived sandbox (a sandbox call, not a task) may run.
+MAX_COMMAND_TIMEOUT_SECONDS = 24 * 3600.0
 # Longest search query, in characters (SQLite refuses LIKE patterns over 50,000 bytes).
 MAX_SEARCH_QUERY_CHARS = 1000
 # Deepest nesting of a JSON request body (objects and arrays); no valid body nears it.

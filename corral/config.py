@@ -238,6 +238,15 @@ class Settings(BaseSettings):
     max_read_file_bytes: int = Field(10 * 1024 * 1024, description="Largest file read_file returns.")
     max_write_file_bytes: int = Field(10 * 1024 * 1024, description="Largest content write_file accepts.")
     max_list_entries: int = Field(10_000, gt=0, description="Most entries one list_files step returns.")
+    sandbox_file_max_bytes: int = Field(
+        100 * 1024 * 1024,
+        gt=0,
+        description="Largest file (or tar archive) a sandbox call moves in or out: "
+        "GET/PUT /v1/sandboxes/{id}/files, upload and download.",
+    )
+    sandbox_background_commands: int = Field(
+        32, gt=0, description="Background commands a long-lived sandbox keeps (running or ended) at once."
+    )
     runtime_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "sandbox" / "runtime",
         description="Directory mounted read-only at /app inside sandboxes (runner, TypeScript).",

@@ -20,11 +20,11 @@ from gateway.errors import install_error_handlers
 from gateway.jupyter_proxy import JupyterProxy
 from gateway.metrics import GatewayMetrics, RequestCounter
 from gateway.openapi import install_openapi, operation_id
-from gateway.routers import desktop, health, history, keys, metrics, sandboxes, seed, tasks
+from gateway.routers import desktop, health, history, keys, metrics, sandbox_calls, sandboxes, seed, tasks
 
 ROUTERS = (
-    seed.router, tasks.router, history.router, sandboxes.router, desktop.router, keys.router, health.router,
-    metrics.router,
+    seed.router, tasks.router, history.router, sandboxes.router, sandbox_calls.router, desktop.router, keys.router,
+    health.router, metrics.router,
 )
 
 

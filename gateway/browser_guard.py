@@ -36,6 +36,13 @@ log = structlog.get_logger()
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 JUPYTER_PATH = re.compile(r"^/v1/sandboxes/[^/]+/jupyter/")
+# The sandbox calls that take raw bytes (a file, a tar, stdin): a binary type is no form
+# encoding and no text/plain, so a page can send it only after a CORS preflight, which this
+# gateway never grants.
+RAW_BODY_PATH = re.compile(r"^/v1/sandboxes/[^/]+/(files|files/upload|commands/[^/]+/stdin)$")
+RAW_BODY_TYPES = frozenset({
+    "application/octet-stream", "application/x-tar", "application/zip", "application/gzip", "application/x-gzip",
+})
 __all__ = ["BrowserGuard", "is_loopback"]
 
 
@@ -116,7 +123,8 @@ class BrowserGuard:
             return None
         has_body = headers.get("content-length", "0") != "0" or "chunked" in headers.get("transfer-encoding", "")
         content_type = headers.get("content-type", "")
-        if has_body and not is_json(content_type):
+        raw = RAW_BODY_PATH.match(scope.get("path", "")) and content_type.split(";", 1)[0].strip().lower() in RAW_BODY_TYPES
+        if has_body and not is_json(content_type) and not raw:
             return (
                 415, "unsupported_media_type",
                 f"the request body must be JSON with Content-Type: application/json (got {content_type or 'none'!r})",

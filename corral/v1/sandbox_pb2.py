@@ -24,10 +24,11 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from corral.v1 import sandbox_calls_pb2 as corral_dot_v1_dot_sandbox__calls__pb2
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/sandbox.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14\x63orral/v1/task.proto\"\x84\x02\n\x0bSandboxSpec\x12\x0f\n\x07\x64\x65sktop\x18\x01 \x01(\x08\x12\x0f\n\x07network\x18\x02 \x01(\x08\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.corral.v1.Limits\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1f.corral.v1.SandboxSpec.EnvEntry\x12.\n\rnetwork_rules\x18\x06 \x01(\x0b\x32\x17.corral.v1.NetworkRules\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x03\n\x07Sandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.corral.v1.SandboxState\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12\x13\n\x0b\x65xecutor_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x17\n\x0f\x63urrent_task_id\x18\x0c \x01(\t\x12\x11\n\ttenant_id\x18\r \x01(\t\x12\x37\n\x0enetwork_status\x18\x0e \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatusJ\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bR\x0chost_run_dirR\x0ehost_tasks_dirR\x0ctoken_sha256R\x11view_token_sha256\"\x92\x01\n\x14SandboxNetworkStatus\x12&\n\x05rules\x18\x01 \x01(\x0b\x32\x17.corral.v1.NetworkRules\x12\x1b\n\x13refused_connections\x18\x02 \x01(\x03\x12\x17\n\x0frefused_lookups\x18\x03 \x01(\x03\x12\x1c\n\x14recent_refused_names\x18\x04 \x03(\t\"U\n\x14\x43reateSandboxRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"q\n\x15\x43reateSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nview_token\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"9\n\x12GetSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"-\n\x14ListSandboxesRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\">\n\x15ListSandboxesResponse\x12%\n\tsandboxes\x18\x01 \x03(\x0b\x32\x12.corral.v1.Sandbox\"R\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"<\n\x15\x45xtendSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"<\n\x15\x44\x65leteSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"Y\n\x1bUpdateSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05rules\x18\x02 \x01(\x0b\x32\x17.corral.v1.NetworkRules\"C\n\x1cUpdateSandboxNetworkResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox*\x97\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SANDBOX_STATE_ACTIVE\x10\x01\x12\x19\n\x15SANDBOX_STATE_DELETED\x10\x02\x12\x19\n\x15SANDBOX_STATE_EXPIRED\x10\x03\x12\x18\n\x14SANDBOX_STATE_FAILED\x10\x04\x32\x94\x04\n\x0eSandboxService\x12R\n\rCreateSandbox\x12\x1f.corral.v1.CreateSandboxRequest\x1a .corral.v1.CreateSandboxResponse\x12I\n\nGetSandbox\x12\x1c.corral.v1.GetSandboxRequest\x1a\x1d.corral.v1.GetSandboxResponse\x12R\n\rListSandboxes\x12\x1f.corral.v1.ListSandboxesRequest\x1a .corral.v1.ListSandboxesResponse\x12R\n\rExtendSandbox\x12\x1f.corral.v1.ExtendSandboxRequest\x1a .corral.v1.ExtendSandboxResponse\x12R\n\rDeleteSandbox\x12\x1f.corral.v1.DeleteSandboxRequest\x1a .corral.v1.DeleteSandboxResponse\x12g\n\x14UpdateSandboxNetwork\x12&.corral.v1.UpdateSandboxNetworkRequest\x1a\'.corral.v1.UpdateSandboxNetworkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x63orral/v1/sandbox.proto\x12\tcorral.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1d\x63orral/v1/sandbox_calls.proto\x1a\x14\x63orral/v1/task.proto\"\x84\x02\n\x0bSandboxSpec\x12\x0f\n\x07\x64\x65sktop\x18\x01 \x01(\x08\x12\x0f\n\x07network\x18\x02 \x01(\x08\x12!\n\x06limits\x18\x03 \x01(\x0b\x32\x11.corral.v1.Limits\x12&\n\x03ttl\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\x03\x65nv\x18\x05 \x03(\x0b\x32\x1f.corral.v1.SandboxSpec.EnvEntry\x12.\n\rnetwork_rules\x18\x06 \x01(\x0b\x32\x17.corral.v1.NetworkRules\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xab\x03\n\x07Sandbox\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.corral.v1.SandboxState\x12$\n\x04spec\x18\x03 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12\x13\n\x0b\x65xecutor_id\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x17\n\x0f\x63urrent_task_id\x18\x0c \x01(\t\x12\x11\n\ttenant_id\x18\r \x01(\t\x12\x37\n\x0enetwork_status\x18\x0e \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatusJ\x04\x08\x07\x10\x08J\x04\x08\x08\x10\tJ\x04\x08\t\x10\nJ\x04\x08\n\x10\x0bR\x0chost_run_dirR\x0ehost_tasks_dirR\x0ctoken_sha256R\x11view_token_sha256\"\x92\x01\n\x14SandboxNetworkStatus\x12&\n\x05rules\x18\x01 \x01(\x0b\x32\x17.corral.v1.NetworkRules\x12\x1b\n\x13refused_connections\x18\x02 \x01(\x03\x12\x17\n\x0frefused_lookups\x18\x03 \x01(\x03\x12\x1c\n\x14recent_refused_names\x18\x04 \x03(\t\"U\n\x14\x43reateSandboxRequest\x12$\n\x04spec\x18\x01 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"q\n\x15\x43reateSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\x12\r\n\x05token\x18\x02 \x01(\t\x12\x12\n\nview_token\x18\x03 \x01(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\'\n\x11GetSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"9\n\x12GetSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"-\n\x14ListSandboxesRequest\x12\x15\n\rinclude_ended\x18\x01 \x01(\x08\">\n\x15ListSandboxesResponse\x12%\n\tsandboxes\x18\x01 \x03(\x0b\x32\x12.corral.v1.Sandbox\"R\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"<\n\x15\x45xtendSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"<\n\x15\x44\x65leteSandboxResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\"Y\n\x1bUpdateSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05rules\x18\x02 \x01(\x0b\x32\x17.corral.v1.NetworkRules\"C\n\x1cUpdateSandboxNetworkResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox*\x97\x01\n\x0cSandboxState\x12\x1d\n\x19SANDBOX_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14SANDBOX_STATE_ACTIVE\x10\x01\x12\x19\n\x15SANDBOX_STATE_DELETED\x10\x02\x12\x19\n\x15SANDBOX_STATE_EXPIRED\x10\x03\x12\x18\n\x14SANDBOX_STATE_FAILED\x10\x04\x32\x95\x0c\n\x0eSandboxService\x12R\n\rCreateSandbox\x12\x1f.corral.v1.CreateSandboxRequest\x1a .corral.v1.CreateSandboxResponse\x12I\n\nGetSandbox\x12\x1c.corral.v1.GetSandboxRequest\x1a\x1d.corral.v1.GetSandboxResponse\x12R\n\rListSandboxes\x12\x1f.corral.v1.ListSandboxesRequest\x1a .corral.v1.ListSandboxesResponse\x12R\n\rExtendSandbox\x12\x1f.corral.v1.ExtendSandboxRequest\x1a .corral.v1.ExtendSandboxResponse\x12R\n\rDeleteSandbox\x12\x1f.corral.v1.DeleteSandboxRequest\x1a .corral.v1.DeleteSandboxResponse\x12g\n\x14UpdateSandboxNetwork\x12&.corral.v1.UpdateSandboxNetworkRequest\x1a\'.corral.v1.UpdateSandboxNetworkResponse\x12^\n\x11RunSandboxCommand\x12#.corral.v1.RunSandboxCommandRequest\x1a$.corral.v1.RunSandboxCommandResponse\x12i\n\x14StreamSandboxCommand\x12&.corral.v1.StreamSandboxCommandRequest\x1a\'.corral.v1.StreamSandboxCommandResponse0\x01\x12^\n\x11GetSandboxCommand\x12#.corral.v1.GetSandboxCommandRequest\x1a$.corral.v1.GetSandboxCommandResponse\x12\x66\n\x13WatchSandboxCommand\x12%.corral.v1.WatchSandboxCommandRequest\x1a&.corral.v1.WatchSandboxCommandResponse0\x01\x12s\n\x18WriteSandboxCommandStdin\x12*.corral.v1.WriteSandboxCommandStdinRequest\x1a+.corral.v1.WriteSandboxCommandStdinResponse\x12g\n\x14SignalSandboxCommand\x12&.corral.v1.SignalSandboxCommandRequest\x1a\'.corral.v1.SignalSandboxCommandResponse\x12Z\n\x0fReadSandboxFile\x12!.corral.v1.ReadSandboxFileRequest\x1a\".corral.v1.ReadSandboxFileResponse0\x01\x12]\n\x10WriteSandboxFile\x12\".corral.v1.WriteSandboxFileRequest\x1a#.corral.v1.WriteSandboxFileResponse(\x01\x12\x61\n\x12OperateSandboxFile\x12$.corral.v1.OperateSandboxFileRequest\x1a%.corral.v1.OperateSandboxFileResponse\x12p\n\x17RunSandboxDesktopAction\x12).corral.v1.RunSandboxDesktopActionRequest\x1a*.corral.v1.RunSandboxDesktopActionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,40 +37,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SANDBOXSPEC_ENVENTRY']._loaded_options = None
   _globals['_SANDBOXSPEC_ENVENTRY']._serialized_options = b'8\001'
-  _globals['_SANDBOXSTATE']._serialized_start=1793
-  _globals['_SANDBOXSTATE']._serialized_end=1944
-  _globals['_SANDBOXSPEC']._serialized_start=126
-  _globals['_SANDBOXSPEC']._serialized_end=386
-  _globals['_SANDBOXSPEC_ENVENTRY']._serialized_start=344
-  _globals['_SANDBOXSPEC_ENVENTRY']._serialized_end=386
-  _globals['_SANDBOX']._serialized_start=389
-  _globals['_SANDBOX']._serialized_end=816
-  _globals['_SANDBOXNETWORKSTATUS']._serialized_start=819
-  _globals['_SANDBOXNETWORKSTATUS']._serialized_end=965
-  _globals['_CREATESANDBOXREQUEST']._serialized_start=967
-  _globals['_CREATESANDBOXREQUEST']._serialized_end=1052
-  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1054
-  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1167
-  _globals['_GETSANDBOXREQUEST']._serialized_start=1169
-  _globals['_GETSANDBOXREQUEST']._serialized_end=1208
-  _globals['_GETSANDBOXRESPONSE']._serialized_start=1210
-  _globals['_GETSANDBOXRESPONSE']._serialized_end=1267
-  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1269
-  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1314
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1316
-  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1378
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=1380
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=1462
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=1464
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=1524
-  _globals['_DELETESANDBOXREQUEST']._serialized_start=1526
-  _globals['_DELETESANDBOXREQUEST']._serialized_end=1568
-  _globals['_DELETESANDBOXRESPONSE']._serialized_start=1570
-  _globals['_DELETESANDBOXRESPONSE']._serialized_end=1630
-  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_start=1632
-  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_end=1721
-  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_start=1723
-  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_end=1790
-  _globals['_SANDBOXSERVICE']._serialized_start=1947
-  _globals['_SANDBOXSERVICE']._serialized_end=2479
+  _globals['_SANDBOXSTATE']._serialized_start=1824
+  _globals['_SANDBOXSTATE']._serialized_end=1975
+  _globals['_SANDBOXSPEC']._serialized_start=157
+  _globals['_SANDBOXSPEC']._serialized_end=417
+  _globals['_SANDBOXSPEC_ENVENTRY']._serialized_start=375
+  _globals['_SANDBOXSPEC_ENVENTRY']._serialized_end=417
+  _globals['_SANDBOX']._serialized_start=420
+  _globals['_SANDBOX']._serialized_end=847
+  _globals['_SANDBOXNETWORKSTATUS']._serialized_start=850
+  _globals['_SANDBOXNETWORKSTATUS']._serialized_end=996
+  _globals['_CREATESANDBOXREQUEST']._serialized_start=998
+  _globals['_CREATESANDBOXREQUEST']._serialized_end=1083
+  _globals['_CREATESANDBOXRESPONSE']._serialized_start=1085
+  _globals['_CREATESANDBOXRESPONSE']._serialized_end=1198
+  _globals['_GETSANDBOXREQUEST']._serialized_start=1200
+  _globals['_GETSANDBOXREQUEST']._serialized_end=1239
+  _globals['_GETSANDBOXRESPONSE']._serialized_start=1241
+  _globals['_GETSANDBOXRESPONSE']._serialized_end=1298
+  _globals['_LISTSANDBOXESREQUEST']._serialized_start=1300
+  _globals['_LISTSANDBOXESREQUEST']._serialized_end=1345
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_start=1347
+  _globals['_LISTSANDBOXESRESPONSE']._serialized_end=1409
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=1411
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=1493
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=1495
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=1555
+  _globals['_DELETESANDBOXREQUEST']._serialized_start=1557
+  _globals['_DELETESANDBOXREQUEST']._serialized_end=1599
+  _globals['_DELETESANDBOXRESPONSE']._serialized_start=1601
+  _globals['_DELETESANDBOXRESPONSE']._serialized_end=1661
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_start=1663
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_end=1752
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_start=1754
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_end=1821
+  _globals['_SANDBOXSERVICE']._serialized_start=1978
+  _globals['_SANDBOXSERVICE']._serialized_end=3535
 # @@protoc_insertion_point(module_scope)

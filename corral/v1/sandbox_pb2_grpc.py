@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from corral.v1 import sandbox_calls_pb2 as corral_dot_v1_dot_sandbox__calls__pb2
 from corral.v1 import sandbox_pb2 as corral_dot_v1_dot_sandbox__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -68,6 +69,56 @@ class SandboxServiceStub:
                 request_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.SerializeToString,
                 response_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.FromString,
                 _registered_method=True)
+        self.RunSandboxCommand = channel.unary_unary(
+                '/corral.v1.SandboxService/RunSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.StreamSandboxCommand = channel.unary_stream(
+                '/corral.v1.SandboxService/StreamSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.GetSandboxCommand = channel.unary_unary(
+                '/corral.v1.SandboxService/GetSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.WatchSandboxCommand = channel.unary_stream(
+                '/corral.v1.SandboxService/WatchSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.WriteSandboxCommandStdin = channel.unary_unary(
+                '/corral.v1.SandboxService/WriteSandboxCommandStdin',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinResponse.FromString,
+                _registered_method=True)
+        self.SignalSandboxCommand = channel.unary_unary(
+                '/corral.v1.SandboxService/SignalSandboxCommand',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandResponse.FromString,
+                _registered_method=True)
+        self.ReadSandboxFile = channel.unary_stream(
+                '/corral.v1.SandboxService/ReadSandboxFile',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileResponse.FromString,
+                _registered_method=True)
+        self.WriteSandboxFile = channel.stream_unary(
+                '/corral.v1.SandboxService/WriteSandboxFile',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileResponse.FromString,
+                _registered_method=True)
+        self.OperateSandboxFile = channel.unary_unary(
+                '/corral.v1.SandboxService/OperateSandboxFile',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileResponse.FromString,
+                _registered_method=True)
+        self.RunSandboxDesktopAction = channel.unary_unary(
+                '/corral.v1.SandboxService/RunSandboxDesktopAction',
+                request_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionRequest.SerializeToString,
+                response_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxServiceServicer:
@@ -116,6 +167,69 @@ class SandboxServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunSandboxCommand(self, request, context):
+        """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
+        A command: its end with its output, or a background command's id (unary: the lean path).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamSandboxCommand(self, request, context):
+        """A command's output as it is produced, then its end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSandboxCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchSandboxCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteSandboxCommandStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalSandboxCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadSandboxFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteSandboxFile(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OperateSandboxFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunSandboxDesktopAction(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +262,56 @@ def add_SandboxServiceServicer_to_server(servicer, server):
                     servicer.UpdateSandboxNetwork,
                     request_deserializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.FromString,
                     response_serializer=corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.SerializeToString,
+            ),
+            'RunSandboxCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.SerializeToString,
+            ),
+            'StreamSandboxCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.SerializeToString,
+            ),
+            'GetSandboxCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandResponse.SerializeToString,
+            ),
+            'WatchSandboxCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandResponse.SerializeToString,
+            ),
+            'WriteSandboxCommandStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteSandboxCommandStdin,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinResponse.SerializeToString,
+            ),
+            'SignalSandboxCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalSandboxCommand,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandResponse.SerializeToString,
+            ),
+            'ReadSandboxFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadSandboxFile,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileResponse.SerializeToString,
+            ),
+            'WriteSandboxFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteSandboxFile,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileResponse.SerializeToString,
+            ),
+            'OperateSandboxFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.OperateSandboxFile,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileResponse.SerializeToString,
+            ),
+            'RunSandboxDesktopAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunSandboxDesktopAction,
+                    request_deserializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionRequest.FromString,
+                    response_serializer=corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -316,6 +480,276 @@ class SandboxService:
             '/corral.v1.SandboxService/UpdateSandboxNetwork',
             corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkRequest.SerializeToString,
             corral_dot_v1_dot_sandbox__pb2.UpdateSandboxNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/RunSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.SandboxService/StreamSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.StreamSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/GetSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.GetSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.SandboxService/WatchSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.WatchSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteSandboxCommandStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/WriteSandboxCommandStdin',
+            corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxCommandStdinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalSandboxCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/SignalSandboxCommand',
+            corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.SignalSandboxCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadSandboxFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.v1.SandboxService/ReadSandboxFile',
+            corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.ReadSandboxFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteSandboxFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/corral.v1.SandboxService/WriteSandboxFile',
+            corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.WriteSandboxFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OperateSandboxFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/OperateSandboxFile',
+            corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.OperateSandboxFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSandboxDesktopAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.v1.SandboxService/RunSandboxDesktopAction',
+            corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionRequest.SerializeToString,
+            corral_dot_v1_dot_sandbox__calls__pb2.RunSandboxDesktopActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

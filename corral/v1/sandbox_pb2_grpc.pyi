@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from collections import abc as _abc
+from corral.v1 import sandbox_calls_pb2 as _sandbox_calls_pb2
 from corral.v1 import sandbox_pb2 as _sandbox_pb2
 from grpc import aio as _aio
 import abc as _abc_1
@@ -47,6 +48,20 @@ class SandboxServiceStub:
     """Replaces the network rules of a sandbox created with network; new connections and
     lookups follow them at once (established connections are not cut).
     """
+    RunSandboxCommand: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]
+    """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
+    A command: its end with its output, or a background command's id (unary: the lean path).
+    """
+    StreamSandboxCommand: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.StreamSandboxCommandRequest, _sandbox_calls_pb2.StreamSandboxCommandResponse]
+    """A command's output as it is produced, then its end."""
+    GetSandboxCommand: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.GetSandboxCommandRequest, _sandbox_calls_pb2.GetSandboxCommandResponse]
+    WatchSandboxCommand: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.WatchSandboxCommandRequest, _sandbox_calls_pb2.WatchSandboxCommandResponse]
+    WriteSandboxCommandStdin: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxCommandStdinRequest, _sandbox_calls_pb2.WriteSandboxCommandStdinResponse]
+    SignalSandboxCommand: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.SignalSandboxCommandRequest, _sandbox_calls_pb2.SignalSandboxCommandResponse]
+    ReadSandboxFile: _grpc.UnaryStreamMultiCallable[_sandbox_calls_pb2.ReadSandboxFileRequest, _sandbox_calls_pb2.ReadSandboxFileResponse]
+    WriteSandboxFile: _grpc.StreamUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxFileRequest, _sandbox_calls_pb2.WriteSandboxFileResponse]
+    OperateSandboxFile: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.OperateSandboxFileRequest, _sandbox_calls_pb2.OperateSandboxFileResponse]
+    RunSandboxDesktopAction: _grpc.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxDesktopActionRequest, _sandbox_calls_pb2.RunSandboxDesktopActionResponse]
 
 @_typing.type_check_only
 class SandboxServiceAsyncStub(SandboxServiceStub):
@@ -67,6 +82,20 @@ class SandboxServiceAsyncStub(SandboxServiceStub):
     """Replaces the network rules of a sandbox created with network; new connections and
     lookups follow them at once (established connections are not cut).
     """
+    RunSandboxCommand: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxCommandRequest, _sandbox_calls_pb2.RunSandboxCommandResponse]  # type: ignore[assignment]
+    """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
+    A command: its end with its output, or a background command's id (unary: the lean path).
+    """
+    StreamSandboxCommand: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.StreamSandboxCommandRequest, _sandbox_calls_pb2.StreamSandboxCommandResponse]  # type: ignore[assignment]
+    """A command's output as it is produced, then its end."""
+    GetSandboxCommand: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.GetSandboxCommandRequest, _sandbox_calls_pb2.GetSandboxCommandResponse]  # type: ignore[assignment]
+    WatchSandboxCommand: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.WatchSandboxCommandRequest, _sandbox_calls_pb2.WatchSandboxCommandResponse]  # type: ignore[assignment]
+    WriteSandboxCommandStdin: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxCommandStdinRequest, _sandbox_calls_pb2.WriteSandboxCommandStdinResponse]  # type: ignore[assignment]
+    SignalSandboxCommand: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.SignalSandboxCommandRequest, _sandbox_calls_pb2.SignalSandboxCommandResponse]  # type: ignore[assignment]
+    ReadSandboxFile: _aio.UnaryStreamMultiCallable[_sandbox_calls_pb2.ReadSandboxFileRequest, _sandbox_calls_pb2.ReadSandboxFileResponse]  # type: ignore[assignment]
+    WriteSandboxFile: _aio.StreamUnaryMultiCallable[_sandbox_calls_pb2.WriteSandboxFileRequest, _sandbox_calls_pb2.WriteSandboxFileResponse]  # type: ignore[assignment]
+    OperateSandboxFile: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.OperateSandboxFileRequest, _sandbox_calls_pb2.OperateSandboxFileResponse]  # type: ignore[assignment]
+    RunSandboxDesktopAction: _aio.UnaryUnaryMultiCallable[_sandbox_calls_pb2.RunSandboxDesktopActionRequest, _sandbox_calls_pb2.RunSandboxDesktopActionResponse]  # type: ignore[assignment]
 
 class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
     """Long-lived sandboxes: created on their own, tasks name them (TaskSpec.sandbox_id) and run in
@@ -120,5 +149,79 @@ class SandboxServiceServicer(metaclass=_abc_1.ABCMeta):
         """Replaces the network rules of a sandbox created with network; new connections and
         lookups follow them at once (established connections are not cut).
         """
+
+    @_abc_1.abstractmethod
+    def RunSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.RunSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.RunSandboxCommandResponse, _abc.Awaitable[_sandbox_calls_pb2.RunSandboxCommandResponse]]:
+        """Interactive calls, straight to the sandbox's agent (see sandbox_calls.proto).
+        A command: its end with its output, or a background command's id (unary: the lean path).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.StreamSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_calls_pb2.StreamSandboxCommandResponse], _abc.AsyncIterator[_sandbox_calls_pb2.StreamSandboxCommandResponse]]:
+        """A command's output as it is produced, then its end."""
+
+    @_abc_1.abstractmethod
+    def GetSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.GetSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.GetSandboxCommandResponse, _abc.Awaitable[_sandbox_calls_pb2.GetSandboxCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.WatchSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_calls_pb2.WatchSandboxCommandResponse], _abc.AsyncIterator[_sandbox_calls_pb2.WatchSandboxCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WriteSandboxCommandStdin(
+        self,
+        request: _sandbox_calls_pb2.WriteSandboxCommandStdinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.WriteSandboxCommandStdinResponse, _abc.Awaitable[_sandbox_calls_pb2.WriteSandboxCommandStdinResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SignalSandboxCommand(
+        self,
+        request: _sandbox_calls_pb2.SignalSandboxCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.SignalSandboxCommandResponse, _abc.Awaitable[_sandbox_calls_pb2.SignalSandboxCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadSandboxFile(
+        self,
+        request: _sandbox_calls_pb2.ReadSandboxFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_sandbox_calls_pb2.ReadSandboxFileResponse], _abc.AsyncIterator[_sandbox_calls_pb2.ReadSandboxFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WriteSandboxFile(
+        self,
+        request_iterator: _MaybeAsyncIterator[_sandbox_calls_pb2.WriteSandboxFileRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.WriteSandboxFileResponse, _abc.Awaitable[_sandbox_calls_pb2.WriteSandboxFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OperateSandboxFile(
+        self,
+        request: _sandbox_calls_pb2.OperateSandboxFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.OperateSandboxFileResponse, _abc.Awaitable[_sandbox_calls_pb2.OperateSandboxFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RunSandboxDesktopAction(
+        self,
+        request: _sandbox_calls_pb2.RunSandboxDesktopActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_calls_pb2.RunSandboxDesktopActionResponse, _abc.Awaitable[_sandbox_calls_pb2.RunSandboxDesktopActionResponse]]: ...
 
 def add_SandboxServiceServicer_to_server(servicer: SandboxServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

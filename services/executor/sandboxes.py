@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +89,8 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
         # Refused connections and lookups of every sandbox with network here (tasks' too).
         self.network = NetworkTally()
+        # Called with a sandbox's id once it is removed (what others keep for it goes too).
+        self.on_removed: list[Callable[[str], None]] = []
 
     @property
     def max_sandboxes(self) -> int:
@@ -204,6 +207,8 @@ class SandboxManager:
         shutil.rmtree(managed.host_run_dir, ignore_errors=True)
         if managed.own_fs:
             await asyncio.to_thread(task_fs.release, managed.host_tasks_dir)
+        for forget in self.on_removed:
+            forget(sandbox_id)
         log.info("sandbox removed", sandbox_id=sandbox_id, reason=reason)
         return True
 

@@ -9,12 +9,15 @@ from collections.abc import AsyncIterator
 from corral.errors import FailedPrecondition, InvalidArgument, SandboxNotFound
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
+from services.executor.calls_servicer import SandboxCallsServicer
 from services.executor.runner import TASK_ID_PATTERN, TaskRunner
+from services.executor.sandbox_calls import SandboxCalls
 
 
-class ExecutorServicer(executor_pb2_grpc.ExecutorServiceServicer):
+class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceServicer):
     def __init__(self, runner: TaskRunner) -> None:
         self.runner = runner
+        self.calls = SandboxCalls(runner.settings, runner.sandboxes, runner.history)
 
     async def RunTask(
         self, request: executor_pb2.RunTaskRequest, context: Context

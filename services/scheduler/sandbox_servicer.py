@@ -15,10 +15,11 @@ from .idempotency import Claim, IdempotencyKeys
 from .principal import Authenticator, Principal
 from .quotas import SubmissionRate
 from .redaction import public_sandbox
+from .sandbox_calls import Route, SandboxCallsServicer
 from .sandboxes import CREATE_TIMEOUT_SECONDS, SandboxCoordinator
 
 
-class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
+class SandboxServicer(SandboxCallsServicer, sandbox_pb2_grpc.SandboxServiceServicer):
     def __init__(
         self,
         coordinator: SandboxCoordinator,
@@ -34,6 +35,7 @@ class SandboxServicer(sandbox_pb2_grpc.SandboxServiceServicer):
         self._submissions = submissions
         self._quota = settings.quota_max_sandboxes
         self._keys = keys
+        self._routes: dict[str, Route] = {}  # of the interactive calls (sandbox_calls.py)
 
     async def _owned(self, sandbox_id: str, who: Principal, method: str) -> None:
         """Another tenant's sandbox answers as an unknown one, and the refusal is audited."""

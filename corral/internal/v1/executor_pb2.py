@@ -23,53 +23,94 @@ _sym_db = _symbol_database.Default()
 
 
 from corral.v1 import sandbox_pb2 as corral_dot_v1_dot_sandbox__pb2
+from corral.v1 import sandbox_calls_pb2 as corral_dot_v1_dot_sandbox__calls__pb2
 from corral.v1 import task_pb2 as corral_dot_v1_dot_task__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/executor.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\x1a\x14\x63orral/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x12\x43\x61ncelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"\xca\x01\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\x12\x16\n\x0esandbox_limits\x18\x05 \x01(\t\x12#\n\x1bnetwork_refused_connections\x18\x06 \x01(\x03\x12\x1f\n\x17network_refused_lookups\x18\x07 \x01(\x03\"\x80\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x15\x43reateSandboxResponse\x12\x14\n\x0chost_run_dir\x18\x01 \x01(\t\x12\x16\n\x0ehost_tasks_dir\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"&\n\x15\x44\x65leteSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"Z\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x15\x45xtendSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\";\n\x13StartJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"+\n\x14StartJupyterResponse\x12\x13\n\x0bhost_socket\x18\x01 \x01(\t\"Y\n\x1bUpdateSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05rules\x18\x02 \x01(\x0b\x32\x17.corral.v1.NetworkRules\"O\n\x1cUpdateSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus\".\n\x18GetSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"L\n\x19GetSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus2\xb8\x07\n\x0f\x45xecutorService\x12T\n\x07RunTask\x12\".corral.internal.v1.RunTaskRequest\x1a#.corral.internal.v1.RunTaskResponse0\x01\x12[\n\nCancelTask\x12%.corral.internal.v1.CancelTaskRequest\x1a&.corral.internal.v1.CancelTaskResponse\x12p\n\x11GetExecutorStatus\x12,.corral.internal.v1.GetExecutorStatusRequest\x1a-.corral.internal.v1.GetExecutorStatusResponse\x12\x64\n\rCreateSandbox\x12(.corral.internal.v1.CreateSandboxRequest\x1a).corral.internal.v1.CreateSandboxResponse\x12\x64\n\rDeleteSandbox\x12(.corral.internal.v1.DeleteSandboxRequest\x1a).corral.internal.v1.DeleteSandboxResponse\x12\x64\n\rExtendSandbox\x12(.corral.internal.v1.ExtendSandboxRequest\x1a).corral.internal.v1.ExtendSandboxResponse\x12\x61\n\x0cStartJupyter\x12\'.corral.internal.v1.StartJupyterRequest\x1a(.corral.internal.v1.StartJupyterResponse\x12y\n\x14UpdateSandboxNetwork\x12/.corral.internal.v1.UpdateSandboxNetworkRequest\x1a\x30.corral.internal.v1.UpdateSandboxNetworkResponse\x12p\n\x11GetSandboxNetwork\x12,.corral.internal.v1.GetSandboxNetworkRequest\x1a-.corral.internal.v1.GetSandboxNetworkResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/executor.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\x1a\x1d\x63orral/v1/sandbox_calls.proto\x1a\x14\x63orral/v1/task.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"D\n\x0eRunTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12!\n\x04spec\x18\x02 \x01(\x0b\x32\x13.corral.v1.TaskSpec\"6\n\x0fRunTaskResponse\x12#\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x14.corral.v1.TaskEvent\"4\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"#\n\x12\x43\x61ncelTaskResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"\x1a\n\x18GetExecutorStatusRequest\"\xca\x01\n\x19GetExecutorStatusResponse\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x18\n\x10running_task_ids\x18\x04 \x03(\t\x12\x16\n\x0esandbox_limits\x18\x05 \x01(\t\x12#\n\x1bnetwork_refused_connections\x18\x06 \x01(\x03\x12\x1f\n\x17network_refused_lookups\x18\x07 \x01(\x03\"\x80\x01\n\x14\x43reateSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12$\n\x04spec\x18\x02 \x01(\x0b\x32\x16.corral.v1.SandboxSpec\x12.\n\nexpires_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"E\n\x15\x43reateSandboxResponse\x12\x14\n\x0chost_run_dir\x18\x01 \x01(\t\x12\x16\n\x0ehost_tasks_dir\x18\x02 \x01(\t\"*\n\x14\x44\x65leteSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"&\n\x15\x44\x65leteSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\"Z\n\x14\x45xtendSandboxRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"&\n\x15\x45xtendSandboxResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\";\n\x13StartJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\"+\n\x14StartJupyterResponse\x12\x13\n\x0bhost_socket\x18\x01 \x01(\t\"Y\n\x1bUpdateSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12&\n\x05rules\x18\x02 \x01(\x0b\x32\x17.corral.v1.NetworkRules\"O\n\x1cUpdateSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus\".\n\x18GetSandboxNetworkRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"L\n\x19GetSandboxNetworkResponse\x12/\n\x06status\x18\x01 \x01(\x0b\x32\x1f.corral.v1.SandboxNetworkStatus\"F\n\x11RunCommandRequest\x12\x31\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32#.corral.v1.RunSandboxCommandRequest\"I\n\x12RunCommandResponse\x12\x33\n\x05reply\x18\x01 \x01(\x0b\x32$.corral.v1.RunSandboxCommandResponse\"L\n\x14StreamCommandRequest\x12\x34\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32&.corral.v1.StreamSandboxCommandRequest\"O\n\x15StreamCommandResponse\x12\x36\n\x05reply\x18\x01 \x01(\x0b\x32\'.corral.v1.StreamSandboxCommandResponse\"F\n\x11GetCommandRequest\x12\x31\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32#.corral.v1.GetSandboxCommandRequest\"I\n\x12GetCommandResponse\x12\x33\n\x05reply\x18\x01 \x01(\x0b\x32$.corral.v1.GetSandboxCommandResponse\"J\n\x13WatchCommandRequest\x12\x33\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32%.corral.v1.WatchSandboxCommandRequest\"M\n\x14WatchCommandResponse\x12\x35\n\x05reply\x18\x01 \x01(\x0b\x32&.corral.v1.WatchSandboxCommandResponse\"T\n\x18WriteCommandStdinRequest\x12\x38\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32*.corral.v1.WriteSandboxCommandStdinRequest\"W\n\x19WriteCommandStdinResponse\x12:\n\x05reply\x18\x01 \x01(\x0b\x32+.corral.v1.WriteSandboxCommandStdinResponse\"L\n\x14SignalCommandRequest\x12\x34\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32&.corral.v1.SignalSandboxCommandRequest\"O\n\x15SignalCommandResponse\x12\x36\n\x05reply\x18\x01 \x01(\x0b\x32\'.corral.v1.SignalSandboxCommandResponse\"B\n\x0fReadFileRequest\x12/\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32!.corral.v1.ReadSandboxFileRequest\"E\n\x10ReadFileResponse\x12\x31\n\x05reply\x18\x01 \x01(\x0b\x32\".corral.v1.ReadSandboxFileResponse\"D\n\x10WriteFileRequest\x12\x30\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32\".corral.v1.WriteSandboxFileRequest\"G\n\x11WriteFileResponse\x12\x32\n\x05reply\x18\x01 \x01(\x0b\x32#.corral.v1.WriteSandboxFileResponse\"H\n\x12OperateFileRequest\x12\x32\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32$.corral.v1.OperateSandboxFileRequest\"K\n\x13OperateFileResponse\x12\x34\n\x05reply\x18\x01 \x01(\x0b\x32%.corral.v1.OperateSandboxFileResponse\"R\n\x17RunDesktopActionRequest\x12\x37\n\x04\x63\x61ll\x18\x01 \x01(\x0b\x32).corral.v1.RunSandboxDesktopActionRequest\"U\n\x18RunDesktopActionResponse\x12\x39\n\x05reply\x18\x01 \x01(\x0b\x32*.corral.v1.RunSandboxDesktopActionResponse2\x9b\x0f\n\x0f\x45xecutorService\x12T\n\x07RunTask\x12\".corral.internal.v1.RunTaskRequest\x1a#.corral.internal.v1.RunTaskResponse0\x01\x12[\n\nCancelTask\x12%.corral.internal.v1.CancelTaskRequest\x1a&.corral.internal.v1.CancelTaskResponse\x12p\n\x11GetExecutorStatus\x12,.corral.internal.v1.GetExecutorStatusRequest\x1a-.corral.internal.v1.GetExecutorStatusResponse\x12\x64\n\rCreateSandbox\x12(.corral.internal.v1.CreateSandboxRequest\x1a).corral.internal.v1.CreateSandboxResponse\x12\x64\n\rDeleteSandbox\x12(.corral.internal.v1.DeleteSandboxRequest\x1a).corral.internal.v1.DeleteSandboxResponse\x12\x64\n\rExtendSandbox\x12(.corral.internal.v1.ExtendSandboxRequest\x1a).corral.internal.v1.ExtendSandboxResponse\x12\x61\n\x0cStartJupyter\x12\'.corral.internal.v1.StartJupyterRequest\x1a(.corral.internal.v1.StartJupyterResponse\x12y\n\x14UpdateSandboxNetwork\x12/.corral.internal.v1.UpdateSandboxNetworkRequest\x1a\x30.corral.internal.v1.UpdateSandboxNetworkResponse\x12p\n\x11GetSandboxNetwork\x12,.corral.internal.v1.GetSandboxNetworkRequest\x1a-.corral.internal.v1.GetSandboxNetworkResponse\x12[\n\nRunCommand\x12%.corral.internal.v1.RunCommandRequest\x1a&.corral.internal.v1.RunCommandResponse\x12\x66\n\rStreamCommand\x12(.corral.internal.v1.StreamCommandRequest\x1a).corral.internal.v1.StreamCommandResponse0\x01\x12[\n\nGetCommand\x12%.corral.internal.v1.GetCommandRequest\x1a&.corral.internal.v1.GetCommandResponse\x12\x63\n\x0cWatchCommand\x12\'.corral.internal.v1.WatchCommandRequest\x1a(.corral.internal.v1.WatchCommandResponse0\x01\x12p\n\x11WriteCommandStdin\x12,.corral.internal.v1.WriteCommandStdinRequest\x1a-.corral.internal.v1.WriteCommandStdinResponse\x12\x64\n\rSignalCommand\x12(.corral.internal.v1.SignalCommandRequest\x1a).corral.internal.v1.SignalCommandResponse\x12W\n\x08ReadFile\x12#.corral.internal.v1.ReadFileRequest\x1a$.corral.internal.v1.ReadFileResponse0\x01\x12Z\n\tWriteFile\x12$.corral.internal.v1.WriteFileRequest\x1a%.corral.internal.v1.WriteFileResponse(\x01\x12^\n\x0bOperateFile\x12&.corral.internal.v1.OperateFileRequest\x1a\'.corral.internal.v1.OperateFileResponse\x12m\n\x10RunDesktopAction\x12+.corral.internal.v1.RunDesktopActionRequest\x1a,.corral.internal.v1.RunDesktopActionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.internal.v1.executor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNTASKREQUEST']._serialized_start=137
-  _globals['_RUNTASKREQUEST']._serialized_end=205
-  _globals['_RUNTASKRESPONSE']._serialized_start=207
-  _globals['_RUNTASKRESPONSE']._serialized_end=261
-  _globals['_CANCELTASKREQUEST']._serialized_start=263
-  _globals['_CANCELTASKREQUEST']._serialized_end=315
-  _globals['_CANCELTASKRESPONSE']._serialized_start=317
-  _globals['_CANCELTASKRESPONSE']._serialized_end=352
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=354
-  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=380
-  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_start=383
-  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=585
-  _globals['_CREATESANDBOXREQUEST']._serialized_start=588
-  _globals['_CREATESANDBOXREQUEST']._serialized_end=716
-  _globals['_CREATESANDBOXRESPONSE']._serialized_start=718
-  _globals['_CREATESANDBOXRESPONSE']._serialized_end=787
-  _globals['_DELETESANDBOXREQUEST']._serialized_start=789
-  _globals['_DELETESANDBOXREQUEST']._serialized_end=831
-  _globals['_DELETESANDBOXRESPONSE']._serialized_start=833
-  _globals['_DELETESANDBOXRESPONSE']._serialized_end=871
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=873
-  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=963
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=965
-  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=1003
-  _globals['_STARTJUPYTERREQUEST']._serialized_start=1005
-  _globals['_STARTJUPYTERREQUEST']._serialized_end=1064
-  _globals['_STARTJUPYTERRESPONSE']._serialized_start=1066
-  _globals['_STARTJUPYTERRESPONSE']._serialized_end=1109
-  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_start=1111
-  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_end=1200
-  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_start=1202
-  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_end=1281
-  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_start=1283
-  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_end=1329
-  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_start=1331
-  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_end=1407
-  _globals['_EXECUTORSERVICE']._serialized_start=1410
-  _globals['_EXECUTORSERVICE']._serialized_end=2362
+  _globals['_RUNTASKREQUEST']._serialized_start=168
+  _globals['_RUNTASKREQUEST']._serialized_end=236
+  _globals['_RUNTASKRESPONSE']._serialized_start=238
+  _globals['_RUNTASKRESPONSE']._serialized_end=292
+  _globals['_CANCELTASKREQUEST']._serialized_start=294
+  _globals['_CANCELTASKREQUEST']._serialized_end=346
+  _globals['_CANCELTASKRESPONSE']._serialized_start=348
+  _globals['_CANCELTASKRESPONSE']._serialized_end=383
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_start=385
+  _globals['_GETEXECUTORSTATUSREQUEST']._serialized_end=411
+  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_start=414
+  _globals['_GETEXECUTORSTATUSRESPONSE']._serialized_end=616
+  _globals['_CREATESANDBOXREQUEST']._serialized_start=619
+  _globals['_CREATESANDBOXREQUEST']._serialized_end=747
+  _globals['_CREATESANDBOXRESPONSE']._serialized_start=749
+  _globals['_CREATESANDBOXRESPONSE']._serialized_end=818
+  _globals['_DELETESANDBOXREQUEST']._serialized_start=820
+  _globals['_DELETESANDBOXREQUEST']._serialized_end=862
+  _globals['_DELETESANDBOXRESPONSE']._serialized_start=864
+  _globals['_DELETESANDBOXRESPONSE']._serialized_end=902
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_start=904
+  _globals['_EXTENDSANDBOXREQUEST']._serialized_end=994
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_start=996
+  _globals['_EXTENDSANDBOXRESPONSE']._serialized_end=1034
+  _globals['_STARTJUPYTERREQUEST']._serialized_start=1036
+  _globals['_STARTJUPYTERREQUEST']._serialized_end=1095
+  _globals['_STARTJUPYTERRESPONSE']._serialized_start=1097
+  _globals['_STARTJUPYTERRESPONSE']._serialized_end=1140
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_start=1142
+  _globals['_UPDATESANDBOXNETWORKREQUEST']._serialized_end=1231
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_start=1233
+  _globals['_UPDATESANDBOXNETWORKRESPONSE']._serialized_end=1312
+  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_start=1314
+  _globals['_GETSANDBOXNETWORKREQUEST']._serialized_end=1360
+  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_start=1362
+  _globals['_GETSANDBOXNETWORKRESPONSE']._serialized_end=1438
+  _globals['_RUNCOMMANDREQUEST']._serialized_start=1440
+  _globals['_RUNCOMMANDREQUEST']._serialized_end=1510
+  _globals['_RUNCOMMANDRESPONSE']._serialized_start=1512
+  _globals['_RUNCOMMANDRESPONSE']._serialized_end=1585
+  _globals['_STREAMCOMMANDREQUEST']._serialized_start=1587
+  _globals['_STREAMCOMMANDREQUEST']._serialized_end=1663
+  _globals['_STREAMCOMMANDRESPONSE']._serialized_start=1665
+  _globals['_STREAMCOMMANDRESPONSE']._serialized_end=1744
+  _globals['_GETCOMMANDREQUEST']._serialized_start=1746
+  _globals['_GETCOMMANDREQUEST']._serialized_end=1816
+  _globals['_GETCOMMANDRESPONSE']._serialized_start=1818
+  _globals['_GETCOMMANDRESPONSE']._serialized_end=1891
+  _globals['_WATCHCOMMANDREQUEST']._serialized_start=1893
+  _globals['_WATCHCOMMANDREQUEST']._serialized_end=1967
+  _globals['_WATCHCOMMANDRESPONSE']._serialized_start=1969
+  _globals['_WATCHCOMMANDRESPONSE']._serialized_end=2046
+  _globals['_WRITECOMMANDSTDINREQUEST']._serialized_start=2048
+  _globals['_WRITECOMMANDSTDINREQUEST']._serialized_end=2132
+  _globals['_WRITECOMMANDSTDINRESPONSE']._serialized_start=2134
+  _globals['_WRITECOMMANDSTDINRESPONSE']._serialized_end=2221
+  _globals['_SIGNALCOMMANDREQUEST']._serialized_start=2223
+  _globals['_SIGNALCOMMANDREQUEST']._serialized_end=2299
+  _globals['_SIGNALCOMMANDRESPONSE']._serialized_start=2301
+  _globals['_SIGNALCOMMANDRESPONSE']._serialized_end=2380
+  _globals['_READFILEREQUEST']._serialized_start=2382
+  _globals['_READFILEREQUEST']._serialized_end=2448
+  _globals['_READFILERESPONSE']._serialized_start=2450
+  _globals['_READFILERESPONSE']._serialized_end=2519
+  _globals['_WRITEFILEREQUEST']._serialized_start=2521
+  _globals['_WRITEFILEREQUEST']._serialized_end=2589
+  _globals['_WRITEFILERESPONSE']._serialized_start=2591
+  _globals['_WRITEFILERESPONSE']._serialized_end=2662
+  _globals['_OPERATEFILEREQUEST']._serialized_start=2664
+  _globals['_OPERATEFILEREQUEST']._serialized_end=2736
+  _globals['_OPERATEFILERESPONSE']._serialized_start=2738
+  _globals['_OPERATEFILERESPONSE']._serialized_end=2813
+  _globals['_RUNDESKTOPACTIONREQUEST']._serialized_start=2815
+  _globals['_RUNDESKTOPACTIONREQUEST']._serialized_end=2897
+  _globals['_RUNDESKTOPACTIONRESPONSE']._serialized_start=2899
+  _globals['_RUNDESKTOPACTIONRESPONSE']._serialized_end=2984
+  _globals['_EXECUTORSERVICE']._serialized_start=2987
+  _globals['_EXECUTORSERVICE']._serialized_end=4934
 # @@protoc_insertion_point(module_scope)

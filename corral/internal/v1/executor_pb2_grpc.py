@@ -80,6 +80,56 @@ class ExecutorServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.FromString,
                 _registered_method=True)
+        self.RunCommand = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/RunCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.FromString,
+                _registered_method=True)
+        self.StreamCommand = channel.unary_stream(
+                '/corral.internal.v1.ExecutorService/StreamCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.FromString,
+                _registered_method=True)
+        self.GetCommand = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/GetCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandResponse.FromString,
+                _registered_method=True)
+        self.WatchCommand = channel.unary_stream(
+                '/corral.internal.v1.ExecutorService/WatchCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandResponse.FromString,
+                _registered_method=True)
+        self.WriteCommandStdin = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/WriteCommandStdin',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinResponse.FromString,
+                _registered_method=True)
+        self.SignalCommand = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/SignalCommand',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandResponse.FromString,
+                _registered_method=True)
+        self.ReadFile = channel.unary_stream(
+                '/corral.internal.v1.ExecutorService/ReadFile',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileResponse.FromString,
+                _registered_method=True)
+        self.WriteFile = channel.stream_unary(
+                '/corral.internal.v1.ExecutorService/WriteFile',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileResponse.FromString,
+                _registered_method=True)
+        self.OperateFile = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/OperateFile',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileResponse.FromString,
+                _registered_method=True)
+        self.RunDesktopAction = channel.unary_unary(
+                '/corral.internal.v1.ExecutorService/RunDesktopAction',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionResponse.FromString,
+                _registered_method=True)
 
 
 class ExecutorServiceServicer:
@@ -147,6 +197,68 @@ class ExecutorServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunCommand(self, request, context):
+        """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
+        relayed by the scheduler once it has checked the caller owns the sandbox).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteCommandStdin(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignalCommand(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteFile(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OperateFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunDesktopAction(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ExecutorServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +306,56 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     servicer.GetSandboxNetwork,
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.SerializeToString,
+            ),
+            'RunCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.SerializeToString,
+            ),
+            'StreamCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.SerializeToString,
+            ),
+            'GetCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandResponse.SerializeToString,
+            ),
+            'WatchCommand': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandResponse.SerializeToString,
+            ),
+            'WriteCommandStdin': grpc.unary_unary_rpc_method_handler(
+                    servicer.WriteCommandStdin,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinResponse.SerializeToString,
+            ),
+            'SignalCommand': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignalCommand,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandResponse.SerializeToString,
+            ),
+            'ReadFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadFile,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileResponse.SerializeToString,
+            ),
+            'WriteFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteFile,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileResponse.SerializeToString,
+            ),
+            'OperateFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.OperateFile,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileResponse.SerializeToString,
+            ),
+            'RunDesktopAction': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunDesktopAction,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +602,276 @@ class ExecutorService:
             '/corral.internal.v1.ExecutorService/GetSandboxNetwork',
             corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkRequest.SerializeToString,
             corral_dot_internal_dot_v1_dot_executor__pb2.GetSandboxNetworkResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/RunCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/StreamCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.StreamCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/GetCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.GetCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/WatchCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.WatchCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteCommandStdin(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/WriteCommandStdin',
+            corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.WriteCommandStdinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignalCommand(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/SignalCommand',
+            corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.SignalCommandResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/ReadFile',
+            corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.ReadFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/corral.internal.v1.ExecutorService/WriteFile',
+            corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.WriteFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OperateFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/OperateFile',
+            corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.OperateFileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunDesktopAction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/RunDesktopAction',
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.RunDesktopActionResponse.FromString,
             options,
             channel_credentials,
             insecure,

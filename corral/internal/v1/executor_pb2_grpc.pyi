@@ -50,6 +50,19 @@ class ExecutorServiceStub:
     """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
     GetSandboxNetwork: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]
     """Its rules in force and what its network refused so far."""
+    RunCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]
+    """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
+    relayed by the scheduler once it has checked the caller owns the sandbox).
+    """
+    StreamCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]
+    GetCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]
+    WatchCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.WatchCommandRequest, _executor_pb2.WatchCommandResponse]
+    WriteCommandStdin: _grpc.UnaryUnaryMultiCallable[_executor_pb2.WriteCommandStdinRequest, _executor_pb2.WriteCommandStdinResponse]
+    SignalCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.SignalCommandRequest, _executor_pb2.SignalCommandResponse]
+    ReadFile: _grpc.UnaryStreamMultiCallable[_executor_pb2.ReadFileRequest, _executor_pb2.ReadFileResponse]
+    WriteFile: _grpc.StreamUnaryMultiCallable[_executor_pb2.WriteFileRequest, _executor_pb2.WriteFileResponse]
+    OperateFile: _grpc.UnaryUnaryMultiCallable[_executor_pb2.OperateFileRequest, _executor_pb2.OperateFileResponse]
+    RunDesktopAction: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunDesktopActionRequest, _executor_pb2.RunDesktopActionResponse]
 
 @_typing.type_check_only
 class ExecutorServiceAsyncStub(ExecutorServiceStub):
@@ -73,6 +86,19 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Replaces a sandbox's network rules (FAILED_PRECONDITION: created without network)."""
     GetSandboxNetwork: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetSandboxNetworkRequest, _executor_pb2.GetSandboxNetworkResponse]  # type: ignore[assignment]
     """Its rules in force and what its network refused so far."""
+    RunCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]  # type: ignore[assignment]
+    """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
+    relayed by the scheduler once it has checked the caller owns the sandbox).
+    """
+    StreamCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]  # type: ignore[assignment]
+    GetCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]  # type: ignore[assignment]
+    WatchCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.WatchCommandRequest, _executor_pb2.WatchCommandResponse]  # type: ignore[assignment]
+    WriteCommandStdin: _aio.UnaryUnaryMultiCallable[_executor_pb2.WriteCommandStdinRequest, _executor_pb2.WriteCommandStdinResponse]  # type: ignore[assignment]
+    SignalCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.SignalCommandRequest, _executor_pb2.SignalCommandResponse]  # type: ignore[assignment]
+    ReadFile: _aio.UnaryStreamMultiCallable[_executor_pb2.ReadFileRequest, _executor_pb2.ReadFileResponse]  # type: ignore[assignment]
+    WriteFile: _aio.StreamUnaryMultiCallable[_executor_pb2.WriteFileRequest, _executor_pb2.WriteFileResponse]  # type: ignore[assignment]
+    OperateFile: _aio.UnaryUnaryMultiCallable[_executor_pb2.OperateFileRequest, _executor_pb2.OperateFileResponse]  # type: ignore[assignment]
+    RunDesktopAction: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunDesktopActionRequest, _executor_pb2.RunDesktopActionResponse]  # type: ignore[assignment]
 
 class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
     """Owns sandboxes on one host and runs tasks in them. Only the scheduler calls it."""
@@ -147,5 +173,78 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.GetSandboxNetworkResponse, _abc.Awaitable[_executor_pb2.GetSandboxNetworkResponse]]:
         """Its rules in force and what its network refused so far."""
+
+    @_abc_1.abstractmethod
+    def RunCommand(
+        self,
+        request: _executor_pb2.RunCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.RunCommandResponse, _abc.Awaitable[_executor_pb2.RunCommandResponse]]:
+        """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
+        relayed by the scheduler once it has checked the caller owns the sandbox).
+        """
+
+    @_abc_1.abstractmethod
+    def StreamCommand(
+        self,
+        request: _executor_pb2.StreamCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.StreamCommandResponse], _abc.AsyncIterator[_executor_pb2.StreamCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCommand(
+        self,
+        request: _executor_pb2.GetCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.GetCommandResponse, _abc.Awaitable[_executor_pb2.GetCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WatchCommand(
+        self,
+        request: _executor_pb2.WatchCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.WatchCommandResponse], _abc.AsyncIterator[_executor_pb2.WatchCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WriteCommandStdin(
+        self,
+        request: _executor_pb2.WriteCommandStdinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.WriteCommandStdinResponse, _abc.Awaitable[_executor_pb2.WriteCommandStdinResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SignalCommand(
+        self,
+        request: _executor_pb2.SignalCommandRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.SignalCommandResponse, _abc.Awaitable[_executor_pb2.SignalCommandResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ReadFile(
+        self,
+        request: _executor_pb2.ReadFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.ReadFileResponse], _abc.AsyncIterator[_executor_pb2.ReadFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def WriteFile(
+        self,
+        request_iterator: _MaybeAsyncIterator[_executor_pb2.WriteFileRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.WriteFileResponse, _abc.Awaitable[_executor_pb2.WriteFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OperateFile(
+        self,
+        request: _executor_pb2.OperateFileRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.OperateFileResponse, _abc.Awaitable[_executor_pb2.OperateFileResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RunDesktopAction(
+        self,
+        request: _executor_pb2.RunDesktopActionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_executor_pb2.RunDesktopActionResponse, _abc.Awaitable[_executor_pb2.RunDesktopActionResponse]]: ...
 
 def add_ExecutorServiceServicer_to_server(servicer: ExecutorServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

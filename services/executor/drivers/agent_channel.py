@@ -201,33 +201,50 @@ class AgentChannel:
         async with self._lock:
             await self._send_line(protocol.encode(request))
 
-    async def run(
-        self, request: protocol.RunRequest, on_output: OutputCallback
-    ) -> tuple[protocol.ExitReply, PendingRun]:
-        """Sends a run request (giving it its id) and waits for its exit report; cancelling
-        kills the step."""
+    async def start(self, request: protocol.RunRequest, on_output: OutputCallback) -> PendingRun:
+        """Sends a run request (giving it its id); its output goes to `on_output` and its end
+        to finish()."""
         request.id = next(self._ids)
         pending = PendingRun(on_output, request.max_output_bytes)
         self._runs[request.id] = pending
         try:
             await self.send(request)
+        except BaseException:
+            self._runs.pop(request.id, None)
+            raise
+        return pending
+
+    async def finish(self, request: protocol.RunRequest, pending: PendingRun) -> protocol.ExitReply:
+        """Waits for a started run's exit report; cancelling kills the step."""
+        try:
             try:
                 # asyncio.timeout, not wait_for: on 3.11, wait_for loses a cancellation that
                 # arrives as the awaited future completes.
                 async with asyncio.timeout(request.timeout + AGENT_GRACE_SECONDS):
-                    reply = await asyncio.shield(pending.done)
+                    return await asyncio.shield(pending.done)
             except TimeoutError:
                 raise SandboxError("the sandbox agent stopped answering") from None
             except asyncio.CancelledError:
                 # Stop the step now; the caller may keep using the sandbox.
-                try:
-                    await self.send(protocol.KillRequest(id=next(self._ids), target=request.id))
-                except (SandboxError, ConnectionError):
-                    pass
+                await self.kill(request.id)
                 raise
         finally:
             self._runs.pop(request.id, None)
-        return reply, pending
+
+    async def kill(self, run_id: int) -> None:
+        """Asks the agent to kill run `run_id`'s whole process tree (its exit report follows)."""
+        try:
+            await self.send(protocol.KillRequest(id=next(self._ids), target=run_id))
+        except (SandboxError, ConnectionError):
+            pass
+
+    async def run(
+        self, request: protocol.RunRequest, on_output: OutputCallback
+    ) -> tuple[protocol.ExitReply, PendingRun]:
+        """Sends a run request (giving it its id) and waits for its exit report; cancelling
+        kills the step."""
+        pending = await self.start(request, on_output)
+        return await self.finish(request, pending), pending
 
     async def request(self, request: protocol.Request[R], timeout: float = AGENT_GRACE_SECONDS + 30) -> R:
         """A one-reply request (giving it its id); the agent's ErrorReply is FileRefused."""

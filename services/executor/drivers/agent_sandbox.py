@@ -10,17 +10,18 @@ protocol itself is corral/agent_protocol.py, spoken through AgentChannel.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Generic, Self, TypeVar
+from typing import Any, Generic, Self, TypeVar
 
 import structlog
 
 from corral import agent_protocol as protocol
 from corral.network_rules import NetworkRules
 from corral.steps.base import FileEntry, Listing
-from services.executor.drivers.agent_channel import AgentChannel
+from services.executor.drivers.agent_channel import AgentChannel, PendingRun
 from services.executor.drivers.base import (
     FileRefused,
     OutputCallback,
@@ -182,9 +183,9 @@ class AgentSandbox(Sandbox, Generic[T]):
             max_file_size_mb=limits.max_file_size_mb,
         )
 
-    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+    def _run_request(self, request: ProcessRequest, stdin: bool = False) -> protocol.RunRequest:
         limits = self.config.limits
-        run = protocol.RunRequest(
+        return protocol.RunRequest(
             kind=request.kind,
             code=request.code,
             argv=list(request.argv),
@@ -193,8 +194,11 @@ class AgentSandbox(Sandbox, Generic[T]):
             timeout=float(request.timeout),
             max_output_bytes=request.max_output_bytes or limits.max_output_bytes,
             limits=self.process_limits(),
+            stdin=stdin,
         )
-        reply, pending = await self.channel.run(run, on_output)
+
+    def _result(self, reply: protocol.ExitReply, pending: PendingRun) -> ProcessResult:
+        limits = self.config.limits
         result = ProcessResult(
             exit_code=reply.exit_code,
             signal=reply.signal,
@@ -212,6 +216,82 @@ class AgentSandbox(Sandbox, Generic[T]):
                 result, reply.limit_events, limits, self.transport.tmp_size_mb, budget
             )
         return result
+
+    async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:
+        reply, pending = await self.channel.run(self._run_request(request), on_output)
+        return self._result(reply, pending)
+
+    async def start_process(
+        self, request: ProcessRequest, on_output: OutputCallback, stdin: bool = False
+    ) -> RunningProcess:
+        """Starts a process and returns at once: a handle to wait for it, feed its stdin
+        (with `stdin`), signal or kill it."""
+        run = self._run_request(request, stdin)
+        pending = await self.channel.start(run, on_output)
+        return RunningProcess(self, run, pending)
+
+    # --- files as bytes (sandbox calls) -------------------------------------------------------
+
+    def _located(self, path: str, cwd: str, roots: Sequence[str]) -> dict[str, Any]:
+        return {"path": self.transport.agent_path(path), "cwd": self._agent_cwd(cwd), "roots": self._agent_roots(roots)}
+
+    async def read_chunk(
+        self, path: str, offset: int, length: int, cwd: str = "", roots: Sequence[str] = ()
+    ) -> tuple[bytes, int, bool]:
+        """Up to `length` bytes of a file from `offset`: (data, the file's size, at its end)."""
+        reply = await self.channel.request(
+            protocol.ReadBytesRequest(offset=offset, length=length, **self._located(path, cwd, roots))
+        )
+        try:
+            data = base64.b64decode(reply.data.encode("ascii"))  # bytes decode 3x faster than str
+        except ValueError:
+            raise SandboxError("the sandbox agent sent a chunk that is not base64") from None
+        # The reply is the sandbox's word: no more than asked for.
+        return data[: max(length, 0)], reply.size, reply.eof or len(data) < length
+
+    async def write_chunk(
+        self,
+        path: str,
+        data: bytes,
+        append: bool,
+        max_bytes: int,
+        cwd: str = "",
+        roots: Sequence[str] = (),
+        rename_to: str = "",
+        commit: bool = False,
+    ) -> tuple[str, int]:
+        """Writes `data` as the file's content, or after it (`append`); with `commit`, renames
+        it to `rename_to` (checked with each chunk) after. Returns (its path, its size)."""
+        reply = await self.channel.request(
+            protocol.WriteBytesRequest(
+                data=base64.b64encode(data).decode("ascii"),
+                append=append,
+                max_bytes=max_bytes,
+                rename_to=self.transport.agent_path(rename_to) if rename_to else "",
+                commit=commit,
+                **self._located(path, cwd, roots),
+            )
+        )
+        return self.transport.sandbox_path(reply.path or path), reply.size
+
+    async def stat(self, path: str, cwd: str = "", roots: Sequence[str] = ()) -> tuple[str, FileEntry]:
+        reply = await self.channel.request(protocol.StatRequest(**self._located(path, cwd, roots)))
+        e = reply.entry
+        return self.transport.sandbox_path(reply.path), FileEntry(name=e.name, type=e.type, size=e.size, mtime=e.mtime)
+
+    async def make_dir(self, path: str, cwd: str = "", roots: Sequence[str] = ()) -> str:
+        reply = await self.channel.request(protocol.MkdirRequest(**self._located(path, cwd, roots)))
+        return self.transport.sandbox_path(reply.path)
+
+    async def remove(self, path: str, cwd: str = "", roots: Sequence[str] = ()) -> str:
+        reply = await self.channel.request(protocol.RemoveRequest(**self._located(path, cwd, roots)))
+        return self.transport.sandbox_path(reply.path)
+
+    async def rename(self, path: str, target: str, cwd: str = "", roots: Sequence[str] = ()) -> str:
+        reply = await self.channel.request(
+            protocol.RenameRequest(target=self.transport.agent_path(target), **self._located(path, cwd, roots))
+        )
+        return self.transport.sandbox_path(reply.path)
 
     async def read_file(self, path: str, max_bytes: int, cwd: str = "", roots: Sequence[str] = ()) -> str:
         reply = await self.channel.request(
@@ -262,3 +342,30 @@ class AgentSandbox(Sandbox, Generic[T]):
 
     def _agent_roots(self, roots: Sequence[str]) -> list[str]:
         return [self.transport.agent_path(root) for root in roots]
+
+
+class RunningProcess:
+    """A process started with AgentSandbox.start_process."""
+
+    def __init__(self, sandbox: AgentSandbox[Any], request: protocol.RunRequest, pending: PendingRun) -> None:
+        self.sandbox = sandbox
+        self.request = request
+        self.pending = pending
+
+    async def wait(self) -> ProcessResult:
+        """Its end (cancelling kills it)."""
+        reply = await self.sandbox.channel.finish(self.request, self.pending)
+        return self.sandbox._result(reply, self.pending)
+
+    async def write_stdin(self, data: bytes, close: bool = False) -> None:
+        """Queues `data` for its stdin (FileRefused: not started with stdin, or ended)."""
+        await self.sandbox.channel.request(
+            protocol.StdinRequest(target=self.request.id, data=base64.b64encode(data).decode("ascii"), close=close)
+        )
+
+    async def signal(self, number: int) -> None:
+        await self.sandbox.channel.request(protocol.SignalRequest(target=self.request.id, signal=number))
+
+    async def kill(self) -> None:
+        """Its whole process tree, at once; wait() then reports it killed."""
+        await self.sandbox.channel.kill(self.request.id)

@@ -22,7 +22,7 @@ from services.executor.drivers.base import SandboxConfig, SandboxError, SandboxL
 from services.executor.network.status import NetworkStatus
 
 # How much of the agent's stdout is read (and fed to the agent channel) at a time.
-READ_CHUNK_BYTES = 64 * 1024
+READ_CHUNK_BYTES = 1024 * 1024
 # How long a killed process gets to go before the next, harder step.
 KILL_GRACE_SECONDS = 5.0
 # How much of the process's stderr is kept, for the words of its death.

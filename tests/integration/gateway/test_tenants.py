@@ -264,3 +264,39 @@ def test_metrics_answer_an_admin_key_only(api: httpx.Client, alice: Key, admin: 
     # The executor's series are there (and no tenant's key or id is a label anywhere).
     assert "corral_sandbox_network_refused_connections_total{" in scraped.text
     assert alice.tenant_id not in scraped.text and admin.secret not in scraped.text
+
+
+def test_a_sandbox_calls_are_its_tenants_alone(api: httpx.Client, alice: Key, bob: Key, admin: Key) -> None:
+    created = api.post("/v1/sandboxes", json={"ttl": 300}, headers=alice.headers)
+    assert created.status_code == 201, created.text
+    sandbox = f"/v1/sandboxes/{created.json()['sandbox_id']}"
+    raw = {"content-type": "application/octet-stream"}
+    try:
+        ran = api.post(f"{sandbox}/commands", json={"command": "echo mine > mine.txt; echo ok"}, headers=alice.headers)
+        assert ran.status_code == 200 and ran.json()["stdout"] == "ok\n", ran.text
+        unknown = api.post(f"/v1/sandboxes/{UNKNOWN_ID}/commands", json={"command": "true"}, headers=bob.headers)
+        assert unknown.status_code == 404
+        # Bob's calls on alice's sandbox answer exactly as on an unknown one; none runs.
+        for method, path, kwargs in [
+            ("POST", f"{sandbox}/commands", {"json": {"command": "echo bob > bob.txt"}}),
+            ("POST", f"{sandbox}/commands", {"json": {"command": "sleep 100", "background": True}}),
+            ("GET", f"{sandbox}/files", {"params": {"path": "mine.txt"}}),
+            ("PUT", f"{sandbox}/files", {"params": {"path": "bob.txt"}, "content": b"bob", "headers": raw}),
+            ("GET", f"{sandbox}/files/list", {}),
+            ("DELETE", f"{sandbox}/files", {"params": {"path": "mine.txt"}}),
+            ("GET", f"{sandbox}/desktop/screenshot", {}),
+            ("GET", f"{sandbox}/history", {}),
+        ]:
+            headers = {**kwargs.pop("headers", {}), **bob.headers}  # type: ignore[dict-item]
+            reply = api.request(method, path, headers=headers, **kwargs)  # type: ignore[arg-type]
+            assert reply.status_code == 404, (method, path, reply.text)
+            assert reply.json()["error"]["message"] == unknown.json()["error"]["message"].replace(
+                UNKNOWN_ID, created.json()["sandbox_id"]
+            ), (method, path, reply.text)
+        listing = api.get(f"{sandbox}/files/list", headers=alice.headers).json()
+        assert [e["name"] for e in listing["entries"]] == ["mine.txt"], listing
+        # Without a key, a call is refused before anything else.
+        assert api.post(f"{sandbox}/commands", json={"command": "true"}).status_code == 401
+        assert api.get(f"{sandbox}/files", params={"path": "mine.txt"}, headers=admin.headers).content == b"mine\n"
+    finally:
+        api.delete(sandbox, headers=alice.headers)

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""REST round trips of a long-lived sandbox's interactive calls (a benchmark, not a test).
+
+    .venv/bin/python bench/sandbox_calls.py                  # starts `corral up` on free ports
+    .venv/bin/python bench/sandbox_calls.py --driver docker  # docker sandboxes (scripts/build-images)
+    .venv/bin/python bench/sandbox_calls.py --url http://127.0.0.1:8080   # a running gateway
+
+In one idle sandbox, over one keep-alive HTTP connection, p50 / p95 of:
+  - POST /v1/sandboxes/{id}/commands {"tool": "shell", "command": "true"} (the target: p50 <= 10 ms),
+    and of that, the command's own duration as the executor measured it (agent + fork/exec);
+  - GET  /v1/sandboxes/{id}/files/stat (the whole chain, no process started);
+  - GET  /v1/sandboxes/{id}/files of a 1 MiB file.
+Beside SWE-ReX's execute round trip on the same kind of machine (5.9 ms, quoted in issue 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+
+TARGET_MS = 10.0
+SWE_REX_MS = 5.9
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def report(label: str, values: list[float]) -> float:
+    p50, p95 = percentile(values, 0.5) * 1000, percentile(values, 0.95) * 1000
+    print(f"  {label:<48} p50 {p50:7.2f} ms   p95 {p95:7.2f} ms   (n={len(values)})")
+    return p50
+
+
+def timed(call: Callable[[], object], n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def embedded_system(driver: str) -> Iterator[str]:
+    """`corral up` on free ports with a temporary data directory; yields the gateway's URL."""
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-calls-"))
+    data_dir.chmod(0o755)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
+         "--scheduler-address", f"127.0.0.1:{free_port()}", "--memory-address", f"127.0.0.1:{free_port()}",
+         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(port), "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "CORRAL_SANDBOX_DRIVER": driver},
+    )
+    ready = threading.Event()
+    output: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Corral is up." in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(180)
+        if process.poll() is not None or not any("Corral is up." in line for line in output):
+            raise SystemExit("corral up did not start:\n" + "".join(output))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def measure(url: str, count: int) -> None:
+    headers = {"authorization": f"Bearer {os.environ['CORRAL_API_KEY']}"} if os.environ.get("CORRAL_API_KEY") else {}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
+        created = client.post("/v1/sandboxes", json={"ttl": 600})
+        created.raise_for_status()
+        sandbox = f"/v1/sandboxes/{created.json()['sandbox_id']}"
+        try:
+            client.put(f"{sandbox}/files", params={"path": "one-mib.bin"}, content=os.urandom(1024 * 1024),
+                       headers={"content-type": "application/octet-stream"}).raise_for_status()
+            durations: list[float] = []
+
+            def true() -> None:
+                reply = client.post(f"{sandbox}/commands", json={"tool": "shell", "command": "true"})
+                reply.raise_for_status()
+                durations.append(reply.json()["duration"])
+
+            def stat() -> None:
+                client.get(f"{sandbox}/files/stat", params={"path": "one-mib.bin"}).raise_for_status()
+
+            def read() -> None:
+                reply = client.get(f"{sandbox}/files", params={"path": "one-mib.bin"})
+                reply.raise_for_status()
+                assert len(reply.content) == 1024 * 1024
+
+            for call in (true, stat, read):
+                timed(call, 10)  # warm-up: connections, caches, the agent's first spawn
+            durations.clear()
+            print(f"in one idle sandbox, {count} sequential calls each:")
+            p50 = report('POST .../commands {"command": "true"}', timed(true, count))
+            report("  of which the command itself (executor's duration)", durations)
+            report("GET .../files/stat (no process)", timed(stat, count))
+            report("GET .../files (1 MiB)", timed(read, max(10, count // 4)))
+            verdict = "meets" if p50 <= TARGET_MS else "misses"
+            print(f"target: p50 <= {TARGET_MS:g} ms for `true` -> {verdict} it ({p50:.2f} ms); "
+                  f"SWE-ReX's execute round trip: {SWE_REX_MS} ms")
+        finally:
+            client.delete(sandbox)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running gateway (default: start `corral up` on free ports)")
+    parser.add_argument("-n", "--count", type=int, default=200)
+    parser.add_argument("--driver", choices=["bubblewrap", "docker"], default="bubblewrap")
+    args = parser.parse_args()
+    print(f"machine: {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
+    if args.url:
+        measure(args.url, args.count)
+        return
+    print(f"system: `corral up` with the {args.driver} driver")
+    with embedded_system(args.driver) as url:
+        measure(url, args.count)
+
+
+if __name__ == "__main__":
+    main()
