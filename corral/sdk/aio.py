@@ -15,6 +15,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from corral import errors
 from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, check, error_event, transport_error
 from corral.sdk.results import (
@@ -22,8 +23,8 @@ from corral.sdk.results import (
     CommandResult,
     FileInfo,
     OutputChunk,
+    OutputCollector,
     TaskResult,
-    command_event,
 )
 
 OnOutput = Callable[[str], None]
@@ -77,37 +78,52 @@ class AsyncCommandStream:
         self.result: CommandResult | None = None
 
     async def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        collector = OutputCollector()
         async for event, data in self._events:
             if event == "error":
                 raise error_event(data)
-            item = command_event(event, data)
-            if isinstance(item, OutputChunk):
-                yield item
-            elif item is not None:
-                self.result = item
+            chunk = collector.feed(event, data)
+            if chunk is not None:
+                yield chunk
+        self.result = collector.result
 
 
 class AsyncCommandHandle:
-    """A command started with `background=True`: wait for it, feed its stdin, signal or kill it."""
+    """A command started with `background=True`: wait for it, read or feed it, signal or kill it."""
 
     def __init__(self, client: AsyncClient, sandbox_id: str, command_id: str) -> None:
         self._client, self.sandbox_id, self.id = client, sandbox_id, command_id
 
     async def wait(self, check: bool = False) -> CommandResult:
-        data = await self._client.json(calls.command_status(self.sandbox_id, self.id, wait=True))
-        return CommandResult.from_json(data.get("result", data)).checked(check)
+        """Waits until it ends; its result, output included."""
+        stream = await self.output()
+        async for _ in stream:
+            pass
+        if stream.result is None:
+            raise errors.Unavailable(f"command {self.id}'s output ended without its exit")
+        return stream.result.checked(check)
 
     async def output(self) -> AsyncCommandStream:
-        """Its output from the start, live until it ends."""
+        """Its output from its start, live until it ends (iterate it; `.result` after)."""
         return AsyncCommandStream(self._client.events(calls.command_output(self.sandbox_id, self.id)))
 
-    async def send_stdin(self, data: str | bytes) -> None:
-        await self._client.send(calls.command_stdin(self.sandbox_id, self.id, data.encode() if isinstance(data, str) else data))
+    async def state(self) -> str:
+        """running, exited... (GET .../commands/{id})."""
+        return str((await self._client.json(calls.command_status(self.sandbox_id, self.id))).get("state", ""))
+
+    async def send_stdin(self, data: str | bytes, close: bool = False) -> None:
+        """Writes to its stdin (started with stdin=True); `close` closes stdin after."""
+        content = data.encode() if isinstance(data, str) else data
+        await self._client.send(calls.command_stdin(self.sandbox_id, self.id, content, close))
+
+    async def close_stdin(self) -> None:
+        await self._client.send(calls.command_stdin(self.sandbox_id, self.id, b"", close=True))
 
     async def signal(self, signal: str = "SIGTERM") -> None:
         await self._client.send(calls.command_signal(self.sandbox_id, self.id, signal))
 
     async def kill(self) -> None:
+        """Kills its whole process tree."""
         await self._client.send(calls.command_kill(self.sandbox_id, self.id))
 
 
@@ -211,8 +227,6 @@ class AsyncSandbox:
 
     async def kill(self) -> None:
         """Deletes the sandbox: its processes, files and desktop go."""
-        from corral import errors
-
         try:
             await self.client.send(calls.delete_sandbox(self.id))
         except errors.NotFound:
@@ -239,15 +253,19 @@ class AsyncSandbox:
         self, command: str, *, stream: Literal[False] = False, background: Literal[True],
         timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
         on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+        stdin: bool = False,
     ) -> AsyncCommandHandle: ...
 
     async def run_shell(
         self, command: str, *, stream: bool = False, background: bool = False,
         timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
         on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+        stdin: bool = False,
     ) -> CommandResult | AsyncCommandStream | AsyncCommandHandle:
-        """Runs `/bin/sh -c command` in the sandbox's workspace."""
-        return await self._run("shell", command, stream, background, timeout, cwd, env, on_stdout, on_stderr, check)
+        """Runs `/bin/sh -c command` in the sandbox's workspace: its result; with stream=True
+        its output as it comes (iterate it); with background=True a handle at once (stdin=True
+        keeps its stdin open for the handle's send_stdin)."""
+        return await self._run("shell", command, stream, background, timeout, cwd, env, on_stdout, on_stderr, check, stdin)
 
     async def run_python(
         self, code: str, *, timeout: float | None = None, cwd: str | None = None,
@@ -270,9 +288,9 @@ class AsyncSandbox:
     async def _run(
         self, tool: calls.Tool, source: str, stream: bool, background: bool, timeout: float | None,
         cwd: str | None, env: Mapping[str, str] | None, on_stdout: OnOutput | None,
-        on_stderr: OnOutput | None, check: bool,
+        on_stderr: OnOutput | None, check: bool, stdin: bool = False,
     ) -> CommandResult | AsyncCommandStream | AsyncCommandHandle:
-        body = calls.command_body(tool, source, timeout, cwd, env, background)
+        body = calls.command_body(tool, source, timeout, cwd, env, background, stdin)
         if background:
             data = await self.client.json(calls.run_command(self.id, body))
             return AsyncCommandHandle(self.client, self.id, str(data["command_id"]))
@@ -284,8 +302,6 @@ class AsyncSandbox:
         async for chunk in live:
             _emit(chunk, on_stdout, on_stderr)
         if live.result is None:
-            from corral import errors
-
             raise errors.Unavailable("the command's output ended without its result")
         return live.result.checked(check)
 
@@ -308,9 +324,9 @@ class AsyncSandbox:
 
     # --- desktop -----------------------------------------------------------------------------
 
-    async def screenshot(self) -> bytes:
-        """The desktop as PNG bytes."""
-        return (await self.client.send(calls.screenshot(self.id))).content
+    async def screenshot(self, max_width: int = 0, max_height: int = 0) -> bytes:
+        """The desktop as PNG bytes (downscaled to fit max_width x max_height when given)."""
+        return (await self.client.send(calls.screenshot(self.id, max_width, max_height))).content
 
     async def desktop(self, action: str, **fields: Any) -> dict[str, Any]:
         """Any gui action (README, "The desktop"): `sb.desktop("drag", x=1, y=2, to_x=3, to_y=4)`."""

@@ -62,6 +62,7 @@ def command_body(
     cwd: str | None,
     env: Mapping[str, str] | None,
     background: bool = False,
+    stdin: bool = False,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {"tool": tool, ("command" if tool == "shell" else "code"): source}
     if timeout is not None:
@@ -72,6 +73,8 @@ def command_body(
         body["env"] = dict(env)
     if background:
         body["background"] = True
+        if stdin:
+            body["stdin"] = True  # kept open for CommandHandle.send_stdin
     return body
 
 
@@ -86,17 +89,19 @@ def command(sandbox_id: str, command_id: str, rest: str = "") -> str:
     return _sandbox(sandbox_id, f"/commands/{quote(command_id, safe='')}{rest}")
 
 
-def command_status(sandbox_id: str, command_id: str, wait: bool = False) -> Call:
-    return Call("GET", command(sandbox_id, command_id), params={"wait": "true" if wait else None},
-                timeout=None if not wait else 24 * 3600.0)
+def command_status(sandbox_id: str, command_id: str) -> Call:
+    """State and exit (no output): GET .../commands/{id}."""
+    return Call("GET", command(sandbox_id, command_id))
 
 
 def command_output(sandbox_id: str, command_id: str) -> Call:
+    """Its output from its start, live until it ends (SSE)."""
     return Call("GET", command(sandbox_id, command_id, "/output"), headers=SSE, timeout=24 * 3600.0)
 
 
-def command_stdin(sandbox_id: str, command_id: str, data: bytes) -> Call:
+def command_stdin(sandbox_id: str, command_id: str, data: bytes, close: bool = False) -> Call:
     return Call("POST", command(sandbox_id, command_id, "/stdin"), content=data,
+                params={"close": "true" if close else None},
                 headers={"Content-Type": "application/octet-stream"})
 
 
@@ -151,8 +156,9 @@ def desktop_action(sandbox_id: str, action: str, **fields: Any) -> Call:
     return Call("POST", _sandbox(sandbox_id, "/desktop/actions"), json=body)
 
 
-def screenshot(sandbox_id: str) -> Call:
-    return Call("GET", _sandbox(sandbox_id, "/desktop/screenshot"))
+def screenshot(sandbox_id: str, max_width: int = 0, max_height: int = 0) -> Call:
+    return Call("GET", _sandbox(sandbox_id, "/desktop/screenshot"),
+                params={"max_width": max_width or None, "max_height": max_height or None})
 
 
 def submit_task(spec: Mapping[str, Any]) -> Call:

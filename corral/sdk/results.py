@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -144,10 +145,30 @@ class TaskResult:
 TERMINAL_TASK_STATUSES = frozenset({"completed", "failed", "cancelled"})
 
 
-def command_event(event: str, data: dict[str, Any]) -> OutputChunk | CommandResult | None:
-    """One event of a command's stream: a piece of output, its result, or nothing of ours."""
-    if event in ("stdout", "stderr"):
-        return OutputChunk("stdout" if event == "stdout" else "stderr", str(data.get("text", data.get("data", ""))))
-    if event in ("exit", "result", "finished"):
-        return CommandResult.from_json(data.get("result", data))
-    return None
+
+class OutputCollector:
+    """Reads a command's stream: hands on each piece of output, keeps it, and makes the
+    result (the stream's exit event carries no output: it is the pieces, put together)."""
+
+    def __init__(self) -> None:
+        self._out: dict[Stream, list[str]] = {"stdout": [], "stderr": []}
+        self._exit: CommandResult | None = None
+
+    def feed(self, event: str, data: dict[str, Any]) -> OutputChunk | None:
+        if event in ("stdout", "stderr"):
+            chunk = OutputChunk("stdout" if event == "stdout" else "stderr", str(data.get("data", "")))
+            self._out[chunk.stream].append(chunk.text)
+            return chunk
+        if event == "exit":
+            self._exit = CommandResult.from_json(data)
+        return None
+
+    @property
+    def result(self) -> CommandResult | None:
+        if self._exit is None:
+            return None
+        return dataclasses.replace(
+            self._exit,
+            stdout=self._exit.stdout or "".join(self._out["stdout"]),
+            stderr=self._exit.stderr or "".join(self._out["stderr"]),
+        )

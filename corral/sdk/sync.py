@@ -15,6 +15,7 @@ from typing import Any, Literal, overload
 
 import httpx
 
+from corral import errors
 from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, check, error_event, transport_error
 from corral.sdk.results import (
@@ -22,8 +23,8 @@ from corral.sdk.results import (
     CommandResult,
     FileInfo,
     OutputChunk,
+    OutputCollector,
     TaskResult,
-    command_event,
 )
 
 OnOutput = Callable[[str], None]
@@ -75,37 +76,52 @@ class CommandStream:
         self.result: CommandResult | None = None
 
     def __iter__(self) -> Iterator[OutputChunk]:
+        collector = OutputCollector()
         for event, data in self._events:
             if event == "error":
                 raise error_event(data)
-            item = command_event(event, data)
-            if isinstance(item, OutputChunk):
-                yield item
-            elif item is not None:
-                self.result = item
+            chunk = collector.feed(event, data)
+            if chunk is not None:
+                yield chunk
+        self.result = collector.result
 
 
 class CommandHandle:
-    """A command started with `background=True`: wait for it, feed its stdin, signal or kill it."""
+    """A command started with `background=True`: wait for it, read or feed it, signal or kill it."""
 
     def __init__(self, client: Client, sandbox_id: str, command_id: str) -> None:
         self._client, self.sandbox_id, self.id = client, sandbox_id, command_id
 
     def wait(self, check: bool = False) -> CommandResult:
-        data = self._client.json(calls.command_status(self.sandbox_id, self.id, wait=True))
-        return CommandResult.from_json(data.get("result", data)).checked(check)
+        """Waits until it ends; its result, output included."""
+        stream = self.output()
+        for _ in stream:
+            pass
+        if stream.result is None:
+            raise errors.Unavailable(f"command {self.id}'s output ended without its exit")
+        return stream.result.checked(check)
 
     def output(self) -> CommandStream:
-        """Its output from the start, live until it ends."""
+        """Its output from its start, live until it ends (iterate it; `.result` after)."""
         return CommandStream(self._client.events(calls.command_output(self.sandbox_id, self.id)))
 
-    def send_stdin(self, data: str | bytes) -> None:
-        self._client.send(calls.command_stdin(self.sandbox_id, self.id, data.encode() if isinstance(data, str) else data))
+    def state(self) -> str:
+        """running, exited... (GET .../commands/{id})."""
+        return str((self._client.json(calls.command_status(self.sandbox_id, self.id))).get("state", ""))
+
+    def send_stdin(self, data: str | bytes, close: bool = False) -> None:
+        """Writes to its stdin (started with stdin=True); `close` closes stdin after."""
+        content = data.encode() if isinstance(data, str) else data
+        self._client.send(calls.command_stdin(self.sandbox_id, self.id, content, close))
+
+    def close_stdin(self) -> None:
+        self._client.send(calls.command_stdin(self.sandbox_id, self.id, b"", close=True))
 
     def signal(self, signal: str = "SIGTERM") -> None:
         self._client.send(calls.command_signal(self.sandbox_id, self.id, signal))
 
     def kill(self) -> None:
+        """Kills its whole process tree."""
         self._client.send(calls.command_kill(self.sandbox_id, self.id))
 
 
@@ -209,8 +225,6 @@ class Sandbox:
 
     def kill(self) -> None:
         """Deletes the sandbox: its processes, files and desktop go."""
-        from corral import errors
-
         try:
             self.client.send(calls.delete_sandbox(self.id))
         except errors.NotFound:
@@ -237,15 +251,19 @@ class Sandbox:
         self, command: str, *, stream: Literal[False] = False, background: Literal[True],
         timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
         on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+        stdin: bool = False,
     ) -> CommandHandle: ...
 
     def run_shell(
         self, command: str, *, stream: bool = False, background: bool = False,
         timeout: float | None = None, cwd: str | None = None, env: Mapping[str, str] | None = None,
         on_stdout: OnOutput | None = None, on_stderr: OnOutput | None = None, check: bool = False,
+        stdin: bool = False,
     ) -> CommandResult | CommandStream | CommandHandle:
-        """Runs `/bin/sh -c command` in the sandbox's workspace."""
-        return self._run("shell", command, stream, background, timeout, cwd, env, on_stdout, on_stderr, check)
+        """Runs `/bin/sh -c command` in the sandbox's workspace: its result; with stream=True
+        its output as it comes (iterate it); with background=True a handle at once (stdin=True
+        keeps its stdin open for the handle's send_stdin)."""
+        return self._run("shell", command, stream, background, timeout, cwd, env, on_stdout, on_stderr, check, stdin)
 
     def run_python(
         self, code: str, *, timeout: float | None = None, cwd: str | None = None,
@@ -268,9 +286,9 @@ class Sandbox:
     def _run(
         self, tool: calls.Tool, source: str, stream: bool, background: bool, timeout: float | None,
         cwd: str | None, env: Mapping[str, str] | None, on_stdout: OnOutput | None,
-        on_stderr: OnOutput | None, check: bool,
+        on_stderr: OnOutput | None, check: bool, stdin: bool = False,
     ) -> CommandResult | CommandStream | CommandHandle:
-        body = calls.command_body(tool, source, timeout, cwd, env, background)
+        body = calls.command_body(tool, source, timeout, cwd, env, background, stdin)
         if background:
             data = self.client.json(calls.run_command(self.id, body))
             return CommandHandle(self.client, self.id, str(data["command_id"]))
@@ -282,8 +300,6 @@ class Sandbox:
         for chunk in live:
             _emit(chunk, on_stdout, on_stderr)
         if live.result is None:
-            from corral import errors
-
             raise errors.Unavailable("the command's output ended without its result")
         return live.result.checked(check)
 
@@ -306,9 +322,9 @@ class Sandbox:
 
     # --- desktop -----------------------------------------------------------------------------
 
-    def screenshot(self) -> bytes:
-        """The desktop as PNG bytes."""
-        return self.client.send(calls.screenshot(self.id)).content
+    def screenshot(self, max_width: int = 0, max_height: int = 0) -> bytes:
+        """The desktop as PNG bytes (downscaled to fit max_width x max_height when given)."""
+        return self.client.send(calls.screenshot(self.id, max_width, max_height)).content
 
     def desktop(self, action: str, **fields: Any) -> dict[str, Any]:
         """Any gui action (README, "The desktop"): `sb.desktop("drag", x=1, y=2, to_x=3, to_y=4)`."""

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from harness import Cluster
 
-from corral import AsyncSandbox, Sandbox, errors, run_task, run_task_async
+from corral import AsyncSandbox, CommandFailed, Sandbox, Timeout, errors, run_task, run_task_async
 
 
 def test_a_sandbox_lives_from_create_to_the_end_of_its_block(full_stack: Cluster) -> None:
@@ -62,3 +62,57 @@ def test_failures_raise_the_typed_errors(full_stack: Cluster) -> None:
         Sandbox.create(network={"allow": ["169.254.169.254"]}, url=full_stack.gateway_url)
     with pytest.raises(errors.Unavailable, match="cannot reach Corral"):
         run_task([{"tool": "shell", "command": "true"}], url="http://127.0.0.1:9")
+
+
+def test_commands_stream_run_in_the_background_and_fail_typed(full_stack: Cluster) -> None:
+    with Sandbox.create(url=full_stack.gateway_url) as sb:
+        ok = sb.run_shell("echo out; echo err >&2; pwd")
+        assert (ok.exit_code, ok.stdout, ok.stderr) == (0, "out\n/workspace\n", "err\n")
+        assert sb.run_shell("exit 7").exit_code == 7
+        with pytest.raises(CommandFailed) as failed:
+            sb.run_shell("echo partial; exit 3", check=True)
+        assert failed.value.exit_code == 3 and failed.value.stdout == "partial\n"
+        with pytest.raises(Timeout):
+            sb.run_shell("sleep 30", timeout=1, check=True)
+
+        # Live output: each line arrives as its own piece, in order; callbacks see the same.
+        stream = sb.run_shell("for i in 1 2 3; do echo $i; sleep 0.3; done", stream=True)
+        pieces = [chunk.text for chunk in stream]
+        assert "".join(pieces) == "1\n2\n3\n" and len(pieces) == 3, pieces
+        assert stream.result is not None and stream.result.exit_code == 0
+        heard: list[str] = []
+        result = sb.run_shell("echo a; echo b >&2", on_stdout=heard.append, on_stderr=heard.append)
+        assert sorted(heard) == ["a\n", "b\n"] and result.stdout == "a\n" and result.stderr == "b\n"
+
+        # A background command: stdin in, output back, then killed.
+        cat = sb.run_shell("cat", background=True, stdin=True)
+        cat.send_stdin("hello\n", close=True)
+        assert cat.wait().stdout == "hello\n"
+        sleeper = sb.run_shell("sleep 300", background=True)
+        sleeper.kill()
+        assert sleeper.wait().exit_code != 0
+
+        # Files as bytes, byte for byte; the files namespace for the rest.
+        blob = bytes(range(256)) * 1000
+        sb.write_file("data/blob.bin", blob)
+        assert sb.read_file("data/blob.bin", binary=True) == blob
+        assert [(f.name, f.type, f.size) for f in sb.files.list("data")] == [("blob.bin", "file", len(blob))]
+        sb.files.rename("data/blob.bin", "data/moved.bin")
+        assert sb.files.stat("data/moved.bin").size == len(blob)
+        sb.files.remove("data")
+        with pytest.raises(errors.InvalidArgument, match="no such file"):
+            sb.read_file("data/moved.bin")
+        with pytest.raises(errors.InvalidArgument, match="refused path"):
+            sb.read_file("/etc/passwd")
+
+
+def test_async_commands(full_stack: Cluster) -> None:
+    async def go() -> tuple[str, list[str]]:
+        async with await AsyncSandbox.create(url=full_stack.gateway_url) as sb:
+            first = await sb.run_shell("echo hi")
+            stream = await sb.run_shell("echo x; echo y", stream=True)
+            pieces = [chunk.text async for chunk in stream]
+            return first.stdout, pieces
+
+    stdout, pieces = asyncio.run(go())
+    assert stdout == "hi\n" and "".join(pieces) == "x\ny\n"
