@@ -83,6 +83,8 @@ class SandboxLease:
         self.task_dir_fd: int | None = None
         # The task directory is a filesystem of its own (task_fs.py), released at the end.
         self.own_fs = False
+        # The sandbox's refused-connection count last seen (newly_refused_connections).
+        self._refused_seen: int | None = None
 
     @property
     def note(self) -> str:
@@ -177,6 +179,7 @@ class SandboxLease:
             self.desktop = self.managed.desktop
             # What the sandbox's network refuses while this task runs goes in its events.
             self.managed.on_network_refused = self.on_network_refused
+            await self.newly_refused_connections()  # what it refused before this task: not ours
         if self._sandbox is None:
             if self.wants_desktop:
                 self.host_run_dir = self.settings.run_dir_root / self.task_id
@@ -184,9 +187,25 @@ class SandboxLease:
             self._sandbox = await self.driver.create(self.config())
             if self.spec.network:
                 self.sandboxes.network.track(self._sandbox)
+                await self.newly_refused_connections()  # its own start's packets are not the task's
             if self.wants_desktop and self.host_run_dir is not None:
                 self.desktop = await start_desktop(self._sandbox, self.host_run_dir)
         return self._sandbox
+
+    async def newly_refused_connections(self) -> int:
+        """Connection attempts the sandbox's network refused since the last call (0 without a
+        sandbox with network). Lookups are reported one by one (on_network_refused); these are
+        counted by nftables, so each step's are told after it (StepLoop)."""
+        if self._sandbox is None:
+            return 0
+        try:
+            status = await self._sandbox.network_status()
+        except Exception:  # a sandbox dying meanwhile: the step's own result says so
+            return 0
+        if not status.enabled:
+            return 0
+        seen, self._refused_seen = self._refused_seen, status.refused_connections
+        return max(0, status.refused_connections - seen) if seen is not None else 0
 
     def config(self) -> SandboxConfig:
         return SandboxConfig(

@@ -134,6 +134,11 @@ class StepLoop:
             outcome.error = await self._disk_watch.check_now() or outcome.error
         if self.cancel_reason is not None and state != task_pb2.STEP_STATE_COMPLETED:
             state, outcome.error = task_pb2.STEP_STATE_CANCELLED, f"cancelled: {self.cancel_reason}"
+        refused = await self.lease.newly_refused_connections()
+        if refused:
+            self.recorder.network_refused(
+                f"{refused} connection attempt{'s' if refused > 1 else ''} refused during step {index}"
+            )
         self.recorder.step_finished(index, step, state, outcome, started_at, time.monotonic() - started)
         return state, outcome.error
 

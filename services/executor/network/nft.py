@@ -150,6 +150,10 @@ def sandbox_table(rules: NetworkRules, host_addresses: Sequence[IPAddress], reso
             # IPv6 neighbour discovery with pasta's end of the link (link-local and multicast,
             # refused below for everything else): without it there is no IPv6 at all.
             "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } accept",
+            # The kernel's own multicast membership reports (MLD, IGMP) when the link comes up:
+            # dropped unheard and uncounted, they are no connection attempt of the sandbox's.
+            "icmpv6 type { mld-listener-report, mld2-listener-report } drop",
+            "ip protocol igmp drop",
             f"jump {names.chain}",
         ],
         hook="type filter hook output priority 0; policy accept;",
