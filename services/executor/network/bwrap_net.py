@@ -28,7 +28,7 @@ from corral.config import Settings
 from corral.network_rules import IPAddress, NetworkRules
 from services.executor.network import netns, nft
 from services.executor.network.pasta import Pasta
-from services.executor.network.resolver import DnsServer, EgressStats, host_upstreams, parse_upstreams
+from services.executor.network.resolver import DnsServer, EgressStats, upstreams_from
 from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger("corral.executor.network")
@@ -101,8 +101,7 @@ class SandboxNetwork:
         self.name = f"{prefix}{uuid.uuid4().hex[:12]}"
         self._rules = rules
         self._stats = EgressStats(on_refused=on_refused)
-        upstreams = parse_upstreams(settings.sandbox_dns_upstream) or host_upstreams()
-        self.dns = DnsServer(upstreams, lambda peer: self)
+        self.dns = DnsServer(upstreams_from(settings.sandbox_dns_upstream), lambda peer: self)
         self.pasta = Pasta(shutil.which("pasta") or "pasta", self.name)
         self._sockets: list[socket.socket] = []
         self._setup: asyncio.Future[None] | None = None

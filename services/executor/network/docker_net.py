@@ -44,7 +44,7 @@ import structlog
 from corral.config import Settings
 from corral.network_rules import IPAddress, IPNetwork, NetworkRules
 from services.executor.network import nft
-from services.executor.network.resolver import DnsServer, EgressStats, host_upstreams, parse_upstreams
+from services.executor.network.resolver import DnsServer, EgressStats, upstreams_from
 from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
@@ -329,11 +329,7 @@ class DockerNetwork:
             )
 
     async def _start_dns(self) -> None:
-        upstreams = (
-            parse_upstreams(self.settings.sandbox_dns_upstream)
-            if self.settings.sandbox_dns_upstream
-            else host_upstreams()
-        )
+        upstreams = upstreams_from(self.settings.sandbox_dns_upstream)
         if not upstreams:
             raise NetworkUnavailable("no upstream resolver (none in /etc/resolv.conf; set CORRAL_SANDBOX_DNS_UPSTREAM)")
         self.dns = DnsServer(upstreams, lambda peer: self._by_address.get(peer))

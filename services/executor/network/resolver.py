@@ -256,6 +256,11 @@ def host_upstreams(resolv_conf: str = "/etc/resolv.conf") -> list[tuple[str, int
     return upstreams
 
 
+def upstreams_from(setting: str) -> list[tuple[str, int]]:
+    """The resolvers sandboxes' queries go to: CORRAL_SANDBOX_DNS_UPSTREAM's, else the host's."""
+    return parse_upstreams(setting) or host_upstreams()
+
+
 def parse_upstreams(text: str) -> list[tuple[str, int]]:
     """`CORRAL_SANDBOX_DNS_UPSTREAM`: "203.0.113.53:53,[2001:db8::53]:53" (port 53 if none)."""
     upstreams = []
