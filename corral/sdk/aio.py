@@ -22,12 +22,11 @@ from corral.sdk.results import (
     TERMINAL_TASK_STATUSES,
     CommandResult,
     FileInfo,
+    OnOutput,
     OutputChunk,
     OutputCollector,
     TaskResult,
 )
-
-OnOutput = Callable[[str], None]
 
 
 class AsyncClient:
@@ -62,12 +61,6 @@ class AsyncClient:
 
     async def close(self) -> None:
         await self.http.aclose()
-
-
-def _emit(chunk: OutputChunk, on_stdout: OnOutput | None, on_stderr: OnOutput | None) -> None:
-    callback = on_stdout if chunk.stream == "stdout" else on_stderr
-    if callback is not None:
-        callback(chunk.text)
 
 
 class AsyncCommandStream:
@@ -300,7 +293,7 @@ class AsyncSandbox:
             return CommandResult.from_json(await self.client.json(calls.run_command(self.id, body))).checked(check)
         live = AsyncCommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
         async for chunk in live:
-            _emit(chunk, on_stdout, on_stderr)
+            chunk.hand_to(on_stdout, on_stderr)
         if live.result is None:
             raise errors.Unavailable("the command's output ended without its result")
         return live.result.checked(check)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +72,16 @@ class OutputChunk:
 
     stream: Stream
     text: str
+
+    def hand_to(self, on_stdout: OnOutput | None, on_stderr: OnOutput | None) -> None:
+        """Calls the callback of its stream, if there is one."""
+        callback = on_stdout if self.stream == "stdout" else on_stderr
+        if callback is not None:
+            callback(self.text)
+
+
+# A command's on_stdout / on_stderr: called with each piece of that stream as it comes.
+OnOutput = Callable[[str], None]
 
 
 @dataclass(frozen=True)

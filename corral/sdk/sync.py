@@ -22,12 +22,11 @@ from corral.sdk.results import (
     TERMINAL_TASK_STATUSES,
     CommandResult,
     FileInfo,
+    OnOutput,
     OutputChunk,
     OutputCollector,
     TaskResult,
 )
-
-OnOutput = Callable[[str], None]
 
 
 class Client:
@@ -60,12 +59,6 @@ class Client:
 
     def close(self) -> None:
         self.http.close()
-
-
-def _emit(chunk: OutputChunk, on_stdout: OnOutput | None, on_stderr: OnOutput | None) -> None:
-    callback = on_stdout if chunk.stream == "stdout" else on_stderr
-    if callback is not None:
-        callback(chunk.text)
 
 
 class CommandStream:
@@ -298,7 +291,7 @@ class Sandbox:
             return CommandResult.from_json(self.client.json(calls.run_command(self.id, body))).checked(check)
         live = CommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
         for chunk in live:
-            _emit(chunk, on_stdout, on_stderr)
+            chunk.hand_to(on_stdout, on_stderr)
         if live.result is None:
             raise errors.Unavailable("the command's output ended without its result")
         return live.result.checked(check)
