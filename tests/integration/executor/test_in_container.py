@@ -12,12 +12,14 @@ refuses to start.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import REPO, free_port, scheduler_channel
@@ -110,11 +112,17 @@ def wait_serving(name: str) -> None:
     raise AssertionError(f"the executor in {name} did not start serving:\n{logs}")
 
 
-async def run_task(address: str, ca_dir: Path, steps: list[str]) -> TaskOutcome:
+async def run_task(
+    address: str, ca_dir: Path, commands: list[str], desktop: list[dict[str, Any]] | None = None
+) -> TaskOutcome:
+    """Runs shell `commands` (each may fail), or a desktop task's `desktop` steps, as the scheduler."""
     channel = scheduler_channel(ca_dir, address)
     try:
         stub = executor_pb2_grpc.ExecutorServiceStub(channel)
-        task_spec = spec([{"tool": "shell", "command": c, "continue_on_error": True} for c in steps])
+        if desktop:
+            task_spec = spec(desktop, desktop=True)
+        else:
+            task_spec = spec([{"tool": "shell", "command": c, "continue_on_error": True} for c in commands])
         outcome = TaskOutcome()
         call = stub.RunTask(executor_pb2.RunTaskRequest(task_id=f"task-{uuid.uuid4().hex[:8]}", spec=task_spec))
         async for response in call:
@@ -124,29 +132,38 @@ async def run_task(address: str, ca_dir: Path, steps: list[str]) -> TaskOutcome:
         await channel.close()
 
 
-async def test_bubblewrap_sandboxes_in_an_unprivileged_container(image: str, pki: tuple[Path, Path]) -> None:
-    ca_dir, certs = pki
+@pytest.fixture(scope="module")
+def executor_address(image: str, pki: tuple[Path, Path]) -> Iterator[str]:
+    """The executor container, serving on a free port of this host's loopback."""
+    _, certs = pki
     port = free_port()
     with container(image, certs, SECRETS, port) as name:
         wait_serving(name)
-        outcome = await run_task(f"127.0.0.1:{port}", ca_dir, [
-            "id -u; id -g; hostname",
-            "ps -eo pid,args --no-headers",
-            # The executor's own files: its key, its data directory, its process.
-            f"cat {SECRETS}/executor.key",
-            "ls /var/lib/corral",
-            "cat /proc/1/environ | tr '\\0' '\\n' | grep CORRAL_",
-            # No network: only lo, and the executor's gRPC port is not this sandbox's 127.0.0.1.
-            "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '",
-            "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 50053), timeout=2)\"",
-            # The container profile let bwrap make namespaces and mounts; the sandbox may not.
-            "unshare -U true",
-            "unshare -m true",
-            "python3 -c \"import ctypes; l = ctypes.CDLL(None, use_errno=True); "
-            "r = l.mount(b'none', b'/tmp', b'tmpfs', 0, None); print(r, ctypes.get_errno())\"",
-            "touch /usr/x /etc/x /app/x",
-            "cat /etc/shadow",
-        ])
+        yield f"127.0.0.1:{port}"
+
+
+async def test_bubblewrap_sandboxes_in_an_unprivileged_container(
+    executor_address: str, pki: tuple[Path, Path]
+) -> None:
+    ca_dir, _ = pki
+    outcome = await run_task(executor_address, ca_dir, [
+        "id -u; id -g; hostname",
+        "ps -eo pid,args --no-headers",
+        # The executor's own files: its key, its data directory, its process.
+        f"cat {SECRETS}/executor.key",
+        "ls /var/lib/corral",
+        "cat /proc/1/environ | tr '\\0' '\\n' | grep CORRAL_",
+        # No network: only lo, and the executor's gRPC port is not this sandbox's 127.0.0.1.
+        "cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '",
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 50053), timeout=2)\"",
+        # The container profile let bwrap make namespaces and mounts; the sandbox may not.
+        "unshare -U true",
+        "unshare -m true",
+        "python3 -c \"import ctypes; l = ctypes.CDLL(None, use_errno=True); "
+        "r = l.mount(b'none', b'/tmp', b'tmpfs', 0, None); print(r, ctypes.get_errno())\"",
+        "touch /usr/x /etc/x /app/x",
+        "cat /etc/shadow",
+    ])
     assert outcome.state == "TASK_STATE_COMPLETED", outcome.events[-1]
     assert outcome.step(0).stdout == "1000\n1000\nsandbox\n"
     processes = outcome.step(1).stdout.strip().splitlines()
@@ -162,6 +179,15 @@ async def test_bubblewrap_sandboxes_in_an_unprivileged_container(image: str, pki
     assert "Operation not permitted" in outcome.step(8).stderr
     assert outcome.step(9).stdout == "-1 1\n"  # mount(2): EPERM
     assert "Read-only file system" in outcome.step(10).stderr
+
+
+async def test_a_desktop_sandbox_in_the_container(executor_address: str, pki: tuple[Path, Path]) -> None:
+    """The desktop stack (Xvfb, the gui service on the image's venv at /app/.venv) starts too."""
+    ca_dir, _ = pki
+    outcome = await run_task(executor_address, ca_dir, [], desktop=[{"tool": "gui", "action": "screenshot"}])
+    assert outcome.state == "TASK_STATE_COMPLETED", outcome.events[-1]
+    shot = json.loads(outcome.step(0).stdout)
+    assert (shot["width"], shot["height"]) == (1024, 768)
 
 
 def test_refuses_to_start_with_its_key_where_sandboxes_see_it(image: str, pki: tuple[Path, Path]) -> None:
