@@ -18,8 +18,9 @@ from typing import Any
 
 from services.executor.drivers.seccomp import DENIED, DENIED_ENOSYS
 
-# What bwrap calls to build a sandbox: new namespaces, the new root's mounts, the pivot into it.
-BWRAP_NEEDS = ("unshare", "mount", "umount", "umount2", "pivot_root", "chroot")
+# What bwrap calls to build a sandbox: new namespaces, the new root's mounts, the pivot into it
+# and the old root's unmount (denying any one of them fails bwrap; chroot it does not call).
+BWRAP_NEEDS = ("unshare", "mount", "umount2", "pivot_root")
 # Both ABIs of each architecture (a 32-bit program on a 64-bit kernel takes the same rules).
 ARCHITECTURES = ("SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32", "SCMP_ARCH_AARCH64", "SCMP_ARCH_ARM")
 EPERM, ENOSYS = 1, 38
