@@ -12,7 +12,9 @@ and make root-only files under the read-only binds (/etc/shadow) readable; so bw
 as an unprivileged host uid instead. That uid must be able to reach the task and runtime
 directories, which it cannot when they live under, say, /root (0700): bwrap resolves bind
 sources as its caller. In that case bwrap is started inside a private mount namespace where
-root first bind-mounts both directories onto world-searchable staging paths.
+root first bind-mounts both directories onto world-searchable staging paths. An executor that
+is not root (deploy/Dockerfile.executor-bwrap's) starts bwrap as itself, so its sandboxes own
+its files: it refuses to start while its TLS key lies where they can see it (/etc, /usr, /app).
 
 A warm pool (CORRAL_BWRAP_WARM_POOL, see warm_pool.py) keeps sandboxes started ahead of tasks,
 each with an empty slot directory at /tasks; a task without network, desktop or long-lived
@@ -111,6 +113,8 @@ class BubblewrapDriver(SandboxDriver):
         if os.geteuid() == 0:
             uid = settings.sandbox_host_uid
             self.host_ids = (uid, uid)
+        else:
+            refuse_key_in_sandbox_view(settings.tls_paths("executor")[2], self.runtime_dir)
         # Staging mount points, used only when a directory is out of the sandbox uid's reach.
         self.stage_dir = Path(settings.sandbox_stage_dir)
         self.supports_disable_userns = _bwrap_supports(bwrap, "--disable-userns")
@@ -324,6 +328,28 @@ class BubblewrapDriver(SandboxDriver):
             args += ["--setenv", key, value]
         args += ["--", SANDBOX_PYTHON, "-I", "/app/agent.py"]
         return args
+
+
+def sandbox_view_holding(path: Path, runtime_dir: Path) -> Path | None:
+    """The directory bound into every sandbox (read-only system directories, the runtime) that
+    holds `path`, or None when no sandbox sees it."""
+    resolved = path.resolve()
+    bound = [Path("/usr"), Path("/etc"), runtime_dir.resolve()]
+    bound += [Path("/") / name for name in SYSTEM_LINKS if not (Path("/") / name).is_symlink()]
+    return next((d for d in bound if resolved.is_relative_to(d)), None)
+
+
+def refuse_key_in_sandbox_view(key: Path, runtime_dir: Path) -> None:
+    """An executor that is not root starts bwrap as itself, so its sandboxes run as its own uid
+    and can read its files: its TLS key must lie outside what they bind (e.g. not /etc/corral/),
+    or any step could read it and call the scheduler as this executor."""
+    holder = sandbox_view_holding(key, runtime_dir)
+    if holder is not None:
+        raise SandboxError(
+            f"the executor's TLS key {key} is under {holder}, which every sandbox binds; not being root, "
+            "the executor runs sandboxes as its own uid, so they could read it: keep the key elsewhere "
+            "(CORRAL_TLS_DIR or CORRAL_TLS_KEY_FILE, e.g. under /var/run/corral)"
+        )
 
 
 def cgroup_binds(cgroup: Cgroup) -> list[str]:
