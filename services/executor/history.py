@@ -142,11 +142,11 @@ class HistoryRecorder:
         self._wake.set()
 
     async def close(self, flush_seconds: float = 2.0) -> None:
-        """Sends what waits (for at most `flush_seconds`); the rest stays in the spool for the
-        next run."""
+        """Sends what waits (for at most `flush_seconds`, unless the memory service is already
+        failing); the rest stays in the spool for the next run."""
         if self._worker is not None:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._idle.wait(), flush_seconds)
+                await asyncio.wait_for(self._flushed(), flush_seconds)
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
@@ -162,6 +162,11 @@ class HistoryRecorder:
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None
+
+    async def _flushed(self) -> None:
+        while not self._idle.is_set() and not self._failing:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), 0.05)
 
     # --- where entries wait --------------------------------------------------------------
 
