@@ -16,7 +16,7 @@ from memory_link import MemoryLink, history_stack, kill9, start_executor, wait_u
 
 pytestmark = pytest.mark.slow
 
-TASKS = 120
+TASKS = 100
 # One shell step: task_started, action, result, task_finished.
 EXPECTED_KINDS = ["task_started", "action", "result", "task_finished"]
 
@@ -121,9 +121,12 @@ def test_history_is_delivering_while_held_and_its_spool_survives_an_executor_res
         spool = cluster.data_dir / "history-spool" / "executor-fault.spool"
         assert spool.stat().st_size > 0
         start_executor(cluster, link)  # back, with the memory service still out of reach
-        # It reloaded its spool: still delivering, nothing arrived yet.
-        for found in histories(api, task_ids).values():
-            assert found["delivering"] and found["events"] == []
+        # It reloaded its spool: delivering again once it has registered, nothing arrived yet.
+        held = wait_until(
+            lambda: (found := histories(api, task_ids)) and all(f["delivering"] for f in found.values()) and found,
+            "the restarted executor's tasks delivering",
+        )
+        assert all(f["events"] == [] and not f["complete"] for f in held.values())
     finally:
         link.restore()
     for task_id, found in wait_until(lambda: delivered(api, task_ids), "spooled history delivered").items():
