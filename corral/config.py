@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         description="Long-lived sandboxes this executor holds at once (0: as many as its capacity); "
         "a create beyond what all executors hold is refused (429, Retry-After).",
     )
+    executor_history_spool_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=0,
+        description="History the executor could not deliver to the memory service, kept on disk "
+        "(data_dir/history-spool/) until it is back, at most this many bytes; past it entries "
+        "are dropped and counted (the log says so). 0: keep only what fits in memory.",
+    )
     sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap or docker.")
     sandbox_host_uid: int = Field(
         65534,

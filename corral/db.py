@@ -61,15 +61,15 @@ def is_sqlite(engine: AsyncEngine) -> bool:
 
 def add_missing_columns(conn: Connection, metadata: MetaData) -> None:
     """Adds to existing tables the columns added since they were made (create_all makes only
-    missing tables). Only columns with a server default can be added this way, which is how
-    new columns are declared."""
+    missing tables). Only columns with a server default, or nullable ones (NULL in the rows
+    already there), can be added this way, which is how new columns are declared."""
     inspector = inspect(conn)
     for table in metadata.sorted_tables:
         if not inspector.has_table(table.name):
             continue
         present = {column["name"] for column in inspector.get_columns(table.name)}
         for column in table.columns:
-            if column.name in present or column.server_default is None:
+            if column.name in present or (column.server_default is None and not column.nullable):
                 continue
             ddl = CreateColumn(column).compile(dialect=conn.dialect)
             conn.exec_driver_sql(f"ALTER TABLE {table.name} ADD COLUMN {ddl}")

@@ -287,6 +287,17 @@ class HistoryResponse(View):
     task_id: str
     events: list[HistoryEventView]
     next_after: int = Field(description="Pass as ?after= to get the events that follow.")
+    complete: bool = Field(
+        False,
+        description="The history holds the task's final entry (task_finished): nothing more will be added.",
+    )
+    delivering: bool = Field(
+        False,
+        description="The task has ended but its executor has not delivered all of its history to the "
+        "memory service yet (it was unreachable; the executor keeps what it missed and sends it when "
+        "it is back): ask again for the rest. false once complete, and for a task whose executor is "
+        "gone (its history stays as it is).",
+    )
 
 
 class SearchHitView(View):

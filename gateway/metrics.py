@@ -1,5 +1,5 @@
 """The gateway's /metrics in Prometheus text format: its own request counts, and each
-executor's network refusals, asked of the executors (through the scheduler) at scrape time.
+executor's network refusals and undelivered history, asked of the executors (through the scheduler) at scrape time.
 
 Each app has its own registry (tests run several gateways in one process). Requests are
 counted by route template, not raw path, so ids do not make a series each.
@@ -35,6 +35,16 @@ class ExecutorCollector(Collector):
             "Name lookups refused by the sandboxes' resolver, per executor, since it started.",
             labels=labels,
         )
+        undelivered = GaugeMetricFamily(
+            "corral_executor_history_undelivered_bytes",
+            "History the executor has not delivered to the memory service yet (queued or spooled).",
+            labels=labels,
+        )
+        dropped = CounterMetricFamily(
+            "corral_executor_history_dropped",
+            "History entries the executor dropped (its spool was full), since it started.",
+            labels=labels,
+        )
         up = GaugeMetricFamily("corral_executor_up", "1 while the executor heartbeats.", labels=labels)
         running = GaugeMetricFamily("corral_executor_running_tasks", "Tasks running on the executor.", labels=labels)
         capacity = GaugeMetricFamily("corral_executor_capacity", "Tasks the executor runs at once.", labels=labels)
@@ -42,10 +52,12 @@ class ExecutorCollector(Collector):
             values = [e.executor_id, e.driver]
             connections.add_metric(values, e.network_refused_connections)
             lookups.add_metric(values, e.network_refused_lookups)
+            undelivered.add_metric(values, e.history_undelivered_bytes)
+            dropped.add_metric(values, e.history_dropped)
             up.add_metric(values, 1 if e.alive else 0)
             running.add_metric(values, e.running)
             capacity.add_metric(values, e.capacity)
-        return [connections, lookups, up, running, capacity]
+        return [connections, lookups, undelivered, dropped, up, running, capacity]
 
 
 class GatewayMetrics:

@@ -25,45 +25,45 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/memory.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x97\x02\n\x0cHistoryEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.corral.v1.HistoryKind\x12\x12\n\nstep_index\x18\x05 \x01(\x05\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x16\n\texit_code\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\n \x01(\t\x12\x0e\n\x06stderr\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\tB\x0c\n\n_exit_code\"O\n\x13\x41ppendEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.corral.v1.HistoryEvent\")\n\x14\x41ppendEventsResponse\x12\x11\n\tsequences\x18\x01 \x03(\x03\"K\n\x11ListEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"=\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.corral.v1.HistoryEvent\">\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"D\n\tSearchHit\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.corral.v1.HistoryEvent\x12\x0f\n\x07snippet\x18\x02 \x01(\t\"4\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.corral.v1.SearchHit\"e\n\x04Note\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0ePutNoteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"0\n\x0fPutNoteResponse\x12\x1d\n\x04note\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Note\"0\n\x0eGetNoteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"0\n\x0fGetNoteResponse\x12\x1d\n\x04note\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Note\"%\n\x10ListNotesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"3\n\x11ListNotesResponse\x12\x1e\n\x05notes\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Note*\xbe\x01\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19HISTORY_KIND_TASK_STARTED\x10\x01\x12\x17\n\x13HISTORY_KIND_ACTION\x10\x02\x12\x17\n\x13HISTORY_KIND_RESULT\x10\x03\x12\x1e\n\x1aHISTORY_KIND_TASK_FINISHED\x10\x04\x12 \n\x1cHISTORY_KIND_NETWORK_REFUSED\x10\x05\x32\xb6\x03\n\rMemoryService\x12O\n\x0c\x41ppendEvents\x12\x1e.corral.v1.AppendEventsRequest\x1a\x1f.corral.v1.AppendEventsResponse\x12I\n\nListEvents\x12\x1c.corral.v1.ListEventsRequest\x1a\x1d.corral.v1.ListEventsResponse\x12=\n\x06Search\x12\x18.corral.v1.SearchRequest\x1a\x19.corral.v1.SearchResponse\x12@\n\x07PutNote\x12\x19.corral.v1.PutNoteRequest\x1a\x1a.corral.v1.PutNoteResponse\x12@\n\x07GetNote\x12\x19.corral.v1.GetNoteRequest\x1a\x1a.corral.v1.GetNoteResponse\x12\x46\n\tListNotes\x12\x1b.corral.v1.ListNotesRequest\x1a\x1c.corral.v1.ListNotesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x63orral/v1/memory.proto\x12\tcorral.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa9\x02\n\x0cHistoryEvent\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x03\x12(\n\x04time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04kind\x18\x04 \x01(\x0e\x32\x16.corral.v1.HistoryKind\x12\x12\n\nstep_index\x18\x05 \x01(\x05\x12\x0c\n\x04tool\x18\x06 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x07 \x01(\t\x12\r\n\x05state\x18\x08 \x01(\t\x12\x16\n\texit_code\x18\t \x01(\x05H\x00\x88\x01\x01\x12\x0e\n\x06stdout\x18\n \x01(\t\x12\x0e\n\x06stderr\x18\x0b \x01(\t\x12\r\n\x05\x65rror\x18\x0c \x01(\t\x12\x10\n\x08\x65vent_id\x18\r \x01(\tB\x0c\n\n_exit_code\"O\n\x13\x41ppendEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.corral.v1.HistoryEvent\")\n\x14\x41ppendEventsResponse\x12\x11\n\tsequences\x18\x01 \x03(\x03\"K\n\x11ListEventsRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\x12\r\n\x05limit\x18\x03 \x01(\x05\"O\n\x12ListEventsResponse\x12\'\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x17.corral.v1.HistoryEvent\x12\x10\n\x08\x66inished\x18\x02 \x01(\x08\">\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0f\n\x07task_id\x18\x03 \x01(\t\"D\n\tSearchHit\x12&\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x17.corral.v1.HistoryEvent\x12\x0f\n\x07snippet\x18\x02 \x01(\t\"4\n\x0eSearchResponse\x12\"\n\x04hits\x18\x01 \x03(\x0b\x32\x14.corral.v1.SearchHit\"e\n\x04Note\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x0ePutNoteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"0\n\x0fPutNoteResponse\x12\x1d\n\x04note\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Note\"0\n\x0eGetNoteRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"0\n\x0fGetNoteResponse\x12\x1d\n\x04note\x18\x01 \x01(\x0b\x32\x0f.corral.v1.Note\"%\n\x10ListNotesRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\"3\n\x11ListNotesResponse\x12\x1e\n\x05notes\x18\x01 \x03(\x0b\x32\x0f.corral.v1.Note*\xbe\x01\n\x0bHistoryKind\x12\x1c\n\x18HISTORY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19HISTORY_KIND_TASK_STARTED\x10\x01\x12\x17\n\x13HISTORY_KIND_ACTION\x10\x02\x12\x17\n\x13HISTORY_KIND_RESULT\x10\x03\x12\x1e\n\x1aHISTORY_KIND_TASK_FINISHED\x10\x04\x12 \n\x1cHISTORY_KIND_NETWORK_REFUSED\x10\x05\x32\xb6\x03\n\rMemoryService\x12O\n\x0c\x41ppendEvents\x12\x1e.corral.v1.AppendEventsRequest\x1a\x1f.corral.v1.AppendEventsResponse\x12I\n\nListEvents\x12\x1c.corral.v1.ListEventsRequest\x1a\x1d.corral.v1.ListEventsResponse\x12=\n\x06Search\x12\x18.corral.v1.SearchRequest\x1a\x19.corral.v1.SearchResponse\x12@\n\x07PutNote\x12\x19.corral.v1.PutNoteRequest\x1a\x1a.corral.v1.PutNoteResponse\x12@\n\x07GetNote\x12\x19.corral.v1.GetNoteRequest\x1a\x1a.corral.v1.GetNoteResponse\x12\x46\n\tListNotes\x12\x1b.corral.v1.ListNotesRequest\x1a\x1c.corral.v1.ListNotesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.v1.memory_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HISTORYKIND']._serialized_start=1215
-  _globals['_HISTORYKIND']._serialized_end=1405
+  _globals['_HISTORYKIND']._serialized_start=1251
+  _globals['_HISTORYKIND']._serialized_end=1441
   _globals['_HISTORYEVENT']._serialized_start=71
-  _globals['_HISTORYEVENT']._serialized_end=350
-  _globals['_APPENDEVENTSREQUEST']._serialized_start=352
-  _globals['_APPENDEVENTSREQUEST']._serialized_end=431
-  _globals['_APPENDEVENTSRESPONSE']._serialized_start=433
-  _globals['_APPENDEVENTSRESPONSE']._serialized_end=474
-  _globals['_LISTEVENTSREQUEST']._serialized_start=476
-  _globals['_LISTEVENTSREQUEST']._serialized_end=551
-  _globals['_LISTEVENTSRESPONSE']._serialized_start=553
-  _globals['_LISTEVENTSRESPONSE']._serialized_end=614
-  _globals['_SEARCHREQUEST']._serialized_start=616
-  _globals['_SEARCHREQUEST']._serialized_end=678
-  _globals['_SEARCHHIT']._serialized_start=680
-  _globals['_SEARCHHIT']._serialized_end=748
-  _globals['_SEARCHRESPONSE']._serialized_start=750
-  _globals['_SEARCHRESPONSE']._serialized_end=802
-  _globals['_NOTE']._serialized_start=804
-  _globals['_NOTE']._serialized_end=905
-  _globals['_PUTNOTEREQUEST']._serialized_start=907
-  _globals['_PUTNOTEREQUEST']._serialized_end=970
-  _globals['_PUTNOTERESPONSE']._serialized_start=972
-  _globals['_PUTNOTERESPONSE']._serialized_end=1020
-  _globals['_GETNOTEREQUEST']._serialized_start=1022
-  _globals['_GETNOTEREQUEST']._serialized_end=1070
-  _globals['_GETNOTERESPONSE']._serialized_start=1072
-  _globals['_GETNOTERESPONSE']._serialized_end=1120
-  _globals['_LISTNOTESREQUEST']._serialized_start=1122
-  _globals['_LISTNOTESREQUEST']._serialized_end=1159
-  _globals['_LISTNOTESRESPONSE']._serialized_start=1161
-  _globals['_LISTNOTESRESPONSE']._serialized_end=1212
-  _globals['_MEMORYSERVICE']._serialized_start=1408
-  _globals['_MEMORYSERVICE']._serialized_end=1846
+  _globals['_HISTORYEVENT']._serialized_end=368
+  _globals['_APPENDEVENTSREQUEST']._serialized_start=370
+  _globals['_APPENDEVENTSREQUEST']._serialized_end=449
+  _globals['_APPENDEVENTSRESPONSE']._serialized_start=451
+  _globals['_APPENDEVENTSRESPONSE']._serialized_end=492
+  _globals['_LISTEVENTSREQUEST']._serialized_start=494
+  _globals['_LISTEVENTSREQUEST']._serialized_end=569
+  _globals['_LISTEVENTSRESPONSE']._serialized_start=571
+  _globals['_LISTEVENTSRESPONSE']._serialized_end=650
+  _globals['_SEARCHREQUEST']._serialized_start=652
+  _globals['_SEARCHREQUEST']._serialized_end=714
+  _globals['_SEARCHHIT']._serialized_start=716
+  _globals['_SEARCHHIT']._serialized_end=784
+  _globals['_SEARCHRESPONSE']._serialized_start=786
+  _globals['_SEARCHRESPONSE']._serialized_end=838
+  _globals['_NOTE']._serialized_start=840
+  _globals['_NOTE']._serialized_end=941
+  _globals['_PUTNOTEREQUEST']._serialized_start=943
+  _globals['_PUTNOTEREQUEST']._serialized_end=1006
+  _globals['_PUTNOTERESPONSE']._serialized_start=1008
+  _globals['_PUTNOTERESPONSE']._serialized_end=1056
+  _globals['_GETNOTEREQUEST']._serialized_start=1058
+  _globals['_GETNOTEREQUEST']._serialized_end=1106
+  _globals['_GETNOTERESPONSE']._serialized_start=1108
+  _globals['_GETNOTERESPONSE']._serialized_end=1156
+  _globals['_LISTNOTESREQUEST']._serialized_start=1158
+  _globals['_LISTNOTESREQUEST']._serialized_end=1195
+  _globals['_LISTNOTESRESPONSE']._serialized_start=1197
+  _globals['_LISTNOTESRESPONSE']._serialized_end=1248
+  _globals['_MEMORYSERVICE']._serialized_start=1444
+  _globals['_MEMORYSERVICE']._serialized_end=1882
 # @@protoc_insertion_point(module_scope)

@@ -61,6 +61,7 @@ class HistoryEvent(_message.Message):
     STDOUT_FIELD_NUMBER: _builtins.int
     STDERR_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     sequence: _builtins.int
     """Assigned by the memory service: 1, 2, 3... per task."""
@@ -76,6 +77,10 @@ class HistoryEvent(_message.Message):
     stdout: _builtins.str
     stderr: _builtins.str
     error: _builtins.str
+    event_id: _builtins.str
+    """Assigned by the executor, unique within the task: a redelivered event (the executor retries
+    what it could not confirm) is stored once, under its first sequence number. Empty: no check.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -93,10 +98,11 @@ class HistoryEvent(_message.Message):
         stdout: _builtins.str = ...,
         stderr: _builtins.str = ...,
         error: _builtins.str = ...,
+        event_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "exit_code", b"exit_code", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "action", b"action", "error", b"error", "exit_code", b"exit_code", "kind", b"kind", "sequence", b"sequence", "state", b"state", "stderr", b"stderr", "stdout", b"stdout", "step_index", b"step_index", "task_id", b"task_id", "time", b"time", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "action", b"action", "error", b"error", "event_id", b"event_id", "exit_code", b"exit_code", "kind", b"kind", "sequence", b"sequence", "state", b"state", "stderr", b"stderr", "stdout", b"stdout", "step_index", b"step_index", "task_id", b"task_id", "time", b"time", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015
@@ -181,16 +187,20 @@ class ListEventsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENTS_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    finished: _builtins.bool
+    """The task's history holds its final entry (task_finished), whatever page was asked for."""
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___HistoryEvent]: ...
     def __init__(
         self,
         *,
         events: _abc.Iterable[Global___HistoryEvent] | None = ...,
+        finished: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "finished", b"finished"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

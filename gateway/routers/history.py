@@ -14,7 +14,9 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 
 from corral.bounds import INT64_MAX, MAX_SEARCH_QUERY_CHARS
-from corral.v1 import memory_pb2
+from corral.internal.v1 import registry_pb2, registry_pb2_grpc
+from corral.schema import TERMINAL_TASK_STATES
+from corral.v1 import memory_pb2, task_pb2
 from corral.views import HistoryEventView, HistoryResponse, SearchHitView, SearchResponse
 from gateway.auth import CallerDep, Metadata, identity
 from gateway.backends import Backends, upstream
@@ -43,7 +45,7 @@ async def task_history(
     after: Annotated[int, Query(ge=0, le=INT64_MAX, description="Only events after this sequence.")] = 0,
     limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
 ) -> JSONResponse:
-    await get_task(backends, task_id, caller)
+    task = await get_task(backends, task_id, caller)
     async with upstream("memory"):
         reply = await backends.memory.ListEvents(
             memory_pb2.ListEventsRequest(task_id=task_id, after_sequence=after, limit=limit),
@@ -51,7 +53,27 @@ async def task_history(
         )
     events = [HistoryEventView.from_proto(e) for e in reply.events]
     next_after = events[-1].sequence if events else after
-    return view_response(HistoryResponse(task_id=task_id, events=events, next_after=next_after))
+    delivering = not reply.finished and await still_delivering(backends, task)
+    return view_response(
+        HistoryResponse(
+            task_id=task_id, events=events, next_after=next_after, complete=reply.finished, delivering=delivering
+        )
+    )
+
+
+async def still_delivering(backends: Backends, task: task_pb2.Task) -> bool:
+    """Whether the ended `task`'s executor still holds history it has not delivered (the memory
+    service was down). Not per task: an executor delivering others' history counts, which only
+    makes a client ask once more."""
+    if task.state not in TERMINAL_TASK_STATES or not task.executor_id:
+        return False
+    async with upstream("scheduler"):
+        reply = await registry_pb2_grpc.ExecutorRegistryServiceStub(backends.scheduler_channel).ListExecutors(
+            registry_pb2.ListExecutorsRequest(include_network_counters=True), timeout=backends.timeout
+        )
+    return any(
+        e.executor_id == task.executor_id and e.alive and e.history_undelivered_bytes > 0 for e in reply.executors
+    )
 
 
 @router.get(

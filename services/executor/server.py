@@ -105,7 +105,8 @@ async def start_executor(settings: Settings) -> RunningExecutor:
     # Before serving: the driver cleans up what a crashed run left.
     start_task_fs(settings, driver)
     await driver.start(executor_id)
-    history = HistoryRecorder(settings)
+    history = HistoryRecorder(settings, executor_id)
+    history.start()  # delivers what an earlier run spooled
     runner = TaskRunner(settings, driver, executor_id, history)
     runner.sandboxes.start()  # the reaper of expired long-lived sandboxes
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(runner), server)

@@ -39,6 +39,7 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
         self, request: executor_pb2.GetExecutorStatusRequest, context: Context
     ) -> executor_pb2.GetExecutorStatusResponse:
         refused_connections, refused_lookups = await self.runner.sandboxes.network.totals()
+        history = self.runner.history
         return executor_pb2.GetExecutorStatusResponse(
             executor_id=self.runner.executor_id,
             driver=self.runner.driver.name,
@@ -47,6 +48,8 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
             sandbox_limits=self._sandbox_limits(),
             network_refused_connections=refused_connections,
             network_refused_lookups=refused_lookups,
+            history_undelivered_bytes=history.undelivered_bytes if history is not None else 0,
+            history_dropped=history.dropped if history is not None else 0,
         )
 
     def _sandbox_limits(self) -> str:

@@ -31,6 +31,7 @@ def record_from_proto(task_id: str, event: memory_pb2.HistoryEvent) -> HistoryRe
         stdout=event.stdout,
         stderr=event.stderr,
         error=event.error,
+        event_id=event.event_id,
         time=event.time.ToDatetime(tzinfo=UTC) if event.HasField("time") else None,
     )
 
@@ -48,6 +49,7 @@ def record_to_proto(record: HistoryRecord) -> memory_pb2.HistoryEvent:
         stdout=record.stdout,
         stderr=record.stderr,
         error=record.error,
+        event_id=record.event_id,
     )
     if record.exit_code is not None:
         event.exit_code = record.exit_code
@@ -78,7 +80,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
         self, request: memory_pb2.ListEventsRequest, context: Context
     ) -> memory_pb2.ListEventsResponse:
         records = await self._store.list_events(request.task_id, request.after_sequence, request.limit)
-        return memory_pb2.ListEventsResponse(events=[record_to_proto(r) for r in records])
+        finished = await self._store.has_finished(request.task_id)
+        return memory_pb2.ListEventsResponse(events=[record_to_proto(r) for r in records], finished=finished)
 
     async def Search(self, request: memory_pb2.SearchRequest, context: Context) -> memory_pb2.SearchResponse:
         results = await self._store.search(request.query, request.limit, request.task_id)

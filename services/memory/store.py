@@ -5,6 +5,10 @@ is portable (no SQLite-only constructs): LIKE with an explicit ESCAPE works on S
 PostgreSQL alike, and lower() on both sides makes it case-insensitive everywhere. On PostgreSQL
 an advisory lock also orders appends to one task across processes, and values it would refuse
 (NUL characters, over-long ids) are refused up front, so both databases answer the same.
+
+Delivery is at-least-once (the executor retries what it could not confirm), so an event with an
+`event_id` already stored for its task is not stored again and takes no sequence number: the
+sequences stay 1, 2, 3... without gaps or doubles.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
@@ -35,7 +40,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from corral.bounds import MAX_SEARCH_QUERY_CHARS
-from corral.db import create_engine
+from corral.db import add_missing_columns, create_engine
 from corral.errors import InvalidArgument, NotFound
 from corral.v1.memory_pb2 import HISTORY_KIND_TASK_FINISHED
 
@@ -55,6 +60,7 @@ TASK_ID_MAX = 128
 SHORT_TEXT_MAX = 32
 NAMESPACE_MAX = 256
 KEY_MAX = 512
+EVENT_ID_MAX = 128
 
 metadata = MetaData()
 
@@ -74,8 +80,12 @@ history_events = Table(
     Column("stdout", Text, nullable=False, default=""),
     Column("stderr", Text, nullable=False, default=""),
     Column("error", Text, nullable=False, default=""),
+    # The executor's id for the event; NULL (never equal to another) for events sent without one.
+    Column("event_id", String(EVENT_ID_MAX), nullable=True),
     UniqueConstraint("task_id", "sequence", name="uq_history_task_sequence"),
 )
+# An index, not a table constraint, so a database made before event ids gets it too.
+history_event_ids = Index("uq_history_task_event_id", history_events.c.task_id, history_events.c.event_id, unique=True)
 
 notes = Table(
     "notes",
@@ -103,6 +113,7 @@ class HistoryRecord:
     stdout: str = ""
     stderr: str = ""
     error: str = ""
+    event_id: str = ""
     # Filled by the store when appended (time defaults to now).
     sequence: int = 0
     time: datetime | None = None
@@ -157,6 +168,7 @@ def _row_to_record(row: object) -> HistoryRecord:
         stdout=m["stdout"],
         stderr=m["stderr"],
         error=m["error"],
+        event_id=m["event_id"] or "",
     )
 
 
@@ -193,6 +205,8 @@ class MemoryStore:
         engine = create_engine(database_url)  # WAL + busy timeout on SQLite; makes parent dirs
         async with engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
+            await conn.run_sync(add_missing_columns, metadata)
+            await conn.run_sync(lambda sync: history_event_ids.create(sync, checkfirst=True))
         return cls(engine)
 
     async def close(self) -> None:
@@ -207,6 +221,7 @@ class MemoryStore:
                 raise InvalidArgument(f"event for task {record.task_id!r} in a request for task {task_id!r}")
             _check_text(record.tool, "tool", SHORT_TEXT_MAX)
             _check_text(record.state, "state", SHORT_TEXT_MAX)
+            _check_text(record.event_id, "event_id", EVENT_ID_MAX)
         if not records:
             return []
         lock = self._task_locks.setdefault(task_id, asyncio.Lock())
@@ -253,13 +268,32 @@ class MemoryStore:
                     history_events.c.task_id == task_id
                 )
             )
-            first = int(last or 0) + 1
+            # A redelivered event keeps the sequence it was stored under (and so does a second
+            # copy of one within this request).
+            ids = {record.event_id for record in records if record.event_id}
+            known: dict[str, int] = {}
+            if ids:
+                stored = await conn.execute(
+                    select(history_events.c.event_id, history_events.c.sequence).where(
+                        history_events.c.task_id == task_id, history_events.c.event_id.in_(ids)
+                    )
+                )
+                known = {row.event_id: row.sequence for row in stored}
+            sequences: list[int] = []
             rows = []
-            for offset, record in enumerate(records):
+            next_sequence = int(last or 0) + 1
+            for record in records:
+                if record.event_id in known:
+                    sequences.append(known[record.event_id])
+                    continue
+                if record.event_id:
+                    known[record.event_id] = next_sequence
+                sequences.append(next_sequence)
+                next_sequence += 1
                 rows.append(
                     {
                         "task_id": task_id,
-                        "sequence": first + offset,
+                        "sequence": sequences[-1],
                         "time": record.time or now,
                         "kind": record.kind,
                         "step_index": record.step_index,
@@ -270,10 +304,21 @@ class MemoryStore:
                         "stdout": _output(record.stdout),
                         "stderr": _output(record.stderr),
                         "error": _output(record.error),
+                        "event_id": record.event_id or None,
                     }
                 )
-            await conn.execute(history_events.insert(), rows)
-        return [first + i for i in range(len(records))]
+            if rows:
+                await conn.execute(history_events.insert(), rows)
+        return sequences
+
+    async def has_finished(self, task_id: str) -> bool:
+        """Whether the task's history holds its final entry (task_finished)."""
+        _require(task_id, "task_id")
+        query = select(history_events.c.id).where(
+            history_events.c.task_id == task_id, history_events.c.kind == HISTORY_KIND_TASK_FINISHED
+        ).limit(1)
+        async with self._engine.connect() as conn:
+            return await conn.scalar(query) is not None
 
     async def list_events(self, task_id: str, after_sequence: int = 0, limit: int = 0) -> list[HistoryRecord]:
         _require(task_id, "task_id")

@@ -55,8 +55,8 @@ STATUS_TIMEOUT_SECONDS = 3.0
 
 
 async def _add_network_counters(executor: ExecutorRecord, info: registry_pb2.ExecutorInfo) -> None:
-    """The executor's refused-connection and lookup totals, 0 when it does not answer (a
-    scrape of /metrics must not hang on one executor)."""
+    """The executor's refused-connection and lookup totals and its undelivered history, 0 when
+    it does not answer (a scrape of /metrics must not hang on one executor)."""
     if not executor.alive:
         return
     try:
@@ -67,3 +67,5 @@ async def _add_network_counters(executor: ExecutorRecord, info: registry_pb2.Exe
         return
     info.network_refused_connections = status.network_refused_connections
     info.network_refused_lookups = status.network_refused_lookups
+    info.history_undelivered_bytes = status.history_undelivered_bytes
+    info.history_dropped = status.history_dropped

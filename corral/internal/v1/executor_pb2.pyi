@@ -133,6 +133,8 @@ class GetExecutorStatusResponse(_message.Message):
     SANDBOX_LIMITS_FIELD_NUMBER: _builtins.int
     NETWORK_REFUSED_CONNECTIONS_FIELD_NUMBER: _builtins.int
     NETWORK_REFUSED_LOOKUPS_FIELD_NUMBER: _builtins.int
+    HISTORY_UNDELIVERED_BYTES_FIELD_NUMBER: _builtins.int
+    HISTORY_DROPPED_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     driver: _builtins.str
     capacity: _builtins.int
@@ -143,6 +145,11 @@ class GetExecutorStatusResponse(_message.Message):
     network_refused_connections: _builtins.int
     """Totals over every sandbox with network this executor ran since it started (/metrics)."""
     network_refused_lookups: _builtins.int
+    history_undelivered_bytes: _builtins.int
+    """History not yet delivered to the memory service (queued, or kept in data_dir/history-spool/),
+    and the entries dropped since the executor started (past CORRAL_EXECUTOR_HISTORY_SPOOL_BYTES).
+    """
+    history_dropped: _builtins.int
     @_builtins.property
     def running_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -155,10 +162,12 @@ class GetExecutorStatusResponse(_message.Message):
         sandbox_limits: _builtins.str = ...,
         network_refused_connections: _builtins.int = ...,
         network_refused_lookups: _builtins.int = ...,
+        history_undelivered_bytes: _builtins.int = ...,
+        history_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running_task_ids", b"running_task_ids", "sandbox_limits", b"sandbox_limits"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "history_dropped", b"history_dropped", "history_undelivered_bytes", b"history_undelivered_bytes", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running_task_ids", b"running_task_ids", "sandbox_limits", b"sandbox_limits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -164,6 +164,8 @@ class ExecutorInfo(_message.Message):
     SANDBOXES_FIELD_NUMBER: _builtins.int
     NETWORK_REFUSED_CONNECTIONS_FIELD_NUMBER: _builtins.int
     NETWORK_REFUSED_LOOKUPS_FIELD_NUMBER: _builtins.int
+    HISTORY_UNDELIVERED_BYTES_FIELD_NUMBER: _builtins.int
+    HISTORY_DROPPED_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     capacity: _builtins.int
@@ -178,6 +180,11 @@ class ExecutorInfo(_message.Message):
     it started (0 when it did not answer).
     """
     network_refused_lookups: _builtins.int
+    history_undelivered_bytes: _builtins.int
+    """With include_network_counters too: its history not yet delivered to the memory service
+    (queued or spooled), and the history entries it dropped, since it started.
+    """
+    history_dropped: _builtins.int
     def __init__(
         self,
         *,
@@ -191,10 +198,12 @@ class ExecutorInfo(_message.Message):
         sandboxes: _builtins.int = ...,
         network_refused_connections: _builtins.int = ...,
         network_refused_lookups: _builtins.int = ...,
+        history_undelivered_bytes: _builtins.int = ...,
+        history_dropped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running", b"running", "sandboxes", b"sandboxes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "alive", b"alive", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "history_dropped", b"history_dropped", "history_undelivered_bytes", b"history_undelivered_bytes", "max_sandboxes", b"max_sandboxes", "network_refused_connections", b"network_refused_connections", "network_refused_lookups", b"network_refused_lookups", "running", b"running", "sandboxes", b"sandboxes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

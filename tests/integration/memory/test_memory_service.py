@@ -71,6 +71,26 @@ async def test_append_assigns_sequences_and_list_returns_them_in_order(
     assert list(other.events) == []
 
 
+async def test_redelivered_events_are_stored_once_and_finished_is_reported(memory: MemoryServiceStub) -> None:
+    # The executor sends again what it could not confirm; each event id is stored once per task.
+    events = [action("r", 0, "echo hi"), result("r", 0, "hi\n")]
+    for n, event in enumerate(events):
+        event.event_id = f"r/{n}"
+    request = memory_pb2.AppendEventsRequest(task_id="r", events=events)
+    first, again = await asyncio.gather(*(memory.AppendEvents(request) for _ in range(2)))
+    assert list(first.sequences) == list(again.sequences) == [1, 2]
+    unfinished = await memory.ListEvents(memory_pb2.ListEventsRequest(task_id="r"))
+    assert [e.event_id for e in unfinished.events] == ["r/0", "r/1"] and not unfinished.finished
+
+    finished = memory_pb2.HistoryEvent(kind=memory_pb2.HISTORY_KIND_TASK_FINISHED, state="completed", event_id="r/2")
+    retry = memory_pb2.AppendEventsRequest(task_id="r", events=[*events, finished])
+    assert list((await memory.AppendEvents(retry)).sequences) == [1, 2, 3]
+    listed = await memory.ListEvents(memory_pb2.ListEventsRequest(task_id="r", after_sequence=3))
+    assert list(listed.events) == [] and listed.finished  # whatever the page
+    every = await memory.ListEvents(memory_pb2.ListEventsRequest(task_id="r"))
+    assert [e.sequence for e in every.events] == [1, 2, 3]
+
+
 async def test_concurrent_appends_to_one_task_get_distinct_consecutive_sequences(
     memory: MemoryServiceStub,
 ) -> None:
