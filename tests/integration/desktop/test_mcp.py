@@ -7,12 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -21,27 +16,16 @@ import pytest
 from harness import Cluster
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from mcp.client.streamable_http import streamable_http_client
-from mcp_types import CallToolResult, ImageContent, TextContent
+from mcp_harness import call_over_http, mcp_env, mcp_http_server, text_of
+from mcp_types import ImageContent
 
 from corral import Sandbox
 
-REPO = Path(__file__).resolve().parents[3]
 EXPECTED_TOOLS = {
     "create_sandbox", "list_sandboxes", "delete_sandbox", "run_shell", "run_python", "run_typescript",
     "read_file", "write_file", "list_files", "screenshot", "click", "type_text", "press_key", "scroll",
     "drag", "run_task",
 }
-
-
-def text_of(result: Any) -> str:
-    assert isinstance(result, CallToolResult), result
-    assert not result.is_error, result
-    return "".join(c.text for c in result.content if isinstance(c, TextContent))
-
-
-def mcp_env(cluster: Cluster) -> dict[str, str]:
-    return {**os.environ, "CORRAL_URL": cluster.gateway_url, "PYTHONPATH": str(REPO)}
 
 
 @pytest.mark.timeout(180)
@@ -89,43 +73,12 @@ def test_an_mcp_client_uses_corral_over_stdio(desktop_stack: Cluster, desktop_sa
     assert seen["unknown"].is_error and "NOT_FOUND" in seen["unknown"].content[0].text, seen["unknown"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(180)
 def test_the_http_transport_needs_an_api_key(desktop_stack: Cluster, desktop_sandbox: Sandbox) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "mcp", "--http", "--port", str(port)],
-        env=mcp_env(desktop_stack), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
-        # Generous: the mcp SDK takes seconds to import on a busy machine.
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                refused = httpx.post(url, json={}, timeout=5)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None and time.monotonic() < deadline, "corral mcp --http did not start"
-                time.sleep(0.1)
+    with mcp_http_server(desktop_stack) as url:
+        refused = httpx.post(url, json={}, timeout=30)
         assert refused.status_code == 401 and "API key" in refused.json()["error"]["message"]
-
-        async def session() -> str:
-            import httpx2
-
-            async with httpx2.AsyncClient(headers={"Authorization": "Bearer crl_dev"}, timeout=60) as http:
-                async with streamable_http_client(url, http_client=http) as (read, write), ClientSession(read, write) as mcp:
-                    await mcp.initialize()
-                    return text_of(await mcp.call_tool(
-                        "run_shell", {"sandbox_id": desktop_sandbox.id, "command": "echo over http"}
-                    ))
-
-        assert "--- stdout ---\nover http\n" in anyio.run(session)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        (ran,) = anyio.run(call_over_http, url, "crl_dev", [
+            ("run_shell", {"sandbox_id": desktop_sandbox.id, "command": "echo over http"}),
+        ])
+    assert "--- stdout ---\nover http\n" in text_of(ran)
