@@ -373,7 +373,7 @@ class AsyncSandbox:
 
     async def computer_tool(self) -> dict[str, Any]:
         """The `computer` tool definition for the Messages API, with this desktop's scaled size."""
-        definition: dict[str, Any] = await self.client.json(calls.computer_definition(self.id))
+        definition: dict[str, Any] = (await self.client.json(calls.computer_definition(self.id)))["tool"]
         return definition
 
     # --- tasks -------------------------------------------------------------------------------

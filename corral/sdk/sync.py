@@ -371,7 +371,7 @@ class Sandbox:
 
     def computer_tool(self) -> dict[str, Any]:
         """The `computer` tool definition for the Messages API, with this desktop's scaled size."""
-        definition: dict[str, Any] = self.client.json(calls.computer_definition(self.id))
+        definition: dict[str, Any] = self.client.json(calls.computer_definition(self.id))["tool"]
         return definition
 
     # --- tasks -------------------------------------------------------------------------------

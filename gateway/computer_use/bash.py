@@ -61,8 +61,20 @@ async def _marker_line(ops: SandboxOps, command_id: str, marker: str) -> str | N
     return None
 
 
+MAX_SESSIONS = 10_000
+
+
+def _lock(owner: Owner) -> asyncio.Lock:
+    if len(_locks) >= MAX_SESSIONS:
+        # Forget the idle ones (sandboxes long gone, mostly); their shells end with their sandbox.
+        for key in [k for k, lock in _locks.items() if not lock.locked()]:
+            _locks.pop(key)
+            _sessions.pop(key, None)
+    return _locks.setdefault(owner, asyncio.Lock())
+
+
 async def run(ops: SandboxOps, params: dict[str, Any]) -> list[dict[str, Any]]:
-    lock = _locks.setdefault(ops.owner, asyncio.Lock())
+    lock = _lock(ops.owner)
     async with lock:
         if params.get("restart"):
             await _end(ops)

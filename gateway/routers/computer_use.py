@@ -4,7 +4,7 @@ wrote it and answering with a tool_result block to send back as it is:
     POST /v1/sandboxes/{id}/computer-use/computer                     {"action": "left_click", "coordinate": [10, 20]}
     POST /v1/sandboxes/{id}/computer-use/bash                         {"command": "ls"} or {"restart": true}
     POST /v1/sandboxes/{id}/computer-use/str_replace_based_edit_tool  {"command": "view", "path": "/workspace/a.py"}
-    GET  /v1/sandboxes/{id}/computer-use/computer                     the tool definition (display size)
+    GET  /v1/sandboxes/{id}/computer-use/computer                     the tool definition (display size), the screen's
 
 Optional body fields beside the tool's own: `tool_use_id` (copied into the answer) and, for
 computer, `display_width_px` / `display_height_px` (the display size the model was told, when
@@ -110,18 +110,22 @@ def _declared(params: dict[str, Any]) -> tuple[int, int] | None:
 @router.get(
     "/computer",
     name="computer_use_definition",
-    summary="The computer tool's definition for this sandbox's desktop (its scaled display size)",
+    summary="The computer tool's definition for this desktop (its scaled display size), and the real screen size",
     responses={200: {"content": {"application/json": {"example": {
-        "type": "computer_20251124", "name": "computer", "display_width_px": 1280, "display_height_px": 800,
-        "screen_width_px": 1280, "screen_height_px": 800,
+        "tool": {"type": "computer_20251124", "name": "computer", "display_width_px": 1280,
+                 "display_height_px": 800, "enable_zoom": True},
+        "screen": {"width": 1280, "height": 800},
     }}}}, **DESKTOP_ERRORS},
 )
 async def computer_definition(sandbox_id: str, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
     display = await computer.display_of(SandboxOps(stubs, caller, sandbox_id), None)
     return JSONResponse({
-        "type": "computer_20251124", "name": "computer",
-        "display_width_px": display.model_width, "display_height_px": display.model_height,
-        "screen_width_px": display.width, "screen_height_px": display.height,
+        # As the Messages API takes it in `tools`.
+        "tool": {
+            "type": "computer_20251124", "name": "computer",
+            "display_width_px": display.model_width, "display_height_px": display.model_height, "enable_zoom": True,
+        },
+        "screen": {"width": display.width, "height": display.height},
     })
 
 

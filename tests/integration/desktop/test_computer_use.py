@@ -49,7 +49,7 @@ def computer(sb: Sandbox, action: str, **params: Any) -> dict[str, Any]:
 def test_the_computer_tool_drives_a_real_xterm(sb: Sandbox) -> None:
     assert sb.computer_tool() == {
         "type": "computer_20251124", "name": "computer", "display_width_px": 1024, "display_height_px": 768,
-        "screen_width_px": 1024, "screen_height_px": 768,
+        "enable_zoom": True,
     }
     sb.run_shell("xterm -T cu-term -geometry 80x24+0+0 >/dev/null 2>&1 &")
     window = sb.desktop("wait_window", text="cu-term", timeout=60)["window"]
