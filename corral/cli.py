@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from corral import cli_keys, cli_pki, cli_run, cli_sandbox, cli_up
+from corral import cli_keys, cli_mcp, cli_pki, cli_run, cli_sandbox, cli_up
 from corral.config import Settings
 from corral.errors import CorralError, Unavailable
 
@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys = commands.add_parser("keys", help="API keys: create, ls, revoke")
     cli_keys.add_arguments(keys)
+
+    mcp = commands.add_parser("mcp", help="serve Corral's sandboxes as MCP tools (stdio, or --http)")
+    cli_mcp.add_arguments(mcp)
     return parser
 
 
@@ -111,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_up.main(args)
     if args.command == "pki":
         return cli_pki.run(args)
+    if args.command == "mcp":
+        return cli_mcp.run(args)
     return run_client_command(args)
 
 

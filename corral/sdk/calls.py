@@ -171,3 +171,23 @@ def get_task(task_id: str) -> Call:
 
 def task_events(task_id: str) -> Call:
     return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}/events", headers=SSE, timeout=24 * 3600.0)
+
+
+# Anthropic's client-side tools, by the names the model calls them.
+ComputerUseTool = Literal["computer", "bash", "str_replace_based_edit_tool"]
+# The longest a computer-use call may take: bash's 120 s, a 100 s wait or hold_key, and slack.
+COMPUTER_USE_TIMEOUT = 180.0
+
+
+def computer_use(sandbox_id: str, tool: str, tool_input: Mapping[str, Any], tool_use_id: str = "") -> Call:
+    body = {**tool_input, **({"tool_use_id": tool_use_id} if tool_use_id else {})}
+    return Call("POST", _sandbox(sandbox_id, f"/computer-use/{quote(tool, safe='')}"), json=body,
+                timeout=COMPUTER_USE_TIMEOUT)
+
+
+def computer_definition(sandbox_id: str) -> Call:
+    return Call("GET", _sandbox(sandbox_id, "/computer-use/computer"))
+
+
+def list_sandboxes(include_ended: bool = False) -> Call:
+    return Call("GET", "/v1/sandboxes", params={"include_ended": "true" if include_ended else None})

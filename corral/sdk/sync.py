@@ -343,6 +343,37 @@ class Sandbox:
         """xdotool key names and combinations: "ctrl+s", "Return"."""
         self.desktop("key", keys=keys)
 
+    # --- Anthropic's computer-use tools ---------------------------------------------------------
+
+    def computer_use(
+        self, tool: calls.ComputerUseTool, tool_input: Mapping[str, Any], tool_use_id: str = ""
+    ) -> dict[str, Any]:
+        """Carries out a tool_use block of Anthropic's `computer`, `bash` or
+        `str_replace_based_edit_tool` tool (its `name` and `input`, as the model wrote them); the
+        tool_result block to send back (content: text, or a base64 PNG for screenshots; is_error
+        when the input could not be carried out)."""
+        answer: dict[str, Any] = self.client.json(calls.computer_use(self.id, tool, tool_input, tool_use_id))
+        return answer
+
+    def computer(self, action: str, **params: Any) -> dict[str, Any]:
+        """One `computer` action: `sb.computer("left_click", coordinate=[10, 20])` (coordinates in
+        the scaled display of `computer_tool()`; display_width_px/_height_px to declare another)."""
+        return self.computer_use("computer", {"action": action, **params})
+
+    def bash(self, command: str | None = None, *, restart: bool = False) -> dict[str, Any]:
+        """A command in the sandbox's persistent bash (cwd and variables stay), or restart it."""
+        return self.computer_use("bash", {"restart": True} if restart else {"command": command})
+
+    def text_editor(self, command: str, path: str, **params: Any) -> dict[str, Any]:
+        """view (view_range), create (file_text), str_replace (old_str, new_str), insert
+        (insert_line, new_str) or undo_edit, on an absolute path in the sandbox."""
+        return self.computer_use("str_replace_based_edit_tool", {"command": command, "path": path, **params})
+
+    def computer_tool(self) -> dict[str, Any]:
+        """The `computer` tool definition for the Messages API, with this desktop's scaled size."""
+        definition: dict[str, Any] = self.client.json(calls.computer_definition(self.id))["tool"]
+        return definition
+
     # --- tasks -------------------------------------------------------------------------------
 
     def run_task(self, steps: Sequence[Mapping[str, Any]], **task: Any) -> TaskResult:

@@ -174,6 +174,16 @@ def desktop_stack(sandbox_driver: str) -> Iterator[Cluster]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+@pytest.fixture(scope="package")
+def desktop_sandbox(desktop_stack: Cluster) -> Iterator[Any]:
+    """One long-lived desktop sandbox (a corral.Sandbox) shared by the tests that only need
+    one (desktops are slow to start); each test leaves it usable for the next."""
+    from corral import Sandbox
+
+    with Sandbox.create(desktop=True, ttl=1800, url=desktop_stack.gateway_url) as sandbox:
+        yield sandbox
+
+
 @pytest.fixture
 def api(desktop_stack: Cluster) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=desktop_stack.gateway_url, timeout=180) as client:

@@ -300,3 +300,37 @@ def test_a_sandbox_calls_are_its_tenants_alone(api: httpx.Client, alice: Key, bo
         assert api.get(f"{sandbox}/files", params={"path": "mine.txt"}, headers=admin.headers).content == b"mine\n"
     finally:
         api.delete(sandbox, headers=alice.headers)
+
+
+@pytest.mark.timeout(240)
+def test_mcp_over_http_and_computer_use_act_as_the_callers_key(
+    keyed: Cluster, api: httpx.Client, admin: Key, bob: Key
+) -> None:
+    """`corral mcp --http` passes each client's Bearer key to the gateway: a wrong key is
+    refused there, and one tenant's key cannot reach another's sandbox (neither through MCP
+    nor through the computer-use routes)."""
+    import anyio
+    from mcp_harness import call_over_http, error_of, mcp_http_server, text_of
+
+    dave = create_key(api, admin, "dave")
+    with mcp_http_server(keyed) as url:
+        (created,) = anyio.run(call_over_http, url, dave.secret, [("create_sandbox", {"ttl": 300})])
+        sandbox_id = json.loads(text_of(created))["sandbox_id"]
+        try:
+            ran, listed = anyio.run(call_over_http, url, dave.secret, [
+                ("run_shell", {"sandbox_id": sandbox_id, "command": "echo mine"}), ("list_sandboxes", {}),
+            ])
+            assert "--- stdout ---\nmine\n" in text_of(ran)
+            assert [s["sandbox_id"] for s in json.loads(text_of(listed))] == [sandbox_id]
+            (stranger,) = anyio.run(call_over_http, url, bob.secret, [
+                ("run_shell", {"sandbox_id": sandbox_id, "command": "echo theirs"}),
+            ])
+            assert "NOT_FOUND: no sandbox with id" in error_of(stranger)
+            (forged,) = anyio.run(call_over_http, url, "crl_not_a_key", [("list_sandboxes", {})])
+            assert "UNAUTHENTICATED" in error_of(forged)
+            bash = f"/v1/sandboxes/{sandbox_id}/computer-use/bash"
+            assert api.post(bash, json={"command": "id -u"}, headers=bob.headers).status_code == 404
+            mine = api.post(bash, json={"command": "echo $((6 * 7))"}, headers=dave.headers).json()
+            assert mine["content"] == [{"type": "text", "text": "42"}] and mine["is_error"] is False
+        finally:
+            api.delete(f"/v1/sandboxes/{sandbox_id}", headers=dave.headers)

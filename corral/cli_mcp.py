@@ -1,0 +1,20 @@
+"""`corral mcp`: the MCP server (corral/mcp_server.py), loaded only when asked for."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", help="the gateway (default: CORRAL_URL, else http://127.0.0.1:8000)")
+    parser.add_argument("--http", action="store_true",
+                        help="serve streamable HTTP at http://HOST:PORT/mcp (clients send their API key as Bearer)")
+    parser.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on")
+    parser.add_argument("--port", type=int, default=8765, help="with --http: the port (default 8765)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from corral import mcp_server
+
+    mcp_server.serve(args.url, args.http, args.host, args.port)
+    return 0
