@@ -9,7 +9,7 @@ submits one task whose python step prints --mb MB to stdout (and as much to stde
 --stderr), and has --readers clients follow GET /v1/tasks/{id}/events at about --rate MB/s
 each (far slower than the task writes). Prints the gateway's resident memory (VmRSS, sampled,
 and the kernel's peak VmHWM from /proc/PID/status) while they read and after they left, and
-each reader's event count.
+each reader's event count (and the scheduler's peak).
 """
 
 from __future__ import annotations
@@ -132,6 +132,8 @@ def main() -> None:
         print(f"gateway VmRSS peak (sampled): {peak_sampled / 1024:.0f} MiB")
         print(f"gateway VmHWM (kernel's peak): {after['VmHWM'] / 1024:.0f} MiB")
         print(f"gateway VmRSS after the readers left: {after['VmRSS'] / 1024:.0f} MiB")
+        scheduler = memory_kib(cluster.services["scheduler"].proc.pid)
+        print(f"scheduler VmHWM: {scheduler['VmHWM'] / 1024:.0f} MiB, VmRSS after: {scheduler['VmRSS'] / 1024:.0f} MiB")
     finally:
         cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
