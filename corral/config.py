@@ -234,6 +234,14 @@ class Settings(BaseSettings):
     max_output_bytes: int = Field(
         1024 * 1024, ge=1024, description="Default bytes of stdout (and of stderr) kept per step."
     )
+    output_preview_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=8 * 1024 * 1024,
+        description="Bytes of a step's stdout (and of its stderr) its result carries (GET /status, "
+        "/v1/tasks/{id}); the whole output is in its output events and at "
+        "/v1/tasks/{id}/steps/{index}/output.",
+    )
     # The most a task (or a long-lived sandbox) may ask for in `limits`; beyond is refused.
     max_task_memory_mb: int = Field(16384, ge=64, description="Largest limits.memory_mb a task may ask for.")
     max_task_processes: int = Field(4096, ge=8, description="Largest limits.max_processes a task may ask for.")

@@ -256,9 +256,19 @@ async def run_until_signalled(
     waiter.cancel()
 
 
-def channel(address: str, settings: Settings, role: str) -> grpc.aio.Channel:
+# For a client that relays streams to slower readers (the gateway's SSE): without the
+# bandwidth-delay probe a stream's receive window stays at gRPC's 64 KiB, so a reader that
+# stops reading holds that much here and the sender waits (with it, the window grows to many
+# MiB per stream on a fast link: 8 slow SSE readers took the gateway past 330 MiB).
+BOUNDED_WINDOW_OPTIONS = [("grpc.http2.bdp_probe", 0)]
+
+
+def channel(
+    address: str, settings: Settings, role: str, extra: list[tuple[str, int]] | None = None
+) -> grpc.aio.Channel:
     """A TLS channel to a Corral server, calling as `role` (its certificate from settings)."""
-    return grpc.aio.secure_channel(address, channel_credentials(settings, role), options=CHANNEL_OPTIONS)
+    options = CHANNEL_OPTIONS + (extra or [])
+    return grpc.aio.secure_channel(address, channel_credentials(settings, role), options=options)
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:

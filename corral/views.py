@@ -75,6 +75,15 @@ class StepView(View):
     error: str | None
     started_at: str | None
     finished_at: str | None
+    # Last, after the seed's fields (which keep their order).
+    stdout_clipped: bool = Field(
+        False,
+        description="stdout is only the first part of the step's output (a preview; listings carry "
+        "none): the whole is at /v1/tasks/{task_id}/steps/{index}/output?stream=stdout.",
+    )
+    stderr_clipped: bool = Field(False, description="As stdout_clipped, for stderr.")
+    stdout_bytes: int = Field(0, description="Size in bytes (UTF-8) of the step's whole stdout.")
+    stderr_bytes: int = Field(0, description="Size in bytes (UTF-8) of the step's whole stderr.")
 
     @classmethod
     def from_proto(cls, result: task_pb2.StepResult) -> StepView:
@@ -93,6 +102,10 @@ class StepView(View):
                 "error": result.error or None,
                 "started_at": _time(result.started_at, result.HasField("started_at")),
                 "finished_at": _time(result.finished_at, result.HasField("finished_at")),
+                "stdout_clipped": result.stdout_clipped,
+                "stderr_clipped": result.stderr_clipped,
+                "stdout_bytes": result.stdout_bytes or len(result.stdout.encode()),
+                "stderr_bytes": result.stderr_bytes or len(result.stderr.encode()),
             }
         )
 

@@ -11,7 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from corral.config import Settings
-from corral.grpc_server import channel
+from corral.grpc_server import BOUNDED_WINDOW_OPTIONS, channel
 from corral.v1 import memory_pb2_grpc, scheduler_pb2_grpc
 from gateway.errors import from_rpc_error
 
@@ -39,7 +39,8 @@ class Backends:
 
     @classmethod
     def connect(cls, settings: Settings) -> Backends:
-        scheduler_channel = channel(settings.scheduler_address, settings, "gateway")
+        # Bounded windows: SSE readers and output downloads follow the scheduler at their pace.
+        scheduler_channel = channel(settings.scheduler_address, settings, "gateway", BOUNDED_WINDOW_OPTIONS)
         memory_channel = channel(settings.memory_address, settings, "gateway")
         return cls(
             scheduler_channel=scheduler_channel,

@@ -1,4 +1,10 @@
-"""A task's events as Server-Sent Events, relayed live from the scheduler's WatchTask."""
+"""A task's events as Server-Sent Events, relayed live from the scheduler's WatchTask.
+
+Each client gets the stream at its own pace: a few events are held for it (QUEUED_EVENTS), and
+past them the relay stops reading from the scheduler, whose WatchTask then waits on gRPC flow
+control and reads on from its stored events when the client catches up. So a slow reader
+costs a bounded amount of memory, however large the task's output.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,8 @@ log = structlog.get_logger()
 _END = object()
 # How many times a watch that ends early (without `finished`) is resumed.
 MAX_WATCHES = 3
+# Events held per client between the scheduler and the client (an output event is <= 1 MiB).
+QUEUED_EVENTS = 4
 
 
 def format_event(event: task_pb2.TaskEvent) -> str:
@@ -45,7 +53,7 @@ async def task_event_stream(
     A separate pump task reads the gRPC stream into a queue, so waiting for the next event
     can time out (to send a keep-alive comment) without cancelling the gRPC read.
     """
-    queue: asyncio.Queue[object] = asyncio.Queue()
+    queue: asyncio.Queue[object] = asyncio.Queue(QUEUED_EVENTS)
     calls: list[Any] = []
 
     async def pump() -> None:
@@ -70,7 +78,9 @@ async def task_event_stream(
             if exc.code() != grpc.StatusCode.CANCELLED:
                 await queue.put(exc)
         finally:
-            await queue.put(_END)
+            current = asyncio.current_task()
+            if current is None or not current.cancelling():  # cancelled: no one reads any more
+                await queue.put(_END)
 
     pumping = asyncio.create_task(pump())
     try:

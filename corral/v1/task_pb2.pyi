@@ -576,6 +576,10 @@ class StepResult(_message.Message):
     TIMED_OUT_FIELD_NUMBER: _builtins.int
     STARTED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
+    STDOUT_CLIPPED_FIELD_NUMBER: _builtins.int
+    STDERR_CLIPPED_FIELD_NUMBER: _builtins.int
+    STDOUT_BYTES_FIELD_NUMBER: _builtins.int
+    STDERR_BYTES_FIELD_NUMBER: _builtins.int
     index: _builtins.int
     tool: _builtins.str
     """shell | python | typescript | read_file | write_file | gui"""
@@ -589,6 +593,15 @@ class StepResult(_message.Message):
     error: _builtins.str
     """Why the step failed, in words (timeout, limit, refused path, compiler error...)."""
     timed_out: _builtins.bool
+    stdout_clipped: _builtins.bool
+    """True when stdout (stderr) holds only the first part of the step's output, a preview kept
+    small so that results fit in one message: the whole output is in the task's `output`
+    events, and the gateway's GET /v1/tasks/{id}/steps/{index}/output returns it.
+    """
+    stderr_clipped: _builtins.bool
+    stdout_bytes: _builtins.int
+    """Size in bytes (UTF-8) of the step's whole stdout (stderr), as kept under its limit."""
+    stderr_bytes: _builtins.int
     @_builtins.property
     def duration(self) -> _duration_pb2.Duration: ...
     @_builtins.property
@@ -611,10 +624,14 @@ class StepResult(_message.Message):
         timed_out: _builtins.bool = ...,
         started_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
+        stdout_clipped: _builtins.bool = ...,
+        stderr_clipped: _builtins.bool = ...,
+        stdout_bytes: _builtins.int = ...,
+        stderr_bytes: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "duration", b"duration", "exit_code", b"exit_code", "finished_at", b"finished_at", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "index", b"index", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_truncated", b"stdout_truncated", "timed_out", b"timed_out", "tool", b"tool"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code", "duration", b"duration", "error", b"error", "exit_code", b"exit_code", "finished_at", b"finished_at", "index", b"index", "started_at", b"started_at", "state", b"state", "stderr", b"stderr", "stderr_bytes", b"stderr_bytes", "stderr_clipped", b"stderr_clipped", "stderr_truncated", b"stderr_truncated", "stdout", b"stdout", "stdout_bytes", b"stdout_bytes", "stdout_clipped", b"stdout_clipped", "stdout_truncated", b"stdout_truncated", "timed_out", b"timed_out", "tool", b"tool"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__exit_code: _TypeAlias = _typing.Literal["exit_code"]  # noqa: Y015
     _WhichOneofArgType__exit_code: _TypeAlias = _typing.Literal["_exit_code", b"_exit_code"]  # noqa: Y015

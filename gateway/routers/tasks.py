@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from corral.bounds import INT64_MAX
 from corral.schema import TaskRequest
+from corral.steps import MAX_STEPS
 from corral.v1 import scheduler_pb2, task_pb2
-from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, TaskList, TaskView
+from corral.views import LISTABLE_TASK_STATES, TASK_STATES_BY_NAME, OutputStreamName, TaskList, TaskView
 from gateway.auth import CallerDep, Metadata
 from gateway.backends import Backends, upstream
 from gateway.body import JsonBody
@@ -18,6 +19,7 @@ from gateway.deps import BackendsDep, SettingsDep
 from gateway.errors import ApiError
 from gateway.idempotency import REPLAYED, IdempotencyKeyDep
 from gateway.sse import task_event_stream
+from gateway.step_output import STREAMS, step_output
 from gateway.views import UPSTREAM, errors, view_response
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -180,5 +182,36 @@ async def task_events(
     return StreamingResponse(
         stream,
         media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get(
+    "/{task_id}/steps/{index}/output",
+    name="step_output",
+    summary="A step's whole stdout or stderr, as raw bytes",
+    description="The step's output as kept under its limit (results carry a preview of at most "
+    "output_preview_bytes: see stdout_clipped), streamed from the task's stored events; for a "
+    "running step, it follows until the step ends.",
+    response_class=StreamingResponse,
+    responses={
+        **errors(400, 404, *UPSTREAM, e404="Unknown task, or the task has no such step."),
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "The output (UTF-8)."},
+    },
+)
+async def read_step_output(
+    task_id: str,
+    index: Annotated[int, Path(ge=0, le=MAX_STEPS, description="The step's index (from 0).")],
+    backends: BackendsDep,
+    caller: CallerDep,
+    stream: Annotated[OutputStreamName, Query(description="Which output.")] = "stdout",
+) -> StreamingResponse:
+    task = await get_task(backends, task_id, caller)  # 401/404 before the stream starts
+    if index >= len(task.steps):
+        raise ApiError(404, "not_found", f"index: task {task_id} has no step {index} (it has {len(task.steps)})")
+    assert stream in STREAMS
+    return StreamingResponse(
+        step_output(backends.scheduler, task_id, index, stream, caller),
+        media_type="text/plain; charset=utf-8",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -22,7 +22,8 @@ log = structlog.get_logger()
 
 AGENT_LOG = "agent.log"
 MEMORY_JSON = "memory.json"
-# Output longer than this is shortened in agent.log (memory.json and the result keep it all).
+# Output longer than this is shortened in agent.log (memory.json and the result keep a preview
+# of CORRAL_OUTPUT_PREVIEW_BYTES; the output events keep it all).
 LOG_OUTPUT_CHARS = 64 * 1024
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from corral.output_preview import clip_result, pieces
 from corral.schema import STEP_STATE_NAMES, TASK_STATE_NAMES
 from corral.steps import StepOutcome, describe, step_tool
 from corral.v1 import memory_pb2, task_pb2
@@ -117,7 +118,9 @@ class TaskRecorder:
         )
 
     def output(self, index: int, stream: StreamName, data: str) -> None:
-        self._emit(output=task_pb2.OutputChunk(index=index, stream=_STREAMS[stream], data=data))
+        # In pieces: a tool may hand over a whole file's content at once.
+        for piece in pieces(data):
+            self._emit(output=task_pb2.OutputChunk(index=index, stream=_STREAMS[stream], data=piece))
 
     def step_finished(
         self,
@@ -127,19 +130,21 @@ class TaskRecorder:
         outcome: StepOutcome,
         started_at: Timestamp,
         duration_seconds: float,
+        preview_bytes: int,
     ) -> None:
+        """The step's end; its result (event, history) carries at most `preview_bytes` of each
+        output stream: the whole output went out as its `output` events."""
         tool, action = step_tool(step), describe(step)
         result = task_pb2.StepResult(
             index=index,
             tool=tool,
             state=state,
-            stdout=outcome.stdout,
-            stderr=outcome.stderr,
             stdout_truncated=outcome.stdout_truncated,
             stderr_truncated=outcome.stderr_truncated,
             error=outcome.error,
             timed_out=outcome.timed_out,
         )
+        clip_result(result, outcome.stdout, outcome.stderr, preview_bytes)
         if outcome.exit_code is not None:
             result.exit_code = outcome.exit_code
         result.duration.FromNanoseconds(int(duration_seconds * 1e9))
@@ -159,8 +164,8 @@ class TaskRecorder:
         self._history(
             history_event(
                 self.task_id, memory_pb2.HISTORY_KIND_RESULT, step_index=index, tool=tool,
-                action=action, state=state_name, exit_code=exit_code, stdout=outcome.stdout,
-                stderr=outcome.stderr, error=outcome.error,
+                action=action, state=state_name, exit_code=exit_code, stdout=result.stdout,
+                stderr=result.stderr, error=outcome.error,
             )
         )
 

@@ -139,7 +139,9 @@ class StepLoop:
             self.recorder.network_refused(
                 f"{refused} connection attempt{'s' if refused > 1 else ''} refused during step {index}"
             )
-        self.recorder.step_finished(index, step, state, outcome, started_at, time.monotonic() - started)
+        self.recorder.step_finished(
+            index, step, state, outcome, started_at, time.monotonic() - started, self.settings.output_preview_bytes
+        )
         return state, outcome.error
 
     async def _perform(self, index: int, step: task_pb2.Step, on_output: OutputCallback) -> StepOutcome:

@@ -2,8 +2,11 @@
 
 Watchers should see an event the moment the scheduler learns of it, so the database write is
 not on that path: `append` numbers the event, keeps it in memory while the task is live and
-wakes watchers; one writer task persists events in order, many per transaction. Once a task's
-`finished` event is stored, its in-memory log is dropped and reads go to the database.
+wakes watchers; one writer task persists events in order, many per transaction. Memory stays
+bounded whatever a task outputs: a task's in-memory log holds only its events not yet stored
+(older ones are read from the database), appends wait while MAX_QUEUED_BYTES are unstored, and
+a read returns at most READ_BYTES. Once a task's `finished` event is stored, its in-memory log
+is dropped and reads go to the database.
 """
 
 from __future__ import annotations
@@ -21,6 +24,11 @@ from .store import TaskStore
 log = structlog.get_logger()
 
 MAX_BATCH = 500
+# Bytes of events waiting for the database past which an append waits (the executor's stream
+# then waits too, through gRPC flow control), so a slow database cannot grow the scheduler.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+# Bytes of events one read returns at most (at least one event): a page of output events.
+READ_BYTES = 4 * 1024 * 1024
 
 
 @dataclass
@@ -39,6 +47,9 @@ class EventLog:
         self._queue: asyncio.Queue[task_pb2.TaskEvent] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._opening: dict[str, asyncio.Lock] = {}
+        self._queued_bytes = 0
+        self._room = asyncio.Event()
+        self._room.set()
 
     def start(self) -> None:
         self._writer = asyncio.create_task(self._write_loop(), name="event-writer")
@@ -63,7 +74,11 @@ class EventLog:
             event.time.GetCurrentTime()
         live.events.append(event)
         self._queue.put_nowait(event)
+        self._queued_bytes += event.ByteSize()
         self._notify(event.task_id)
+        if self._queued_bytes > MAX_QUEUED_BYTES:
+            self._room.clear()
+            await self._room.wait()
         return event
 
     async def after(self, task_id: str, after: int, limit: int = 500) -> list[task_pb2.TaskEvent]:
@@ -71,8 +86,8 @@ class EventLog:
         live = self._live.get(task_id)
         if live is not None and after + 1 >= live.first:
             start = after + 1 - live.first
-            return live.events[start : start + limit]
-        return await self._store.events_after(task_id, after, limit)
+            return within_read_bytes(live.events[start : start + limit])
+        return await self._store.events_after(task_id, after, limit, READ_BYTES)
 
     def signal(self, task_id: str) -> asyncio.Event:
         """An event set at the task's next append; take it before reading, then wait on it."""
@@ -106,6 +121,9 @@ class EventLog:
             try:
                 await self._persist(batch)
             finally:
+                self._queued_bytes -= sum(event.ByteSize() for event in batch)
+                if self._queued_bytes <= MAX_QUEUED_BYTES:
+                    self._room.set()
                 for _ in batch:
                     self._queue.task_done()
 
@@ -120,8 +138,26 @@ class EventLog:
         else:
             # Keep them in memory: watchers still see them; a restart loses them.
             return
+        stored: dict[str, int] = {}
         for event in batch:
+            stored[event.task_id] = max(stored.get(event.task_id, 0), event.sequence)
             if event.HasField("finished"):
                 live = self._live.get(event.task_id)
                 if live is not None and live.last == event.sequence:
                     del self._live[event.task_id]
+        for task_id, sequence in stored.items():
+            # Stored events leave memory: a watcher behind them reads the database.
+            live = self._live.get(task_id)
+            if live is not None and sequence >= live.first:
+                del live.events[: sequence + 1 - live.first]
+                live.first = sequence + 1
+
+
+def within_read_bytes(events: list[task_pb2.TaskEvent]) -> list[task_pb2.TaskEvent]:
+    """The first of `events` that fit in READ_BYTES (at least one)."""
+    total = 0
+    for count, event in enumerate(events):
+        total += event.ByteSize()
+        if total > READ_BYTES and count:
+            return events[:count]
+    return events

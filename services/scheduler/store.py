@@ -33,9 +33,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from corral.api_keys import LOCAL_TENANT
 from corral.db import add_missing_columns, is_sqlite
+from corral.output_preview import drop_outputs, within_budget
 from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import step_tool
 from corral.v1 import task_pb2
+
+# Bytes of tasks one listing page carries at most (specs can be large): the page ends early,
+# its next_page_token going on from there.
+LIST_PAGE_BYTES = 16 * 1024 * 1024
 
 
 class Base(DeclarativeBase):
@@ -183,12 +188,15 @@ class TaskStore:
                     select(StepRow).where(StepRow.task_id == task_id).order_by(StepRow.index)
                 )
             ).all()
-            return self._to_proto(row, list(steps))
+        task = self._to_proto(row, list(steps))
+        within_budget(task)  # one message whatever the steps printed; their outputs are events
+        return task
 
     async def list_tasks(
         self, state: int, page_size: int, page_token: str, tenant_id: str | None = None
     ) -> tuple[list[task_pb2.Task], str]:
-        """A page of tasks, newest first; only `tenant_id`'s when given."""
+        """A page of tasks, newest first; only `tenant_id`'s when given. Their steps carry no
+        output (GetTask has previews), and a page ends early rather than pass LIST_PAGE_BYTES."""
         query = select(TaskRow).order_by(TaskRow.created_at.desc(), TaskRow.task_id.desc())
         if tenant_id is not None:
             query = query.where(TaskRow.tenant_id == tenant_id)
@@ -215,8 +223,20 @@ class TaskStore:
         by_task: dict[str, list[StepRow]] = {}
         for step in step_rows:
             by_task.setdefault(step.task_id, []).append(step)
-        tasks = [self._to_proto(r, by_task.get(r.task_id, [])) for r in rows]
-        token = encode_page_token(rows[-1].created_at, rows[-1].task_id) if more and rows else ""
+        tasks: list[task_pb2.Task] = []
+        size = 0
+        for row in rows:
+            task = self._to_proto(row, by_task.get(row.task_id, []))
+            for result in task.steps:
+                drop_outputs(result)
+            size += task.ByteSize()
+            if size > LIST_PAGE_BYTES and tasks:
+                more = True
+                break
+            tasks.append(task)
+        last = tasks[-1].task_id if tasks else ""
+        created = next((r.created_at for r in rows if r.task_id == last), 0.0)
+        token = encode_page_token(created, last) if more and tasks else ""
         return tasks, token
 
     async def scheduled_task_ids(self, limit: int) -> list[str]:
@@ -316,13 +336,25 @@ class TaskStore:
             value = await session.scalar(select(TaskRow.last_sequence).where(TaskRow.task_id == task_id))
             return int(value or 0)
 
-    async def events_after(self, task_id: str, after: int, limit: int = 500) -> list[task_pb2.TaskEvent]:
+    async def events_after(
+        self, task_id: str, after: int, limit: int = 500, max_bytes: int | None = None
+    ) -> list[task_pb2.TaskEvent]:
+        """Up to `limit` events after sequence `after`; with `max_bytes`, only as many as fit
+        in it (at least one), so that a page of large output events stays bounded."""
+        newer = and_(EventRow.task_id == task_id, EventRow.sequence > after)
         async with self._sessions() as session:
+            if max_bytes is not None:
+                sizes = await session.scalars(
+                    select(func.length(EventRow.event)).where(newer).order_by(EventRow.sequence).limit(limit)
+                )
+                total = 0
+                for count, size in enumerate(sizes.all()):
+                    total += int(size or 0)
+                    if total > max_bytes and count:
+                        limit = count
+                        break
             rows = await session.scalars(
-                select(EventRow.event)
-                .where(EventRow.task_id == task_id, EventRow.sequence > after)
-                .order_by(EventRow.sequence)
-                .limit(limit)
+                select(EventRow.event).where(newer).order_by(EventRow.sequence).limit(limit)
             )
             events = []
             for raw in rows.all():
