@@ -118,10 +118,10 @@ async def test_typescript_steps_share_the_sandboxs_checker_and_survive_its_death
     # The first TypeScript step starts the sandbox's warm checker; later ones use it, see a
     # file changed in between, and get a new checker when a step killed the old one.
     steps: list[dict[str, object]] = [
-        {"tool": "typescript", "code": "const n: number = 6 * 7; console.log(n, process.argv.length);"},
+        {"tool": "typescript", "code": "const n: number = 6 * 7; console.log(n, process.argv.length);", "timeout": 120},
         {"tool": "typescript", "code": 'const s: string = 42;\n', "continue_on_error": True},
         {"tool": "shell", "command": "pkill -KILL -f 'ts-run.js --serve'; echo killed"},
-        {"tool": "typescript", "code": "console.log(['late'].map((w) => w.toUpperCase()).join());"},
+        {"tool": "typescript", "code": "console.log(['late'].map((w) => w.toUpperCase()).join());", "timeout": 120},
     ]
     _, outcome = await executor.run_steps(steps)
     assert outcome.step(0).stdout == "42 2\n", (outcome.step(0).stderr, outcome.step(0).error)
