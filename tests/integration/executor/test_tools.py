@@ -120,7 +120,7 @@ async def test_typescript_steps_share_the_sandboxs_checker_and_survive_its_death
     steps: list[dict[str, object]] = [
         {"tool": "typescript", "code": "const n: number = 6 * 7; console.log(n, process.argv.length);", "timeout": 120},
         {"tool": "typescript", "code": 'const s: string = 42;\n', "continue_on_error": True},
-        {"tool": "shell", "command": "pkill -KILL -f 'ts-run.js --serve'; echo killed"},
+        {"tool": "shell", "command": "pkill -KILL -f 'ts-run[.]js --serve' && echo killed"},
         {"tool": "typescript", "code": "console.log(['late'].map((w) => w.toUpperCase()).join());", "timeout": 120},
     ]
     _, outcome = await executor.run_steps(steps)
