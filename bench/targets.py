@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import os
 import shutil
@@ -124,6 +125,13 @@ def join_cpu_cgroup() -> Path | None:
         (mine / "cgroup.procs").write_text(str(os.getpid()))
     except OSError:
         return None
+
+    def leave() -> None:  # back where we came from; the cgroup goes once empty
+        with contextlib.suppress(OSError):
+            (base / "cgroup.procs").write_text(str(os.getpid()))
+            mine.rmdir()
+
+    atexit.register(leave)
     return mine
 
 
