@@ -1,11 +1,17 @@
 """The in-sandbox step agent: runs steps for the executor, speaking the agent protocol.
 
-It is started once per sandbox (as the sandbox's command, `/usr/bin/python3 -I /app/agent.py`)
+It is started once per sandbox (as the sandbox's command, protocol.AGENT_COMMAND: this module
+imported from /app by `/usr/bin/python3 -I -S -c ...`, so that its bytecode is used)
 and lives as long as the task, so what a step leaves running in the background stays there for
 later steps. Standard library only: it runs on the sandbox's system Python, not Corral's
 virtualenv. Every message it reads and writes is a type of agent_protocol.py, loaded from this
-file's own directory (-I keeps that directory off sys.path); the executor imports the same
-module. One JSON line per message: requests on stdin, replies on stdout.
+file's own directory; the executor imports the same module. One JSON line per message:
+requests on stdin, replies on stdout.
+
+It starts on every task's path, so it imports only modules written in C (and its protocol):
+`threading`, `signal`, `ctypes`, `subprocess` or `selectors` would each cost more CPU than the
+whole agent does without them. What only some requests need (ctypes for openat2, subprocess for
+per-process rlimits, shutil, queue) is imported by them, on first use.
 
 Each request kind has one handler here: `run` and `kill` are served by StepRun threads, every
 other op by the function registered for its request type with @handles.
@@ -13,45 +19,31 @@ other op by the function registered for its request type with @handles.
 
 from __future__ import annotations
 
-import base64
+import _thread  # threading without its Python layer
+import binascii
 import codecs
-import contextlib
-import ctypes
 import errno
 import fcntl
-import importlib.util
 import os
-import queue
 import resource
-import selectors
-import shutil
-import signal
+import select
 import stat
-import subprocess
 import sys
-import threading
 import time
-import types
-from collections.abc import Callable, Sequence
-from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar
 
-
-def _load_protocol() -> types.ModuleType:
-    """agent_protocol.py from this file's directory (not on sys.path under `python3 -I`)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "agent_protocol.py")
-    spec = importlib.util.spec_from_file_location("agent_protocol", path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load the agent protocol from {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["agent_protocol"] = module  # dataclasses resolve annotations through it
-    spec.loader.exec_module(module)
-    return module
-
-
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import agent_protocol as protocol
+    import signal as _signal  # the same names, typed
+    from collections.abc import Callable, Sequence
+    from typing import Any, Literal, TypeVar
 else:
-    protocol = _load_protocol()
+    import _signal  # signal without its enums
+
+# Under -I neither a script's directory nor the current one is on sys.path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+import agent_protocol as protocol  # noqa: E402  (found through the line above)
 
 MIB = 1024 * 1024
 # After a step's main process exits, background children may keep its pipes open: read what
@@ -74,7 +66,7 @@ CGROUP_COUNTERS = {
     "pids_max": (("/sys/fs/cgroup/pids.events", "max"), ("/sys/fs/cgroup/pids/pids.events", "max")),
 }
 
-_write_lock = threading.Lock()
+_write_lock = _thread.allocate_lock()
 _out = sys.stdout.buffer
 
 
@@ -140,12 +132,28 @@ RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_BENEATH = 0x08
 
 
-class _OpenHow(ctypes.Structure):
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+_openat2_call: Callable[[int, str, int, int, int], tuple[int, int]] | None = None
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
+def _openat2(dir_fd: int, relative: str, flags: int, mode: int, resolve: int) -> tuple[int, int]:
+    """openat2(2): (fd or -1, errno). Through ctypes, imported on the first file operation."""
+    global _openat2_call
+    if _openat2_call is None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.syscall.restype = ctypes.c_long
+
+        class OpenHow(ctypes.Structure):
+            _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+        def call(dir_fd: int, relative: str, flags: int, mode: int, resolve: int) -> tuple[int, int]:
+            how = OpenHow(flags, mode, resolve)
+            fd = int(libc.syscall(SYS_OPENAT2, dir_fd, relative.encode(), ctypes.byref(how), ctypes.sizeof(how)))
+            return fd, ctypes.get_errno()
+
+        _openat2_call = call
+    return _openat2_call(dir_fd, relative, flags, mode, resolve)
 
 
 def openat_beneath(dir_fd: int, relative: str, flags: int, mode: int = 0o644) -> int:
@@ -153,11 +161,9 @@ def openat_beneath(dir_fd: int, relative: str, flags: int, mode: int = 0o644) ->
     EXDEV for an escape). Where the kernel has no openat2, one component at a time, each with
     O_NOFOLLOW (stricter: no symlink at all is followed)."""
     flags |= os.O_CLOEXEC
-    how = _OpenHow(flags, mode if flags & os.O_CREAT else 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
-    fd = int(_libc.syscall(SYS_OPENAT2, dir_fd, relative.encode(), ctypes.byref(how), ctypes.sizeof(how)))
+    fd, err = _openat2(dir_fd, relative, flags, mode if flags & os.O_CREAT else 0, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)
     if fd >= 0:
         return fd
-    err = ctypes.get_errno()
     if err not in (errno.ENOSYS, errno.EPERM):  # EPERM: a seccomp profile that predates openat2
         raise OSError(err, os.strerror(err), relative)
     *parents, last = [part for part in relative.split("/") if part not in ("", ".")] or ["."]
@@ -197,8 +203,9 @@ def _describe_size(n: int) -> str:
     return f"{n / MIB:g} MiB" if n >= MIB and n % (MIB // 16) == 0 else f"{n} bytes"
 
 
-Q = TypeVar("Q", bound="protocol.Request[Any]")
-Handler = Callable[[Any], "protocol.Reply"]
+if TYPE_CHECKING:
+    Q = TypeVar("Q", bound="protocol.Request[Any]")
+    Handler = Callable[[Any], "protocol.Reply"]
 # op -> the function serving that request type (every op but run and kill).
 HANDLERS: dict[str, Handler] = {}
 
@@ -275,8 +282,10 @@ def _make_parents_beneath(root: str, relative: str) -> int:
     current = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for part in [p for p in relative.split("/") if p not in ("", ".")]:
-            with contextlib.suppress(FileExistsError):
+            try:
                 os.mkdir(part, 0o755, dir_fd=current)
+            except FileExistsError:
+                pass
             following = openat_beneath(current, part, os.O_RDONLY | os.O_DIRECTORY)
             os.close(current)
             current = following
@@ -346,7 +355,7 @@ def read_bytes(request: protocol.ReadBytesRequest) -> protocol.BytesReply:
         os.close(fd)
     eof = request.offset + len(data) >= st.st_size or len(data) < length
     return protocol.BytesReply(
-        path=request.path, data=base64.b64encode(data).decode("ascii"), size=st.st_size, eof=eof
+        path=request.path, data=binascii.b2a_base64(data, newline=False).decode("ascii"), size=st.st_size, eof=eof
     )
 
 
@@ -357,7 +366,7 @@ def write_bytes(request: protocol.WriteBytesRequest) -> protocol.FileReply:
     if final is not None and os.path.isdir(final[1]):
         raise Refused(f"{request.rename_to} is a directory")
     try:
-        data = base64.b64decode(request.data)
+        data = binascii.a2b_base64(request.data)
     except ValueError:
         raise Refused("the chunk is not valid base64") from None
     if os.path.isdir(path):
@@ -469,6 +478,8 @@ def remove(request: protocol.RemoveRequest) -> protocol.DoneReply:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             # rmtree with dir_fd works through descriptors: a link swapped in is removed, not followed.
+            import shutil
+
             shutil.rmtree(name, dir_fd=parent)
         else:
             os.unlink(name, dir_fd=parent)
@@ -567,7 +578,7 @@ def kill_tree(root_pid: int) -> None:
         victims.discard(1)
         if not victims:
             return
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for sig in (_signal.SIGSTOP, _signal.SIGKILL):
             for pid in victims:
                 try:
                     os.kill(pid, sig)
@@ -656,26 +667,188 @@ def build_argv(request: protocol.RunRequest) -> list[str]:
     raise Refused(f"unknown process kind {kind!r}")
 
 
+class TypeScriptChecker:
+    """The sandbox's warm TypeScript checker (`node ts-run.js --serve`), started by the first
+    TypeScript step and kept: a cold compiler costs ~2 s per step, a warm one checks a step's
+    code in tens of ms. A checked step then runs its emitted main.js (`ts-run.js --compiled`);
+    a step with errors gets the compiler's messages as a step that ran would have. Without a
+    checker (node missing, it keeps dying), steps compile cold as they did before."""
+
+    def __init__(self) -> None:
+        self.lock = _thread.allocate_lock()
+        self.pid = 0
+        self.channel: Any = None  # our end of a socket pair: no SIGPIPE if the checker died
+        self.pending = b""
+        self.failures = 0
+
+    def check(self, main_ts: str, timeout: float) -> list[str] | bool | None:
+        """True: main.js is written beside main_ts; a list: the compiler's diagnostics; False:
+        the check took longer than `timeout`; None: no checker (compile cold instead)."""
+        with self.lock:
+            for _ in range(2):  # a checker that died (or was killed by a step) is started again
+                if self.failures >= 3 or (self.channel is None and not self._start()):
+                    return None
+                try:
+                    reply = self._ask(main_ts, timeout)
+                except TimeoutError:
+                    self._stop()
+                    return False
+                except (OSError, ValueError):
+                    self._stop()
+                    self.failures += 1
+                    continue
+                if "diagnostics" in reply:
+                    return [str(line) for line in reply["diagnostics"]]
+                if reply.get("ok") is True:
+                    return True
+                self.failures += 1
+                return None  # it failed on this file: the cold compiler says why
+            return None
+
+    def _start(self) -> bool:
+        import socket
+
+        ours, theirs = socket.socketpair()
+        try:
+            devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate((theirs.fileno(), theirs.fileno(), devnull))]
+                env = {**os.environ, "CORRAL_AGENT_SCRIPT_DIR": SCRIPT_DIR}
+                self.pid = os.posix_spawn(NODE, [NODE, TS_RUNNER, "--serve"], env, file_actions=actions, setsid=True)
+            finally:
+                os.close(devnull)
+        except OSError:
+            ours.close()
+            self.failures += 1
+            return False
+        finally:
+            theirs.close()
+        _lower_oom_priority(self.pid)
+        self.channel = ours
+        self.pending = b""
+        return True
+
+    def _ask(self, main_ts: str, timeout: float) -> dict[str, Any]:
+        import socket
+
+        self.channel.sendall(main_ts.encode() + b"\n", socket.MSG_NOSIGNAL)
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.channel], [], [], left)[0]:
+                raise TimeoutError
+            chunk = self.channel.recv(READ_CHUNK)
+            if not chunk:
+                raise OSError("the TypeScript checker ended")
+            self.pending += chunk
+        line, _, self.pending = self.pending.partition(b"\n")
+        reply = protocol.parse_line(line)
+        return reply
+
+    def _stop(self) -> None:
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+        if self.pid:
+            try:
+                os.killpg(self.pid, _signal.SIGKILL)
+            except OSError:
+                pass
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self.pid = 0
+
+
+typescript_checker = TypeScriptChecker()
+
+
 def _failed(request_id: int, error: str) -> protocol.ExitReply:
     """The exit report of a run that never started."""
     return protocol.ExitReply(id=request_id, error=error)
 
 
-def _discard_forever(files: list[IO[bytes]]) -> None:
-    sel = selectors.DefaultSelector()
-    for f in files:
-        sel.register(f, selectors.EVENT_READ, data=f)
-    while sel.get_map():
-        for key, _ in sel.select():
-            pipe: IO[bytes] = key.data
+def _discard_forever(fds: list[int]) -> None:
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    remaining = set(fds)
+    while remaining:
+        for fd, _ in poller.poll():
             try:
-                chunk = os.read(pipe.fileno(), READ_CHUNK)
+                chunk = os.read(fd, READ_CHUNK)
             except OSError:
                 chunk = b""
             if not chunk:
-                sel.unregister(pipe)
-                pipe.close()
-    sel.close()
+                poller.unregister(fd)
+                remaining.discard(fd)
+                os.close(fd)
+
+
+class Spawned:
+    """A process started with posix_spawn, waited for like a Popen."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            self.returncode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        return self.returncode
+
+
+def _executable(name: str, env: dict[str, str]) -> str:
+    """`name` looked up in the step's PATH, as execvpe does (a name with a slash as it is)."""
+    if "/" in name:
+        return name
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, name)
+        if os.access(path, os.X_OK) and not os.path.isdir(path):
+            return path
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), name)
+
+
+def spawn(
+    argv: list[str], env: dict[str, str], stdin_fd: int, stdout_fd: int, stderr_fd: int, cwd: str, limits: protocol.ProcessLimits
+) -> Spawned | Any:
+    """Starts a step's process in a session of its own, on the given descriptors. Nearly always
+    posix_spawn (vfork and exec: ~1 ms); a run with its own rlimits or directory needs code in
+    the child before exec, which only subprocess's preexec_fn / cwd give."""
+    fast = _inherits_limits(limits)
+    if cwd or not fast:
+        import subprocess
+
+        proc = subprocess.Popen(
+            argv,
+            stdin=stdin_fd,
+            stdout=stdout_fd,
+            stderr=stderr_fd,
+            env=env,
+            start_new_session=True,
+            preexec_fn=None if fast else _limit_setter(limits),
+            close_fds=True,
+            cwd=cwd or None,
+        )
+        if fast:
+            _lower_oom_priority(proc.pid)
+        return proc
+    # Every other descriptor of the agent is close-on-exec (Python's default, and main()).
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate((stdin_fd, stdout_fd, stderr_fd))]
+    # What Popen's restore_signals does: the step gets the default SIGPIPE and SIGXFSZ back.
+    pid = os.posix_spawn(
+        _executable(argv[0], env), argv, env, file_actions=actions, setsid=True, setsigdef=(_signal.SIGPIPE, _signal.SIGXFSZ)
+    )
+    _lower_oom_priority(pid)
+    return Spawned(pid)
 
 
 class StepRun:
@@ -684,12 +857,17 @@ class StepRun:
     def __init__(self, request: protocol.RunRequest) -> None:
         self.request = request
         self.id = request.id
-        self.kill_requested = threading.Event()
+        # Set by a kill request; the run's loop looks at it at least every 250 ms.
+        self.kill_requested = False
         self.pid: int | None = None
         # What StdinRequests queued for the process's stdin (None: close it), and how much.
-        self.stdin: queue.Queue[bytes | None] | None = queue.Queue() if request.stdin else None
+        self.stdin: Any = None
+        if request.stdin:
+            import queue
+
+            self.stdin = queue.Queue()
         self.stdin_pending = 0
-        self.stdin_lock = threading.Lock()
+        self.stdin_lock = _thread.allocate_lock()
 
     def feed_stdin(self, data: bytes, close: bool) -> None:
         if self.stdin is None:
@@ -706,7 +884,7 @@ class StepRun:
         if close:
             self.stdin.put(None)
 
-    def _write_stdin(self, pipe: IO[bytes]) -> None:
+    def _write_stdin(self, pipe: int) -> None:
         """Feeds the process's stdin from the queue, in a thread of its own: a process that
         does not read must not stall the agent."""
         assert self.stdin is not None
@@ -714,13 +892,13 @@ class StepRun:
             while (data := self.stdin.get()) is not None:
                 with self.stdin_lock:
                     self.stdin_pending -= len(data)
-                pipe.write(data)
-                pipe.flush()
-        except (OSError, ValueError):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(pipe, view) :]
+        except OSError:
             pass  # the process closed its stdin or ended
         finally:
-            with contextlib.suppress(OSError, ValueError):
-                pipe.close()
+            os.close(pipe)
 
     def run(self) -> None:
         try:
@@ -733,45 +911,81 @@ class StepRun:
             with _steps_lock:
                 _steps.pop(self.id, None)
 
+    def _start(self, argv: list[str]) -> tuple[Any, int | None, int, int]:
+        """The process, and our ends of its pipes: stdin (None: it reads /dev/null), stdout, stderr."""
+        request = self.request
+        child: list[int] = []
+        ours: list[int] = []
+        try:
+            if self.stdin is not None:
+                stdin_read, stdin_write = os.pipe()
+                child.append(stdin_read)
+                ours.append(stdin_write)
+            else:
+                child.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            for _ in ("stdout", "stderr"):
+                read_end, write_end = os.pipe()
+                child.append(write_end)
+                ours.append(read_end)
+            try:
+                stdin_fd, stdout_fd, stderr_fd = child
+                proc = spawn(argv, dict(request.env), stdin_fd, stdout_fd, stderr_fd, request.cwd, request.limits)
+            except OSError as exc:
+                raise Refused(f"could not start {argv[0]}: {exc.strerror}") from None
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in child:
+                os.close(fd)
+        stdin = ours.pop(0) if self.stdin is not None else None
+        return proc, stdin, ours[0], ours[1]
+
+    def _report_unchecked(self, diagnostics: list[str] | bool) -> None:
+        """A TypeScript step whose check failed, told as `ts-run.js` would have: the compiler's
+        messages on stderr and exit code 2; or a check that outlived the step's timeout."""
+        if not isinstance(diagnostics, list):
+            send(protocol.ExitReply(id=self.id, timed_out=True, signal=_signal.SIGKILL))
+            return
+        data = "".join(line + "\n" for line in diagnostics).encode()
+        cap = self.request.max_output_bytes
+        if data:
+            send(protocol.OutputReply(id=self.id, stream="stderr", data=data[: max(cap, 0)].decode("utf-8", "replace")))
+        send(protocol.ExitReply(id=self.id, exit_code=2, stderr_truncated=len(data) > cap))
+
     def _run(self) -> None:
         request = self.request
         argv = build_argv(request)
         timeout = request.timeout
         cap = request.max_output_bytes
-        fast = _inherits_limits(request.limits)
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if self.stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=dict(request.env),
-                start_new_session=True,
-                preexec_fn=None if fast else _limit_setter(request.limits),
-                close_fds=True,
-                cwd=request.cwd or None,
-            )
-        except OSError as exc:
-            raise Refused(f"could not start {argv[0]}: {exc.strerror}") from None
-        if fast:
-            _lower_oom_priority(proc.pid)
+        if request.kind == "typescript":
+            started = time.monotonic()
+            checked = typescript_checker.check(argv[-1], timeout)
+            if checked is False or isinstance(checked, list):
+                self._report_unchecked(checked)
+                return
+            if checked is True:
+                argv = [NODE, TS_RUNNER, "--compiled", argv[-1]]
+                timeout = max(timeout - (time.monotonic() - started), 0.0)
+        proc, stdin, stdout, stderr = self._start(argv)
         self.pid = proc.pid
-        if proc.stdin is not None:
-            threading.Thread(target=self._write_stdin, args=(proc.stdin,), daemon=True).start()
+        if stdin is not None:
+            _thread.start_new_thread(self._write_stdin, (stdin,))
         counters_before = cgroup_counters()
-        assert proc.stdout is not None and proc.stderr is not None
 
         deadline = time.monotonic() + timeout
-        streams: dict[IO[bytes], protocol.StreamName] = {proc.stdout: "stdout", proc.stderr: "stderr"}
+        streams: dict[int, protocol.StreamName] = {stdout: "stdout", stderr: "stderr"}
         kept = {"stdout": 0, "stderr": 0}
         truncated = {"stdout": False, "stderr": False}
         decoders = {name: codecs.getincrementaldecoder("utf-8")("replace") for name in kept}
-        sel = selectors.DefaultSelector()
-        for f in streams:
-            sel.register(f, selectors.EVENT_READ)
+        poller = select.poll()
+        for fd in streams:
+            poller.register(fd, select.POLLIN)
+        open_pipes = set(streams)
         pidfd = _pidfd_open(proc.pid)
         if pidfd is not None:
-            sel.register(pidfd, selectors.EVENT_READ)
+            poller.register(pidfd, select.POLLIN)
 
         def emit(name: protocol.StreamName, chunk: bytes, final: bool = False) -> None:
             room = cap - kept[name]
@@ -783,20 +997,16 @@ class StepRun:
             if text:
                 send(protocol.OutputReply(id=self.id, stream=name, data=text))
 
-        eof: set[IO[bytes]] = set()
         timed_out = killed = False
         exited_at: float | None = None
-        while True:
-            open_pipes = [f for f in streams if f in sel.get_map()]
-            if not open_pipes:
-                break
+        while open_pipes:
             now = time.monotonic()
             if exited_at is None and proc.poll() is not None:
                 exited_at = now
             if exited_at is not None and now - exited_at >= DRAIN_SECONDS:
                 break
-            if exited_at is None and (now >= deadline or self.kill_requested.is_set()):
-                timed_out = not self.kill_requested.is_set()
+            if exited_at is None and (now >= deadline or self.kill_requested):
+                timed_out = not self.kill_requested
                 killed = not timed_out
                 kill_tree(proc.pid)
                 proc.wait()
@@ -805,30 +1015,28 @@ class StepRun:
             wait = DRAIN_SECONDS if exited_at is not None else min(deadline - now, 0.25)
             if pidfd is None and exited_at is None:
                 wait = min(wait, 0.05)
-            for key, _ in sel.select(max(wait, 0)):
-                if key.fileobj == pidfd:
-                    sel.unregister(pidfd)
+            for fd, _ in poller.poll(max(int(wait * 1000), 0)):
+                if fd == pidfd:
+                    poller.unregister(pidfd)
                     continue
-                pipe = next(p for p in streams if p is key.fileobj)
-                chunk = os.read(pipe.fileno(), READ_CHUNK)
-                name = streams[pipe]
+                chunk = os.read(fd, READ_CHUNK)
+                name = streams[fd]
                 if not chunk:
-                    sel.unregister(pipe)
-                    eof.add(pipe)
+                    poller.unregister(fd)
+                    open_pipes.discard(fd)
                     emit(name, b"", final=True)
                     continue
                 if kept[name] < cap:
                     emit(name, chunk)
                 else:
                     truncated[name] = True
-        sel.close()
         if pidfd is not None:
             os.close(pidfd)
-        leftover = [f for f in streams if f not in eof]
-        for f in eof:
-            f.close()
-        if leftover:
-            threading.Thread(target=_discard_forever, args=(leftover,), daemon=True).start()
+        for fd in streams:
+            if fd not in open_pipes:
+                os.close(fd)
+        if open_pipes:
+            _thread.start_new_thread(_discard_forever, (list(open_pipes),))
         returncode = proc.wait()
         if self.stdin is not None:
             self.stdin.put(None)  # the writer thread ends
@@ -860,7 +1068,7 @@ def _pidfd_open(pid: int) -> int | None:
 
 
 _steps: dict[int, StepRun] = {}
-_steps_lock = threading.Lock()
+_steps_lock = _thread.allocate_lock()
 
 
 def start_run(request: protocol.RunRequest) -> None:
@@ -868,7 +1076,7 @@ def start_run(request: protocol.RunRequest) -> None:
     with _steps_lock:
         _steps[step.id] = step
     try:
-        threading.Thread(target=step.run, daemon=True).start()
+        _thread.start_new_thread(step.run, ())
     except RuntimeError as exc:  # no thread to be had: the process limit is reached
         with _steps_lock:
             _steps.pop(step.id, None)
@@ -886,7 +1094,7 @@ def _step(target: int) -> StepRun:
 @handles(protocol.StdinRequest)
 def write_stdin(request: protocol.StdinRequest) -> protocol.DoneReply:
     try:
-        data = base64.b64decode(request.data)
+        data = binascii.a2b_base64(request.data)
     except ValueError:
         raise Refused("stdin data is not valid base64") from None
     _step(request.target).feed_stdin(data, request.close)
@@ -898,10 +1106,8 @@ def signal_run(request: protocol.SignalRequest) -> protocol.DoneReply:
     step = _step(request.target)
     if step.pid is None:
         raise Refused(f"run {request.target} has not started its process")
-    try:
-        signal.Signals(request.signal)
-    except ValueError:
-        raise Refused(f"unknown signal {request.signal}") from None
+    if request.signal not in _signal.valid_signals():
+        raise Refused(f"unknown signal {request.signal}")
     try:
         # The run's process leads its own session and process group (start_new_session).
         os.killpg(step.pid, request.signal)
@@ -914,7 +1120,7 @@ def kill_run(request: protocol.KillRequest) -> None:
     with _steps_lock:
         target = _steps.get(request.target)
     if target is not None:
-        target.kill_requested.set()
+        target.kill_requested = True
 
 
 def handle(line: bytes) -> None:
@@ -947,13 +1153,30 @@ def handle(line: bytes) -> None:
 PR_SET_DUMPABLE = 4
 
 
+def close_inherited_fds() -> None:
+    """Steps are spawned without closing descriptors (Python opens its own close-on-exec):
+    anything the agent inherited beyond stdio is made close-on-exec too."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the directory's own descriptor, closed since
+
+
 def make_undumpable() -> None:
     """Steps run as our uid: undumpable, we cannot be ptraced by them, and our /proc entries
     (fd/, mem) are root's, so a step cannot write into the pipe that reports on it. The flag
     is reset by execve, so the steps themselves stay ordinary processes."""
     try:
-        if _libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_DUMPABLE, 0) failed")
+        # prctl through ctypes's C core: ctypes itself would cost more than the whole agent.
+        import _ctypes
+
+        program = _ctypes.dlopen(None, os.RTLD_NOW)  # type: ignore[arg-type]  # None: the program itself
+        prctl = _ctypes.dlsym(program, "prctl")
+        if _ctypes.call_function(prctl, (PR_SET_DUMPABLE, 0, 0, 0, 0)) != 0:
+            raise OSError("prctl(PR_SET_DUMPABLE, 0) failed")
     except (OSError, AttributeError) as exc:
         sys.stderr.write(f"corral agent: cannot protect itself from its steps: {exc}\n")
         raise SystemExit(70) from None
@@ -977,10 +1200,11 @@ def widen_pipes() -> None:
 def main() -> None:
     make_undumpable()
     # A step must not be able to stop the agent with ^C-style signals sent to everyone.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
+    _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)
     # See _own_file_size: a write over the file-size limit fails instead of killing the agent.
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    _signal.signal(_signal.SIGXFSZ, _signal.SIG_IGN)
+    close_inherited_fds()
     # No core dumps, for the agent and (inherited) every process it spawns.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     os.makedirs(SCRIPT_DIR, mode=0o700, exist_ok=True)
@@ -993,7 +1217,10 @@ def main() -> None:
     with _steps_lock:
         running = list(_steps.values())
     for step in running:
-        step.kill_requested.set()
+        step.kill_requested = True
+    # Held for good: no thread is inside a write to stdout while the interpreter finalizes it
+    # (which it would wait for, then abort).
+    _write_lock.acquire()
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import structlog
 
+from corral import agent_protocol as protocol
 from corral import errors
 from corral.config import Settings
 from corral.network_rules import NetworkRules
@@ -87,7 +88,7 @@ from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
 
-SANDBOX_PYTHON = "/usr/bin/python3"
+SANDBOX_PYTHON = protocol.AGENT_COMMAND[0]
 READY_TIMEOUT = 20.0
 # The checkout holding the `corral` and `services` packages, mounted at SOURCE_DIR for the
 # gui service of desktop sandboxes.
@@ -108,6 +109,7 @@ class BubblewrapDriver(SandboxDriver):
         self.runtime_dir = Path(settings.runtime_dir).resolve()
         if not (self.runtime_dir / "agent.py").is_file():
             raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
+        compile_runtime(self.runtime_dir)
         # As root, run bwrap as an unprivileged host user (see the module docstring).
         self.host_ids: tuple[int, int] | None = None
         if os.geteuid() == 0:
@@ -326,7 +328,7 @@ class BubblewrapDriver(SandboxDriver):
         ]
         for key, value in sandbox_env(config).items():
             args += ["--setenv", key, value]
-        args += ["--", SANDBOX_PYTHON, "-I", "/app/agent.py"]
+        args += ["--", *protocol.AGENT_COMMAND]
         return args
 
 
@@ -350,6 +352,19 @@ def refuse_key_in_sandbox_view(key: Path, runtime_dir: Path) -> None:
             "the executor runs sandboxes as its own uid, so they could read it: keep the key elsewhere "
             "(CORRAL_TLS_DIR or CORRAL_TLS_KEY_FILE, e.g. under /var/run/corral)"
         )
+
+
+def compile_runtime(runtime_dir: Path) -> None:
+    """The agent's bytecode, by the sandbox's own Python, next to it: /app is read-only in a
+    sandbox, and compiling the agent at each start would cost more than running it. Up-to-date
+    files are skipped; a read-only runtime (installed, compiled by scripts/bootstrap) is left."""
+    if not os.access(runtime_dir, os.W_OK):
+        return
+    sources = [str(runtime_dir / name) for name in ("agent.py", "agent_protocol.py")]
+    try:
+        subprocess.run([SANDBOX_PYTHON, "-I", "-S", "-m", "compileall", "-q", *sources], capture_output=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.warning("sandbox_runtime_not_compiled", error=str(exc))
 
 
 def cgroup_binds(cgroup: Cgroup) -> list[str]:

@@ -35,6 +35,9 @@ RETRY_SECONDS = 5.0
 # A refill waits this long after a claim: starting a sandbox takes the event loop for a few ms
 # (fork/exec), which would otherwise land on the claiming task's first step.
 REFILL_DELAY_SECONDS = 0.05
+# Sandboxes started at once to refill the pool: a burst of claims is met by a burst of starts
+# (one at a time, a pool of 8 refilled at ~25/s while tasks were claimed at 100+/s).
+REFILL_PARALLEL = 2
 
 
 class PooledSandbox(Protocol):
@@ -125,20 +128,37 @@ class WarmPool(Generic[S]):
         closing.add_done_callback(self._closing.discard)
 
     async def _fill(self) -> None:
-        while True:
-            await self._wanted.wait()
-            if self.claimed_total:  # a refill, not the first fill
-                await asyncio.sleep(REFILL_DELAY_SECONDS)
-            self._wanted.clear()
-            while len(self._ready) < self.size:
-                try:
-                    sandbox = await self.start_one()
-                except (SandboxError, OSError) as exc:
-                    log.warning(f"could not start a warm {self.what}", error=str(exc))
-                    await asyncio.sleep(RETRY_SECONDS)
-                    continue
-                self.started_total += 1
-                self._ready.append(sandbox)
+        starting: set[asyncio.Task[bool]] = set()
+        try:
+            while True:
+                await self._wanted.wait()
+                if self.claimed_total:  # a refill, not the first fill
+                    await asyncio.sleep(REFILL_DELAY_SECONDS)
+                self._wanted.clear()
+                while len(self._ready) + len(starting) < self.size or starting:
+                    while len(self._ready) + len(starting) < self.size and len(starting) < REFILL_PARALLEL:
+                        starting.add(asyncio.create_task(self._start_one()))
+                    done, _ = await asyncio.wait(starting, return_when=asyncio.FIRST_COMPLETED)
+                    starting -= done
+                    if not all(task.result() for task in done):
+                        await asyncio.sleep(RETRY_SECONDS)
+        finally:
+            for task in starting:
+                task.cancel()
+            for task in starting:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task  # one that got through is in _ready, which stop() empties
+
+    async def _start_one(self) -> bool:
+        """One more ready sandbox; False when it could not be started."""
+        try:
+            sandbox = await self.start_one()
+        except (SandboxError, OSError) as exc:
+            log.warning(f"could not start a warm {self.what}", error=str(exc))
+            return False
+        self.started_total += 1
+        self._ready.append(sandbox)
+        return True
 
 
 # --- slots -------------------------------------------------------------------------------------

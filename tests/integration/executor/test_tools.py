@@ -113,6 +113,23 @@ async def test_typescript_syntax_error_fails(executor: ExecutorClient) -> None:
     assert "main.ts:1:9 - error TS1109" in outcome.step(0).stderr
 
 
+@pytest.mark.timeout(240)
+async def test_typescript_steps_share_the_sandboxs_checker_and_survive_its_death(executor: ExecutorClient) -> None:
+    # The first TypeScript step starts the sandbox's warm checker; later ones use it, see a
+    # file changed in between, and get a new checker when a step killed the old one.
+    steps: list[dict[str, object]] = [
+        {"tool": "typescript", "code": "const n: number = 6 * 7; console.log(n, process.argv.length);", "timeout": 120},
+        {"tool": "typescript", "code": 'const s: string = 42;\n', "continue_on_error": True},
+        {"tool": "shell", "command": "pkill -KILL -f 'ts-run[.]js --serve' && echo killed"},
+        {"tool": "typescript", "code": "console.log(['late'].map((w) => w.toUpperCase()).join());", "timeout": 120},
+    ]
+    _, outcome = await executor.run_steps(steps)
+    assert outcome.step(0).stdout == "42 2\n", (outcome.step(0).stderr, outcome.step(0).error)
+    assert outcome.step(1).exit_code == 2 and "main.ts:1:7 - error TS2322" in outcome.step(1).stderr
+    assert outcome.step(2).stdout == "killed\n"
+    assert outcome.step(3).stdout == "LATE\n", (outcome.step(3).stderr, outcome.step(3).error)
+
+
 async def test_gui_step_gets_a_desktop_and_screenshot(executor: ExecutorClient) -> None:
     """A gui step gives the sandbox a desktop (more in tests/integration/desktop)."""
     task_id, outcome = await executor.run_steps([

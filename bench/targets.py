@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Issue 13's sandbox- and executor-side figures in one run, each beside its floor (a benchmark,
+not a test). Starts `corral up` on free ports (bench/e2e.py's embedded system), bubblewrap
+first, then docker if its image is there.
+
+    .venv/bin/python bench/targets.py                  # every row
+    .venv/bin/python bench/targets.py --no-docker      # bubblewrap rows only
+    CORRAL_DOCKER_IMAGE=corral/sandbox:x .venv/bin/python bench/targets.py
+
+Rows (the issue's table; the scheduler's, memory's and the CLI's own rows are measured by
+their own scripts):
+  burst throughput     B one-step `true` tasks at once, tasks/s, vs bare bwrap run 2 at a time
+  CPU per task         CPU of every process of the system (the `corral up` tree, sandboxes
+                       included: children's times from /proc) per task of the burst, vs the
+                       CPU of one bare bwrap run
+  sequential           submit -> finished p50 of N one-step tasks (gRPC), vs one bare bwrap run
+  TypeScript step      p50 of a hello-world step's duration after the sandbox's first, vs 100 ms
+  docker warm pool     submit -> finished p50 with the docker driver and a warm pool of 2,
+                       vs 40 ms (and a bare `docker run --rm IMAGE true`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import contextlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e import bare_docker_run, embedded_system, latency, percentile
+
+from corral.client import CorralClient
+from corral.schema import TaskRequest
+from corral.v1 import task_pb2
+
+TRUE_TASK = TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "true"}]})
+TS_HELLO = "console.log('hello');"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def bare_bwrap_argv(task_dir: str) -> list[str]:
+    """bench/bwrap_bare.sh's sandbox: the driver's namespaces and mounts, minus the agent."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise SystemExit("bwrap not found")
+    drop = []
+    if os.geteuid() == 0:  # as the driver does: bwrap as an unprivileged host user
+        os.chown(task_dir, 65534, 65534)
+        drop = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"]
+    links = []
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        if os.path.islink(f"/{name}"):
+            links += ["--symlink", os.readlink(f"/{name}"), f"/{name}"]
+        elif os.path.isdir(f"/{name}"):
+            links += ["--ro-bind", f"/{name}", f"/{name}"]
+    return [*drop, bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent",
+            "--new-session", "--uid", "1000", "--gid", "1000", "--hostname", "sandbox",
+            "--ro-bind", "/usr", "/usr", "--ro-bind", "/etc", "/etc", *links, "--proc", "/proc",
+            "--dev", "/dev", "--tmpfs", "/tmp", "--bind", task_dir, "/tasks/t", "--chdir", "/tasks/t",
+            "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--", "/bin/true"]
+
+
+def bare_bwrap(runs: int) -> tuple[float, float, float]:
+    """Bare `bwrap ... true`: median seconds of one run, CPU seconds of one run (its rusage),
+    and runs per second two at a time (one per core of the 2-core reference machine)."""
+    task_dir = tempfile.mkdtemp(prefix="corral-bare-")
+    os.chmod(task_dir, 0o755)
+    argv = bare_bwrap_argv(task_dir)
+    argv[0] = shutil.which(argv[0]) or argv[0]
+    times, cpu = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        pid = os.posix_spawn(argv[0], argv, os.environ)
+        _, _, usage = os.wait4(pid, 0)
+        times.append(time.perf_counter() - start)
+        cpu.append(usage.ru_utime + usage.ru_stime)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda _: subprocess.run(argv, check=True), range(runs * 2)))
+    rate = runs * 2 / (time.perf_counter() - start)
+    shutil.rmtree(task_dir, ignore_errors=True)
+    return statistics.median(times), statistics.median(cpu), rate
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of `root` and every live descendant, each with its reaped children's."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rfind(")") + 2 :].split()
+        children.setdefault(int(fields[1]), []).append(int(name))
+        cpu[int(name)] = sum(int(f) for f in fields[11:15]) / TICK
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        total += cpu.get(pid, 0.0)
+        todo += children.get(pid, [])
+    return total
+
+
+def join_cpu_cgroup() -> Path | None:
+    """A cgroup of this process's own (v1 cpuacct or v2), which `corral up` then inherits: its
+    CPU counts every process that ever ran in it, sandboxes killed before anyone waited for
+    them included (which /proc's children's times miss). None where one cannot be made."""
+    v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    base = Path("/sys/fs/cgroup") if v2 else Path("/sys/fs/cgroup/cpuacct")
+    mine = base / f"corral-bench-{os.getpid()}"
+    try:
+        mine.mkdir()
+        (mine / "cgroup.procs").write_text(str(os.getpid()))
+    except OSError:
+        return None
+
+    def leave() -> None:  # back where we came from; the cgroup goes once empty
+        with contextlib.suppress(OSError):
+            (base / "cgroup.procs").write_text(str(os.getpid()))
+            mine.rmdir()
+
+    atexit.register(leave)
+    return mine
+
+
+def system_cpu(cgroup: Path | None) -> float:
+    """CPU seconds so far of this process and everything it started."""
+    if cgroup is None:
+        return tree_cpu(os.getpid())
+    if (cgroup / "cpuacct.usage").exists():
+        return int((cgroup / "cpuacct.usage").read_text()) / 1e9
+    stat = dict(line.split() for line in (cgroup / "cpu.stat").read_text().splitlines())
+    return int(stat["usage_usec"]) / 1e6
+
+
+CGROUP: Path | None = None
+
+
+async def burst(client: CorralClient, count: int) -> tuple[float, float, int]:
+    """`count` tasks at once: tasks/s, CPU seconds of the whole system per task, not completed."""
+    own_before = time.process_time()
+    before = system_cpu(CGROUP)
+    start = time.perf_counter()
+    task_ids = await asyncio.gather(*(client.submit(TRUE_TASK) for _ in range(count)))
+    tasks = await asyncio.gather(*(client.wait(task_id) for task_id in task_ids))
+    elapsed = time.perf_counter() - start
+    await asyncio.sleep(1.0)  # the last sandboxes' teardown and the pool's refill
+    system = system_cpu(CGROUP) - before - (time.process_time() - own_before)  # not this client's
+    failed = sum(task.state != task_pb2.TASK_STATE_COMPLETED for task in tasks)
+    return count / elapsed, system / count, failed
+
+
+async def typescript_steps(client: CorralClient, count: int) -> list[float]:
+    """Durations of `count` hello-world TypeScript steps after a task's first (seconds)."""
+    steps = [{"tool": "typescript", "code": TS_HELLO, "timeout": 120}] * (count + 1)
+    task_id = await client.submit(TaskRequest.model_validate({"steps": steps}))
+    started: dict[int, float] = {}
+    durations: list[float] = []
+    async with contextlib.aclosing(client.watch(task_id)) as events:
+        async for event in events:
+            kind = event.WhichOneof("event")
+            at = event.time.ToNanoseconds() / 1e9
+            if kind == "step_started":
+                started[event.step_started.index] = at
+            elif kind == "step_finished":
+                index = event.step_finished.result.index
+                if index > 0:
+                    durations.append(at - started[index])
+    return durations
+
+
+def row(name: str, value: str, floor: str, ratio: float, target: str) -> None:
+    print(f"  {name:<44} {value:>12}   floor {floor:>12}   ratio {ratio:6.2f}x   target {target}")
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+async def bubblewrap_rows(scheduler: str, settings: object, args: argparse.Namespace, floor: tuple[float, float, float]) -> None:
+    one_run, one_cpu, bare_rate = floor
+    async with CorralClient(scheduler, settings) as client:  # type: ignore[arg-type]
+        await client.wait(await client.submit(TRUE_TASK))  # warm-up: connections, caches
+        rate, cpu, failed = await burst(client, args.burst)
+        row(f"burst, {args.burst} one-step tasks (tasks/s)", f"{rate:.1f}/s", f"{bare_rate:.1f}/s", rate / bare_rate, ">= 0.5x")
+        row("CPU per one-step task, all processes", ms(cpu), ms(one_cpu), cpu / one_cpu, "<= 10 ms")
+        _, finished, not_completed, _ = await latency(client, args.count)
+        p50 = percentile(finished, 0.5)
+        row(f"sequential submit -> finished p50 (n={args.count})", ms(p50), ms(one_run), p50 / one_run, "<= 2.5x")
+        durations = await typescript_steps(client, args.ts_steps)
+        ts = percentile(durations, 0.5)
+        row(f"TypeScript hello-world step p50 (n={len(durations)})", ms(ts), "100.0 ms", ts / 0.1, "<= 100 ms")
+        if failed or not_completed:
+            print(f"  (not completed: {failed} of the burst, {not_completed} of the sequential tasks)")
+
+
+async def docker_rows(scheduler: str, settings: object, count: int, bare_run: float | None) -> None:
+    async with CorralClient(scheduler, settings) as client:  # type: ignore[arg-type]
+        await client.wait(await client.submit(TRUE_TASK))
+        _, finished, not_completed, _ = await latency(client, count)
+        p50 = percentile(finished, 0.5)
+        row(f"docker, warm pool 2: submit -> finished p50 (n={count})", ms(p50), "40.0 ms", p50 / 0.04, "<= 40 ms")
+        if bare_run is not None:
+            print(f"  (bare `docker run --rm IMAGE true`: {ms(bare_run)}; not completed: {not_completed})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", "--count", type=int, default=30, help="sequential tasks")
+    parser.add_argument("-b", "--burst", type=int, default=100, help="tasks submitted at once")
+    parser.add_argument("--ts-steps", type=int, default=10, help="TypeScript steps after the first")
+    parser.add_argument("--bwrap-runs", type=int, default=30)
+    parser.add_argument("--no-docker", action="store_true")
+    args = parser.parse_args()
+
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load {load:.1f}, Python {sys.version.split()[0]}")
+    floor = bare_bwrap(args.bwrap_runs)
+    print(f"floor: bare `bwrap --unshare-all ... true`: {ms(floor[0])} a run, {ms(floor[1])} CPU, "
+          f"{floor[2]:.1f}/s two at a time")
+    global CGROUP
+    CGROUP = join_cpu_cgroup()
+    print(f"bubblewrap (`corral up`, default warm pool; CPU from {CGROUP or '/proc'}):")
+    with embedded_system({"CORRAL_SANDBOX_DRIVER": "bubblewrap"}) as (scheduler, settings):
+        asyncio.run(bubblewrap_rows(scheduler, settings, args, floor))
+    if args.no_docker or shutil.which("docker") is None:
+        return
+    image = os.environ.get("CORRAL_DOCKER_IMAGE", "corral/sandbox:latest")
+    if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
+        print(f"docker: no image {image} (scripts/build-images); its row is left out")
+        return
+    print(f"docker ({image}):")
+    bare_run = bare_docker_run(3)
+    env = {"CORRAL_SANDBOX_DRIVER": "docker", "CORRAL_DOCKER_WARM_POOL": "2", "CORRAL_DOCKER_IMAGE": image}
+    with embedded_system(env) as (scheduler, settings):
+        asyncio.run(docker_rows(scheduler, settings, max(args.count // 2, 5), bare_run))
+    print("density (idle sandboxes in 24 GiB): not measured here")
+
+
+if __name__ == "__main__":
+    main()
