@@ -188,6 +188,8 @@ class ErrorReply(Reply):
 
     TYPE: ClassVar[str] = "error"
     error: str
+    # The path asked for does not exist (the executor answers NotFound, the gateway 404).
+    missing: bool = False
 
 
 @dataclass(kw_only=True)
