@@ -66,8 +66,10 @@ def sandbox(args: argparse.Namespace) -> int:
             else:
                 _print_table(rows)
         elif action == "rm":
+            from corral.sdk import calls
+
             for sandbox_id in args.sandbox_ids:
-                Sandbox(client, {"sandbox_id": sandbox_id}, owned=False).kill()
+                client.send(calls.delete_sandbox(sandbox_id))  # NotFound for an unknown id (kill() ignores it)
                 print(f"deleted {sandbox_id}", file=sys.stderr)
         elif action == "extend":
             extended = Sandbox(client, {"sandbox_id": args.sandbox_id}, owned=False)

@@ -148,6 +148,36 @@ def test_sdk_raises_not_found_for_a_missing_file(corral_up: CorralUp) -> None:
         assert sb.read_file("here.txt") == "x"
 
 
+def test_sdk_task_and_async_task_follow_list_and_cancel(corral_up: CorralUp) -> None:
+    """What the CLI's task commands stand on: Task (blocking) and AsyncTask, the same names."""
+    import asyncio
+
+    from corral import AsyncSandbox, AsyncTask, Task
+
+    with Task.submit({"steps": [{"tool": "shell", "command": "echo a; exit 5"}]}, url=corral_up.gateway) as task:
+        kinds = [kind for kind, _ in task.events()]
+        assert kinds[0] == "scheduled" and kinds[-1] == "finished" and "output" in kinds
+        final = task.status()
+        assert (final.status, final.steps[0].exit_code, final.steps[0].stdout) == ("failed", 5, "a\n")
+        assert task.id in [t.task_id for t in Task.list(state="failed", limit=20, url=corral_up.gateway)]
+
+    async def go() -> tuple[str, str, bool]:
+        async with await AsyncTask.submit({"steps": [{"tool": "shell", "command": "sleep 300"}]},
+                                          url=corral_up.gateway) as sleeper:
+            async for kind, _ in sleeper.events():
+                if kind == "step_started":
+                    await sleeper.cancel()
+            ended = (await sleeper.status()).status
+        async with await AsyncTask.submit({"steps": [{"tool": "shell", "command": "echo b"}]},
+                                          url=corral_up.gateway) as echo:
+            done = await echo.wait()
+        async with await AsyncSandbox.create(url=corral_up.gateway) as sb:
+            listed = sb.id in [row["sandbox_id"] for row in await AsyncSandbox.list(url=corral_up.gateway)]
+        return ended, done.steps[0].stdout, listed
+
+    assert asyncio.run(go()) == ("cancelled", "b\n", True)
+
+
 def test_shell_completion_completes_commands_and_flags() -> None:
     script = subprocess.run(corral_command("completion", "bash"), capture_output=True, text=True, timeout=60,
                             cwd=REPO).stdout

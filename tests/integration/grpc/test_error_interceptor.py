@@ -19,8 +19,8 @@ from corral.errors import (
     InvalidArgument,
     NotFound,
     SandboxEnded,
-    from_rpc_error,
 )
+from corral.grpc_errors import from_rpc_error
 from corral.grpc_server import insecure_channel, new_server
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc
 
