@@ -110,9 +110,11 @@ def _print(args: argparse.Namespace, result: Any) -> None:
         if args.json:
             print(json.dumps(rows, indent=2))
             return
-        for row in rows:
-            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-            admin = "admin" if row["admin"] else "-"
-            print(f"{row['key_id']}  {row['tenant_id']:<16} {admin:<6} {row['name']:<16} {state}")
+        table = [("KEY", "TENANT", "ROLE", "NAME", "STATE")]
+        table += [(row["key_id"], row["tenant_id"], "admin" if row["admin"] else "-", row["name"],
+                   f"revoked {row['revoked_at']}" if row["revoked_at"] else "active") for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(5)]
+        for line in table:
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
     else:
         print(json.dumps(result, indent=2) if args.json else f"revoked {result['key_id']}")
