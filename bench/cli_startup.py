@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -90,10 +91,18 @@ def embedded_stack() -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
+# CPU seconds (user + system) of each child timed, beside its wall time: on a busy machine the
+# CPU a run costs says more than how long it waited for a core.
+CPU: list[float] = []
+
+
 def timed(argv: list[str], env: dict[str, str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
     took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
     return took
@@ -130,8 +139,12 @@ def measure(url: str, runs: int) -> None:
     env = child_env()
     command = [sys.executable, "-m", "corral.cli", "--url", url, "run", "-q", "echo x"]
     timed(command, env)  # warm-up: bytecode caches, the warm pool
+    CPU.clear()
     runs_s = [timed(command, env) for _ in range(runs)]
+    cli_cpu = statistics.median(CPU)
+    CPU.clear()
     bare = statistics.median([timed([sys.executable, "-c", "pass"], env) for _ in range(max(5, runs // 2))])
+    bare_cpu = statistics.median(CPU)
     imports = statistics.median([import_seconds(env) for _ in range(5)])
     task = in_process(url, max(5, runs // 2))
     p50 = statistics.median(runs_s)
@@ -140,6 +153,7 @@ def measure(url: str, runs: int) -> None:
           f"min {min(runs_s) * 1000:7.1f} ms")
     print(f"  target {TARGET_SECONDS * 1000:.0f} ms: p50 is {p50 / TARGET_SECONDS:.2f}x the target "
           f"({'met' if p50 <= TARGET_SECONDS else 'NOT met'})")
+    print(f"  CPU of the process (user + system) p50 {cli_cpu * 1000:7.1f} ms (python -c pass: {bare_cpu * 1000:.1f} ms)")
     print("floors (p50):")
     print(f"  python -c pass                         {bare * 1000:7.1f} ms")
     print(f"  the CLI's imports (importtime)         {imports * 1000:7.1f} ms")
