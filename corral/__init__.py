@@ -12,19 +12,21 @@ __version__ = "0.1.0"
 # The SDK's names, imported when first asked for: `import corral` (the CLI, the services)
 # stays cheap.
 __all__ = [
-    "AsyncSandbox", "CommandFailed", "CommandResult", "FileInfo", "OutputChunk", "Sandbox",
-    "TaskResult", "Timeout", "run_task", "run_task_async",
+    "AsyncSandbox", "AsyncTask", "CommandFailed", "CommandResult", "FileInfo", "OutputChunk", "Sandbox",
+    "Task", "TaskResult", "Timeout", "run_task", "run_task_async",
 ]
 _SDK_NAMES = frozenset(__all__)
 
 if TYPE_CHECKING:
     from corral.sdk import (
         AsyncSandbox,
+        AsyncTask,
         CommandFailed,
         CommandResult,
         FileInfo,
         OutputChunk,
         Sandbox,
+        Task,
         TaskResult,
         Timeout,
         run_task,

@@ -1,122 +1,171 @@
-"""The `corral` command: `up` runs the whole system locally; `run`, `status`, `cancel`, `ls` use it."""
+"""The `corral` command: `up` runs the whole system locally; the client commands (`run`, `exec`,
+`cp`, `ls`, `sandbox`...) speak REST to a gateway (--url / CORRAL_URL) through the SDK.
+
+Each command's module is imported only when that command runs (and only the chosen command's
+arguments are defined), so `corral run` pays for neither the server's code nor the other
+commands' (`python -X importtime -m corral.cli run ...` shows what a command imports).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import importlib
+import os
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from corral import cli_keys, cli_mcp, cli_pki, cli_run, cli_sandbox, cli_up
-from corral.config import Settings
-from corral.errors import CorralError, Unavailable
+from corral import __version__
+from corral.cli_client import add_connection_arguments
 
 EXAMPLES = """examples:
   corral up                                   start every service (gateway on 127.0.0.1:8000)
   corral run 'echo hi' 'ls -la /app'          run two shell steps in a sandbox, follow them live
   corral run --python 'print(6 * 7)'
   corral run -f task.yaml --json              steps from a file, final status as JSON
-  corral ls --state running
-  corral status TASK_ID
-  corral cancel TASK_ID
-  corral sandbox create --desktop --ttl 3600  a long-lived sandbox; then corral run --sandbox ID ...
+  corral ls --state running                   tasks, newest first
+  corral logs -f TASK_ID                      a task's output, followed live
+  corral sandbox create --desktop --ttl 3600  a long-lived sandbox (prints its id and URLs)
+  corral exec SANDBOX_ID -- ls -la            a command in it; its exit code is corral's
+  corral cp ./src SANDBOX_ID:src              copy files in (or out: SANDBOX_ID:path ./here)
   corral pki init ./pki                       a CA and service certificates for another deployment
   corral keys create --admin --name admin --database   the first admin key (where the scheduler runs)
   CORRAL_API_KEY=crl_... corral keys create --name alice   a key for tenant alice
 
-With API keys (CORRAL_AUTH=keys), client commands send CORRAL_API_KEY.
+Client commands reach the gateway at --url or CORRAL_URL (default http://127.0.0.1:8000) with
+the API key of --api-key or CORRAL_API_KEY.
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
+@dataclass(frozen=True)
+class Command:
+    """A subcommand: its module's `setup(parser)` defines its arguments and `run(args)` runs it
+    (an exit code); by default `add_<name>` and `<name>`. `local` commands talk to no gateway."""
+
+    name: str
+    module: str
+    help: str
+    description: str = ""
+    local: bool = False
+    setup: str = ""
+    run: str = ""
+
+    def function(self, which: str) -> Any:
+        module = sys.modules[__name__] if self.module == __name__ else importlib.import_module(self.module)
+        base = self.name.replace("-", "_")
+        name = (self.setup or f"add_{base}") if which == "setup" else (self.run or base)
+        return getattr(module, name)
+
+
+# One line per command (another command is one more line here and its own module).
+COMMANDS = [
+    Command("up", "corral.cli_up", "start scheduler, memory, executor and gateway locally", local=True,
+            setup="add_arguments", run="main"),
+    Command("run", "corral.cli_run", "run steps in a sandbox and follow them live",
+            "Submit a task and print its output as it comes. Exit code: 0 if it completed; if it "
+            "failed, the failed step's exit code (1 when it has none, e.g. a timeout or a refused "
+            "step); 130 if cancelled (Ctrl-C cancels it); 2 on bad input or no gateway."),
+    Command("status", "corral.cli_tasks", "show a task's state and step results"),
+    Command("ls", "corral.cli_tasks", "list tasks, newest first"),
+    Command("logs", "corral.cli_tasks", "a task's output (-f: follow it live)"),
+    Command("cancel", "corral.cli_tasks", "cancel a task"),
+    Command("exec", "corral.cli_exec", "run a command in a long-lived sandbox (exit code: the command's)"),
+    Command("cp", "corral.cli_exec", "copy files or directories into or out of a sandbox (SANDBOX:PATH)"),
+    Command("sandbox", "corral.cli_sandbox", "long-lived sandboxes: create, ls, rm, extend, network"),
+    Command("keys", "corral.cli_keys", "API keys: create, ls, revoke"),
+    Command("pki", "corral.cli_pki", "the deployment's CA and service certificates (compose, clusters)",
+            local=True, setup="add_arguments", run="run"),
+    Command("mcp", "corral.cli_mcp", "serve Corral's sandboxes as MCP tools (stdio, or --http)", local=True,
+            setup="add_arguments", run="run"),
+    Command("completion", "corral.cli", "print a shell completion script (bash or zsh)", local=True),
+]
+BY_NAME = {c.name: c for c in COMMANDS}
+
+
+def add_completion(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("shell", choices=["bash", "zsh"], nargs="?", default="bash")
+
+
+def completion(args: argparse.Namespace) -> int:
+    """A completion script for commands and their options: `eval "$(corral completion bash)"`."""
+    parser = build_parser(None)
+    words: dict[str, list[str]] = {}
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        for name, sub in getattr(action, "choices", {}).items():
+            flags = [o for a in sub._actions for o in a.option_strings]
+            subs = [n for a in sub._actions if isinstance(a, argparse._SubParsersAction) for n in a.choices]
+            words[name] = subs + flags
+    cases = "\n".join(f'        {name}) opts="{" ".join(w)}" ;;' for name, w in words.items())
+    script = f"""_corral() {{
+    local cur="${{COMP_WORDS[COMP_CWORD]}}" cmd="" opts="" i
+    for ((i = 1; i < COMP_CWORD; i++)); do
+        case "${{COMP_WORDS[i]}}" in -*) ;; *) cmd="${{COMP_WORDS[i]}}"; break ;; esac
+    done
+    case "$cmd" in
+        "") opts="{' '.join(words)} --url --api-key --version --help" ;;
+{cases}
+    esac
+    COMPREPLY=($(compgen -W "$opts" -- "$cur"))
+}}
+"""
+    if args.shell == "zsh":
+        script = "autoload -U +X bashcompinit && bashcompinit\n" + script
+    print(script + "complete -o default -F _corral corral")
+    return 0
+
+
+def build_parser(only: str | None) -> argparse.ArgumentParser:
+    """The parser; with `only`, only that command's arguments are defined (the rest are named,
+    for --help, without importing their modules)."""
     parser = argparse.ArgumentParser(
         prog="corral",
         description="Run AI agents' tasks in isolated sandboxes.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"corral {__version__}")
+    add_connection_arguments(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    up = commands.add_parser("up", help="start scheduler, memory, executor and gateway locally")
-    cli_up.add_arguments(up)
-
-    run = commands.add_parser(
-        "run",
-        help="run steps in a sandbox and follow them live",
-        description="Submit a task, print its output as it comes, exit 0 if it completed, "
-        "1 if it failed, 130 if cancelled (Ctrl-C cancels it), 2 on bad input.",
-    )
-    cli_run.add_run_arguments(run)
-
-    status = commands.add_parser("status", help="show a task's state and step results")
-    status.add_argument("task_id")
-    status.add_argument("--json", action="store_true", help="the full status document as JSON")
-    cli_run.add_scheduler_argument(status)
-
-    cancel = commands.add_parser("cancel", help="cancel a task")
-    cancel.add_argument("task_id")
-    cli_run.add_scheduler_argument(cancel)
-
-    ls = commands.add_parser("ls", help="list tasks, newest first")
-    ls.add_argument("--state", help="only tasks in this state (scheduled, running, completed, ...)")
-    ls.add_argument("--limit", type=int, default=50, help="at most this many (max 500)")
-    ls.add_argument("--json", action="store_true")
-    cli_run.add_scheduler_argument(ls)
-
-    sandbox = commands.add_parser("sandbox", help="long-lived sandboxes: create, ls, rm, extend")
-    cli_sandbox.add_arguments(sandbox)
-
-    pki = commands.add_parser("pki", help="the deployment's CA and service certificates (compose, clusters)")
-    cli_pki.add_arguments(pki)
-
-    keys = commands.add_parser("keys", help="API keys: create, ls, revoke")
-    cli_keys.add_arguments(keys)
-
-    mcp = commands.add_parser("mcp", help="serve Corral's sandboxes as MCP tools (stdio, or --http)")
-    cli_mcp.add_arguments(mcp)
+    for command in COMMANDS:
+        sub = commands.add_parser(command.name, help=command.help, description=command.description or None)
+        if only is not None and command.name != only:
+            continue
+        command.function("setup")(sub)
+        if not command.local:
+            add_connection_arguments(sub)
     return parser
 
 
-CLIENT_COMMANDS: dict[str, Callable[[argparse.Namespace, str], Coroutine[Any, Any, int]]] = {
-    "run": cli_run.run,
-    "status": cli_run.status,
-    "cancel": cli_run.cancel,
-    "ls": cli_run.list_tasks,
-    "sandbox": cli_sandbox.run,
-    "keys": cli_keys.run,
-}
-
-
-def run_client_command(args: argparse.Namespace) -> int:
-    scheduler = args.scheduler or Settings().scheduler_address
-    try:
-        return asyncio.run(CLIENT_COMMANDS[args.command](args, scheduler))
-    except cli_run.UsageError as exc:
-        print(f"corral {args.command}: {exc}", file=sys.stderr)
-        return cli_run.EXIT_ERROR
-    except Unavailable:
-        print(
-            f"corral {args.command}: cannot reach the scheduler at {scheduler} (is `corral up` running?)",
-            file=sys.stderr,
-        )
-        return cli_run.EXIT_ERROR
-    except CorralError as exc:
-        print(f"corral {args.command}: {exc.code.name}: {exc.message}", file=sys.stderr)
-        return cli_run.EXIT_ERROR
-    except KeyboardInterrupt:
-        return cli_run.EXIT_CANCELLED
+def chosen_command(argv: Sequence[str]) -> str:
+    """The command named in argv (the first word that is one; '' for none), without parsing it all."""
+    return next((word for word in argv if word in BY_NAME), "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "up":
-        return cli_up.main(args)
-    if args.command == "pki":
-        return cli_pki.run(args)
-    if args.command == "mcp":
-        return cli_mcp.run(args)
-    return run_client_command(args)
+    """Runs `corral ARGS`; its exit code. A closed stdout (`corral run --events | head`) ends
+    it quietly, not with a traceback."""
+    try:
+        code = _main(list(sys.argv[1:] if argv is None else argv))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: point it at /dev/null so that cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+def _main(argv: list[str]) -> int:
+    args = build_parser(chosen_command(argv)).parse_args(argv)
+    command = BY_NAME[args.command]
+    if command.local:
+        code: int = command.function("run")(args)
+        return code
+    from corral.cli_client import run_client_command
+
+    return run_client_command(args, command.function("run"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""`corral keys create | ls | revoke`: API keys, over the scheduler's KeyService (with an admin
-key in CORRAL_API_KEY), or with `--database` straight in the scheduler's database.
+"""`corral keys create | ls | revoke`: API keys, over the gateway's /v1/keys (with an admin key
+in --api-key or CORRAL_API_KEY), or with `--database` straight in the scheduler's database.
 
 `--database` is how the first admin key is made: run where the scheduler runs (the same
 CORRAL_DATA_DIR or CORRAL_SCHEDULER_DATABASE_URL; in compose, `docker-compose exec scheduler`),
@@ -9,18 +9,15 @@ it needs no key, only what already gives the run of the database.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 from typing import Any
 
-from corral.api_keys import metadata_for
-from corral.client import typed_errors
-from corral.config import Settings
-from corral.grpc_server import channel
-from corral.v1 import keys_pb2, keys_pb2_grpc
+from corral.cli_client import EXIT_OK, UsageError, add_connection_arguments, make_client
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_keys(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
     create = commands.add_parser("create", help="make a key; prints it once")
     create.add_argument("--name", required=True, help="what the key is for (e.g. ci, alice)")
@@ -37,10 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             help="act on the scheduler's database directly, without a key (run it where the "
             "scheduler runs: this is how the first admin key is made)",
         )
-        sub.add_argument("--scheduler", default=None, help="scheduler host:port (default CORRAL_SCHEDULER_ADDRESS)")
+        add_connection_arguments(sub)
 
 
-def describe(key: keys_pb2.ApiKey) -> dict[str, Any]:
+def describe(key: Any) -> dict[str, Any]:
+    """A key from the database (an ApiKey message) as the gateway describes one."""
     return {
         "key_id": key.key_id,
         "name": key.name,
@@ -51,70 +49,72 @@ def describe(key: keys_pb2.ApiKey) -> dict[str, Any]:
     }
 
 
-async def run(args: argparse.Namespace, scheduler: str) -> int:
-    if args.database:
-        result = await _on_database(args)
-    else:
-        with typed_errors():
-            result = await _over_grpc(args, scheduler)
+def keys(args: argparse.Namespace) -> int:
+    result = _on_database(args) if args.database else _over_rest(args)
     _print(args, result)
-    return 0
+    return EXIT_OK
 
 
-async def _over_grpc(args: argparse.Namespace, scheduler: str) -> Any:
-    settings = Settings()
-    key = metadata_for(settings.api_key)
-    async with channel(scheduler, settings, "admin") as chan:
-        stub = keys_pb2_grpc.KeyServiceStub(chan)
+def _over_rest(args: argparse.Namespace) -> Any:
+    from corral.sdk import calls
+
+    with make_client(args) as client:
         if args.keys_command == "create":
-            request = keys_pb2.CreateKeyRequest(name=args.name, tenant_id=args.tenant, admin=args.admin)
-            reply = await stub.CreateKey(request, metadata=key)
-            return reply.key, reply.secret
+            created = client.json(calls.create_key(args.name, args.tenant, args.admin))
+            return created, created.pop("key")
         if args.keys_command == "ls":
-            listing = await stub.ListKeys(keys_pb2.ListKeysRequest(include_revoked=args.all), metadata=key)
-            return list(listing.keys)
-        revoked = await stub.RevokeKey(keys_pb2.RevokeKeyRequest(key_id=args.key_id), metadata=key)
-        return revoked.key
+            return client.json(calls.list_keys(args.all)).get("keys", [])
+        return client.json(calls.revoke_key(args.key_id))
 
 
-async def _on_database(args: argparse.Namespace) -> Any:
-    from corral.db import create_engine
-    from services.scheduler.key_store import KeyStore
-
-    engine = create_engine(Settings().database_url("scheduler"))
+def _on_database(args: argparse.Namespace) -> Any:
     try:
-        store = KeyStore(engine)
-        await store.create_tables()
-        if args.keys_command == "create":
-            return await store.create(args.name, args.tenant, args.admin)
-        if args.keys_command == "ls":
-            return await store.all(args.all)
-        return await store.revoke(args.key_id)
-    finally:
-        await engine.dispose()
+        from corral.config import Settings
+        from corral.db import create_engine
+        from services.scheduler.key_store import KeyStore
+    except ImportError as exc:
+        raise UsageError(f"--database needs the server's packages (pip install 'corral[server]'): {exc}") from None
+
+    async def act() -> Any:
+        engine = create_engine(Settings().database_url("scheduler"))
+        try:
+            store = KeyStore(engine)
+            await store.create_tables()
+            if args.keys_command == "create":
+                key, secret = await store.create(args.name, args.tenant, args.admin)
+                return describe(key), secret
+            if args.keys_command == "ls":
+                return [describe(k) for k in await store.all(args.all)]
+            return describe(await store.revoke(args.key_id))
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(act())
 
 
 def _print(args: argparse.Namespace, result: Any) -> None:
     if args.keys_command == "create":
         key, secret = result
         if args.json:
-            print(json.dumps({**describe(key), "key": secret}, indent=2))
+            print(json.dumps({**key, "key": secret}, indent=2))
             return
         print(secret)
-        role = "admin key" if key.admin else "key"
+        role = "admin key" if key["admin"] else "key"
         print(
-            f"{role} {key.key_id} for tenant {key.tenant_id!r}: the line above is the key, shown "
+            f"{role} {key['key_id']} for tenant {key['tenant_id']!r}: the line above is the key, shown "
             "only this once. Use it as CORRAL_API_KEY or `Authorization: Bearer <key>`.",
             file=sys.stderr,
         )
     elif args.keys_command == "ls":
-        rows = [describe(key) for key in result]
+        rows = result
         if args.json:
             print(json.dumps(rows, indent=2))
             return
-        for row in rows:
-            state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "active"
-            admin = "admin" if row["admin"] else "-"
-            print(f"{row['key_id']}  {row['tenant_id']:<16} {admin:<6} {row['name']:<16} {state}")
+        table = [("KEY", "TENANT", "ROLE", "NAME", "STATE")]
+        table += [(row["key_id"], row["tenant_id"], "admin" if row["admin"] else "-", row["name"],
+                   f"revoked {row['revoked_at']}" if row["revoked_at"] else "active") for row in rows]
+        widths = [max(len(line[i]) for line in table) for i in range(5)]
+        for line in table:
+            print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
     else:
-        print(json.dumps(describe(result), indent=2) if args.json else f"revoked {result.key_id}")
+        print(json.dumps(result, indent=2) if args.json else f"revoked {result['key_id']}")

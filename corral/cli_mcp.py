@@ -6,7 +6,9 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="the gateway (default: CORRAL_URL, else http://127.0.0.1:8000)")
+    from corral.cli_client import add_connection_arguments
+
+    add_connection_arguments(parser)
     parser.add_argument("--http", action="store_true",
                         help="serve streamable HTTP at http://HOST:PORT/mcp (clients send their API key as Bearer)")
     parser.add_argument("--host", default="127.0.0.1", help="with --http: the address to listen on")
@@ -16,5 +18,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from corral import mcp_server
 
-    mcp_server.serve(args.url, args.http, args.host, args.port)
+    mcp_server.serve(getattr(args, "url", None), args.http, args.host, args.port, getattr(args, "api_key", None))
     return 0

@@ -1,28 +1,28 @@
-"""`corral sandbox create|ls|rm|extend|network`: long-lived sandboxes, over gRPC to the scheduler."""
+"""`corral sandbox create|ls|rm|extend|network`: long-lived sandboxes, over the gateway's REST API."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from typing import Any
 
-from corral import cli_run
-from corral.api_keys import metadata_for
-from corral.client import typed_errors
-from corral.config import Settings
-from corral.grpc_server import channel
-from corral.network_json import NetworkRulesModel, checked_rules, network_of
-from corral.schema import seconds_to_duration
-from corral.v1 import sandbox_pb2, sandbox_pb2_grpc
-from corral.views import SANDBOX_STATE_NAMES, SandboxView
+from corral.cli_client import (
+    EXIT_OK,
+    add_connection_arguments,
+    add_network_rule_arguments,
+    age,
+    make_client,
+    parse_env,
+)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_sandbox(parser: argparse.ArgumentParser) -> None:
     commands = parser.add_subparsers(dest="sandbox_command", metavar="ACTION", required=True)
-    create = commands.add_parser("create", help="create a sandbox; prints its id and tokens")
+    create = commands.add_parser("create", help="create a sandbox; prints its id, tokens and URLs")
     create.add_argument("--desktop", action="store_true", help="with a desktop (noVNC, gui steps)")
     create.add_argument("--network", action="store_true", help="with network access")
-    cli_run.add_network_rule_arguments(create, "(implies --network)")
+    add_network_rule_arguments(create, "(implies --network)")
     create.add_argument("--ttl", type=float, default=0, help="lifetime in seconds (default 3600)")
     create.add_argument("-e", "--env", action="append", default=[], metavar="KEY=VALUE")
     create.add_argument("--json", action="store_true")
@@ -40,109 +40,92 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "without --allow/--deny/--default, show its network status",
     )
     network.add_argument("sandbox_id")
-    cli_run.add_network_rule_arguments(network)
+    add_network_rule_arguments(network)
     network.add_argument("--default", action="store_true", help="drop every rule: the default policy")
     network.add_argument("--json", action="store_true")
     for sub in (create, ls, rm, extend, network):
-        cli_run.add_scheduler_argument(sub)
+        add_connection_arguments(sub)  # also after the action: `corral sandbox ls --url ...`
 
 
-def _network_json(sandbox: sandbox_pb2.Sandbox) -> object:
-    value = network_of(sandbox.spec.network, sandbox.spec.network_rules)
-    return value.model_dump() if isinstance(value, NetworkRulesModel) else value
+def sandbox(args: argparse.Namespace) -> int:
+    from corral.sdk.sync import Sandbox
 
-
-def _describe(sandbox: sandbox_pb2.Sandbox) -> dict[str, object]:
-    return {
-        "sandbox_id": sandbox.sandbox_id,
-        "status": SANDBOX_STATE_NAMES.get(sandbox.state, "unspecified"),
-        "desktop": sandbox.spec.desktop,
-        "network": _network_json(sandbox),
-        "executor_id": sandbox.executor_id,
-        "expires_at": sandbox.expires_at.ToJsonString(),
-        "error": sandbox.error or None,
-    }
-
-
-async def run(args: argparse.Namespace, scheduler: str) -> int:
-    with typed_errors():
-        return await _run(args, scheduler)
-
-
-async def _run(args: argparse.Namespace, scheduler: str) -> int:
-    key = metadata_for(Settings().api_key)  # CORRAL_API_KEY
-    async with channel(scheduler, Settings(), "admin") as chan:
-        stub = sandbox_pb2_grpc.SandboxServiceStub(chan)
-        action = args.sandbox_command
+    action = args.sandbox_command
+    with make_client(args) as client:
         if action == "create":
-            spec = sandbox_pb2.SandboxSpec(desktop=args.desktop, network=args.network or bool(args.allow or args.deny))
-            spec.network_rules.CopyFrom(checked_rules(args.allow, args.deny))
-            for item in args.env:
-                key, sep, value = item.partition("=")
-                if not sep:
-                    raise cli_run.UsageError(f"--env wants KEY=VALUE, got {item!r}")
-                spec.env[key] = value
-            if args.ttl:
-                spec.ttl.CopyFrom(seconds_to_duration(args.ttl))
-            created = await stub.CreateSandbox(sandbox_pb2.CreateSandboxRequest(spec=spec), metadata=key)
-            info = {**_describe(created.sandbox), "token": created.token, "view_token": created.view_token}
-            if args.json:
-                print(json.dumps(info, indent=2))
-            else:
-                sid = created.sandbox.sandbox_id
-                print(sid)
-                print(f"token: {created.token}\nview token: {created.view_token}", file=sys.stderr)
-                if args.desktop:
-                    print(f"desktop: http://GATEWAY/v1/sandboxes/{sid}/vnc/?token={created.token}", file=sys.stderr)
-                print(f"jupyter: http://GATEWAY/v1/sandboxes/{sid}/jupyter/?token={created.token}", file=sys.stderr)
-                print(f"run tasks in it: corral run --sandbox {sid} 'echo hi'", file=sys.stderr)
+            network: bool | dict[str, list[str]] = bool(args.network)
+            if args.allow or args.deny:
+                network = {"allow": list(args.allow), "deny": list(args.deny)}
+            created = Sandbox.create(desktop=args.desktop, ttl=args.ttl or None, network=network,
+                                     env=parse_env(args.env) or None, client=client)
+            _print_created(created.info, client.connection.url, args.json)
         elif action == "ls":
-            reply = await stub.ListSandboxes(sandbox_pb2.ListSandboxesRequest(include_ended=args.all), metadata=key)
-            rows = [_describe(s) for s in reply.sandboxes]
+            rows = Sandbox.list(include_ended=args.all, client=client)
             if args.json:
                 print(json.dumps(rows, indent=2))
             else:
-                for row in rows:
-                    flags = ",".join(k for k in ("desktop", "network") if row[k]) or "-"
-                    print(f"{row['sandbox_id']}  {row['status']:<8} {flags:<16} expires {row['expires_at']}")
+                _print_table(rows)
         elif action == "rm":
+            from corral.sdk import calls
+
             for sandbox_id in args.sandbox_ids:
-                await stub.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=key)
+                client.send(calls.delete_sandbox(sandbox_id))  # NotFound for an unknown id (kill() ignores it)
                 print(f"deleted {sandbox_id}", file=sys.stderr)
         elif action == "extend":
-            message = sandbox_pb2.ExtendSandboxRequest(sandbox_id=args.sandbox_id)
-            if args.ttl:
-                message.ttl.CopyFrom(seconds_to_duration(args.ttl))
-            extended = await stub.ExtendSandbox(message, metadata=key)
-            print(f"{args.sandbox_id} expires at {extended.sandbox.expires_at.ToJsonString()}")
+            extended = Sandbox(client, {"sandbox_id": args.sandbox_id}, owned=False)
+            extended.extend(args.ttl or None)
+            print(f"{args.sandbox_id} expires at {extended.refresh().get('expires_at')}")
         elif action == "network":
+            target = Sandbox(client, {"sandbox_id": args.sandbox_id}, owned=False)
             if args.allow or args.deny or args.default:
-                rules = checked_rules(args.allow, args.deny)  # InvalidArgument naming the rule
-                updated = await stub.UpdateSandboxNetwork(
-                    sandbox_pb2.UpdateSandboxNetworkRequest(sandbox_id=args.sandbox_id, rules=rules),
-                    metadata=key,
-                )
-                sandbox = updated.sandbox
-            else:
-                got = await stub.GetSandbox(sandbox_pb2.GetSandboxRequest(sandbox_id=args.sandbox_id), metadata=key)
-                sandbox = got.sandbox
-            _print_network(sandbox, args.json)
-    return 0
+                target.set_network(args.allow, args.deny)  # InvalidArgument names a bad rule
+            _print_network(target.refresh(), args.json)
+    return EXIT_OK
 
 
-def _print_network(sandbox: sandbox_pb2.Sandbox, as_json: bool) -> None:
-    view = SandboxView.from_proto(sandbox)
-    shown = {"sandbox_id": view.sandbox_id, "network": _network_json(sandbox),
-             "network_status": view.network_status.model_dump() if view.network_status else None}
+def _print_created(info: dict[str, Any], base_url: str, as_json: bool) -> None:
+    """Its id on stdout; tokens and the URLs to open (the gateway's own address) on stderr."""
+    sid = info["sandbox_id"]
+    token = info.get("token", "")
+    urls = {}
+    if info.get("vnc_path"):
+        urls["desktop"] = f"{base_url}{info['vnc_path']}?token={token}"
+    if info.get("jupyter_url") or info.get("jupyter_path"):
+        urls["jupyter"] = base_url + (info.get("jupyter_url") or f"{info['jupyter_path']}?token={token}")
+    if as_json:
+        print(json.dumps({**info, "urls": urls}, indent=2))
+        return
+    print(sid)
+    print(f"token: {token}\nview token: {info.get('view_token', '')}", file=sys.stderr)
+    for name, url in urls.items():
+        print(f"{name}: {url}", file=sys.stderr)
+    print(f"run commands in it: corral exec {sid} -- ls -la   (or corral run --sandbox {sid} ...)", file=sys.stderr)
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    table = [("SANDBOX", "STATUS", "AGE", "FEATURES", "EXPIRES")]
+    for row in rows:
+        features = ",".join(k for k in ("desktop", "network") if row.get(k)) or "-"
+        table.append((row["sandbox_id"], str(row.get("status")), age(row.get("created_at")), features,
+                      str(row.get("expires_at") or "-")))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for line in table:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip())
+
+
+def _print_network(info: dict[str, Any], as_json: bool) -> None:
+    network = info.get("network")
+    shown = {"sandbox_id": info["sandbox_id"], "network": network, "network_status": info.get("network_status")}
     if as_json:
         print(json.dumps(shown, indent=2))
         return
-    rules = sandbox.spec.network_rules
-    print(f"{sandbox.sandbox_id}: network {'on' if sandbox.spec.network else 'off'}")
-    print(f"  allow: {', '.join(rules.allow) or '(any public destination)'}")
-    print(f"  deny:  {', '.join(rules.deny) or '-'}")
-    if view.network_status is not None:
-        status = view.network_status
-        print(f"  refused: {status.refused_connections} connections, {status.refused_lookups} lookups")
-        if status.recent_refused_names:
-            print(f"  recently refused names: {', '.join(status.recent_refused_names)}")
+    rules = network if isinstance(network, dict) else {}
+    print(f"{info['sandbox_id']}: network {'on' if network else 'off'}")
+    print(f"  allow: {', '.join(rules.get('allow') or []) or '(any public destination)'}")
+    print(f"  deny:  {', '.join(rules.get('deny') or []) or '-'}")
+    status = info.get("network_status")
+    if status:
+        print(f"  refused: {status.get('refused_connections', 0)} connections, "
+              f"{status.get('refused_lookups', 0)} lookups")
+        if status.get("recent_refused_names"):
+            print(f"  recently refused names: {', '.join(status['recent_refused_names'])}")

@@ -27,9 +27,8 @@ from corral.config import Settings
 from corral.grpc_server import channel
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc
 from corral.pki import DEFAULT_HOSTS, PKIError, ensure_deployment
+from corral.sdk._http import DEFAULT_URL
 from corral.supervisor import ServiceSpec, StartupError, Supervisor
-
-DEFAULT_SCHEDULER = Settings.model_fields["scheduler_address"].default
 
 # Flags of `corral up` that map one to one onto Settings fields.
 SETTING_FLAGS = {
@@ -240,7 +239,7 @@ def banner(settings: Settings, log_dir: Path) -> str:
             f"  logs           {log_dir}/<service>.log",
             auth_line(settings),
             "Try:  corral run 'echo hello from a sandbox'"
-            + ("" if settings.scheduler_address == DEFAULT_SCHEDULER else f" --scheduler {settings.scheduler_address}"),
+            + ("" if url == DEFAULT_URL else f" --url {url}"),  # the client commands' default
             "Press Ctrl-C to stop.",
             "",
         ]

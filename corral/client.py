@@ -20,7 +20,7 @@ import grpc
 
 from corral.api_keys import metadata_for
 from corral.config import Settings
-from corral.errors import from_rpc_error
+from corral.grpc_errors import from_rpc_error
 from corral.grpc_server import channel
 from corral.network_json import checked_rules
 from corral.schema import TERMINAL_TASK_STATES, TaskRequest

@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from corral.errors import ERROR_CLASS_KEY, CorralError, Unauthenticated
+from corral.grpc_errors import status_code
 
 if TYPE_CHECKING:  # the gui service's interpreter has no pydantic: config is not imported here
     from corral.config import Settings
@@ -73,7 +74,7 @@ async def abort_for(exc: Exception, context: Context, method: str) -> None:
     """Ends the call with the status `exc` stands for (always raises grpc.aio.AbortError)."""
     if isinstance(exc, CorralError):
         await context.abort(
-            exc.code,
+            status_code(exc),
             exc.message,
             trailing_metadata=((ERROR_CLASS_KEY, type(exc).__name__), *exc.trailing_metadata()),
         )

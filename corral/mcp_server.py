@@ -345,8 +345,8 @@ class RequireBearer:
         await self.app(scope, receive, send)
 
 
-def serve(url: str | None, http: bool, host: str, port: int) -> None:
-    server = build_server(url)
+def serve(url: str | None, http: bool, host: str, port: int, api_key: str | None = None) -> None:
+    server = build_server(url, api_key)
     if not http:
         server.run("stdio")
         return

@@ -127,6 +127,10 @@ class TaskView(View):
     # Last, after the seed's fields (which keep their order).
     tenant_id: str | None = Field(None, description="The tenant that owns it (its API key's).")
     network: NetworkField = Field(False, description=NETWORK_DESCRIPTION)
+    summary: str | None = Field(
+        None, description="What it runs, in a few words: its first step's command, code or path "
+        "(first line, shortened), for listings such as `corral ls`.",
+    )
 
     @classmethod
     def from_proto(cls, task: task_pb2.Task) -> TaskView:
@@ -145,8 +149,22 @@ class TaskView(View):
                 "finished_at": _time(task.finished_at, task.HasField("finished_at")),
                 "tenant_id": task.tenant_id or None,
                 "network": network_of(task.spec.network, task.spec.network_rules),
+                "summary": _summary(task.spec.steps[0]) if task.spec.steps else None,
             }
         )
+
+
+def _summary(step: task_pb2.Step) -> str:
+    kind = step.WhichOneof("action") or ""
+    action = getattr(step, kind) if kind else None
+    text = ""
+    for name in ("command", "code", "path", "action"):
+        value = getattr(action, name, "") if action is not None else ""
+        if isinstance(value, str) and value.strip():
+            text = value.strip().splitlines()[0]
+            break
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{kind}: {text}" if text else kind
 
 
 class TaskList(View):

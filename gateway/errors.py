@@ -18,7 +18,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from corral.errors import RETRY_AFTER_KEY, CorralError, Internal, error_class
+from corral.errors import RETRY_AFTER_KEY, CorralError, Internal
+from corral.grpc_errors import error_class
 from corral.steps import TOOL_NAMES as TOOLS
 from corral.steps.gui import ACTIONS as GUI_ACTIONS
 
@@ -80,7 +81,7 @@ def error_response(error: ApiError) -> JSONResponse:
 def from_corral_error(exc: CorralError) -> ApiError:
     """The HTTP face of a CorralError raised in the gateway: its class's status, its code's name."""
     return ApiError(
-        exc.http_status, exc.code.name.lower(), exc.message or exc.code.name.lower(),
+        exc.http_status, exc.code.lower(), exc.message or exc.code.lower(),
         headers=_headers(exc.http_status, dict(exc.trailing_metadata())),
     )
 

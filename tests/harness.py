@@ -165,6 +165,8 @@ class Cluster:
         )
         env.update(overrides)
         env.setdefault("CORRAL_TLS_DIR", str(data_dir / "pki"))
+        # Where the CLI and the SDK in a child process find this cluster's gateway.
+        env.setdefault("CORRAL_URL", f"http://127.0.0.1:{env['CORRAL_GATEWAY_PORT']}")
         ensure_deployment(Path(env["CORRAL_TLS_DIR"]), executor_id="executor")
         return cls(data_dir=data_dir, env=env)
 

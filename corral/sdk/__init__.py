@@ -8,22 +8,29 @@ API key come from the arguments, else CORRAL_URL / CORRAL_API_KEY. Failures rais
 for a command run with `check=True` that failed.
 """
 
-from corral.sdk.aio import AsyncCommandHandle, AsyncCommandStream, AsyncSandbox, run_task_async
-from corral.sdk.results import (
-    CommandFailed,
-    CommandResult,
-    FileInfo,
-    OutputChunk,
-    StepOutcome,
-    TaskResult,
-    Timeout,
-)
-from corral.sdk.sync import CommandHandle, CommandStream, Sandbox, run_task
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from corral.sdk.aio import AsyncCommandHandle, AsyncCommandStream, AsyncSandbox, AsyncTask, run_task_async
+    from corral.sdk.results import (
+        CommandFailed,
+        CommandResult,
+        FileInfo,
+        OutputChunk,
+        StepOutcome,
+        TaskResult,
+        Timeout,
+    )
+    from corral.sdk.sync import CommandHandle, CommandStream, Sandbox, Task, run_task
 
 __all__ = [
     "AsyncCommandHandle",
     "AsyncCommandStream",
     "AsyncSandbox",
+    "AsyncTask",
     "CommandFailed",
     "CommandHandle",
     "CommandResult",
@@ -32,8 +39,25 @@ __all__ = [
     "OutputChunk",
     "Sandbox",
     "StepOutcome",
+    "Task",
     "TaskResult",
     "Timeout",
     "run_task",
     "run_task_async",
 ]
+
+# Where each name lives; a module is imported when one of its names is first asked for, so the
+# blocking client (the CLI's) does not load asyncio's.
+_MODULES = {
+    **dict.fromkeys(("AsyncCommandHandle", "AsyncCommandStream", "AsyncSandbox", "AsyncTask", "run_task_async"), "aio"),
+    **dict.fromkeys(("CommandHandle", "CommandStream", "Sandbox", "Task", "run_task"), "sync"),
+    **dict.fromkeys(("CommandFailed", "CommandResult", "FileInfo", "OutputChunk", "StepOutcome", "TaskResult",
+                     "Timeout"), "results"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'corral.sdk' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"corral.sdk.{module}"), name)

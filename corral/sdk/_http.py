@@ -1,7 +1,8 @@
 """The SDK's wire: where the gateway is, how a call is authenticated, what a failure raises.
 
-Both clients (sync.py, aio.py) send the same `Call`s (built once in calls.py) with httpx and
-read the answers with the same functions here; only the sending differs.
+Both clients (sync.py, aio.py) send the same `Call`s (built once in calls.py) and read the
+answers with the same functions here; only the sending differs (the asyncio client's httpx,
+the blocking client's http.client in _wire.py). httpx is imported only by the asyncio client.
 """
 
 from __future__ import annotations
@@ -10,11 +11,12 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from corral import errors
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Seconds a call may take beyond its own timeout (a command's, a task's) before the client
@@ -134,6 +136,8 @@ def check(response: httpx.Response) -> httpx.Response:
 
 def transport_error(exc: httpx.HTTPError, connection: Connection) -> errors.CorralError:
     """A call that never got an answer: the gateway is unreachable or too slow."""
+    import httpx
+
     if isinstance(exc, httpx.TimeoutException):
         return errors.DeadlineExceeded(f"no answer from Corral at {connection.url} in time ({exc})")
     return errors.Unavailable(f"cannot reach Corral at {connection.url}: {exc}")

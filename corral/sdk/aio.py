@@ -9,6 +9,8 @@ The same names and arguments as sync.py (each call awaited); both send the calls
 
 from __future__ import annotations
 
+import asyncio
+import builtins
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, overload
@@ -19,7 +21,6 @@ from corral import errors
 from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, check, error_event, transport_error
 from corral.sdk.results import (
-    TERMINAL_TASK_STATUSES,
     CommandResult,
     FileInfo,
     OnOutput,
@@ -176,24 +177,44 @@ class AsyncSandbox:
         limits: Mapping[str, int] | None = None,
         url: str | None = None,
         api_key: str | None = None,
+        client: AsyncClient | None = None,
     ) -> AsyncSandbox:
-        client = AsyncClient(url, api_key)
+        """A new sandbox (`client`: an open connection to use instead of url/api_key)."""
+        own = client is None
+        client = client or AsyncClient(url, api_key)
         try:
             info = await client.json(calls.create_sandbox(desktop, ttl, network, env, limits))
         except BaseException:
-            await client.close()
+            if own:
+                await client.close()
             raise
         return cls(client, info, owned=True)
 
     @classmethod
-    async def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> AsyncSandbox:
-        client = AsyncClient(url, api_key)
+    async def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None,
+                      client: AsyncClient | None = None) -> AsyncSandbox:
+        """An existing sandbox, by id (NotFound when the caller's tenant has none such)."""
+        own = client is None
+        client = client or AsyncClient(url, api_key)
         try:
             info = await client.json(calls.get_sandbox(sandbox_id))
         except BaseException:
-            await client.close()
+            if own:
+                await client.close()
             raise
         return cls(client, info, owned=False)
+
+    @staticmethod
+    async def list(*, include_ended: bool = False, url: str | None = None, api_key: str | None = None,
+                   client: AsyncClient | None = None) -> builtins.list[dict[str, Any]]:
+        """The caller's sandboxes (as the gateway describes them), also ended ones when asked."""
+        own = client is None
+        client = client or AsyncClient(url, api_key)
+        try:
+            return builtins.list((await client.json(calls.list_sandboxes(include_ended))).get("sandboxes", []))
+        finally:
+            if own:
+                await client.close()
 
     async def __aenter__(self) -> AsyncSandbox:
         return self
@@ -380,7 +401,102 @@ class AsyncSandbox:
 
     async def run_task(self, steps: Sequence[Mapping[str, Any]], **task: Any) -> TaskResult:
         """A task (steps as in the task format) run in this sandbox, waited for."""
-        return await _run_task(self.client, {"steps": list(steps), **task, "sandbox_id": self.id})
+        task_spec = {"steps": list(steps), **task, "sandbox_id": self.id}
+        return await (await AsyncTask.submit(task_spec, client=self.client)).wait()
+
+
+class AsyncTask:
+    """A one-shot task (or a task in a sandbox): submit it, follow its events, wait, cancel
+    (the asyncio twin of `Task`)."""
+
+    RESUMES = 5
+
+    def __init__(self, client: AsyncClient, task_id: str, owns_client: bool = False) -> None:
+        self.client, self.id = client, task_id
+        self._owns_client = owns_client
+        self.last_sequence = 0
+
+    @classmethod
+    async def submit(cls, spec: Mapping[str, Any], *, url: str | None = None, api_key: str | None = None,
+                     client: AsyncClient | None = None) -> AsyncTask:
+        own = client is None
+        client = client or AsyncClient(url, api_key)
+        try:
+            task_id = str((await client.json(calls.submit_task(spec)))["task_id"])
+        except BaseException:
+            if own:
+                await client.close()
+            raise
+        return cls(client, task_id, owns_client=own)
+
+    @classmethod
+    async def connect(cls, task_id: str, *, url: str | None = None, api_key: str | None = None,
+                      client: AsyncClient | None = None) -> AsyncTask:
+        task = cls(client or AsyncClient(url, api_key), task_id, owns_client=client is None)
+        await task.status()
+        return task
+
+    @staticmethod
+    async def list(*, state: str | None = None, limit: int = 50, url: str | None = None,
+                   api_key: str | None = None, client: AsyncClient | None = None) -> builtins.list[TaskResult]:
+        own = client is None
+        client = client or AsyncClient(url, api_key)
+        found: builtins.list[TaskResult] = []
+        token = ""
+        try:
+            while len(found) < limit:
+                page = await client.json(calls.list_tasks(state, min(500, limit - len(found)), token))
+                found += [TaskResult.from_json(t) for t in page.get("tasks", [])]
+                token = page.get("next_page_token") or ""
+                if not token:
+                    break
+        finally:
+            if own:
+                await client.close()
+        return found[:limit]
+
+    async def __aenter__(self) -> AsyncTask:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._owns_client:
+            await self.client.close()
+
+    async def events(self) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """Its events as (type, data), replayed then live, until `finished` (a dropped stream is
+        picked up again after the last event seen)."""
+        resumes = 0
+        while True:
+            try:
+                async for event, data in self.client.events(calls.task_events(self.id, self.last_sequence)):
+                    self.last_sequence = max(self.last_sequence, int(data.get("sequence", 0) or 0))
+                    resumes = 0
+                    if event == "error":
+                        raise error_event(data)
+                    yield event, data
+                    if event == "finished":
+                        return
+                return
+            except errors.Unavailable:
+                resumes += 1
+                if resumes > self.RESUMES:
+                    raise
+                await asyncio.sleep(min(2.0, 0.2 * resumes))
+
+    async def status(self) -> TaskResult:
+        return TaskResult.from_json(await self.client.json(calls.get_task(self.id)))
+
+    async def wait(self, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> TaskResult:
+        async for event, data in self.events():
+            if on_event is not None:
+                on_event(event, data)
+        return await self.status()
+
+    async def cancel(self) -> TaskResult:
+        return TaskResult.from_json(await self.client.json(calls.cancel_task(self.id)))
 
 
 async def run_task_async(
@@ -393,20 +509,5 @@ async def run_task_async(
 ) -> TaskResult:
     """Submits a one-shot task (its own fresh sandbox), follows it, returns its final status.
     `task` takes the task format's other fields (network, env, limits, step_timeout...)."""
-    client = AsyncClient(url, api_key)
-    try:
-        return await _run_task(client, {"steps": list(steps), **task}, on_event)
-    finally:
-        await client.close()
-
-
-async def _run_task(
-    client: AsyncClient, spec: Mapping[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None
-) -> TaskResult:
-    task_id = str((await client.json(calls.submit_task(spec)))["task_id"])
-    async for event, data in client.events(calls.task_events(task_id)):
-        if on_event is not None:
-            on_event(event, data)
-        if event == "finished" or data.get("status") in TERMINAL_TASK_STATUSES:
-            break
-    return TaskResult.from_json(await client.json(calls.get_task(task_id)))
+    async with await AsyncTask.submit({"steps": list(steps), **task}, url=url, api_key=api_key) as submitted:
+        return await submitted.wait(on_event)

@@ -169,8 +169,34 @@ def get_task(task_id: str) -> Call:
     return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}")
 
 
-def task_events(task_id: str) -> Call:
-    return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}/events", headers=SSE, timeout=24 * 3600.0)
+def task_events(task_id: str, after: int = 0) -> Call:
+    """The task's events after sequence `after` (replayed, then live, to its `finished`)."""
+    return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}/events", params={"after": after or None},
+                headers=SSE, timeout=24 * 3600.0)
+
+
+def list_tasks(state: str | None, page_size: int, page_token: str = "") -> Call:
+    return Call("GET", "/v1/tasks", params={"state": state, "page_size": page_size, "page_token": page_token or None})
+
+
+def cancel_task(task_id: str) -> Call:
+    return Call("POST", f"/v1/tasks/{quote(task_id, safe='')}/cancel")
+
+
+def list_sandboxes(include_ended: bool = False) -> Call:
+    return Call("GET", "/v1/sandboxes", params={"include_ended": "true" if include_ended else None})
+
+
+def create_key(name: str, tenant_id: str, admin: bool) -> Call:
+    return Call("POST", "/v1/keys", json={"name": name, "tenant_id": tenant_id, "admin": admin})
+
+
+def list_keys(include_revoked: bool) -> Call:
+    return Call("GET", "/v1/keys", params={"include_revoked": "true" if include_revoked else None})
+
+
+def revoke_key(key_id: str) -> Call:
+    return Call("DELETE", f"/v1/keys/{quote(key_id, safe='')}")
 
 
 # Anthropic's client-side tools, by the names the model calls them.
@@ -187,7 +213,3 @@ def computer_use(sandbox_id: str, tool: str, tool_input: Mapping[str, Any], tool
 
 def computer_definition(sandbox_id: str) -> Call:
     return Call("GET", _sandbox(sandbox_id, "/computer-use/computer"))
-
-
-def list_sandboxes(include_ended: bool = False) -> Call:
-    return Call("GET", "/v1/sandboxes", params={"include_ended": "true" if include_ended else None})

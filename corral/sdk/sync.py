@@ -9,17 +9,17 @@ aio.py is the same API with `async`; both send the calls built in calls.py.
 
 from __future__ import annotations
 
+import builtins
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal, overload
 
-import httpx
-
 from corral import errors
 from corral.sdk import calls
-from corral.sdk._http import Call, Connection, SseParser, check, error_event, transport_error
+from corral.sdk._http import Call, Connection, SseParser, error_event
+from corral.sdk._wire import Response, Wire
 from corral.sdk.results import (
-    TERMINAL_TASK_STATUSES,
     CommandResult,
     FileInfo,
     OnOutput,
@@ -30,35 +30,34 @@ from corral.sdk.results import (
 
 
 class Client:
-    """One HTTP connection pool to the gateway, with the SDK's error mapping."""
+    """One HTTP connection to the gateway (http.client: see _wire.py), with the SDK's error mapping."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.connection = Connection.resolve(url, api_key)
-        self.http = httpx.Client(base_url=self.connection.url, headers=self.connection.headers, timeout=timeout)
+        self.wire = Wire(self.connection, timeout)
 
-    def send(self, call: Call) -> httpx.Response:
-        try:
-            return check(self.http.request(call.method, call.path, **call.request_args()))
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.connection) from None
+    def send(self, call: Call) -> Response:
+        return self.wire.request(call)
 
     def json(self, call: Call) -> Any:
         return self.send(call).json()
 
     def events(self, call: Call) -> Iterator[tuple[str, dict[str, Any]]]:
         """The Server-Sent Events of a streaming answer, as (event, data)."""
-        try:
-            with self.http.stream(call.method, call.path, **call.request_args()) as response:
-                check(response)
-                parser = SseParser()
-                for line in response.iter_lines():
-                    for event in parser.feed(line):
-                        yield event.event, event.data
-        except httpx.HTTPError as exc:
-            raise transport_error(exc, self.connection) from None
+        with self.wire.stream(call) as lines:
+            parser = SseParser()
+            for line in lines:
+                for event in parser.feed(line):
+                    yield event.event, event.data
 
     def close(self) -> None:
-        self.http.close()
+        self.wire.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
 
 
 class CommandStream:
@@ -174,24 +173,44 @@ class Sandbox:
         limits: Mapping[str, int] | None = None,
         url: str | None = None,
         api_key: str | None = None,
+        client: Client | None = None,
     ) -> Sandbox:
-        client = Client(url, api_key)
+        """A new sandbox (`client`: an open connection to use instead of url/api_key)."""
+        own = client is None
+        client = client or Client(url, api_key)
         try:
             info = client.json(calls.create_sandbox(desktop, ttl, network, env, limits))
         except BaseException:
-            client.close()
+            if own:
+                client.close()
             raise
         return cls(client, info, owned=True)
 
     @classmethod
-    def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None) -> Sandbox:
-        client = Client(url, api_key)
+    def connect(cls, sandbox_id: str, *, url: str | None = None, api_key: str | None = None,
+                client: Client | None = None) -> Sandbox:
+        """An existing sandbox, by id (NotFound when the caller's tenant has none such)."""
+        own = client is None
+        client = client or Client(url, api_key)
         try:
             info = client.json(calls.get_sandbox(sandbox_id))
         except BaseException:
-            client.close()
+            if own:
+                client.close()
             raise
         return cls(client, info, owned=False)
+
+    @staticmethod
+    def list(*, include_ended: bool = False, url: str | None = None, api_key: str | None = None,
+             client: Client | None = None) -> builtins.list[dict[str, Any]]:
+        """The caller's sandboxes (as the gateway describes them), also ended ones when asked."""
+        own = client is None
+        client = client or Client(url, api_key)
+        try:
+            return builtins.list(client.json(calls.list_sandboxes(include_ended)).get("sandboxes", []))
+        finally:
+            if own:
+                client.close()
 
     def __enter__(self) -> Sandbox:
         return self
@@ -378,7 +397,111 @@ class Sandbox:
 
     def run_task(self, steps: Sequence[Mapping[str, Any]], **task: Any) -> TaskResult:
         """A task (steps as in the task format) run in this sandbox, waited for."""
-        return _run_task(self.client, {"steps": list(steps), **task, "sandbox_id": self.id})
+        return Task.submit({"steps": list(steps), **task, "sandbox_id": self.id}, client=self.client).wait()
+
+
+class Task:
+    """A one-shot task (or a task in a sandbox): submit it, follow its events, wait, cancel.
+
+        with Task.submit({"steps": [{"tool": "shell", "command": "make"}]}) as task:
+            for event, data in task.events(): ...
+            print(task.status().status)
+    """
+
+    # Times a dropped event stream is picked up again (from the last event seen) before giving up.
+    RESUMES = 5
+
+    def __init__(self, client: Client, task_id: str, owns_client: bool = False) -> None:
+        self.client, self.id = client, task_id
+        self._owns_client = owns_client
+        self.last_sequence = 0
+
+    @classmethod
+    def submit(cls, spec: Mapping[str, Any], *, url: str | None = None, api_key: str | None = None,
+               client: Client | None = None) -> Task:
+        """Submits a task in the task format ({"steps": [...], "network", "env", "sandbox_id"...})."""
+        own = client is None
+        client = client or Client(url, api_key)
+        try:
+            task_id = str(client.json(calls.submit_task(spec))["task_id"])
+        except BaseException:
+            if own:
+                client.close()
+            raise
+        return cls(client, task_id, owns_client=own)
+
+    @classmethod
+    def connect(cls, task_id: str, *, url: str | None = None, api_key: str | None = None,
+                client: Client | None = None) -> Task:
+        """A task submitted earlier, by its id (NotFound when the caller's tenant has none such)."""
+        task = cls(client or Client(url, api_key), task_id, owns_client=client is None)
+        task.status()
+        return task
+
+    @staticmethod
+    def list(*, state: str | None = None, limit: int = 50, url: str | None = None,
+             api_key: str | None = None, client: Client | None = None) -> builtins.list[TaskResult]:
+        """Tasks, newest first (at most `limit`), only those in `state` when given."""
+        own = client is None
+        client = client or Client(url, api_key)
+        found: builtins.list[TaskResult] = []
+        token = ""
+        try:
+            while len(found) < limit:
+                page = client.json(calls.list_tasks(state, min(500, limit - len(found)), token))
+                found += [TaskResult.from_json(t) for t in page.get("tasks", [])]
+                token = page.get("next_page_token") or ""
+                if not token:
+                    break
+        finally:
+            if own:
+                client.close()
+        return found[:limit]
+
+    def __enter__(self) -> Task:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+
+    def events(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Its events as (type, data), replayed from the start then live, until `finished`; a
+        dropped stream is picked up again after the last event seen."""
+        resumes = 0
+        while True:
+            try:
+                for event, data in self.client.events(calls.task_events(self.id, self.last_sequence)):
+                    self.last_sequence = max(self.last_sequence, int(data.get("sequence", 0) or 0))
+                    resumes = 0
+                    if event == "error":
+                        raise error_event(data)
+                    yield event, data
+                    if event == "finished":
+                        return
+                return
+            except errors.Unavailable:
+                resumes += 1
+                if resumes > self.RESUMES:
+                    raise
+                time.sleep(min(2.0, 0.2 * resumes))
+
+    def status(self) -> TaskResult:
+        return TaskResult.from_json(self.client.json(calls.get_task(self.id)))
+
+    def wait(self, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> TaskResult:
+        """Follows it to its end (handing each event to `on_event`); its final status."""
+        for event, data in self.events():
+            if on_event is not None:
+                on_event(event, data)
+        return self.status()
+
+    def cancel(self) -> TaskResult:
+        """Cancels it (its current step stops at once); FailedPrecondition when it has ended."""
+        return TaskResult.from_json(self.client.json(calls.cancel_task(self.id)))
 
 
 def run_task(
@@ -391,20 +514,5 @@ def run_task(
 ) -> TaskResult:
     """Submits a one-shot task (its own fresh sandbox), follows it, returns its final status.
     `task` takes the task format's other fields (network, env, limits, step_timeout...)."""
-    client = Client(url, api_key)
-    try:
-        return _run_task(client, {"steps": list(steps), **task}, on_event)
-    finally:
-        client.close()
-
-
-def _run_task(
-    client: Client, spec: Mapping[str, Any], on_event: Callable[[str, dict[str, Any]], None] | None = None
-) -> TaskResult:
-    task_id = str(client.json(calls.submit_task(spec))["task_id"])
-    for event, data in client.events(calls.task_events(task_id)):
-        if on_event is not None:
-            on_event(event, data)
-        if event == "finished" or data.get("status") in TERMINAL_TASK_STATUSES:
-            break
-    return TaskResult.from_json(client.json(calls.get_task(task_id)))
+    with Task.submit({"steps": list(steps), **task}, url=url, api_key=api_key) as submitted:
+        return submitted.wait(on_event)

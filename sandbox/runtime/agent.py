@@ -78,7 +78,12 @@ def send(message: protocol.Reply) -> None:
 
 
 class Refused(Exception):
-    """A request the agent will not carry out; the message is shown to the user."""
+    """A request the agent will not carry out; the message is shown to the user. `missing`:
+    because the path it names does not exist."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
 
 
 # --- files ---------------------------------------------------------------------------------
@@ -195,7 +200,7 @@ def _refusal(path: str, action: str, exc: OSError, root: str) -> Refused:
     if exc.errno == errno.EXDEV:
         return Refused(f"refused path {path!r}: it leads outside {root}")
     if exc.errno == errno.ENOENT:
-        return Refused(f"no such file: {path}")
+        return Refused(f"no such file: {path}", missing=True)
     return Refused(f"cannot {action} {path}: {exc.strerror}")
 
 
@@ -301,7 +306,7 @@ def list_files(request: protocol.ListFilesRequest) -> protocol.ListFilesReply:
     try:
         fd = open_beneath(root, path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        raise Refused(f"no such directory: {request.path}") from None
+        raise Refused(f"no such directory: {request.path}", missing=True) from None
     except NotADirectoryError:
         raise Refused(f"{request.path} is not a directory") from None
     except OSError as exc:
@@ -453,7 +458,7 @@ def stat_path(request: protocol.StatRequest) -> protocol.StatReply:
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
-        raise Refused(f"no such file or directory: {request.path}") from None
+        raise Refused(f"no such file or directory: {request.path}", missing=True) from None
     except OSError as exc:
         raise Refused(f"cannot stat {request.path}: {exc.strerror}") from None
     finally:
@@ -484,7 +489,7 @@ def remove(request: protocol.RemoveRequest) -> protocol.DoneReply:
         else:
             os.unlink(name, dir_fd=parent)
     except FileNotFoundError:
-        raise Refused(f"no such file or directory: {request.path}") from None
+        raise Refused(f"no such file or directory: {request.path}", missing=True) from None
     except OSError as exc:
         raise Refused(f"cannot remove {request.path}: {exc.strerror}") from None
     finally:
@@ -500,7 +505,7 @@ def rename(request: protocol.RenameRequest) -> protocol.DoneReply:
         try:
             os.rename(source, target, src_dir_fd=source_dir, dst_dir_fd=target_dir)
         except FileNotFoundError:
-            raise Refused(f"no such file or directory: {request.path}") from None
+            raise Refused(f"no such file or directory: {request.path}", missing=True) from None
         except OSError as exc:
             raise Refused(f"cannot rename {request.path} to {request.target}: {exc.strerror}") from None
         finally:
@@ -1143,7 +1148,7 @@ def handle(line: bytes) -> None:
             raise Refused(f"unknown op {request.OP!r}")
         reply = handler(request)
     except Refused as exc:
-        reply = protocol.ErrorReply(error=str(exc))
+        reply = protocol.ErrorReply(error=str(exc), missing=exc.missing)
     except Exception as exc:
         reply = protocol.ErrorReply(error=f"{type(exc).__name__}: {exc}")
     reply.id = request.id

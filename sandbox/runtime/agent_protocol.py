@@ -254,6 +254,8 @@ class ErrorReply(Reply):
 
     TYPE: ClassVar[str] = "error"
     error: str
+    # The path asked for does not exist (the executor answers NotFound, the gateway 404).
+    missing: bool = False
 
 
 class ChdirReply(Reply):

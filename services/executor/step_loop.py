@@ -95,8 +95,8 @@ class StepLoop:
                     stop_reason = f"the task was cancelled: {self.cancel_reason}"
                 elif state == task_pb2.STEP_STATE_FAILED:
                     if not step.continue_on_error or self._sandbox_error is not None:
-                        failure = f"step {index} ({step_tool(step) or 'empty'}) failed: {error}"
-                        stop_reason = f"step {index} failed"
+                        failure = f"step {index + 1} ({step_tool(step) or 'empty'}) failed: {error}"
+                        stop_reason = f"step {index + 1} failed"
         finally:
             await disk_watch.stop()
         if self.cancel_reason is not None:
@@ -137,7 +137,7 @@ class StepLoop:
         refused = await self.lease.newly_refused_connections()
         if refused:
             self.recorder.network_refused(
-                f"{refused} connection attempt{'s' if refused > 1 else ''} refused during step {index}"
+                f"{refused} connection attempt{'s' if refused > 1 else ''} refused during step {index + 1}"
             )
         self.recorder.step_finished(
             index, step, state, outcome, started_at, time.monotonic() - started, self.settings.output_preview_bytes

@@ -18,7 +18,8 @@ import grpc
 
 from corral.audit import AuditLog
 from corral.bounds import MAX_COMMAND_TIMEOUT_SECONDS
-from corral.errors import InvalidArgument, SandboxNotFound, SandboxUnavailable, from_rpc_error
+from corral.errors import InvalidArgument, SandboxNotFound, SandboxUnavailable
+from corral.grpc_errors import from_rpc_error
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2 as pb
 from corral.internal.v1 import executor_pb2_grpc
@@ -85,12 +86,14 @@ class SandboxCallsServicer:
     async def _failed(self, sandbox_id: str, exc: grpc.aio.AioRpcError) -> Exception:
         """The caller's error for the executor's; a sandbox it no longer has is read again
         (and forgotten), so that an ended one says how it ended."""
-        if exc.code() == grpc.StatusCode.NOT_FOUND and self._routes.pop(sandbox_id, None) is not None:
+        error = from_rpc_error(exc)
+        # Only the sandbox itself missing, not a file in it (NotFound too).
+        if isinstance(error, SandboxNotFound) and self._routes.pop(sandbox_id, None) is not None:
             try:
                 await self._sandboxes.active(sandbox_id)
             except Exception as ended:
                 return ended
-        return from_rpc_error(exc)
+        return error
 
     async def _unary(
         self, sandbox_id: str, context: Context, method: str, rpc: str, request: Any, timeout: float = 0.0

@@ -9,7 +9,7 @@ import re
 import pytest
 from pydantic import ValidationError
 
-from corral.cli_run import build_request
+from corral.cli_run import build_task
 from corral.config import Settings
 from corral.errors import InvalidTask
 from corral.network_json import NetworkStatusView
@@ -124,7 +124,7 @@ def test_the_cli_flags_make_the_object_form() -> None:
         file=None, commands=["curl http://allowed.test"], extra_steps=[], timeout=None, network=False,
         allow=["allowed.test"], deny=["denied.test"], sandbox=None, env=[],
     )
-    spec = build_request(args).to_proto()
+    spec = TaskRequest.model_validate(build_task(args)).to_proto()  # the document the CLI sends
     assert spec.network and list(spec.network_rules.allow) == ["allowed.test"]
     assert list(spec.network_rules.deny) == ["denied.test"]
 

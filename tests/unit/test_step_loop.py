@@ -56,9 +56,9 @@ async def test_a_failed_step_skips_the_rest(runner: TaskRunner) -> None:
     assert states(results) == ["STEP_STATE_COMPLETED", "STEP_STATE_FAILED", "STEP_STATE_SKIPPED"]
     assert results[0].stdout == "one\n"
     assert results[1].exit_code == 3 and results[1].error == "exited with code 3"
-    assert results[2].error == "skipped: step 1 failed"
+    assert results[2].error == "skipped: step 2 failed"
     assert finished.state == task_pb2.TASK_STATE_FAILED
-    assert finished.error == "step 1 (shell) failed: exited with code 3"
+    assert finished.error == "step 2 (shell) failed: exited with code 3"
 
 
 async def test_continue_on_error_runs_the_next_steps(runner: TaskRunner) -> None:

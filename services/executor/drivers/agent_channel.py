@@ -16,6 +16,7 @@ import structlog
 from corral import agent_protocol as protocol
 from services.executor.drivers.base import (
     MIB,
+    FileMissing,
     FileRefused,
     OutputCallback,
     SandboxError,
@@ -262,7 +263,7 @@ class AgentChannel:
         finally:
             self._replies.pop(request.id, None)
         if isinstance(reply, protocol.ErrorReply):
-            raise FileRefused(reply.error)
+            raise (FileMissing if reply.missing else FileRefused)(reply.error)
         if not isinstance(reply, expected):
             raise SandboxError(
                 f"the sandbox agent answered {request.OP} with {reply.TYPE!r}, not {expected.TYPE!r}"

@@ -59,6 +59,11 @@ class FileRefused(errors.InvalidArgument):
     """A read_file/write_file request was refused (path outside the task, too large...)."""
 
 
+class FileMissing(errors.NotFound, FileRefused):
+    """A file request named a path that does not exist: NotFound to callers (HTTP 404), and
+    still a FileRefused to the code that records refusals."""
+
+
 @dataclass(frozen=True)
 class SandboxLimits:
     memory_mb: int

@@ -1,4 +1,4 @@
-"""What the CLI says when things go wrong: bad task files, no scheduler, ports taken."""
+"""What the CLI says when things go wrong: bad task files, no gateway, ports taken."""
 
 from __future__ import annotations
 
@@ -21,17 +21,6 @@ def run(
     )
 
 
-def test_invalid_task_file_is_a_clear_message(tmp_path: Path) -> None:
-    task = tmp_path / "task.json"
-    task.write_text('{"steps": [{"tool": "shell"}, {"tool": "teleport"}]}')
-    result = run("run", "-f", str(task), "--scheduler", f"127.0.0.1:{free_port()}")
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "invalid task" in result.stderr
-    assert "steps.0.shell.command: Field required" in result.stderr
-    assert "steps.1" in result.stderr
-
-
 def test_malformed_yaml_and_empty_run(tmp_path: Path) -> None:
     result = run("run", "-f", "-", stdin="steps: [unclosed")
     assert result.returncode == 2
@@ -41,20 +30,13 @@ def test_malformed_yaml_and_empty_run(tmp_path: Path) -> None:
     assert "nothing to run" in empty.stderr
 
 
-def test_unreachable_scheduler(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{free_port()}"
-    assert run("pki", "init", str(tmp_path / "pki")).returncode == 0
-    result = run("run", "echo hi", "--scheduler", address, env={"CORRAL_DATA_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert f"cannot reach the scheduler at {address}" in result.stderr
-    assert "Traceback" not in result.stderr
-
-
-def test_no_admin_certificate_is_a_clear_message(tmp_path: Path) -> None:
-    result = run("run", "echo hi", "--scheduler", f"127.0.0.1:{free_port()}", env={"CORRAL_DATA_DIR": str(tmp_path)})
-    assert result.returncode == 2
-    assert f"UNAUTHENTICATED: cannot read the CA certificate {tmp_path / 'pki' / 'ca.crt'}" in result.stderr
-    assert "corral pki init" in result.stderr and "Traceback" not in result.stderr
+def test_unreachable_gateway(tmp_path: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    for where in (["--url", url], []):  # the flag, or CORRAL_URL
+        result = run("run", "echo hi", *where, env={"CORRAL_URL": url})
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"corral run: cannot reach Corral at {url}: "), result.stderr
+        assert "--url or CORRAL_URL" in result.stderr and result.stderr.count("\n") == 1
 
 
 @pytest.fixture
@@ -107,7 +89,7 @@ def test_up_beyond_loopback_without_a_decision_on_auth_starts_nothing(tmp_path: 
 
 
 def test_keys_commands_without_an_admin_key_are_a_clear_message(tmp_path: Path) -> None:
-    result = run("keys", "ls", "--scheduler", f"127.0.0.1:{free_port()}")
+    result = run("keys", "ls", "--url", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert result.stderr.startswith("corral keys: ") and result.stderr.count("\n") == 1, result.stderr
     made = subprocess.run(

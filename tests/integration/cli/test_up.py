@@ -25,8 +25,8 @@ TERMINAL = {"completed", "failed", "cancelled"}
 
 def run_cli(up: CorralUp, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        corral_command(*args, "--scheduler", up.scheduler),
-        env={**os.environ, "CORRAL_DATA_DIR": str(up.data_dir)},  # where up keeps the admin certificate
+        corral_command(*args, "--url", up.gateway),  # the gateway, as from another machine
+        env={**os.environ, "CORRAL_DATA_DIR": str(up.data_dir)},
         input=stdin,
         capture_output=True,
         text=True,
@@ -79,9 +79,9 @@ def test_corral_run_streams_output_and_exits_0(corral_up: CorralUp) -> None:
     assert "step 2/2 python" in result.stderr
 
 
-def test_corral_run_failing_step_exits_1_and_skips_the_rest(corral_up: CorralUp) -> None:
+def test_corral_run_failing_step_exits_with_its_code_and_skips_the_rest(corral_up: CorralUp) -> None:
     result = run_cli(corral_up, "run", "echo oops >&2; exit 3", "echo never")
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 3, result.stderr  # the failed step's exit code
     assert "oops" in result.stderr
     assert "never" not in result.stdout
     assert "exit code 3" in result.stderr
@@ -108,7 +108,7 @@ def test_corral_run_task_file_json_and_status(corral_up: CorralUp) -> None:
 
 def test_corral_run_sigint_cancels_the_task(corral_up: CorralUp) -> None:
     process = subprocess.Popen(
-        corral_command("run", "echo started; sleep 300", "--scheduler", corral_up.scheduler),
+        corral_command("run", "echo started; sleep 300", "--url", corral_up.gateway),
         env={**os.environ, "CORRAL_DATA_DIR": str(corral_up.data_dir)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

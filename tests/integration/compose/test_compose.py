@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -218,6 +219,54 @@ def test_only_executors_get_the_docker_socket(deployment: Deployment) -> None:
         if any(m["Destination"] == "/var/run/docker.sock" for m in json.loads(mounts)):
             with_socket.add(service)
     assert with_socket == {"executor-1", "executor-2"}
+
+
+# The README's SDK example, as an agent on another machine runs it (CORRAL_URL, CORRAL_API_KEY).
+AGENT_SCRIPT = """
+from corral import Sandbox, run_task
+
+with Sandbox.create(desktop=True, ttl=600) as sb:
+    r = sb.run_shell("python3 --version")
+    assert r.exit_code == 0 and r.stdout.startswith("Python 3"), r
+    sb.write_file("app.py", "print(6 * 7)")
+    print(sb.run_python("exec(open('app.py').read())").stdout, end="")
+    png = sb.screenshot()
+    assert png.startswith(b"\\x89PNG"), png[:8]
+    sb.click(100, 100); sb.type("hello\\n"); sb.key("ctrl+s")
+    print("".join(c.text for c in sb.run_shell("echo streamed", stream=True)), end="")
+    assert sb.read_file("app.py", binary=True) == b"print(6 * 7)"
+    print(sb.id)
+print(run_task([{"tool": "shell", "command": "echo one-shot"}]).steps[0].stdout, end="")
+"""
+
+
+def test_sdk_agent_script_and_cli_against_compose_with_a_key(deployment: Deployment) -> None:
+    made = curl("-X", "POST", f"{deployment.url}/v1/keys", *deployment.auth, "-H", "Content-Type: application/json",
+                "-d", json.dumps({"name": "agent"}))
+    client_env = {k: v for k, v in os.environ.items() if not k.startswith("CORRAL_")}
+    client_env |= {"CORRAL_URL": deployment.url, "CORRAL_API_KEY": json.loads(made)["key"],
+                   "PYTHONPATH": str(REPO)}
+
+    agent = subprocess.run([sys.executable, "-c", AGENT_SCRIPT], env=client_env, capture_output=True, text=True,
+                           timeout=300)
+    assert agent.returncode == 0, agent.stderr
+    lines = agent.stdout.splitlines()
+    assert (lines[0], lines[1], lines[3]) == ("42", "streamed", "one-shot"), agent.stdout
+
+    def corral(*args: str, env: dict[str, str] = client_env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "corral.cli", "--url", deployment.url, *args], env=env,
+                              capture_output=True, text=True, timeout=180, cwd=REPO)
+
+    ran = corral("run", "-q", "echo x")
+    assert (ran.returncode, ran.stdout) == (0, "x\n"), ran.stderr
+    sandbox = corral("sandbox", "create").stdout.strip()
+    try:
+        executed = corral("exec", sandbox, "--", "sh", "-c", "echo in-compose; exit 4")
+        assert (executed.returncode, executed.stdout) == (4, "in-compose\n"), executed.stderr
+    finally:
+        assert corral("sandbox", "rm", sandbox).returncode == 0
+    no_key = corral("run", "-q", "echo x", env={k: v for k, v in client_env.items() if k != "CORRAL_API_KEY"})
+    assert no_key.returncode == 2 and no_key.stderr.startswith("corral run: UNAUTHENTICATED: "), no_key.stderr
 
 
 def test_down_leaves_no_sandbox_container(deployment: Deployment) -> None:

@@ -66,7 +66,7 @@ async def test_shell_failure_fails_task_and_skips_the_rest(executor: ExecutorCli
     assert outcome.step(0).exit_code == 3
     assert "exited with code 3" in outcome.step(0).error
     assert outcome.step_state(1) == "STEP_STATE_SKIPPED"
-    assert "step 0" in outcome.finished.error
+    assert "step 1 (shell) failed" in outcome.finished.error  # numbered from 1, as the CLI shows steps
 
 
 async def test_python_traceback_has_line_numbers(executor: ExecutorClient) -> None:

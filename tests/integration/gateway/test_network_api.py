@@ -156,7 +156,7 @@ async def test_the_scheduler_refuses_bad_rules_sent_over_grpc(stack: Cluster) ->
 
 def _cli(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "corral.cli", "sandbox", *args, "--scheduler", cluster.scheduler_address],
+        [sys.executable, "-m", "corral.cli", "sandbox", *args, "--url", cluster.gateway_url],
         cwd=REPO, env=cluster.env, capture_output=True, text=True, timeout=120,
     )
 

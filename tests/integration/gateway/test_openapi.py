@@ -131,10 +131,11 @@ def test_a_real_task_validates_against_what_each_route_declares(spec: Spec, full
 
     status = check(spec, "/status", "get", full_api.get("/status", params={"task_id": task_id}))
     assert status["status"] == "completed"
-    # The seed's status document, key for key and in order (the owner's tenant and the
-    # network it asked for come after).
+    # The seed's status document, key for key and in order (the owner's tenant, the network it
+    # asked for and the summary listings show come after).
     assert list(status) == ["task_id", "status", "error", "steps", "executor_id", "task_dir", "sandbox_id",
-                            "log_path", "created_at", "started_at", "finished_at", "tenant_id", "network"]
+                            "log_path", "created_at", "started_at", "finished_at", "tenant_id", "network",
+                            "summary"]
     assert status["tenant_id"] == "local"
     check(spec, "/v1/tasks/{task_id}", "get", full_api.get(f"/v1/tasks/{task_id}"))
     check(spec, "/v1/tasks", "get", full_api.get("/v1/tasks", params={"page_size": 2}))

@@ -241,7 +241,7 @@ def test_file_operations_and_confinement(api: httpx.Client, sandbox: str) -> Non
     assert api.delete(f"{sandbox}/files", params={"path": "ops/a"}).status_code == 200
     assert [e["name"] for e in api.get(f"{sandbox}/files/list", params={"path": "ops"}).json()["entries"]] == ["two.txt"]
     missing = api.get(f"{sandbox}/files/stat", params={"path": "ops/a"})
-    assert missing.status_code == 400 and "no such file" in missing.text
+    assert missing.status_code == 404 and missing.json()["error"] == {"code": "not_found", "message": "no such file or directory: ops/a"}
     # /tmp is reachable, as from file steps.
     api.put(f"{sandbox}/files", params={"path": "/tmp/t.txt"}, content=b"tmp", headers=RAW)
     assert run(api, sandbox, command="cat /tmp/t.txt")["stdout"] == "tmp"
@@ -296,7 +296,7 @@ def test_tar_upload_is_extracted_safely_and_download_gives_it_back(api: httpx.Cl
         assert refused.status_code == 400, (bad.name, refused.text)
         message = refused.json()["error"]["message"]
         assert repr(bad.name) in message and words in message and "nothing was extracted" in message, message
-    assert api.get(f"{sandbox}/files/stat", params={"path": "bad"}).status_code == 400  # never made
+    assert api.get(f"{sandbox}/files/stat", params={"path": "bad"}).status_code == 404  # never made
     assert api.post(f"{sandbox}/files/upload", content=b"not a tar", headers=TAR).status_code == 400
 
     # A zip the same way; its links (a mode in the entry's attributes) refused too.
@@ -317,7 +317,7 @@ def test_tar_upload_is_extracted_safely_and_download_gives_it_back(api: httpx.Cl
         bad_zip = zip_of(("first.txt", b"x", 0o100644), (name, b"/etc/passwd", mode))
         refused = api.post(f"{sandbox}/files/upload", params={"path": "badzip"}, content=bad_zip, headers={"content-type": "application/zip"})
         assert refused.status_code == 400 and repr(name) in refused.text and words in refused.text, refused.text
-    assert api.get(f"{sandbox}/files/stat", params={"path": "badzip"}).status_code == 400
+    assert api.get(f"{sandbox}/files/stat", params={"path": "badzip"}).status_code == 404
     # A small compressed body that would unpack past the limit is refused before extracting.
     bomb = io.BytesIO()
     with tarfile.open(fileobj=bomb, mode="w:gz") as archive:
@@ -400,4 +400,4 @@ def test_raw_bodies_stay_out_of_a_web_pages_reach(api: httpx.Client, sandbox: st
     assert cross_site.status_code == 403, cross_site.text
     elsewhere = api.post(f"{sandbox}/commands", content=b'{"command": "true"}', headers=RAW)
     assert elsewhere.status_code == 415, elsewhere.text
-    assert api.get(f"{sandbox}/files/stat", params={"path": "page.txt"}).status_code == 400  # never written
+    assert api.get(f"{sandbox}/files/stat", params={"path": "page.txt"}).status_code == 404  # never written

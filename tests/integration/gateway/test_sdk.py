@@ -100,7 +100,7 @@ def test_commands_stream_run_in_the_background_and_fail_typed(full_stack: Cluste
         sb.files.rename("data/blob.bin", "data/moved.bin")
         assert sb.files.stat("data/moved.bin").size == len(blob)
         sb.files.remove("data")
-        with pytest.raises(errors.InvalidArgument, match="no such file"):
+        with pytest.raises(errors.NotFound, match=r"no such file: data/moved\.bin"):
             sb.read_file("data/moved.bin")
         with pytest.raises(errors.InvalidArgument, match="refused path"):
             sb.read_file("/etc/passwd")

@@ -75,7 +75,7 @@ def test_allow_rules_narrow_by_name_and_cidr(corral: Corral) -> None:
     refusals = " ".join(e["description"] for e in corral.events(found["task_id"]) if e["type"] == "network_refused")
     assert "other.test" in refusals and "denied.test" in refusals, refusals
     # ... and the connections it refused, counted over the step that tried them.
-    assert "connection attempts refused during step 0" in refusals, refusals
+    assert "connection attempts refused during step 1" in refusals, refusals
 
 
 def test_deny_rules_win_and_a_private_range_opens_only_by_cidr(corral: Corral) -> None:
@@ -183,7 +183,7 @@ def test_refusals_are_counted_in_the_sandbox_its_task_events_history_and_metrics
         refusals = [e for e in corral.events(task_id) if e["type"] == "network_refused"]
         assert any("denied.test" in e["description"] for e in refusals), refusals
         # In a long-lived sandbox too: only what this task's step tried, not the sandbox's start.
-        assert any("refused during step 0" in e["description"] for e in refusals), refusals
+        assert any("refused during step 1" in e["description"] for e in refusals), refusals
         history = corral.api.get(f"/v1/tasks/{task_id}/history").json()["events"]
         assert any(h["kind"] == "network_refused" and "denied.test" in h["action"] for h in history), history
     finally:

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""`corral run -q 'echo x'` as a whole process, against a running embedded stack (a benchmark,
+not a test): issue 13's row "`corral run -q 'echo x'` whole process, target <= 150 ms".
+
+    .venv/bin/python bench/cli_startup.py                          # starts `corral up` on free ports
+    .venv/bin/python bench/cli_startup.py --url http://127.0.0.1:8000   # against a running gateway
+    .venv/bin/python bench/cli_startup.py --runs 30
+
+Prints, over N sequential runs (after one warm-up that also writes the bytecode caches): the
+whole process's wall time (p50, p95, min) and its ratio to the 150 ms target; beside it the
+floors: a bare `python -c pass`, the CLI's imports alone (`python -X importtime`), and the same
+task submitted and followed in-process through the SDK (what the gateway and sandbox take).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+TARGET_SECONDS = 0.150
+REPO = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def child_env() -> dict[str, str]:
+    # Bytecode caches as an installed package has them (pip compiles on install).
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@contextmanager
+def embedded_stack() -> Iterator[str]:
+    """`corral up` on free ports with a temporary data directory; yields the gateway's URL."""
+    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-cli-"))
+    data_dir.chmod(0o755)
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
+         "--scheduler-address", f"127.0.0.1:{free_port()}", "--memory-address", f"127.0.0.1:{free_port()}",
+         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO,
+    )
+    ready = threading.Event()
+    output: list[str] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            output.append(line)
+            if "Corral is up." in line:
+                ready.set()
+        ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    try:
+        ready.wait(180)
+        if process.poll() is not None or not any("Corral is up." in line for line in output):
+            raise SystemExit("corral up did not start:\n" + "".join(output))
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# CPU seconds (user + system) of each child timed, beside its wall time: on a busy machine the
+# CPU a run costs says more than how long it waited for a core.
+CPU: list[float] = []
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    took = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+    return took
+
+
+def import_seconds(env: dict[str, str]) -> float:
+    """What the CLI's imports for `corral run` take (importtime's cumulative figures)."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import corral.cli, corral.cli_client, corral.cli_run, corral.sdk.sync"],
+        env=env, cwd=REPO, capture_output=True, text=True, check=True,
+    )
+    top = [line for line in done.stderr.splitlines() if line.startswith("import time:") and "|" in line
+           and not line.split("|")[2].startswith("  ") and "cumulative" not in line]
+    return sum(int(line.split("|")[1]) for line in top) / 1e6
+
+
+def in_process(url: str, runs: int) -> float:
+    """The same task through the SDK in this process: the gateway's and the sandbox's share."""
+    sys.path.insert(0, str(REPO))
+    from corral.sdk.sync import Client, Task
+
+    times = []
+    with Client(url) as client:
+        for _ in range(runs):
+            started = time.perf_counter()
+            with Task.submit({"steps": [{"tool": "shell", "command": "echo x"}]}, client=client) as task:
+                for _event in task.events():
+                    pass
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def measure(url: str, runs: int) -> None:
+    env = child_env()
+    command = [sys.executable, "-m", "corral.cli", "--url", url, "run", "-q", "echo x"]
+    timed(command, env)  # warm-up: bytecode caches, the warm pool
+    CPU.clear()
+    runs_s = [timed(command, env) for _ in range(runs)]
+    cli_cpu = statistics.median(CPU)
+    CPU.clear()
+    bare = statistics.median([timed([sys.executable, "-c", "pass"], env) for _ in range(max(5, runs // 2))])
+    bare_cpu = statistics.median(CPU)
+    imports = statistics.median([import_seconds(env) for _ in range(5)])
+    task = in_process(url, max(5, runs // 2))
+    p50 = statistics.median(runs_s)
+    print(f"`corral run -q 'echo x'` whole process, {runs} runs against {url}")
+    print(f"  p50 {p50 * 1000:7.1f} ms   p95 {percentile(runs_s, 0.95) * 1000:7.1f} ms   "
+          f"min {min(runs_s) * 1000:7.1f} ms")
+    print(f"  target {TARGET_SECONDS * 1000:.0f} ms: p50 is {p50 / TARGET_SECONDS:.2f}x the target "
+          f"({'met' if p50 <= TARGET_SECONDS else 'NOT met'})")
+    print(f"  CPU of the process (user + system) p50 {cli_cpu * 1000:7.1f} ms (python -c pass: {bare_cpu * 1000:.1f} ms)")
+    print("floors (p50):")
+    print(f"  python -c pass                         {bare * 1000:7.1f} ms")
+    print(f"  the CLI's imports (importtime)         {imports * 1000:7.1f} ms")
+    print(f"  the task itself, in-process via SDK    {task * 1000:7.1f} ms")
+    print(f"  rest (parsing, printing, exit)         {(p50 - bare - imports - task) * 1000:7.1f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="a running gateway (default: start `corral up` on free ports)")
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    if args.url:
+        measure(args.url, args.runs)
+        return
+    with embedded_stack() as url:
+        measure(url, args.runs)
+
+
+if __name__ == "__main__":
+    main()

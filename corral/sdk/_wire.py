@@ -1,0 +1,155 @@
+"""The blocking SDK's HTTP: one keep-alive connection to the gateway over the standard
+library's http.client.
+
+Why not httpx here (the asyncio client's): importing httpx costs more than the whole of a
+`corral run -q 'echo x'` may take (bench/cli_startup.py); the blocking client needs only
+HTTP/1.1 requests, raw bodies and a line-by-line streamed answer, which http.client does.
+It connects directly (HTTP(S)_PROXY are not used); https verifies the gateway's certificate
+against the system's CAs (SSL_CERT_FILE / SSL_CERT_DIR point elsewhere).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from corral import errors
+from corral.sdk._http import Call, Connection, error_for
+
+# Failures of a reused keep-alive connection the gateway closed meanwhile: sent again, once,
+# on a new connection (the request never reached the gateway).
+_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+
+
+class Response:
+    """A complete answer: status, headers (case-insensitive) and body."""
+
+    def __init__(self, status_code: int, headers: http.client.HTTPMessage, content: bytes) -> None:
+        self.status_code, self.headers, self.content = status_code, headers, content
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _query(params: dict[str, Any]) -> str:
+    parts = []
+    for name, value in params.items():
+        if value is None:
+            continue
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        parts.append(f"{quote(str(name), safe='')}={quote(text, safe='')}")
+    return "&".join(parts)
+
+
+class Wire:
+    """Requests to one gateway on one connection (made again when it drops)."""
+
+    def __init__(self, connection: Connection, timeout: float) -> None:
+        self.connection = connection
+        self.timeout = timeout
+        url = urlsplit(connection.url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise errors.InvalidArgument(f"the gateway's URL must be http(s)://HOST[:PORT], not {connection.url!r}")
+        self._https = url.scheme == "https"
+        self._host, self._port = url.hostname, url.port
+        self._prefix = url.path.rstrip("/")
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _open(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """The connection (and whether it served a request before), its timeout set."""
+        if self._conn is not None:
+            self._conn.timeout = timeout
+            if self._conn.sock is not None:
+                self._conn.sock.settimeout(timeout)
+                return self._conn, True
+            return self._conn, False
+        if self._https:
+            import ssl
+
+            self._conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
+            )
+        else:
+            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        return self._conn, False
+
+    def _send(self, call: Call) -> http.client.HTTPResponse:
+        """Sends `call`; the answer's status line and headers have been read."""
+        body: bytes | None = None
+        headers = {**self.connection.headers, **call.headers}
+        if call.json is not None:
+            body = json.dumps(call.json).encode()
+            headers.setdefault("Content-Type", "application/json")
+        elif call.content is not None:
+            body = call.content
+        elif call.method in ("POST", "PUT", "PATCH"):
+            body = b""
+        query = _query(dict(call.params))
+        target = self._prefix + call.path + (f"?{query}" if query else "")
+        timeout = call.timeout if call.timeout is not None else self.timeout
+        for attempt in (1, 2):
+            conn, reused = self._open(timeout)
+            try:
+                conn.request(call.method, target, body=body, headers=headers)
+                return conn.getresponse()
+            except _STALE:
+                self.close()
+                if not reused or attempt == 2:
+                    raise
+            except BaseException:
+                self.close()
+                raise
+        raise AssertionError("unreachable")
+
+    def request(self, call: Call) -> Response:
+        """The whole answer; a failed one (status >= 400) raises its typed error."""
+        try:
+            answer = self._send(call)
+            content = answer.read()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise self._unreachable(exc) from None
+        if answer.will_close:
+            self.close()
+        if answer.status >= 400:
+            raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
+        return Response(answer.status, answer.headers, content)
+
+    @contextmanager
+    def stream(self, call: Call) -> Iterator[Iterator[str]]:
+        """The answer's lines as they come (a failed answer raises its typed error)."""
+        try:
+            answer = self._send(call)
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise self._unreachable(exc) from None
+        if answer.status >= 400:
+            content = answer.read()
+            raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
+
+        def lines() -> Iterator[str]:
+            try:
+                while line := answer.readline():
+                    yield line.decode("utf-8", "replace").rstrip("\r\n")
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from None
+
+        try:
+            yield lines()
+        finally:
+            # A stream left before its end cannot carry another request.
+            self.close()
+
+    def _unreachable(self, exc: BaseException) -> errors.CorralError:
+        if isinstance(exc, TimeoutError):
+            return errors.DeadlineExceeded(f"no answer from Corral at {self.connection.url} in time")
+        return errors.Unavailable(f"cannot reach Corral at {self.connection.url}: {exc or type(exc).__name__}")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
