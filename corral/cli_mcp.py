@@ -16,7 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from corral import mcp_server
+    try:
+        from corral import mcp_server
+    except ImportError as exc:
+        print(f"corral mcp: needs the MCP SDK ({exc.name} is not installed): pip install 'corral[mcp]'")
+        return 2
 
     mcp_server.serve(getattr(args, "url", None), args.http, args.host, args.port, getattr(args, "api_key", None))
     return 0

@@ -72,7 +72,7 @@ class Tools:
         try:
             return await work(AsyncSandbox(client, {"sandbox_id": sandbox_id}, owned=False))
         except errors.CorralError as exc:
-            raise ToolError(f"{exc.code.name}: {exc.message}") from None
+            raise ToolError(f"{exc.code}: {exc.message}") from None
         finally:
             await client.close()
 
@@ -81,7 +81,7 @@ class Tools:
         try:
             return await work(client)
         except errors.CorralError as exc:
-            raise ToolError(f"{exc.code.name}: {exc.message}") from None
+            raise ToolError(f"{exc.code}: {exc.message}") from None
         finally:
             await client.close()
 
@@ -318,7 +318,7 @@ def build_server(url: str | None = None, api_key: str | None = None) -> MCPServe
                 network=network, step_timeout=step_timeout,
             )
         except errors.CorralError as exc:
-            raise ToolError(f"{exc.code.name}: {exc.message}") from None
+            raise ToolError(f"{exc.code}: {exc.message}") from None
         return json.dumps(result.raw, default=str)
 
     return server
