@@ -22,10 +22,11 @@ from gateway.metrics import GatewayMetrics, RequestCounter
 from gateway.openapi import install_openapi, operation_id
 from gateway.routers import desktop, health, history, keys, metrics, sandbox_calls, sandboxes, seed, tasks
 from gateway.routers.computer_use import router as computer_use_router
+from gateway.routers.contexts import router as contexts_router
 
 ROUTERS = (
     seed.router, tasks.router, history.router, sandboxes.router, sandbox_calls.router, desktop.router, keys.router,
-    health.router, metrics.router, computer_use_router,
+    health.router, metrics.router, computer_use_router, contexts_router,
 )
 
 
