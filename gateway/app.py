@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from corral.config import Settings
 from gateway.backends import Backends
@@ -45,7 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the package, not a CDN:
+    # they work on a host without internet.
+    app = FastAPIOffline(
         title="Corral",
         version="1",
         description="Schedule agents' tasks into isolated sandboxes and follow them.",
