@@ -694,7 +694,8 @@ def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     summary="Extract a tar (optionally compressed) or zip archive, the raw body, into a directory",
     response_model=UploadView,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND),
-    openapi_extra={"requestBody": {"required": True, "content": binary("application/x-tar", "application/zip")["content"]}},
+    # The archive's kind is told from its bytes: sent as octet-stream (x-tar, zip, gzip are taken too).
+    openapi_extra={"requestBody": {"required": True, "content": binary("application/octet-stream")["content"]}},
 )
 async def upload(
     sandbox_id: str,

@@ -204,7 +204,6 @@ GENERATOR_CONFIG = """\
 post_hooks: []
 content_type_overrides:
   application/x-tar: application/octet-stream
-  application/zip: application/octet-stream
   image/png: application/octet-stream
 """
 
