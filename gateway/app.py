@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from corral.config import Settings
 from gateway.backends import Backends
@@ -22,10 +23,11 @@ from gateway.metrics import GatewayMetrics, RequestCounter
 from gateway.openapi import install_openapi, operation_id
 from gateway.routers import desktop, health, history, keys, metrics, sandbox_calls, sandboxes, seed, tasks
 from gateway.routers.computer_use import router as computer_use_router
+from gateway.routers.contexts import router as contexts_router
 
 ROUTERS = (
     seed.router, tasks.router, history.router, sandboxes.router, sandbox_calls.router, desktop.router, keys.router,
-    health.router, metrics.router, computer_use_router,
+    health.router, metrics.router, computer_use_router, contexts_router,
 )
 
 
@@ -44,7 +46,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI's and ReDoc's files served from the package, not a CDN:
+    # they work on a host without internet.
+    app = FastAPIOffline(
         title="Corral",
         version="1",
         description="Schedule agents' tasks into isolated sandboxes and follow them.",

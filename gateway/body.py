@@ -107,10 +107,12 @@ class JsonBody(Generic[M]):
     `required=False`: an empty body means the model's defaults (every field has one).
     """
 
-    def __init__(self, model: type[M], *, required: bool = True, expected: str = "") -> None:
+    def __init__(self, model: type[M], *, required: bool = True, expected: str = "", example: Any = None) -> None:
         self.model = model
         self.required = required
         self.expected = expected
+        # A body the route accepts, shown in /openapi.json (and checked against the model by the tests).
+        self.example = example
         BODY_MODELS.append(model)
 
     async def __call__(self, request: Request) -> M:
@@ -122,5 +124,7 @@ class JsonBody(Generic[M]):
     @property
     def openapi(self) -> dict[str, Any]:
         """The route's `openapi_extra`: its request body is this model."""
-        schema = {"$ref": f"#/components/schemas/{self.model.__name__}"}
-        return {"requestBody": {"required": self.required, "content": {"application/json": {"schema": schema}}}}
+        media: dict[str, Any] = {"schema": {"$ref": f"#/components/schemas/{self.model.__name__}"}}
+        if self.example is not None:
+            media["example"] = self.example
+        return {"requestBody": {"required": self.required, "content": {"application/json": media}}}

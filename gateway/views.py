@@ -37,6 +37,15 @@ def errors(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any
     return {status: {"model": ErrorResponse, "description": wording[status]} for status in sorted(statuses)}
 
 
+def binary(*media_types: str) -> dict[str, Any]:
+    """A response (or request body) of raw bytes in these media types."""
+    return {"content": {media: {"schema": {"type": "string", "format": "binary"}} for media in media_types}}
+
+
+# A 200 that can also be a stream of Server-Sent Events (text: `event:` and `data:` lines).
+SSE_STREAM: dict[str, Any] = {"content": {"text/event-stream": {"schema": {"type": "string"}}}}
+
+
 # The usual set of a task route (kept for callers that want one default).
 ERROR_RESPONSES = errors(400, 404, 413, *UPSTREAM)
 

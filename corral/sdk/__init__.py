@@ -16,10 +16,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from corral.sdk.aio import AsyncCommandHandle, AsyncCommandStream, AsyncSandbox, AsyncTask, run_task_async
     from corral.sdk.results import (
+        CodeContext,
         CommandFailed,
         CommandResult,
+        Execution,
+        ExecutionError,
         FileInfo,
+        Logs,
         OutputChunk,
+        Result,
         StepOutcome,
         TaskResult,
         Timeout,
@@ -31,12 +36,17 @@ __all__ = [
     "AsyncCommandStream",
     "AsyncSandbox",
     "AsyncTask",
+    "CodeContext",
     "CommandFailed",
     "CommandHandle",
     "CommandResult",
     "CommandStream",
+    "Execution",
+    "ExecutionError",
     "FileInfo",
+    "Logs",
     "OutputChunk",
+    "Result",
     "Sandbox",
     "StepOutcome",
     "Task",
@@ -51,8 +61,8 @@ __all__ = [
 _MODULES = {
     **dict.fromkeys(("AsyncCommandHandle", "AsyncCommandStream", "AsyncSandbox", "AsyncTask", "run_task_async"), "aio"),
     **dict.fromkeys(("CommandHandle", "CommandStream", "Sandbox", "Task", "run_task"), "sync"),
-    **dict.fromkeys(("CommandFailed", "CommandResult", "FileInfo", "OutputChunk", "StepOutcome", "TaskResult",
-                     "Timeout"), "results"),
+    **dict.fromkeys(("CodeContext", "CommandFailed", "CommandResult", "Execution", "ExecutionError", "FileInfo",
+                     "Logs", "OutputChunk", "Result", "StepOutcome", "TaskResult", "Timeout"), "results"),
 }
 
 

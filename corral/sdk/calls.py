@@ -161,6 +161,27 @@ def screenshot(sandbox_id: str, max_width: int = 0, max_height: int = 0) -> Call
                 params={"max_width": max_width or None, "max_height": max_height or None})
 
 
+def create_code_context(sandbox_id: str, language: str, cwd: str | None) -> Call:
+    body: dict[str, Any] = {"language": language}
+    if cwd:
+        body["cwd"] = cwd
+    # A kernel's start (first one: matplotlib's font cache too) is slower than a plain call.
+    return Call("POST", _sandbox(sandbox_id, "/contexts"), json=body, timeout=120 + NETWORK_SLACK_SECONDS)
+
+
+def run_code(sandbox_id: str, context_id: str, code: str, timeout: float | None) -> Call:
+    body: dict[str, Any] = {"code": code}
+    if timeout is not None:
+        body["timeout"] = timeout
+    # The gateway's grace past the run's timeout (the kernel interrupted, then reported), and ours.
+    wait = float(timeout or 60) + 30 + NETWORK_SLACK_SECONDS
+    return Call("POST", _sandbox(sandbox_id, f"/contexts/{quote(context_id, safe='')}/run"), json=body, timeout=wait)
+
+
+def delete_code_context(sandbox_id: str, context_id: str) -> Call:
+    return Call("DELETE", _sandbox(sandbox_id, f"/contexts/{quote(context_id, safe='')}"))
+
+
 def submit_task(spec: Mapping[str, Any]) -> Call:
     return Call("POST", "/v1/tasks", json=dict(spec))
 

@@ -183,3 +183,90 @@ class OutputCollector:
             stdout=self._exit.stdout or "".join(self._out["stdout"]),
             stderr=self._exit.stderr or "".join(self._out["stderr"]),
         )
+
+
+# --- code contexts (E2B's code interpreter's shapes) --------------------------------------
+
+
+@dataclass(frozen=True)
+class CodeContext:
+    """A Jupyter kernel in the sandbox that keeps its variables between `run_code` calls."""
+
+    id: str
+    language: str
+    cwd: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CodeContext:
+        return cls(id=str(data["context_id"]), language=str(data.get("language", "python")), cwd=str(data.get("cwd", "")))
+
+
+# A result's formats, by field; binary ones (png, jpeg, pdf) are base64 text.
+RESULT_FORMATS = ("text", "html", "markdown", "svg", "png", "jpeg", "pdf", "latex", "json", "javascript")
+
+
+@dataclass(frozen=True)
+class Result:
+    """One rich output: the last expression's value (`is_main_result`) or a display (a plot...)."""
+
+    is_main_result: bool = False
+    text: str | None = None
+    html: str | None = None
+    markdown: str | None = None
+    svg: str | None = None
+    png: str | None = None
+    jpeg: str | None = None
+    pdf: str | None = None
+    latex: str | None = None
+    json: Any = None
+    javascript: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def formats(self) -> list[str]:
+        """The formats it came in: ["text", "png"]..."""
+        return [name for name in RESULT_FORMATS if getattr(self, name) is not None] + list(self.extra)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Result:
+        known = {name: data[name] for name in RESULT_FORMATS if data.get(name) is not None}
+        return cls(is_main_result=bool(data.get("is_main_result")), extra=dict(data.get("extra") or {}), **known)
+
+
+@dataclass(frozen=True)
+class Logs:
+    stdout: list[str] = field(default_factory=list)
+    stderr: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ExecutionError:
+    """The exception the code raised: its class name, message and (plain-text) traceback."""
+
+    name: str
+    value: str
+    traceback: str
+
+
+@dataclass(frozen=True)
+class Execution:
+    results: list[Result] = field(default_factory=list)
+    logs: Logs = field(default_factory=Logs)
+    error: ExecutionError | None = None
+    execution_count: int | None = None
+
+    @property
+    def text(self) -> str | None:
+        """The main result's text, when there is one."""
+        return next((r.text for r in self.results if r.is_main_result), None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Execution:
+        logs = data.get("logs") or {}
+        error = data.get("error")
+        count = data.get("execution_count")
+        return cls(
+            results=[Result.from_json(r) for r in data.get("results", [])],
+            logs=Logs(stdout=list(logs.get("stdout", [])), stderr=list(logs.get("stderr", []))),
+            error=ExecutionError(str(error["name"]), str(error["value"]), str(error["traceback"])) if error else None,
+            execution_count=int(count) if count is not None else None,
+        )

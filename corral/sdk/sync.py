@@ -20,7 +20,9 @@ from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, error_event
 from corral.sdk._wire import Response, Wire
 from corral.sdk.results import (
+    CodeContext,
     CommandResult,
+    Execution,
     FileInfo,
     OnOutput,
     OutputChunk,
@@ -160,6 +162,7 @@ class Sandbox:
         self.token: str = str(info.get("token", ""))
         self.view_token: str = str(info.get("view_token", ""))
         self._owned = owned
+        self._default_context: CodeContext | None = None
         self.files = Files(self)
 
     @classmethod
@@ -314,6 +317,32 @@ class Sandbox:
         if live.result is None:
             raise errors.Unavailable("the command's output ended without its result")
         return live.result.checked(check)
+
+    # --- code contexts -----------------------------------------------------------------------
+
+    def create_code_context(self, language: str = "python", cwd: str | None = None) -> CodeContext:
+        """Starts a Jupyter kernel in the sandbox (in `cwd`, relative to the workspace)."""
+        return CodeContext.from_json(self.client.json(calls.create_code_context(self.id, language, cwd)))
+
+    def run_code(
+        self, code: str, *, context: CodeContext | str | None = None, timeout: float | None = None
+    ) -> Execution:
+        """Runs `code` as a notebook cell in `context` (default: one made on first use, kept for
+        the next calls): its output (`.logs`), rich results (`.results`: text, png, html, json...)
+        and the exception it raised (`.error`; a TimeoutError when interrupted at `timeout`)."""
+        if context is None:
+            if self._default_context is None:
+                self._default_context = self.create_code_context()
+            context = self._default_context
+        context_id = context if isinstance(context, str) else context.id
+        return Execution.from_json(self.client.json(calls.run_code(self.id, context_id, code, timeout)))
+
+    def remove_code_context(self, context: CodeContext | str) -> None:
+        """Stops the context's kernel (its variables go)."""
+        context_id = context if isinstance(context, str) else context.id
+        self.client.send(calls.delete_code_context(self.id, context_id))
+        if self._default_context is not None and self._default_context.id == context_id:
+            self._default_context = None
 
     # --- files -------------------------------------------------------------------------------
 

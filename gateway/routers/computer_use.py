@@ -111,7 +111,13 @@ def _declared(params: dict[str, Any]) -> tuple[int, int] | None:
     "/computer",
     name="computer_use_definition",
     summary="The computer tool's definition for this desktop (its scaled display size), and the real screen size",
-    responses={200: {"content": {"application/json": {"example": {
+    responses={200: {"content": {"application/json": {"schema": {
+        "type": "object", "required": ["tool", "screen"], "properties": {
+            "tool": {"type": "object", "description": "As the Messages API takes it in `tools`."},
+            "screen": {"type": "object", "required": ["width", "height"], "properties": {
+                "width": {"type": "integer"}, "height": {"type": "integer"}}},
+        },
+    }, "example": {
         "tool": {"type": "computer_20251124", "name": "computer", "display_width_px": 1280,
                  "display_height_px": 800, "enable_zoom": True},
         "screen": {"width": 1280, "height": 800},

@@ -56,7 +56,7 @@ class KeyList(View):
     keys: list[KeyView]
 
 
-KEY_BODY = JsonBody(KeyRequest)
+KEY_BODY = JsonBody(KeyRequest, example={"name": "ci", "tenant_id": "team-a"})
 
 
 def _stub(backends: Backends) -> keys_pb2_grpc.KeyServiceAsyncStub:

@@ -28,7 +28,7 @@ router = APIRouter(tags=["health"])
     summary="Prometheus metrics (admin key; without keys, loopback clients only)",
     response_class=Response,
     responses={
-        200: {"content": {"text/plain": {}}, "description": "Prometheus text format."},
+        200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text format."},
         **errors(401, 403, *UPSTREAM),
     },
 )

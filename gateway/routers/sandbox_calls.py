@@ -32,6 +32,17 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from starlette.requests import HTTPConnection
 
 from corral.bounds import MAX_COMMAND_TIMEOUT_SECONDS
+from corral.call_views import (
+    CommandResultView,
+    CommandStarted,
+    CommandStatusNoOutput,
+    CommandStatusView,
+    DesktopActionResult,
+    FileInfoView,
+    FileListView,
+    PathView,
+    UploadView,
+)
 from corral.config import Settings
 from corral.steps.gui import GuiStep, GuiTool
 from corral.v1 import memory_pb2, sandbox_pb2
@@ -42,7 +53,7 @@ from gateway.backends import upstream
 from gateway.body import JsonBody, parse_json, read_body
 from gateway.deps import BackendsDep, SandboxStubs, get_sandbox_stubs, get_settings
 from gateway.errors import ApiError, error_body, from_rpc_error, validation_error
-from gateway.views import UPSTREAM, errors
+from gateway.views import SSE_STREAM, UPSTREAM, binary, errors
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}", tags=["sandbox calls"])
 
@@ -211,7 +222,7 @@ class CommandRequest(BaseModel):
         )
 
 
-COMMAND_BODY = JsonBody(CommandRequest)
+COMMAND_BODY = JsonBody(CommandRequest, example={"tool": "shell", "command": "ls -la", "timeout": 60})
 
 
 class SignalRequest(BaseModel):
@@ -220,14 +231,20 @@ class SignalRequest(BaseModel):
     signal: str = Field("SIGTERM", description="A signal name (SIGTERM, SIGINT, SIGKILL...).")
 
 
-SIGNAL_BODY = JsonBody(SignalRequest, required=False)
+SIGNAL_BODY = JsonBody(SignalRequest, required=False, example={"signal": "SIGINT"})
 
 
 @router.post(
     "/commands",
     name="run_sandbox_command",
     summary="Run a command or code in the sandbox (result, SSE stream, or a background handle)",
-    responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
+    response_model=CommandResultView,
+    responses={
+        200: {"description": "Its result; with ?stream=true (or Accept: text/event-stream) its output as it "
+              "comes: `start`, `stdout`, `stderr`, then `exit` (or `error`) events.", **SSE_STREAM},
+        202: {"model": CommandStarted, "description": "background: its handle, at once."},
+        **errors(*CALL_ERRORS, e404=NOT_FOUND),
+    },
     openapi_extra=COMMAND_BODY.openapi,
 )
 async def run_command(
@@ -284,6 +301,7 @@ async def command_status(stubs: SandboxStubs, caller: Metadata, sandbox_id: str,
     "/commands/{command_id}",
     name="get_sandbox_command",
     summary="A background command's state (and its exit once ended)",
+    response_model=CommandStatusNoOutput,
     responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
 )
 async def get_command(sandbox_id: str, command_id: str, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
@@ -296,7 +314,8 @@ async def get_command(sandbox_id: str, command_id: str, stubs: SandboxStubsDep, 
     "/commands/{command_id}/output",
     name="sandbox_command_output",
     summary="A background command's output: buffered (bounded), or as SSE from its start until it ends",
-    responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
+    response_model=CommandStatusView,
+    responses={200: SSE_STREAM, **errors(*CALL_ERRORS, e404=NOT_FOUND)},
 )
 async def command_output(
     sandbox_id: str,
@@ -418,7 +437,7 @@ async def read_stream(stubs: SandboxStubs, caller: Metadata, sandbox_id: str, pa
     name="read_sandbox_file",
     summary="A file's bytes (application/octet-stream)",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}, **errors(*CALL_ERRORS, e404=NOT_FOUND)},
+    responses={200: binary("application/octet-stream"), **errors(*CALL_ERRORS, e404=NOT_FOUND)},
 )
 async def read_file(sandbox_id: str, path: PathQuery, stubs: SandboxStubsDep, caller: CallerDep) -> Response:
     size, chunks = await read_stream(stubs, caller, sandbox_id, path)
@@ -479,7 +498,9 @@ async def limited_body(request: Request, limit: int) -> AsyncIterator[bytes]:
     "/files",
     name="write_sandbox_file",
     summary="Write a file from the raw body (parents made)",
+    response_model=FileInfoView,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND),
+    openapi_extra={"requestBody": {"required": True, "content": binary("application/octet-stream")["content"]}},
 )
 async def write_file(
     sandbox_id: str, path: PathQuery, request: Request, stubs: SandboxStubsDep, settings: SettingsDep, caller: CallerDep
@@ -488,7 +509,10 @@ async def write_file(
     return JSONResponse(info_json(info))
 
 
-@router.get("/files/list", name="list_sandbox_files", summary="A directory's entries", responses=errors(*CALL_ERRORS, e404=NOT_FOUND))
+@router.get(
+    "/files/list", name="list_sandbox_files", summary="A directory's entries", response_model=FileListView,
+    responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
+)
 async def list_files(
     sandbox_id: str, stubs: SandboxStubsDep, caller: CallerDep, path: Annotated[str, Query()] = "."
 ) -> JSONResponse:
@@ -496,7 +520,10 @@ async def list_files(
     return JSONResponse({"path": reply.path, "entries": [info_json(e) for e in reply.entries], "truncated": reply.truncated})
 
 
-@router.get("/files/stat", name="stat_sandbox_file", summary="A file's or directory's entry", responses=errors(*CALL_ERRORS, e404=NOT_FOUND))
+@router.get(
+    "/files/stat", name="stat_sandbox_file", summary="A file's or directory's entry", response_model=FileInfoView,
+    responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
+)
 async def stat_file(sandbox_id: str, path: PathQuery, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
     reply = await operate(stubs, caller, calls_pb2.OperateSandboxFileRequest(sandbox_id=sandbox_id, stat=path))
     return JSONResponse(info_json(reply.file))
@@ -515,12 +542,12 @@ class RenameRequest(BaseModel):
     target: str = Field(alias="to", min_length=1)
 
 
-MKDIR_BODY = JsonBody(PathRequest)
-RENAME_BODY = JsonBody(RenameRequest)
+MKDIR_BODY = JsonBody(PathRequest, example={"path": "data/raw"})
+RENAME_BODY = JsonBody(RenameRequest, example={"from": "draft.txt", "to": "final.txt"})
 
 
 @router.post(
-    "/files/mkdir", name="make_sandbox_dir", summary="Make a directory (and its parents)",
+    "/files/mkdir", name="make_sandbox_dir", summary="Make a directory (and its parents)", response_model=PathView,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND), openapi_extra=MKDIR_BODY.openapi,
 )
 async def make_dir(
@@ -532,7 +559,7 @@ async def make_dir(
 
 @router.delete(
     "/files", name="remove_sandbox_file", summary="Remove a file, a link, or a directory with its contents",
-    responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
+    response_model=PathView, responses=errors(*CALL_ERRORS, e404=NOT_FOUND),
 )
 async def remove_file(sandbox_id: str, path: PathQuery, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
     reply = await operate(stubs, caller, calls_pb2.OperateSandboxFileRequest(sandbox_id=sandbox_id, remove=path))
@@ -540,7 +567,7 @@ async def remove_file(sandbox_id: str, path: PathQuery, stubs: SandboxStubsDep, 
 
 
 @router.post(
-    "/files/rename", name="rename_sandbox_file", summary="Rename (move) a file or directory",
+    "/files/rename", name="rename_sandbox_file", summary="Rename (move) a file or directory", response_model=PathView,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND), openapi_extra=RENAME_BODY.openapi,
 )
 async def rename_file(
@@ -665,7 +692,10 @@ def _extracted(tar: tarfile.TarFile, member: tarfile.TarInfo) -> IO[bytes]:
     "/files/upload",
     name="upload_sandbox_files",
     summary="Extract a tar (optionally compressed) or zip archive, the raw body, into a directory",
+    response_model=UploadView,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND),
+    # The archive's kind is told from its bytes: sent as octet-stream (x-tar, zip, gzip are taken too).
+    openapi_extra={"requestBody": {"required": True, "content": binary("application/octet-stream")["content"]}},
 )
 async def upload(
     sandbox_id: str,
@@ -708,7 +738,7 @@ async def _read_chunks(source: IO[bytes]) -> AsyncIterator[bytes]:
     name="download_sandbox_files",
     summary="A directory as a tar archive",
     response_class=Response,
-    responses={200: {"content": {"application/x-tar": {}}}, **errors(*CALL_ERRORS, 413, e404=NOT_FOUND)},
+    responses={200: binary("application/x-tar"), **errors(*CALL_ERRORS, 413, e404=NOT_FOUND)},
 )
 async def download(
     sandbox_id: str, stubs: SandboxStubsDep, settings: SettingsDep, caller: CallerDep, path: Annotated[str, Query()] = "."
@@ -778,6 +808,11 @@ class _BytesReader:
 # --- desktop ---------------------------------------------------------------------------------
 
 GUI_ACTION = TypeAdapter(GuiStep)
+# A gui step (`tool` may be left out: it is taken as "gui"): one of the actions, by `action`.
+GUI_ACTION_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": {"$ref": "#/components/schemas/GuiStep"},
+    "example": {"tool": "gui", "action": "click", "x": 100, "y": 200},
+}}}}
 
 
 async def desktop_action(stubs: SandboxStubs, caller: Metadata, sandbox_id: str, document: Any) -> calls_pb2.RunSandboxDesktopActionResponse:
@@ -800,7 +835,9 @@ async def desktop_action(stubs: SandboxStubs, caller: Metadata, sandbox_id: str,
     "/desktop/actions",
     name="sandbox_desktop_action",
     summary="A desktop action (the gui step's models: click, type, key, scroll, screenshot...)",
+    response_model=DesktopActionResult,
     responses=errors(*CALL_ERRORS, 413, e404=NOT_FOUND, e409="The sandbox has ended, or has no desktop."),
+    openapi_extra=GUI_ACTION_BODY,
 )
 async def run_desktop_action(
     sandbox_id: str, request: Request, stubs: SandboxStubsDep, settings: SettingsDep, caller: CallerDep
@@ -818,7 +855,7 @@ async def run_desktop_action(
     name="sandbox_screenshot",
     summary="A screenshot of the sandbox's desktop (image/png)",
     response_class=Response,
-    responses={200: {"content": {"image/png": {}}}, **errors(*CALL_ERRORS, e404=NOT_FOUND, e409="The sandbox has ended, or has no desktop.")},
+    responses={200: binary("image/png"), **errors(*CALL_ERRORS, e404=NOT_FOUND, e409="The sandbox has ended, or has no desktop.")},
 )
 async def screenshot(
     sandbox_id: str,

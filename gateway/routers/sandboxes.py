@@ -75,9 +75,11 @@ class NetworkRulesRequest(NetworkRulesModel):
         return self
 
 
-CREATE_BODY = JsonBody(SandboxRequest, required=False)
-EXTEND_BODY = JsonBody(ExtendRequest, required=False)
-NETWORK_BODY = JsonBody(NetworkRulesRequest, expected=' ({"allow": [...], "deny": [...]})')
+CREATE_BODY = JsonBody(SandboxRequest, required=False, example={"desktop": False, "network": False, "ttl": 3600})
+EXTEND_BODY = JsonBody(ExtendRequest, required=False, example={"ttl": 3600})
+NETWORK_BODY = JsonBody(
+    NetworkRulesRequest, expected=' ({"allow": [...], "deny": [...]})', example={"allow": ["pypi.org:443"]}
+)
 NOT_FOUND = "Unknown sandbox."
 
 

@@ -24,7 +24,10 @@ from gateway.views import UPSTREAM, errors, view_response
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
-TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"')
+TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"', example={"steps": [
+    {"tool": "shell", "command": "echo hello > hello.txt"},
+    {"tool": "python", "code": "print(open('hello.txt').read())"},
+]})
 TaskBody = Annotated[TaskRequest, Depends(TASK_BODY)]
 # Submitting: bad task 400, sandbox_id unknown 404 or ended 409, too large 413, quota 429.
 SUBMIT_ERRORS = errors(400, 404, 409, 413, 429, *UPSTREAM, e404="Unknown sandbox (sandbox_id).",

@@ -37,6 +37,7 @@ SOURCE_DIR = os.environ.get("CORRAL_SOURCE_DIR", "/opt/corral")
 START_TIMEOUT = float(os.environ.get("CORRAL_DESKTOP_TIMEOUT", "60"))
 # For the processes that create the sockets: group members may connect, others may not.
 SOCKET_UMASK = 0o007
+NEWS_PLUGIN = "@jupyterlab/apputils-extension:announcements"
 
 
 class LaunchError(Exception):
@@ -208,6 +209,12 @@ def start_jupyter(base_url: str, root: str) -> dict[str, object]:
         JUPYTER_CONFIG_DIR=f"{base}/config", JUPYTER_DATA_DIR=f"{base}/data",
         JUPYTER_RUNTIME_DIR=f"{base}/runtime", IPYTHONDIR=f"{base}/ipython",
     )
+    # No "get Jupyter news?" popup: the sandbox has no network to fetch them with, and nobody
+    # to ask (what `jupyter labextension disable` writes).
+    labconfig = f"{base}/config/labconfig"
+    os.makedirs(labconfig, mode=0o700, exist_ok=True)
+    with open(f"{labconfig}/page_config.json", "w") as f:
+        json.dump({"disabledExtensions": {NEWS_PLUGIN: True}}, f)
     if os.path.exists(sock):
         os.unlink(sock)
     log = f"{base}/jupyter.log"

@@ -133,6 +133,8 @@ def sandbox_env(config: SandboxConfig) -> dict[str, str]:
         "HOME": config.home,
         "TMPDIR": "/tmp",
         "LANG": "C.UTF-8",
+        # A Python step's prints reach its output as they happen, not all at its exit.
+        "PYTHONUNBUFFERED": "1",
         "USER": SANDBOX_USER,
         "LOGNAME": SANDBOX_USER,
         "CORRAL_TASK_ID": config.task_id,

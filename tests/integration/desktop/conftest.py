@@ -60,6 +60,7 @@ def missing_desktop_packages() -> list[str]:
 # image path. (The step agent's freshness is the executor tests' business.)
 IMAGE_COPIES = {
     "sandbox/runtime/desktop.py": "/app/desktop.py",
+    "sandbox/runtime/kernel.py": "/app/kernel.py",
     # The gui service's server is built by corral.grpc_server, whose interceptor maps corral.errors.
     "corral/errors.py": "/opt/corral/corral/errors.py",
     "corral/grpc_server.py": "/opt/corral/corral/grpc_server.py",

@@ -57,6 +57,10 @@ def test_kernel_through_the_proxy_reads_a_file_the_task_wrote(api: httpx.Client,
         lab = api.get(f"{base}/lab", params={"token": token})
         assert lab.status_code == 200, lab.text[:500]
         assert "JupyterLab" in lab.text
+        # No "get Jupyter news?" popup: its plugin is disabled in the page's config.
+        page_config = lab.text.split('id="jupyter-config-data" type="application/json">', 1)[1]
+        config = json.loads(page_config.split("</script>", 1)[0])
+        assert "@jupyterlab/apputils-extension:announcements" in config["disabledExtensions"]
         assert api.cookies.get(f"corral_sandbox_{sandbox_id}") == token
 
         kernel = api.post(f"{base}/api/kernels", json={"name": "python3"},

@@ -1,9 +1,15 @@
 """/openapi.json is a valid OpenAPI document that says exactly what the gateway sends: the JSON
 of a real completed task, a real sandbox and real errors validates against the schema each
-route declares for that status (additionalProperties false: no undeclared key slips out)."""
+route declares for that status (additionalProperties false: no undeclared key slips out); a
+client generated from it drives a real sandbox; /docs and /redoc render it with no internet."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +22,8 @@ from openapi_spec_validator import validate
 from sse_client import events
 
 Spec = dict[str, Any]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 METHODS = ("get", "post", "put", "patch", "delete", "head", "options")
 
 
@@ -190,3 +198,96 @@ def test_a_real_sandbox_validates_against_what_each_route_declares(spec: Spec, f
     ended = full_api.get(f"/v1/sandboxes/{sandbox_id}/vnc/", params={"token": created["token"]})
     assert ended.status_code == 409
     check(spec, "/v1/sandboxes/{sandbox_id}/vnc/", "get", ended)
+
+
+# The client generator's media types for raw bytes (it knows only application/octet-stream).
+GENERATOR_CONFIG = """\
+post_hooks: []
+content_type_overrides:
+  application/x-tar: application/octet-stream
+  image/png: application/octet-stream
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_generated_client_creates_a_sandbox_and_runs_a_command(
+    spec: Spec, full_stack: Cluster, tmp_path: Path
+) -> None:
+    (tmp_path / "openapi.json").write_text(json.dumps(spec))
+    (tmp_path / "config.yml").write_text(GENERATOR_CONFIG)
+    generator = Path(sys.executable).with_name("openapi-python-client")
+    generated = subprocess.run(
+        [str(generator), "generate", "--path", "openapi.json", "--config", "config.yml", "--meta", "none",
+         "--output-path", "corral_generated"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert generated.returncode == 0, generated.stdout + generated.stderr
+    # Every operation generated, each with its typed answers (no "endpoint will not be generated").
+    assert "WARNING" not in generated.stdout, generated.stdout
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from corral_generated import Client  # type: ignore[import-not-found]
+        from corral_generated.api.sandbox_calls import run_sandbox_command  # type: ignore[import-not-found]
+        from corral_generated.api.sandboxes import create_sandbox, delete_sandbox  # type: ignore[import-not-found]
+        from corral_generated.models import (  # type: ignore[import-not-found]
+            CommandRequest,
+            CommandRequestTool,
+            CommandResultView,
+            SandboxCreated,
+            SandboxRequest,
+        )
+
+        client = Client(base_url=full_stack.gateway_url, raise_on_unexpected_status=True, timeout=httpx.Timeout(120))
+        created = create_sandbox.sync(client=client, body=SandboxRequest(desktop=False, ttl=600))
+        assert isinstance(created, SandboxCreated), created
+        try:
+            ran = run_sandbox_command.sync(
+                created.sandbox_id, client=client,
+                body=CommandRequest(tool=CommandRequestTool.SHELL, command="echo generated; exit 3"),
+            )
+            assert isinstance(ran, CommandResultView), ran
+            assert (ran.stdout, ran.exit_code, ran.timed_out) == ("generated\n", 3, False)
+        finally:
+            deleted = delete_sandbox.sync(created.sandbox_id, client=client)
+        assert deleted is not None and deleted.status.value == "deleted"
+    finally:
+        sys.path.remove(str(tmp_path))
+        for name in [m for m in sys.modules if m.split(".")[0] == "corral_generated"]:
+            del sys.modules[name]
+
+
+@pytest.mark.timeout(240)
+def test_docs_and_redoc_render_the_operations_offline(full_stack: Cluster) -> None:
+    """In a real Chromium with every request off the gateway refused (no internet, no CDN)."""
+    from playwright.sync_api import Route, sync_playwright
+
+    if shutil.which(CHROMIUM) is None:
+        pytest.fail("chromium is missing (scripts/bootstrap installs Debian's chromium)")
+    elsewhere: list[str] = []
+
+    def only_the_gateway(route: Route) -> None:
+        if route.request.url.startswith((full_stack.gateway_url, "blob:", "data:")):
+            route.continue_()
+            return
+        # ReDoc's footer links its "Redocly" logo from its CDN: an image, nothing the page needs.
+        if route.request.resource_type != "image":
+            elsewhere.append(route.request.url)
+        route.abort()
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.route("**/*", only_the_gateway)
+            page.goto(full_stack.gateway_url + "/docs")
+            page.wait_for_selector(".opblock-summary", timeout=150_000)
+            paths = [p.replace("\u200b", "") for p in page.locator(".opblock-summary-path").all_inner_texts()]
+            assert "/v1/sandboxes/{sandbox_id}/contexts/{context_id}/run" in paths and len(paths) >= 40, paths
+            page.goto(full_stack.gateway_url + "/redoc")
+            # Every operation is a section of the page (the menu's groups start collapsed).
+            page.get_by_text("Run code in a code context").first.wait_for(state="attached", timeout=150_000)
+            assert page.locator("[data-section-id*='operation/']").count() >= 40
+            assert page.locator("h2", has_text="Schedule a task").first.is_visible()
+        finally:
+            browser.close()
+    assert not elsewhere, elsewhere
