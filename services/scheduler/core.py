@@ -309,6 +309,9 @@ class Scheduler:
                     await self._store.mark_running(task.task_id, executor_id=executor.executor_id)
                 log.info("following a task again", task_id=task.task_id, executor_id=executor.executor_id,
                          after_sequence=after, executor_last=task.last_sequence)
+                found = await self._store.state_and_spec(task.task_id)
+                if found is not None and found[1].sandbox_id:
+                    self._sandbox_of[task.task_id] = found[1].sandbox_id  # one task at a time there
                 self._follow(executor, task.task_id, None, task.epoch, after)
             for task_id, (_, state) in orphans.items():
                 if state == task_pb2.TASK_STATE_SCHEDULED and await self._store.last_source_sequence(task_id) == 0:
