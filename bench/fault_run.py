@@ -66,6 +66,9 @@ def main() -> None:
         tasks = stack.wait_ended(task_ids, limit=max(600.0, args.n * 0.5))
         print(f"all ended {time.monotonic() - started:.1f}s after the first submission; auditing", flush=True)
         tally = Tally.of(stack.audit(tasks, history=True))
+        scheduler_log = stack.log("scheduler")
+        taken_back = scheduler_log.count("following a task again")
+        requeued = scheduler_log.count("assigned task never started; requeued")
     finally:
         stack.stop()
         if not args.keep:
@@ -75,6 +78,8 @@ def main() -> None:
         f"unfinished {tally.unfinished}; run twice {tally.run_twice}; events misnumbered {tally.misnumbered}; "
         f"history events missing {tally.history_missing}"
     )
+    print(f"after the scheduler's restarts: {taken_back} running tasks followed again, "
+          f"{requeued} assigned but never started requeued")
     for reason in tally.failures:
         print(f"  failed: {reason}")
     if args.keep:

@@ -112,7 +112,7 @@ class FaultStack:
         elif name in self._executor_env:
             c.start_executor(name, **self._executor_env[name])
         elif name == "gateway":
-            wait_for_http(c.start("gateway", "gateway"), c.gateway_url + "/openapi.json")
+            wait_for_http(c.start("gateway", "gateway"), c.gateway_url + "/openapi.json", timeout=90)
         else:
             raise ValueError(f"no service {name!r} in this stack")
 
