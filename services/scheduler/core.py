@@ -75,6 +75,7 @@ class Scheduler:
         # After a restart: each executor's tasks as stored (task id -> (epoch, state)), until it
         # registers again or the orphan grace ends.
         self._orphans: dict[str, dict[str, tuple[int, int]]] = {}
+        self._letting_go: set[asyncio.Task[None]] = set()  # best-effort CancelTask calls
         # Tenants' submissions (set by the server; None: no audit log).
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
@@ -463,6 +464,7 @@ class Scheduler:
                     f"executor {executor.executor_id} ({executor.address}) closed the task's "
                     "stream without a result",
                 )
+                self._let_go(executor, task_id)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if not started and code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
@@ -474,19 +476,23 @@ class Scheduler:
                 else:
                     await asyncio.sleep(0.2)  # it is full right now; don't spin on it
             else:
+                lost = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 reason = (
                     f"executor {executor.executor_id} ({executor.address}) was lost while running "
                     f"the task: {code.name}: {exc.details()}"
-                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                    if lost
                     else f"executor {executor.executor_id} refused the task: {code.name}: {exc.details()}"
                 )
                 await self._finish(task_id, task_pb2.TASK_STATE_FAILED, reason)
+                if lost:
+                    self._let_go(executor, task_id)
         except asyncio.CancelledError:
             bound.info("stopped following the task")
             raise
         except Exception as exc:
             bound.exception("following the task failed")
             await self._finish(task_id, task_pb2.TASK_STATE_FAILED, f"internal scheduler error: {exc}")
+            self._let_go(executor, task_id)
         finally:
             progress_writer.cancel()
             executor.running.discard(task_id)
@@ -494,6 +500,21 @@ class Scheduler:
             self._assigned_to.pop(task_id, None)
             self._assignments.pop(task_id, None)
             self._wake.set()
+
+    def _let_go(self, executor: ExecutorRecord, task_id: str) -> None:
+        """Tells an executor that may still be alive to cancel a task failed here (it would keep
+        it running, as for a scheduler restart, for the orphan grace); best effort."""
+
+        async def cancel() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await executor.stub.CancelTask(
+                    executor_pb2.CancelTaskRequest(task_id=task_id, reason="the scheduler failed the task"),
+                    timeout=CANCEL_GRACE_SECONDS,
+                )
+
+        task = asyncio.get_running_loop().create_task(cancel(), name=f"let-go-{task_id}")
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
 
     async def _sandbox_executor(self, task_id: str, sandbox_id: str) -> ExecutorRecord | None:
         """The executor holding the task's sandbox if it can run the task now; else None, and

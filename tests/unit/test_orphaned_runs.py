@@ -36,8 +36,9 @@ async def test_a_run_whose_reader_left_goes_on_and_is_taken_back(tmp_path: Path)
         first.append(event)
         if event.HasField("step_started"):
             break  # the scheduler went away
-    while not run.ended:
-        await asyncio.sleep(0.05)
+    assert run.worker is not None
+    await asyncio.wait_for(asyncio.shield(run.worker), 20)  # it went on alone, to its end
+    assert run.ended
     [held] = runner.held_tasks()
     assert (held.task_id, held.epoch, held.finished) == ("orphan", 3, True)
     assert runner.running_task_ids == []  # its slot is free; its events are not
