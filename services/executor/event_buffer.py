@@ -72,6 +72,11 @@ class EventBuffer:
                 return
             await changed.wait()
 
+    def spill_all(self) -> None:
+        """Moves what is in memory to the spill file (the events are only kept in case)."""
+        if self._memory:
+            self._spill()
+
     def discard(self) -> None:
         self._memory.clear()
         self._spilled.clear()

@@ -97,8 +97,8 @@ class TaskRun:
             self.runner._delivered(self)
         finally:
             self.readers -= 1
-            if self.readers == 0 and not self.delivered:
-                self.runner._orphaned(self)
+            if self.readers == 0:
+                self.runner._released(self)
 
     async def _execute(self) -> None:
         lease, recorder = self.lease, self.recorder
@@ -243,11 +243,22 @@ class TaskRunner:
             run.orphan_timer.cancel()
             run.orphan_timer = None
 
-    def _orphaned(self, run: TaskRun) -> None:
-        """No scheduler follows the run any more: it goes on for the grace, then is cancelled."""
+    def _released(self, run: TaskRun) -> None:
+        """No scheduler follows the run any more. Unread events: it goes on for the grace, then
+        is cancelled. All read: they are kept as long all the same (on disk), since a scheduler
+        killed before storing what it read comes back asking for them (AttachTask)."""
         grace = self.settings.executor_orphan_grace_seconds
+        if run.delivered:
+            run.buffer.spill_all()
+            run.orphan_timer = asyncio.get_running_loop().create_task(self._forget_later(run, grace))
+            return
         run.log.info("the scheduler stopped following the task; keeping it", grace_seconds=grace)
         run.orphan_timer = asyncio.get_running_loop().create_task(self._expire(run, grace))
+
+    async def _forget_later(self, run: TaskRun, grace: float) -> None:
+        await asyncio.sleep(grace)
+        if not run.readers:
+            self._forget(run)
 
     async def _expire(self, run: TaskRun, grace: float) -> None:
         await asyncio.sleep(grace)
@@ -262,8 +273,7 @@ class TaskRunner:
             run.cancel(f"no scheduler took the task back within {grace:g}s of losing it")
 
     def _delivered(self, run: TaskRun) -> None:
-        self._claimed(run)
-        self._forget(run)
+        self._claimed(run)  # kept a while yet: see _released
 
     def _forget(self, run: TaskRun) -> None:
         if self._held.get(run.task_id) is run:

@@ -53,7 +53,13 @@ async def test_a_run_whose_reader_left_goes_on_and_is_taken_back(tmp_path: Path)
     assert [e.sequence for e in events] == list(range(1, len(events) + 1))
     assert sum(e.HasField("started") for e in events) == 1
     assert events[-1].finished.state == task_pb2.TASK_STATE_COMPLETED
-    assert runner.held_tasks() == []  # delivered: let go
+    # All read, yet kept (on disk) for the grace: a scheduler killed before storing them asks again.
+    [held] = runner.held_tasks()
+    assert (held.last_sequence, held.finished) == (events[-1].sequence, True)
+    again = [e async for e in runner.attach("orphan", 3).events(events[-3].sequence)]
+    assert [e.sequence for e in again] == [events[-2].sequence, events[-1].sequence]
+    runner.drop("orphan", "the scheduler has it all")
+    assert runner.held_tasks() == []
     with pytest.raises(TaskNotHeld):
         runner.attach("orphan", 3)
 
