@@ -123,6 +123,20 @@ class Settings(BaseSettings):
         "(data_dir/history-spool/) until it is back, at most this many bytes; past it entries "
         "are dropped and counted (the log says so). 0: keep only what fits in memory.",
     )
+    executor_orphan_grace_seconds: float = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="How long an executor keeps running a task whose scheduler went away (keeping its "
+        "events) for a scheduler back to take it again; after that the task is cancelled. A restarted "
+        "scheduler waits as long for each executor to come back before failing its tasks.",
+    )
+    executor_event_buffer_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=0,
+        description="Bytes of a task's events an executor keeps in memory until the scheduler has them "
+        "all; beyond that they are spilled to a file in data_dir/event-spill.",
+    )
     sandbox_driver: str = Field("bubblewrap", description="Sandbox driver: bubblewrap or docker.")
     sandbox_host_uid: int = Field(
         65534,

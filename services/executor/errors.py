@@ -3,7 +3,7 @@ corral.errors). corral.grpc_server's interceptor turns each into its status code
 
 from __future__ import annotations
 
-from corral.errors import AlreadyExists, FailedPrecondition, ResourceExhausted
+from corral.errors import AlreadyExists, FailedPrecondition, NotFound, ResourceExhausted
 
 
 class AtCapacity(ResourceExhausted):
@@ -12,6 +12,15 @@ class AtCapacity(ResourceExhausted):
 
 class AlreadyRunning(AlreadyExists):
     """A task with this id is already running here."""
+
+
+class StaleAssignment(FailedPrecondition):
+    """A RunTask or AttachTask under an epoch older than (or not) the task's assignment here:
+    a scheduler acting on an assignment since replaced (the fencing token of the assignment)."""
+
+
+class TaskNotHeld(NotFound):
+    """AttachTask of a task this executor neither runs nor holds the events of."""
 
 
 class TaskIdUsed(AlreadyExists):

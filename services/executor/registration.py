@@ -9,13 +9,16 @@ heartbeat interval later.
 
 Each registration lists the long-lived sandboxes this executor holds, so the scheduler can fail
 the records of sandboxes it lost (an executor restart) and name the ones it no longer wants
-(deleted or expired while we were away), which are removed here.
+(deleted or expired while we were away), which are removed here. It also lists the tasks this
+executor runs (or ran and holds the events of), so a restarted scheduler takes them back
+(AttachTask) and names those it no longer wants, which are cancelled and let go here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable, Sequence
 
 import grpc
 import structlog
@@ -44,6 +47,8 @@ class SchedulerRegistration:
         driver: str,
         interval: float,
         sandboxes: SandboxManager,
+        held_tasks: Callable[[], Sequence[registry_pb2.HeldTask]] = list,
+        drop_task: Callable[[str, str], None] = lambda task_id, reason: None,
     ) -> None:
         self.settings = settings
         self.request = registry_pb2.RegisterExecutorRequest(
@@ -51,6 +56,8 @@ class SchedulerRegistration:
             max_sandboxes=sandboxes.max_sandboxes,
         )
         self.sandboxes = sandboxes
+        self.held_tasks = held_tasks
+        self.drop_task = drop_task
         self.interval = interval
         self.registered = False
         self._task: asyncio.Task[None] | None = None
@@ -76,18 +83,22 @@ class SchedulerRegistration:
                         request = registry_pb2.RegisterExecutorRequest()
                         request.CopyFrom(self.request)
                         request.sandbox_ids.extend(self.sandboxes.sandbox_ids)
+                        request.held_tasks.extend(self.held_tasks())
                         reply = await stub.RegisterExecutor(
                             request, timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True
                         )
                         self.registered = True
                         for sandbox_id in reply.stale_sandbox_ids:
                             await self.sandboxes.delete(sandbox_id, "the scheduler no longer has it")
+                        for task_id in reply.drop_task_ids:
+                            self.drop_task(task_id, "the scheduler no longer has the task assigned here")
                         if reply.heartbeat_interval_seconds > 0:
                             interval = min(interval, reply.heartbeat_interval_seconds)
                         log.info(
                             "registered with the scheduler",
                             scheduler=self.settings.scheduler_address,
                             executor_id=self.request.executor_id,
+                            held_tasks=len(request.held_tasks),
                         )
                     else:
                         beat = await stub.Heartbeat(

@@ -122,6 +122,8 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         driver.name,
         settings.heartbeat_interval_seconds,
         runner.sandboxes,
+        runner.held_tasks,
+        runner.drop,
     )
     registration.start()
     log.info(

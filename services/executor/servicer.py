@@ -22,12 +22,21 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
     async def RunTask(
         self, request: executor_pb2.RunTaskRequest, context: Context
     ) -> AsyncIterator[executor_pb2.RunTaskResponse]:
-        run = self.runner.start(request.task_id, request.spec)  # InvalidTask, AlreadyRunning, AtCapacity
-        # aclosing: when the client goes away mid-stream, the run's cleanup (killing the
-        # sandbox) happens now, not whenever the generator is collected.
+        # InvalidTask, AlreadyRunning, AtCapacity, StaleAssignment
+        run = self.runner.start(request.task_id, request.spec, request.epoch)
+        # aclosing: when the client goes away mid-stream, the run is orphaned now (it goes on
+        # for the grace), not whenever the generator is collected.
         async with contextlib.aclosing(run.events()) as events:
             async for event in events:
                 yield executor_pb2.RunTaskResponse(event=event)
+
+    async def AttachTask(
+        self, request: executor_pb2.AttachTaskRequest, context: Context
+    ) -> AsyncIterator[executor_pb2.AttachTaskResponse]:
+        run = self.runner.attach(request.task_id, request.epoch)  # TaskNotHeld, StaleAssignment
+        async with contextlib.aclosing(run.events(max(0, request.after_sequence))) as events:
+            async for event in events:
+                yield executor_pb2.AttachTaskResponse(event=event)
 
     async def CancelTask(
         self, request: executor_pb2.CancelTaskRequest, context: Context

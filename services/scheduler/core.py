@@ -4,6 +4,12 @@ A task is stored as `scheduled`; the dispatcher hands it to the live executor wi
 free slots and follows the executor's event stream, numbering and storing every event so
 watchers can replay and follow it. A task never stays `running` without a live executor:
 a broken stream or a silent executor ends it `failed` with a reason naming the executor.
+
+An assignment (task -> executor, under a new epoch) is stored before RunTask is sent. After a
+restart, the scheduler waits for each executor that had tasks to register again and report what
+it holds: those tasks it follows again from the last event it stored (AttachTask); those never
+started there go back to the queue; only the tasks of an executor that does not come back within
+CORRAL_EXECUTOR_ORPHAN_GRACE_SECONDS end `failed`, naming it.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 import grpc
 import structlog
@@ -30,7 +36,7 @@ from corral.errors import (
     TaskAlreadyFinished,
     TaskNotFound,
 )
-from corral.internal.v1 import executor_pb2
+from corral.internal.v1 import executor_pb2, registry_pb2
 from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import check_spec
 from corral.v1 import task_pb2
@@ -66,6 +72,10 @@ class Scheduler:
         # at a time: _sandbox_of maps an assigned task to its sandbox.
         self.sandboxes: SandboxCoordinator | None = None
         self._sandbox_of: dict[str, str] = {}
+        # After a restart: each executor's tasks as stored (task id -> (epoch, state)), until it
+        # registers again or the orphan grace ends.
+        self._orphans: dict[str, dict[str, tuple[int, int]]] = {}
+        self._letting_go: set[asyncio.Task[None]] = set()  # best-effort CancelTask calls
         # Tenants' submissions (set by the server; None: no audit log).
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
@@ -77,26 +87,28 @@ class Scheduler:
     async def start(self) -> None:
         await self._store.create_tables()
         self._events.start()
-        for task_id in await self._store.task_ids_in_state(task_pb2.TASK_STATE_RUNNING):
-            await self._finish(
-                task_id,
-                task_pb2.TASK_STATE_FAILED,
-                "the scheduler restarted while this task was running; its executor stopped it",
+        for task_id, executor_id, epoch, state in await self._store.assigned_unfinished():
+            self._orphans.setdefault(executor_id, {})[task_id] = (epoch, state)
+        if self._orphans:
+            log.info(
+                "waiting for executors to report their tasks",
+                executors=len(self._orphans),
+                tasks=sum(len(t) for t in self._orphans.values()),
             )
         self._loops = [
             asyncio.create_task(self._dispatch_loop(), name="dispatch"),
             asyncio.create_task(self._liveness_loop(), name="liveness"),
+            asyncio.create_task(self._orphan_deadline(), name="orphans"),
         ]
         self._wake.set()
 
     async def stop(self) -> None:
+        """Stops following the running tasks; their executors keep them for the orphan grace
+        (the next scheduler takes them back), so nothing is failed here."""
         for loop in self._loops:
             loop.cancel()
-        for task_id, assignment in list(self._assignments.items()):
+        for assignment in list(self._assignments.values()):
             assignment.cancel()
-            await self._finish(
-                task_id, task_pb2.TASK_STATE_FAILED, "the scheduler stopped while the task was running"
-            )
         await asyncio.gather(*self._assignments.values(), *self._loops, return_exceptions=True)
         await self._events.stop()
         await self.executors.close()
@@ -255,9 +267,16 @@ class Scheduler:
     # --- executor-facing ---------------------------------------------------------------
 
     async def register_executor(
-        self, executor_id: str, address: str, capacity: int, driver: str, sandbox_ids: list[str]
-    ) -> list[str]:
-        """Registers (or re-registers) an executor; returns the sandboxes it should remove."""
+        self,
+        executor_id: str,
+        address: str,
+        capacity: int,
+        driver: str,
+        sandbox_ids: list[str],
+        held: list[registry_pb2.HeldTask] | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Registers (or re-registers) an executor; returns the sandboxes it should remove and
+        the tasks among `held` it should let go."""
         if not executor_id or not address:
             raise InvalidArgument("executor_id and address are required")
         if capacity < 1:
@@ -265,10 +284,66 @@ class Scheduler:
         stale: list[str] = []
         if self.sandboxes is not None:
             stale = await self.sandboxes.reconcile(executor_id, sandbox_ids)
-        self.executors.register(executor_id, address, capacity, driver)
+        record = self.executors.register(executor_id, address, capacity, driver)
         log.info("executor registered", executor_id=executor_id, address=address, capacity=capacity)
+        drop = await self._take_back(record, held or [])
         self._wake.set()
-        return stale
+        return stale, drop
+
+    async def _take_back(self, executor: ExecutorRecord, held: list[registry_pb2.HeldTask]) -> list[str]:
+        """After a restart: follows again the tasks the executor reports, requeues those it never
+        started; returns the reported tasks no longer assigned there (to be let go)."""
+        async with self._assign_lock:
+            orphans = self._orphans.pop(executor.executor_id, {})
+            drop: list[str] = []
+            for task in held:
+                if task.task_id in self._assigned_to:
+                    continue  # followed right now (a re-registration without a restart)
+                stored = orphans.pop(task.task_id, None)
+                state = await self._store.state(task.task_id)
+                if stored is None or stored[0] != task.epoch or state is None or state in TERMINAL_TASK_STATES:
+                    drop.append(task.task_id)  # ended (e.g. cancelled meanwhile), or assigned anew
+                    continue
+                after = await self._store.last_source_sequence(task.task_id)
+                if state == task_pb2.TASK_STATE_SCHEDULED and after > 0:
+                    # Its `started` was stored, not the state it implies (killed in between).
+                    await self._store.mark_running(task.task_id, executor_id=executor.executor_id)
+                log.info("following a task again", task_id=task.task_id, executor_id=executor.executor_id,
+                         after_sequence=after, executor_last=task.last_sequence)
+                found = await self._store.state_and_spec(task.task_id)
+                if found is not None and found[1].sandbox_id:
+                    self._sandbox_of[task.task_id] = found[1].sandbox_id  # one task at a time there
+                self._follow(executor, task.task_id, None, task.epoch, after)
+            for task_id, (_, state) in orphans.items():
+                if state == task_pb2.TASK_STATE_SCHEDULED and await self._store.last_source_sequence(task_id) == 0:
+                    log.info("assigned task never started; requeued", task_id=task_id,
+                             executor_id=executor.executor_id)
+                    await self._store.unassign(task_id)
+                else:
+                    await self._finish(
+                        task_id,
+                        task_pb2.TASK_STATE_FAILED,
+                        f"executor {executor.executor_id} ({executor.address}) came back without the task "
+                        "(it restarted or gave the task up while the scheduler was away)",
+                    )
+        return drop
+
+    async def _orphan_deadline(self) -> None:
+        """Fails the tasks of executors that did not come back within the grace."""
+        if not self._orphans:
+            return
+        grace = self._settings.executor_orphan_grace_seconds
+        await asyncio.sleep(grace)
+        async with self._assign_lock:
+            orphans, self._orphans = self._orphans, {}
+        for executor_id, tasks in orphans.items():
+            for task_id in tasks:
+                await self._finish(
+                    task_id,
+                    task_pb2.TASK_STATE_FAILED,
+                    f"executor {executor_id} did not come back within {grace:g}s of the scheduler's "
+                    "restart; the task was lost with it",
+                )
 
     def heartbeat(self, executor_id: str) -> bool:
         known = self.executors.heartbeat(executor_id)
@@ -331,31 +406,54 @@ class Scheduler:
                     executor = self.executors.pick()
                     if executor is None:
                         return
-                executor.running.add(task_id)
-                self._assigned_to[task_id] = executor
-                self._assignments[task_id] = asyncio.create_task(
-                    self._run_on(executor, task_id, found[1]), name=f"task-{task_id}"
-                )
+                epoch = await self._store.assign(task_id, executor.executor_id)
+                if epoch is None:
+                    self._sandbox_of.pop(task_id, None)
+                    continue  # cancelled meanwhile
+                self._follow(executor, task_id, found[1], epoch)
 
-    async def _run_on(self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec) -> None:
-        bound = log.bind(task_id=task_id, executor_id=executor.executor_id)
-        started = finished = False
+    def _follow(
+        self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec | None, epoch: int, after: int = 0
+    ) -> None:
+        """Runs the task on the executor (spec given) or follows it there again (spec None)."""
+        executor.running.add(task_id)
+        self._assigned_to[task_id] = executor
+        self._assignments[task_id] = asyncio.create_task(
+            self._run_on(executor, task_id, spec, epoch, after), name=f"task-{task_id}"
+        )
+
+    async def _run_on(
+        self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec | None, epoch: int, after: int
+    ) -> None:
+        bound = log.bind(task_id=task_id, executor_id=executor.executor_id, epoch=epoch)
+        started = spec is None  # following again: it started before the restart
+        finished = False
         # The task's stored state follows its events in order, written beside the stream so
         # that no database write delays the next event on its way to watchers.
         progress: asyncio.Queue[task_pb2.TaskEvent] = asyncio.Queue()
         progress_writer = asyncio.create_task(self._store_progress(progress), name=f"progress-{task_id}")
         try:
-            call = executor.stub.RunTask(executor_pb2.RunTaskRequest(task_id=task_id, spec=spec))
+            call: AsyncIterable[executor_pb2.RunTaskResponse | executor_pb2.AttachTaskResponse] = (
+                executor.stub.RunTask(executor_pb2.RunTaskRequest(task_id=task_id, spec=spec, epoch=epoch))
+                if spec is not None
+                else executor.stub.AttachTask(
+                    executor_pb2.AttachTaskRequest(task_id=task_id, epoch=epoch, after_sequence=after)
+                )
+            )
             async for response in call:
                 event = response.event
+                source = event.sequence
+                if source and source <= after:
+                    continue  # stored already (an executor older than AttachTask's after_sequence)
+                after = source or after
                 event.task_id = task_id
                 started = started or event.HasField("started")
                 if event.HasField("finished"):
                     await progress.join()  # every step stored before the task's end
-                    await self._record_finished(event)
+                    await self._record_finished(event, source)
                     finished = True
-                    break
-                await self._append(event)
+                    continue  # to the stream's end: the executor then knows we have it all
+                await self._events.append(event, source)
                 if event.WhichOneof("event") in PROGRESS_EVENTS:
                     progress.put_nowait(event)
             await progress.join()
@@ -366,29 +464,35 @@ class Scheduler:
                     f"executor {executor.executor_id} ({executor.address}) closed the task's "
                     "stream without a result",
                 )
+                self._let_go(executor, task_id)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if not started and code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                 # Nothing ran yet: put the task back in the queue for another try.
                 bound.info("executor could not take the task; requeued", code=code.name)
+                await self._store.unassign(task_id)
                 if code == grpc.StatusCode.UNAVAILABLE:
                     executor.alive = False
                 else:
                     await asyncio.sleep(0.2)  # it is full right now; don't spin on it
             else:
+                lost = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
                 reason = (
                     f"executor {executor.executor_id} ({executor.address}) was lost while running "
                     f"the task: {code.name}: {exc.details()}"
-                    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                    if lost
                     else f"executor {executor.executor_id} refused the task: {code.name}: {exc.details()}"
                 )
                 await self._finish(task_id, task_pb2.TASK_STATE_FAILED, reason)
+                if lost:
+                    self._let_go(executor, task_id)
         except asyncio.CancelledError:
             bound.info("stopped following the task")
             raise
         except Exception as exc:
             bound.exception("following the task failed")
             await self._finish(task_id, task_pb2.TASK_STATE_FAILED, f"internal scheduler error: {exc}")
+            self._let_go(executor, task_id)
         finally:
             progress_writer.cancel()
             executor.running.discard(task_id)
@@ -396,6 +500,21 @@ class Scheduler:
             self._assigned_to.pop(task_id, None)
             self._assignments.pop(task_id, None)
             self._wake.set()
+
+    def _let_go(self, executor: ExecutorRecord, task_id: str) -> None:
+        """Tells an executor that may still be alive to cancel a task failed here (it would keep
+        it running, as for a scheduler restart, for the orphan grace); best effort."""
+
+        async def cancel() -> None:
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await executor.stub.CancelTask(
+                    executor_pb2.CancelTaskRequest(task_id=task_id, reason="the scheduler failed the task"),
+                    timeout=CANCEL_GRACE_SECONDS,
+                )
+
+        task = asyncio.get_running_loop().create_task(cancel(), name=f"let-go-{task_id}")
+        self._letting_go.add(task)
+        task.add_done_callback(self._letting_go.discard)
 
     async def _sandbox_executor(self, task_id: str, sandbox_id: str) -> ExecutorRecord | None:
         """The executor holding the task's sandbox if it can run the task now; else None, and
@@ -418,14 +537,14 @@ class Scheduler:
             return None
         return executor if executor.free > 0 else None
 
-    async def _record_finished(self, event: task_pb2.TaskEvent) -> None:
+    async def _record_finished(self, event: task_pb2.TaskEvent, source: int = 0) -> None:
         """The executor's `finished`: the state is checked and stored first, so there is
         exactly one `finished` event per task (it may have ended already, e.g. declared lost)."""
         task_id = event.task_id
         state, error = event.finished.state, event.finished.error
         if not await self._store.finish_if_not_terminal(task_id, state, error):
             return
-        await self._append(event)
+        await self._events.append(event, source)
 
     async def _store_progress(self, queue: asyncio.Queue[task_pb2.TaskEvent]) -> None:
         """Stores, in order, what started / step_started / step_finished events say."""

@@ -44,7 +44,8 @@ class EventLog:
         self._store = store
         self._live: dict[str, _LiveLog] = {}
         self._signals: dict[str, asyncio.Event] = {}
-        self._queue: asyncio.Queue[task_pb2.TaskEvent] = asyncio.Queue()
+        # Each event with its executor's number for it (0: the scheduler's own event).
+        self._queue: asyncio.Queue[tuple[task_pb2.TaskEvent, int]] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._opening: dict[str, asyncio.Lock] = {}
         self._queued_bytes = 0
@@ -66,14 +67,14 @@ class EventLog:
         """Starts the log of a task that has no events yet (just submitted)."""
         self._live[task_id] = _LiveLog(first=1, last=0)
 
-    async def append(self, event: task_pb2.TaskEvent) -> task_pb2.TaskEvent:
+    async def append(self, event: task_pb2.TaskEvent, source_sequence: int = 0) -> task_pb2.TaskEvent:
         live = self._live.get(event.task_id) or await self._open_existing(event.task_id)
         live.last += 1
         event.sequence = live.last
         if not event.HasField("time"):
             event.time.GetCurrentTime()
         live.events.append(event)
-        self._queue.put_nowait(event)
+        self._queue.put_nowait((event, source_sequence))
         self._queued_bytes += event.ByteSize()
         self._notify(event.task_id)
         if self._queued_bytes > MAX_QUEUED_BYTES:
@@ -121,16 +122,17 @@ class EventLog:
             try:
                 await self._persist(batch)
             finally:
-                self._queued_bytes -= sum(event.ByteSize() for event in batch)
+                self._queued_bytes -= sum(event.ByteSize() for event, _ in batch)
                 if self._queued_bytes <= MAX_QUEUED_BYTES:
                     self._room.set()
                 for _ in batch:
                     self._queue.task_done()
 
-    async def _persist(self, batch: list[task_pb2.TaskEvent]) -> None:
+    async def _persist(self, pairs: list[tuple[task_pb2.TaskEvent, int]]) -> None:
+        batch = [event for event, _ in pairs]
         for attempt in range(3):
             try:
-                await self._store.insert_events(batch)
+                await self._store.insert_events(batch, [source for _, source in pairs])
                 break
             except Exception:
                 log.exception("storing task events failed", events=len(batch), attempt=attempt + 1)

@@ -23,14 +23,15 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
     async def RegisterExecutor(
         self, request: registry_pb2.RegisterExecutorRequest, context: Context
     ) -> registry_pb2.RegisterExecutorResponse:
-        stale = await self._scheduler.register_executor(
-            request.executor_id, request.address, request.capacity, request.driver, list(request.sandbox_ids)
+        stale, drop = await self._scheduler.register_executor(
+            request.executor_id, request.address, request.capacity, request.driver, list(request.sandbox_ids),
+            list(request.held_tasks),
         )
         record = self._scheduler.executors.get(request.executor_id)
         if record is not None:
             record.max_sandboxes = request.max_sandboxes
         return registry_pb2.RegisterExecutorResponse(
-            heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale
+            heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale, drop_task_ids=drop
         )
 
     async def Heartbeat(

@@ -65,6 +65,10 @@ class TaskRow(Base):
     last_sequence: Mapped[int] = mapped_column(Integer, default=0)
     # The owner (corral.api_keys); rows from before tenants belong to the local tenant.
     tenant_id: Mapped[str] = mapped_column(Text, index=True, server_default=LOCAL_TENANT)
+    # The executor the task is assigned to ("": none), recorded before RunTask is sent, and the
+    # assignment's epoch: grows with each assignment; the executor refuses an older one.
+    assigned_to: Mapped[str] = mapped_column(Text, default="", server_default="")
+    epoch: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class StepRow(Base):
@@ -85,6 +89,9 @@ class EventRow(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("scheduler_tasks.task_id", ondelete="CASCADE"))
     sequence: Mapped[int] = mapped_column(Integer)
     event: Mapped[bytes] = mapped_column(LargeBinary)
+    # The executor's number for the event (0: the scheduler's own): where a restarted
+    # scheduler resumes the executor's stream (AttachTask).
+    source_sequence: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 def _text(value: object) -> object:
@@ -155,6 +162,8 @@ class TaskStore:
             task_dir="",
             host_task_dir="",
             last_sequence=0,
+            assigned_to="",
+            epoch=0,
         )
         steps = [
             StepRow(
@@ -243,11 +252,55 @@ class TaskStore:
         async with self._sessions() as session:
             rows = await session.scalars(
                 select(TaskRow.task_id)
-                .where(TaskRow.state == task_pb2.TASK_STATE_SCHEDULED)
+                .where(TaskRow.state == task_pb2.TASK_STATE_SCHEDULED, TaskRow.assigned_to == "")
                 .order_by(TaskRow.created_at)
                 .limit(limit)
             )
             return list(rows.all())
+
+    async def assign(self, task_id: str, executor_id: str) -> int | None:
+        """Records the task's assignment to `executor_id` under a new epoch (None: it is no
+        longer scheduled and unassigned, e.g. cancelled meanwhile)."""
+        async with self._writing() as session:
+            result = await session.execute(
+                update(TaskRow)
+                .where(
+                    TaskRow.task_id == task_id,
+                    TaskRow.state == task_pb2.TASK_STATE_SCHEDULED,
+                    TaskRow.assigned_to == "",
+                )
+                .values(assigned_to=_text(executor_id), epoch=TaskRow.epoch + 1)
+            )
+            if not getattr(result, "rowcount", 0):
+                return None
+            return int(await session.scalar(select(TaskRow.epoch).where(TaskRow.task_id == task_id)) or 0)
+
+    async def unassign(self, task_id: str) -> None:
+        """Back in the queue: the executor never started the task (a later one gets a higher epoch)."""
+        async with self._writing() as session:
+            await session.execute(
+                update(TaskRow)
+                .where(TaskRow.task_id == task_id, TaskRow.state == task_pb2.TASK_STATE_SCHEDULED)
+                .values(assigned_to="")
+            )
+
+    async def assigned_unfinished(self) -> list[tuple[str, str, int, int]]:
+        """(task id, executor id, epoch, state) of every unfinished assigned task."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(TaskRow.task_id, TaskRow.assigned_to, TaskRow.epoch, TaskRow.state).where(
+                    TaskRow.state.not_in(TERMINAL_TASK_STATES), TaskRow.assigned_to != ""
+                )
+            )
+            return [(r.task_id, r.assigned_to, int(r.epoch), int(r.state)) for r in rows.all()]
+
+    async def last_source_sequence(self, task_id: str) -> int:
+        """The last executor event of the task stored (its executor's numbering)."""
+        async with self._sessions() as session:
+            value = await session.scalar(
+                select(func.max(EventRow.source_sequence)).where(EventRow.task_id == task_id)
+            )
+            return int(value or 0)
 
     async def task_ids_in_state(self, state: int) -> list[str]:
         async with self._sessions() as session:
@@ -315,12 +368,15 @@ class TaskStore:
                 .values(result=result.SerializeToString())
             )
 
-    async def insert_events(self, events: list[task_pb2.TaskEvent]) -> None:
-        """Stores numbered events (one transaction) and advances each task's last sequence."""
+    async def insert_events(self, events: list[task_pb2.TaskEvent], sources: list[int] | None = None) -> None:
+        """Stores numbered events (one transaction) and advances each task's last sequence;
+        `sources`: each event's number from its executor (0: none)."""
         last: dict[str, int] = {}
+        numbers = sources or [0] * len(events)
         async with self._writing() as session:
             session.add_all(
-                EventRow(task_id=e.task_id, sequence=e.sequence, event=e.SerializeToString()) for e in events
+                EventRow(task_id=e.task_id, sequence=e.sequence, event=e.SerializeToString(), source_sequence=n)
+                for e, n in zip(events, numbers, strict=True)
             )
             for event in events:
                 last[event.task_id] = max(last.get(event.task_id, 0), event.sequence)

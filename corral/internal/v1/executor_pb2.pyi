@@ -28,7 +28,12 @@ class RunTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
+    epoch: _builtins.int
+    """The assignment's epoch (a fencing token): grows with each assignment of the task, and is
+    recorded by the scheduler before it sends RunTask.
+    """
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
@@ -36,10 +41,11 @@ class RunTaskRequest(_message.Message):
         *,
         task_id: _builtins.str = ...,
         spec: _task_pb2.TaskSpec | None = ...,
+        epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -64,6 +70,52 @@ class RunTaskResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunTaskResponse: _TypeAlias = RunTaskResponse  # noqa: Y015
+
+@_typing.final
+class AttachTaskRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    epoch: _builtins.int
+    after_sequence: _builtins.int
+    """The last event (executor numbering) the scheduler has stored; 0: from the first."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        after_sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "epoch", b"epoch", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachTaskRequest: _TypeAlias = AttachTaskRequest  # noqa: Y015
+
+@_typing.final
+class AttachTaskResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def event(self) -> _task_pb2.TaskEvent: ...
+    def __init__(
+        self,
+        *,
+        event: _task_pb2.TaskEvent | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttachTaskResponse: _TypeAlias = AttachTaskResponse  # noqa: Y015
 
 @_typing.final
 class CancelTaskRequest(_message.Message):

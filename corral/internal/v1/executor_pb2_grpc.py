@@ -40,6 +40,11 @@ class ExecutorServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
                 _registered_method=True)
+        self.AttachTask = channel.unary_stream(
+                '/corral.internal.v1.ExecutorService/AttachTask',
+                request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskResponse.FromString,
+                _registered_method=True)
         self.CancelTask = channel.unary_unary(
                 '/corral.internal.v1.ExecutorService/CancelTask',
                 request_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskRequest.SerializeToString,
@@ -137,8 +142,21 @@ class ExecutorServiceServicer:
     """
 
     def RunTask(self, request, context):
-        """Runs the task in a new sandbox and streams its events until it ends. The stream's
-        events carry sequence 0; the scheduler numbers them.
+        """Runs the task in a new sandbox and streams its events until it ends. The executor numbers
+        the task's events 1, 2, ... (the scheduler renumbers them in its own log). When the stream
+        goes away the task keeps running, its events kept, for CORRAL_EXECUTOR_ORPHAN_GRACE_SECONDS:
+        a scheduler back in time resumes it with AttachTask; then the task is cancelled.
+        FAILED_PRECONDITION: a stale assignment (an epoch lower than one seen for the task);
+        ALREADY_EXISTS: the task runs or ran here already.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AttachTask(self, request, context):
+        """Follows a task this executor runs (or ran and still holds), from the event after
+        after_sequence: how a restarted scheduler takes its tasks back. NOT_FOUND: not held here;
+        FAILED_PRECONDITION: the epoch is not the task's assignment here.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -267,6 +285,11 @@ def add_ExecutorServiceServicer_to_server(servicer, server):
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.SerializeToString,
             ),
+            'AttachTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.AttachTask,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskResponse.SerializeToString,
+            ),
             'CancelTask': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelTask,
                     request_deserializer=corral_dot_internal_dot_v1_dot_executor__pb2.CancelTaskRequest.FromString,
@@ -386,6 +409,33 @@ class ExecutorService:
             '/corral.internal.v1.ExecutorService/RunTask',
             corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskRequest.SerializeToString,
             corral_dot_internal_dot_v1_dot_executor__pb2.RunTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AttachTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/corral.internal.v1.ExecutorService/AttachTask',
+            corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_executor__pb2.AttachTaskResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -34,8 +34,17 @@ class ExecutorServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ExecutorServiceAsyncStub: ...
     RunTask: _grpc.UnaryStreamMultiCallable[_executor_pb2.RunTaskRequest, _executor_pb2.RunTaskResponse]
-    """Runs the task in a new sandbox and streams its events until it ends. The stream's
-    events carry sequence 0; the scheduler numbers them.
+    """Runs the task in a new sandbox and streams its events until it ends. The executor numbers
+    the task's events 1, 2, ... (the scheduler renumbers them in its own log). When the stream
+    goes away the task keeps running, its events kept, for CORRAL_EXECUTOR_ORPHAN_GRACE_SECONDS:
+    a scheduler back in time resumes it with AttachTask; then the task is cancelled.
+    FAILED_PRECONDITION: a stale assignment (an epoch lower than one seen for the task);
+    ALREADY_EXISTS: the task runs or ran here already.
+    """
+    AttachTask: _grpc.UnaryStreamMultiCallable[_executor_pb2.AttachTaskRequest, _executor_pb2.AttachTaskResponse]
+    """Follows a task this executor runs (or ran and still holds), from the event after
+    after_sequence: how a restarted scheduler takes its tasks back. NOT_FOUND: not held here;
+    FAILED_PRECONDITION: the epoch is not the task's assignment here.
     """
     CancelTask: _grpc.UnaryUnaryMultiCallable[_executor_pb2.CancelTaskRequest, _executor_pb2.CancelTaskResponse]
     """Stops the task's current step at once and tears its sandbox down."""
@@ -70,8 +79,17 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RunTask: _aio.UnaryStreamMultiCallable[_executor_pb2.RunTaskRequest, _executor_pb2.RunTaskResponse]  # type: ignore[assignment]
-    """Runs the task in a new sandbox and streams its events until it ends. The stream's
-    events carry sequence 0; the scheduler numbers them.
+    """Runs the task in a new sandbox and streams its events until it ends. The executor numbers
+    the task's events 1, 2, ... (the scheduler renumbers them in its own log). When the stream
+    goes away the task keeps running, its events kept, for CORRAL_EXECUTOR_ORPHAN_GRACE_SECONDS:
+    a scheduler back in time resumes it with AttachTask; then the task is cancelled.
+    FAILED_PRECONDITION: a stale assignment (an epoch lower than one seen for the task);
+    ALREADY_EXISTS: the task runs or ran here already.
+    """
+    AttachTask: _aio.UnaryStreamMultiCallable[_executor_pb2.AttachTaskRequest, _executor_pb2.AttachTaskResponse]  # type: ignore[assignment]
+    """Follows a task this executor runs (or ran and still holds), from the event after
+    after_sequence: how a restarted scheduler takes its tasks back. NOT_FOUND: not held here;
+    FAILED_PRECONDITION: the epoch is not the task's assignment here.
     """
     CancelTask: _aio.UnaryUnaryMultiCallable[_executor_pb2.CancelTaskRequest, _executor_pb2.CancelTaskResponse]  # type: ignore[assignment]
     """Stops the task's current step at once and tears its sandbox down."""
@@ -109,8 +127,23 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _executor_pb2.RunTaskRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_executor_pb2.RunTaskResponse], _abc.AsyncIterator[_executor_pb2.RunTaskResponse]]:
-        """Runs the task in a new sandbox and streams its events until it ends. The stream's
-        events carry sequence 0; the scheduler numbers them.
+        """Runs the task in a new sandbox and streams its events until it ends. The executor numbers
+        the task's events 1, 2, ... (the scheduler renumbers them in its own log). When the stream
+        goes away the task keeps running, its events kept, for CORRAL_EXECUTOR_ORPHAN_GRACE_SECONDS:
+        a scheduler back in time resumes it with AttachTask; then the task is cancelled.
+        FAILED_PRECONDITION: a stale assignment (an epoch lower than one seen for the task);
+        ALREADY_EXISTS: the task runs or ran here already.
+        """
+
+    @_abc_1.abstractmethod
+    def AttachTask(
+        self,
+        request: _executor_pb2.AttachTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_executor_pb2.AttachTaskResponse], _abc.AsyncIterator[_executor_pb2.AttachTaskResponse]]:
+        """Follows a task this executor runs (or ran and still holds), from the event after
+        after_sequence: how a restarted scheduler takes its tasks back. NOT_FOUND: not held here;
+        FAILED_PRECONDITION: the epoch is not the task's assignment here.
         """
 
     @_abc_1.abstractmethod

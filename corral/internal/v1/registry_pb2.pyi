@@ -28,6 +28,7 @@ class RegisterExecutorRequest(_message.Message):
     DRIVER_FIELD_NUMBER: _builtins.int
     SANDBOX_IDS_FIELD_NUMBER: _builtins.int
     MAX_SANDBOXES_FIELD_NUMBER: _builtins.int
+    HELD_TASKS_FIELD_NUMBER: _builtins.int
     executor_id: _builtins.str
     address: _builtins.str
     """host:port the scheduler dials to run tasks there."""
@@ -45,6 +46,10 @@ class RegisterExecutorRequest(_message.Message):
         placed there (the executor restarted without them).
         """
 
+    @_builtins.property
+    def held_tasks(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeldTask]:
+        """The tasks it runs, or ran and holds the events of until a scheduler takes them (AttachTask)."""
+
     def __init__(
         self,
         *,
@@ -54,14 +59,45 @@ class RegisterExecutorRequest(_message.Message):
         driver: _builtins.str = ...,
         sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
         max_sandboxes: _builtins.int = ...,
+        held_tasks: _abc.Iterable[Global___HeldTask] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "max_sandboxes", b"max_sandboxes", "sandbox_ids", b"sandbox_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "driver", b"driver", "executor_id", b"executor_id", "held_tasks", b"held_tasks", "max_sandboxes", b"max_sandboxes", "sandbox_ids", b"sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterExecutorRequest: _TypeAlias = RegisterExecutorRequest  # noqa: Y015
+
+@_typing.final
+class HeldTask(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_ID_FIELD_NUMBER: _builtins.int
+    EPOCH_FIELD_NUMBER: _builtins.int
+    LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
+    FINISHED_FIELD_NUMBER: _builtins.int
+    task_id: _builtins.str
+    epoch: _builtins.int
+    last_sequence: _builtins.int
+    """Its last event so far (the executor's numbering)."""
+    finished: _builtins.bool
+    """It ended (its `finished` event is among those held)."""
+    def __init__(
+        self,
+        *,
+        task_id: _builtins.str = ...,
+        epoch: _builtins.int = ...,
+        last_sequence: _builtins.int = ...,
+        finished: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "finished", b"finished", "last_sequence", b"last_sequence", "task_id", b"task_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeldTask: _TypeAlias = HeldTask  # noqa: Y015
 
 @_typing.final
 class RegisterExecutorResponse(_message.Message):
@@ -69,6 +105,7 @@ class RegisterExecutorResponse(_message.Message):
 
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     STALE_SANDBOX_IDS_FIELD_NUMBER: _builtins.int
+    DROP_TASK_IDS_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
     """Send a Heartbeat at least this often (seconds)."""
     @_builtins.property
@@ -77,15 +114,22 @@ class RegisterExecutorResponse(_message.Message):
         failed while the executor was away): the executor removes them.
         """
 
+    @_builtins.property
+    def drop_task_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tasks among held_tasks the scheduler no longer wants (ended, or assigned elsewhere since):
+        the executor cancels them and lets them go.
+        """
+
     def __init__(
         self,
         *,
         heartbeat_interval_seconds: _builtins.float = ...,
         stale_sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
+        drop_task_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval_seconds", b"heartbeat_interval_seconds", "stale_sandbox_ids", b"stale_sandbox_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop_task_ids", b"drop_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "stale_sandbox_ids", b"stale_sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

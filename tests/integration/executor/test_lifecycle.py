@@ -127,27 +127,50 @@ async def test_cancel_stops_the_running_step(executor: ExecutorClient) -> None:
     assert not missing.found
 
 
-async def test_client_going_away_kills_the_sandbox(executor: ExecutorClient) -> None:
+async def test_client_going_away_leaves_the_task_running_until_the_grace(executor_factory: ExecutorFactory) -> None:
+    """A scheduler that goes away (restart, kill -9) does not take its tasks with it: the task
+    goes on, a scheduler resumes its stream (AttachTask) from the last event it had, and only
+    a task nobody takes back within the grace is cancelled, its sandbox killed."""
+    executor = await executor_factory(executor_orphan_grace_seconds=2)
     m = marker()
+    task_id = executor.new_task_id()
     call = executor.stub.RunTask(
         executor_pb2.RunTaskRequest(
-            task_id=executor.new_task_id(),
-            spec=spec([{"tool": "shell", "command": f"sleep {m} & echo up; sleep 30"}]),
+            task_id=task_id,
+            spec=spec([{"tool": "shell", "command": f"sleep {m} & echo up; sleep 1; echo still"},
+                       {"tool": "shell", "command": "sleep 30"}]),
+            epoch=7,
         )
     )
+    seen = []
     async for response in call:
+        seen.append(response.event)
         if response.event.WhichOneof("event") == "output":
             break
-    assert host_processes_matching(f"sleep {m}")
     call.cancel()
+    # Taken back under its epoch, from the last event seen: the rest, without a repeat.
+    attach = executor.stub.AttachTask(
+        executor_pb2.AttachTaskRequest(task_id=task_id, epoch=7, after_sequence=seen[-1].sequence)
+    )
+    async for response in attach:
+        seen.append(response.event)
+        if response.event.WhichOneof("event") == "step_started" and response.event.step_started.index == 1:
+            break
+    attach.cancel()
+    assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))
+    assert "still" in "".join(e.output.data for e in seen if e.HasField("output"))  # it ran on meanwhile
     status = executor_pb2.GetExecutorStatusResponse()
-    for _ in range(200):  # wait for the executor to notice, without asserting on time
+    for _ in range(400):  # nobody takes it back: cancelled after the grace (no assertion on time)
         status = await executor.stub.GetExecutorStatus(executor_pb2.GetExecutorStatusRequest())
         if not status.running_task_ids:
             break
         await asyncio.sleep(0.05)
     assert not status.running_task_ids
     assert not host_processes_matching(f"sleep {m}")
+    with pytest.raises(grpc.aio.AioRpcError) as gone:
+        async for _ in executor.stub.AttachTask(executor_pb2.AttachTaskRequest(task_id=task_id, epoch=7)):
+            pass
+    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_stopping_the_executor_cancels_running_tasks(executor_factory: ExecutorFactory) -> None:
