@@ -22,12 +22,15 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "integration" / "fault")]
 
 from fault_stack import ENDED, FaultStack, Tally, sleepy_spec  # noqa: E402
+
+from corral.v1 import task_pb2  # noqa: E402
 
 KILLABLE = ("scheduler", "memory", "executor")
 
@@ -64,8 +67,18 @@ def main() -> None:
             stack.start(name)
             print(f"{name} started again", flush=True)
         tasks = stack.wait_ended(task_ids, limit=max(600.0, args.n * 0.5))
-        print(f"all ended {time.monotonic() - started:.1f}s after the first submission; auditing", flush=True)
-        tally = Tally.of(stack.audit(tasks, history=True))
+        print(f"all ended {time.monotonic() - started:.1f}s after the first submission", flush=True)
+        undelivered = stack.wait_history_delivered()
+        print(f"history delivered {time.monotonic() - started:.1f}s after the first submission "
+              f"({undelivered} bytes still held); auditing", flush=True)
+        audits = stack.audit(tasks, history=True)
+        tally = Tally.of(audits)
+        # Where history is missing: the killed executor's own tasks may lose what it held in
+        # memory at the kill; the rest must lose nothing.
+        missing_by_executor = Counter(
+            (tasks[a.task_id].executor_id, task_pb2.TaskState.Name(a.state))
+            for a in audits for _ in range(a.history_missing())
+        )
         scheduler_log = stack.log("scheduler")
         taken_back = scheduler_log.count("following a task again")
         requeued = scheduler_log.count("assigned task never started; requeued")
@@ -82,6 +95,8 @@ def main() -> None:
           f"{requeued} assigned but never started requeued")
     for reason in tally.failures:
         print(f"  failed: {reason}")
+    for (executor_id, state), missing in sorted(missing_by_executor.items()):
+        print(f"  history events missing: {missing} of tasks {state} on {executor_id}")
     if args.keep:
         print(f"data directory kept: {data_dir}")
 

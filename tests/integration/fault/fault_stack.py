@@ -151,6 +151,22 @@ class FaultStack:
                 time.sleep(0.1)
         raise TimeoutError(f"fewer than {count} executors registered")
 
+    def wait_history_delivered(self, limit: float = 120) -> int:
+        """Waits until no live executor holds undelivered history (queued or spooled: after an
+        outage it is still on its way when the tasks have ended); the bytes left at the limit."""
+        deadline = time.monotonic() + limit
+        left = -1
+        with self.channel() as chan:
+            stub = registry_pb2_grpc.ExecutorRegistryServiceStub(chan)
+            while time.monotonic() < deadline:
+                request = registry_pb2.ListExecutorsRequest(include_network_counters=True)
+                executors = stub.ListExecutors(request, timeout=10).executors
+                left = sum(e.history_undelivered_bytes for e in executors if e.alive)
+                if left == 0:
+                    return 0
+                time.sleep(0.2)
+        return left
+
     def submit(self, specs: list[task_pb2.TaskSpec]) -> list[str]:
         with self.channel() as chan:
             stub = scheduler_pb2_grpc.SchedulerServiceStub(chan)
