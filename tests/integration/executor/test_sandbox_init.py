@@ -1,6 +1,6 @@
-"""A step against the sandbox's other processes: the init (bwrap's pid 1, or tini in a
-container) runs as the steps' uid and once held the executor's channel to the agent as its
-stdio. From inside, a step writes forged replies (and garbage) through every descriptor of
+"""A step against the sandbox's other processes: the init (bwrap's pid 1; in a container the
+syscall filter's loader, once tini) runs as the steps' uid and once held the executor's channel
+to the agent as its stdio. From inside, a step writes forged replies (and garbage) through every descriptor of
 every process that is not its own, tries their memory and ptrace, and signals pid 1; the
 executor still gets the step's real result, and the sandbox goes on serving."""
 
@@ -8,7 +8,14 @@ from __future__ import annotations
 
 import pytest
 
-from .conftest import ExecutorClient
+from .conftest import ExecutorClient, gvisor_skip
+
+# gVisor's own kernel keeps none of this apart (not run there by scripts/test-gvisor).
+GVISOR_PROC = (
+    "gVisor lets a process open /proc/PID/fd of an undumpable process of its uid (the agent's "
+    "too: test_agent_channel's forge test fails there as well)"
+)
+GVISOR_INIT = "gVisor delivers SIGKILL from inside a pid namespace to its init"
 
 ATTACK = r"""
 import ctypes, errno, json, os
@@ -112,14 +119,14 @@ print("REAL")
 
 SIGNALS = r"""
 import os, signal
-for sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGINT):
+for sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGTERM, signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGUSR1):
     os.kill(1, sig)
-    print("sent", sig.name)
-print("REAL")
+print("sent")
 """
 
 @pytest.mark.timeout(60)
 async def test_a_step_cannot_forge_replies_through_the_sandboxs_other_processes(executor: ExecutorClient) -> None:
+    gvisor_skip(executor.driver, GVISOR_PROC)
     _, outcome = await executor.run_steps(
         [{"tool": "python", "code": ATTACK, "timeout": 20}, {"tool": "shell", "command": "echo after"}]
     )
@@ -133,31 +140,19 @@ async def test_a_step_cannot_forge_replies_through_the_sandboxs_other_processes(
     # ptrace of pid 1 and process_vm_writev are refused by the syscall filter.
     assert "1 ptrace refused: EPERM" in attack.stdout, report
     assert "1 process_vm_writev refused: EPERM" in attack.stdout, report
-    if executor.driver == "docker":
-        # tini is undumpable: its /proc entries are root's, so neither its fds nor its memory.
-        assert "1 fd/ refused" in attack.stdout and "1 mem refused" in attack.stdout, report
-        assert "1 hijack refused" in attack.stdout, report
-    else:
-        # bwrap's init is the steps' to take over (its memory), but it holds no channel: the
-        # protocol's pipes reach the agent on other fds, which bwrap's pid 1 closes.
-        assert "1 fd/0 -> /dev/null" in attack.stdout and "1 fd/1 -> /dev/null" in attack.stdout, report
+    # pid 1 is the steps' to take over (its memory), but it holds no channel: the agent alone
+    # has it (bubblewrap: on other fds than bwrap's stdio, which its init keeps; docker: the
+    # init gives the container's stdio to the agent and keeps /dev/null).
+    assert "1 fd/0 -> /dev/null" in attack.stdout and "1 fd/1 -> /dev/null" in attack.stdout, report
 
 
 @pytest.mark.timeout(60)
-async def test_signals_to_pid_1_forge_nothing(executor: ExecutorClient) -> None:
-    # SIGKILL and SIGSTOP from inside never reach a pid namespace's init; SIGINT is ignored.
-    steps = [{"tool": "python", "code": SIGNALS, "timeout": 20}, {"tool": "shell", "command": "echo after"}]
-    if executor.driver == "docker":
-        # tini forwards SIGTERM to the agent, which ends the sandbox: what a step can do to
-        # the agent itself (same uid), and reported as the sandbox's end, never as a result.
-        steps.append({"tool": "shell", "command": "kill -TERM 1; sleep 30; echo FORGED", "timeout": 60})
+async def test_signals_to_pid_1_end_nothing(executor: ExecutorClient) -> None:
+    # A pid namespace's init gets only the signals it handles from inside: neither bwrap's nor
+    # the container's (tini forwarded SIGTERM and SIGHUP to the agent, ending the sandbox).
+    gvisor_skip(executor.driver, GVISOR_INIT)
+    steps = [{"tool": "python", "code": SIGNALS, "timeout": 20}, {"tool": "shell", "command": "sleep 0.5; echo after"}]
     _, outcome = await executor.run_steps(steps)
     report = f"{outcome.finished.error}\n{[(s.error, s.stdout, s.stderr[-500:]) for s in outcome.steps]}"
-    assert outcome.step(0).stdout == "sent SIGKILL\nsent SIGSTOP\nsent SIGINT\nREAL\n", report
-    assert outcome.step(1).stdout == "after\n", report
-    if executor.driver == "docker":
-        assert outcome.state == "TASK_STATE_FAILED", report
-        assert outcome.step(2).error == "the sandbox container exited with code 143", report
-        assert "FORGED" not in outcome.step(2).stdout, report
-    else:
-        assert outcome.state == "TASK_STATE_COMPLETED", report
+    assert outcome.state == "TASK_STATE_COMPLETED", report
+    assert outcome.step(0).stdout == "sent\n" and outcome.step(1).stdout == "after\n", report
