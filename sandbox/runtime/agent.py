@@ -1187,6 +1187,18 @@ def make_undumpable() -> None:
         raise SystemExit(70) from None
 
 
+def take_channel(argv: Sequence[str]) -> None:
+    """`--channel R,W`: the executor's pipes arrive on those descriptors instead of stdio
+    (bubblewrap: its pid 1 then holds none of them); they become our stdin and stdout."""
+    if "--channel" not in argv[:-1]:
+        return
+    requests, replies = (int(fd) for fd in argv[argv.index("--channel") + 1].split(","))
+    for fd, target in ((requests, 0), (replies, 1)):
+        if fd != target:
+            os.dup2(fd, target)
+            os.close(fd)
+
+
 F_SETPIPE_SZ = 1031
 PIPE_BYTES = MIB
 
@@ -1204,6 +1216,7 @@ def widen_pipes() -> None:
 
 def main() -> None:
     make_undumpable()
+    take_channel(sys.argv)
     # A step must not be able to stop the agent with ^C-style signals sent to everyone.
     _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     _signal.signal(_signal.SIGPIPE, _signal.SIG_DFL)

@@ -97,7 +97,7 @@ print(json.dumps({
 def test_the_docker_loader_installs_the_program(tmp_path: Path) -> None:
     """What the docker driver's first process does, here in a child: the filter is installed
     and the calls it denies are refused; then the checks run as the exec'd command."""
-    argv = seccomp.docker_entrypoint(seccomp.build_bpf(), [sys.executable, "-I", "-c", CHECKS, str(tmp_path)])
+    argv = [*seccomp.docker_entrypoint(seccomp.build_bpf(), []), sys.executable, "-I", "-c", CHECKS, str(tmp_path)]
     argv[0] = sys.executable  # the image's python3 is /usr/bin/python3; any python3 works here
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True)
     assert json.loads(result.stdout) == {

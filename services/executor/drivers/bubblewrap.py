@@ -77,7 +77,7 @@ from services.executor.drivers.base import (
     sandbox_env,
 )
 from services.executor.drivers.faults import out_of_memory, pid_budget_used_up
-from services.executor.drivers.transport import KILL_GRACE_SECONDS, SubprocessTransport
+from services.executor.drivers.transport import KILL_GRACE_SECONDS, ChannelPipes, SubprocessTransport
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
@@ -264,6 +264,7 @@ class BubblewrapDriver(SandboxDriver):
         cgroup: Cgroup | None = None,
         seccomp_fd: int | None = None,
         resolv_conf_fd: int | None = None,
+        channel_fds: tuple[int, int] | None = None,
     ) -> list[str]:
         args = [self.bwrap, "--unshare-all"]
         if seccomp_fd is not None:
@@ -329,6 +330,10 @@ class BubblewrapDriver(SandboxDriver):
         for key, value in sandbox_env(config).items():
             args += ["--setenv", key, value]
         args += ["--", *protocol.AGENT_COMMAND]
+        if channel_fds is not None:
+            # The protocol's pipes, not bwrap's stdio: bwrap's pid 1 keeps only its stdio, and
+            # runs as the steps' uid, dumpable (a step can write into its memory).
+            args += ["--channel", ",".join(map(str, channel_fds))]
         return args
 
 
@@ -397,7 +402,8 @@ def _bwrap_supports(bwrap: str, option: str) -> bool:
 
 
 class BubblewrapTransport(SubprocessTransport):
-    """One `bwrap` process: the agent is its command; bytes flow over bwrap's stdin/stdout."""
+    """One `bwrap` process: the agent is its command; bytes flow over pipes handed to it by
+    number (ChannelPipes), not bwrap's stdio, which the sandbox's init keeps."""
 
     what = "the sandbox"
     ready_timeout = READY_TIMEOUT
@@ -444,10 +450,12 @@ class BubblewrapTransport(SubprocessTransport):
         program = driver.syscall_filter
         seccomp_fd = seccomp.filter_fd(program) if program is not None else None
         resolv_fd = _data_fd(bwrap_net.RESOLV_CONF) if self.network is not None else None
+        channel = ChannelPipes()
         try:
             argv = prefix + driver.command(
                 config, sources["task"], sources["app"], info_write, sources,
                 cgroup=self.cgroup, seccomp_fd=seccomp_fd, resolv_conf_fd=resolv_fd,
+                channel_fds=channel.child_fds,
             )
             if driver.host_ids is not None and not staged:
                 # setpriv drops to the host uid after exec; changing ids in the forked child
@@ -460,10 +468,11 @@ class BubblewrapTransport(SubprocessTransport):
                 argv = ["nsenter", f"--net={self.network.netns_path}", "--", *argv]
             if self.cgroup is not None:
                 argv = join_cgroup_prefix(self.cgroup) + argv
-            fds = tuple(fd for fd in (info_write, seccomp_fd, resolv_fd) if fd is not None)
-            await self._spawn(argv, pass_fds=fds, env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
+            fds = tuple(fd for fd in (info_write, seccomp_fd, resolv_fd) if fd is not None) + channel.child_fds
+            await self._spawn(argv, channel, pass_fds=fds, env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
         except BaseException as exc:
             os.close(info_read)
+            channel.close()
             if isinstance(exc, OSError):
                 raise SandboxError(f"could not start bubblewrap: {exc}") from exc
             raise
@@ -495,8 +504,7 @@ class BubblewrapTransport(SubprocessTransport):
             return
         # The agent exits when its stdin closes; so does a sandbox whose start was cancelled
         # before bwrap could protect it (--die-with-parent is set up inside, after clone()).
-        if process.stdin is not None:
-            process.stdin.close()
+        self._close_requests()
         # Killing the pid namespace's init tears the whole namespace down, and bwrap only
         # exits once every process in it is gone, so waiting on bwrap means "nothing left".
         await self._learn_child_pid(KILL_GRACE_SECONDS)

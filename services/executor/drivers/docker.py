@@ -6,7 +6,8 @@ a read-only root filesystem (tmpfs /tmp and /run), pids / memory (no swap) / CPU
 network `none` unless the task asks for network. The Docker socket is never mounted in it.
 The task directory is bind-mounted at /tasks/{task_id}, the container's working directory.
 
-The container's main process is the step agent (sandbox/runtime/agent.py, under tini);
+The container's main process is the step agent (sandbox/runtime/agent.py, under the syscall
+filter's loader as init: seccomp.LOADER);
 DockerTransport carries its bytes over the container's attached stdin/stdout (one hijacked Docker
 API connection, multiplexed stdout/stderr frames), so a step costs neither a container start nor
 a `docker exec`; AgentSandbox (agent_sandbox.py) speaks the agent protocol over it. StdinOnce
@@ -103,8 +104,8 @@ class DockerDriver(SandboxDriver):
                 f"the sandbox image {self.image} is missing; build it with scripts/build-images"
             ) from None
         # Corral's syscall filter, installed by the container's first process on top of
-        # Docker's default profile (see seccomp.py), then the image's own entrypoint; its CMD
-        # is given again (a new entrypoint clears it).
+        # Docker's default profile (see seccomp.py), which is then its init in place of the
+        # image's entrypoint (tini); the image's CMD is given again (a new entrypoint clears it).
         self.entrypoint = seccomp.docker_entrypoint(
             seccomp.sandbox_filter(settings), list(image["Config"].get("Entrypoint") or [])
         )

@@ -108,8 +108,7 @@ class LocalTransport(SubprocessTransport):
             shutil.rmtree(self._script_dir, ignore_errors=True)
 
     async def _terminate(self, process: asyncio.subprocess.Process) -> None:
-        if process.stdin is not None:
-            process.stdin.close()
+        self._close_requests()
         # Everything below the agent first (stopped, then killed, until none is left), so
         # nothing re-parents away from it; then the agent.
         for _ in range(100):

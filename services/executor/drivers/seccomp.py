@@ -3,8 +3,8 @@
 The list below is built into a seccomp BPF program by libseccomp (through pyseccomp, a ctypes
 binding with the API of libseccomp's own Python module). The bubblewrap driver hands it to
 `bwrap --seccomp FD`, which installs it right before exec'ing the agent; the docker driver
-installs the same program as the container's first process (`docker_entrypoint`), before
-tini, so every process in the container runs under it.
+installs the same program as the container's first process (`docker_entrypoint`), which then
+stays the container's init, so every process in the container runs under it.
 
 On docker this filter is stacked on the engine's own default profile rather than replacing
 it: the kernel applies every installed filter and the strictest answer wins, so nothing that
@@ -274,11 +274,15 @@ def filter_fd(program: bytes) -> int:
     return read_end
 
 
-# The docker driver's first process: installs the program (argv[1], base64) on itself and
-# execs the rest of argv; the image's python3 and ctypes are all it needs. The container runs
-# with no-new-privileges, which an unprivileged process needs to install a filter.
+# The docker driver's first process: installs the program (argv[1], base64) on itself, then
+# is the container's init in place of the image's (tini): the rest of argv (the agent) runs in
+# a child given the container's stdio, the executor's channel, which pid 1 then lets go of (it
+# runs as the steps' uid, dumpable: through /proc/1/fd or /proc/1/mem a step could write into
+# it); it reaps orphans and exits as the agent does. The image's python3 and ctypes are all it
+# needs. The container runs with no-new-privileges, which an unprivileged process needs to
+# install a filter.
 LOADER = """\
-import base64, ctypes, os, sys
+import _signal, base64, ctypes, os, sys
 program = base64.b64decode(sys.argv[1])
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
@@ -289,16 +293,29 @@ if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) or libc.prctl(
     PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0
 ):
     sys.exit("corral: could not install the sandbox syscall filter: " + os.strerror(ctypes.get_errno()))
-os.execv(sys.argv[2], sys.argv[2:])
+agent = os.fork()
+if agent == 0:
+    os.execv(sys.argv[2], sys.argv[2:])
+# No handler of Python's (SIGINT's): a namespace's init then gets no signal from inside.
+_signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+null = os.open("/dev/null", os.O_RDWR)
+os.dup2(null, 0)
+os.dup2(null, 1)
+os.close(null)
+while True:
+    pid, status = os.wait()
+    if pid == agent:
+        os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 """
 
 
-def docker_entrypoint(program: bytes | None, entrypoint: list[str]) -> list[str]:
-    """The container's entrypoint: `entrypoint` itself, under the filter when there is one."""
+def docker_entrypoint(program: bytes | None, image_entrypoint: list[str]) -> list[str]:
+    """The container's entrypoint (its command follows): the image's own, or, when there is a
+    filter, the loader, which installs it and is the container's init (see LOADER)."""
     if program is None:
-        return entrypoint
+        return image_entrypoint
     encoded = base64.b64encode(program).decode("ascii")
-    return ["/usr/bin/python3", "-I", "-c", LOADER, encoded, *entrypoint]
+    return ["/usr/bin/python3", "-I", "-S", "-c", LOADER, encoded]
 
 
 def close_fd(fd: int | None) -> None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
-from typing import Any
+import os
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -111,6 +112,40 @@ class Transport(abc.ABC):
         return path
 
 
+class ChannelPipes:
+    """The agent protocol's two pipes, apart from the process's stdio: the child's ends are
+    passed to it by number (`child_fds`: requests to read, replies to write). Under bubblewrap
+    this keeps the channel out of the sandbox's init, which keeps only its stdio."""
+
+    def __init__(self) -> None:
+        self.requests_read, self.requests_write = os.pipe2(os.O_CLOEXEC)
+        self.replies_read, self.replies_write = os.pipe2(os.O_CLOEXEC)
+        # Closed once each (a number closed twice may be someone else's by then).
+        self._open = {self.requests_read, self.requests_write, self.replies_read, self.replies_write}
+
+    @property
+    def child_fds(self) -> tuple[int, int]:
+        return self.requests_read, self.replies_write
+
+    def _close(self, *fds: int) -> None:
+        for fd in fds:
+            if fd in self._open:
+                self._open.discard(fd)
+                os.close(fd)
+
+    def close_child_ends(self) -> None:
+        self._close(*self.child_fds)
+
+    def take_parent_ends(self) -> tuple[BinaryIO, BinaryIO]:
+        """The executor's ends (replies to read, requests to write) as files that own them."""
+        self._open -= {self.replies_read, self.requests_write}
+        return os.fdopen(self.replies_read, "rb", buffering=0), os.fdopen(self.requests_write, "wb", buffering=0)
+
+    def close(self) -> None:
+        """Closes what is still open (a start that failed)."""
+        self._close(*sorted(self._open))
+
+
 class SubprocessTransport(Transport):
     """A transport whose isolated process is a host subprocess: the agent's stdin and stdout
     are the process's pipes, and the tail of its stderr is kept for the words of its death.
@@ -125,34 +160,56 @@ class SubprocessTransport(Transport):
         self._stderr_tail = b""
         self._stderr_reader: asyncio.Task[None] | None = None
         self._killed = False
+        # The agent's replies and requests: the process's stdout and stdin, or ChannelPipes.
+        self._replies: asyncio.StreamReader | None = None
+        self._requests: asyncio.StreamWriter | None = None
+        self._replies_pipe: asyncio.ReadTransport | None = None  # ChannelPipes' only
 
     @property
     def running(self) -> bool:
         return not self._killed and self.process is not None and self.process.returncode is None
 
-    async def _spawn(self, argv: list[str], **kwargs: Any) -> None:
-        """Starts `argv` in a new session with piped stdin/stdout/stderr (`kwargs` go to
-        create_subprocess_exec) and starts keeping its stderr's tail. Raises what that raises."""
-        self.process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            **kwargs,
-        )
+    async def _spawn(self, argv: list[str], channel: ChannelPipes | None = None, **kwargs: Any) -> None:
+        """Starts `argv` in a new session with piped stderr (`kwargs` go to
+        create_subprocess_exec) and starts keeping its stderr's tail. The agent's channel is
+        the process's stdin and stdout, or `channel` (whose child ends must be in pass_fds;
+        stdio is then /dev/null). Raises what that raises."""
+        stdio = asyncio.subprocess.PIPE if channel is None else asyncio.subprocess.DEVNULL
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                *argv, stdin=stdio, stdout=stdio, stderr=asyncio.subprocess.PIPE, start_new_session=True, **kwargs
+            )
+        except BaseException:
+            if channel is not None:
+                channel.close()
+            raise
         self._stderr_reader = asyncio.create_task(self._read_stderr())
+        if channel is None:
+            self._replies, self._requests = self.process.stdout, self.process.stdin
+            return
+        channel.close_child_ends()
+        replies, requests = channel.take_parent_ends()  # closed by the pipe transports
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=READ_CHUNK_BYTES)
+        self._replies_pipe, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), replies)
+        transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, requests)
+        self._replies, self._requests = reader, asyncio.StreamWriter(transport, protocol, None, loop)
+
+    def _close_requests(self) -> None:
+        """Closes the agent's stdin (it exits when that ends)."""
+        if self._requests is not None:
+            self._requests.close()
 
     async def read(self) -> bytes:
-        assert self.process is not None and self.process.stdout is not None
-        return await self.process.stdout.read(READ_CHUNK_BYTES)
+        assert self._replies is not None
+        return await self._replies.read(READ_CHUNK_BYTES)
 
     async def write(self, data: bytes) -> None:
-        if self._killed or self.process is None or self.process.stdin is None:
+        if self._killed or self.process is None or self._requests is None:
             raise SandboxError("the sandbox is closed")
         try:
-            self.process.stdin.write(data)
-            await self.process.stdin.drain()
+            self._requests.write(data)
+            await self._requests.drain()
         except (ConnectionError, RuntimeError) as exc:
             raise SandboxError(self._died_message()) from exc
 
@@ -162,6 +219,10 @@ class SubprocessTransport(Transport):
         self._killed = True
         if self.process is not None:
             await self._terminate(self.process)
+        # Our ends of ChannelPipes (the process's own pipes go with the process).
+        if self._replies_pipe is not None:
+            self._close_requests()
+            self._replies_pipe.close()
         if self._stderr_reader is not None:
             self._stderr_reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -210,7 +210,8 @@ async def test_a_step_flooding_the_agents_stdout_fails_the_sandbox_not_the_execu
     # (test_an_oversized_line_fails_the_channel); either way the executor carries on.
     flood = (
         "import os\n"
-        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit()):\n"
+        # Not pid 1: in a container, the filter's loader (the init) names the agent's command too.
+        "for pid in sorted(int(p) for p in os.listdir('/proc') if p.isdigit() and p != '1'):\n"
         "    try:\n"
         "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
         "    except OSError:\n"
@@ -401,7 +402,7 @@ FORGE = r"""
 import json, os
 agent = None
 for pid in os.listdir("/proc"):
-    if pid.isdigit() and int(pid) != os.getpid():
+    if pid.isdigit() and int(pid) not in (1, os.getpid()):  # pid 1: see the flooding test
         try:
             cmdline = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:

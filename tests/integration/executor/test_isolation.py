@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from corral.v1 import task_pb2
+from services.executor.drivers import seccomp
 
 from .conftest import GVISOR_NO_STATX, ExecutorClient, grpc_code, gvisor_skip, spec
 
@@ -44,9 +45,10 @@ async def test_user_is_not_root_and_host_is_hidden(executor: ExecutorClient) -> 
     host_names = {entry.pw_name for entry in pwd.getpwall() if entry.pw_uid >= 1000} - {"agent", "nobody"}
     assert not host_names & set(users.split()), "host accounts are visible in the sandbox"
     processes = outcome.step(5).stdout.strip().splitlines()
-    # Only the sandbox's own processes: its init (bwrap's, or tini), the agent, the shell and ps.
+    # Only the sandbox's own processes: its init (bwrap's, or the syscall filter's loader), the
+    # agent, the shell and ps.
     assert len(processes) <= 5, processes
-    init = "bwrap" if executor.driver == "bubblewrap" else "tini"
+    init = "bwrap" if executor.driver == "bubblewrap" else seccomp.LOADER.splitlines()[0]
     assert processes[0].split()[0] == "1" and init in processes[0]
     assert "Read-only file system" in outcome.step(6).stderr
 
