@@ -169,9 +169,12 @@ class LatencyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         for kind, make_handler, _wrap in _HANDLER_KINDS:
             behavior = getattr(handler, kind)
             if behavior is not None:
-                timed = self._timed_stream if inspect.isasyncgenfunction(behavior) else self._timed_call
-                if not inspect.isasyncgenfunction(behavior) and not inspect.iscoroutinefunction(behavior):
-                    return handler
+                if inspect.isasyncgenfunction(behavior):
+                    timed = self._timed_stream
+                elif inspect.iscoroutinefunction(behavior):
+                    timed = self._timed_call
+                else:
+                    return handler  # a synchronous handler (none of Corral's): left as it is
                 return make_handler(  # type: ignore[no-any-return]
                     timed(behavior, service, method), handler.request_deserializer, handler.response_serializer
                 )
