@@ -251,7 +251,8 @@ def banner(settings: Settings, log_dir: Path) -> str:
             f"  scheduler      {settings.scheduler_address}   (gRPC)",
             f"  memory         {settings.memory_address}   (gRPC)",
             f"  executor       {settings.executor_address}   (gRPC, {settings.sandbox_driver} sandboxes)",
-            f"  metrics        {url}/metrics (gateway); "
+            f"  metrics        {url}/metrics (gateway)",
+            "                 "
             + ", ".join(f"{service} http://{getattr(settings, name)}/metrics" for name, service in METRICS_SETTINGS.items()),
             f"  data           {settings.data_dir}",
             f"  logs           {log_dir}/<service>.log",
