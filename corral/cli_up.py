@@ -61,13 +61,29 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     }
     settings = Settings(**overrides)
     settings.data_dir = settings.data_dir.expanduser().resolve()
+    for name in METRICS_SETTINGS:
+        if not getattr(settings, name):  # unset: a free loopback port (never beyond this host)
+            setattr(settings, name, f"127.0.0.1:{free_loopback_port()}")
     return settings
+
+
+# Each service's /metrics (corral.service_metrics), by service: on in `corral up`, on loopback.
+METRICS_SETTINGS = {
+    "scheduler_metrics_address": "scheduler", "executor_metrics_address": "executor",
+    "memory_metrics_address": "memory",
+}
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 def child_environment(settings: Settings) -> dict[str, str]:
     """The supervisor's environment plus every setting `corral up` decided, as CORRAL_* vars."""
     env = dict(os.environ)
-    for name in SETTING_FLAGS:
+    for name in [*SETTING_FLAGS, *METRICS_SETTINGS]:
         env["CORRAL_" + name.upper()] = str(getattr(settings, name))
     # Every service finds its certificate (and the CA) in the one directory up made.
     env["CORRAL_TLS_DIR"] = str(settings.pki_dir)
@@ -235,6 +251,9 @@ def banner(settings: Settings, log_dir: Path) -> str:
             f"  scheduler      {settings.scheduler_address}   (gRPC)",
             f"  memory         {settings.memory_address}   (gRPC)",
             f"  executor       {settings.executor_address}   (gRPC, {settings.sandbox_driver} sandboxes)",
+            f"  metrics        {url}/metrics (gateway)",
+            "                 "
+            + ", ".join(f"{service} http://{getattr(settings, name)}/metrics" for name, service in METRICS_SETTINGS.items()),
             f"  data           {settings.data_dir}",
             f"  logs           {log_dir}/<service>.log",
             auth_line(settings),

@@ -28,6 +28,24 @@ class Settings(BaseSettings):
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_json: bool = Field(False, description="Log JSON lines instead of key=value text.")
 
+    # --- metrics and traces (corral/service_metrics.py, corral/tracing.py) ----------------
+    scheduler_metrics_address: str = Field(
+        "", description="host:port of the scheduler's Prometheus /metrics (off if empty; keep it on loopback "
+        "or a monitoring network: it shows task counts and RPC methods). `corral up` picks a loopback port.",
+    )
+    executor_metrics_address: str = Field(
+        "", description="host:port of the executor's Prometheus /metrics (off if empty)."
+    )
+    memory_metrics_address: str = Field(
+        "", description="host:port of the memory service's Prometheus /metrics (off if empty)."
+    )
+    tracing: Literal["auto", "otlp", "console", "off"] = Field(
+        "auto",
+        description="OpenTelemetry traces: otlp (to OTEL_EXPORTER_OTLP_ENDPOINT, over gRPC), console "
+        "(to stderr), off; auto: otlp when OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_TRACES_EXPORTER=otlp is "
+        "set, console when OTEL_TRACES_EXPORTER=console, else off.",
+    )
+
     # --- trust: TLS between services (corral.pki, corral.authz) -------------------------
     tls_dir: Path | None = Field(
         None,

@@ -14,6 +14,7 @@ import contextlib
 import inspect
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -149,14 +150,97 @@ _HANDLER_KINDS: list[tuple[str, Callable[..., Any], Callable[[Callable[..., Any]
 ]
 
 
+class LatencyInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Observes each call's duration and status code in corral_grpc_server_handling_seconds
+    (outermost, so refusals and mapped errors are counted with their codes)."""
+
+    def __init__(self, histogram: Any) -> None:
+        self.histogram = histogram
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        service, _, method = handler_call_details.method.strip("/").rpartition("/")
+        for kind, make_handler, _wrap in _HANDLER_KINDS:
+            behavior = getattr(handler, kind)
+            if behavior is not None:
+                if inspect.isasyncgenfunction(behavior):
+                    timed = self._timed_stream
+                elif inspect.iscoroutinefunction(behavior):
+                    timed = self._timed_call
+                else:
+                    return handler  # a synchronous handler (none of Corral's): left as it is
+                return make_handler(  # type: ignore[no-any-return]
+                    timed(behavior, service, method), handler.request_deserializer, handler.response_serializer
+                )
+        return handler
+
+    def _observe(self, service: str, method: str, started: float, context: Context, failed: BaseException | None) -> None:
+        if isinstance(failed, asyncio.CancelledError):
+            code = "CANCELLED"
+        elif failed is not None and not isinstance(failed, grpc.aio.AbortError):
+            code = "UNKNOWN"
+        else:
+            status = context.code()
+            code = status.name if isinstance(status, grpc.StatusCode) else "OK"
+        self.histogram.labels(service, method, code).observe(time.monotonic() - started)
+
+    def _timed_call(self, behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+        async def handle(request: Any, context: Context) -> Any:
+            started, failed = time.monotonic(), None
+            try:
+                return await behavior(request, context)
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                self._observe(service, method, started, context, failed)
+
+        return handle
+
+    def _timed_stream(self, behavior: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+        async def handle(request: Any, context: Context) -> AsyncIterator[Any]:
+            started, failed = time.monotonic(), None
+            try:
+                async with contextlib.aclosing(behavior(request, context)) as responses:
+                    async for response in responses:
+                        yield response
+            except BaseException as exc:
+                failed = exc
+                raise
+            finally:
+                self._observe(service, method, started, context, failed)
+
+        return handle
+
+
+def _rpc_histogram() -> Any:
+    """The RPC latency histogram, or None where prometheus_client is absent (the gui service
+    runs on the sandbox's own interpreter)."""
+    try:
+        from corral.service_metrics import RPC_SECONDS
+    except ImportError:
+        return None
+    return RPC_SECONDS
+
+
 def new_server(authorize: bool = True) -> grpc.aio.Server:
     """A server that maps errors and, unless `authorize` is False (only the gui service's,
-    whose unix socket only its executor reaches), checks each caller against corral.authz."""
+    whose unix socket only its executor reaches), checks each caller against corral.authz;
+    each call's latency goes to corral_grpc_server_handling_seconds."""
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]  # type: ignore[type-arg]
     if authorize:
         from corral.authz import AuthorizationInterceptor
 
         interceptors.insert(0, AuthorizationInterceptor())
+    histogram = _rpc_histogram()
+    if histogram is not None:
+        interceptors.insert(0, LatencyInterceptor(histogram))
     return grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
 
 

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from corral.config import Settings
+from corral.tracing import instrument_gateway
 from gateway.backends import Backends
 from gateway.browser_guard import BrowserGuard, is_loopback
 from gateway.deps import SandboxStubs
@@ -66,4 +67,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(RequestCounter, metrics=app.state.metrics)
     for router in ROUTERS:
         app.include_router(router)
+    instrument_gateway(app)  # when tracing is on (corral.tracing)
     return app

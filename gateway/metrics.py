@@ -1,5 +1,6 @@
-"""The gateway's /metrics in Prometheus text format: its own request counts, and each
-executor's network refusals and undelivered history, asked of the executors (through the scheduler) at scrape time.
+"""The gateway's /metrics in Prometheus text format: its own request counts, the queue's depth
+(corral_tasks_queued), and each executor's network refusals and undelivered history, asked of
+the executors (through the scheduler) at scrape time.
 
 Each app has its own registry (tests run several gateways in one process). Requests are
 counted by route template, not raw path, so ids do not make a series each.
@@ -22,6 +23,7 @@ class ExecutorCollector(Collector):
 
     def __init__(self) -> None:
         self.executors: Sequence[registry_pb2.ExecutorInfo] = ()
+        self.queued_tasks = 0
 
     def collect(self) -> Iterable[Metric]:
         labels = ["executor_id", "driver"]
@@ -57,7 +59,11 @@ class ExecutorCollector(Collector):
             up.add_metric(values, 1 if e.alive else 0)
             running.add_metric(values, e.running)
             capacity.add_metric(values, e.capacity)
-        return [connections, lookups, undelivered, dropped, up, running, capacity]
+        queued = GaugeMetricFamily(
+            "corral_tasks_queued", "Tasks waiting for an executor (scheduled, not yet running)."
+        )
+        queued.add_metric([], self.queued_tasks)
+        return [connections, lookups, undelivered, dropped, up, running, capacity, queued]
 
 
 class GatewayMetrics:

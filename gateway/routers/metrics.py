@@ -47,4 +47,5 @@ async def metrics(request: Request, backends: BackendsDep, caller: CallerDep) ->
             registry_pb2.ListExecutorsRequest(include_network_counters=True), timeout=backends.timeout
         )
     collected.executors.executors = reply.executors
+    collected.executors.queued_tasks = reply.queued_tasks
     return Response(generate_latest(collected.registry), media_type=CONTENT_TYPE_LATEST)

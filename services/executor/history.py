@@ -23,6 +23,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral.config import Settings
 from corral.grpc_server import channel
+from corral.tracing import Contexts
 from corral.v1 import memory_pb2, memory_pb2_grpc
 from services.executor.history_spool import HistorySpool, spool_path
 
@@ -100,6 +101,7 @@ class HistoryRecorder:
         self._failing = False
         self._batching = False
         self.dropped = 0
+        self.traces = Contexts()  # each task's trace, for the AppendEvents sent in the background
 
     @property
     def spooled_bytes(self) -> int:
@@ -128,6 +130,7 @@ class HistoryRecorder:
         self.start()
         if not event.event_id:
             event.event_id = uuid.uuid4().hex
+        self.traces.remember(event.task_id)
         size = event.ByteSize()
         spooling = self.spooled_bytes > 0 or self._failing
         full = len(self._queue) >= QUEUE_EVENTS or self._queued_bytes + size > QUEUE_BYTES
@@ -260,6 +263,7 @@ class HistoryRecorder:
         if self._channel is None:
             self._channel = channel(self.settings.memory_address, self.settings, "executor")
         stub = memory_pb2_grpc.MemoryServiceStub(self._channel)
+        trace = self.traces.attach(task_id)
         try:
             await stub.AppendEvents(
                 memory_pb2.AppendEventsRequest(task_id=task_id, events=events),
@@ -277,6 +281,8 @@ class HistoryRecorder:
             )
             self._failing = True
             return False
+        finally:
+            Contexts.detach(trace)
         if self._failing:
             log.info("memory service reachable again; delivering kept history",
                      address=self.settings.memory_address, spooled_bytes=self.spooled_bytes)

@@ -18,6 +18,7 @@ import structlog
 from corral.config import Settings
 from corral.errors import SandboxNotFound
 from corral.network_rules import NetworkRules
+from corral.service_metrics import SANDBOX_STARTS
 from corral.steps import StepFailed, needs_desktop
 from corral.v1 import task_pb2
 from services.executor import task_fs
@@ -185,6 +186,7 @@ class SandboxLease:
                 self.host_run_dir = self.settings.run_dir_root / self.task_id
                 self.driver.prepare_run_dir(self.host_run_dir)
             self._sandbox = await self.driver.create(self.config())
+            SANDBOX_STARTS.labels(self.driver.name, "cold").inc()
             if self.spec.network:
                 self.sandboxes.network.track(self._sandbox)
                 await self.newly_refused_connections()  # its own start's packets are not the task's

@@ -20,6 +20,7 @@ import structlog
 from corral.config import Settings
 from corral.errors import CapacityExhausted, SandboxNotFound
 from corral.network_rules import NetworkRules
+from corral.service_metrics import SANDBOX_STARTS
 from corral.v1 import sandbox_pb2, task_pb2
 from services.executor import task_fs
 from services.executor.desktop import Desktop, start_desktop, start_jupyter
@@ -168,6 +169,7 @@ class SandboxManager:
             )
             try:
                 sandbox = await self.driver.create(config)
+                SANDBOX_STARTS.labels(self.driver.name, "long_lived").inc()
             except BaseException:
                 if own_fs:
                     await asyncio.to_thread(task_fs.release, host_tasks_dir)

@@ -19,6 +19,7 @@ from corral.grpc_server import (
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.pki import PKIError, certified_executor_id
 from corral.retention import start_sweeping, stop_sweeping
+from corral.service_metrics import serve_metrics
 from services.executor.drivers.base import SandboxDriver, SandboxError
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
@@ -140,6 +141,9 @@ async def start_executor(settings: Settings) -> RunningExecutor:
 
 async def serve(settings: Settings) -> None:
     executor = await start_executor(settings)
+    metrics = serve_metrics(settings.executor_metrics_address, "CORRAL_EXECUTOR_METRICS_ADDRESS")
+    if metrics is not None:
+        log.info("metrics listening", address=metrics.address, path="/metrics")
 
     async def on_stop() -> None:
         await stop_sweeping(executor.retention)
@@ -149,5 +153,9 @@ async def serve(settings: Settings) -> None:
         await executor.runner.driver.stop()
         stop_task_fs(executor.runner.driver)
 
-    await run_until_signalled(executor.server, on_stop=on_stop)
-    await executor.history.close()
+    try:
+        await run_until_signalled(executor.server, on_stop=on_stop)
+        await executor.history.close()
+    finally:
+        if metrics is not None:
+            metrics.close()

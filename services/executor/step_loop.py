@@ -16,6 +16,7 @@ import time
 import structlog
 
 from corral.config import Settings
+from corral.service_metrics import STEP_SECONDS
 from corral.steps import StepFailed, StepOutcome, step_tool, tool_of
 from corral.v1 import task_pb2
 from services.executor.disk_quota import DiskWatch
@@ -23,6 +24,13 @@ from services.executor.drivers.base import FileRefused, OutputCallback, SandboxE
 from services.executor.lease import SandboxLease
 from services.executor.recorder import TaskRecorder, now
 from services.executor.step_context import ExecutorStepContext
+
+# The state label of a step's duration.
+STEP_STATES = {
+    task_pb2.STEP_STATE_COMPLETED: "completed",
+    task_pb2.STEP_STATE_FAILED: "failed",
+    task_pb2.STEP_STATE_CANCELLED: "cancelled",
+}
 
 
 class StepLoop:
@@ -139,9 +147,9 @@ class StepLoop:
             self.recorder.network_refused(
                 f"{refused} connection attempt{'s' if refused > 1 else ''} refused during step {index + 1}"
             )
-        self.recorder.step_finished(
-            index, step, state, outcome, started_at, time.monotonic() - started, self.settings.output_preview_bytes
-        )
+        duration = time.monotonic() - started
+        self.recorder.step_finished(index, step, state, outcome, started_at, duration, self.settings.output_preview_bytes)
+        STEP_SECONDS.labels(step_tool(step) or "empty", STEP_STATES.get(state, "unknown")).observe(duration)
         return state, outcome.error
 
     async def _perform(self, index: int, step: task_pb2.Step, on_output: OutputCallback) -> StepOutcome:

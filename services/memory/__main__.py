@@ -6,13 +6,18 @@ import asyncio
 
 from corral.config import load_settings
 from corral.logs import configure_logging
+from corral.tracing import configure_tracing, shutdown
 from services.memory.server import serve
 
 
 def main() -> None:
     settings = load_settings()
     configure_logging("memory", settings.log_level, settings.log_json)
-    asyncio.run(serve(settings))
+    configure_tracing("memory", settings)
+    try:
+        asyncio.run(serve(settings))
+    finally:
+        shutdown()
 
 
 if __name__ == "__main__":

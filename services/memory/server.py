@@ -15,6 +15,7 @@ from corral.grpc_server import (
     run_until_signalled,
 )
 from corral.retention import cutoff, start_sweeping, stop_sweeping
+from corral.service_metrics import serve_metrics
 from corral.v1 import memory_pb2, memory_pb2_grpc
 from services.memory.servicer import MemoryServicer
 from services.memory.store import MemoryStore
@@ -35,9 +36,14 @@ async def serve(settings: Settings) -> None:
     await mark_serving(health, [SERVICE_NAME])
     log.info("memory serving", address=settings.memory_address, port=port)
     retention = start_sweeping("memory", settings, lambda: sweep_history(store, settings))
+    metrics = serve_metrics(settings.memory_metrics_address, "CORRAL_MEMORY_METRICS_ADDRESS")
+    if metrics is not None:
+        log.info("metrics listening", address=metrics.address, path="/metrics")
     try:
         await run_until_signalled(server)
     finally:
+        if metrics is not None:
+            metrics.close()
         await stop_sweeping(retention)
         await store.close()
 

@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from corral.grpc_server import Context
 from corral.v1 import memory_pb2, memory_pb2_grpc
+from services.memory.metrics import HISTORY_APPENDS, HISTORY_EVENTS
 from services.memory.store import HistoryRecord, MemoryStore, NoteRecord
 
 
@@ -74,6 +75,8 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     ) -> memory_pb2.AppendEventsResponse:
         records = [record_from_proto(request.task_id, e) for e in request.events]
         sequences = await self._store.append_events(request.task_id, records)
+        HISTORY_APPENDS.inc()
+        HISTORY_EVENTS.inc(len(records))
         return memory_pb2.AppendEventsResponse(sequences=sequences)
 
     async def ListEvents(

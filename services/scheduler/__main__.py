@@ -4,9 +4,14 @@ import asyncio
 
 from corral.config import load_settings
 from corral.logs import configure_logging
+from corral.tracing import configure_tracing, shutdown
 
 from .server import serve
 
 settings = load_settings()
 configure_logging("scheduler", settings.log_level, settings.log_json)
-asyncio.run(serve(settings))
+configure_tracing("scheduler", settings)
+try:
+    asyncio.run(serve(settings))
+finally:
+    shutdown()

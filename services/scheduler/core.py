@@ -39,6 +39,7 @@ from corral.errors import (
 from corral.internal.v1 import executor_pb2, registry_pb2
 from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import check_spec
+from corral.tracing import Contexts
 from corral.v1 import task_pb2
 
 from .events import EventLog
@@ -81,6 +82,7 @@ class Scheduler:
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
         self._quota_lock = asyncio.Lock()  # a tenant's count and its new task, together
         self.idempotency = IdempotencyKeys(store.engine, settings.idempotency_key_hours * 3600)
+        self.traces = Contexts()  # each submitted task's trace, until it is dispatched
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -147,6 +149,7 @@ class Scheduler:
         self._events.open_new(task_id)
         await self._append(task_pb2.TaskEvent(task_id=task_id, scheduled=task_pb2.TaskScheduled()))
         log.info("task scheduled", task_id=task_id, steps=len(spec.steps))
+        self.traces.remember(task_id)  # its RunTask is traced as part of this SubmitTask
         self._wake.set()
         return task, False
 
@@ -418,9 +421,14 @@ class Scheduler:
         """Runs the task on the executor (spec given) or follows it there again (spec None)."""
         executor.running.add(task_id)
         self._assigned_to[task_id] = executor
-        self._assignments[task_id] = asyncio.create_task(
-            self._run_on(executor, task_id, spec, epoch, after), name=f"task-{task_id}"
-        )
+        token = self.traces.attach(task_id)  # the new task's context is a copy of the current one
+        try:
+            self._assignments[task_id] = asyncio.create_task(
+                self._run_on(executor, task_id, spec, epoch, after), name=f"task-{task_id}"
+            )
+        finally:
+            Contexts.detach(token)
+        self.traces.forget(task_id)
 
     async def _run_on(
         self, executor: ExecutorRecord, task_id: str, spec: task_pb2.TaskSpec | None, epoch: int, after: int

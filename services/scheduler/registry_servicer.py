@@ -10,6 +10,7 @@ import grpc
 
 from corral.grpc_server import Context
 from corral.internal.v1 import executor_pb2, registry_pb2, registry_pb2_grpc
+from corral.v1 import task_pb2
 
 from .core import Scheduler
 from .executors import ExecutorRecord
@@ -49,7 +50,8 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
             info.sandboxes = placed.get(info.executor_id, 0)
         if request.include_network_counters:
             await asyncio.gather(*(_add_network_counters(e, info) for e, info in zip(executors, infos, strict=True)))
-        return registry_pb2.ListExecutorsResponse(executors=infos)
+        queued = (await self._scheduler.store.count_by_state()).get(task_pb2.TASK_STATE_SCHEDULED, 0)
+        return registry_pb2.ListExecutorsResponse(executors=infos, queued_tasks=queued)
 
 
 STATUS_TIMEOUT_SECONDS = 3.0

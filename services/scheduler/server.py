@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 
 from corral.api_keys import address_host, keys_required
@@ -17,12 +19,14 @@ from corral.grpc_server import (
 )
 from corral.internal.v1 import registry_pb2, registry_pb2_grpc, sandbox_access_pb2_grpc
 from corral.retention import start_sweeping, stop_sweeping
+from corral.service_metrics import LoopCollector, serve_metrics
 from corral.v1 import keys_pb2_grpc, sandbox_pb2, sandbox_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc
 
 from .core import Scheduler
 from .key_servicer import SERVICE_NAME as KEY_SERVICE_NAME
 from .key_servicer import KeyServicer
 from .key_store import KeyStore
+from .metrics import scheduler_metrics
 from .principal import Authenticator
 from .registry_servicer import ExecutorRegistryServicer
 from .retention import sweep
@@ -81,6 +85,10 @@ async def serve(settings: Settings) -> None:
     await server.start()
     await mark_serving(health, SERVICE_NAMES)
     log.info("scheduler listening", address=settings.scheduler_address)
+    collector = LoopCollector(asyncio.get_running_loop(), lambda: scheduler_metrics(scheduler))
+    metrics = serve_metrics(settings.scheduler_metrics_address, "CORRAL_SCHEDULER_METRICS_ADDRESS", [collector])
+    if metrics is not None:
+        log.info("metrics listening", address=metrics.address, path="/metrics")
 
     async def shutdown() -> None:
         await health.enter_graceful_shutdown()
@@ -91,5 +99,7 @@ async def serve(settings: Settings) -> None:
     try:
         await run_until_signalled(server, on_stop=shutdown)
     finally:
+        if metrics is not None:
+            metrics.close()
         await engine.dispose()
         audit.close()

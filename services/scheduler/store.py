@@ -419,6 +419,12 @@ class TaskStore:
                 events.append(event)
             return events
 
+    async def count_by_state(self) -> dict[int, int]:
+        """How many stored tasks are in each state (the scheduler's /metrics)."""
+        async with self._sessions() as session:
+            rows = await session.execute(select(TaskRow.state, func.count()).group_by(TaskRow.state))
+            return {int(state): int(count) for state, count in rows.all()}
+
     async def count_unfinished(self, tenant_id: str) -> int:
         """The tenant's scheduled and running tasks (its concurrent-task quota counts these)."""
         async with self._sessions() as session:

@@ -258,16 +258,20 @@ class ListExecutorsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EXECUTORS_FIELD_NUMBER: _builtins.int
+    QUEUED_TASKS_FIELD_NUMBER: _builtins.int
+    queued_tasks: _builtins.int
+    """Tasks stored as scheduled, waiting for an executor (the gateway's corral_tasks_queued)."""
     @_builtins.property
     def executors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExecutorInfo]: ...
     def __init__(
         self,
         *,
         executors: _abc.Iterable[Global___ExecutorInfo] | None = ...,
+        queued_tasks: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["executors", b"executors"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executors", b"executors", "queued_tasks", b"queued_tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

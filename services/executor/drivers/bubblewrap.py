@@ -126,7 +126,7 @@ class BubblewrapDriver(SandboxDriver):
         _soft, hard = resource.getrlimit(resource.RLIMIT_CORE)
         resource.setrlimit(resource.RLIMIT_CORE, (0, hard))
         self.pool: WarmPool[BubblewrapSandbox] = WarmPool(
-            settings.bwrap_warm_pool, self._start_warm, "bubblewrap sandbox"
+            settings.bwrap_warm_pool, self._start_warm, "bubblewrap sandbox", driver=self.name
         )
         self.cgroups: ExecutorCgroups | None = None
         self.limits_description = rlimit_fallback("the driver has not started")

@@ -120,7 +120,7 @@ class DockerDriver(SandboxDriver):
         except NetworkUnavailable as exc:
             raise SandboxError(str(exc)) from None
         self.pool: WarmPool[DockerSandbox] = WarmPool(
-            settings.docker_warm_pool, self._start_warm, what="container"
+            settings.docker_warm_pool, self._start_warm, what="container", driver=self.name
         )
 
     # --- executor lifecycle ------------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
+from corral.service_metrics import SANDBOX_STARTS, WARM_POOL_CLAIMS
 from services.executor import task_fs
 from services.executor.drivers.base import SandboxConfig, SandboxError
 
@@ -57,10 +58,13 @@ S = TypeVar("S", bound=PooledSandbox)
 class WarmPool(Generic[S]):
     """Keeps `size` sandboxes made by `start_one` ready; `take()` hands one out and asks for another."""
 
-    def __init__(self, size: int, start_one: Callable[[], Awaitable[S]], what: str = "sandbox") -> None:
+    def __init__(
+        self, size: int, start_one: Callable[[], Awaitable[S]], what: str = "sandbox", driver: str = ""
+    ) -> None:
         self.size = size
         self.start_one = start_one
         self.what = what
+        self.driver = driver  # the label of its metrics
         self._ready: deque[S] = deque()
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
@@ -97,9 +101,12 @@ class WarmPool(Generic[S]):
         that sandbox is closed, its directory goes back, and the task gets a cold one)."""
         warm = self.take()
         if warm is None:
+            if self.size > 0:
+                WARM_POOL_CLAIMS.labels(self.driver, "miss").inc()
             return None
         try:
             await warm.claim(config, prepare_dir)
+            WARM_POOL_CLAIMS.labels(self.driver, "hit").inc()
             return warm
         except (SandboxError, OSError) as exc:
             log.warning(f"could not claim a warm {self.what}", task_id=config.task_id, error=str(exc))
@@ -157,6 +164,7 @@ class WarmPool(Generic[S]):
             log.warning(f"could not start a warm {self.what}", error=str(exc))
             return False
         self.started_total += 1
+        SANDBOX_STARTS.labels(self.driver, "warm").inc()
         self._ready.append(sandbox)
         return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -40,6 +41,15 @@ def test_banner_names_every_url(corral_up: CorralUp) -> None:
     for address in (corral_up.scheduler, corral_up.memory, corral_up.executor):
         assert address in text
     assert (corral_up.data_dir / "logs" / "scheduler.log").exists()
+
+
+def test_every_service_s_metrics_answer_on_loopback_where_the_banner_says(corral_up: CorralUp) -> None:
+    found = dict(re.findall(r"(scheduler|executor|memory) (http://127\.0\.0\.1:\d+/metrics)", corral_up.text()))
+    assert sorted(found) == ["executor", "memory", "scheduler"], corral_up.text()
+    for service, url in found.items():
+        response = httpx.get(url, timeout=10)
+        assert response.status_code == 200 and "corral_grpc_server_handling_seconds" in response.text, service
+    assert "corral_tasks_queued" in httpx.get(found["scheduler"], timeout=10).text
 
 
 def test_data_directory_secrets_are_the_operators_only(corral_up: CorralUp) -> None:
