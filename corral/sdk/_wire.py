@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -46,7 +47,11 @@ def _query(params: dict[str, Any]) -> str:
 
 
 class Wire:
-    """Requests to one gateway on one connection (made again when it drops)."""
+    """Requests to one gateway, each on a kept-alive connection of its own: a request made while
+    another is under way (an `on_stdout` callback writing a file while its command streams, or
+    another thread) takes another connection; idle ones are kept for the next request."""
+
+    MAX_IDLE = 4
 
     def __init__(self, connection: Connection, timeout: float) -> None:
         self.connection = connection
@@ -57,27 +62,33 @@ class Wire:
         self._https = url.scheme == "https"
         self._host, self._port = url.hostname, url.port
         self._prefix = url.path.rstrip("/")
-        self._conn: http.client.HTTPConnection | None = None
+        self._idle: list[http.client.HTTPConnection] = []
+        self._lock = threading.Lock()
 
-    def _open(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
-        """The connection (and whether it served a request before), its timeout set."""
-        if self._conn is not None:
-            self._conn.timeout = timeout
-            if self._conn.sock is not None:
-                self._conn.sock.settimeout(timeout)
-                return self._conn, True
-            return self._conn, False
+    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        """A connection for one request (and whether it served one before), its timeout set."""
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+        if conn is not None and conn.sock is not None:
+            conn.timeout = timeout
+            conn.sock.settimeout(timeout)
+            return conn, True
         if self._https:
             import ssl
 
-            self._conn = http.client.HTTPSConnection(
+            return http.client.HTTPSConnection(
                 self._host, self._port, timeout=timeout, context=ssl.create_default_context()
-            )
-        else:
-            self._conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        return self._conn, False
+            ), False
+        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
 
-    def _send(self, call: Call) -> http.client.HTTPResponse:
+    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            if len(self._idle) < self.MAX_IDLE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _send(self, call: Call) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Sends `call`; the answer's status line and headers have been read."""
         body: bytes | None = None
         headers = {**self.connection.headers, **call.headers}
@@ -92,29 +103,34 @@ class Wire:
         target = self._prefix + call.path + (f"?{query}" if query else "")
         timeout = call.timeout if call.timeout is not None else self.timeout
         for attempt in (1, 2):
-            conn, reused = self._open(timeout)
+            conn, reused = self._take(timeout)
             try:
                 conn.request(call.method, target, body=body, headers=headers)
-                return conn.getresponse()
+                return conn, conn.getresponse()
             except _STALE:
-                self.close()
+                conn.close()
                 if not reused or attempt == 2:
                     raise
             except BaseException:
-                self.close()
+                conn.close()
                 raise
         raise AssertionError("unreachable")
 
     def request(self, call: Call) -> Response:
         """The whole answer; a failed one (status >= 400) raises its typed error."""
         try:
-            answer = self._send(call)
+            conn, answer = self._send(call)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(exc) from None
+        try:
             content = answer.read()
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            conn.close()
             raise self._unreachable(exc) from None
         if answer.will_close:
-            self.close()
+            conn.close()
+        else:
+            self._give_back(conn)
         if answer.status >= 400:
             raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
         return Response(answer.status, answer.headers, content)
@@ -123,26 +139,25 @@ class Wire:
     def stream(self, call: Call) -> Iterator[Iterator[str]]:
         """The answer's lines as they come (a failed answer raises its typed error)."""
         try:
-            answer = self._send(call)
+            conn, answer = self._send(call)
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
             raise self._unreachable(exc) from None
-        if answer.status >= 400:
-            content = answer.read()
-            raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
-
-        def lines() -> Iterator[str]:
-            try:
-                while line := answer.readline():
-                    yield line.decode("utf-8", "replace").rstrip("\r\n")
-            except (OSError, http.client.HTTPException) as exc:
-                raise self._unreachable(exc) from None
-
         try:
+            if answer.status >= 400:
+                content = answer.read()
+                raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
+
+            def lines() -> Iterator[str]:
+                try:
+                    while line := answer.readline():
+                        yield line.decode("utf-8", "replace").rstrip("\r\n")
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._unreachable(exc) from None
+
             yield lines()
         finally:
             # A stream left before its end cannot carry another request.
-            self.close()
+            conn.close()
 
     def _unreachable(self, exc: BaseException) -> errors.CorralError:
         if isinstance(exc, TimeoutError):
@@ -150,6 +165,7 @@ class Wire:
         return errors.Unavailable(f"cannot reach Corral at {self.connection.url}: {exc or type(exc).__name__}")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()

@@ -396,7 +396,11 @@ class TaskFilesystems:
         for point in loop_mounts_under(self.data_dir):
             log.warning("releasing a filesystem a previous run left", path=str(point))
             if point.parent == tasks_dir / WARM_DIR:
-                for child in list(point.iterdir()):
+                try:
+                    children = list(point.iterdir())
+                except FileNotFoundError:
+                    continue  # released meanwhile (by another executor sharing this data directory)
+                for child in children:
                     link = tasks_dir / child.name
                     if link.is_symlink() and link.resolve() == child.resolve():
                         keep_from_slot(point, child.name, link)
