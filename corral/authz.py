@@ -126,6 +126,8 @@ POLICY: dict[str, Rule | str] = {
     "grpc.reflection.v1.ServerReflection": OPEN,
     # The executor runs tasks and holds sandboxes for the scheduler only.
     "corral.internal.v1.ExecutorService": _EXECUTOR_RPC,
+    # A sandbox's desktop and Jupyter bytes, for the gateway only (which checked the token).
+    "corral.internal.v1.SandboxRelayService": rule("gateway"),
     # An executor registers and heartbeats as itself only (hijacking, spoofed heartbeats).
     "/corral.internal.v1.ExecutorRegistryService/RegisterExecutor": rule("executor", bound_to_name="executor_id"),
     "/corral.internal.v1.ExecutorRegistryService/Heartbeat": rule("executor", bound_to_name="executor_id"),

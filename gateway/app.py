@@ -25,6 +25,7 @@ from gateway.openapi import install_openapi, operation_id
 from gateway.routers import desktop, health, history, keys, metrics, sandbox_calls, sandboxes, seed, tasks
 from gateway.routers.computer_use import router as computer_use_router
 from gateway.routers.contexts import router as contexts_router
+from gateway.sandbox_relay import SandboxRelay
 
 ROUTERS = (
     seed.router, tasks.router, history.router, sandboxes.router, sandbox_calls.router, desktop.router, keys.router,
@@ -38,11 +39,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backends = Backends.connect(app.state.settings)
     app.state.backends = backends
     app.state.sandbox_stubs = SandboxStubs.over(backends)
-    app.state.jupyter = JupyterProxy()
+    app.state.relay = SandboxRelay(app.state.settings)
+    app.state.jupyter = JupyterProxy(app.state.relay)
     try:
         yield
     finally:
         await app.state.jupyter.close()
+        await app.state.relay.close()
         await backends.close()
 
 

@@ -17,12 +17,13 @@ from corral.internal.v1 import sandbox_access_pb2_grpc
 from corral.v1 import sandbox_pb2_grpc
 from gateway.backends import Backends
 from gateway.jupyter_proxy import JupyterProxy
+from gateway.sandbox_relay import SandboxRelay
 
 
 @dataclass
 class SandboxStubs:
     """The scheduler's public SandboxService and its internal SandboxAccessService (the token
-    check, host paths and Jupyter start that only the gateway may ask for)."""
+    check, the sandbox's executor and Jupyter start that only the gateway may ask for)."""
 
     sandboxes: sandbox_pb2_grpc.SandboxServiceAsyncStub
     access: sandbox_access_pb2_grpc.SandboxAccessServiceAsyncStub
@@ -59,7 +60,13 @@ def get_jupyter(conn: HTTPConnection) -> JupyterProxy:
     return proxy
 
 
+def get_relay(conn: HTTPConnection) -> SandboxRelay:
+    relay: SandboxRelay = conn.app.state.relay
+    return relay
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 SandboxStubsDep = Annotated[SandboxStubs, Depends(get_sandbox_stubs)]
 JupyterDep = Annotated[JupyterProxy, Depends(get_jupyter)]
+RelayDep = Annotated[SandboxRelay, Depends(get_relay)]

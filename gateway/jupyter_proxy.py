@@ -1,4 +1,6 @@
-"""Proxies HTTP and websockets to a sandbox's Jupyter Lab, which listens on a unix socket.
+"""Proxies HTTP and websockets to a sandbox's Jupyter Lab, which listens on a unix socket on
+its executor's host: every connection is a relay stream through that executor
+(gateway/sandbox_relay.py), the gateway never touches the socket.
 
 Jupyter runs with base_url = /v1/sandboxes/{id}/jupyter/, so paths go through unchanged; the
 sandbox token (query, header or cookie) is checked by the gateway and stripped here.
@@ -9,21 +11,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 from urllib.parse import urlencode
 
+import httpcore
 import httpx
 from fastapi import Request, WebSocket
 from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from starlette.websockets import WebSocketDisconnect
-from websockets.asyncio.client import ClientConnection, unix_connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.typing import Subprotocol
 
-from corral.sandbox_socket import SandboxSocket
 from gateway.errors import ApiError
-from gateway.sandbox_access import COOKIE_PREFIX
+from gateway.sandbox_access import COOKIE_PREFIX, Grant
+from gateway.sandbox_relay import JUPYTER, RelayFailed, RelayNetworkBackend, SandboxRelay, socket_bridge
 
 # Not forwarded: hop-by-hop headers and our own credentials.
 HOP_HEADERS = frozenset(
@@ -51,61 +53,58 @@ def _upstream_headers(conn: Request | WebSocket) -> dict[str, str]:
     return headers
 
 
-def open_socket(socket_path: Path) -> SandboxSocket:
-    """The sandbox's Jupyter socket, checked (corral/sandbox_socket.py): never a link it planted."""
-    return SandboxSocket(socket_path.parent, socket_path.name)
+def _relay_transport(backend: httpcore.AsyncNetworkBackend) -> httpx.AsyncHTTPTransport:
+    """httpx's transport with its connections made by `backend` (httpx has no parameter for
+    it; httpcore's pool has)."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(network_backend=backend)
+    return transport
 
 
 class JupyterProxy:
-    def __init__(self) -> None:
-        # One pooled client per sandbox, connecting through the socket's checked descriptor.
-        self._clients: dict[Path, tuple[SandboxSocket, httpx.AsyncClient]] = {}
+    def __init__(self, relay: SandboxRelay) -> None:
+        self._relay = relay
+        # One pooled client per sandbox (and executor), its connections relay streams.
+        self._clients: dict[tuple[str, str], httpx.AsyncClient] = {}
 
-    def _client(self, socket_path: Path, sandbox_id: str) -> httpx.AsyncClient:
-        held = self._clients.get(socket_path)
-        if held is None:
-            try:
-                socket = open_socket(socket_path)
-            except OSError as exc:
-                raise ApiError(
-                    502, "bad_gateway", f"Jupyter in sandbox {sandbox_id} is not reachable: {exc.strerror}"
-                ) from None
-            transport = httpx.AsyncHTTPTransport(uds=socket.path)
-            held = socket, httpx.AsyncClient(transport=transport, base_url="http://jupyter", timeout=None)
-            self._clients[socket_path] = held
-        return held[1]
+    def _client(self, grant: Grant) -> httpx.AsyncClient:
+        key = (grant.executor_address, grant.sandbox.sandbox_id)
+        client = self._clients.get(key)
+        if client is None:
+            backend = RelayNetworkBackend(self._relay, *key, JUPYTER)
+            client = httpx.AsyncClient(transport=_relay_transport(backend), base_url="http://jupyter", timeout=None)
+            self._clients[key] = client
+        return client
 
-    async def _drop(self, socket_path: Path) -> None:
-        held = self._clients.pop(socket_path, None)
-        if held is not None:
-            socket, client = held
+    async def _drop(self, key: tuple[str, str]) -> None:
+        client = self._clients.pop(key, None)
+        if client is not None:
             await client.aclose()
-            socket.close()
 
     async def close(self) -> None:
-        for socket_path in list(self._clients):
-            await self._drop(socket_path)
+        for key in list(self._clients):
+            await self._drop(key)
 
-    async def answers(self, socket_path: Path) -> bool:
+    async def answers(self, grant: Grant) -> bool:
         try:
-            with open_socket(socket_path) as socket:
-                _, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket.path), 2)
-        except (OSError, TimeoutError):
+            stream = await self._relay.open(grant.executor_address, grant.sandbox.sandbox_id, JUPYTER)
+        except RelayFailed:
             return False
-        writer.close()
+        await stream.aclose()
         return True
 
-    async def forward(self, request: Request, socket_path: Path, sandbox_id: str) -> Response:
+    async def forward(self, request: Request, grant: Grant) -> Response:
+        sandbox_id = grant.sandbox.sandbox_id
         query = _query_without_token(request)
         url = request.url.path + (f"?{query}" if query else "")
-        client = self._client(socket_path, sandbox_id)
+        client = self._client(grant)
         upstream = client.build_request(
             request.method, url, headers=_upstream_headers(request), content=await request.body()
         )
         try:
             response = await client.send(upstream, stream=True)
         except httpx.HTTPError as exc:
-            await self._drop(socket_path)
+            await self._drop((grant.executor_address, sandbox_id))
             raise ApiError(502, "bad_gateway", f"Jupyter in sandbox {sandbox_id} did not answer: {exc}") from None
         headers = [
             (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_HEADERS
@@ -117,7 +116,7 @@ class JupyterProxy:
             proxied.headers.append(key, value)
         return proxied
 
-    async def forward_websocket(self, websocket: WebSocket, socket_path: Path) -> None:
+    async def forward_websocket(self, websocket: WebSocket, grant: Grant) -> None:
         query = _query_without_token(websocket)
         uri = "ws://jupyter" + websocket.url.path + (f"?{query}" if query else "")
         offered = [Subprotocol(p) for p in websocket.scope.get("subprotocols") or []]
@@ -125,18 +124,28 @@ class JupyterProxy:
             k: v for k, v in _upstream_headers(websocket).items()
             if not k.lower().startswith("sec-websocket") and k.lower() != "origin"
         }
+        bridge: asyncio.Task[None] | None = None
         try:
-            with open_socket(socket_path) as socket:
-                upstream = await unix_connect(
-                    socket.path, uri, subprotocols=offered or None, additional_headers=headers,
-                    max_size=MAX_WS_MESSAGE, open_timeout=30,
-                )
-        except (OSError, ConnectionClosed, Exception) as exc:
+            stream = await self._relay.open(grant.executor_address, grant.sandbox.sandbox_id, JUPYTER)
+            sock, bridge = await socket_bridge(stream)
+            upstream = await connect(
+                uri, sock=sock, subprotocols=offered or None, additional_headers=headers,
+                max_size=MAX_WS_MESSAGE, open_timeout=30,
+            )
+        except (RelayFailed, OSError, ConnectionClosed, Exception) as exc:
+            if bridge is not None:
+                bridge.cancel()
+            reason = exc.message if isinstance(exc, RelayFailed) else str(exc)
             await websocket.accept()  # so the client sees why (a close before accepting is a bare 403)
-            await websocket.close(code=1011, reason=f"Jupyter did not accept: {exc}"[:120])
+            await websocket.close(code=1011, reason=f"Jupyter did not accept: {reason}"[:120])
             return
-        await websocket.accept(subprotocol=upstream.subprotocol)
-        await _pump(websocket, upstream)
+        try:
+            await websocket.accept(subprotocol=upstream.subprotocol)
+            await _pump(websocket, upstream)
+        finally:
+            bridge.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await bridge
 
 
 async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -6,14 +6,14 @@ sandbox's path (set on that visit, so the pages' own requests and websockets car
 (or an admin's), as `Authorization: Bearer`, opens it as the full token does.
 Missing token: 401; wrong token: 403. The scheduler checks the token
 (corral.internal.v1.SandboxAccessService): the gateway never sees the tokens' hashes, and
-learns the sandbox's run directory (where its sockets are) only for a valid token.
+learns which executor holds the sandbox (whose relay carries its desktop's and Jupyter's
+bytes, gateway/sandbox_relay.py) only for a valid token.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from starlette.requests import HTTPConnection
@@ -49,8 +49,8 @@ class Grant:
     token: str
     # True when the token came in the query: the caller sets the cookie and drops it from URLs.
     from_query: bool
-    # On the executor's host: vnc.sock, vnc-view.sock, jupyter.sock are here.
-    run_dir: Path
+    # The executor holding the sandbox (host:port): its SandboxRelayService reaches the sockets.
+    executor_address: str
 
 
 def cookie_name(sandbox_id: str) -> str:
@@ -93,6 +93,8 @@ async def authorize(conn: HTTPConnection, stubs: SandboxStubs, sandbox_id: str) 
             headers={"WWW-Authenticate": 'Bearer realm="corral"'},
         )
     access = ACCESS.get(reply.access)
-    if access is None or not reply.host_run_dir:
+    if access is None:
         raise ApiError(403, "permission_denied", "wrong token for this sandbox")
-    return Grant(sandbox, access, token, from_query, Path(reply.host_run_dir))
+    if not reply.executor_address:
+        raise ApiError(503, "unavailable", f"the executor of sandbox {sandbox_id} is not connected")
+    return Grant(sandbox, access, token, from_query, reply.executor_address)

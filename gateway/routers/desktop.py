@@ -1,10 +1,10 @@
 """A long-lived sandbox's noVNC desktop (/vnc/) and Jupyter Lab (/jupyter/), behind its token.
 
-The sockets behind them are files in the sandbox's run directory on the executor's host, which
-the scheduler tells the gateway for a valid token (gateway/sandbox_access.py); the gateway runs
-beside the executor (embedded mode) or shares its data volume (compose), so it reaches them on
-the filesystem -- through checked descriptors only (corral/sandbox_socket.py), since the
-sandbox can write its run directory.
+The sockets behind them are files in the sandbox's run directory on the executor's host. The
+gateway shares no filesystem with the executor: for a valid token the scheduler names the
+executor holding the sandbox (gateway/sandbox_access.py), and the bytes go through that
+executor's relay stream (gateway/sandbox_relay.py), the executor opening the socket through a
+checked descriptor (the sandbox can write its run directory).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import mimetypes
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -22,12 +21,12 @@ from starlette.websockets import WebSocketDisconnect
 
 from corral.api_keys import metadata_for
 from corral.internal.v1 import sandbox_access_pb2
-from corral.sandbox_socket import SandboxSocket
 from gateway.backends import upstream
-from gateway.deps import JupyterDep, SandboxStubs, SandboxStubsDep, SettingsDep
+from gateway.deps import JupyterDep, RelayDep, SandboxStubs, SandboxStubsDep, SettingsDep
 from gateway.errors import ApiError
 from gateway.jupyter_proxy import JupyterProxy
 from gateway.sandbox_access import Access, Grant, authorize, cookie_name, cookie_path
+from gateway.sandbox_relay import VNC, VNC_VIEW, RelayFailed, RelayStream
 from gateway.views import UPSTREAM, errors
 
 router = APIRouter(prefix="/v1/sandboxes/{sandbox_id}")
@@ -82,26 +81,23 @@ async def vnc_page(
 
 
 @router.websocket("/vnc/websockify")
-async def vnc_socket(websocket: WebSocket, sandbox_id: str, stubs: SandboxStubsDep) -> None:
+async def vnc_socket(websocket: WebSocket, sandbox_id: str, stubs: SandboxStubsDep, relay: RelayDep) -> None:
     try:
         grant = await authorize(websocket, stubs, sandbox_id)
     except ApiError as exc:
         await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
         return
     view = grant.access == Access.VIEW or websocket.query_params.get("view_only") in ("1", "true")
-    name = "vnc-view.sock" if view else "vnc.sock"
     try:
-        # Through a checked descriptor: the sandbox may have replaced the socket by a link.
-        with SandboxSocket(grant.run_dir, name) as socket:
-            reader, writer = await asyncio.open_unix_connection(socket.path)
-    except OSError as exc:
+        stream = await relay.open(grant.executor_address, sandbox_id, VNC_VIEW if view else VNC)
+    except RelayFailed as exc:
         # Accepted first, so the client sees why (a close before accepting is a bare 403).
         await websocket.accept()
-        await websocket.close(code=1011, reason=f"the desktop is not reachable: {exc.strerror}"[:120])
+        await websocket.close(code=1011, reason=f"the desktop is not reachable: {exc.message}"[:120])
         return
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol="binary" if "binary" in offered else None)
-    await _pump_vnc(websocket, reader, writer)
+    await _pump_vnc(websocket, stream)
 
 
 @router.get("/vnc/{path:path}", name="vnc_files", include_in_schema=False)
@@ -119,11 +115,11 @@ async def vnc_files(
     return with_cookie(FileResponse(target, media_type=media_type), grant)
 
 
-async def _pump_vnc(websocket: WebSocket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Bytes both ways between the browser's websocket and x11vnc's unix socket."""
+async def _pump_vnc(websocket: WebSocket, stream: RelayStream) -> None:
+    """Bytes both ways between the browser's websocket and x11vnc (websockify's job)."""
 
     async def to_browser() -> None:
-        while data := await reader.read(VNC_READ_BYTES):
+        while data := await stream.read(VNC_READ_BYTES):
             await websocket.send_bytes(data)
 
     async def to_vnc() -> None:
@@ -131,9 +127,7 @@ async def _pump_vnc(websocket: WebSocket, reader: asyncio.StreamReader, writer: 
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            writer.write(data)
-            await writer.drain()
+            await stream.write(message.get("bytes") or (message.get("text") or "").encode())
 
     tasks = [asyncio.create_task(to_browser()), asyncio.create_task(to_vnc())]
     try:
@@ -144,7 +138,7 @@ async def _pump_vnc(websocket: WebSocket, reader: asyncio.StreamReader, writer: 
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, Exception):
                 await task
-        writer.close()
+        await stream.aclose()
         with contextlib.suppress(Exception):
             await websocket.close()
 
@@ -159,14 +153,13 @@ async def full_access(conn: Request | WebSocket, stubs: SandboxStubs, sandbox_id
     return grant
 
 
-async def jupyter_socket(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Grant) -> Path:
-    """Jupyter's socket, starting Jupyter first when nothing answers there."""
-    path = grant.run_dir / "jupyter.sock"
-    if await jupyter.answers(path):
-        return path
+async def ensure_jupyter(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Grant) -> None:
+    """Starts Jupyter when nothing answers on its socket."""
+    if await jupyter.answers(grant):
+        return
     sandbox_id = grant.sandbox.sandbox_id
     async with upstream("scheduler"):
-        reply = await stubs.access.OpenJupyter(
+        await stubs.access.OpenJupyter(
             sandbox_access_pb2.OpenJupyterRequest(
                 sandbox_id=sandbox_id, base_url=f"/v1/sandboxes/{sandbox_id}/jupyter/", token=grant.token
             ),
@@ -174,15 +167,14 @@ async def jupyter_socket(stubs: SandboxStubs, jupyter: JupyterProxy, grant: Gran
             metadata=metadata_for(grant.token),
             timeout=JUPYTER_START_TIMEOUT_SECONDS,
         )
-    return Path(reply.host_socket)
 
 
 async def jupyter_http(
     request: Request, sandbox_id: str, path: str, stubs: SandboxStubsDep, jupyter: JupyterDep
 ) -> Response:
     grant = await full_access(request, stubs, sandbox_id)
-    socket_path = await jupyter_socket(stubs, jupyter, grant)
-    return with_cookie(await jupyter.forward(request, socket_path, sandbox_id), grant)
+    await ensure_jupyter(stubs, jupyter, grant)
+    return with_cookie(await jupyter.forward(request, grant), grant)
 
 
 JUPYTER_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -210,8 +202,8 @@ async def jupyter_ws(
 ) -> None:
     try:
         grant = await full_access(websocket, stubs, sandbox_id)
-        socket_path = await jupyter_socket(stubs, jupyter, grant)
+        await ensure_jupyter(stubs, jupyter, grant)
     except ApiError as exc:
         await websocket.close(code=4000 + exc.status, reason=exc.message[:120])
         return
-    await jupyter.forward_websocket(websocket, socket_path)
+    await jupyter.forward_websocket(websocket, grant)

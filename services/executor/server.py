@@ -16,13 +16,15 @@ from corral.grpc_server import (
     new_server,
     run_until_signalled,
 )
-from corral.internal.v1 import executor_pb2, executor_pb2_grpc
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc, sandbox_relay_pb2_grpc
 from corral.pki import PKIError, certified_executor_id
 from corral.retention import start_sweeping, stop_sweeping
 from corral.service_metrics import serve_metrics
 from services.executor.drivers.base import SandboxDriver, SandboxError
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
+from services.executor.relay import SERVICE_NAME as RELAY_SERVICE_NAME
+from services.executor.relay import SandboxRelayServicer
 from services.executor.retention import sweep as sweep_task_dirs
 from services.executor.runner import TaskRunner
 from services.executor.servicer import ExecutorServicer
@@ -111,9 +113,10 @@ async def start_executor(settings: Settings) -> RunningExecutor:
     runner = TaskRunner(settings, driver, executor_id, history)
     runner.sandboxes.start()  # the reaper of expired long-lived sandboxes
     executor_pb2_grpc.add_ExecutorServiceServicer_to_server(ExecutorServicer(runner), server)
-    health = add_reflection_and_health(server, [SERVICE_NAME])
+    sandbox_relay_pb2_grpc.add_SandboxRelayServiceServicer_to_server(SandboxRelayServicer(runner.sandboxes), server)
+    health = add_reflection_and_health(server, [SERVICE_NAME, RELAY_SERVICE_NAME])
     await server.start()
-    await mark_serving(health, [SERVICE_NAME])
+    await mark_serving(health, [SERVICE_NAME, RELAY_SERVICE_NAME])
 
     registration = SchedulerRegistration(
         settings,

@@ -1,6 +1,6 @@
 """corral.internal.v1.SandboxAccessService (served by the scheduler, for the gateway): whether
-a presented token opens a sandbox's desktop or Jupyter, where its sockets are, and starting
-Jupyter. Thin over SandboxCoordinator and SandboxSecretsStore (their errors reach the caller
+a presented token opens a sandbox's desktop or Jupyter, which executor holds it (the gateway
+relays the bytes through that executor's SandboxRelayService), and starting Jupyter. Thin over SandboxCoordinator and SandboxSecretsStore (their errors reach the caller
 through corral.grpc_server's interceptor); nothing here is public API.
 """
 
@@ -44,10 +44,12 @@ class SandboxAccessServicer(sandbox_access_pb2_grpc.SandboxAccessServiceServicer
     async def AuthorizeSandboxAccess(
         self, request: sandbox_access_pb2.AuthorizeSandboxAccessRequest, context: Context
     ) -> sandbox_access_pb2.AuthorizeSandboxAccessResponse:
-        sandbox, access, secrets = await self._access(request.sandbox_id, request.token, context)
+        sandbox, access, _ = await self._access(request.sandbox_id, request.token, context)
         reply = sandbox_access_pb2.AuthorizeSandboxAccessResponse(sandbox=sandbox, access=access)
-        if secrets is not None and access != sandbox_access_pb2.SANDBOX_ACCESS_NONE:
-            reply.host_run_dir = secrets.host_run_dir
+        if access != sandbox_access_pb2.SANDBOX_ACCESS_NONE:
+            executor = self._sandboxes.executors.get(sandbox.executor_id)
+            if executor is not None and executor.alive:
+                reply.executor_address = executor.address
         return reply
 
     async def OpenJupyter(
@@ -56,5 +58,5 @@ class SandboxAccessServicer(sandbox_access_pb2_grpc.SandboxAccessServiceServicer
         _, access, _ = await self._access(request.sandbox_id, request.token, context)
         if access != sandbox_access_pb2.SANDBOX_ACCESS_FULL:
             raise PermissionDenied("Jupyter needs the sandbox's full token")
-        socket = await self._sandboxes.start_jupyter(request.sandbox_id, request.base_url)
-        return sandbox_access_pb2.OpenJupyterResponse(host_socket=socket)
+        await self._sandboxes.start_jupyter(request.sandbox_id, request.base_url)
+        return sandbox_access_pb2.OpenJupyterResponse()

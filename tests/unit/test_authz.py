@@ -7,13 +7,14 @@ import grpc
 import pytest
 
 from corral.authz import OPEN, POLICY, Identity, Rule, parse_spiffe_id, refusal, rule_for, spiffe_id
-from corral.internal.v1 import executor_pb2, registry_pb2, sandbox_access_pb2
+from corral.internal.v1 import executor_pb2, registry_pb2, sandbox_access_pb2, sandbox_relay_pb2
 from corral.v1 import memory_pb2, sandbox_pb2, scheduler_pb2
 
 NETWORK_SERVICES = [
     executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"],
     registry_pb2.DESCRIPTOR.services_by_name["ExecutorRegistryService"],
     sandbox_access_pb2.DESCRIPTOR.services_by_name["SandboxAccessService"],
+    sandbox_relay_pb2.DESCRIPTOR.services_by_name["SandboxRelayService"],
     scheduler_pb2.DESCRIPTOR.services_by_name["SchedulerService"],
     sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"],
     memory_pb2.DESCRIPTOR.services_by_name["MemoryService"],

@@ -72,11 +72,11 @@ class AuthorizeSandboxAccessResponse(_message.Message):
 
     SANDBOX_FIELD_NUMBER: _builtins.int
     ACCESS_FIELD_NUMBER: _builtins.int
-    HOST_RUN_DIR_FIELD_NUMBER: _builtins.int
+    EXECUTOR_ADDRESS_FIELD_NUMBER: _builtins.int
     access: Global___SandboxAccess.ValueType
-    host_run_dir: _builtins.str
-    """Executor-host directory holding the sandbox's unix sockets (vnc.sock, vnc-view.sock,
-    jupyter.sock); empty unless access is FULL or VIEW.
+    executor_address: _builtins.str
+    """The executor holding the sandbox (host:port of its gRPC server, SandboxRelayService);
+    empty unless access is FULL or VIEW.
     """
     @_builtins.property
     def sandbox(self) -> _sandbox_pb2.Sandbox:
@@ -87,11 +87,11 @@ class AuthorizeSandboxAccessResponse(_message.Message):
         *,
         sandbox: _sandbox_pb2.Sandbox | None = ...,
         access: Global___SandboxAccess.ValueType = ...,
-        host_run_dir: _builtins.str = ...,
+        executor_address: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "host_run_dir", b"host_run_dir", "sandbox", b"sandbox"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access", b"access", "executor_address", b"executor_address", "sandbox", b"sandbox"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -128,17 +128,12 @@ Global___OpenJupyterRequest: _TypeAlias = OpenJupyterRequest  # noqa: Y015
 class OpenJupyterResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    HOST_SOCKET_FIELD_NUMBER: _builtins.int
-    host_socket: _builtins.str
-    """Executor-host path of Jupyter's unix socket."""
     def __init__(
         self,
-        *,
-        host_socket: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["host_socket", b"host_socket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

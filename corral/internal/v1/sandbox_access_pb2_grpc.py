@@ -28,8 +28,9 @@ if _version_not_supported:
 class SandboxAccessServiceStub:
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     def __init__(self, channel):
@@ -53,8 +54,9 @@ class SandboxAccessServiceStub:
 class SandboxAccessServiceServicer:
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     def AuthorizeSandboxAccess(self, request, context):
@@ -99,8 +101,9 @@ def add_SandboxAccessServiceServicer_to_server(servicer, server):
 class SandboxAccessService:
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     @staticmethod

@@ -29,8 +29,9 @@ GRPC_VERSION: str
 class SandboxAccessServiceStub:
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     @_typing.overload
@@ -52,8 +53,9 @@ class SandboxAccessServiceStub:
 class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -71,8 +73,9 @@ class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
 class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
     """What the gateway needs to serve a long-lived sandbox's noVNC desktop and Jupyter Lab, which
     the public corral.v1.SandboxService does not show: whether a presented token opens the
-    sandbox (the token hashes stay in the scheduler's database), the executor-host directory of
-    its unix sockets, and starting Jupyter. Served by the scheduler, for the gateway only.
+    sandbox (the token hashes stay in the scheduler's database), the address of the executor
+    holding it (whose SandboxRelayService carries the desktop's and Jupyter's bytes), and
+    starting Jupyter. Served by the scheduler, for the gateway only.
     """
 
     @_abc_1.abstractmethod

@@ -8,10 +8,12 @@ novnc) and the sandbox runtime's venv (sandbox/runtime/.venv); docker needs the 
 (scripts/build-images), which has all of them, built from the current sources (a stale image
 fails the docker tests, naming the files). The browser tests need the host's chromium.
 
-With docker the gateway runs as the compose deployment's does: an unprivileged uid with the
-sandbox user's group (1000) as a supplementary group, which is what lets it reach the
-sandboxes' VNC and Jupyter sockets (see sandbox/runtime/desktop.py) -- when the tests run as
-root and that uid can reach the checkout (otherwise as root, with a warning saying why).
+The gateway shares no filesystem with the executor (it reaches desktops and Jupyter through
+the executor's relay stream): it runs in a mount namespace of its own where the executor's
+run, sandbox and task directories are empty tmpfs mounts, so a gateway that still opened a
+socket there would fail these tests. With docker it also runs as the compose deployment's
+does: an unprivileged uid -- when the tests run as root and that uid can reach the checkout
+(otherwise as root, with a warning saying why).
 """
 
 from __future__ import annotations
@@ -112,25 +114,50 @@ def unprivileged_gateway_refused() -> str:
     return ""
 
 
-def start_unprivileged_gateway(cluster: Cluster) -> Service:
-    """The gateway as GATEWAY_UID with SANDBOX_GID as a supplementary group (as in compose)."""
+# The executor's directories under CORRAL_DATA_DIR (sockets, sandboxes' and tasks' files).
+EXECUTOR_DIRS = ("run", "sandboxes", "tasks")
+
+
+def blind_argv(data_dir: Path, *argv: str) -> list[str]:
+    """`argv` in a mount namespace of its own where the executor's directories are empty."""
+    mounts = " && ".join(f'mount -t tmpfs -o size=64k,mode=0755 hidden "$0/{name}"' for name in EXECUTOR_DIRS)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", f'{mounts} && exec "$@"', str(data_dir), *argv]
+
+
+def start_isolated_gateway(cluster: Cluster, unprivileged: bool) -> Service:
+    """The gateway without the executor's files (blind_argv); as GATEWAY_UID if `unprivileged`."""
     log_path = cluster.data_dir / "gateway.log"
-    # Its certificate in a directory of its own uid (the cluster's is root's, 0700), as compose's.
-    tls_dir = cluster.data_dir / "gateway-pki"
-    CA.load(cluster.pki_dir).issue_into(tls_dir, "gateway", "gateway", owner=GATEWAY_UID)
+    env = {**cluster.env, "PYTHONDONTWRITEBYTECODE": "1"}
+    argv: list[str] = [sys.executable, "-m", "gateway"]
+    if unprivileged:
+        # Its certificate in a directory of its own uid (the cluster's is root's, 0700), as compose's.
+        tls_dir = cluster.data_dir / "gateway-pki"
+        CA.load(cluster.pki_dir).issue_into(tls_dir, "gateway", "gateway", owner=GATEWAY_UID)
+        env["CORRAL_TLS_DIR"] = str(tls_dir)
+        argv = unprivileged_argv(*argv)
+    for name in EXECUTOR_DIRS:
+        (cluster.data_dir / name).mkdir(mode=0o755, parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        argv = blind_argv(cluster.data_dir, *argv)
+    else:
+        warnings.warn("the desktop tests' gateway sees the executor's files: a mount namespace needs root", stacklevel=1)
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            unprivileged_argv(sys.executable, "-m", "gateway"),
-            cwd=REPO, env={**cluster.env, "PYTHONDONTWRITEBYTECODE": "1", "CORRAL_TLS_DIR": str(tls_dir)},
-            stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+            argv,
+            cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         )
     service = Service("gateway", proc, log_path)
     cluster.services["gateway"] = service
     return service
 
 
+def gateway_sees(cluster: Cluster, path: Path) -> bool:
+    """Whether `path` exists in the gateway's view of the filesystem (its mount namespace)."""
+    return Path(f"/proc/{cluster.services['gateway'].proc.pid}/root{path}").exists()
+
+
 def start_gateway(cluster: Cluster, timeout: float = 30.0, unprivileged: bool = False) -> None:
-    service = start_unprivileged_gateway(cluster) if unprivileged else cluster.start("gateway", "gateway")
+    service = start_isolated_gateway(cluster, unprivileged)
     wait_for_http(service, cluster.gateway_url + "/openapi.json", timeout)
 
 

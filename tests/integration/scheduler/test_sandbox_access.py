@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
 import pytest
@@ -62,19 +61,19 @@ def test_tokens_are_checked_by_the_scheduler(channel: tuple[Cluster, grpc.Channe
     try:
         full = authorize(created.token)
         assert full.access == sandbox_access_pb2.SANDBOX_ACCESS_FULL
-        assert Path(full.host_run_dir) == system.data_dir / "run" / sandbox_id
-        assert Path(full.host_run_dir).is_dir()
+        # Where its executor is (its relay carries the desktop), not where its files are.
+        assert full.executor_address == system.executor_address
         assert full.sandbox.sandbox_id == sandbox_id
         assert full.sandbox.state == sandbox_pb2.SANDBOX_STATE_ACTIVE
 
         view = authorize(created.view_token)
         assert view.access == sandbox_access_pb2.SANDBOX_ACCESS_VIEW
-        assert view.host_run_dir == full.host_run_dir
+        assert view.executor_address == full.executor_address
 
         for token in ("", "wrong", created.token + "x", created.token[:-1]):
             refused = authorize(token)
             assert refused.access == sandbox_access_pb2.SANDBOX_ACCESS_NONE, token
-            assert refused.host_run_dir == "", token
+            assert refused.executor_address == "", token
 
         with pytest.raises(grpc.RpcError) as unknown:
             access.AuthorizeSandboxAccess(
