@@ -14,6 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 
 from corral.bounds import MAX_JSON_DEPTH
 from gateway.errors import ApiError, validation_error
@@ -38,11 +39,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     received = 0
     # Count while reading too: chunked bodies declare no length.
-    async for chunk in request.stream():
-        received += len(chunk)
-        if received > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # Gone before its body arrived (or cut off by the body deadline, gateway/serving.py):
+        # nobody reads the answer; not an error of ours to log with a traceback.
+        raise ApiError(400, "bad_request", "the request's body did not arrive: the client went away") from None
     return b"".join(chunks)
 
 
