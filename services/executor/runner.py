@@ -105,6 +105,7 @@ class TaskRun:
 
     async def _execute(self) -> None:
         lease, recorder = self.lease, self.recorder
+        pending: tuple[task_pb2.TaskState.ValueType, str] | None = None
         try:
             try:
                 lease.check_available()
@@ -125,11 +126,15 @@ class TaskRun:
             except Exception as exc:
                 self.log.exception("task crashed")
                 state, error = task_pb2.TASK_STATE_FAILED, f"the executor failed: {exc}"
-            # The outcome is known: `finished` goes out before the sandbox is torn down (a few
-            # ms under bubblewrap, ~90 ms for a container), which the client need not wait for.
-            # The journal's last line is written now, and moves with the task directory.
-            self.recorder.task_finished(state, error)
-            self.finished = True
+            # The outcome is known. A client told the task ended may read its directory at
+            # once, so `finished` goes out before the teardown (a few ms under bubblewrap, ~90 ms
+            # for a container) only where the directory stays put; where it moves (off its own
+            # filesystem, out of a warm slot), once it is in place.
+            if lease.task_dir_moves:
+                pending = (state, error)
+            else:
+                self.recorder.task_finished(state, error)
+            self.finished = True  # its slot is free either way
         finally:
             # The task directory may move (off its own filesystem, out of a warm slot): the
             # journal (still open when the task was cancelled) lets go of it and writes again
@@ -143,6 +148,8 @@ class TaskRun:
                 recorder.journal.resume(fd)
                 if fd is not None:
                     os.close(fd)
+        if pending is not None:
+            self.recorder.task_finished(*pending)
         # Torn down: its stream ends, and the run is held until a scheduler has read it all.
         self.buffer.close()
         self.runner._ended(self)
