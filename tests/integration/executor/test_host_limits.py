@@ -261,7 +261,11 @@ async def test_a_claimed_warm_sandbox_takes_its_tasks_limits(
         limits={"memory_mb": 160, "max_processes": 50},
     )
     assert driver.pool.claimed_total == 1 and warm.claimed
-    assert outcome.step(0).error == f"exited with code 1: a process was killed: {OOM_WORDS}"
+    # The kernel picks the victim inside the sandbox's cgroup: a hog (the shell then exits 1) or,
+    # now and then, the step's shell itself; either way the task's 160 MiB held, and says so.
+    assert outcome.step(0).error in (
+        f"exited with code 1: a process was killed: {OOM_WORDS}", f"killed: {OOM_WORDS}"
+    ), outcome.step(0).error
     assert outcome.step(1).stdout == "50\n"
 
 
