@@ -18,18 +18,15 @@ import argparse
 import math
 import os
 import resource
-import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from corral_up import corral_up
 
 TARGET_SECONDS = 0.150
 REPO = Path(__file__).resolve().parents[1]
@@ -38,12 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def child_env() -> dict[str, str]:
@@ -56,39 +47,8 @@ def child_env() -> dict[str, str]:
 @contextmanager
 def embedded_stack() -> Iterator[str]:
     """`corral up` on free ports with a temporary data directory; yields the gateway's URL."""
-    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-cli-"))
-    data_dir.chmod(0o755)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
-         "--scheduler-address", f"127.0.0.1:{free_port()}", "--memory-address", f"127.0.0.1:{free_port()}",
-         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(), cwd=REPO,
-    )
-    ready = threading.Event()
-    output: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if "Corral is up." in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        ready.wait(180)
-        if process.poll() is not None or not any("Corral is up." in line for line in output):
-            raise SystemExit("corral up did not start:\n" + "".join(output))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with corral_up("corral-bench-cli-", child_env(), cwd=REPO) as url:
+        yield url
 
 
 # CPU seconds (user + system) of each child timed, beside its wall time: on a busy machine the

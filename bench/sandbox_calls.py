@@ -19,18 +19,12 @@ import argparse
 import contextlib
 import math
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
+from corral_up import corral_up
 
 TARGET_MS = 10.0
 SWE_REX_MS = 5.9
@@ -56,49 +50,12 @@ def timed(call: Callable[[], object], n: int) -> list[float]:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.contextmanager
 def embedded_system(driver: str) -> Iterator[str]:
     """`corral up` on free ports with a temporary data directory; yields the gateway's URL."""
-    data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-calls-"))
-    data_dir.chmod(0o755)
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
-         "--scheduler-address", f"127.0.0.1:{free_port()}", "--memory-address", f"127.0.0.1:{free_port()}",
-         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "CORRAL_SANDBOX_DRIVER": driver},
-    )
-    ready = threading.Event()
-    output: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if "Corral is up." in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        ready.wait(180)
-        if process.poll() is not None or not any("Corral is up." in line for line in output):
-            raise SystemExit("corral up did not start:\n" + "".join(output))
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
+    with corral_up("corral-bench-calls-", {**os.environ, "CORRAL_SANDBOX_DRIVER": driver},
+                   ["--log-level", "warning"]) as url:
+        yield url
 
 
 def measure(url: str, count: int) -> None:
