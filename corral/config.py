@@ -160,6 +160,13 @@ class Settings(BaseSettings):
         65534,
         description="Unprivileged host uid sandboxes run as when the executor runs as root.",
     )
+    sandbox_network_helper_uid: int = Field(
+        65533,
+        ge=0,
+        description="Unprivileged host uid pasta (a networked bubblewrap sandbox's way out) runs as; it "
+        "owns the user namespace that owns the sandbox's network namespace. Give it a uid nothing else "
+        "runs as, other than sandbox_host_uid. Needs /dev/net/tun mode 0666; otherwise pasta runs as root.",
+    )
     step_timeout_seconds: float = Field(
         60.0, gt=0, le=MAX_STEP_TIMEOUT_SECONDS, description="Default per-step timeout."
     )

@@ -153,9 +153,6 @@ class TaskResult:
         )
 
 
-TERMINAL_TASK_STATUSES = frozenset({"completed", "failed", "cancelled"})
-
-
 
 class OutputCollector:
     """Reads a command's stream: hands on each piece of output, keeps it, and makes the

@@ -133,6 +133,8 @@ class BubblewrapDriver(SandboxDriver):
         # Why sandboxes cannot have network here ("" when they can), and their namespaces' prefix.
         self.network_blocker = bwrap_net.network_blocker()
         self.netns_prefix = netns.executor_prefix("")
+        # The uid pasta runs as (None: root, and why), decided once at start.
+        self.pasta_as: tuple[int | None, str] = (None, "")
 
     # --- executor lifecycle ----------------------------------------------------------------
 
@@ -147,7 +149,10 @@ class BubblewrapDriver(SandboxDriver):
             stale = await asyncio.to_thread(netns.remove_stale, self.netns_prefix)
             if stale:
                 log.info("removed network namespaces left by a previous run", count=len(stale))
-        self.limits_description = f"{words}; {bwrap_net.isolation_words(self.network_blocker)}"
+            self.pasta_as = bwrap_net.pasta_uid(self.settings)
+            if self.pasta_as[0] is None:
+                log.warning("pasta runs as root for networked sandboxes", reason=self.pasta_as[1])
+        self.limits_description = f"{words}; {bwrap_net.isolation_words(self.network_blocker, self.pasta_as)}"
         self.pool.start()
 
     async def stop(self) -> None:
@@ -427,7 +432,7 @@ class BubblewrapTransport(SubprocessTransport):
         if driver.network_blocker:
             raise SandboxError(f"this executor cannot give sandboxes network: {driver.network_blocker}")
         self.network = bwrap_net.SandboxNetwork(
-            driver.settings, driver.netns_prefix, config.network_rules, _refusal_words(config)
+            driver.settings, driver.netns_prefix, config.network_rules, _refusal_words(config), driver.pasta_as[0]
         )
         try:
             await self.network.start()

@@ -6,7 +6,8 @@ Made in this order, each before anything of the sandbox runs:
    (metadata), private ranges and every resolver but ours refused; the rules' allow/deny;
 3. the sandbox's resolver (resolver.DnsServer) on 127.0.0.53:53, UDP and TCP, inside the
    namespace, served by the executor's event loop; the sandbox's /etc/resolv.conf names it;
-4. pasta (pasta.py), the namespace's way out, once the rules hold.
+4. pasta (pasta.py), the namespace's way out, once the rules hold; unprivileged where it can
+   be (the namespace is then made inside a user namespace pasta's uid owns).
 bwrap then starts inside the namespace (`nsenter --net`, bwrap `--share-net` shares *it*).
 close() undoes all of it; so does a start that failed or was cancelled half way (the blocking
 part runs in a thread the close waits for, so nothing it makes is missed).
@@ -27,7 +28,7 @@ import structlog
 from corral.config import Settings
 from corral.network_rules import IPAddress, NetworkRules
 from services.executor.network import netns, nft
-from services.executor.network.pasta import Pasta
+from services.executor.network.pasta import Pasta, tun_blocker
 from services.executor.network.resolver import DnsServer, EgressStats, upstreams_from
 from services.executor.network.status import NetworkStatus
 
@@ -52,12 +53,23 @@ def network_blocker(euid: int | None = None) -> str:
     return "; ".join(reasons)
 
 
-def isolation_words(blocker: str) -> str:
+def pasta_uid(settings: Settings) -> tuple[int | None, str]:
+    """The uid pasta runs as, or None (as root) with the reason it cannot run unprivileged."""
+    uid = settings.sandbox_network_helper_uid
+    if uid in (0, settings.sandbox_host_uid):
+        return None, f"sandbox_network_helper_uid {uid} is root or the sandboxes' own uid"
+    blocker = tun_blocker(uid)
+    return (None, blocker) if blocker else (uid, "")
+
+
+def isolation_words(blocker: str, pasta_as: tuple[int | None, str] = (None, "")) -> str:
     """The executor status's words for the network isolation in use."""
     if blocker:
         return f"network: unavailable, tasks asking for it fail ({blocker})"
+    uid, why_root = pasta_as
+    helper = f"pasta as uid {uid}, no host privilege" if uid is not None else f"pasta as root: {why_root}"
     return (
-        "network: a namespace per sandbox (pasta), nftables egress rules, "
+        f"network: a namespace per sandbox ({helper}), nftables egress rules, "
         "Corral's resolver; host, loopback and link-local unreachable, private ranges unless allowed"
     )
 
@@ -97,12 +109,14 @@ class SandboxNetwork:
         prefix: str,
         rules: NetworkRules,
         on_refused: Callable[[str], None] | None = None,
+        helper_uid: int | None = None,
     ) -> None:
         self.name = f"{prefix}{uuid.uuid4().hex[:12]}"
+        self.helper_uid = helper_uid
         self._rules = rules
         self._stats = EgressStats(on_refused=on_refused)
         self.dns = DnsServer(upstreams_from(settings.sandbox_dns_upstream), lambda peer: self)
-        self.pasta = Pasta(shutil.which("pasta") or "pasta", self.name)
+        self.pasta = Pasta(shutil.which("pasta") or "pasta", self.name, helper_uid)
         self._sockets: list[socket.socket] = []
         self._setup: asyncio.Future[None] | None = None
         self._teardown: asyncio.Future[None] | None = None
@@ -137,7 +151,7 @@ class SandboxNetwork:
         await asyncio.shield(self._setup)
 
     def _make_namespace(self) -> None:
-        netns.add(self.name)
+        netns.add(self.name, owner_uid=self.helper_uid)
         table = nft.sandbox_table(self._rules, netns.host_addresses(), RESOLVER_PORT)
         _load_ruleset(self.name, table)
         self._sockets = list(netns.call_inside(self.name, _bind_resolver_sockets))
@@ -179,5 +193,4 @@ class SandboxNetwork:
         words = await asyncio.to_thread(self.pasta.stop)
         if words:
             log.debug("pasta ended", netns=self.name, words=words)
-        if self.name in await asyncio.to_thread(netns.names):
-            await asyncio.to_thread(netns.delete, self.name)
+        await asyncio.to_thread(netns.delete, self.name)

@@ -1,8 +1,10 @@
 """Named network namespaces of the executor's sandboxes (`ip netns`), and work done inside one.
 
-A bubblewrap sandbox with network gets a namespace of its own, made by the executor (root) and
-so owned by the host's user namespace: nothing in the sandbox (which lives in a user namespace
-of its own) holds CAP_NET_ADMIN over it, so its nftables rules are out of the sandbox's reach.
+A bubblewrap sandbox with network gets a namespace of its own, made by the executor (root). It
+is owned either by the host's user namespace or (`add(name, owner_uid)`) by a user namespace of
+its own owned by the unprivileged uid pasta runs as, so pasta needs no privilege on the host.
+Either way nothing in the sandbox (which lives in a user namespace of its own, as another uid)
+holds CAP_NET_ADMIN over it, so its nftables rules are out of the sandbox's reach.
 Names carry the executor's prefix, so an executor starting again removes the namespaces a
 crash left behind (as recover_task_dirs does for directories) and nobody else's.
 
@@ -13,6 +15,7 @@ them and ends; the sockets stay in the namespace they were made in.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import ipaddress
@@ -28,7 +31,15 @@ from typing import TypeVar
 from corral.network_rules import IPAddress
 
 NETNS_DIR = Path("/run/netns")
+# The user namespaces that own sandboxes' network namespaces (add(owner_uid=...)), bound to a
+# file of the same name as the network namespace's, so pasta can join both by path.
+USERNS_DIR = Path("/run/corral-userns")
 CLONE_NEWNET = 0x40000000
+MS_BIND = 4096
+MNT_DETACH = 2
+OWNER_READY_TIMEOUT = 5.0
+
+_libc = ctypes.CDLL(None, use_errno=True)
 COMMAND_TIMEOUT = 30.0
 
 T = TypeVar("T")
@@ -48,6 +59,17 @@ def netns_path(name: str) -> str:
     return str(NETNS_DIR / name)
 
 
+def drop_to(uid: int) -> list[str]:
+    """The prefix that runs a command as `uid` (its own group, no others). setpriv changes ids
+    after exec: subprocess's user=/group= would change them in a child forked beside gRPC's
+    threads, which was seen to crash it (see the bubblewrap driver)."""
+    return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+
+
+def userns_path(name: str) -> str:
+    return str(USERNS_DIR / name)
+
+
 def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     try:
         done = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
@@ -58,9 +80,13 @@ def run_ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def add(name: str) -> None:
-    """Makes the namespace `name`, its loopback up (the sandbox's resolver listens there)."""
-    run_ip("netns", "add", name)
+def add(name: str, owner_uid: int | None = None) -> None:
+    """Makes the namespace `name`, its loopback up (the sandbox's resolver listens there);
+    with `owner_uid`, inside a new user namespace that uid owns (see _add_owned)."""
+    if owner_uid is None:
+        run_ip("netns", "add", name)
+    else:
+        _add_owned(name, owner_uid)
     try:
         run_ip("-n", name, "link", "set", "lo", "up")
     except BaseException:
@@ -68,8 +94,69 @@ def add(name: str) -> None:
         raise
 
 
+def _add_owned(name: str, uid: int) -> None:
+    """A network namespace created by `uid` together with a user namespace of its own (so that
+    user namespace, owned by uid, owns it), both kept by bind mounts: ip's for the network
+    namespace, one under USERNS_DIR for the user namespace. A process of that uid (pasta) can
+    then join them and configure the network without any privilege on the host; root (the
+    executor) still can too, as the owner of every user namespace."""
+    try:
+        holder = subprocess.Popen(
+            [*drop_to(uid), "unshare", "--user", "--net", "--", "cat"],
+            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+    except OSError as exc:
+        raise NetnsError(f"cannot run unshare as uid {uid}: {exc}") from exc
+    try:
+        _wait_until_unshared(holder)
+        run_ip("netns", "attach", name, str(holder.pid))
+        try:
+            USERNS_DIR.mkdir(mode=0o755, exist_ok=True)
+            target = Path(userns_path(name))
+            target.touch(mode=0o444)
+            source = f"/proc/{holder.pid}/ns/user".encode()
+            if _libc.mount(source, str(target).encode(), None, MS_BIND, None) != 0:
+                errno = ctypes.get_errno()
+                raise NetnsError(f"cannot keep the user namespace of {name}: {os.strerror(errno)}")
+        except BaseException:
+            delete(name)
+            raise
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        try:
+            holder.wait(COMMAND_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()
+        if holder.stderr is not None:
+            holder.stderr.close()
+
+
+def _wait_until_unshared(holder: subprocess.Popen[bytes]) -> None:
+    """Returns once `holder` lives in namespaces of its own (unshare has exec'd `cat`)."""
+    ours = os.readlink("/proc/self/ns/user")
+    deadline = time.monotonic() + OWNER_READY_TIMEOUT
+    while True:
+        try:
+            if os.readlink(f"/proc/{holder.pid}/ns/user") != ours:
+                return
+        except OSError:
+            pass
+        if holder.poll() is not None:
+            words = holder.stderr.read().decode(errors="replace").strip() if holder.stderr else ""
+            raise NetnsError(f"unshare --user --net failed: {words or f'exit {holder.returncode}'}")
+        if time.monotonic() > deadline:
+            raise NetnsError(f"unshare did not make its namespaces within {OWNER_READY_TIMEOUT:g}s")
+        time.sleep(0.0005)
+
+
 def delete(name: str) -> None:
     run_ip("netns", "delete", name, check=False)
+    owner = Path(userns_path(name))
+    if owner.exists():
+        _libc.umount2(str(owner).encode(), MNT_DETACH)
+        owner.unlink(missing_ok=True)
 
 
 def names() -> list[str]:
@@ -80,10 +167,15 @@ def names() -> list[str]:
 
 
 def remove_stale(prefix: str) -> list[str]:
-    """Deletes the namespaces named with `prefix` (left by an executor that did not stop)."""
+    """Deletes the namespaces named with `prefix` (left by an executor that did not stop),
+    and the user namespaces that owned them."""
     stale = [name for name in names() if name.startswith(prefix)]
     for name in stale:
         delete(name)
+    with contextlib.suppress(FileNotFoundError):
+        for entry in USERNS_DIR.iterdir():
+            if entry.name.startswith(prefix):
+                delete(entry.name)
     return stale
 
 
@@ -99,8 +191,6 @@ def host_addresses() -> list[IPAddress]:
                 continue
     return sorted(found, key=lambda a: (a.version, int(a)))
 
-
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def call_inside(name: str, work: Callable[[], T]) -> T:

@@ -9,16 +9,22 @@ nftables rules refuse before a packet reaches the tap. Nothing of the host is ma
 - no DNS forwarding (`--dns-forward` is not given), the sandbox's resolver is Corral's.
 
 pasta runs in the foreground as the executor's child, which kills it when the sandbox closes
-(it also quits on its own when the namespace is deleted). It refuses to run as root and drops
-to `nobody` before joining the namespace, which then fails for a namespace owned by the host's
-user namespace ("Couldn't switch to pasta namespaces", Debian's 2023 pasta): it is told
-`--runas 0` instead, and confines itself anyway (seccomp, an empty mount namespace, every
-capability dropped but CAP_NET_BIND_SERVICE and CAP_SYS_ADMIN).
+(it also quits on its own when the namespace is deleted). It parses what the sandbox sends, so
+it is given no privilege on the host: it runs as an unprivileged uid of its own
+(`sandbox_network_helper_uid`), which owns the user namespace that owns the sandbox's network
+namespace (netns.add(owner_uid=...)); it joins both (`--userns`, `--netns`) and holds its
+capabilities only there. That needs /dev/net/tun open to that uid (mode 0666, as distributions
+ship it). Where it is not, pasta falls back to running as root (`--runas 0`: pasta drops to
+`nobody` by default, which cannot join a namespace the host's user namespace owns), confined by
+its own seccomp filter, an empty mount namespace and every capability dropped but
+CAP_NET_BIND_SERVICE and CAP_SYS_ADMIN; the executor says so when it starts.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 import subprocess
 import tempfile
 from typing import IO
@@ -29,12 +35,30 @@ READY_TIMEOUT = 10.0
 STOP_GRACE_SECONDS = 2.0
 
 
-def command(pasta: str, name: str) -> list[str]:
+TUN_DEVICE = "/dev/net/tun"
+
+
+def tun_blocker(uid: int, device: str = TUN_DEVICE) -> str:
+    """Why pasta cannot run as `uid` ("" when it can): it opens the tun device itself."""
+    try:
+        info = os.stat(device)
+    except OSError as exc:
+        return f"{device}: {exc.strerror}"
+    mode = info.st_mode
+    if mode & stat.S_IROTH and mode & stat.S_IWOTH:
+        return ""
+    if info.st_uid == uid and mode & stat.S_IRUSR and mode & stat.S_IWUSR:
+        return ""
+    return f"{device} is mode {stat.filemode(mode)[1:]}, not usable by uid {uid} (chmod 0666 {device}, as distributions ship it)"
+
+
+def command(pasta: str, name: str, unprivileged: bool) -> list[str]:
+    join = ["--userns", netns.userns_path(name)] if unprivileged else ["--runas", "0"]
     return [
         pasta,
         "--foreground",
         "--quiet",
-        "--runas", "0",
+        *join,
         "--netns", netns.netns_path(name),
         "--config-net",
         "--no-map-gw",
@@ -43,11 +67,15 @@ def command(pasta: str, name: str) -> list[str]:
 
 
 class Pasta:
-    """One pasta process attached to the namespace `name`."""
+    """One pasta process attached to the namespace `name`; run as `uid` (None: as root), which
+    then owns the namespace's user namespace."""
 
-    def __init__(self, pasta: str, name: str) -> None:
-        self.argv = command(pasta, name)
+    def __init__(self, pasta: str, name: str, uid: int | None) -> None:
+        self.argv = command(pasta, name, unprivileged=uid is not None)
+        if uid is not None:
+            self.argv = [*netns.drop_to(uid), *self.argv]
         self.name = name
+        self.uid = uid
         self.process: subprocess.Popen[bytes] | None = None
         # pasta's stderr (a file, not a pipe nobody reads while it runs), for its last words.
         self.log: IO[bytes] | None = None

@@ -120,6 +120,13 @@ def own_namespaces(driver: BubblewrapDriver) -> list[str]:
     return [name for name in netns.names() if name.startswith(driver.netns_prefix)]
 
 
+def own_user_namespaces(driver: BubblewrapDriver) -> list[str]:
+    """The kept user namespaces (owners of unprivileged pasta's network namespaces)."""
+    if not netns.USERNS_DIR.exists():
+        return []
+    return [name for name in os.listdir(netns.USERNS_DIR) if name.startswith(driver.netns_prefix)]
+
+
 def own_pastas(driver: BubblewrapDriver) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -312,12 +319,32 @@ async def test_the_sandbox_cannot_change_its_own_rules(networked: Sandbox) -> No
     assert verdicts == {("169.254.169.254", 80): "ConnectionRefusedError"}
 
 
+async def test_pasta_holds_no_privilege_on_the_host(driver: BubblewrapDriver, networked: Sandbox) -> None:
+    """pasta parses every packet the sandbox sends. Before, it ran as root in the host's user
+    namespace with CAP_SYS_ADMIN kept: a sandbox that broke it got the host's root. Now it runs
+    as its own unprivileged uid, in the user namespace owning the sandbox's network namespace."""
+    if driver.pasta_as[0] is None:
+        pytest.skip(f"pasta runs as root here: {driver.pasta_as[1]}")
+    [pid] = own_pastas(driver)
+    status = await asyncio.to_thread(Path(f"/proc/{pid}/status").read_text)
+    uids = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+    assert set(uids) == {str(driver.settings.sandbox_network_helper_uid)}, uids
+    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user")
+    # The sandbox's steps (another uid, in a user namespace of their own) hold nothing over that
+    # user namespace: the rules stay out of reach, and the network works.
+    _, out, err = await shell(networked, "/usr/sbin/nft flush ruleset; echo flush=$?")
+    assert "flush=0" not in out, (out, err)
+    verdicts = await probe(networked, [("169.254.169.254", 80)])
+    assert verdicts == {("169.254.169.254", 80): "ConnectionRefusedError"}
+
+
 async def test_nothing_is_left_after_a_close_a_failed_start_or_a_cancelled_one(driver: BubblewrapDriver) -> None:
     assert own_namespaces(driver) == [] and own_pastas(driver) == []
     sandbox = await driver.create(config_for(driver))
     assert len(own_namespaces(driver)) == 1 and len(own_pastas(driver)) == 1
     await sandbox.close()
-    assert own_namespaces(driver) == [] and own_pastas(driver) == []
+    assert own_namespaces(driver) == [] and own_pastas(driver) == [] and own_user_namespaces(driver) == []
+    assert own_user_namespaces(driver) == []
 
     # bwrap fails after the network was made (its task directory is not there).
     broken = config_for(driver)
