@@ -149,7 +149,7 @@ class BubblewrapDriver(SandboxDriver):
             stale = await asyncio.to_thread(netns.remove_stale, self.netns_prefix)
             if stale:
                 log.info("removed network namespaces left by a previous run", count=len(stale))
-            self.pasta_as = bwrap_net.pasta_uid(self.settings)
+            self.pasta_as = await bwrap_net.choose_pasta_uid(self.settings)
             if self.pasta_as[0] is None:
                 log.warning("pasta runs as root for networked sandboxes", reason=self.pasta_as[1])
         self.limits_description = f"{words}; {bwrap_net.isolation_words(self.network_blocker, self.pasta_as)}"

@@ -62,6 +62,19 @@ def pasta_uid(settings: Settings) -> tuple[int | None, str]:
     return (None, blocker) if blocker else (uid, "")
 
 
+async def choose_pasta_uid(settings: Settings) -> tuple[int | None, str]:
+    """pasta_uid, with the host guard for that uid loaded (nft.pasta_guard_table): without the
+    guard, pasta runs as root rather than unguarded (the reason says why)."""
+    uid, why = pasta_uid(settings)
+    if uid is None:
+        return uid, why
+    try:
+        await nft.run_nft(nft.pasta_guard_table(uid))
+    except nft.NftError as exc:
+        return None, f"cannot load the host table that keeps pasta off the host's addresses: {exc}"
+    return uid, ""
+
+
 def isolation_words(blocker: str, pasta_as: tuple[int | None, str] = (None, "")) -> str:
     """The executor status's words for the network isolation in use."""
     if blocker:

@@ -209,6 +209,26 @@ def resolved_script(
     return "\n".join(lines) + "\n"
 
 
+def pasta_guard_table(uid: int) -> str:
+    """The host's table that refuses every connection pasta (run as `uid`) makes to an address
+    of the host itself, whichever addresses the host has now or gains later: a sandbox's own
+    rules hold the host's addresses of when it started, and pasta is the only way its packets
+    reach the host's stack. Replaced whole (one transaction); shared by every executor whose
+    pasta runs as that uid on this host, so it stays when one stops."""
+    table = f"corral_pasta_{uid}"
+    return (
+        f"table inet {table} {{}}\n"
+        f"delete table inet {table}\n"
+        f"table inet {table} {{\n"
+        "  counter refused {}\n"
+        "  chain output {\n"
+        "    type filter hook output priority filter; policy accept;\n"
+        f"    meta skuid {uid} fib daddr type local counter name refused reject\n"
+        "  }\n"
+        "}\n"
+    )
+
+
 async def run_nft(script: str, netns: str | None = None, nft: str = "nft") -> str:
     """Runs `nft -f -` (in the named network namespace `netns`, via /run/netns/NAME)."""
     argv = [nft, "-f", "-"]

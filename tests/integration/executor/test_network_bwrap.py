@@ -338,6 +338,28 @@ async def test_pasta_holds_no_privilege_on_the_host(driver: BubblewrapDriver, ne
     assert verdicts == {("169.254.169.254", 80): "ConnectionRefusedError"}
 
 
+async def test_an_address_the_host_gains_after_the_sandbox_started_is_refused(
+    driver: BubblewrapDriver, networked: Sandbox
+) -> None:
+    """A sandbox's own rules hold the host's addresses of when it started. Before, an address
+    the host gained later (a new interface, a docker bridge) reached the host's listeners through
+    pasta. Now the host's table refuses every connection pasta's uid makes to any host address."""
+    if driver.pasta_as[0] is None:
+        pytest.skip(f"pasta runs as root here: {driver.pasta_as[1]}")
+    link, address = f"cguard{os.getpid() % 100000}", "198.51.100.77"  # not a private range
+    netns.run_ip("link", "add", link, "type", "veth", "peer", "name", f"{link}p")  # no dummy module here
+    try:
+        netns.run_ip("addr", "add", f"{address}/32", "dev", link)
+        netns.run_ip("link", "set", link, "up")
+        async with Listener() as listener:
+            verdicts = await probe(networked, [(address, listener.port)])
+            # Refused on the host's side; pasta (2023) lets the sandbox's connect time out.
+            assert verdicts[(address, listener.port)] in ("ConnectionRefusedError", "TimeoutError"), verdicts
+            assert listener.accepted == 0
+    finally:
+        netns.run_ip("link", "del", link, check=False)
+
+
 async def test_nothing_is_left_after_a_close_a_failed_start_or_a_cancelled_one(driver: BubblewrapDriver) -> None:
     assert own_namespaces(driver) == [] and own_pastas(driver) == []
     sandbox = await driver.create(config_for(driver))
