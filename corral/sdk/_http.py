@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from corral import errors
 
@@ -22,10 +22,14 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 # Seconds a call may take beyond its own timeout (a command's, a task's) before the client
 # gives up on the gateway.
 NETWORK_SLACK_SECONDS = 30.0
+# A call's default params and headers (read-only, so one shared instance will do).
+_NONE: Mapping[str, Any] = MappingProxyType({})
+
+# NamedTuples, not dataclasses: the dataclasses module (inspect, ast...) costs `corral run`
+# more to import than the rest of the blocking client does.
 
 
-@dataclass(frozen=True)
-class Connection:
+class Connection(NamedTuple):
     """The gateway's base URL and the API key sent with every call."""
 
     url: str
@@ -46,16 +50,15 @@ class Connection:
         return headers
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """One HTTP request, as both clients send it."""
 
     method: str
     path: str
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = _NONE
     json: Any = None
     content: bytes | None = None
-    headers: Mapping[str, str] = field(default_factory=dict)
+    headers: Mapping[str, str] = _NONE
     # Seconds to wait for the answer (None: the client's default).
     timeout: float | None = None
 
@@ -143,8 +146,7 @@ def transport_error(exc: httpx.HTTPError, connection: Connection) -> errors.Corr
     return errors.Unavailable(f"cannot reach Corral at {connection.url}: {exc}")
 
 
-@dataclass
-class SseEvent:
+class SseEvent(NamedTuple):
     event: str
     data: dict[str, Any]
 

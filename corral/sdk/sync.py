@@ -13,22 +13,26 @@ import builtins
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from corral import errors
 from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, error_event
 from corral.sdk._wire import Response, Wire
-from corral.sdk.results import (
-    CodeContext,
-    CommandResult,
-    Execution,
-    FileInfo,
-    OnOutput,
-    OutputChunk,
-    OutputCollector,
-    TaskResult,
-)
+
+if TYPE_CHECKING:
+    from corral.sdk.results import (
+        CodeContext,
+        CommandResult,
+        Execution,
+        FileInfo,
+        OnOutput,
+        OutputChunk,
+        TaskResult,
+    )
+
+# The result types (frozen dataclasses: their module costs more to import than `corral run` does
+# with everything else) are imported where a call first builds one, not here.
 
 
 class Client:
@@ -70,6 +74,8 @@ class CommandStream:
         self.result: CommandResult | None = None
 
     def __iter__(self) -> Iterator[OutputChunk]:
+        from corral.sdk.results import OutputCollector
+
         collector = OutputCollector()
         for event, data in self._events:
             if event == "error":
@@ -127,9 +133,13 @@ class Files:
 
     def list(self, path: str = ".") -> list[FileInfo]:
         data = self._sandbox.client.json(calls.list_files(self._sandbox.id, path))
+        from corral.sdk.results import FileInfo
+
         return [FileInfo.from_json(e) for e in data.get("entries", [])]
 
     def stat(self, path: str) -> FileInfo:
+        from corral.sdk.results import FileInfo
+
         return FileInfo.from_json(self._sandbox.client.json(calls.stat_file(self._sandbox.id, path)))
 
     def make_dir(self, path: str) -> None:
@@ -286,6 +296,8 @@ class Sandbox:
         on_stderr: OnOutput | None = None, check: bool = False,
     ) -> CommandResult:
         result = self._run("python", code, False, False, timeout, cwd, env, on_stdout, on_stderr, check)
+        from corral.sdk.results import CommandResult
+
         assert isinstance(result, CommandResult)
         return result
 
@@ -295,6 +307,8 @@ class Sandbox:
         on_stderr: OnOutput | None = None, check: bool = False,
     ) -> CommandResult:
         result = self._run("typescript", code, False, False, timeout, cwd, env, on_stdout, on_stderr, check)
+        from corral.sdk.results import CommandResult
+
         assert isinstance(result, CommandResult)
         return result
 
@@ -310,6 +324,8 @@ class Sandbox:
         if stream:
             return CommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
         if on_stdout is None and on_stderr is None:
+            from corral.sdk.results import CommandResult
+
             return CommandResult.from_json(self.client.json(calls.run_command(self.id, body))).checked(check)
         live = CommandStream(self.client.events(calls.run_command(self.id, body, stream=True)))
         for chunk in live:
@@ -322,6 +338,8 @@ class Sandbox:
 
     def create_code_context(self, language: str = "python", cwd: str | None = None) -> CodeContext:
         """Starts a Jupyter kernel in the sandbox (in `cwd`, relative to the workspace)."""
+        from corral.sdk.results import CodeContext
+
         return CodeContext.from_json(self.client.json(calls.create_code_context(self.id, language, cwd)))
 
     def run_code(
@@ -335,6 +353,8 @@ class Sandbox:
                 self._default_context = self.create_code_context()
             context = self._default_context
         context_id = context if isinstance(context, str) else context.id
+        from corral.sdk.results import Execution
+
         return Execution.from_json(self.client.json(calls.run_code(self.id, context_id, code, timeout)))
 
     def remove_code_context(self, context: CodeContext | str) -> None:
@@ -473,6 +493,8 @@ class Task:
         """Tasks, newest first (at most `limit`), only those in `state` when given."""
         own = client is None
         client = client or Client(url, api_key)
+        from corral.sdk.results import TaskResult
+
         found: builtins.list[TaskResult] = []
         token = ""
         try:
@@ -519,6 +541,8 @@ class Task:
                 time.sleep(min(2.0, 0.2 * resumes))
 
     def status(self) -> TaskResult:
+        from corral.sdk.results import TaskResult
+
         return TaskResult.from_json(self.client.json(calls.get_task(self.id)))
 
     def wait(self, on_event: Callable[[str, dict[str, Any]], None] | None = None) -> TaskResult:
@@ -530,6 +554,8 @@ class Task:
 
     def cancel(self) -> TaskResult:
         """Cancels it (its current step stops at once); FailedPrecondition when it has ended."""
+        from corral.sdk.results import TaskResult
+
         return TaskResult.from_json(self.client.json(calls.cancel_task(self.id)))
 
 
