@@ -26,6 +26,15 @@ def corral_up(
     prefix: str, env: dict[str, str], extra_args: Sequence[str] = (), cwd: Path | None = None
 ) -> Iterator[str]:
     """Yields the gateway's URL once `corral up` says it is up."""
+    with corral_up_process(prefix, env, extra_args, cwd) as (url, _process):
+        yield url
+
+
+@contextmanager
+def corral_up_process(
+    prefix: str, env: dict[str, str], extra_args: Sequence[str] = (), cwd: Path | None = None
+) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """corral_up(), with the `corral up` process (whose tree is the whole system)."""
     data_dir = Path(tempfile.mkdtemp(prefix=prefix))
     data_dir.chmod(0o755)
     port = free_port()
@@ -51,7 +60,7 @@ def corral_up(
         ready.wait(180)
         if process.poll() is not None or not any("Corral is up." in line for line in output):
             raise SystemExit("corral up did not start:\n" + "".join(output))
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", process
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -150,10 +150,11 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Se
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
     data_dir.chmod(0o755)
     scheduler = f"127.0.0.1:{free_port()}"
+    gateway_port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
          "--scheduler-address", scheduler, "--memory-address", f"127.0.0.1:{free_port()}",
-         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(free_port()),
+         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(gateway_port),
          "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
     )
@@ -181,6 +182,8 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Se
                 capture_output=True, text=True, check=True,
             )
             os.environ["CORRAL_API_KEY"] = made.stdout.strip()
+        # The gateway, for the REST clients (the SDK reads CORRAL_URL).
+        os.environ["CORRAL_URL"] = f"http://127.0.0.1:{gateway_port}"
         yield scheduler, Settings(data_dir=data_dir)
     finally:
         process.send_signal(signal.SIGINT)

@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
-"""Issue 13's sandbox- and executor-side figures in one run, each beside its floor (a benchmark,
-not a test). Starts `corral up` on free ports (bench/e2e.py's embedded system), bubblewrap
-first, then docker if its image is there.
+"""Issue 13's table in one run, every row beside its floor with its ratio (a benchmark, not a
+test). Starts `corral up` on free ports (bench/e2e.py's embedded system), bubblewrap first,
+then docker if its image is there, then a third one for the density row.
 
     .venv/bin/python bench/targets.py                  # every row
-    .venv/bin/python bench/targets.py --no-docker      # bubblewrap rows only
+    .venv/bin/python bench/targets.py --no-docker      # without the docker row
+    .venv/bin/python bench/targets.py --only cli --only density
     CORRAL_DOCKER_IMAGE=corral/sandbox:x .venv/bin/python bench/targets.py
 
-Rows (the issue's table; the scheduler's, memory's and the CLI's own rows are measured by
-their own scripts):
-  burst throughput     B one-step `true` tasks at once, tasks/s, vs bare bwrap run 2 at a time
-  CPU per task         CPU of every process of the system (the `corral up` tree, sandboxes
-                       included: children's times from /proc) per task of the burst, vs the
-                       CPU of one bare bwrap run
-  sequential           submit -> finished p50 of N one-step tasks (gRPC), vs one bare bwrap run
-  TypeScript step      p50 of a hello-world step's duration after the sandbox's first, vs 100 ms
-  docker warm pool     submit -> finished p50 with the docker driver and a warm pool of 2,
-                       vs 40 ms (and a bare `docker run --rm IMAGE true`)
+Rows (the issue's table; --only takes their names):
+  burst, cpu       B one-step `true` tasks at once, tasks/s, vs bare bwrap run 2 at a time; CPU
+                   of every process of the system (the `corral up` tree, sandboxes included:
+                   children's times from /proc or a cgroup) per task of the burst, vs the CPU
+                   of one bare bwrap run (one burst measures both)
+  sequential       submit -> finished p50 of N one-step tasks, gRPC, vs one bare bwrap run
+  sequential-rest  the same over REST (the blocking SDK: POST /v1/tasks, then its events)
+  rest-call        a `true` command in an existing sandbox, REST round trip p50
+                   (bench/sandbox_calls.py), vs 10 ms
+  typescript       p50 of a hello-world step's duration after the sandbox's first, vs 100 ms
+  docker           submit -> finished p50 with the docker driver and a warm pool of 2,
+                   vs 40 ms (and a bare `docker run --rm IMAGE true`)
+  cli              `corral run -q 'echo x'` whole process p50 (bench/cli_startup.py), vs 150 ms
+  density          idle headless long-lived sandboxes that fit in 24 GiB (bench/density.py),
+                   vs 10,000
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import argparse
 import asyncio
 import atexit
 import contextlib
+import io
 import os
 import shutil
 import statistics
@@ -32,10 +39,15 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cli_startup
+import density
+import sandbox_calls
 from e2e import bare_docker_run, embedded_system, latency, percentile
 
 from corral.client import CorralClient
@@ -44,6 +56,7 @@ from corral.v1 import task_pb2
 
 TRUE_TASK = TaskRequest.model_validate({"steps": [{"tool": "shell", "command": "true"}]})
 TS_HELLO = "console.log('hello');"
+T = TypeVar("T")
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -189,19 +202,62 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-async def bubblewrap_rows(scheduler: str, settings: object, args: argparse.Namespace, floor: tuple[float, float, float]) -> None:
+ROWS = ("burst", "cpu", "sequential", "sequential-rest", "rest-call", "typescript", "docker", "cli", "density")
+
+
+def rest_sequential(count: int) -> list[float]:
+    """submit -> finished (seconds) of `count` one-step tasks over REST, one after another."""
+    from corral.sdk.sync import Client, Task
+
+    times = []
+    with Client() as client:  # CORRAL_URL: the embedded system's gateway
+        for _ in range(count + 1):
+            start = time.perf_counter()
+            with Task.submit({"steps": [{"tool": "shell", "command": "echo x"}]}, client=client) as task:
+                for kind, _data in task.events():
+                    if kind == "finished":
+                        break
+            times.append(time.perf_counter() - start)
+    return times[1:]  # the first: connections, caches
+
+
+def quietly(measure: Callable[[], T]) -> T:
+    """What a script's own measurement returns, without its printed report."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return measure()
+
+
+async def bubblewrap_rows(scheduler: str, settings: object, args: argparse.Namespace,
+                          floor: tuple[float, float, float], wanted: set[str]) -> None:
     one_run, one_cpu, bare_rate = floor
     async with CorralClient(scheduler, settings) as client:  # type: ignore[arg-type]
         await client.wait(await client.submit(TRUE_TASK))  # warm-up: connections, caches
-        rate, cpu, failed = await burst(client, args.burst)
-        row(f"burst, {args.burst} one-step tasks (tasks/s)", f"{rate:.1f}/s", f"{bare_rate:.1f}/s", rate / bare_rate, ">= 0.5x")
-        row("CPU per one-step task, all processes", ms(cpu), ms(one_cpu), cpu / one_cpu, "<= 10 ms")
-        _, finished, not_completed, _ = await latency(client, args.count)
-        p50 = percentile(finished, 0.5)
-        row(f"sequential submit -> finished p50 (n={args.count})", ms(p50), ms(one_run), p50 / one_run, "<= 2.5x")
-        durations = await typescript_steps(client, args.ts_steps)
-        ts = percentile(durations, 0.5)
-        row(f"TypeScript hello-world step p50 (n={len(durations)})", ms(ts), "100.0 ms", ts / 0.1, "<= 100 ms")
+        failed = not_completed = 0
+        if wanted & {"burst", "cpu"}:
+            rate, cpu, failed = await burst(client, args.burst)
+            row(f"burst, {args.burst} one-step tasks (tasks/s)", f"{rate:.1f}/s", f"{bare_rate:.1f}/s", rate / bare_rate, ">= 0.5x")
+            row("CPU per one-step task, all processes", ms(cpu), ms(one_cpu), cpu / one_cpu, "<= 10 ms")
+        if "sequential" in wanted:
+            _, finished, not_completed, _ = await latency(client, args.count)
+            p50 = percentile(finished, 0.5)
+            row(f"sequential submit -> finished p50, gRPC (n={args.count})", ms(p50), ms(one_run), p50 / one_run, "<= 2.5x")
+        if "sequential-rest" in wanted:
+            rest = percentile(await asyncio.to_thread(rest_sequential, args.count), 0.5)
+            row(f"sequential submit -> finished p50, REST (n={args.count})", ms(rest), ms(one_run), rest / one_run, "<= 2.5x")
+        if "rest-call" in wanted:
+            url = os.environ["CORRAL_URL"]
+            call, own = await asyncio.to_thread(quietly, lambda: sandbox_calls.measure(url, args.calls))
+            row(f"REST `true` in an existing sandbox p50 (n={args.calls})", f"{call:.1f} ms", "10.0 ms", call / 10.0, "<= 10 ms")
+            print(f"  (of which the command itself, as the executor timed it: {own:.1f} ms)")
+        if "typescript" in wanted:
+            durations = await typescript_steps(client, args.ts_steps)
+            ts = percentile(durations, 0.5)
+            row(f"TypeScript hello-world step p50 (n={len(durations)})", ms(ts), "100.0 ms", ts / 0.1, "<= 100 ms")
+        if "cli" in wanted:
+            url = os.environ["CORRAL_URL"]
+            cli, bare = await asyncio.to_thread(quietly, lambda: cli_startup.measure(url, args.cli_runs))
+            row(f"`corral run -q 'echo x'` whole process p50 (n={args.cli_runs})", ms(cli), "150.0 ms", cli / 0.15, "<= 150 ms")
+            print(f"  (`python -c pass` alone: {ms(bare)})")
         if failed or not_completed:
             print(f"  (not completed: {failed} of the burst, {not_completed} of the sequential tasks)")
 
@@ -216,28 +272,58 @@ async def docker_rows(scheduler: str, settings: object, count: int, bare_run: fl
             print(f"  (bare `docker run --rm IMAGE true`: {ms(bare_run)}; not completed: {not_completed})")
 
 
+def density_row(count: int) -> None:
+    result = quietly(lambda: density.run_density(count))
+    row(f"density: idle sandboxes in 24 GiB (n={count})", f"{result.fits:,}", f"{density.TARGET:,}",
+        result.fits / density.TARGET, ">= 1x (10,000)")
+    agent = sum(v for name, v in result.by_program.items() if name.startswith("python"))
+    print(f"  ({density.mib(result.per_sandbox)} a sandbox: PSS {density.mib(result.pss)}, of which the agent "
+          f"{density.mib(agent)}; kernel {density.mib(result.kernel + result.host_kernel)}; services "
+          f"{density.mib(result.services)})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", "--count", type=int, default=30, help="sequential tasks")
     parser.add_argument("-b", "--burst", type=int, default=100, help="tasks submitted at once")
     parser.add_argument("--ts-steps", type=int, default=10, help="TypeScript steps after the first")
     parser.add_argument("--bwrap-runs", type=int, default=30)
+    parser.add_argument("--calls", type=int, default=100, help="REST calls in an existing sandbox")
+    parser.add_argument("--cli-runs", type=int, default=15, help="`corral run` processes")
+    parser.add_argument("--sandboxes", type=int, default=100, help="idle sandboxes of the density row")
     parser.add_argument("--no-docker", action="store_true")
+    parser.add_argument("--only", action="append", choices=ROWS, metavar="ROW",
+                        help=f"only this row (repeatable): {', '.join(ROWS)}")
     args = parser.parse_args()
+    wanted = set(args.only or ROWS)
+    if args.no_docker:
+        wanted.discard("docker")
 
     load = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} CPUs, load {load:.1f}, Python {sys.version.split()[0]}")
-    floor = bare_bwrap(args.bwrap_runs)
-    print(f"floor: bare `bwrap --unshare-all ... true`: {ms(floor[0])} a run, {ms(floor[1])} CPU, "
-          f"{floor[2]:.1f}/s two at a time")
-    global CGROUP
-    CGROUP = join_cpu_cgroup()
-    print(f"bubblewrap (`corral up`, default warm pool; CPU from {CGROUP or '/proc'}):")
-    with embedded_system({"CORRAL_SANDBOX_DRIVER": "bubblewrap"}) as (scheduler, settings):
-        asyncio.run(bubblewrap_rows(scheduler, settings, args, floor))
-    if args.no_docker or shutil.which("docker") is None:
-        return
+    bubblewrap = wanted - {"docker", "density"}
+    if bubblewrap:
+        floor = bare_bwrap(args.bwrap_runs)
+        print(f"floor: bare `bwrap --unshare-all ... true`: {ms(floor[0])} a run, {ms(floor[1])} CPU, "
+              f"{floor[2]:.1f}/s two at a time")
+        global CGROUP
+        CGROUP = join_cpu_cgroup()
+        print(f"bubblewrap (`corral up`, default warm pool; CPU from {CGROUP or '/proc'}):")
+        with embedded_system({"CORRAL_SANDBOX_DRIVER": "bubblewrap"}) as (scheduler, settings):
+            asyncio.run(bubblewrap_rows(scheduler, settings, args, floor, bubblewrap))
+    if "docker" in wanted:
+        docker_row(args)
+    if "density" in wanted:
+        print("density (`corral up`, bubblewrap, no warm pool):")
+        density_row(args.sandboxes)
+    print(f"load at the end: {os.getloadavg()[0]:.1f}")
+
+
+def docker_row(args: argparse.Namespace) -> None:
     image = os.environ.get("CORRAL_DOCKER_IMAGE", "corral/sandbox:latest")
+    if shutil.which("docker") is None:
+        print("docker: not installed; its row is left out")
+        return
     if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode != 0:
         print(f"docker: no image {image} (scripts/build-images); its row is left out")
         return
@@ -246,7 +332,6 @@ def main() -> None:
     env = {"CORRAL_SANDBOX_DRIVER": "docker", "CORRAL_DOCKER_WARM_POOL": "2", "CORRAL_DOCKER_IMAGE": image}
     with embedded_system(env) as (scheduler, settings):
         asyncio.run(docker_rows(scheduler, settings, max(args.count // 2, 5), bare_run))
-    print("density (idle sandboxes in 24 GiB): not measured here")
 
 
 if __name__ == "__main__":
