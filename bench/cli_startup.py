@@ -95,8 +95,9 @@ def in_process(url: str, runs: int) -> float:
     return statistics.median(times)
 
 
-def measure(url: str, runs: int) -> tuple[float, float]:
-    """Prints the figures; returns the p50s (seconds) of the whole process and of `python -c pass`."""
+def measure(url: str, runs: int) -> tuple[float, float, float]:
+    """Prints the figures; returns the p50s (seconds) of the whole process, of `python -c pass`
+    and of the process's CPU."""
     env = child_env()
     command = [sys.executable, "-m", "corral.cli", "--url", url, "run", "-q", "echo x"]
     timed(command, env)  # warm-up: bytecode caches, the warm pool
@@ -120,7 +121,7 @@ def measure(url: str, runs: int) -> tuple[float, float]:
     print(f"  the CLI's imports (importtime)         {imports * 1000:7.1f} ms")
     print(f"  the task itself, in-process via SDK    {task * 1000:7.1f} ms")
     print(f"  rest (parsing, printing, exit)         {(p50 - bare - imports - task) * 1000:7.1f} ms")
-    return p50, bare
+    return p50, bare, cli_cpu
 
 
 def main() -> None:
