@@ -20,6 +20,7 @@ from corral.internal.v1 import executor_pb2, executor_pb2_grpc, sandbox_relay_pb
 from corral.pki import PKIError, certified_executor_id
 from corral.retention import start_sweeping, stop_sweeping
 from corral.service_metrics import serve_metrics
+from services.executor.data_dir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from services.executor.drivers.base import SandboxDriver, SandboxError
 from services.executor.history import HistoryRecorder
 from services.executor.registration import SchedulerRegistration
@@ -66,6 +67,30 @@ def stop_task_fs(driver: SandboxDriver) -> None:
         driver.task_fs.stop()
 
 
+WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", "[::]", ""})
+
+
+def advertised_address(settings: Settings, host: str, port: int) -> str:
+    """The address the scheduler and the gateway dial to reach this executor: the setting, else
+    the one it listens on (which, all interfaces, only works from this very machine)."""
+    configured = settings.executor_advertise_address
+    if configured:
+        advertised_host, _, advertised_port = configured.rpartition(":")
+        if not advertised_host or not advertised_port.isdigit():
+            raise SystemExit(
+                f"executor: CORRAL_EXECUTOR_ADVERTISE_ADDRESS {configured!r} is not host:port "
+                "(the address the scheduler and the gateway dial, e.g. 10.0.0.7:50053)"
+            )
+        return configured
+    if host in WILDCARD_HOSTS:
+        log.warning(
+            "advertising an all-interfaces address: only a scheduler and gateway on this machine "
+            "can dial it; set CORRAL_EXECUTOR_ADVERTISE_ADDRESS to this host's own address",
+            address=f"{host}:{port}",
+        )
+    return f"{host}:{port}"
+
+
 @dataclass
 class RunningExecutor:
     server: grpc.aio.Server
@@ -73,6 +98,7 @@ class RunningExecutor:
     runner: TaskRunner
     history: HistoryRecorder
     registration: SchedulerRegistration
+    data_dir_lock: DataDirLock
     retention: asyncio.Task[None] | None = None
 
     @property
@@ -89,10 +115,24 @@ class RunningExecutor:
         stop_task_fs(self.runner.driver)
         await self.server.stop(grace)
         await self.history.close()
+        self.data_dir_lock.release()
 
 
 async def start_executor(settings: Settings) -> RunningExecutor:
     """Builds and starts the executor; serve() and the tests both use this."""
+    try:
+        # Before anything else reads the data directory: its leftovers are ours to clean up.
+        data_dir_lock = lock_data_dir(settings.data_dir)
+    except DataDirInUse as exc:
+        raise SystemExit(f"executor: {exc}") from None
+    try:
+        return await _start_executor(settings, data_dir_lock)
+    except BaseException:
+        data_dir_lock.release()
+        raise
+
+
+async def _start_executor(settings: Settings, data_dir_lock: DataDirLock) -> RunningExecutor:
     driver = make_driver(settings)
     settings.tasks_dir.mkdir(parents=True, exist_ok=True)
     server = new_server()
@@ -103,7 +143,7 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         executor_id = certified_executor_id(settings)
     except PKIError as exc:
         raise SystemExit(f"executor: {exc}") from exc
-    advertise = settings.executor_advertise_address or f"{host}:{port}"
+    advertise = advertised_address(settings, host, port)
 
     # Before serving: the driver cleans up what a crashed run left.
     start_task_fs(settings, driver)
@@ -139,7 +179,7 @@ async def start_executor(settings: Settings) -> RunningExecutor:
         tasks_dir=str(settings.tasks_dir),
     )
     retention = start_sweeping("executor", settings, lambda: sweep_task_dirs(settings, lambda: runner.running_task_ids))
-    return RunningExecutor(server, port, runner, history, registration, retention)
+    return RunningExecutor(server, port, runner, history, registration, data_dir_lock, retention)
 
 
 async def serve(settings: Settings) -> None:
@@ -160,5 +200,6 @@ async def serve(settings: Settings) -> None:
         await run_until_signalled(executor.server, on_stop=on_stop)
         await executor.history.close()
     finally:
+        executor.data_dir_lock.release()
         if metrics is not None:
             metrics.close()

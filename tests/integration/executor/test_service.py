@@ -179,3 +179,51 @@ async def test_runs_as_a_process(tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 30)
     assert process.returncode == 0
+
+
+async def test_refuses_a_data_directory_another_live_executor_holds(tmp_path: Path) -> None:
+    """Two executors on one data directory would each sweep, release and deliver what the other
+    holds as leftovers: the second is refused, naming the directory and the holder; once the
+    holder dies (kill -9: no cleanup) the directory is free again."""
+
+    def executor_env(name: str) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CORRAL_DATA_DIR": str(tmp_path / "data"),
+            "CORRAL_EXECUTOR_ADDRESS": f"127.0.0.1:{free_port()}",
+            "CORRAL_SCHEDULER_ADDRESS": f"127.0.0.1:{free_port()}",
+            "CORRAL_MEMORY_ADDRESS": f"127.0.0.1:{free_port()}",
+            **executor_tls_env(tmp_path / "pki", name),
+        }
+
+    async def start(env: dict[str, str]) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.executor", cwd=REPO, env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )
+
+    async def serving(env: dict[str, str]) -> None:
+        async with scheduler_channel(tmp_path / "pki", env["CORRAL_EXECUTOR_ADDRESS"]) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+
+    first_env = executor_env("first")
+    first = await start(first_env)
+    try:
+        await serving(first_env)
+        second = await start(executor_env("second"))
+        _, stderr = await asyncio.wait_for(second.communicate(), 60)
+        assert second.returncode == 1
+        message = stderr.decode()
+        assert f"the data directory {tmp_path / 'data'} is in use by another executor (pid {first.pid}" in message
+        assert "give each executor its own CORRAL_DATA_DIR" in message and "Traceback" not in message
+    finally:
+        first.kill()
+        await first.wait()
+
+    third_env = executor_env("third")
+    third = await start(third_env)
+    try:
+        await serving(third_env)  # it took the directory: it serves
+    finally:
+        third.kill()
+        await third.wait()
