@@ -229,12 +229,15 @@ class Cluster:
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{self.env['CORRAL_GATEWAY_PORT']}"
 
-    def start(self, name: str, module: str, health_address: str | None = None, **env: str) -> Service:
+    def start(
+        self, name: str, module: str, health_address: str | None = None, wrap: tuple[str, ...] = (), **env: str
+    ) -> Service:
+        """`wrap` goes before the command (e.g. nsenter into another network namespace)."""
         log_path = self.data_dir / f"{name}.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as log_file:
             proc = subprocess.Popen(
-                [sys.executable, "-m", module],
+                [*wrap, sys.executable, "-m", module],
                 cwd=REPO,
                 env={**self.env, **env},
                 stdout=log_file,
@@ -259,12 +262,20 @@ class Cluster:
 
     def start_executor(self, name: str = "executor", **env: str) -> Service:
         """An executor whose certificate names CORRAL_EXECUTOR_ID if given, else `name-port`
-        (unique: a docker executor removes the containers labelled with its id when it starts)."""
+        (unique: a docker executor removes the containers labelled with its id when it starts).
+        Any but the one named "executor" gets a data directory of its own beside the cluster's."""
         address = env.get("CORRAL_EXECUTOR_ADDRESS", self.executor_address)
         executor_id = env.get("CORRAL_EXECUTOR_ID") or f"{name}-{address.rsplit(':', 1)[1]}"
         directory = self.issue("executor", executor_id)
         env.setdefault("CORRAL_TLS_CERT_FILE", str(directory / "executor.crt"))
         env.setdefault("CORRAL_TLS_KEY_FILE", str(directory / "executor.key"))
+        if name != "executor" and "CORRAL_DATA_DIR" not in env:
+            # Each executor its own data directory (an executor refuses one another holds); a
+            # sibling, not a child: an executor's start releases what it finds mounted below its own.
+            own = self.data_dir.with_name(f"{self.data_dir.name}-{name}")
+            own.mkdir(exist_ok=True)
+            own.chmod(self.data_dir.stat().st_mode & 0o777)
+            env["CORRAL_DATA_DIR"] = str(own)
         self.executor_ids[name] = executor_id
         return self.start(name, "services.executor", address, **env)
 
