@@ -85,7 +85,9 @@ def main() -> None:
     finally:
         stack.stop()
         if not args.keep:
-            shutil.rmtree(data_dir, ignore_errors=True)
+            # The other executors' data directories are its siblings (tests/harness.py).
+            for directory in (data_dir, *data_dir.parent.glob(f"{data_dir.name}-executor-*")):
+                shutil.rmtree(directory, ignore_errors=True)
     print(
         f"tasks {tally.tasks}: completed {tally.completed}, failed {tally.failed}, cancelled {tally.cancelled}, "
         f"unfinished {tally.unfinished}; run twice {tally.run_twice}; events misnumbered {tally.misnumbered}; "
