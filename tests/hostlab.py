@@ -184,8 +184,10 @@ class HostLab:
         _ip("link", "del", veth(n))
         _kill_namespace_processes(namespace(n))
         service = self.executors.pop(n, None)
-        if service is not None:
-            service.stop(signal.SIGKILL)
+        if service is not None:  # and its sandboxes (own network namespaces, its process group)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.proc.pid, signal.SIGKILL)
+            service.proc.wait(timeout=30)
 
 
 @contextlib.contextmanager
