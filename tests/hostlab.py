@@ -191,9 +191,10 @@ class HostLab:
 
 
 @contextlib.contextmanager
-def host_lab(root: Path, hosts: int, gateway: bool = False, **env: str) -> Iterator[HostLab]:
-    """The lab with `hosts` executor hosts' namespaces (no executor started yet), memory and the
-    scheduler on the control host, and the gateway if asked; all removed afterwards."""
+def host_lab(root: Path, hosts: int, gateway: bool = False, executors: int = 0, **env: str) -> Iterator[HostLab]:
+    """The lab with `hosts` executor hosts' namespaces, memory and the scheduler on the control
+    host, the gateway if asked, and executors on hosts 1..`executors` (the others start none);
+    all removed afterwards."""
     with _lab_lock():
         _remove_leftovers()
         in_use = _network_in_use()
@@ -235,8 +236,11 @@ def host_lab(root: Path, hosts: int, gateway: bool = False, **env: str) -> Itera
             memory = cluster.start("memory", "services.memory")
             scheduler = cluster.start("scheduler", "services.scheduler")
             started_gateway = cluster.start("gateway", "gateway") if gateway else None
+            for n in range(1, executors + 1):  # they register once the scheduler answers
+                lab.start_executor(n, wait=False)
             for service, address in ((memory, cluster.memory_address), (scheduler, cluster.scheduler_address)):
                 wait_for_grpc_health(address, cluster.credentials(), timeout=60, proc=service.proc)
+            lab.wait_serving(*range(1, executors + 1))
             if started_gateway is not None:
                 wait_for_http(started_gateway, cluster.gateway_url + "/openapi.json", timeout=90)
             yield lab

@@ -6,6 +6,7 @@ others keep working and new work goes to them. Real processes over mTLS, driven 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
@@ -45,10 +46,7 @@ def lab() -> Iterator[HostLab]:
     # Under /tmp, not pytest's root-only tree: sandboxes run as an unprivileged host uid.
     root = Path(tempfile.mkdtemp(prefix="corral-hosts-"))
     try:
-        with host_lab(root, HOSTS, gateway=True, CORRAL_EXECUTOR_CAPACITY=str(CAPACITY)) as lab:
-            for n in range(1, HOSTS + 1):
-                lab.start_executor(n, wait=False)
-            lab.wait_serving(*range(1, HOSTS + 1))
+        with host_lab(root, HOSTS, gateway=True, executors=HOSTS, CORRAL_EXECUTOR_CAPACITY=str(CAPACITY)) as lab:
             wanted = {lab.executor_id(n) for n in range(1, HOSTS + 1)}
             wait_until(lambda: alive(lab) == wanted, "every host's executor registered")
             yield lab
@@ -109,6 +107,37 @@ def test_tasks_and_sandboxes_spread_over_the_hosts(lab: HostLab, api: httpx.Clie
     finally:
         for sandbox in sandboxes:
             api.delete(f"/v1/sandboxes/{sandbox['sandbox_id']}")
+
+
+DESKTOP_TOOLS = ("Xvfb", "openbox", "x11vnc", "xdotool", "xterm")
+
+
+async def vnc_banner(url: str, token: str) -> bytes:
+    import websockets
+
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}, open_timeout=30) as ws:
+        first = await asyncio.wait_for(ws.recv(), 30)
+        assert isinstance(first, bytes)
+        return first
+
+
+@pytest.mark.gui
+@pytest.mark.timeout(180)
+def test_the_gateway_reaches_a_desktop_on_another_host(lab: HostLab, api: httpx.Client) -> None:
+    """noVNC's bytes come through the executor holding the sandbox, dialled at the address it
+    advertised, over TLS that checks the host's certificate names that address."""
+    missing = [tool for tool in DESKTOP_TOOLS if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"desktop sandboxes need {', '.join(missing)} on this machine")
+    reply = api.post("/v1/sandboxes", json={"ttl": 600, "desktop": True})
+    assert reply.status_code == 201, reply.text
+    sandbox = reply.json()
+    try:
+        assert sandbox["executor_id"].startswith("host-")
+        url = lab.cluster.gateway_url.replace("http://", "ws://") + f"/v1/sandboxes/{sandbox['sandbox_id']}/vnc/websockify"
+        assert asyncio.run(vnc_banner(url, sandbox["token"])).startswith(b"RFB ")
+    finally:
+        api.delete(f"/v1/sandboxes/{sandbox['sandbox_id']}")
 
 
 @pytest.mark.timeout(240)
