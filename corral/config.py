@@ -124,7 +124,8 @@ class Settings(BaseSettings):
         "127.0.0.1:50053", description="host:port the executor listens on."
     )
     executor_advertise_address: str = Field(
-        "", description="host:port the scheduler dials to reach this executor (listen address if empty)."
+        "", description="host:port the scheduler and the gateway dial to reach this executor (the listen "
+        "address if empty): this host's own address when it listens on all interfaces.",
     )
     executor_id: str = Field("", description="Stable name of this executor (hostname-port if empty).")
     executor_capacity: int = Field(8, ge=1, description="Tasks this executor runs at once.")
