@@ -4,6 +4,7 @@ and the CPU each task costs (a benchmark, not a test: it prints, it does not ass
 
     PYTHONPATH=$PWD .venv/bin/python bench/multihost.py                  # as root
     PYTHONPATH=$PWD .venv/bin/python bench/multihost.py -n 200 --rounds 5 --capacity 4
+    PYTHONPATH=$PWD .venv/bin/python bench/multihost.py --total 16   # same capacity, split over hosts
 
 The hosts are network namespaces with an address each (tests/hostlab.py), their executors
 (bubblewrap) reached over mTLS from the scheduler and memory on the control host. Each host
@@ -49,14 +50,16 @@ def alive(lab: HostLab) -> set[str]:
                 if e.alive}
 
 
-def use_hosts(lab: HostLab, count: int) -> None:
-    """Exactly hosts 1..count run an executor, each registered (the others stopped, gone)."""
+def use_hosts(lab: HostLab, count: int, capacity: int | None = None) -> None:
+    """Exactly hosts 1..count run an executor, each registered (the others stopped, gone);
+    with `capacity`, all of them started anew with that many tasks at once."""
     for n in sorted(lab.executors):
-        if n > count:
+        if n > count or capacity is not None:
             lab.stop_executor(n)
     starting = [n for n in range(1, count + 1) if n not in lab.executors]
+    env = {} if capacity is None else {"CORRAL_EXECUTOR_CAPACITY": str(capacity)}
     for n in starting:
-        lab.start_executor(n, wait=False)
+        lab.start_executor(n, wait=False, **env)
     lab.wait_serving(*starting)
     wanted = {lab.executor_id(n) for n in range(1, count + 1)}
     deadline = time.monotonic() + 60
@@ -86,7 +89,9 @@ async def rounds(
     client = CorralClient(lab.cluster.scheduler_address, lab.cluster.settings())
     for round_number in range(1, args.rounds + 1):
         for hosts in HOST_COUNTS:
-            await asyncio.to_thread(use_hosts, lab, hosts)
+            # --total: the same capacity however many hosts share it (what a host costs, alone).
+            per_host = args.total // hosts if args.total else None
+            await asyncio.to_thread(use_hosts, lab, hosts, per_host)
             await burst(client, 4 * hosts, cgroup)  # warm-up: pools filled, channels open
             rate, cpu, failed = await burst(client, args.n, cgroup)
             figures[hosts].append((rate, cpu, failed))
@@ -100,6 +105,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=120, help="tasks per burst (default 120)")
     parser.add_argument("--rounds", type=int, default=3, help="rounds of 1, 2, 4 hosts (default 3)")
     parser.add_argument("--capacity", type=int, default=4, help="tasks each host runs at once (default 4)")
+    parser.add_argument("--total", type=int, default=0,
+                        help="instead: this many tasks at once over all hosts (e.g. 16: 16, 8+8, 4x4)")
     args = parser.parse_args()
     reason = unavailable()
     if reason:
@@ -118,7 +125,8 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
-    print(f"\n{args.n} one-step `true` tasks per burst, {args.capacity} per host at once, CPU from "
+    at_once = f"{args.total} at once over all hosts" if args.total else f"{args.capacity} per host at once"
+    print(f"\n{args.n} one-step `true` tasks per burst, {at_once}, CPU from "
           f"{cgroup or '/proc'}; medians of {args.rounds} rounds (load average now {os.getloadavg()[0]:.1f}, "
           f"{os.cpu_count()} CPUs):")
     base = statistics.median(rate for rate, _, _ in figures[1])
