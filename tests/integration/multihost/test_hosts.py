@@ -46,7 +46,9 @@ def lab() -> Iterator[HostLab]:
     # Under /tmp, not pytest's root-only tree: sandboxes run as an unprivileged host uid.
     root = Path(tempfile.mkdtemp(prefix="corral-hosts-"))
     try:
-        with host_lab(root, HOSTS, gateway=True, executors=HOSTS, CORRAL_EXECUTOR_CAPACITY=str(CAPACITY)) as lab:
+        # A loaded CI host may delay a heartbeat past the harness's 3 s: no survivor declared lost.
+        env = {"CORRAL_EXECUTOR_CAPACITY": str(CAPACITY), "CORRAL_HEARTBEAT_TIMEOUT_SECONDS": "6"}
+        with host_lab(root, HOSTS, gateway=True, executors=HOSTS, **env) as lab:
             wanted = {lab.executor_id(n) for n in range(1, HOSTS + 1)}
             wait_until(lambda: alive(lab) == wanted, "every host's executor registered")
             yield lab
@@ -157,14 +159,15 @@ def test_a_lost_host_fails_only_its_tasks_and_sandboxes(lab: HostLab, api: httpx
     tasks = wait_ended(api, task_ids)
     failed = [t for t in tasks if t["status"] == "failed"]
     assert failed, "no task was running on the lost host"
-    assert len(failed) <= CAPACITY  # only what it was running when it died
-    assert all(t["executor_id"] == victim and victim in t["error"] for t in failed), [t["error"] for t in failed]
+    seen = [(t["executor_id"], t["error"]) for t in failed]
+    assert len(failed) <= CAPACITY, seen  # only what it was running when it died
+    assert all(t["executor_id"] == victim and victim in t["error"] for t in failed), seen
     completed = [t for t in tasks if t["status"] == "completed"]
-    assert len(completed) == len(tasks) - len(failed)
+    assert len(completed) == len(tasks) - len(failed), [(t["status"], t["error"]) for t in tasks]
     assert alive(lab) == {lab.executor_id(n) for n in range(1, HOSTS + 1)} - {victim}
 
     # Its sandbox failed, naming it; the others still run commands.
-    lost = api.get(f"/v1/sandboxes/{sandboxes[victim]['sandbox_id']}").json()
+    lost = api.get(f"/v1/sandboxes/{sandboxes[victim]['sandbox_id']}").json()  # failed with its host
     assert lost["status"] == "failed" and victim in lost["error"], lost
     for executor_id, sandbox in sandboxes.items():
         if executor_id != victim:
