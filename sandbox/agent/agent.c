@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -189,23 +190,32 @@ static struct {
 
 static char agent_py[PATH_MAX];
 
+/* The helper starts while steps run (as its uid), and makes itself undumpable only once its
+ * interpreter is up: until then a step could open its /proc/PID/mem and keep it (code
+ * injection; test_agent_helper.py). So its interpreter is an execute-only copy of python3 beside
+ * it (corral-python3, made by scripts/build-agent and the image build): a program its user
+ * cannot read is undumpable from exec on. Without that copy there is no helper. Its channel is
+ * a pair of sockets, which /proc/PID/fd cannot open (a pipe there could be). */
+static char helper_python[PATH_MAX];
+
 static int helper_start(void) {
     int requests[2], replies[2];
-    if (pipe2(requests, O_CLOEXEC) < 0) return -1;
-    if (pipe2(replies, O_CLOEXEC) < 0) {
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, requests) < 0) return -1;
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, replies) < 0) {
         close(requests[0]);
         close(requests[1]);
         return -1;
     }
-    fcntl(requests[1], F_SETPIPE_SZ, PIPE_BYTES);
-    fcntl(replies[1], F_SETPIPE_SZ, PIPE_BYTES);
-    pid_t pid = fork();
+    shutdown(requests[1], SHUT_RD);
+    shutdown(replies[0], SHUT_WR);
+    const char *python = helper_python;
+    pid_t pid = access(python, X_OK) == 0 ? fork() : (errno = ENOENT, -1);
     if (pid == 0) {
         dup2(requests[0], 0);
         dup2(replies[1], 1);
         signal(SIGPIPE, SIG_DFL);
-        char *argv[] = {PYTHON, "-I", "-S", "-c", AGENT_BOOT, agent_py, NULL};
-        execve(PYTHON, argv, environ);
+        char *argv[] = {(char *)python, "-I", "-S", "-c", AGENT_BOOT, agent_py, NULL};
+        execve(python, argv, environ);
         _exit(127);
     }
     close(requests[0]);
@@ -245,8 +255,10 @@ static void helper_forward(const char *line, size_t len, const jval *req, const 
     if (helper.requests < 0 && helper_start() < 0) {
         const jval *id = json_get(req, "id");
         long long rid = id && id->type == J_INT ? id->integer : 0;
-        if (op && strcmp(op, "run") == 0) send_failed(rid, "could not start the step: the sandbox agent's Python helper did not start");
-        else if (!op || strcmp(op, "kill") != 0) send_error(rid, "the sandbox agent's Python helper did not start");
+        char error[PATH_MAX + 128];
+        snprintf(error, sizeof error, "the sandbox agent's Python helper (%s) did not start: %s", helper_python, strerror(errno));
+        if (op && strcmp(op, "run") == 0) send_failed(rid, error);
+        else if (!op || strcmp(op, "kill") != 0) send_error(rid, error);
         return;
     }
     const jval *id = json_get(req, "id");
@@ -1123,6 +1135,8 @@ int main(int argc, char **argv) {
     self[n] = 0;
     char *slash = strrchr(self, '/');
     if (!agent_py[0]) snprintf(agent_py, sizeof agent_py, "%.*s/agent.py", slash ? (int)(slash - self) : 1, slash ? self : ".");
+    char *beside = strrchr(agent_py, '/');
+    snprintf(helper_python, sizeof helper_python, "%.*s/corral-python3", beside ? (int)(beside - agent_py) : 1, beside ? agent_py : ".");
     /* Steps run as our uid: undumpable, they cannot ptrace us, and our /proc entries (fd/, mem)
      * are root's, so a step cannot write into the pipe that reports on it. */
     if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0) {
