@@ -294,7 +294,8 @@ static void helper_reply(const char *line, size_t len) {
         int output = strcmp(type, "output") == 0, exit_reply = strcmp(type, "exit") == 0;
         for (size_t i = 0; i < helper.pending_count && !output; i++) {
             pending_request *p = &helper.pending[i];
-            if (p->id == id && (p->is_run ? exit_reply : !exit_reply)) {
+            /* a run ends with its exit report, or an error when it was refused as malformed */
+            if (p->id == id && (!p->is_run || exit_reply || strcmp(type, "error") == 0)) {
                 *p = helper.pending[--helper.pending_count];
                 break;
             }
@@ -1015,7 +1016,7 @@ static void loop(void) {
         for (size_t i = 0; i < discarded_count; i++) WATCH(discarded[i], POLLIN, SLOT_DISCARD, NULL, i);
 #undef WATCH
         int timeout = -1;
-        if (wake >= 0) timeout = wake <= t ? 0 : (int)((wake - t) * 1000) + 1;
+        if (wake >= 0) timeout = wake <= t ? 0 : wake - t > 3600 ? 3600 * 1000 : (int)((wake - t) * 1000) + 1;
         int ready = poll(fds, count, timeout);
         if (ready < 0 && errno != EINTR) _exit(70);
         for (size_t i = 0; ready > 0 && i < count; i++) {
