@@ -302,6 +302,13 @@ class Settings(BaseSettings):
     sandbox_background_commands: int = Field(
         32, gt=0, description="Background commands a long-lived sandbox keeps (running or ended) at once."
     )
+    sandbox_agent: Literal["auto", "compiled", "python"] = Field(
+        "auto",
+        description="The step agent sandboxes start: compiled (runtime_dir/corral-agent, built by "
+        "scripts/build-agent; it hands what it does not serve to the Python one), python "
+        "(runtime_dir/agent.py alone), or auto: compiled where the binary is there (docker: the "
+        "image's command).",
+    )
     runtime_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "sandbox" / "runtime",
         description="Directory mounted read-only at /app inside sandboxes (runner, TypeScript).",

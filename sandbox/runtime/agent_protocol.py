@@ -86,6 +86,11 @@ MAX_CHUNK_BYTES = 1 * 1024 * 1024
 # /app/__pycache__ instead of compiling 1,000 lines at every start (15 ms); -S: no site.
 AGENT_BOOT = "import sys; sys.path.insert(0, sys.argv[1].rpartition('/')[0]); import agent; agent.main()"
 AGENT_COMMAND = ["/usr/bin/python3", "-I", "-S", "-c", AGENT_BOOT, "/app/agent.py"]
+# The compiled agent (sandbox/agent/*.c, built by scripts/build-agent next to agent.py): the same
+# protocol, the hot path (run, kill, stdin, signal, chdir) served in C, everything else handed
+# to the Python agent its argument names, which it starts on first need. The docker image's CMD.
+COMPILED_AGENT_NAME = "corral-agent"
+COMPILED_AGENT_COMMAND = [f"/app/{COMPILED_AGENT_NAME}", "/app/agent.py"]
 
 MIB = 1024 * 1024
 # The longest line either side accepts: replies carry whole files, so this stays above the

@@ -1,5 +1,6 @@
-"""The agent's command line is written twice: the bubblewrap driver's (AGENT_COMMAND) and the
-docker image's CMD. They must stay the same, and it must start the agent."""
+"""The agent's command line is written twice: the bubblewrap driver's (COMPILED_AGENT_COMMAND,
+AGENT_COMMAND without the binary) and the docker image's CMD. They must stay the same, and each
+must start the agent."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_the_docker_images_cmd_is_the_agent_command() -> None:
     lines = (ROOT / "sandbox" / "Dockerfile").read_text().splitlines()
     (cmd,) = [line for line in lines if line.startswith("CMD ")]
-    assert json.loads(cmd.removeprefix("CMD ")) == protocol.AGENT_COMMAND
+    assert json.loads(cmd.removeprefix("CMD ")) == protocol.COMPILED_AGENT_COMMAND
 
 
 def test_the_agent_command_starts_the_agent_of_the_directory_it_names(tmp_path: Path) -> None:

@@ -110,6 +110,7 @@ class BubblewrapDriver(SandboxDriver):
         if not (self.runtime_dir / "agent.py").is_file():
             raise SandboxError(f"the sandbox runtime is missing: no agent.py in {self.runtime_dir}")
         compile_runtime(self.runtime_dir)
+        self.agent_command = agent_command(settings.sandbox_agent, self.runtime_dir)
         # As root, run bwrap as an unprivileged host user (see the module docstring).
         self.host_ids: tuple[int, int] | None = None
         if os.geteuid() == 0:
@@ -334,7 +335,7 @@ class BubblewrapDriver(SandboxDriver):
         ]
         for key, value in sandbox_env(config).items():
             args += ["--setenv", key, value]
-        args += ["--", *protocol.AGENT_COMMAND]
+        args += ["--", *self.agent_command]
         if channel_fds is not None:
             # The protocol's pipes, not bwrap's stdio: bwrap's pid 1 keeps only its stdio, and
             # runs as the steps' uid, dumpable (a step can write into its memory).
@@ -362,6 +363,20 @@ def refuse_key_in_sandbox_view(key: Path, runtime_dir: Path) -> None:
             "the executor runs sandboxes as its own uid, so they could read it: keep the key elsewhere "
             "(CORRAL_TLS_DIR or CORRAL_TLS_KEY_FILE, e.g. under /var/run/corral)"
         )
+
+
+def agent_command(choice: str, runtime_dir: Path) -> list[str]:
+    """The agent's command line in a sandbox: the compiled agent where it is built (and not
+    turned off by CORRAL_SANDBOX_AGENT=python), else the Python one."""
+    binary = runtime_dir / protocol.COMPILED_AGENT_NAME
+    built = binary.is_file() and os.access(binary, os.X_OK)
+    if choice == "compiled" and not built:
+        raise SandboxError(
+            f"CORRAL_SANDBOX_AGENT=compiled, but there is no {binary}: build it with scripts/build-agent"
+        )
+    if choice == "python" or not built:
+        return list(protocol.AGENT_COMMAND)
+    return list(protocol.COMPILED_AGENT_COMMAND)
 
 
 def compile_runtime(runtime_dir: Path) -> None:

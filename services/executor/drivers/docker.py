@@ -36,6 +36,7 @@ from typing import Any
 
 import structlog
 
+from corral import agent_protocol as protocol
 from corral.config import Settings
 from corral.network_rules import NetworkRules
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups
@@ -110,6 +111,12 @@ class DockerDriver(SandboxDriver):
             seccomp.sandbox_filter(settings), list(image["Config"].get("Entrypoint") or [])
         )
         self.command = list(image["Config"].get("Cmd") or [])
+        # The image's own command is its agent (the compiled one, from scripts/build-images),
+        # unless the setting picks one.
+        if settings.sandbox_agent == "python":
+            self.command = list(protocol.AGENT_COMMAND)
+        elif settings.sandbox_agent == "compiled":
+            self.command = list(protocol.COMPILED_AGENT_COMMAND)
         self.executor_id = ""
         self.cgroups: ExecutorCgroups | None = None
         self.cgroup_parent: str | None = None

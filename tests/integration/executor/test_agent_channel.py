@@ -216,7 +216,8 @@ async def test_a_step_flooding_the_agents_stdout_fails_the_sandbox_not_the_execu
         "        cmd = open(f'/proc/{pid}/cmdline', 'rb').read()\n"
         "    except OSError:\n"
         "        continue\n"
-        "    if cmd.startswith(b'/usr/bin/python3\\0') and b'/app/agent.py' in cmd.split(b'\\0'):\n"
+        # The agent, compiled (/app/corral-agent /app/agent.py) or not (python3 ... /app/agent.py).
+        "    if b'/app/agent.py' in cmd.split(b'\\0'):\n"
         "        break\n"
         "fd = os.open(f'/proc/{pid}/fd/1', os.O_WRONLY)\n"
         "block = b'q' * (1 << 20)\n"
