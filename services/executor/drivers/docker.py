@@ -128,7 +128,7 @@ class DockerDriver(SandboxDriver):
         runtime = settings.docker_runtime or str(self.api.info().get("DefaultRuntime", ""))
         self.kills_by_pid = runtime == "runc"
         self.pool: WarmPool[DockerSandbox] = WarmPool(
-            settings.docker_warm_pool, self._start_warm, what="container", driver=self.name
+            settings.docker_warm_pool, self._start_warm, what="container", driver=self.name, refill_when_quiet=True
         )
 
     # --- executor lifecycle ------------------------------------------------------------------
