@@ -133,8 +133,10 @@ class AgentSandbox(Sandbox, Generic[T]):
             self.channel.fail(SandboxError("the sandbox was closed"))
             if self.warm_slot is not None:
                 # Every process is gone: the task directory can go back in place.
+                # In a thread: a copy out of its own filesystem and the unmount take the
+                # event loop for tens of ms (every other task's events waited).
                 task_dir = self.config.host_task_dir if self.claimed else None
-                release_slot(self.warm_slot, task_dir, self.config.task_id)
+                await asyncio.shield(asyncio.to_thread(release_slot, self.warm_slot, task_dir, self.config.task_id))
 
     async def update_network(self, rules: NetworkRules) -> None:
         if not self.config.network:

@@ -31,6 +31,7 @@ import contextlib
 import os
 import socket
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import structlog
 from corral import agent_protocol as protocol
 from corral.config import Settings
 from corral.network_rules import NetworkRules
+from services.executor import task_fs
 from services.executor.cgroups import Cgroup, ExecutorCgroups, make_executor_cgroups
 from services.executor.drivers import seccomp
 from services.executor.drivers.agent_sandbox import AgentSandbox
@@ -56,6 +58,7 @@ from services.executor.drivers.base import (
     SandboxLimits,
     make_sandbox_dir,
 )
+from services.executor.drivers.container_init import ContainerInit, container_init
 from services.executor.drivers.faults import out_of_memory, pid_budget_used_up
 from services.executor.drivers.transport import Transport
 from services.executor.drivers.warm_pool import (
@@ -121,13 +124,18 @@ class DockerDriver(SandboxDriver):
         self.cgroups: ExecutorCgroups | None = None
         self.cgroup_parent: str | None = None
         self.limits_description = "cgroup per container (memory and pids); executor budget not set up yet"
-        self._removals: set[asyncio.Task[None]] = set()
+        self._removals: set[asyncio.Future[None]] = set()
+        self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-docker-remove")
         try:
             self.network = DockerNetwork(settings, self.api)
         except NetworkUnavailable as exc:
             raise SandboxError(str(exc)) from None
+        # A container's processes are killed through its init's pidfd (container_init.py)
+        # where the init is a process of this kernel: runc, not gVisor.
+        runtime = settings.docker_runtime or str(self.api.info().get("DefaultRuntime", ""))
+        self.kills_by_pid = runtime == "runc"
         self.pool: WarmPool[DockerSandbox] = WarmPool(
-            settings.docker_warm_pool, self._start_warm, what="container", driver=self.name
+            settings.docker_warm_pool, self._start_warm, what="container", driver=self.name, refill_when_quiet=True
         )
 
     # --- executor lifecycle ------------------------------------------------------------------
@@ -188,7 +196,7 @@ class DockerDriver(SandboxDriver):
         settings = self.settings
         slot = settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
         slot.parent.mkdir(parents=True, exist_ok=True)
-        if self.task_fs is None or not self.task_fs.attach(slot, settings.sandbox_disk_mb):
+        if not await self._attach_slot_fs(slot):
             slot.mkdir(mode=0o755)
         os.chmod(slot, 0o755)
         config = SandboxConfig(
@@ -202,6 +210,21 @@ class DockerDriver(SandboxDriver):
         sandbox = AgentSandbox(transport, config, warm_slot=slot)
         # On failure close() removes the slot too (release_slot, nothing claimed).
         return await sandbox.start_or_close()
+
+    async def _attach_slot_fs(self, slot: Path) -> bool:
+        """task_fs.attach in a thread (mkfs and mount took the event loop, a running task's
+        events with it, for tens of ms); a pool stopping meanwhile leaves no mount behind."""
+        filesystems = self.task_fs
+        if filesystems is None:
+            return False
+        attaching = asyncio.ensure_future(asyncio.to_thread(filesystems.attach, slot, self.settings.sandbox_disk_mb))
+        try:
+            return await asyncio.shield(attaching)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                if await attaching:
+                    await asyncio.to_thread(task_fs.discard, slot)
+            raise
 
     # --- sandboxes ---------------------------------------------------------------------------
 
@@ -355,7 +378,9 @@ class DockerDriver(SandboxDriver):
             except docker.errors.DockerException as exc:
                 log.warning("could not remove a sandbox container", container=container_id, error=str(exc))
 
-        task = asyncio.create_task(asyncio.to_thread(remove))
+        # On a thread of their own: in the default pool, a burst of removals delayed the
+        # threads the next tasks' starts and ends wait for.
+        task = asyncio.ensure_future(asyncio.get_running_loop().run_in_executor(self._remover, remove))
         self._removals.add(task)
         task.add_done_callback(self._removals.discard)
 
@@ -421,6 +446,7 @@ class DockerTransport(Transport):
         self._stderr_tail = b""
         self._killed = False
         self.egress: ContainerEgress | None = None
+        self._init: ContainerInit | None = None
 
     async def start(self) -> None:
         import docker.errors
@@ -439,8 +465,13 @@ class DockerTransport(Transport):
                 raise
             raw, self._socket_holder = await asyncio.to_thread(self._attach)
             await asyncio.to_thread(driver.api.start, self.container_id)
+            # One inspect after the start answers both: the init's pid (for kill) and the
+            # address (for the network rules).
+            info = await asyncio.to_thread(driver.api.inspect_container, self.container_id)
+            if driver.kills_by_pid:
+                self._init = container_init(info, self.container_id)
             if self.config.network:
-                await self._attach_network()
+                await self._attach_network(info)
         except docker.errors.DockerException as exc:
             budget = driver.cgroups
             if budget is not None and budget.nearly_used_up():
@@ -450,11 +481,9 @@ class DockerTransport(Transport):
             raise SandboxError(f"could not start the sandbox container: {exc}") from exc
         self._reader, self._writer = await asyncio.open_connection(sock=raw, limit=1024 * 1024)
 
-    async def _attach_network(self) -> None:
-        """Puts the started container's address under its rules: until then the host's table
-        refuses every packet from it (an unknown source)."""
-        assert self.container_id is not None
-        info = await asyncio.to_thread(self.driver.api.inspect_container, self.container_id)
+    async def _attach_network(self, info: dict[str, Any]) -> None:
+        """Puts the started container's address (from its inspection) under its rules: until
+        then the host's table refuses every packet from it (an unknown source)."""
         name = self.driver.network.net.name
         address = ((info.get("NetworkSettings") or {}).get("Networks") or {}).get(name, {}).get("IPAddress")
         if not address:
@@ -524,12 +553,19 @@ class DockerTransport(Transport):
                 await self.driver.network.detach(self.egress)
             except RuntimeError as exc:
                 self.log.warning("could not remove a sandbox's network rules", error=str(exc))
-        if self.container_id is not None:
+        if self._init is not None and await self._init.kill():
+            # Every process is gone: Docker's own stop and the removal can happen later,
+            # off the task's path (~150 ms of API calls on a loaded host).
+            assert self.container_id is not None
+            self.driver.remove_later(self.container_id)
+        elif self.container_id is not None:
             await asyncio.to_thread(self.driver.kill_container, self.container_id)
             # Every process is gone now; deleting the container's files can happen later.
             self.driver.remove_later(self.container_id)
         if self._writer is not None:
             self._writer.close()
+        if self._init is not None:
+            self._init.close()
 
     def pid_budget_hit(self) -> int:
         budget = self.driver.cgroups

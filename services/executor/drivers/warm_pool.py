@@ -39,6 +39,8 @@ REFILL_DELAY_SECONDS = 0.05
 # Sandboxes started at once to refill the pool: a burst of claims is met by a burst of starts
 # (one at a time, a pool of 8 refilled at ~25/s while tasks were claimed at 100+/s).
 REFILL_PARALLEL = 2
+# A pool that refills when quiet waits at most this long for the sandboxes it handed out to end.
+QUIET_MAX_WAIT_SECONDS = 1.0
 
 
 class PooledSandbox(Protocol):
@@ -59,12 +61,22 @@ class WarmPool(Generic[S]):
     """Keeps `size` sandboxes made by `start_one` ready; `take()` hands one out and asks for another."""
 
     def __init__(
-        self, size: int, start_one: Callable[[], Awaitable[S]], what: str = "sandbox", driver: str = ""
+        self,
+        size: int,
+        start_one: Callable[[], Awaitable[S]],
+        what: str = "sandbox",
+        driver: str = "",
+        refill_when_quiet: bool = False,
     ) -> None:
         self.size = size
         self.start_one = start_one
         self.what = what
         self.driver = driver  # the label of its metrics
+        # Refill once the sandboxes handed out have ended (at most QUIET_MAX_WAIT_SECONDS):
+        # where a start costs a lot of CPU (a container: dockerd, runc, its agent), it would
+        # otherwise land on the task that just claimed one, its end included.
+        self.refill_when_quiet = refill_when_quiet
+        self._handed_out: list[S] = []
         self._ready: deque[S] = deque()
         self._wanted = asyncio.Event()
         self._filler: asyncio.Task[None] | None = None
@@ -107,6 +119,8 @@ class WarmPool(Generic[S]):
         try:
             await warm.claim(config, prepare_dir)
             WARM_POOL_CLAIMS.labels(self.driver, "hit").inc()
+            if self.refill_when_quiet:
+                self._handed_out.append(warm)
             return warm
         except (SandboxError, OSError) as exc:
             log.warning(f"could not claim a warm {self.what}", task_id=config.task_id, error=str(exc))
@@ -141,6 +155,7 @@ class WarmPool(Generic[S]):
                 await self._wanted.wait()
                 if self.claimed_total:  # a refill, not the first fill
                     await asyncio.sleep(REFILL_DELAY_SECONDS)
+                    await self._quiet()
                 self._wanted.clear()
                 while len(self._ready) + len(starting) < self.size or starting:
                     while len(self._ready) + len(starting) < self.size and len(starting) < REFILL_PARALLEL:
@@ -155,6 +170,17 @@ class WarmPool(Generic[S]):
             for task in starting:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task  # one that got through is in _ready, which stop() empties
+
+    async def _quiet(self) -> None:
+        """Until no sandbox handed out still runs, or QUIET_MAX_WAIT_SECONDS (refill_when_quiet)."""
+        waited = 0.0
+        while waited < QUIET_MAX_WAIT_SECONDS:
+            self._handed_out = [sandbox for sandbox in self._handed_out if sandbox.alive]
+            if not self._handed_out:
+                return
+            await asyncio.sleep(REFILL_DELAY_SECONDS)
+            waited += REFILL_DELAY_SECONDS
+        self._handed_out.clear()
 
     async def _start_one(self) -> bool:
         """One more ready sandbox; False when it could not be started."""

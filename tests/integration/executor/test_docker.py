@@ -15,7 +15,7 @@ import pytest
 from harness import executor_tls_env, scheduler_channel
 
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc
-from services.executor.drivers.docker import LABEL_EXECUTOR, LABEL_POOL, docker_client
+from services.executor.drivers.docker import LABEL_EXECUTOR, LABEL_POOL, LABEL_TASK, docker_client
 
 from .conftest import (
     GVISOR_NO_STATX,
@@ -23,6 +23,7 @@ from .conftest import (
     ExecutorFactory,
     free_port,
     gvisor_skip,
+    host_processes_matching,
     require_docker,
     spec,
 )
@@ -99,8 +100,15 @@ async def test_hardening_seen_from_inside(executor: ExecutorClient) -> None:
     assert f" /tasks/{task_id} " in out[8]
     assert out[9] == f"/tasks/{task_id}\n{task_id}\nwritable\n"
     assert (executor.host_task_dir(task_id) / "ok.txt").exists()
-    # Stopped when the task ended (and removed in the background, maybe already).
-    assert all(c["State"] != "running" for c in containers(executor.executor.executor_id))
+    # Stopped when the task ended: not one process of its container is left (killed through
+    # its init's pidfd; Docker notices by itself, and removes it in the background).
+    budget = executor.executor.runner.driver.cgroups  # type: ignore[attr-defined]
+    for container in containers(executor.executor.executor_id, **{LABEL_TASK: task_id}):
+        own = [d / container["Id"] / "cgroup.procs" for d in budget.parent.dirs.values()] if budget else []
+        assert all(not path.exists() or not path.read_text().strip() for path in own)
+    await wait_until(
+        lambda: all(c["State"] != "running" for c in containers(executor.executor.executor_id)), "docker saw it stop"
+    )
 
 
 async def test_warm_pool_hands_a_started_container_to_the_next_task(executor_factory: ExecutorFactory) -> None:
@@ -140,6 +148,31 @@ async def test_warm_pool_hands_a_started_container_to_the_next_task(executor_fac
     _, networked = await executor.run_steps([{"tool": "shell", "command": CONTAINER_ID}], network=True)
     assert networked.step(0).stdout.strip() not in {warm["Id"], fresh["Id"]}
     assert pool.claimed_total == 2
+
+
+async def test_a_warm_task_leaves_no_writer_behind_when_it_finishes(executor_factory: ExecutorFactory) -> None:
+    """The end of a warm task kills its container through its init's pidfd, not Docker's API:
+    a writer it detached (own session, deaf to TERM and HUP) is gone by `finished`, and the task
+    directory the client reads then (copied out of the slot's filesystem) never changes again."""
+    executor = await executor_factory(docker_warm_pool=1, executor_id=f"warm-{uuid.uuid4().hex[:8]}")
+    driver = executor.executor.runner.driver
+    pool = driver.pool  # type: ignore[attr-defined]
+    await wait_until(lambda: pool.ready_count == 1, "the pool filled")
+    [warm] = pool._ready
+    marker = f"{uuid.uuid4().int % 10**8}"
+    writer = f"trap '' TERM HUP; while :; do echo {marker} >> tick; done"
+    task_id, outcome = await executor.run_steps(
+        [{"tool": "shell", "command": f"setsid sh -c \"{writer}\" >/dev/null 2>&1 & sleep 0.3; echo started"}]
+    )
+    assert outcome.step(0).stdout == "started\n" and pool.claimed_total == 1
+    assert warm.transport._init is not None or not driver.kills_by_pid  # type: ignore[attr-defined]
+    assert host_processes_matching(marker) == []
+    tick = executor.host_task_dir(task_id) / "tick"
+    assert not tick.parent.is_symlink()
+    before = tick.read_bytes()
+    assert before.startswith(f"{marker}\n".encode())
+    await asyncio.sleep(0.3)  # a writer still running would have appended meanwhile
+    assert tick.read_bytes() == before
 
 
 async def test_disk_quota_names_the_limit(executor_factory: ExecutorFactory) -> None:
