@@ -38,8 +38,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # grpc.aio channels belong to the running event loop, so they are made here.
     backends = Backends.connect(app.state.settings)
     app.state.backends = backends
-    app.state.sandbox_stubs = SandboxStubs.over(backends)
     app.state.relay = SandboxRelay(app.state.settings)
+    app.state.sandbox_stubs = SandboxStubs.over(backends, app.state.relay, app.state.settings)
     app.state.jupyter = JupyterProxy(app.state.relay)
     try:
         yield
