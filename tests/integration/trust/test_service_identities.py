@@ -70,7 +70,8 @@ def no_certificate(system: Cluster, address: str) -> grpc.Channel:
 
 def foreign_ca_certificate(system: Cluster, address: str, role: str) -> grpc.Channel:
     """A certificate naming `role`, from a CA the attacker made itself."""
-    own = create_ca(system.data_dir / "attacker" / "ca")
+    directory = system.data_dir / "attacker" / "ca"
+    own = CA.load(directory) if directory.exists() else create_ca(directory)  # one attacker CA per module
     cert, key = own.issue(role, role)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=system.ca_cert, private_key=key, certificate_chain=cert
