@@ -11,6 +11,9 @@ In one idle sandbox, over one keep-alive HTTP connection, p50 / p95 of:
   - GET  /v1/sandboxes/{id}/files/stat (the whole chain, no process started);
   - GET  /v1/sandboxes/{id}/files of a 1 MiB file.
 Beside SWE-ReX's execute round trip on the same kind of machine (5.9 ms, quoted in issue 12).
+With `corral up` started here, also the CPU each process spent per `true` (this client, the
+gateway, scheduler, executor, memory, the sandbox's agent with the command it ran): on a busy
+machine the round trip mostly waits for a core, and this says where the work itself goes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,45 @@ def report(label: str, values: list[float]) -> float:
     return p50
 
 
+SERVICES = ("-m gateway", "-m services.scheduler", "-m services.executor", "-m services.memory", "agent.py")
+
+
+def processes_cpu() -> dict[str, float]:
+    """CPU seconds (with reaped children's) of this process's descendants, by service."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals: dict[str, float] = {}
+    pending, seen = [os.getpid()], set()
+    while pending:
+        pid = pending.pop()
+        seen.add(pid)
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                pending += [int(child) for child in f.read().split() if int(child) not in seen]
+            with open(f"/proc/{pid}/cmdline") as f:
+                command = f.read().replace("\0", " ")
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, ValueError):
+            continue
+        name = next((s.removeprefix("-m ").removeprefix("services.") for s in SERVICES if s in command), None)
+        if name is not None:
+            totals[name] = totals.get(name, 0.0) + sum(int(x) for x in fields[11:15]) / tick
+    return totals
+
+
+def cpu_per_call(call: Callable[[], object], n: int) -> str:
+    before, client = processes_cpu(), time.process_time()
+    for _ in range(n):
+        call()
+    spent = {"client": time.process_time() - client}
+    for name, seconds in processes_cpu().items():
+        spent[name] = seconds - before.get(name, 0.0)
+    total = sum(spent.values()) / n * 1000
+    return f"CPU per call {total:.2f} ms: " + ", ".join(
+        f"{name} {seconds / n * 1000:.2f}" for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])
+    )
+
+
 def timed(call: Callable[[], object], n: int) -> list[float]:
     times = []
     for _ in range(n):
@@ -58,8 +100,9 @@ def embedded_system(driver: str) -> Iterator[str]:
         yield url
 
 
-def measure(url: str, count: int) -> tuple[float, float]:
-    """Prints the round trips; returns the p50s (ms) of `true`'s and of its own duration."""
+def measure(url: str, count: int, embedded: bool = False) -> tuple[float, float]:
+    """Prints the round trips (with `embedded`, the CPU of each of its processes per `true` too);
+    returns the p50s (ms) of `true`'s and of its own duration."""
     headers = {"authorization": f"Bearer {os.environ['CORRAL_API_KEY']}"} if os.environ.get("CORRAL_API_KEY") else {}
     with httpx.Client(base_url=url, headers=headers, timeout=120) as client:
         created = client.post("/v1/sandboxes", json={"ttl": 600})
@@ -91,6 +134,8 @@ def measure(url: str, count: int) -> tuple[float, float]:
             own = report("  of which the command itself (executor's duration)", durations)
             report("GET .../files/stat (no process)", timed(stat, count))
             report("GET .../files (1 MiB)", timed(read, max(10, count // 4)))
+            if embedded:
+                print(f"  `true`, {cpu_per_call(true, count)} (load average {os.getloadavg()[0]:.1f})")
             verdict = "meets" if p50 <= TARGET_MS else "misses"
             print(f"target: p50 <= {TARGET_MS:g} ms for `true` -> {verdict} it ({p50:.2f} ms); "
                   f"SWE-ReX's execute round trip: {SWE_REX_MS} ms")
@@ -111,7 +156,7 @@ def main() -> None:
         return
     print(f"system: `corral up` with the {args.driver} driver")
     with embedded_system(args.driver) as url:
-        measure(url, args.count)
+        measure(url, args.count, embedded=True)
 
 
 if __name__ == "__main__":

@@ -111,6 +111,12 @@ def rule(*roles: str, bound_to_name: str | None = None, key_callers: bool = Fals
 OPEN = "open"  # answers anyone, no identity needed
 
 _EXECUTOR_RPC = rule("scheduler")
+_SANDBOX_CALL_RPC = rule("scheduler", "gateway")
+# The executor's RPCs the gateway calls itself (gateway/call_routes.py); the streamed calls
+# stay relayed by the scheduler.
+GATEWAY_EXECUTOR_RPCS = (
+    "RunCommand", "GetCommand", "WriteCommandStdin", "SignalCommand", "OperateFile", "RunDesktopAction",
+)
 # Public corral.v1 RPCs: the gateway on a client's behalf, or an admin's tools; on top, the
 # scheduler resolves the client's API key (`authorization` metadata) to its tenant
 # (services/scheduler/principal.py).
@@ -126,6 +132,10 @@ POLICY: dict[str, Rule | str] = {
     "grpc.reflection.v1.ServerReflection": OPEN,
     # The executor runs tasks and holds sandboxes for the scheduler only.
     "corral.internal.v1.ExecutorService": _EXECUTOR_RPC,
+    # ... but for a long-lived sandbox's interactive calls, which the gateway also sends
+    # straight to the executor once the scheduler has routed the caller's key to the sandbox
+    # (RouteSandboxCalls; gateway/call_routes.py): trusted as for the relay below.
+    **{f"/corral.internal.v1.ExecutorService/{method}": _SANDBOX_CALL_RPC for method in GATEWAY_EXECUTOR_RPCS},
     # A sandbox's desktop and Jupyter bytes, for the gateway only (which checked the token).
     "corral.internal.v1.SandboxRelayService": rule("gateway"),
     # An executor registers and heartbeats as itself only (hijacking, spoofed heartbeats).

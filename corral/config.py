@@ -340,6 +340,12 @@ class Settings(BaseSettings):
     gateway_rpc_timeout_seconds: float = Field(
         30.0, gt=0, description="Deadline of the gateway's unary gRPC calls to scheduler and memory."
     )
+    gateway_call_route_seconds: float = Field(
+        2.0, ge=0, le=60,
+        description="How long the gateway sends a sandbox's quick calls (commands, file stat and operations, "
+        "desktop actions) straight to its executor on the scheduler's word before asking again: a key revoked "
+        "or a sandbox deleted through another gateway stops within it. 0: always through the scheduler.",
+    )
     gateway_sse_keepalive_seconds: float = Field(
         15.0, gt=0, description="Idle time after which an event stream sends a keep-alive comment."
     )

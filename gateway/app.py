@@ -27,8 +27,11 @@ from gateway.routers.computer_use import router as computer_use_router
 from gateway.routers.contexts import router as contexts_router
 from gateway.sandbox_relay import SandboxRelay
 
+# First the sandbox calls, the many small requests of an agent's loop: FastAPI tries the routes
+# in this order, and matching was a third of such a request's time in the gateway when they came
+# after the 17 routes of seed, tasks, history and sandboxes (no path of theirs overlaps these).
 ROUTERS = (
-    seed.router, tasks.router, history.router, sandboxes.router, sandbox_calls.router, desktop.router, keys.router,
+    sandbox_calls.router, seed.router, tasks.router, history.router, sandboxes.router, desktop.router, keys.router,
     health.router, metrics.router, computer_use_router, contexts_router,
 )
 
@@ -38,8 +41,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # grpc.aio channels belong to the running event loop, so they are made here.
     backends = Backends.connect(app.state.settings)
     app.state.backends = backends
-    app.state.sandbox_stubs = SandboxStubs.over(backends)
     app.state.relay = SandboxRelay(app.state.settings)
+    app.state.sandbox_stubs = SandboxStubs.over(backends, app.state.relay, app.state.settings)
     app.state.jupyter = JupyterProxy(app.state.relay)
     try:
         yield

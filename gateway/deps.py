@@ -16,6 +16,7 @@ from corral.config import Settings
 from corral.internal.v1 import sandbox_access_pb2_grpc
 from corral.v1 import sandbox_pb2_grpc
 from gateway.backends import Backends
+from gateway.call_routes import CallRoutes
 from gateway.jupyter_proxy import JupyterProxy
 from gateway.sandbox_relay import SandboxRelay
 
@@ -29,15 +30,16 @@ class SandboxStubs:
     access: sandbox_access_pb2_grpc.SandboxAccessServiceAsyncStub
     # Deadline of the quick calls (as Backends.timeout).
     timeout: float
+    # The quick interactive calls, straight to the sandbox's executor once routed.
+    calls: CallRoutes
 
     @classmethod
-    def over(cls, backends: Backends) -> SandboxStubs:
+    def over(cls, backends: Backends, relay: SandboxRelay, settings: Settings) -> SandboxStubs:
         channel = backends.scheduler_channel
-        return cls(
-            sandboxes=sandbox_pb2_grpc.SandboxServiceStub(channel),
-            access=sandbox_access_pb2_grpc.SandboxAccessServiceStub(channel),
-            timeout=backends.timeout,
-        )
+        sandboxes = sandbox_pb2_grpc.SandboxServiceStub(channel)
+        access = sandbox_access_pb2_grpc.SandboxAccessServiceStub(channel)
+        calls = CallRoutes(sandboxes, access, relay, settings.gateway_call_route_seconds, backends.timeout)
+        return cls(sandboxes=sandboxes, access=access, timeout=backends.timeout, calls=calls)
 
 
 def get_settings(conn: HTTPConnection) -> Settings:
@@ -55,6 +57,11 @@ def get_sandbox_stubs(conn: HTTPConnection) -> SandboxStubs:
     return stubs
 
 
+def get_call_routes(conn: HTTPConnection) -> CallRoutes:
+    routes: CallRoutes = conn.app.state.sandbox_stubs.calls
+    return routes
+
+
 def get_jupyter(conn: HTTPConnection) -> JupyterProxy:
     proxy: JupyterProxy = conn.app.state.jupyter
     return proxy
@@ -68,5 +75,6 @@ def get_relay(conn: HTTPConnection) -> SandboxRelay:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
 SandboxStubsDep = Annotated[SandboxStubs, Depends(get_sandbox_stubs)]
+CallRoutesDep = Annotated[CallRoutes, Depends(get_call_routes)]
 JupyterDep = Annotated[JupyterProxy, Depends(get_jupyter)]
 RelayDep = Annotated[SandboxRelay, Depends(get_relay)]

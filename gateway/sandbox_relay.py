@@ -89,11 +89,15 @@ class SandboxRelay:
         self._settings = settings
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def _stub(self, address: str) -> sandbox_relay_pb2_grpc.SandboxRelayServiceAsyncStub:
+    def channel(self, address: str) -> grpc.aio.Channel:
+        """The gateway's channel to the executor at `address` (also its sandbox calls')."""
         held = self._channels.get(address)
         if held is None:
             held = self._channels[address] = channel(address, self._settings, "gateway")
-        return sandbox_relay_pb2_grpc.SandboxRelayServiceStub(held)
+        return held
+
+    def _stub(self, address: str) -> sandbox_relay_pb2_grpc.SandboxRelayServiceAsyncStub:
+        return sandbox_relay_pb2_grpc.SandboxRelayServiceStub(self.channel(address))
 
     async def open(self, address: str, sandbox_id: str, endpoint: Endpoint) -> RelayStream:
         """A stream to `endpoint` of `sandbox_id`, on the executor at `address`."""

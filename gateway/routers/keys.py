@@ -13,7 +13,7 @@ from corral.views import View
 from gateway.auth import CallerDep
 from gateway.backends import Backends, upstream
 from gateway.body import JsonBody
-from gateway.deps import BackendsDep
+from gateway.deps import BackendsDep, CallRoutesDep
 from gateway.views import UPSTREAM, errors, view_response
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"])
@@ -98,9 +98,10 @@ async def list_keys(
     "/{key_id}", name="revoke_key", summary="Revoke an API key at once", response_model=KeyView,
     responses={**ADMIN_ERRORS, **errors(404, e404="Unknown key.")},
 )
-async def revoke_key(key_id: str, backends: BackendsDep, caller: CallerDep) -> JSONResponse:
+async def revoke_key(key_id: str, backends: BackendsDep, routes: CallRoutesDep, caller: CallerDep) -> JSONResponse:
     async with upstream("scheduler"):
         reply = await _stub(backends).RevokeKey(
             keys_pb2.RevokeKeyRequest(key_id=key_id), metadata=caller, timeout=backends.timeout
         )
+    routes.forget()  # the gateway knows no key's routes from another's: it drops them all
     return view_response(KeyView.from_proto(reply.key))

@@ -1,7 +1,8 @@
 """Interactive calls on a long-lived sandbox: commands, files as bytes, the desktop.
 
 No task is made for them: the scheduler checks the caller owns the sandbox and relays each to
-its executor, which asks the sandbox's agent directly (services/executor/sandbox_calls.py).
+its executor, which asks the sandbox's agent directly (services/executor/sandbox_calls.py); the
+quick unary ones go straight to the executor on the scheduler's route (gateway/call_routes.py).
 They run beside a task running in the sandbox, in its workspace; every one is recorded in the
 sandbox's history (GET /v1/sandboxes/{id}/history) and its /tasks/agent.log.
 
@@ -262,12 +263,11 @@ async def run_command(
         )
         first = await first_of(call)
         return sse_response(relay_sse(first, call, settings.gateway_sse_keepalive_seconds))
-    async with upstream("scheduler"):
-        reply = await stubs.sandboxes.RunSandboxCommand(
-            calls_pb2.RunSandboxCommandRequest(sandbox_id=sandbox_id, command=body.to_proto()),
-            metadata=caller,
-            timeout=stubs.timeout if body.background else (body.timeout or 60.0) + COMMAND_GRACE_SECONDS,
-        )
+    reply = await stubs.calls.unary(
+        "RunSandboxCommand", sandbox_id,
+        calls_pb2.RunSandboxCommandRequest(sandbox_id=sandbox_id, command=body.to_proto()), caller,
+        stubs.timeout if body.background else (body.timeout or 60.0) + COMMAND_GRACE_SECONDS,
+    )
     event = reply.event
     if event.WhichOneof("event") == "started":
         return JSONResponse(
@@ -289,11 +289,10 @@ def status_json(status: calls_pb2.SandboxCommandStatus) -> dict[str, Any]:
 
 
 async def command_status(stubs: SandboxStubs, caller: Metadata, sandbox_id: str, command_id: str) -> dict[str, Any]:
-    async with upstream("scheduler"):
-        reply = await stubs.sandboxes.GetSandboxCommand(
-            calls_pb2.GetSandboxCommandRequest(sandbox_id=sandbox_id, command_id=command_id),
-            metadata=caller, timeout=stubs.timeout,
-        )
+    reply = await stubs.calls.unary(
+        "GetSandboxCommand", sandbox_id,
+        calls_pb2.GetSandboxCommandRequest(sandbox_id=sandbox_id, command_id=command_id), caller, stubs.timeout,
+    )
     return status_json(reply.status)
 
 
@@ -352,20 +351,20 @@ async def command_stdin(
     close: Annotated[bool, Query(description="Close stdin after these bytes.")] = False,
 ) -> Response:
     data = await read_body(request, settings.max_request_bytes)
-    async with upstream("scheduler"):
-        await stubs.sandboxes.WriteSandboxCommandStdin(
-            calls_pb2.WriteSandboxCommandStdinRequest(sandbox_id=sandbox_id, command_id=command_id, data=data, close=close),
-            metadata=caller, timeout=stubs.timeout,
-        )
+    await stubs.calls.unary(
+        "WriteSandboxCommandStdin", sandbox_id,
+        calls_pb2.WriteSandboxCommandStdinRequest(sandbox_id=sandbox_id, command_id=command_id, data=data, close=close),
+        caller, stubs.timeout,
+    )
     return Response(status_code=204)
 
 
 async def _signal(stubs: SandboxStubs, caller: Metadata, sandbox_id: str, command_id: str, signal: str, kill: bool) -> None:
-    async with upstream("scheduler"):
-        await stubs.sandboxes.SignalSandboxCommand(
-            calls_pb2.SignalSandboxCommandRequest(sandbox_id=sandbox_id, command_id=command_id, signal=signal, kill=kill),
-            metadata=caller, timeout=stubs.timeout,
-        )
+    await stubs.calls.unary(
+        "SignalSandboxCommand", sandbox_id,
+        calls_pb2.SignalSandboxCommandRequest(sandbox_id=sandbox_id, command_id=command_id, signal=signal, kill=kill),
+        caller, stubs.timeout,
+    )
 
 
 @router.post(
@@ -409,10 +408,9 @@ def info_json(info: calls_pb2.SandboxFileInfo) -> dict[str, Any]:
 
 
 async def operate(stubs: SandboxStubs, caller: Metadata, message: calls_pb2.OperateSandboxFileRequest) -> calls_pb2.OperateSandboxFileResponse:
-    async with upstream("scheduler"):
-        reply: calls_pb2.OperateSandboxFileResponse = await stubs.sandboxes.OperateSandboxFile(
-            message, metadata=caller, timeout=stubs.timeout
-        )
+    reply: calls_pb2.OperateSandboxFileResponse = await stubs.calls.unary(
+        "OperateSandboxFile", message.sandbox_id, message, caller, stubs.timeout
+    )
     return reply
 
 
@@ -823,11 +821,10 @@ async def desktop_action(stubs: SandboxStubs, caller: Metadata, sandbox_id: str,
     except ValidationError as exc:
         raise validation_error(exc.errors(include_url=False)) from None
     action = GuiTool().to_proto(model)
-    async with upstream("scheduler"):
-        reply: calls_pb2.RunSandboxDesktopActionResponse = await stubs.sandboxes.RunSandboxDesktopAction(
-            calls_pb2.RunSandboxDesktopActionRequest(sandbox_id=sandbox_id, action=action),
-            metadata=caller, timeout=120.0,
-        )
+    reply: calls_pb2.RunSandboxDesktopActionResponse = await stubs.calls.unary(
+        "RunSandboxDesktopAction", sandbox_id,
+        calls_pb2.RunSandboxDesktopActionRequest(sandbox_id=sandbox_id, action=action), caller, 120.0,
+    )
     return reply
 
 

@@ -176,10 +176,13 @@ async def extend_sandbox(
     responses=errors(404, *UPSTREAM, e404=NOT_FOUND),
 )
 async def delete_sandbox(sandbox_id: str, stubs: SandboxStubsDep, caller: CallerDep) -> JSONResponse:
-    async with upstream("scheduler"):
-        reply = await stubs.sandboxes.DeleteSandbox(
-            sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=caller, timeout=stubs.timeout
-        )
+    try:
+        async with upstream("scheduler"):
+            reply = await stubs.sandboxes.DeleteSandbox(
+                sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), metadata=caller, timeout=stubs.timeout
+            )
+    finally:
+        stubs.calls.forget(sandbox_id)  # its calls stop going straight to its executor
     return view_response(SandboxView.from_proto(reply.sandbox))
 
 

@@ -73,7 +73,8 @@ def test_signal_names() -> None:
 
 def test_who_may_make_the_calls() -> None:
     """The public calls: the gateway (a client's key with it) or an admin; the executor's
-    side: the scheduler only (a gateway or a sandbox's executor cannot reach an agent directly)."""
+    side: the scheduler, and for the quick unary calls the gateway (a sandbox's executor, memory or
+    an admin cannot reach an agent directly)."""
     from corral.authz import Identity, refusal
     from corral.internal.v1 import executor_pb2
     from corral.v1 import sandbox_pb2
@@ -87,8 +88,17 @@ def test_who_may_make_the_calls() -> None:
     internal = ["RunCommand", "StreamCommand", "GetCommand", "WatchCommand", "WriteCommandStdin", "SignalCommand",
                 "ReadFile", "WriteFile", "OperateFile", "RunDesktopAction"]
     assert set(internal) <= {m.name for m in executor_pb2.DESCRIPTOR.services_by_name["ExecutorService"].methods}
+    # The quick unary ones also from the gateway, which sends them straight to the executor
+    # once the scheduler has routed the caller's key (gateway/call_routes.py).
+    direct = {"RunCommand", "GetCommand", "WriteCommandStdin", "SignalCommand", "OperateFile", "RunDesktopAction"}
     for name in internal:
         method = f"/corral.internal.v1.ExecutorService/{name}"
         assert refusal(method, Identity("scheduler", "scheduler"), None) is None
-        for other in (Identity("gateway", "gateway"), Identity("executor", "e1"), None):
+        gateway = refusal(method, Identity("gateway", "gateway"), None)
+        assert (gateway is None) == (name in direct), (name, gateway)
+        for other in (Identity("executor", "e1"), Identity("memory", "memory"), Identity("admin", "admin"), None):
             assert refusal(method, other, None) is not None, (name, other)
+    from corral.authz import GATEWAY_EXECUTOR_RPCS
+    from gateway.call_routes import EXECUTOR_RPCS
+
+    assert set(GATEWAY_EXECUTOR_RPCS) == direct == {executor_rpc for executor_rpc, _ in EXECUTOR_RPCS.values()}

@@ -217,7 +217,9 @@ class ExecutorServiceServicer:
 
     def RunCommand(self, request, context):
         """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
-        relayed by the scheduler once it has checked the caller owns the sandbox).
+        relayed by the scheduler once it has checked the caller owns the sandbox; the quick ones
+        also sent by the gateway itself, once the scheduler has routed the caller's key to the
+        sandbox: SandboxAccessService.RouteSandboxCalls).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

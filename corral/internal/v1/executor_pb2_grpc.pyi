@@ -61,7 +61,9 @@ class ExecutorServiceStub:
     """Its rules in force and what its network refused so far."""
     RunCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]
     """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
-    relayed by the scheduler once it has checked the caller owns the sandbox).
+    relayed by the scheduler once it has checked the caller owns the sandbox; the quick ones
+    also sent by the gateway itself, once the scheduler has routed the caller's key to the
+    sandbox: SandboxAccessService.RouteSandboxCalls).
     """
     StreamCommand: _grpc.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]
     GetCommand: _grpc.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]
@@ -106,7 +108,9 @@ class ExecutorServiceAsyncStub(ExecutorServiceStub):
     """Its rules in force and what its network refused so far."""
     RunCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.RunCommandRequest, _executor_pb2.RunCommandResponse]  # type: ignore[assignment]
     """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
-    relayed by the scheduler once it has checked the caller owns the sandbox).
+    relayed by the scheduler once it has checked the caller owns the sandbox; the quick ones
+    also sent by the gateway itself, once the scheduler has routed the caller's key to the
+    sandbox: SandboxAccessService.RouteSandboxCalls).
     """
     StreamCommand: _aio.UnaryStreamMultiCallable[_executor_pb2.StreamCommandRequest, _executor_pb2.StreamCommandResponse]  # type: ignore[assignment]
     GetCommand: _aio.UnaryUnaryMultiCallable[_executor_pb2.GetCommandRequest, _executor_pb2.GetCommandResponse]  # type: ignore[assignment]
@@ -214,7 +218,9 @@ class ExecutorServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_executor_pb2.RunCommandResponse, _abc.Awaitable[_executor_pb2.RunCommandResponse]]:
         """A long-lived sandbox's interactive calls (corral.v1 SandboxService's of the same names,
-        relayed by the scheduler once it has checked the caller owns the sandbox).
+        relayed by the scheduler once it has checked the caller owns the sandbox; the quick ones
+        also sent by the gateway itself, once the scheduler has routed the caller's key to the
+        sandbox: SandboxAccessService.RouteSandboxCalls).
         """
 
     @_abc_1.abstractmethod

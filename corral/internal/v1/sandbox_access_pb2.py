@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from corral.v1 import sandbox_pb2 as corral_dot_v1_dot_sandbox__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'corral/internal/v1/sandbox_access.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\"B\n\x1d\x41uthorizeSandboxAccessRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xa6\x01\n\x1e\x41uthorizeSandboxAccessResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\x12\x31\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32!.corral.internal.v1.SandboxAccess\x12\x18\n\x10\x65xecutor_address\x18\x04 \x01(\tJ\x04\x08\x03\x10\x04R\x0chost_run_dir\"I\n\x12OpenJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"(\n\x13OpenJupyterResponseJ\x04\x08\x01\x10\x02R\x0bhost_socket*z\n\rSandboxAccess\x12\x1e\n\x1aSANDBOX_ACCESS_UNSPECIFIED\x10\x00\x12\x17\n\x13SANDBOX_ACCESS_NONE\x10\x01\x12\x17\n\x13SANDBOX_ACCESS_FULL\x10\x02\x12\x17\n\x13SANDBOX_ACCESS_VIEW\x10\x03\x32\xf7\x01\n\x14SandboxAccessService\x12\x7f\n\x16\x41uthorizeSandboxAccess\x12\x31.corral.internal.v1.AuthorizeSandboxAccessRequest\x1a\x32.corral.internal.v1.AuthorizeSandboxAccessResponse\x12^\n\x0bOpenJupyter\x12&.corral.internal.v1.OpenJupyterRequest\x1a\'.corral.internal.v1.OpenJupyterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'corral/internal/v1/sandbox_access.proto\x12\x12\x63orral.internal.v1\x1a\x17\x63orral/v1/sandbox.proto\"B\n\x1d\x41uthorizeSandboxAccessRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\r\n\x05token\x18\x02 \x01(\t\"\xa6\x01\n\x1e\x41uthorizeSandboxAccessResponse\x12#\n\x07sandbox\x18\x01 \x01(\x0b\x32\x12.corral.v1.Sandbox\x12\x31\n\x06\x61\x63\x63\x65ss\x18\x02 \x01(\x0e\x32!.corral.internal.v1.SandboxAccess\x12\x18\n\x10\x65xecutor_address\x18\x04 \x01(\tJ\x04\x08\x03\x10\x04R\x0chost_run_dir\"I\n\x12OpenJupyterRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x10\n\x08\x62\x61se_url\x18\x02 \x01(\t\x12\r\n\x05token\x18\x03 \x01(\t\"(\n\x13OpenJupyterResponseJ\x04\x08\x01\x10\x02R\x0bhost_socket\".\n\x18RouteSandboxCallsRequest\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\"5\n\x19RouteSandboxCallsResponse\x12\x18\n\x10\x65xecutor_address\x18\x01 \x01(\t*z\n\rSandboxAccess\x12\x1e\n\x1aSANDBOX_ACCESS_UNSPECIFIED\x10\x00\x12\x17\n\x13SANDBOX_ACCESS_NONE\x10\x01\x12\x17\n\x13SANDBOX_ACCESS_FULL\x10\x02\x12\x17\n\x13SANDBOX_ACCESS_VIEW\x10\x03\x32\xe9\x02\n\x14SandboxAccessService\x12\x7f\n\x16\x41uthorizeSandboxAccess\x12\x31.corral.internal.v1.AuthorizeSandboxAccessRequest\x1a\x32.corral.internal.v1.AuthorizeSandboxAccessResponse\x12^\n\x0bOpenJupyter\x12&.corral.internal.v1.OpenJupyterRequest\x1a\'.corral.internal.v1.OpenJupyterResponse\x12p\n\x11RouteSandboxCalls\x12,.corral.internal.v1.RouteSandboxCallsRequest\x1a-.corral.internal.v1.RouteSandboxCallsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'corral.internal.v1.sandbox_access_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SANDBOXACCESS']._serialized_start=442
-  _globals['_SANDBOXACCESS']._serialized_end=564
+  _globals['_SANDBOXACCESS']._serialized_start=545
+  _globals['_SANDBOXACCESS']._serialized_end=667
   _globals['_AUTHORIZESANDBOXACCESSREQUEST']._serialized_start=88
   _globals['_AUTHORIZESANDBOXACCESSREQUEST']._serialized_end=154
   _globals['_AUTHORIZESANDBOXACCESSRESPONSE']._serialized_start=157
@@ -42,6 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_OPENJUPYTERREQUEST']._serialized_end=398
   _globals['_OPENJUPYTERRESPONSE']._serialized_start=400
   _globals['_OPENJUPYTERRESPONSE']._serialized_end=440
-  _globals['_SANDBOXACCESSSERVICE']._serialized_start=567
-  _globals['_SANDBOXACCESSSERVICE']._serialized_end=814
+  _globals['_ROUTESANDBOXCALLSREQUEST']._serialized_start=442
+  _globals['_ROUTESANDBOXCALLSREQUEST']._serialized_end=488
+  _globals['_ROUTESANDBOXCALLSRESPONSE']._serialized_start=490
+  _globals['_ROUTESANDBOXCALLSRESPONSE']._serialized_end=543
+  _globals['_SANDBOXACCESSSERVICE']._serialized_start=670
+  _globals['_SANDBOXACCESSSERVICE']._serialized_end=1031
 # @@protoc_insertion_point(module_scope)

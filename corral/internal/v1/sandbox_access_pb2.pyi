@@ -138,3 +138,44 @@ class OpenJupyterResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OpenJupyterResponse: _TypeAlias = OpenJupyterResponse  # noqa: Y015
+
+@_typing.final
+class RouteSandboxCallsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SANDBOX_ID_FIELD_NUMBER: _builtins.int
+    sandbox_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        sandbox_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sandbox_id", b"sandbox_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteSandboxCallsRequest: _TypeAlias = RouteSandboxCallsRequest  # noqa: Y015
+
+@_typing.final
+class RouteSandboxCallsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EXECUTOR_ADDRESS_FIELD_NUMBER: _builtins.int
+    executor_address: _builtins.str
+    """The executor holding the sandbox (host:port of its gRPC server, ExecutorService's call
+    RPCs, which answer the gateway's role).
+    """
+    def __init__(
+        self,
+        *,
+        executor_address: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["executor_address", b"executor_address"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteSandboxCallsResponse: _TypeAlias = RouteSandboxCallsResponse  # noqa: Y015

@@ -49,6 +49,11 @@ class SandboxAccessServiceStub:
                 request_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.SerializeToString,
                 response_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.FromString,
                 _registered_method=True)
+        self.RouteSandboxCalls = channel.unary_unary(
+                '/corral.internal.v1.SandboxAccessService/RouteSandboxCalls',
+                request_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsRequest.SerializeToString,
+                response_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsResponse.FromString,
+                _registered_method=True)
 
 
 class SandboxAccessServiceServicer:
@@ -77,6 +82,17 @@ class SandboxAccessServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RouteSandboxCalls(self, request, context):
+        """Where the gateway may send the interactive calls (commands, files, desktop) of the caller's
+        active sandbox straight to the executor holding it, skipping the scheduler's relay. The
+        same checks as corral.v1.SandboxService's call RPCs: the forwarded API key must own the
+        sandbox (another tenant's is NOT_FOUND, audited; no or a revoked key UNAUTHENTICATED),
+        FAILED_PRECONDITION once it has ended, UNAVAILABLE when its executor is gone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SandboxAccessServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +105,11 @@ def add_SandboxAccessServiceServicer_to_server(servicer, server):
                     servicer.OpenJupyter,
                     request_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.FromString,
                     response_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.SerializeToString,
+            ),
+            'RouteSandboxCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.RouteSandboxCalls,
+                    request_deserializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsRequest.FromString,
+                    response_serializer=corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -150,6 +171,33 @@ class SandboxAccessService:
             '/corral.internal.v1.SandboxAccessService/OpenJupyter',
             corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterRequest.SerializeToString,
             corral_dot_internal_dot_v1_dot_sandbox__access__pb2.OpenJupyterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RouteSandboxCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/corral.internal.v1.SandboxAccessService/RouteSandboxCalls',
+            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsRequest.SerializeToString,
+            corral_dot_internal_dot_v1_dot_sandbox__access__pb2.RouteSandboxCallsResponse.FromString,
             options,
             channel_credentials,
             insecure,

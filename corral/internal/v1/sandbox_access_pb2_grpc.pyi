@@ -48,6 +48,13 @@ class SandboxAccessServiceStub:
     PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
     sandbox has ended, UNAVAILABLE when its executor is gone.
     """
+    RouteSandboxCalls: _grpc.UnaryUnaryMultiCallable[_sandbox_access_pb2.RouteSandboxCallsRequest, _sandbox_access_pb2.RouteSandboxCallsResponse]
+    """Where the gateway may send the interactive calls (commands, files, desktop) of the caller's
+    active sandbox straight to the executor holding it, skipping the scheduler's relay. The
+    same checks as corral.v1.SandboxService's call RPCs: the forwarded API key must own the
+    sandbox (another tenant's is NOT_FOUND, audited; no or a revoked key UNAUTHENTICATED),
+    FAILED_PRECONDITION once it has ended, UNAVAILABLE when its executor is gone.
+    """
 
 @_typing.type_check_only
 class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
@@ -68,6 +75,13 @@ class SandboxAccessServiceAsyncStub(SandboxAccessServiceStub):
     """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
     PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
     sandbox has ended, UNAVAILABLE when its executor is gone.
+    """
+    RouteSandboxCalls: _aio.UnaryUnaryMultiCallable[_sandbox_access_pb2.RouteSandboxCallsRequest, _sandbox_access_pb2.RouteSandboxCallsResponse]  # type: ignore[assignment]
+    """Where the gateway may send the interactive calls (commands, files, desktop) of the caller's
+    active sandbox straight to the executor holding it, skipping the scheduler's relay. The
+    same checks as corral.v1.SandboxService's call RPCs: the forwarded API key must own the
+    sandbox (another tenant's is NOT_FOUND, audited; no or a revoked key UNAUTHENTICATED),
+    FAILED_PRECONDITION once it has ended, UNAVAILABLE when its executor is gone.
     """
 
 class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -98,6 +112,19 @@ class SandboxAccessServiceServicer(metaclass=_abc_1.ABCMeta):
         """Starts Jupyter Lab in the sandbox if it is not running; returns once it answers.
         PERMISSION_DENIED unless `token` is the sandbox's full token; FAILED_PRECONDITION when the
         sandbox has ended, UNAVAILABLE when its executor is gone.
+        """
+
+    @_abc_1.abstractmethod
+    def RouteSandboxCalls(
+        self,
+        request: _sandbox_access_pb2.RouteSandboxCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_sandbox_access_pb2.RouteSandboxCallsResponse, _abc.Awaitable[_sandbox_access_pb2.RouteSandboxCallsResponse]]:
+        """Where the gateway may send the interactive calls (commands, files, desktop) of the caller's
+        active sandbox straight to the executor holding it, skipping the scheduler's relay. The
+        same checks as corral.v1.SandboxService's call RPCs: the forwarded API key must own the
+        sandbox (another tenant's is NOT_FOUND, audited; no or a revoked key UNAUTHENTICATED),
+        FAILED_PRECONDITION once it has ended, UNAVAILABLE when its executor is gone.
         """
 
 def add_SandboxAccessServiceServicer_to_server(servicer: SandboxAccessServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

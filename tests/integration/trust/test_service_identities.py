@@ -29,7 +29,16 @@ from corral.grpc_server import CHANNEL_OPTIONS
 from corral.internal.v1 import executor_pb2, executor_pb2_grpc, registry_pb2, registry_pb2_grpc
 from corral.pki import CA, create_ca
 from corral.schema import TaskRequest
-from corral.v1 import memory_pb2, memory_pb2_grpc, scheduler_pb2, scheduler_pb2_grpc, task_pb2
+from corral.v1 import (
+    memory_pb2,
+    memory_pb2_grpc,
+    sandbox_pb2,
+    sandbox_pb2_grpc,
+    scheduler_pb2,
+    scheduler_pb2_grpc,
+    task_pb2,
+)
+from corral.v1 import sandbox_calls_pb2 as calls_pb2
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +70,8 @@ def no_certificate(system: Cluster, address: str) -> grpc.Channel:
 
 def foreign_ca_certificate(system: Cluster, address: str, role: str) -> grpc.Channel:
     """A certificate naming `role`, from a CA the attacker made itself."""
-    own = create_ca(system.data_dir / "attacker" / "ca")
+    directory = system.data_dir / "attacker" / "ca"
+    own = CA.load(directory) if directory.exists() else create_ca(directory)  # one attacker CA per module
     cert, key = own.issue(role, role)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=system.ca_cert, private_key=key, certificate_chain=cert
@@ -170,6 +180,49 @@ def test_cancel_through_the_executor_is_refused_and_the_task_runs_on(system: Clu
 
 
 # --- the registry: executors register and heartbeat only as themselves -----------------------
+
+
+# --- the executor: a sandbox's calls only from the scheduler and the gateway ------------------
+
+
+def test_sandbox_calls_straight_to_the_executor_need_the_gateway_or_scheduler_role(system: Cluster) -> None:
+    """The gateway sends a sandbox's quick calls straight to its executor (gateway/call_routes.py):
+    any other caller of those RPCs is refused, and nothing runs in the sandbox."""
+    with system.channel(system.scheduler_address) as admin:
+        sandboxes = sandbox_pb2_grpc.SandboxServiceStub(admin)
+        sandbox_id = sandboxes.CreateSandbox(sandbox_pb2.CreateSandboxRequest(), timeout=60).sandbox.sandbox_id
+
+        def command(channel: grpc.Channel, code: str) -> Callable[[], object]:
+            call = calls_pb2.RunSandboxCommandRequest(sandbox_id=sandbox_id, command=calls_pb2.SandboxCommand(tool="shell", code=code))
+            return lambda: executor_pb2_grpc.ExecutorServiceStub(channel).RunCommand(executor_pb2.RunCommandRequest(call=call), timeout=30)
+
+        def stat(channel: grpc.Channel, path: str) -> Callable[[], object]:
+            call = calls_pb2.OperateSandboxFileRequest(sandbox_id=sandbox_id, stat=path)
+            return lambda: executor_pb2_grpc.ExecutorServiceStub(channel).OperateFile(executor_pb2.OperateFileRequest(call=call), timeout=30)
+
+        try:
+            for name, channel in {
+                "no certificate": no_certificate(system, system.executor_address),
+                "another CA's gateway": foreign_ca_certificate(system, system.executor_address, "gateway"),
+            }.items():
+                with channel:
+                    assert refused(command(channel, "touch pwned-tls")).code() == grpc.StatusCode.UNAVAILABLE, name
+            with certificate_without_identity(system, system.executor_address) as channel:
+                assert refused(command(channel, "touch pwned-anon")).code() == grpc.StatusCode.UNAUTHENTICATED
+            for role in ("executor", "memory", "admin"):
+                with system.channel(system.executor_address, role) as channel:
+                    for call in (command(channel, f"touch pwned-{role}"), stat(channel, ".")):
+                        error = refused(call)
+                        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (role, error)
+                        assert "is for role gateway or scheduler; the caller is " + role in (error.details() or "")
+            # The gateway's role gets through (the scheduler routed its caller's key to the sandbox).
+            with system.channel(system.executor_address, "gateway") as channel:
+                reply = command(channel, "ls pwned-* 2>&1; echo listed")()
+                assert isinstance(reply, executor_pb2.RunCommandResponse)
+                assert reply.reply.event.exit.stdout.endswith("listed\n"), reply
+                assert "pwned-" not in reply.reply.event.exit.stdout.replace("pwned-*", "")
+        finally:
+            sandboxes.DeleteSandbox(sandbox_pb2.DeleteSandboxRequest(sandbox_id=sandbox_id), timeout=60)
 
 
 def test_rogue_registration_and_hijacking_are_refused(system: Cluster) -> None:
@@ -326,6 +379,7 @@ def test_a_networked_sandbox_cannot_speak_to_any_service(system: Cluster) -> Non
         f"{system.env['CORRAL_SCHEDULER_ADDRESS']}=/corral.internal.v1.ExecutorRegistryService/ListExecutors",
         f"{system.env['CORRAL_MEMORY_ADDRESS']}=/corral.v1.MemoryService/Search",
         f"{system.env['CORRAL_EXECUTOR_ADDRESS']}=/corral.internal.v1.ExecutorService/GetExecutorStatus",
+        f"{system.env['CORRAL_EXECUTOR_ADDRESS']}=/corral.internal.v1.ExecutorService/RunCommand",
     ]
     command = "/app/.venv/bin/python -c '" + ATTACKS.replace("'", '"') + "' " + " ".join(targets)
     spec = echo_spec(command)
@@ -337,4 +391,4 @@ def test_a_networked_sandbox_cannot_speak_to_any_service(system: Cluster) -> Non
     output = "".join(e.event.output.data for e in events if e.event.HasField("output"))
     assert events[-1].event.finished.state == task_pb2.TASK_STATE_COMPLETED, output
     answers = dict(line.split() for line in output.strip().splitlines())
-    assert len(answers) == 3 and set(answers.values()) == {"UNAVAILABLE"}, output
+    assert len(answers) == 4 and set(answers.values()) == {"UNAVAILABLE"}, output
