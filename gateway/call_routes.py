@@ -17,7 +17,9 @@ What stops a route, so that what the scheduler would refuse stops promptly:
   deleted, elsewhere stops within that (plus the scheduler's own key cache);
 - a sandbox deleted or a key revoked through this gateway forgets its routes at once;
 - the executor answering that it has no such sandbox (ended, or moved) or being unreachable
-  drops the route, and the call goes the relayed way, which says how the sandbox ended.
+  drops the route, and the call goes the relayed way, which says how the sandbox ended; a call
+  the executor may have received before its connection broke is not sent again (it fails
+  UNAVAILABLE), unless it changes nothing.
 Every call is recorded in the sandbox's history and agent.log by the executor, either way.
 """
 
@@ -58,10 +60,17 @@ class _Route:
     expires: float
 
 
-def _route_gone(exc: grpc.aio.AioRpcError) -> bool:
-    """The executor no longer holds the sandbox (not a file missing in it), or is unreachable."""
+# Calls that change nothing, so may be sent again the relayed way whatever became of the first.
+REPEATABLE_RPCS = frozenset({"GetSandboxCommand"})
+
+
+def _route_gone(rpc: str, exc: grpc.aio.AioRpcError) -> bool:
+    """The executor no longer holds the sandbox (not a file missing in it), or was unreachable
+    before the call left: a call that may have reached it (the connection broke under it) is
+    not sent again, unless it changes nothing (a command would run twice)."""
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        return True
+        never_sent = "failed to connect" in (exc.details() or "").lower()
+        return never_sent or rpc in REPEATABLE_RPCS
     return exc.code() == grpc.StatusCode.NOT_FOUND and isinstance(from_rpc_error(exc), SandboxNotFound)
 
 
@@ -121,7 +130,9 @@ class CallRoutes:
             try:
                 return (await getattr(route.stub, executor_rpc)(wrapper(call=request), timeout=timeout)).reply
             except grpc.aio.AioRpcError as exc:
-                if not _route_gone(exc):
+                if exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.forget(sandbox_id)
+                if not _route_gone(rpc, exc):
                     raise api_error(exc, "executor") from None
                 self.forget(sandbox_id)
         async with upstream("scheduler"):
