@@ -127,6 +127,9 @@ class TaskStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # SQLite allows one writer at a time; queueing writes here avoids "database is locked".
         self._write_lock = asyncio.Lock() if is_sqlite(engine) else None
+        # Run first in every write transaction; raises to refuse it (scheduler replicas: a
+        # deposed leader's writes, services/scheduler/leadership.py). None: no check.
+        self.fence: Callable[[AsyncSession], Awaitable[None]] | None = None
 
     async def create_tables(self) -> None:
         async with self._engine.begin() as conn:
@@ -137,9 +140,13 @@ class TaskStore:
     async def _writing(self) -> AsyncIterator[AsyncSession]:
         if self._write_lock is None:
             async with self._sessions.begin() as session:
+                if self.fence is not None:
+                    await self.fence(session)
                 yield session
             return
         async with self._write_lock, self._sessions.begin() as session:
+            if self.fence is not None:
+                await self.fence(session)
             yield session
 
     async def create(
