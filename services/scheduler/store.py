@@ -394,6 +394,16 @@ class TaskStore:
                     .values(last_sequence=sequence)
                 )
 
+    async def recently_ended(self, since: float) -> list[tuple[str, int, str, bytes]]:
+        """(task id, state, error, its last stored event) of each task that ended since `since`."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(TaskRow.task_id, TaskRow.state, TaskRow.error, EventRow.event)
+                .join(EventRow, and_(EventRow.task_id == TaskRow.task_id, EventRow.sequence == TaskRow.last_sequence))
+                .where(TaskRow.state.in_(TERMINAL_TASK_STATES), TaskRow.finished_at >= since)
+            )
+            return [(r.task_id, int(r.state), r.error, r.event) for r in rows.all()]
+
     async def last_sequence(self, task_id: str) -> int:
         async with self._sessions() as session:
             value = await session.scalar(select(TaskRow.last_sequence).where(TaskRow.task_id == task_id))
