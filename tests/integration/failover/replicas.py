@@ -23,6 +23,7 @@ LEASE_SECONDS = "2"
 class ReplicaStack(FaultStack):
     def __init__(self, data_dir: Path, database_url: str, replicas: int = 2, **kwargs: object) -> None:
         self.replica_addresses = {f"scheduler-{i}": f"127.0.0.1:{free_port()}" for i in range(1, replicas + 1)}
+        self._log_offsets: dict[str, int] = {}
         super().__init__(
             data_dir,
             CORRAL_SCHEDULER_ADDRESS=",".join(self.replica_addresses.values()),
@@ -45,6 +46,8 @@ class ReplicaStack(FaultStack):
 
     def start(self, name: str) -> None:
         if name in self.replica_addresses:
+            log = self.cluster.data_dir / f"{name}.log"  # appended to by each start
+            self._log_offsets[name] = log.stat().st_size if log.exists() else 0
             self.cluster.start(
                 name, "services.scheduler", CORRAL_SCHEDULER_LISTEN_ADDRESS=self.replica_addresses[name]
             )
@@ -85,8 +88,9 @@ class ReplicaStack(FaultStack):
         raise TimeoutError(f"no scheduler replica led within {limit}s")
 
     def wait_in_log(self, name: str, text: str, limit: float) -> None:
+        """Until the replica's latest start has logged `text`."""
         deadline = time.monotonic() + limit
-        while text not in self.log(name):
+        while text not in self.log(name)[self._log_offsets.get(name, 0):]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name} never logged {text!r}:\n{self.log(name)[-3000:]}")
             time.sleep(0.05)

@@ -13,6 +13,8 @@ the takeover time is printed.
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -56,10 +58,13 @@ def running(stack: ReplicaStack, at_least: int, limit: float = 60) -> int:
 
 def assert_each_ran_once(stack: ReplicaStack, task_ids: list[str]) -> None:
     tasks = stack.wait_ended(task_ids, limit=120)
-    tally = Tally.of(stack.audit(tasks))
+    audits = stack.audit(tasks)
+    tally = Tally.of(audits)
     assert tally.unfinished == 0, tally.failures
     assert tally.completed == len(task_ids), tally.failures
     assert tally.run_twice == 0 and tally.misnumbered == 0, tally.failures
+    ends = [[e.HasField("finished") for e in a.events] for a in audits]
+    assert all(sum(end) == 1 and end[-1] for end in ends), "a task's events do not end in one `finished`"
 
 
 @pytest.mark.timeout(180)
@@ -100,6 +105,11 @@ def test_a_deposed_leader_is_refused_and_steps_down(stack: ReplicaStack) -> None
             scheduler_pb2_grpc.SchedulerServiceStub(chan).ListTasks(scheduler_pb2.ListTasksRequest(), timeout=10)
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     assert refused.value.details() == STANDBY_MESSAGE
+    # Probes (deploy/kubernetes): not ready (it must get no calls), but alive.
+    probe = [sys.executable, "-m", "corral.healthcheck", stack.replica_addresses[standby]]
+    ready = subprocess.run(probe, env=stack.cluster.env, capture_output=True, text=True, timeout=60)
+    assert ready.returncode == 1 and "NOT_SERVING" in ready.stderr
+    assert subprocess.run([*probe, "--alive"], env=stack.cluster.env, timeout=60).returncode == 0
 
     task_ids = stack.submit([sleepy_spec(steps=3, seconds=0.3) for _ in range(16)])
     assert running(stack, at_least=2) >= 2
