@@ -80,6 +80,7 @@ class Scheduler:
         # registers again or the orphan grace ends.
         self._orphans: dict[str, dict[str, tuple[int, int]]] = {}
         self._letting_go: set[asyncio.Task[None]] = set()  # best-effort CancelTask calls
+        self._taking_back: set[str] = set()  # executors whose registration is taking tasks back
         # Tenants' submissions (set by the server; None: no audit log).
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
@@ -293,7 +294,14 @@ class Scheduler:
             stale = await self.sandboxes.reconcile(executor_id, sandbox_ids)
         record = self.executors.register(executor_id, address, capacity, driver)
         log.info("executor registered", executor_id=executor_id, address=address, capacity=capacity)
-        drop = await self._take_back(record, held or [])
+        # Taking many tasks back can outlast the heartbeat timeout (the executor heartbeats
+        # only once this call returns): it is not silent meanwhile.
+        self._taking_back.add(executor_id)
+        try:
+            drop = await self._take_back(record, held or [])
+        finally:
+            self._taking_back.discard(executor_id)
+            self.executors.heartbeat(executor_id)
         self._wake.set()
         return stale, drop
 
@@ -611,6 +619,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             for executor in self.executors.silent_since(timeout):
+                if executor.executor_id in self._taking_back:
+                    continue
                 silent = time.monotonic() - executor.last_seen
                 executor.alive = False
                 log.warning("executor lost", executor_id=executor.executor_id, silent_seconds=round(silent, 1))
