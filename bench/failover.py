@@ -12,6 +12,11 @@ health SERVING (it holds the lease and has loaded the tasks), the executor regis
 (it reports what it holds and the new leader follows those tasks again), and a task submitted
 through every replica's address (a client following the leader) accepted; then starts the
 killed replica again as the next standby. Every accepted task must end completed, once.
+
+    PYTHONPATH=$PWD .venv/bin/python bench/failover.py --fence-overhead 300
+
+instead times the fence alone: task-store writes (TaskStore.create, one transaction each) on
+that database with the lease check in each transaction and without, in alternating rounds.
 """
 
 from __future__ import annotations
@@ -46,10 +51,39 @@ async def _run(url: str, statement: str) -> None:
         await conn.close()
 
 
+async def fence_overhead(url: str, writes: int) -> None:
+    from corral.db import create_engine
+    from services.scheduler import sandboxes  # noqa: F401 (its table is in the store's metadata)
+    from services.scheduler.leadership import Leadership
+    from services.scheduler.store import TaskStore
+
+    engine = create_engine(url)
+    store = TaskStore(engine)
+    await store.create_tables()
+    leadership = Leadership(engine, lease_seconds=30)
+    await leadership.acquire()
+    spec = sleepy_spec(steps=2, seconds=0)
+    times: dict[str, list[float]] = {"fenced": [], "unfenced": []}
+    for round_ in range(6):
+        for label in ("fenced", "unfenced") if round_ % 2 else ("unfenced", "fenced"):
+            store.fence = leadership.fence if label == "fenced" else None
+            started = time.perf_counter()
+            for _ in range(writes // 6):
+                await store.create(uuid.uuid4().hex, spec)
+            times[label].append((time.perf_counter() - started) / (writes // 6) * 1000)
+    await leadership.stop()
+    await engine.dispose()
+    fenced, unfenced = statistics.median(times["fenced"]), statistics.median(times["unfenced"])
+    print(f"one task write: {unfenced:.2f} ms unfenced, {fenced:.2f} ms fenced (median of 6 rounds, "
+          f"x{fenced / unfenced:.2f}; load average {os.getloadavg()[0]:.1f})")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=3)
     parser.add_argument("--tasks", type=int, default=30, help="tasks in flight at each kill")
+    parser.add_argument("--fence-overhead", type=int, default=0, metavar="WRITES",
+                        help="time the fence on WRITES task writes instead")
     args = parser.parse_args()
     server = os.environ.get("CORRAL_TEST_POSTGRES_URL", "")
     if not server:
@@ -58,6 +92,13 @@ def main() -> int:
     server = normalize_url(server)
     name = f"corral_bench_{uuid.uuid4().hex[:12]}"
     asyncio.run(_run(server, f'CREATE DATABASE "{name}"'))
+    if args.fence_overhead:
+        try:
+            asyncio.run(fence_overhead(make_url(server).set(database=name).render_as_string(hide_password=False),
+                                       args.fence_overhead))
+        finally:
+            asyncio.run(_run(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        return 0
     data_dir = Path(tempfile.mkdtemp(prefix="corral-failover-"))
     stack = ReplicaStack(data_dir, make_url(server).set(database=name).render_as_string(hide_password=False),
                          executors=1, capacity=8)

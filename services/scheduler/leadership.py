@@ -81,6 +81,8 @@ class Leadership:
         self.leading = False
         self.lost = asyncio.Event()
         self._renewing: asyncio.Task[None] | None = None
+        # How long PostgreSQL lets a session of ours sit idle inside a lease transaction.
+        self._idle_ms = str(max(1, int(lease_seconds * 1000)))
 
     @property
     def enabled(self) -> bool:
@@ -120,14 +122,31 @@ class Leadership:
         self._renewing = asyncio.create_task(self._renew_loop(), name="lease-renewal")
 
     async def stop(self) -> None:
-        if self._renewing is not None:
-            self._renewing.cancel()
-            await asyncio.gather(self._renewing, return_exceptions=True)
+        """After a graceful stop: the lease lapses now, so a standby (or this replica started
+        again) need not wait for it to expire."""
+        if self._renewing is None:
+            return
+        self._renewing.cancel()
+        await asyncio.gather(self._renewing, return_exceptions=True)
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    text("UPDATE scheduler_lease SET expires_at = 0 "
+                         "WHERE name = :name AND holder = :holder AND epoch = :epoch"),
+                    {"name": LEASE_NAME, "holder": self.holder, "epoch": self.epoch},
+                )
+        except DBAPIError as exc:  # it lapses by itself
+            log.warning("could not give the lease up", error=str(exc.orig).splitlines()[0])
 
     async def _try_take(self) -> int | None:
         async with self._engine.begin() as conn:
             # A frozen leader's transaction holds the row FOR KEY SHARE: don't queue behind it.
             await conn.execute(text("SET LOCAL lock_timeout = '500ms'"))
+            # Frozen between its two statements, a replica must not hold the row for long.
+            await conn.execute(
+                text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true)"),
+                {"idle": self._idle_ms},
+            )
             row = (
                 await conn.execute(
                     text(f"SELECT holder, epoch, expires_at, {_NOW} AS now FROM scheduler_lease "
@@ -151,7 +170,10 @@ class Leadership:
         while True:
             await asyncio.sleep(self.lease_seconds / 4)
             try:
-                async with self._engine.begin() as conn:
+                # One statement, autocommitted: no moment idle inside a transaction holding the
+                # row (a replica frozen there would keep a takeover waiting).
+                async with self._engine.connect() as plain:
+                    conn = await plain.execution_options(isolation_level="AUTOCOMMIT")
                     result = await conn.execute(
                         text(f"UPDATE scheduler_lease SET expires_at = {_NOW} + :ttl "
                              "WHERE name = :name AND holder = :holder AND epoch = :epoch"),
@@ -173,13 +195,12 @@ class Leadership:
         under its epoch (and keeps a takeover waiting until the transaction ends)."""
         if not self.enabled:
             return
-        idle_ms = str(max(1, int(self.lease_seconds * 1000)))
         held = (
             await session.execute(
                 text("SELECT set_config('idle_in_transaction_session_timeout', :idle, true) "
                      "FROM scheduler_lease WHERE name = :name AND holder = :holder AND epoch = :epoch "
                      "FOR KEY SHARE"),
-                {"idle": idle_ms, "name": LEASE_NAME, "holder": self.holder, "epoch": self.epoch},
+                {"idle": self._idle_ms, "name": LEASE_NAME, "holder": self.holder, "epoch": self.epoch},
             )
         ).first()
         if held is None:

@@ -107,6 +107,7 @@ async def serve(settings: Settings) -> None:
         log.info("metrics listening", address=metrics.address, path="/metrics")
 
     async def shutdown() -> None:
+        leadership.leading = False  # new calls go to the next leader
         await health.enter_graceful_shutdown()
         await stop_sweeping(retention)
         await sandboxes.stop()

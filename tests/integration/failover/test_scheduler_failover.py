@@ -111,8 +111,10 @@ def test_a_deposed_leader_is_refused_and_steps_down(stack: ReplicaStack) -> None
     assert ready.returncode == 1 and "NOT_SERVING" in ready.stderr
     assert subprocess.run([*probe, "--alive"], env=stack.cluster.env, timeout=60).returncode == 0
 
-    task_ids = stack.submit([sleepy_spec(steps=3, seconds=0.3) for _ in range(16)])
-    assert running(stack, at_least=2) >= 2
+    # Every task started before the freeze (fewer than the executor's slots): what the frozen
+    # leader does on waking is write their events (refused), not dispatch.
+    task_ids = stack.submit([sleepy_spec(steps=8, seconds=0.5) for _ in range(6)])
+    assert running(stack, at_least=6) == 6
     frozen = stack.cluster.services[leader].proc
     frozen.send_signal(signal.SIGSTOP)
     try:
