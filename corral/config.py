@@ -80,7 +80,20 @@ class Settings(BaseSettings):
 
     # --- scheduler ---------------------------------------------------------------------
     scheduler_address: str = Field(
-        "127.0.0.1:50051", description="host:port the scheduler listens on and clients dial."
+        "127.0.0.1:50051",
+        description="host:port the scheduler listens on and clients dial; with scheduler replicas, "
+        "every replica's host:port, comma-separated (clients call whichever leads).",
+    )
+    scheduler_listen_address: str = Field(
+        "",
+        description="host:port this scheduler replica listens on (empty: scheduler_address, which "
+        "must then be one address).",
+    )
+    scheduler_lease_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Scheduler replicas on PostgreSQL: how long the leader's lease lasts without "
+        "renewal (renewed every quarter of it); a standby takes over once it lapses.",
     )
     scheduler_public_address: str = Field(
         "",

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
@@ -229,15 +231,21 @@ def _rpc_histogram() -> Any:
     return RPC_SECONDS
 
 
-def new_server(authorize: bool = True) -> grpc.aio.Server:
+def new_server(
+    authorize: bool = True,
+    gate: grpc.aio.ServerInterceptor | None = None,  # type: ignore[type-arg]
+) -> grpc.aio.Server:
     """A server that maps errors and, unless `authorize` is False (only the gui service's,
     whose unix socket only its executor reaches), checks each caller against corral.authz;
-    each call's latency goes to corral_grpc_server_handling_seconds."""
+    each call's latency goes to corral_grpc_server_handling_seconds. `gate`, if given, sees
+    each call first (a scheduler standby's refusal)."""
     interceptors: list[grpc.aio.ServerInterceptor] = [ErrorInterceptor()]  # type: ignore[type-arg]
     if authorize:
         from corral.authz import AuthorizationInterceptor
 
         interceptors.insert(0, AuthorizationInterceptor())
+    if gate is not None:
+        interceptors.insert(0, gate)
     histogram = _rpc_histogram()
     if histogram is not None:
         interceptors.insert(0, LatencyInterceptor(histogram))
@@ -351,9 +359,60 @@ BOUNDED_WINDOW_OPTIONS = [("grpc.http2.bdp_probe", 0)]
 def channel(
     address: str, settings: Settings, role: str, extra: list[tuple[str, int]] | None = None
 ) -> grpc.aio.Channel:
-    """A TLS channel to a Corral server, calling as `role` (its certificate from settings)."""
-    options = CHANNEL_OPTIONS + (extra or [])
+    """A TLS channel to a Corral server, calling as `role` (its certificate from settings);
+    `address` may list several replicas, comma-separated (replica_target)."""
+    options: list[tuple[str, Any]] = [*CHANNEL_OPTIONS, *(extra or [])]
+    if "," in address:
+        address, more = replica_target(address)
+        options += more
     return grpc.aio.secure_channel(address, channel_credentials(settings, role), options=options)
+
+
+# Scheduler replicas (services/scheduler/leadership.py): gRPC watches each replica's health
+# and sends calls only to one SERVING (the leader; a standby is NOT_SERVING), so a caller
+# reaches the leader without knowing which replica it is. A call that still meets a standby
+# (the moment of a takeover) is refused UNAVAILABLE before any reply, and gRPC retries it.
+REPLICAS_SERVICE_CONFIG = json.dumps({
+    "loadBalancingConfig": [{"round_robin": {}}],
+    "healthCheckConfig": {"serviceName": ""},
+    "methodConfig": [{
+        "name": [{}],
+        "retryPolicy": {
+            "maxAttempts": 5,
+            "initialBackoff": "0.01s",
+            "maxBackoff": "0.2s",
+            "backoffMultiplier": 2,
+            "retryableStatusCodes": ["UNAVAILABLE"],
+        },
+    }],
+})
+
+
+def replica_target(addresses: str) -> tuple[str, list[tuple[str, Any]]]:
+    """A gRPC target over every `host:port` in the comma-separated list (host names resolved
+    now: gRPC takes lists of addresses only), and the channel options it needs: replicas'
+    certificates must name the first host, which the channel checks them against."""
+    hosts = [a.strip() for a in addresses.split(",") if a.strip()]
+    resolved: list[str] = []
+    for entry in hosts:
+        host, _, port = entry.rpartition(":")
+        host = host.strip("[]")
+        if not host or not port.isdigit():
+            raise ValueError(f"replica address {entry!r} is not host:port")
+        for info in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM):
+            ip = str(info[4][0])
+            item = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+            if item not in resolved:
+                resolved.append(item)
+    scheme = "ipv6" if all(r.startswith("[") for r in resolved) else "ipv4"
+    if scheme == "ipv4":
+        resolved = [r for r in resolved if not r.startswith("[")]
+    first_host = hosts[0].rpartition(":")[0].strip("[]")
+    return f"{scheme}:{','.join(resolved)}", [
+        ("grpc.service_config", REPLICAS_SERVICE_CONFIG),
+        ("grpc.ssl_target_name_override", first_host),
+        ("grpc.default_authority", hosts[0]),
+    ]
 
 
 def insecure_channel(address: str) -> grpc.aio.Channel:

@@ -252,9 +252,11 @@ class TaskRunner:
             del self._runs[run.task_id]
         if not self._runs:
             self._idle.set()
-        if run.delivered or run.dropped:
+        if run.dropped:
             self._forget(run)
         else:
+            # Delivered too (`finished` goes out before teardown): a scheduler killed before
+            # storing what it read asks for it again (_released keeps it for the grace).
             self._held[run.task_id] = run
 
     def _claimed(self, run: TaskRun) -> None:

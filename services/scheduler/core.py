@@ -53,6 +53,9 @@ from .store import TaskStore, decode_page_token
 log = structlog.get_logger()
 
 CANCEL_GRACE_SECONDS = 5.0
+# At start: tasks that ended this recently are checked for a `finished` event (see
+# _end_logs_cut_short); the event log is written a moment behind the task's state.
+CUT_SHORT_LOG_SECONDS = 60.0
 # Executor events that change the stored task (its state, its steps).
 PROGRESS_EVENTS = frozenset({"started", "step_started", "step_finished"})
 
@@ -77,6 +80,7 @@ class Scheduler:
         # registers again or the orphan grace ends.
         self._orphans: dict[str, dict[str, tuple[int, int]]] = {}
         self._letting_go: set[asyncio.Task[None]] = set()  # best-effort CancelTask calls
+        self._taking_back: set[str] = set()  # executors whose registration is taking tasks back
         # Tenants' submissions (set by the server; None: no audit log).
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
@@ -89,6 +93,7 @@ class Scheduler:
     async def start(self) -> None:
         await self._store.create_tables()
         self._events.start()
+        await self._end_logs_cut_short()
         for task_id, executor_id, epoch, state in await self._store.assigned_unfinished():
             self._orphans.setdefault(executor_id, {})[task_id] = (epoch, state)
         if self._orphans:
@@ -289,7 +294,14 @@ class Scheduler:
             stale = await self.sandboxes.reconcile(executor_id, sandbox_ids)
         record = self.executors.register(executor_id, address, capacity, driver)
         log.info("executor registered", executor_id=executor_id, address=address, capacity=capacity)
-        drop = await self._take_back(record, held or [])
+        # Taking many tasks back can outlast the heartbeat timeout (the executor heartbeats
+        # only once this call returns): it is not silent meanwhile.
+        self._taking_back.add(executor_id)
+        try:
+            drop = await self._take_back(record, held or [])
+        finally:
+            self._taking_back.discard(executor_id)
+            self.executors.heartbeat(executor_id)
         self._wake.set()
         return stale, drop
 
@@ -330,6 +342,21 @@ class Scheduler:
                         "(it restarted or gave the task up while the scheduler was away)",
                     )
         return drop
+
+    async def _end_logs_cut_short(self) -> None:
+        """A scheduler killed between storing a task's end and storing its `finished` event
+        (its executor, having sent everything, let the task go): the event is added now, from
+        the stored state, so that the task's log ends as the task did and watchers stop."""
+        since = time.time() - CUT_SHORT_LOG_SECONDS
+        for task_id, state, error, raw in await self._store.recently_ended(since):
+            last = task_pb2.TaskEvent()
+            last.ParseFromString(raw)
+            if not last.HasField("finished"):
+                log.info("task's log lacked its end; `finished` added", task_id=task_id)
+                await self._append(task_pb2.TaskEvent(
+                    task_id=task_id,
+                    finished=task_pb2.TaskFinished(state=task_pb2.TaskState.ValueType(state), error=error),
+                ))
 
     async def _orphan_deadline(self) -> None:
         """Fails the tasks of executors that did not come back within the grace."""
@@ -592,6 +619,8 @@ class Scheduler:
         while True:
             await asyncio.sleep(min(1.0, timeout / 4))
             for executor in self.executors.silent_since(timeout):
+                if executor.executor_id in self._taking_back:
+                    continue
                 silent = time.monotonic() - executor.last_seen
                 executor.alive = False
                 log.warning("executor lost", executor_id=executor.executor_id, silent_seconds=round(silent, 1))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import structlog
+from grpc_health.v1 import health_pb2
 
 from corral.api_keys import address_host, keys_required
 from corral.audit import AuditLog
@@ -26,6 +28,7 @@ from .core import Scheduler
 from .key_servicer import SERVICE_NAME as KEY_SERVICE_NAME
 from .key_servicer import KeyServicer
 from .key_store import KeyStore
+from .leadership import STEPPED_DOWN_EXIT, Leadership, StandbyInterceptor
 from .metrics import scheduler_metrics
 from .principal import Authenticator
 from .registry_servicer import ExecutorRegistryServicer
@@ -49,8 +52,15 @@ SERVICE_NAMES = [
 
 
 async def serve(settings: Settings) -> None:
-    required = keys_required(settings, "scheduler", address_host(settings.scheduler_address))
+    listen = settings.scheduler_listen_address or settings.scheduler_address
+    if "," in listen:
+        raise SystemExit(
+            "CORRAL_SCHEDULER_ADDRESS lists several replicas: set CORRAL_SCHEDULER_LISTEN_ADDRESS "
+            "to the one host:port this replica listens on"
+        )
+    required = keys_required(settings, "scheduler", address_host(listen))
     engine = create_engine(settings.database_url("scheduler"))
+    leadership = Leadership(engine, settings.scheduler_lease_seconds)
     audit = AuditLog(settings.audit_log_path)
     keys = KeyStore(engine)
     auth = Authenticator(keys, required, audit)
@@ -58,12 +68,7 @@ async def serve(settings: Settings) -> None:
     scheduler.audit = audit
     sandboxes = SandboxCoordinator(SandboxStore(engine), scheduler.executors, settings)
     scheduler.sandboxes = sandboxes
-    await scheduler.start()
-    sandboxes.start()
-    retention = start_sweeping("scheduler", settings, lambda: sweep(scheduler.store, scheduler.idempotency, settings))
-    log.info("API keys", required=required, audit_log=str(audit.path))
-
-    server = new_server()
+    server = new_server(gate=StandbyInterceptor(leadership))
     scheduler_pb2_grpc.add_SchedulerServiceServicer_to_server(SchedulerServicer(scheduler, auth, audit), server)
     sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(
         SandboxServicer(sandboxes, auth, audit, scheduler.submissions, settings, scheduler.idempotency), server
@@ -76,25 +81,39 @@ async def serve(settings: Settings) -> None:
         ExecutorRegistryServicer(scheduler, settings.heartbeat_interval_seconds), server
     )
     health = add_reflection_and_health(server, SERVICE_NAMES)
-    bind(server, settings.scheduler_address, settings, "scheduler")
+    bind(server, listen, settings, "scheduler")
     if settings.scheduler_public_address:
         # API-key clients without a certificate; the same auth mode holds for its interface.
         keys_required(settings, "scheduler's public listener", address_host(settings.scheduler_public_address))
         bind(server, settings.scheduler_public_address, settings, "scheduler", public=True)
         log.info("public listener for API-key clients", address=settings.scheduler_public_address)
+    # A standby listens too: it answers UNAVAILABLE, and health NOT_SERVING (out of a
+    # Kubernetes Service's endpoints), until it leads.
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    log.info("scheduler listening", address=listen)
+    await leadership.acquire()
+    scheduler.store.fence = leadership.fence
+    stepping_down = asyncio.create_task(_exit_when_deposed(leadership), name="step-down")
+    await scheduler.start()
+    sandboxes.start()
+    retention = start_sweeping("scheduler", settings, lambda: sweep(scheduler.store, scheduler.idempotency, settings))
+    log.info("API keys", required=required, audit_log=str(audit.path))
+    leadership.leading = True
     await mark_serving(health, SERVICE_NAMES)
-    log.info("scheduler listening", address=settings.scheduler_address)
     collector = LoopCollector(asyncio.get_running_loop(), lambda: scheduler_metrics(scheduler))
     metrics = serve_metrics(settings.scheduler_metrics_address, "CORRAL_SCHEDULER_METRICS_ADDRESS", [collector])
     if metrics is not None:
         log.info("metrics listening", address=metrics.address, path="/metrics")
 
     async def shutdown() -> None:
+        leadership.leading = False  # new calls go to the next leader
         await health.enter_graceful_shutdown()
         await stop_sweeping(retention)
         await sandboxes.stop()
         await scheduler.stop()
+        stepping_down.cancel()
+        await leadership.stop()
 
     try:
         await run_until_signalled(server, on_stop=shutdown)
@@ -103,3 +122,11 @@ async def serve(settings: Settings) -> None:
             metrics.close()
         await engine.dispose()
         audit.close()
+
+
+async def _exit_when_deposed(leadership: Leadership) -> None:
+    """A deposed leader stops at once, without a graceful stop (its writes would be refused
+    anyway); its supervisor starts it again, as a standby."""
+    await leadership.lost.wait()
+    log.error("exiting: another scheduler replica leads now", exit_status=STEPPED_DOWN_EXIT)
+    os._exit(STEPPED_DOWN_EXIT)

@@ -127,6 +127,9 @@ class TaskStore:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         # SQLite allows one writer at a time; queueing writes here avoids "database is locked".
         self._write_lock = asyncio.Lock() if is_sqlite(engine) else None
+        # Run first in every write transaction; raises to refuse it (scheduler replicas: a
+        # deposed leader's writes, services/scheduler/leadership.py). None: no check.
+        self.fence: Callable[[AsyncSession], Awaitable[None]] | None = None
 
     async def create_tables(self) -> None:
         async with self._engine.begin() as conn:
@@ -137,9 +140,13 @@ class TaskStore:
     async def _writing(self) -> AsyncIterator[AsyncSession]:
         if self._write_lock is None:
             async with self._sessions.begin() as session:
+                if self.fence is not None:
+                    await self.fence(session)
                 yield session
             return
         async with self._write_lock, self._sessions.begin() as session:
+            if self.fence is not None:
+                await self.fence(session)
             yield session
 
     async def create(
@@ -386,6 +393,16 @@ class TaskStore:
                     .where(TaskRow.task_id == task_id, TaskRow.last_sequence < sequence)
                     .values(last_sequence=sequence)
                 )
+
+    async def recently_ended(self, since: float) -> list[tuple[str, int, str, bytes]]:
+        """(task id, state, error, its last stored event) of each task that ended since `since`."""
+        async with self._sessions() as session:
+            rows = await session.execute(
+                select(TaskRow.task_id, TaskRow.state, TaskRow.error, EventRow.event)
+                .join(EventRow, and_(EventRow.task_id == TaskRow.task_id, EventRow.sequence == TaskRow.last_sequence))
+                .where(TaskRow.state.in_(TERMINAL_TASK_STATES), TaskRow.finished_at >= since)
+            )
+            return [(r.task_id, int(r.state), r.error, r.event) for r in rows.all()]
 
     async def last_sequence(self, task_id: str) -> int:
         async with self._sessions() as session:
