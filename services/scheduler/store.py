@@ -42,6 +42,7 @@ from sqlalchemy import (
     String,
     Text,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -49,8 +50,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql import Executable
 
 from corral.api_keys import LOCAL_TENANT
 from corral.db import add_missing_columns
@@ -67,7 +69,18 @@ RECENT_FINISHED_BYTES = 32 * 1024 * 1024
 MAX_GROUP = 1000
 
 T = TypeVar("T")
-Write = Callable[[AsyncSession], Awaitable[Any]]
+
+@dataclass
+class _Sql:
+    """One prepared statement's parameter rows, touching the rows of `task_ids`."""
+
+    statement: Executable
+    rows: list[dict[str, Any]]
+    task_ids: tuple[str, ...]
+
+
+# A write: statements, or a function of the session (what needs the ORM or a result).
+Write = list[_Sql] | Callable[[AsyncSession], Awaitable[Any]]
 
 # Bytes of tasks one listing page carries at most (specs can be large): the page ends early,
 # its next_page_token going on from there.
@@ -154,6 +167,33 @@ def decode_page_token(token: str) -> tuple[float, str]:
 TASKS = Base.metadata.tables["scheduler_tasks"]
 STEPS = Base.metadata.tables["scheduler_steps"]
 EVENTS = Base.metadata.tables["scheduler_events"]
+# Statements built once (building one costs more than running it), run with executemany.
+_TASK = TASKS.c.task_id == bindparam("b_task")
+_OPEN = TASKS.c.state.not_in(TERMINAL_TASK_STATES)
+_SCHEDULED = TASKS.c.state == task_pb2.TASK_STATE_SCHEDULED
+INSERT_TASK = insert(TASKS)
+INSERT_STEPS = insert(STEPS)
+INSERT_EVENTS = insert(EVENTS)
+ASSIGN = update(TASKS).where(_TASK, _SCHEDULED).values(assigned_to=bindparam("b_to"), epoch=bindparam("b_epoch"))
+UNASSIGN = update(TASKS).where(_TASK, _SCHEDULED).values(assigned_to="")
+FINISH = update(TASKS).where(_TASK, _OPEN).values(
+    state=bindparam("b_state"), error=bindparam("b_error"), finished_at=bindparam("b_finished")
+)
+SET_FINISHED_AT = update(TASKS).where(_TASK).values(finished_at=bindparam("b_finished"))
+SAVE_STEP = update(STEPS).where(
+    STEPS.c.task_id == bindparam("b_task"), STEPS.c.index == bindparam("b_index")
+).values(result=bindparam("b_result"))
+_MARK_RUNNING: dict[tuple[str, ...], Executable] = {}
+
+
+def _mark_running(columns: tuple[str, ...]) -> Executable:
+    statement = _MARK_RUNNING.get(columns)
+    if statement is None:
+        values: dict[str, Any] = {name: bindparam(f"b_{name}") for name in columns}
+        statement = _MARK_RUNNING[columns] = (
+            update(TASKS).where(_TASK, _OPEN).values(state=task_pb2.TASK_STATE_RUNNING, **values)
+        )
+    return statement
 
 
 class _GroupCommit:
@@ -207,9 +247,48 @@ class _GroupCommit:
             self._writer = None
 
     async def _commit(self, writes: list[Write]) -> list[Any]:
-        """One transaction running `writes` in order: the one place every write goes through."""
+        """One transaction running `writes` in order: the one place every write goes through.
+        Statements of consecutive writes run together (executemany) where that keeps each
+        task's rows written in order; a function is a barrier."""
+        results: list[Any] = []
         async with self._sessions.begin() as session:
-            return [await write(session) for write in writes]
+            conn = await session.connection()
+            plan = _Plan()
+            for write in writes:
+                if callable(write):
+                    await plan.run(conn)
+                    plan = _Plan()
+                    results.append(await write(session))
+                else:
+                    plan.add(write)  # (run at the next barrier or the end)
+                    results.append(None)
+            await plan.run(conn)
+        return results
+
+
+class _Plan:
+    """Statements grouped for executemany: each joins the last group of its statement unless
+    a later group touches one of its tasks (their order is kept), else starts a group."""
+
+    def __init__(self) -> None:
+        self._groups: list[tuple[Executable, list[dict[str, Any]]]] = []
+        self._last_touch: dict[str, int] = {}
+        self._last_of: dict[int, int] = {}
+
+    def add(self, statements: list[_Sql]) -> None:
+        for sql in statements:
+            at = self._last_of.get(id(sql.statement))
+            if at is not None and all(self._last_touch.get(t, -1) <= at for t in sql.task_ids):
+                self._groups[at][1].extend(sql.rows)
+            else:
+                self._groups.append((sql.statement, list(sql.rows)))
+                at = self._last_of[id(sql.statement)] = len(self._groups) - 1
+            for task_id in sql.task_ids:
+                self._last_touch[task_id] = at
+
+    async def run(self, conn: AsyncConnection) -> None:
+        for statement, rows in self._groups:
+            await conn.execute(statement, rows)
 
 
 def _settle(
@@ -374,14 +453,19 @@ class TaskStore:
             "task_dir": "", "host_task_dir": "", "last_sequence": 0, "assigned_to": "", "epoch": 0,
         }
 
-        async def write(session: AsyncSession) -> None:
-            # The task row first: PostgreSQL (unlike SQLite by default) enforces the steps' key.
-            await session.execute(insert(TASKS).values(row))
-            if steps:
-                await session.execute(insert(STEPS), steps)
-            if also is not None:
+        # The task row first: PostgreSQL (unlike SQLite by default) enforces the steps' key.
+        statements = [_Sql(INSERT_TASK, [row], (task_id,))]
+        if steps:
+            statements.append(_Sql(INSERT_STEPS, steps, (task_id,)))
+        write: Write = statements
+        if also is not None:
+
+            async def write_with_key(session: AsyncSession) -> None:
+                for sql in statements:
+                    await session.execute(sql.statement, sql.rows)
                 await also(session)
 
+            write = write_with_key
         await self._write(write, lambda _: self._keep(_Held(task, created_at)))
         return _copy(task)
 
@@ -457,15 +541,8 @@ class TaskStore:
         epoch = held.epoch
         self._queued.pop(task_id, None)
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(
-                update(TASKS)
-                .where(TASKS.c.task_id == task_id, TASKS.c.state == task_pb2.TASK_STATE_SCHEDULED)
-                .values(assigned_to=executor_id, epoch=epoch)
-            )
-
         try:
-            await self._write(write)
+            await self._write([_Sql(ASSIGN, [{"b_task": task_id, "b_to": executor_id, "b_epoch": epoch}], (task_id,))])
         except Exception:
             if held.assigned_to == executor_id and held.epoch == epoch:  # not stored: not assigned
                 held.assigned_to = ""
@@ -486,14 +563,7 @@ class TaskStore:
         held.assigned_to = ""
         self._requeue(task_id)
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(
-                update(TASKS)
-                .where(TASKS.c.task_id == task_id, TASKS.c.state == task_pb2.TASK_STATE_SCHEDULED)
-                .values(assigned_to="")
-            )
-
-        await self._write(write)
+        await self._write([_Sql(UNASSIGN, [{"b_task": task_id}], (task_id,))])
 
     async def assigned_unfinished(self) -> list[tuple[str, str, int, int]]:
         """(task id, executor id, epoch, state) of every unfinished assigned task (after load())."""
@@ -546,17 +616,10 @@ class TaskStore:
         closed = _close_unfinished_steps(held.task, step_state, error)
         self._retire(held)
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(
-                update(TASKS)
-                .where(TASKS.c.task_id == task_id, TASKS.c.state.not_in(TERMINAL_TASK_STATES))
-                .values(state=state, error=error, finished_at=finished_at)
-            )
-            for index, raw in closed:
-                await session.execute(
-                    update(STEPS).where(STEPS.c.task_id == task_id, STEPS.c.index == index).values(result=raw)
-                )
-
+        write = [_Sql(FINISH, [{"b_task": task_id, "b_state": state, "b_error": error, "b_finished": finished_at}], (task_id,))]
+        if closed:
+            rows = [{"b_task": task_id, "b_index": index, "b_result": raw} for index, raw in closed]
+            write.append(_Sql(SAVE_STEP, rows, (task_id,)))
         try:
             await self._write(write)
         except Exception:
@@ -583,14 +646,9 @@ class TaskStore:
         if isinstance(started_at, float):
             task.started_at.FromNanoseconds(int(started_at * 1e9))
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(
-                update(TASKS)
-                .where(TASKS.c.task_id == task_id, TASKS.c.state.not_in(TERMINAL_TASK_STATES))
-                .values(state=task_pb2.TASK_STATE_RUNNING, **values)
-            )
-
-        await self._write(write)
+        columns = tuple(sorted(values))
+        row = {"b_task": task_id, **{f"b_{name}": values[name] for name in columns}}
+        await self._write([_Sql(_mark_running(columns), [row], (task_id,))])
 
     async def save_step(self, task_id: str, result: task_pb2.StepResult) -> None:
         """A step's progress or result (no effect once the task has ended, whose unfinished
@@ -601,13 +659,8 @@ class TaskStore:
         held.task.steps[result.index].CopyFrom(result)
         raw = result.SerializeToString()
 
-        async def write(session: AsyncSession) -> None:
-            # Queued before the task's end, if any (writes commit in order): no state check.
-            await session.execute(
-                update(STEPS).where(STEPS.c.task_id == task_id, STEPS.c.index == result.index).values(result=raw)
-            )
-
-        await self._write(write)
+        # Queued before the task's end, if any (writes commit in order): no state check.
+        await self._write([_Sql(SAVE_STEP, [{"b_task": task_id, "b_index": result.index, "b_result": raw}], (task_id,))])
 
     async def insert_events(self, events: list[task_pb2.TaskEvent], sources: list[int] | None = None) -> None:
         """Stores numbered events (one executemany, in a shared transaction); `sources`: each
@@ -620,10 +673,8 @@ class TaskStore:
         if not rows:
             return
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(insert(EVENTS), rows)
-
-        await self._write(write)
+        # After each task's own row (PostgreSQL checks the key): the tasks are named.
+        await self._write([_Sql(INSERT_EVENTS, rows, tuple({e.task_id: None for e in events}))])
 
     async def last_sequence(self, task_id: str) -> int:
         async with self._sessions() as session:
@@ -705,10 +756,7 @@ class TaskStore:
         if held is not None:
             held.task.finished_at.FromNanoseconds(int(finished_at * 1e9))
 
-        async def write(session: AsyncSession) -> None:
-            await session.execute(update(TASKS).where(TASKS.c.task_id == task_id).values(finished_at=finished_at))
-
-        await self._write(write)
+        await self._write([_Sql(SET_FINISHED_AT, [{"b_task": task_id, "b_finished": finished_at}], (task_id,))])
 
     async def count_events(self, task_id: str) -> int:
         async with self._sessions() as session:
