@@ -97,6 +97,7 @@ class HistoryRecorder:
         self._idle = asyncio.Event()
         self._idle.set()
         self._channel: grpc.aio.Channel | None = None
+        self._stub: memory_pb2_grpc.MemoryServiceAsyncStub | None = None  # one, on the one channel
         self._worker: asyncio.Task[None] | None = None
         self._failing = False
         self._batching = False
@@ -165,6 +166,7 @@ class HistoryRecorder:
         if self._channel is not None:
             await self._channel.close(grace=None)
             self._channel = None
+            self._stub = None
 
     async def _flushed(self) -> None:
         while not self._idle.is_set() and not self._failing:
@@ -260,9 +262,10 @@ class HistoryRecorder:
         return True
 
     async def _send(self, task_id: str, events: list[memory_pb2.HistoryEvent]) -> bool:
-        if self._channel is None:
+        if self._channel is None or self._stub is None:
             self._channel = channel(self.settings.memory_address, self.settings, "executor")
-        stub = memory_pb2_grpc.MemoryServiceStub(self._channel)
+            self._stub = memory_pb2_grpc.MemoryServiceStub(self._channel)
+        stub = self._stub
         trace = self.traces.attach(task_id)
         try:
             await stub.AppendEvents(

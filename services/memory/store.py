@@ -9,11 +9,19 @@ an advisory lock also orders appends to one task across processes, and values it
 Delivery is at-least-once (the executor retries what it could not confirm), so an event with an
 `event_id` already stored for its task is not stored again and takes no sequence number: the
 sequences stay 1, 2, 3... without gaps or doubles.
+
+An append is one INSERT in one transaction: each task's last sequence is kept in memory (read
+once from the database), and the unique constraints on (task, sequence) and (task, event_id)
+catch what memory cannot know (another replica's append, a redelivered event): then the append
+is rolled back and done the careful way (max(sequence) and the stored event ids read under the
+lock), and memory takes the stored figures again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +69,8 @@ SHORT_TEXT_MAX = 32
 NAMESPACE_MAX = 256
 KEY_MAX = 512
 EVENT_ID_MAX = 128
+# Tasks whose last sequence is kept in memory (the least recently appended to go first).
+KNOWN_SEQUENCES = 10000
 
 metadata = MetaData()
 
@@ -172,6 +182,30 @@ def _row_to_record(row: object) -> HistoryRecord:
     )
 
 
+def _repeats_an_id(records: Sequence[HistoryRecord]) -> bool:
+    """Whether two of the records carry one event id (only the careful append dedupes them)."""
+    ids = [record.event_id for record in records if record.event_id]
+    return len(set(ids)) != len(ids)
+
+
+def _row(task_id: str, sequence: int, record: HistoryRecord, now: datetime) -> dict[str, object]:
+    return {
+        "task_id": task_id,
+        "sequence": sequence,
+        "time": record.time or now,
+        "kind": record.kind,
+        "step_index": record.step_index,
+        "tool": record.tool,
+        "action": _output(record.action),
+        "state": record.state,
+        "exit_code": record.exit_code,
+        "stdout": _output(record.stdout),
+        "stderr": _output(record.stderr),
+        "error": _output(record.error),
+        "event_id": record.event_id or None,
+    }
+
+
 def _require(value: str, name: str, max_length: int | None = None) -> None:
     if not value.strip():
         raise InvalidArgument(f"{name} must not be empty")
@@ -199,6 +233,8 @@ class MemoryStore:
         self._engine = engine
         # One lock per task: appends to a task are serialized so sequences stay 1, 2, 3...
         self._task_locks: dict[str, asyncio.Lock] = {}
+        # Each task's last stored sequence, as this process last committed or read it.
+        self._last: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     async def open(cls, database_url: str) -> MemoryStore:
@@ -226,6 +262,10 @@ class MemoryStore:
             return []
         lock = self._task_locks.setdefault(task_id, asyncio.Lock())
         async with lock:
+            if task_id in self._last and not _repeats_an_id(records):
+                with contextlib.suppress(IntegrityError):  # memory did not know: the careful way
+                    return await self._append_known(task_id, records, self._last[task_id])
+                self._last.pop(task_id, None)
             for attempt in range(APPEND_RETRIES):
                 try:
                     return await self._append_locked(task_id, records)
@@ -233,6 +273,23 @@ class MemoryStore:
                     if attempt == APPEND_RETRIES - 1:
                         raise
         raise AssertionError("unreachable")
+
+    async def _append_known(self, task_id: str, records: Sequence[HistoryRecord], last: int) -> list[int]:
+        """The records numbered on from `last` in one INSERT (IntegrityError: a number or an
+        event id is stored already)."""
+        now = datetime.now(UTC)
+        sequences = list(range(last + 1, last + 1 + len(records)))
+        rows = [_row(task_id, sequence, record, now) for sequence, record in zip(sequences, records, strict=True)]
+        async with self._engine.begin() as conn:
+            await conn.execute(history_events.insert(), rows)
+        self._remember(task_id, sequences[-1])
+        return sequences
+
+    def _remember(self, task_id: str, last: int) -> None:
+        self._last[task_id] = last
+        self._last.move_to_end(task_id)
+        while len(self._last) > KNOWN_SEQUENCES:
+            self._last.popitem(last=False)
 
     async def remove_finished_before(self, before: datetime, batch: int = 500) -> int:
         """Removes the history of tasks that finished (a task_finished record) and recorded
@@ -254,6 +311,7 @@ class MemoryStore:
                 await conn.execute(delete(history_events).where(history_events.c.task_id.in_(ids)))
             for task_id in ids:
                 self._task_locks.pop(task_id, None)
+                self._last.pop(task_id, None)
             removed += len(ids)
 
     async def _append_locked(self, task_id: str, records: Sequence[HistoryRecord]) -> list[int]:
@@ -290,25 +348,10 @@ class MemoryStore:
                     known[record.event_id] = next_sequence
                 sequences.append(next_sequence)
                 next_sequence += 1
-                rows.append(
-                    {
-                        "task_id": task_id,
-                        "sequence": sequences[-1],
-                        "time": record.time or now,
-                        "kind": record.kind,
-                        "step_index": record.step_index,
-                        "tool": record.tool,
-                        "action": _output(record.action),
-                        "state": record.state,
-                        "exit_code": record.exit_code,
-                        "stdout": _output(record.stdout),
-                        "stderr": _output(record.stderr),
-                        "error": _output(record.error),
-                        "event_id": record.event_id or None,
-                    }
-                )
+                rows.append(_row(task_id, sequences[-1], record, now))
             if rows:
                 await conn.execute(history_events.insert(), rows)
+        self._remember(task_id, max(int(last or 0), *sequences))
         return sequences
 
     async def has_finished(self, task_id: str) -> bool:

@@ -92,6 +92,7 @@ class Scheduler:
 
     async def start(self) -> None:
         await self._store.create_tables()
+        await self._store.load()  # every unfinished task in memory: dispatch reads no database
         self._events.start()
         await self._end_logs_cut_short()
         for task_id, executor_id, epoch, state in await self._store.assigned_unfinished():

@@ -3,16 +3,19 @@
 Watchers should see an event the moment the scheduler learns of it, so the database write is
 not on that path: `append` numbers the event, keeps it in memory while the task is live and
 wakes watchers; one writer task persists events in order, many per transaction. Memory stays
-bounded whatever a task outputs: a task's in-memory log holds only its events not yet stored
-(older ones are read from the database), appends wait while MAX_QUEUED_BYTES are unstored, and
-a read returns at most READ_BYTES. Once a task's `finished` event is stored, its in-memory log
-is dropped and reads go to the database.
+bounded whatever a task outputs: a task's in-memory log holds its events not yet stored plus
+at most KEEP_STORED_BYTES of its latest stored ones (older ones are read from the database),
+appends wait while MAX_QUEUED_BYTES are unstored, and a read returns at most READ_BYTES. Once a
+task's `finished` event is stored, its log stays in memory only if it is whole and small
+(ENDED_LOG_BYTES; the ENDED_LOGS latest such tasks), so a watcher a moment behind, or one that
+begins just after the end, reads no database; other reads go to the database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import structlog
@@ -29,6 +32,11 @@ MAX_BATCH = 500
 MAX_QUEUED_BYTES = 64 * 1024 * 1024
 # Bytes of events one read returns at most (at least one event): a page of output events.
 READ_BYTES = 4 * 1024 * 1024
+# Bytes of a live task's stored events kept in memory for watchers behind the latest.
+KEEP_STORED_BYTES = 256 * 1024
+# Ended tasks whose whole log (at most ENDED_LOG_BYTES) stays in memory.
+ENDED_LOGS = 1024
+ENDED_LOG_BYTES = 16 * 1024
 
 
 @dataclass
@@ -37,12 +45,15 @@ class _LiveLog:
     first: int
     last: int
     events: list[task_pb2.TaskEvent] = field(default_factory=list)
+    stored_through: int = 0  # events up to this sequence are in the database
+    stored_bytes: int = 0  # of those still in `events`
 
 
 class EventLog:
     def __init__(self, store: TaskStore) -> None:
         self._store = store
         self._live: dict[str, _LiveLog] = {}
+        self._ended: OrderedDict[str, _LiveLog] = OrderedDict()  # whole small logs of ended tasks
         self._signals: dict[str, asyncio.Event] = {}
         # Each event with its executor's number for it (0: the scheduler's own event).
         self._queue: asyncio.Queue[tuple[task_pb2.TaskEvent, int]] = asyncio.Queue()
@@ -84,7 +95,7 @@ class EventLog:
 
     async def after(self, task_id: str, after: int, limit: int = 500) -> list[task_pb2.TaskEvent]:
         """Events with sequence > `after`, from memory while the task is live."""
-        live = self._live.get(task_id)
+        live = self._live.get(task_id) or self._ended.get(task_id)
         if live is not None and after + 1 >= live.first:
             start = after + 1 - live.first
             return within_read_bytes(live.events[start : start + limit])
@@ -140,19 +151,30 @@ class EventLog:
         else:
             # Keep them in memory: watchers still see them; a restart loses them.
             return
-        stored: dict[str, int] = {}
         for event in batch:
-            stored[event.task_id] = max(stored.get(event.task_id, 0), event.sequence)
-            if event.HasField("finished"):
-                live = self._live.get(event.task_id)
-                if live is not None and live.last == event.sequence:
-                    del self._live[event.task_id]
-        for task_id, sequence in stored.items():
-            # Stored events leave memory: a watcher behind them reads the database.
-            live = self._live.get(task_id)
-            if live is not None and sequence >= live.first:
-                del live.events[: sequence + 1 - live.first]
-                live.first = sequence + 1
+            live = self._live.get(event.task_id)
+            if live is None or event.sequence < live.first:
+                continue
+            live.stored_through = max(live.stored_through, event.sequence)
+            live.stored_bytes += event.ByteSize()
+            if event.HasField("finished") and live.last == event.sequence:
+                del self._live[event.task_id]
+                if live.first == 1 and live.stored_bytes <= ENDED_LOG_BYTES:
+                    self._ended[event.task_id] = live
+                    if len(self._ended) > ENDED_LOGS:
+                        self._ended.popitem(last=False)
+                continue
+            # The oldest stored events leave memory: a watcher behind them reads the database.
+            drop = 0
+            while live.stored_bytes > KEEP_STORED_BYTES and drop < len(live.events):
+                oldest = live.events[drop]
+                if oldest.sequence > live.stored_through:
+                    break
+                live.stored_bytes -= oldest.ByteSize()
+                drop += 1
+            if drop:
+                del live.events[:drop]
+                live.first += drop
 
 
 def within_read_bytes(events: list[task_pb2.TaskEvent]) -> list[task_pb2.TaskEvent]:
