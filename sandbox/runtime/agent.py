@@ -802,8 +802,8 @@ class Standby:
 class TypeScriptStandby:
     """Node started ahead of a checked TypeScript step, so that the step pays for neither the
     compiler nor node's own startup (~40 ms of CPU, far more on a loaded machine): one is
-    started with a step's environment while that step runs, and the next step with the same
-    environment is handed to it. It is spawned as a step's process is (its own session, the
+    started with a checked step's environment while that step runs, and the next step with
+    the same environment is handed to it. It is spawned as a step's process is (its own session, the
     OOM killer's pick), and its step's rlimits, when the sandbox's cgroup does not hold them,
     are set on it before it is told its file. A step with stdin, another environment, or a
     standby that died, runs `ts-run.js --compiled` as before."""
@@ -813,8 +813,8 @@ class TypeScriptStandby:
         self.ready: Standby | None = None
 
     def take(self, request: protocol.RunRequest) -> Standby | None:
-        """This step's standby: the waiting one if it fits, else one started now (it starts
-        while the step is checked); None when the step cannot have one."""
+        """The waiting standby if it fits this step (None: the step starts node itself, and
+        prepare() starts one for the next; not now, beside a checker maybe starting cold)."""
         if request.stdin:
             return None
         with self.lock:
@@ -823,7 +823,12 @@ class TypeScriptStandby:
             return ready
         if ready is not None:
             ready.discard()
-        return self._start(dict(request.env))
+        return None
+
+    def prepare(self, request: protocol.RunRequest) -> None:
+        """Starts the standby of the step after `request`, with its environment."""
+        if not request.stdin:
+            self.keep(self._start(dict(request.env)))
 
     def keep(self, standby: Standby | None) -> None:
         """Puts back a standby its step did not use (a type error, no checker)."""
@@ -852,8 +857,6 @@ class TypeScriptStandby:
             standby.discard()
             return None
         os.close(standby.control)
-        # The next step's, starting while this one runs.
-        self.keep(self._start(dict(request.env)))
         return standby.proc, standby.stdout, standby.stderr
 
     def _start(self, env: dict[str, str]) -> Standby | None:
@@ -1092,6 +1095,7 @@ class StepRun:
                 timeout = max(timeout - (time.monotonic() - started), 0.0)
                 if standby is not None:
                     ready = typescript_standby.go(standby, argv[-1], request)
+                typescript_standby.prepare(request)  # the next step's, starting while this one runs
             else:
                 typescript_standby.keep(standby)
             if checked is False or isinstance(checked, list):
