@@ -5,6 +5,7 @@
 //   node /app/ts-run.js main.ts              check, then run (a cold compiler: ~2 s)
 //   node /app/ts-run.js --serve              the sandbox's warm checker (see serve())
 //   node /app/ts-run.js --compiled main.ts   run main.js, which the warm checker wrote
+//   node /app/ts-run.js --standby            the same, for a step named later (see standby())
 //
 // Any diagnostic is printed as "file:line:col - error TSxxxx: message" on stderr and the exit
 // code is 2, so a type or syntax error is a failed step carrying the compiler's message.
@@ -26,6 +27,8 @@ function compilerOptions() {
     module: ts.ModuleKind.CommonJS,
     moduleResolution: ts.ModuleResolutionKind.Node10,
     lib: ["lib.es2022.d.ts"],
+    // The standard library is the runtime's own: no @typescript/lib-* package is looked for.
+    libReplacement: false,
     esModuleInterop: true,
     skipLibCheck: true,
     noEmitOnError: true,
@@ -51,8 +54,8 @@ function formatDiagnostic(diagnostic) {
   return `${code}: ${message}`;
 }
 
-function compile(file, host, oldProgram) {
-  const program = ts.createProgram([file], compilerOptions(), host, oldProgram);
+function compile(file, host, oldProgram, options = compilerOptions()) {
+  const program = ts.createProgram([file], options, host, oldProgram);
   const diagnostics = ts.getPreEmitDiagnostics(program);
   if (diagnostics.length > 0) {
     return { diagnostics };
@@ -76,11 +79,24 @@ function serve() {
   ts = require("typescript");
   const options = compilerOptions();
   const host = ts.createCompilerHost(options);
+  // Every step's main.ts (a new directory each time) is checked under one name, its
+  // directory's parent's main.ts (no file of the step's own is there): with the root file
+  // the same, TypeScript reuses the previous program whole but for that file's text.
+  const root = (file) => path.join(path.dirname(path.dirname(file)), "main.ts");
+  let current = "";
   const cached = new Map();
   const readSourceFile = host.getSourceFile.bind(host);
   // Only the runtime's own files (read-only: the compiler's lib, @types) are kept; anything
   // a step may change is read again.
+  const fileExists = host.fileExists;
+  host.fileExists = (name) => name === root(current) || fileExists(name);
+  const readFile = host.readFile;
+  host.readFile = (name) => readFile(name === root(current) ? current : name);
   host.getSourceFile = (fileName, languageVersion, onError, shouldCreate) => {
+    if (fileName === root(current)) {
+      const text = host.readFile(fileName);
+      return text === undefined ? undefined : ts.createSourceFile(fileName, text, languageVersion);
+    }
     if (!fileName.startsWith(__dirname + "/")) {
       return readSourceFile(fileName, languageVersion, onError, shouldCreate);
     }
@@ -102,7 +118,8 @@ function serve() {
       pending = pending.slice(newline + 1);
       let reply;
       try {
-        const result = compile(file, host, previous);
+        current = file;
+        const result = compile(root(file), host, previous, options);
         if (result.diagnostics) {
           reply = { diagnostics: result.diagnostics.map(formatDiagnostic) };
         } else {
@@ -130,15 +147,55 @@ function run(file, js) {
   mod._compile(js, filename);
 }
 
+// A standby runner: node started ahead of a step (its startup is most of a small checked
+// step's time), already on that step's stdout/stderr, in its session, with its environment.
+// It waits, blocked reading descriptor 3, for "main.ts path NUL cwd NUL" from the agent,
+// then runs that main.js as `--compiled` would; descriptor 3 closed before: EOF, it just ends.
+function standby() {
+  // Made now, as the first console.log would: the step's output pipes are already ours.
+  void process.stdout;
+  void process.stderr;
+  const chunks = [];
+  const buffer = Buffer.alloc(8192);
+  let fields = [];
+  for (;;) {
+    let n;
+    try {
+      n = fs.readSync(3, buffer, 0, buffer.length, null);
+    } catch (error) {
+      if (error.code === "EINTR" || error.code === "EAGAIN") continue;
+      throw error;
+    }
+    if (n === 0) process.exit(0);
+    chunks.push(Buffer.from(buffer.subarray(0, n)));
+    fields = Buffer.concat(chunks).toString("utf8").split("\0");
+    if (fields.length >= 3) break;
+  }
+  fs.closeSync(3);
+  const [file, cwd] = fields;
+  try {
+    process.chdir(cwd);
+  } catch (error) {
+    process.stderr.write(`ts-run.js: cannot enter ${cwd}: ${error.message}\n`);
+    process.exit(126);
+  }
+  process.argv.splice(1, process.argv.length - 1, file);
+  run(file, fs.readFileSync(file.replace(/\.ts$/, ".js"), "utf8"));
+}
+
 function main() {
   if (process.argv[2] === "--serve") {
     serve();
     return;
   }
+  if (process.argv[2] === "--standby") {
+    standby();
+    return;
+  }
   const compiled = process.argv[2] === "--compiled";
   const file = process.argv[compiled ? 3 : 2];
   if (!file) {
-    process.stderr.write("usage: ts-run.js [--compiled] FILE.ts | --serve\n");
+    process.stderr.write("usage: ts-run.js [--compiled] FILE.ts | --serve | --standby\n");
     process.exit(64);
   }
   const absolute = path.resolve(file);

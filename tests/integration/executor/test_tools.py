@@ -131,6 +131,41 @@ async def test_typescript_steps_share_the_sandboxs_checker_and_survive_its_death
     assert outcome.step(3).stdout == "LATE\n", (outcome.step(3).stderr, outcome.step(3).error)
 
 
+STANDBY_STEP = """
+const fs = require("fs");
+const stat = fs.readFileSync("/proc/self/stat", "utf8").split(") ")[1].split(" ");
+const command = fs.readFileSync("/proc/self/cmdline", "utf8").split("\\0");
+const own = stat[2] === String(process.pid) && stat[3] === String(process.pid);
+console.log(command.includes("--standby"), process.cwd(), process.env.MARK, own, process.argv.length);
+"""
+
+
+@pytest.mark.timeout(240)
+async def test_typescript_step_in_a_standby_node_is_still_its_own_step(executor: ExecutorClient) -> None:
+    # After the first, a checked step runs in a node started ahead of it (ts-run.js --standby):
+    # it still has the step's directory, environment, session and process group, timeout
+    # (the whole tree killed), file-size limit and output cap; one standby waits after it.
+    steps: list[dict[str, object]] = [
+        {"tool": "typescript", "code": "console.log('first');", "timeout": 120},
+        {"tool": "typescript", "code": STANDBY_STEP},
+        {"tool": "typescript", "code": "console.log('looping'); setInterval(() => {}, 1000);", "timeout": 3,
+         "continue_on_error": True},
+        {"tool": "typescript", "code": "require('fs').writeFileSync('big.bin', Buffer.alloc(3_000_000));",
+         "continue_on_error": True},
+        {"tool": "typescript", "code": "console.log('x'.repeat(5000));"},
+        {"tool": "shell", "command": "pgrep -f 'ts-run[.]js --standby' | wc -l"},
+    ]
+    task_id, outcome = await executor.run_steps(
+        steps, env={"MARK": "marked"}, limits={"max_file_size_mb": 1, "max_output_bytes": 1024}
+    )
+    assert outcome.step(0).stdout == "first\n", (outcome.step(0).stderr, outcome.step(0).error)
+    assert outcome.step(1).stdout == f"true /tasks/{task_id} marked true 2\n", outcome.step(1).stderr
+    assert outcome.step(2).stdout == "looping\n" and "timed out after 3s" in outcome.step(2).error
+    assert "file size limit (1 MiB)" in outcome.step(3).error
+    assert outcome.step(4).stdout == "x" * 1024 and outcome.step(4).stdout_truncated
+    assert outcome.step(5).stdout.strip() == "1"
+
+
 async def test_gui_step_gets_a_desktop_and_screenshot(executor: ExecutorClient) -> None:
     """A gui step gives the sandbox a desktop (more in tests/integration/desktop)."""
     task_id, outcome = await executor.run_steps([
