@@ -19,6 +19,11 @@ class StaleAssignment(FailedPrecondition):
     a scheduler acting on an assignment since replaced (the fencing token of the assignment)."""
 
 
+class DeposedScheduler(FailedPrecondition):
+    """A RunTask, AttachTask or CancelTask from a scheduler replica whose leadership epoch is
+    lower than the one this executor registered with: a deposed leader, woken late."""
+
+
 class TaskNotHeld(NotFound):
     """AttachTask of a task this executor neither runs nor holds the events of."""
 

@@ -49,6 +49,7 @@ class SchedulerRegistration:
         sandboxes: SandboxManager,
         held_tasks: Callable[[], Sequence[registry_pb2.HeldTask]] = list,
         drop_task: Callable[[str, str], None] = lambda task_id, reason: None,
+        learn_leader: Callable[[int], None] = lambda epoch: None,
     ) -> None:
         self.settings = settings
         self.request = registry_pb2.RegisterExecutorRequest(
@@ -58,6 +59,7 @@ class SchedulerRegistration:
         self.sandboxes = sandboxes
         self.held_tasks = held_tasks
         self.drop_task = drop_task
+        self.learn_leader = learn_leader
         self.interval = interval
         self.registered = False
         self._task: asyncio.Task[None] | None = None
@@ -87,6 +89,7 @@ class SchedulerRegistration:
                         reply = await stub.RegisterExecutor(
                             request, timeout=CALL_TIMEOUT_SECONDS, wait_for_ready=True
                         )
+                        self.learn_leader(reply.leader_epoch)  # first: a deposed leader's calls are refused
                         self.registered = True
                         for sandbox_id in reply.stale_sandbox_ids:
                             await self.sandboxes.delete(sandbox_id, "the scheduler no longer has it")

@@ -32,6 +32,7 @@ from services.executor.drivers.base import SandboxDriver
 from services.executor.errors import (
     AlreadyRunning,
     AtCapacity,
+    DeposedScheduler,
     StaleAssignment,
     TaskDirRefused,
     TaskIdUsed,
@@ -183,7 +184,23 @@ class TaskRunner:
         self._idle.set()
         # A previous process's spilled events mean nothing to this one (its runs are gone).
         self.spill_dir = settings.data_dir / "event-spill" / executor_id
+        self.leader_epoch = 0  # see learn_leader
         shutil.rmtree(self.spill_dir, ignore_errors=True)
+
+    def learn_leader(self, epoch: int) -> None:
+        """The leadership epoch of the scheduler this executor registered with (it only grows)."""
+        self.leader_epoch = max(self.leader_epoch, epoch)
+
+    def check_leader(self, epoch: int) -> None:
+        """Refuses a call acting on a run from a scheduler replica deposed since (the lease's
+        fencing token, as the assignment epoch is a task's): its database writes are refused by
+        the lease, and this refuses what it would do here, e.g. start a task the new leader has
+        requeued, or cancel one the new leader follows."""
+        if epoch < self.leader_epoch:
+            raise DeposedScheduler(
+                f"scheduler leadership epoch {epoch} is older than epoch {self.leader_epoch}, which this "
+                "executor registered with: the call comes from a deposed scheduler replica"
+            )
 
     @property
     def running_task_ids(self) -> list[str]:

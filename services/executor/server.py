@@ -168,6 +168,7 @@ async def _start_executor(settings: Settings, data_dir_lock: DataDirLock) -> Run
         runner.sandboxes,
         runner.held_tasks,
         runner.drop,
+        runner.learn_leader,
     )
     registration.start()
     log.info(

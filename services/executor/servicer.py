@@ -22,7 +22,8 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
     async def RunTask(
         self, request: executor_pb2.RunTaskRequest, context: Context
     ) -> AsyncIterator[executor_pb2.RunTaskResponse]:
-        # InvalidTask, AlreadyRunning, AtCapacity, StaleAssignment
+        # DeposedScheduler, InvalidTask, AlreadyRunning, AtCapacity, StaleAssignment
+        self.runner.check_leader(request.leader_epoch)
         run = self.runner.start(request.task_id, request.spec, request.epoch)
         # aclosing: when the client goes away mid-stream, the run is orphaned now (it goes on
         # for the grace), not whenever the generator is collected.
@@ -33,6 +34,7 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
     async def AttachTask(
         self, request: executor_pb2.AttachTaskRequest, context: Context
     ) -> AsyncIterator[executor_pb2.AttachTaskResponse]:
+        self.runner.check_leader(request.leader_epoch)  # DeposedScheduler
         run = self.runner.attach(request.task_id, request.epoch)  # TaskNotHeld, StaleAssignment
         async with contextlib.aclosing(run.events(max(0, request.after_sequence))) as events:
             async for event in events:
@@ -41,6 +43,7 @@ class ExecutorServicer(SandboxCallsServicer, executor_pb2_grpc.ExecutorServiceSe
     async def CancelTask(
         self, request: executor_pb2.CancelTaskRequest, context: Context
     ) -> executor_pb2.CancelTaskResponse:
+        self.runner.check_leader(request.leader_epoch)  # DeposedScheduler
         found = self.runner.cancel(request.task_id, request.reason)
         return executor_pb2.CancelTaskResponse(found=found)
 

@@ -81,6 +81,9 @@ class Scheduler:
         self._orphans: dict[str, dict[str, tuple[int, int]]] = {}
         self._letting_go: set[asyncio.Task[None]] = set()  # best-effort CancelTask calls
         self._taking_back: set[str] = set()  # executors whose registration is taking tasks back
+        # This replica's leadership epoch (set when it takes the lease; 0: no lease, SQLite). Sent
+        # with every call that acts on a run, so an executor refuses a deposed leader's.
+        self.leader_epoch = 0
         # Tenants' submissions (set by the server; None: no audit log).
         self.audit: AuditLog | None = None
         self.submissions = SubmissionRate(settings.quota_submissions_per_second)
@@ -231,7 +234,9 @@ class Scheduler:
         log.info("cancelling task", task_id=task_id, executor_id=executor.executor_id)
         try:
             reply = await executor.stub.CancelTask(
-                executor_pb2.CancelTaskRequest(task_id=task_id, reason="cancelled by request"),
+                executor_pb2.CancelTaskRequest(
+                    task_id=task_id, reason="cancelled by request", leader_epoch=self.leader_epoch
+                ),
                 timeout=CANCEL_GRACE_SECONDS,
             )
             found = reply.found
@@ -470,10 +475,14 @@ class Scheduler:
         progress_writer = asyncio.create_task(self._store_progress(progress), name=f"progress-{task_id}")
         try:
             call: AsyncIterable[executor_pb2.RunTaskResponse | executor_pb2.AttachTaskResponse] = (
-                executor.stub.RunTask(executor_pb2.RunTaskRequest(task_id=task_id, spec=spec, epoch=epoch))
+                executor.stub.RunTask(
+                    executor_pb2.RunTaskRequest(task_id=task_id, spec=spec, epoch=epoch, leader_epoch=self.leader_epoch)
+                )
                 if spec is not None
                 else executor.stub.AttachTask(
-                    executor_pb2.AttachTaskRequest(task_id=task_id, epoch=epoch, after_sequence=after)
+                    executor_pb2.AttachTaskRequest(
+                        task_id=task_id, epoch=epoch, after_sequence=after, leader_epoch=self.leader_epoch
+                    )
                 )
             )
             async for response in call:
@@ -544,7 +553,9 @@ class Scheduler:
         async def cancel() -> None:
             with contextlib.suppress(grpc.aio.AioRpcError):
                 await executor.stub.CancelTask(
-                    executor_pb2.CancelTaskRequest(task_id=task_id, reason="the scheduler failed the task"),
+                    executor_pb2.CancelTaskRequest(
+                        task_id=task_id, reason="the scheduler failed the task", leader_epoch=self.leader_epoch
+                    ),
                     timeout=CANCEL_GRACE_SECONDS,
                 )
 

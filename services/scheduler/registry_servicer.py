@@ -32,7 +32,8 @@ class ExecutorRegistryServicer(registry_pb2_grpc.ExecutorRegistryServiceServicer
         if record is not None:
             record.max_sandboxes = request.max_sandboxes
         return registry_pb2.RegisterExecutorResponse(
-            heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale, drop_task_ids=drop
+            heartbeat_interval_seconds=self._heartbeat_interval, stale_sandbox_ids=stale, drop_task_ids=drop,
+            leader_epoch=self._scheduler.leader_epoch,
         )
 
     async def Heartbeat(

@@ -94,6 +94,7 @@ async def serve(settings: Settings) -> None:
     log.info("scheduler listening", address=listen)
     await leadership.acquire()
     scheduler.store.fence = leadership.fence
+    scheduler.leader_epoch = leadership.epoch
     stepping_down = asyncio.create_task(_exit_when_deposed(leadership), name="step-down")
     await scheduler.start()
     sandboxes.start()

@@ -29,11 +29,14 @@ class RunTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     SPEC_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     epoch: _builtins.int
     """The assignment's epoch (a fencing token): grows with each assignment of the task, and is
     recorded by the scheduler before it sends RunTask.
     """
+    leader_epoch: _builtins.int
+    """The sending scheduler's leadership epoch (see RegisterExecutorResponse.leader_epoch)."""
     @_builtins.property
     def spec(self) -> _task_pb2.TaskSpec: ...
     def __init__(
@@ -42,10 +45,11 @@ class RunTaskRequest(_message.Message):
         task_id: _builtins.str = ...,
         spec: _task_pb2.TaskSpec | None = ...,
         epoch: _builtins.int = ...,
+        leader_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["spec", b"spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["epoch", b"epoch", "leader_epoch", b"leader_epoch", "spec", b"spec", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -78,20 +82,24 @@ class AttachTaskRequest(_message.Message):
     TASK_ID_FIELD_NUMBER: _builtins.int
     EPOCH_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     epoch: _builtins.int
     after_sequence: _builtins.int
     """The last event (executor numbering) the scheduler has stored; 0: from the first."""
+    leader_epoch: _builtins.int
+    """The sending scheduler's leadership epoch (see RegisterExecutorResponse.leader_epoch)."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         epoch: _builtins.int = ...,
         after_sequence: _builtins.int = ...,
+        leader_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "epoch", b"epoch", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "epoch", b"epoch", "leader_epoch", b"leader_epoch", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -123,17 +131,21 @@ class CancelTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     reason: _builtins.str
+    leader_epoch: _builtins.int
+    """The sending scheduler's leadership epoch (see RegisterExecutorResponse.leader_epoch)."""
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         reason: _builtins.str = ...,
+        leader_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leader_epoch", b"leader_epoch", "reason", b"reason", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/registry.proto\x12\x12\x63orral.internal.v1\"\xbf\x01\n\x17RegisterExecutorRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x64river\x18\x04 \x01(\t\x12\x13\n\x0bsandbox_ids\x18\x05 \x03(\t\x12\x15\n\rmax_sandboxes\x18\x06 \x01(\x05\x12\x30\n\nheld_tasks\x18\x07 \x03(\x0b\x32\x1c.corral.internal.v1.HeldTask\"S\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"p\n\x18RegisterExecutorResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\x12\x19\n\x11stale_sandbox_ids\x18\x02 \x03(\t\x12\x15\n\rdrop_task_ids\x18\x03 \x03(\t\"\'\n\x10HeartbeatRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"8\n\x14ListExecutorsRequest\x12 \n\x18include_network_counters\x18\x01 \x01(\x08\"\xa2\x02\n\x0c\x45xecutorInfo\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\r\n\x05\x61live\x18\x06 \x01(\x08\x12\x15\n\rmax_sandboxes\x18\x07 \x01(\x05\x12\x11\n\tsandboxes\x18\x08 \x01(\x05\x12#\n\x1bnetwork_refused_connections\x18\t \x01(\x03\x12\x1f\n\x17network_refused_lookups\x18\n \x01(\x03\x12!\n\x19history_undelivered_bytes\x18\x0b \x01(\x03\x12\x17\n\x0fhistory_dropped\x18\x0c \x01(\x03\"b\n\x15ListExecutorsResponse\x12\x33\n\texecutors\x18\x01 \x03(\x0b\x32 .corral.internal.v1.ExecutorInfo\x12\x14\n\x0cqueued_tasks\x18\x02 \x01(\x03\x32\xc8\x02\n\x17\x45xecutorRegistryService\x12m\n\x10RegisterExecutor\x12+.corral.internal.v1.RegisterExecutorRequest\x1a,.corral.internal.v1.RegisterExecutorResponse\x12X\n\tHeartbeat\x12$.corral.internal.v1.HeartbeatRequest\x1a%.corral.internal.v1.HeartbeatResponse\x12\x64\n\rListExecutors\x12(.corral.internal.v1.ListExecutorsRequest\x1a).corral.internal.v1.ListExecutorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!corral/internal/v1/registry.proto\x12\x12\x63orral.internal.v1\"\xbf\x01\n\x17RegisterExecutorRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0e\n\x06\x64river\x18\x04 \x01(\t\x12\x13\n\x0bsandbox_ids\x18\x05 \x03(\t\x12\x15\n\rmax_sandboxes\x18\x06 \x01(\x05\x12\x30\n\nheld_tasks\x18\x07 \x03(\x0b\x32\x1c.corral.internal.v1.HeldTask\"S\n\x08HeldTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x03\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x10\n\x08\x66inished\x18\x04 \x01(\x08\"\x86\x01\n\x18RegisterExecutorResponse\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x01\x12\x19\n\x11stale_sandbox_ids\x18\x02 \x03(\t\x12\x15\n\rdrop_task_ids\x18\x03 \x03(\t\x12\x14\n\x0cleader_epoch\x18\x04 \x01(\x03\"\'\n\x10HeartbeatRequest\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\"\"\n\x11HeartbeatResponse\x12\r\n\x05known\x18\x01 \x01(\x08\"8\n\x14ListExecutorsRequest\x12 \n\x18include_network_counters\x18\x01 \x01(\x08\"\xa2\x02\n\x0c\x45xecutorInfo\x12\x13\n\x0b\x65xecutor_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61pacity\x18\x03 \x01(\x05\x12\x0f\n\x07running\x18\x04 \x01(\x05\x12\x0e\n\x06\x64river\x18\x05 \x01(\t\x12\r\n\x05\x61live\x18\x06 \x01(\x08\x12\x15\n\rmax_sandboxes\x18\x07 \x01(\x05\x12\x11\n\tsandboxes\x18\x08 \x01(\x05\x12#\n\x1bnetwork_refused_connections\x18\t \x01(\x03\x12\x1f\n\x17network_refused_lookups\x18\n \x01(\x03\x12!\n\x19history_undelivered_bytes\x18\x0b \x01(\x03\x12\x17\n\x0fhistory_dropped\x18\x0c \x01(\x03\"b\n\x15ListExecutorsResponse\x12\x33\n\texecutors\x18\x01 \x03(\x0b\x32 .corral.internal.v1.ExecutorInfo\x12\x14\n\x0cqueued_tasks\x18\x02 \x01(\x03\x32\xc8\x02\n\x17\x45xecutorRegistryService\x12m\n\x10RegisterExecutor\x12+.corral.internal.v1.RegisterExecutorRequest\x1a,.corral.internal.v1.RegisterExecutorResponse\x12X\n\tHeartbeat\x12$.corral.internal.v1.HeartbeatRequest\x1a%.corral.internal.v1.HeartbeatResponse\x12\x64\n\rListExecutors\x12(.corral.internal.v1.ListExecutorsRequest\x1a).corral.internal.v1.ListExecutorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,18 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTEREXECUTORREQUEST']._serialized_end=249
   _globals['_HELDTASK']._serialized_start=251
   _globals['_HELDTASK']._serialized_end=334
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_start=336
-  _globals['_REGISTEREXECUTORRESPONSE']._serialized_end=448
-  _globals['_HEARTBEATREQUEST']._serialized_start=450
-  _globals['_HEARTBEATREQUEST']._serialized_end=489
-  _globals['_HEARTBEATRESPONSE']._serialized_start=491
-  _globals['_HEARTBEATRESPONSE']._serialized_end=525
-  _globals['_LISTEXECUTORSREQUEST']._serialized_start=527
-  _globals['_LISTEXECUTORSREQUEST']._serialized_end=583
-  _globals['_EXECUTORINFO']._serialized_start=586
-  _globals['_EXECUTORINFO']._serialized_end=876
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=878
-  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=976
-  _globals['_EXECUTORREGISTRYSERVICE']._serialized_start=979
-  _globals['_EXECUTORREGISTRYSERVICE']._serialized_end=1307
+  _globals['_REGISTEREXECUTORRESPONSE']._serialized_start=337
+  _globals['_REGISTEREXECUTORRESPONSE']._serialized_end=471
+  _globals['_HEARTBEATREQUEST']._serialized_start=473
+  _globals['_HEARTBEATREQUEST']._serialized_end=512
+  _globals['_HEARTBEATRESPONSE']._serialized_start=514
+  _globals['_HEARTBEATRESPONSE']._serialized_end=548
+  _globals['_LISTEXECUTORSREQUEST']._serialized_start=550
+  _globals['_LISTEXECUTORSREQUEST']._serialized_end=606
+  _globals['_EXECUTORINFO']._serialized_start=609
+  _globals['_EXECUTORINFO']._serialized_end=899
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_start=901
+  _globals['_LISTEXECUTORSRESPONSE']._serialized_end=999
+  _globals['_EXECUTORREGISTRYSERVICE']._serialized_start=1002
+  _globals['_EXECUTORREGISTRYSERVICE']._serialized_end=1330
 # @@protoc_insertion_point(module_scope)

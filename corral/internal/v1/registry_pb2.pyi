@@ -106,8 +106,14 @@ class RegisterExecutorResponse(_message.Message):
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _builtins.int
     STALE_SANDBOX_IDS_FIELD_NUMBER: _builtins.int
     DROP_TASK_IDS_FIELD_NUMBER: _builtins.int
+    LEADER_EPOCH_FIELD_NUMBER: _builtins.int
     heartbeat_interval_seconds: _builtins.float
     """Send a Heartbeat at least this often (seconds)."""
+    leader_epoch: _builtins.int
+    """The registering scheduler's leadership epoch (replicas on PostgreSQL; 0: one scheduler,
+    no lease). The executor then refuses RunTask, AttachTask and CancelTask carrying a lower
+    one: a deposed leader's late calls.
+    """
     @_builtins.property
     def stale_sandbox_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sandboxes among sandbox_ids the scheduler no longer has as active (deleted, expired, or
@@ -126,10 +132,11 @@ class RegisterExecutorResponse(_message.Message):
         heartbeat_interval_seconds: _builtins.float = ...,
         stale_sandbox_ids: _abc.Iterable[_builtins.str] | None = ...,
         drop_task_ids: _abc.Iterable[_builtins.str] | None = ...,
+        leader_epoch: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop_task_ids", b"drop_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "stale_sandbox_ids", b"stale_sandbox_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["drop_task_ids", b"drop_task_ids", "heartbeat_interval_seconds", b"heartbeat_interval_seconds", "leader_epoch", b"leader_epoch", "stale_sandbox_ids", b"stale_sandbox_ids"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -12,6 +12,8 @@ the takeover time is printed.
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +25,7 @@ import pytest
 from fault_stack import Tally, sleepy_spec
 from replicas import ReplicaStack
 
+from corral.internal.v1 import executor_pb2, executor_pb2_grpc
 from corral.v1 import scheduler_pb2, scheduler_pb2_grpc, task_pb2
 from services.scheduler.leadership import STANDBY_MESSAGE, STEPPED_DOWN_EXIT
 
@@ -129,3 +132,38 @@ def test_a_deposed_leader_is_refused_and_steps_down(stack: ReplicaStack) -> None
     print("\ndeposed leader:", [line for line in log.splitlines() if "stepping down" in line][-1][:300])
     assert stack.serving(standby)
     assert_each_ran_once(stack, task_ids)
+
+
+@pytest.mark.timeout(120)
+def test_an_executor_refuses_a_deposed_leaders_calls(stack: ReplicaStack) -> None:
+    """The database refuses a deposed leader's writes; its calls to executors carry its
+    leadership epoch, which the executor compares with the one it registered with. Before, a
+    leader frozen between storing an assignment and sending RunTask could, woken, start a task
+    the new leader had requeued (run twice, had it been placed elsewhere) or cancel one the new
+    leader follows. Here the deposed leader's calls are made directly, as a scheduler."""
+    leader = stack.leader()
+    assert leader is not None
+    epochs = [int(e) for e in re.findall(r"took the lease\b.*?\bepoch=(\d+)", stack.log(leader))]
+    assert epochs, stack.log(leader)[-2000:]
+    current = epochs[-1]
+    stack.wait_for_executors(1, limit=60)
+    address = stack.cluster.executor_address
+    task_id = f"deposed-{os.urandom(4).hex()}"
+    run = executor_pb2.RunTaskRequest(task_id=task_id, spec=sleepy_spec(steps=1, seconds=0.1), epoch=1)
+    with stack.cluster.channel(address, "scheduler") as chan:
+        stub = executor_pb2_grpc.ExecutorServiceStub(chan)
+        run.leader_epoch = current - 1
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.RunTask(run, timeout=30))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "deposed scheduler replica" in (refused.value.details() or "")
+        cancel = executor_pb2.CancelTaskRequest(task_id=task_id, reason="late", leader_epoch=current - 1)
+        with pytest.raises(grpc.RpcError) as refused_cancel:
+            stub.CancelTask(cancel, timeout=30)
+        assert refused_cancel.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        status = stub.GetExecutorStatus(executor_pb2.GetExecutorStatusRequest(), timeout=30)
+        assert task_id not in status.running_task_ids
+        # The leader's own epoch is taken (the executor registered with it).
+        run.leader_epoch = current
+        events = list(stub.RunTask(run, timeout=60))
+        assert events[-1].event.HasField("finished"), events[-1]
