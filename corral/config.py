@@ -320,7 +320,7 @@ class Settings(BaseSettings):
         description="The step agent sandboxes start: compiled (runtime_dir/corral-agent, built by "
         "scripts/build-agent; it hands what it does not serve to the Python one), python "
         "(runtime_dir/agent.py alone), or auto: compiled where the binary is there (docker: the "
-        "image's command).",
+        "image's command; Python on gVisor, which cannot run the compiled agent's execute-only helper).",
     )
     runtime_dir: Path = Field(
         Path(__file__).resolve().parent.parent / "sandbox" / "runtime",

@@ -82,8 +82,11 @@ class MemoryServicer(memory_pb2_grpc.MemoryServiceServicer):
     async def ListEvents(
         self, request: memory_pb2.ListEventsRequest, context: Context
     ) -> memory_pb2.ListEventsResponse:
-        records = await self._store.list_events(request.task_id, request.after_sequence, request.limit)
+        # `finished` first: the final entry is the last a task's history gets, so once it is
+        # stored every entry before it is too, and the page read after holds them all. (Read
+        # after the page, it could count an entry stored in between: "complete", one short.)
         finished = await self._store.has_finished(request.task_id)
+        records = await self._store.list_events(request.task_id, request.after_sequence, request.limit)
         return memory_pb2.ListEventsResponse(events=[record_to_proto(r) for r in records], finished=finished)
 
     async def Search(self, request: memory_pb2.SearchRequest, context: Context) -> memory_pb2.SearchResponse:

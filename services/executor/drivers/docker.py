@@ -116,7 +116,11 @@ class DockerDriver(SandboxDriver):
         self.command = list(image["Config"].get("Cmd") or [])
         # The image's own command is its agent (the compiled one, from scripts/build-images),
         # unless the setting picks one.
-        if settings.sandbox_agent == "python":
+        # gVisor's loader cannot run an execute-only program (the compiled agent's helper runs
+        # on one, corral-python3: "failed to load ...: permission denied"): there, auto is the
+        # Python agent.
+        gvisor = settings.docker_runtime == "runsc"
+        if settings.sandbox_agent == "python" or (settings.sandbox_agent == "auto" and gvisor):
             self.command = list(protocol.AGENT_COMMAND)
         elif settings.sandbox_agent == "compiled":
             self.command = list(protocol.COMPILED_AGENT_COMMAND)
