@@ -38,6 +38,7 @@
 #define MIB (1024LL * 1024)
 #define READ_CHUNK (64 * 1024)
 #define DRAIN_SECONDS 0.2
+#define LINGER_MS 1
 #define MAX_STDIN_QUEUED (4 * MIB)
 #define PIPE_BYTES (1024 * 1024)
 #define PYTHON "/usr/bin/python3"
@@ -959,6 +960,16 @@ static void read_pipe(run *r, int stream) {
     unsigned char chunk[READ_CHUNK];
     ssize_t n = read(r->pipes[stream], chunk, sizeof chunk);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) return;
+    /* A step writing many small pieces (a line at a time) would make as many replies, each
+       decoded by the executor: what more arrives within LINGER_MS joins this one (up to a
+       chunk), so 80 MB of lines costs the executor a few thousand replies, not a million. */
+    while (n > 0 && (size_t)n < sizeof chunk) {
+        struct pollfd more = {.fd = r->pipes[stream], .events = POLLIN};
+        if (poll(&more, 1, LINGER_MS) <= 0 || !(more.revents & POLLIN)) break;
+        ssize_t m = read(r->pipes[stream], chunk + n, sizeof chunk - (size_t)n);
+        if (m <= 0) break; /* EOF (or an error) is seen by the next read */
+        n += m;
+    }
     if (n <= 0) {
         close(r->pipes[stream]);
         r->pipes[stream] = -1;
