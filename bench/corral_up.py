@@ -32,15 +32,22 @@ def corral_up(
 
 @contextmanager
 def corral_up_process(
-    prefix: str, env: dict[str, str], extra_args: Sequence[str] = (), cwd: Path | None = None
+    prefix: str,
+    env: dict[str, str],
+    extra_args: Sequence[str] = (),
+    cwd: Path | None = None,
+    data_dir: Path | None = None,
+    scheduler_address: str | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """corral_up(), with the `corral up` process (whose tree is the whole system)."""
-    data_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    """corral_up(), with the `corral up` process (whose tree is the whole system); in
+    `data_dir` (made and removed here when None) with the scheduler on `scheduler_address`."""
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix=prefix))
     data_dir.chmod(0o755)
     port = free_port()
+    scheduler_address = scheduler_address or f"127.0.0.1:{free_port()}"
     process = subprocess.Popen(
         [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
-         "--scheduler-address", f"127.0.0.1:{free_port()}", "--memory-address", f"127.0.0.1:{free_port()}",
+         "--scheduler-address", scheduler_address, "--memory-address", f"127.0.0.1:{free_port()}",
          "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(port), *extra_args],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
     )

@@ -23,16 +23,15 @@ import contextlib
 import math
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from corral_up import corral_up_process, free_port
 
 from corral.client import CorralClient
 from corral.config import Settings
@@ -123,12 +122,6 @@ def bare_bwrap(runs: int) -> float | None:
     return statistics.median(times)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def bare_docker_run(runs: int) -> float | None:
     """Median seconds of `docker run --rm IMAGE true`: a container per task would pay this."""
     if shutil.which("docker") is None:
@@ -148,32 +141,11 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Se
     """Runs `corral up` on free ports with a temporary data directory; yields the scheduler
     address and the settings that find its certificates."""
     data_dir = Path(tempfile.mkdtemp(prefix="corral-bench-"))
-    data_dir.chmod(0o755)
     scheduler = f"127.0.0.1:{free_port()}"
-    gateway_port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "corral.cli", "up", "--quiet", "--data-dir", str(data_dir),
-         "--scheduler-address", scheduler, "--memory-address", f"127.0.0.1:{free_port()}",
-         "--executor-address", f"127.0.0.1:{free_port()}", "--gateway-port", str(gateway_port),
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
-    )
-    ready = threading.Event()
-    output: list[str] = []
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            output.append(line)
-            if "Corral is up." in line:
-                ready.set()
-        ready.set()
-
-    threading.Thread(target=read, daemon=True).start()
-    try:
-        ready.wait(180)
-        if process.poll() is not None or not any("Corral is up." in line for line in output):
-            raise SystemExit("corral up did not start:\n" + "".join(output))
+    with corral_up_process(
+        "corral-bench-", {**os.environ, **(env or {})}, ["--log-level", "warning"],
+        data_dir=data_dir, scheduler_address=scheduler,
+    ) as (url, _process):
         if (env or {}).get("CORRAL_AUTH") == "keys":
             # A tenant's key (not an admin's: its quotas are counted too), sent by CorralClient.
             made = subprocess.run(
@@ -183,15 +155,8 @@ def embedded_system(env: dict[str, str] | None = None) -> Iterator[tuple[str, Se
             )
             os.environ["CORRAL_API_KEY"] = made.stdout.strip()
         # The gateway, for the REST clients (the SDK reads CORRAL_URL).
-        os.environ["CORRAL_URL"] = f"http://127.0.0.1:{gateway_port}"
+        os.environ["CORRAL_URL"] = url
         yield scheduler, Settings(data_dir=data_dir)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def measure(scheduler: str, settings: Settings, count: int, burst: int) -> None:
