@@ -130,10 +130,10 @@ class CallRoutes:
             try:
                 return (await getattr(route.stub, executor_rpc)(wrapper(call=request), timeout=timeout)).reply
             except grpc.aio.AioRpcError as exc:
-                if exc.code() == grpc.StatusCode.UNAVAILABLE:
-                    self.forget(sandbox_id)
-                if not _route_gone(rpc, exc):
+                gone = _route_gone(rpc, exc)
+                if gone or exc.code() == grpc.StatusCode.UNAVAILABLE:
+                    self.forget(sandbox_id)  # (unreachable: the next call asks the scheduler again)
+                if not gone:
                     raise api_error(exc, "executor") from None
-                self.forget(sandbox_id)
         async with upstream("scheduler"):
             return await getattr(self._sandboxes, rpc)(request, metadata=caller, timeout=timeout)
