@@ -162,10 +162,37 @@ def system_cpu(cgroup: Path | None) -> float:
 CGROUP: Path | None = None
 
 
+SERVICES = {"-m gateway": "gateway", "-m services.scheduler": "scheduler", "-m services.executor": "executor",
+            "-m services.memory": "memory", "-m services.gui": "gui", "-m corral.cli up": "corral up"}
+
+
+def services_cpu() -> dict[str, float]:
+    """Each service process's own CPU seconds (not its reaped children's: the sandboxes), of
+    this benchmark's system only (its cgroup's processes, else every process here)."""
+    totals: dict[str, float] = {}
+    pids = os.listdir("/proc") if CGROUP is None else (CGROUP / "cgroup.procs").read_text().split()
+    for name in pids:
+        if not name.isdigit():
+            continue
+        try:
+            command = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        service = next((label for marker, label in SERVICES.items() if marker in command), None)
+        if service is not None:
+            fields = raw[raw.rfind(")") + 2 :].split()
+            totals[service] = totals.get(service, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return totals
+
+
 async def burst(client: CorralClient, count: int) -> tuple[float, float, int]:
-    """`count` tasks at once: tasks/s, CPU seconds of the whole system per task, not completed."""
+    """`count` tasks at once: tasks/s, CPU seconds of the whole system per task, not completed.
+    Prints where that CPU went: each service's own, and the rest (sandboxes: bwrap, the agent,
+    the step's processes)."""
     own_before = time.process_time()
     before = system_cpu(CGROUP)
+    services_before = services_cpu()
     start = time.perf_counter()
     task_ids = await asyncio.gather(*(client.submit(TRUE_TASK) for _ in range(count)))
     tasks = await asyncio.gather(*(client.wait(task_id) for task_id in task_ids))
@@ -173,6 +200,10 @@ async def burst(client: CorralClient, count: int) -> tuple[float, float, int]:
     await asyncio.sleep(1.0)  # the last sandboxes' teardown and the pool's refill
     system = system_cpu(CGROUP) - before - (time.process_time() - own_before)  # not this client's
     failed = sum(task.state != task_pb2.TASK_STATE_COMPLETED for task in tasks)
+    spent = {name: seconds - services_before.get(name, 0.0) for name, seconds in services_cpu().items()}
+    spent["sandboxes and the rest"] = system - sum(spent.values())
+    print("  (CPU per task by process: " + ", ".join(
+        f"{name} {seconds / count * 1000:.1f} ms" for name, seconds in sorted(spent.items(), key=lambda kv: -kv[1])) + ")")
     return count / elapsed, system / count, failed
 
 
