@@ -9,9 +9,9 @@ files count, an idle sandbox is bounded like a busy one, and nothing renamed or 
 leaves it; set-id bits and devices on it mean nothing on the host; the sandbox's mountinfo shows
 the mount's own root (`/`), not the data directory's host path.
 
-Lifecycle. A cold task's filesystem is made when its directory is (mkfs + mount, tens of ms);
-a warm sandbox's slot is made with the sandbox, ahead of any task, at the default quota (tasks
-asking for another one get a cold sandbox). When the sandbox is gone (every process dead), its
+Lifecycle. A cold task's filesystem is made when its directory is (a copy of a template image
+and a loop mount: fs_images.py); a warm sandbox's slot is made with the sandbox, ahead of any
+task, at the default quota (tasks asking for another one get a cold sandbox). When the sandbox is gone (every process dead), its
 files are copied out (cp: symlinks as links, hard links kept, holes kept) into a plain
 directory at the same host path, set-id bits stripped and FIFOs/sockets/devices dropped, before
 the copy is moved into place; then the filesystem is unmounted and its image deleted. So after
@@ -44,6 +44,7 @@ from pathlib import Path
 import structlog
 
 from corral.config import Settings
+from services.executor import fs_images
 
 log = structlog.get_logger()
 
@@ -363,6 +364,7 @@ class TaskFilesystems:
         self.data_dir = settings.data_dir.resolve()
         self.disks_dir = self.data_dir / DISKS_DIR
         self.max_mounts = settings.sandbox_max_filesystems
+        self._images = fs_images.ImageMaker(self.disks_dir)
         off = "" if settings.sandbox_disk_fs else "CORRAL_SANDBOX_DISK_FS is off"
         self.unavailable = off or blocked or self._probe()
 
@@ -403,37 +405,21 @@ class TaskFilesystems:
         inodes = max_files + OWN_INODES
         image = self.disks_dir / f"{uuid.uuid4().hex}.img"
         size_mib = image_mib(disk_mb, inodes)
-        fd = os.open(image, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            os.ftruncate(fd, size_mib * MIB)  # sparse: costs what it holds
-        finally:
-            os.close(fd)
+            self._images.make(image, size_mib, f"{100 * reserved_mib(disk_mb) / size_mib:.4f}", inodes)
+        except fs_images.ImageError as exc:
+            raise TaskFsError(str(exc)) from exc
         try:
-            _run(
-                [
-                    "mkfs.ext4",
-                    "-q",
-                    "-F",
-                    "-b",
-                    "4096",
-                    "-m",
-                    f"{100 * reserved_mib(disk_mb) / size_mib:.4f}",
-                    "-N",
-                    str(inodes),
-                    "-O",
-                    "^has_journal,^resize_inode",
-                    "-E",
-                    "nodiscard",
-                    str(image),
-                ]
-            )
             os.mkdir(path, 0o700)
             with _mount_lock:
                 if len(loop_mounts_under(self.data_dir)) >= self.max_mounts:
                     raise TaskFsError(
                         f"{self.max_mounts} sandbox filesystems are in use (sandbox_max_filesystems)"
                     )
-                _run(["mount", "-t", "ext4", "-o", "loop,nosuid,nodev,noatime", str(image), str(path)])
+                try:
+                    fs_images.mount_loop(image, path)
+                except fs_images.ImageError as exc:
+                    raise TaskFsError(str(exc)) from exc
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
