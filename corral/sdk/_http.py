@@ -2,7 +2,7 @@
 
 Both clients (sync.py, aio.py) send the same `Call`s (built once in calls.py) and read the
 answers with the same functions here; only the sending differs (the asyncio client's httpx,
-the blocking client's http.client in _wire.py). httpx is imported only by the asyncio client.
+the blocking client's socket in _wire.py). httpx is imported only by the asyncio client.
 """
 
 from __future__ import annotations

@@ -1,18 +1,16 @@
-"""The blocking SDK's HTTP: one keep-alive connection to the gateway over the standard
-library's http.client.
+"""The blocking SDK's HTTP: kept-alive connections to the gateway (_http11.py's, on a socket).
 
 Why not httpx here (the asyncio client's): importing httpx costs more than the whole of a
-`corral run -q 'echo x'` may take (bench/cli_startup.py); the blocking client needs only
-HTTP/1.1 requests, raw bodies and a line-by-line streamed answer, which http.client does.
-It connects directly (HTTP(S)_PROXY are not used); https verifies the gateway's certificate
-against the system's CAs (SSL_CERT_FILE / SSL_CERT_DIR point elsewhere).
+`corral run -q 'echo x'` may take (bench/cli_startup.py), and http.client half of it (see
+_http11.py); the blocking client needs only HTTP/1.1 requests, raw bodies and a line-by-line
+streamed answer. It connects directly (HTTP(S)_PROXY are not used); https verifies the
+gateway's certificate against the system's CAs (SSL_CERT_FILE / SSL_CERT_DIR point elsewhere).
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import threading
+from _thread import allocate_lock
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,16 +18,18 @@ from urllib.parse import quote, urlsplit
 
 from corral import errors
 from corral.sdk._http import Call, Connection, error_for
+from corral.sdk._http11 import Answer, Headers, ProtocolError, RemoteDisconnected
+from corral.sdk._http11 import Connection as HTTPConnection
 
 # Failures of a reused keep-alive connection the gateway closed meanwhile: sent again, once,
 # on a new connection (the request never reached the gateway).
-_STALE = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+_STALE = (RemoteDisconnected, ConnectionResetError, BrokenPipeError)
 
 
 class Response:
     """A complete answer: status, headers (case-insensitive) and body."""
 
-    def __init__(self, status_code: int, headers: http.client.HTTPMessage, content: bytes) -> None:
+    def __init__(self, status_code: int, headers: Headers, content: bytes) -> None:
         self.status_code, self.headers, self.content = status_code, headers, content
 
     def json(self) -> Any:
@@ -62,10 +62,11 @@ class Wire:
         self._https = url.scheme == "https"
         self._host, self._port = url.hostname, url.port
         self._prefix = url.path.rstrip("/")
-        self._idle: list[http.client.HTTPConnection] = []
-        self._lock = threading.Lock()
+        self._idle: list[HTTPConnection] = []
+        # (_thread's lock is threading.Lock without importing threading.)
+        self._lock = allocate_lock()
 
-    def _take(self, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+    def _take(self, timeout: float) -> tuple[HTTPConnection, bool]:
         """A connection for one request (and whether it served one before), its timeout set."""
         with self._lock:
             conn = self._idle.pop() if self._idle else None
@@ -76,19 +77,19 @@ class Wire:
         if self._https:
             import ssl
 
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=ssl.create_default_context()
-            ), False
-        return http.client.HTTPConnection(self._host, self._port, timeout=timeout), False
+            context = ssl.create_default_context()
+            context.set_alpn_protocols(["http/1.1"])
+            return HTTPConnection(self._host, self._port, timeout, context), False
+        return HTTPConnection(self._host, self._port, timeout), False
 
-    def _give_back(self, conn: http.client.HTTPConnection) -> None:
+    def _give_back(self, conn: HTTPConnection) -> None:
         with self._lock:
             if len(self._idle) < self.MAX_IDLE:
                 self._idle.append(conn)
                 return
         conn.close()
 
-    def _send(self, call: Call) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _send(self, call: Call) -> tuple[HTTPConnection, Answer]:
         """Sends `call`; the answer's status line and headers have been read."""
         body: bytes | None = None
         headers = {**self.connection.headers, **call.headers}
@@ -105,7 +106,7 @@ class Wire:
         for attempt in (1, 2):
             conn, reused = self._take(timeout)
             try:
-                conn.request(call.method, target, body=body, headers=headers)
+                conn.request(call.method, target, body, headers)
                 return conn, conn.getresponse()
             except _STALE:
                 conn.close()
@@ -120,11 +121,11 @@ class Wire:
         """The whole answer; a failed one (status >= 400) raises its typed error."""
         try:
             conn, answer = self._send(call)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise self._unreachable(exc) from None
         try:
             content = answer.read()
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             conn.close()
             raise self._unreachable(exc) from None
         if answer.will_close:
@@ -132,7 +133,7 @@ class Wire:
         else:
             self._give_back(conn)
         if answer.status >= 400:
-            raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
+            raise error_for(answer.status, content, dict(answer.headers.items()))
         return Response(answer.status, answer.headers, content)
 
     @contextmanager
@@ -140,18 +141,18 @@ class Wire:
         """The answer's lines as they come (a failed answer raises its typed error)."""
         try:
             conn, answer = self._send(call)
-        except (OSError, http.client.HTTPException) as exc:
+        except (OSError, ProtocolError) as exc:
             raise self._unreachable(exc) from None
         try:
             if answer.status >= 400:
                 content = answer.read()
-                raise error_for(answer.status, content, {k.lower(): v for k, v in answer.headers.items()})
+                raise error_for(answer.status, content, dict(answer.headers.items()))
 
             def lines() -> Iterator[str]:
                 try:
                     while line := answer.readline():
                         yield line.decode("utf-8", "replace").rstrip("\r\n")
-                except (OSError, http.client.HTTPException) as exc:
+                except (OSError, ProtocolError) as exc:
                     raise self._unreachable(exc) from None
 
             yield lines()

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 
 class Client:
-    """HTTP to the gateway (http.client, kept-alive connections: see _wire.py), with the SDK's error mapping."""
+    """HTTP to the gateway (kept-alive connections: see _wire.py), with the SDK's error mapping."""
 
     def __init__(self, url: str | None = None, api_key: str | None = None, timeout: float = 60.0) -> None:
         self.connection = Connection.resolve(url, api_key)

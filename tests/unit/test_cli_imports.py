@@ -11,8 +11,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-# Each costs `corral run` more to import than the rest of it does (or is the server's).
-HEAVY = ("httpx", "grpc", "google.protobuf", "pydantic", "asyncio", "dataclasses", "corral.sdk.results", "yaml")
+# Each costs `corral run` more to import than the rest of it does (or is the server's); http.client
+# brings the email package (its header parser), and ssl is for https gateways only.
+HEAVY = (
+    "httpx", "grpc", "google.protobuf", "pydantic", "asyncio", "dataclasses", "corral.sdk.results", "yaml",
+    "http.client", "email", "ssl", "threading",
+)
 
 # What `corral run -q 'echo x'` loads before its first request: the command line parsed,
 # its module, the blocking client and a task's first call built.
