@@ -5,16 +5,20 @@ not a test): issue 13's row "`corral run -q 'echo x'` whole process, target <= 1
     .venv/bin/python bench/cli_startup.py                          # starts `corral up` on free ports
     .venv/bin/python bench/cli_startup.py --url http://127.0.0.1:8000   # against a running gateway
     .venv/bin/python bench/cli_startup.py --runs 30
+    .venv/bin/python bench/cli_startup.py --against /work/main   # another checkout's CLI, in alternation
 
 Prints, over N sequential runs (after one warm-up that also writes the bytecode caches): the
 whole process's wall time (p50, p95, min) and its ratio to the 150 ms target; beside it the
 floors: a bare `python -c pass`, the CLI's imports alone (`python -X importtime`), and the same
 task submitted and followed in-process through the SDK (what the gateway and sandbox take).
+With --against, another checkout's CLI runs in alternation with this one's, against the same
+gateway (a before/after on a busy machine: both see the same load).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import resource
@@ -37,10 +41,10 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))]
 
 
-def child_env() -> dict[str, str]:
+def child_env(repo: Path = REPO) -> dict[str, str]:
     # Bytecode caches as an installed package has them (pip compiles on install).
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(repo) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
 
@@ -56,10 +60,10 @@ def embedded_stack() -> Iterator[str]:
 CPU: list[float] = []
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def timed(argv: list[str], env: dict[str, str], cwd: Path = REPO) -> float:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True)
     took = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -124,16 +128,39 @@ def measure(url: str, runs: int) -> tuple[float, float, float]:
     return p50, bare, cli_cpu
 
 
+def against(url: str, runs: int, other: Path) -> None:
+    """This checkout's CLI and `other`'s, run in alternation: p50 wall and CPU of each."""
+    command = [sys.executable, "-m", "corral.cli", "--url", url, "run", "-q", "echo x"]
+    sides = {"this": (child_env(), REPO), str(other): (child_env(other), other)}
+    walls: dict[str, list[float]] = {name: [] for name in sides}
+    cpus: dict[str, list[float]] = {name: [] for name in sides}
+    for env, cwd in sides.values():
+        timed(command, env, cwd)  # warm-up: bytecode caches
+    for _ in range(runs):
+        for name, (env, cwd) in sides.items():
+            CPU.clear()
+            walls[name].append(timed(command, env, cwd))
+            cpus[name].append(CPU[0])
+    print(f"`corral run -q 'echo x'`, {runs} runs of each in alternation (load {os.getloadavg()[0]:.1f})")
+    for name in sides:
+        print(f"  {name:30s} p50 {statistics.median(walls[name]) * 1000:7.1f} ms   "
+              f"CPU p50 {statistics.median(cpus[name]) * 1000:7.1f} ms")
+    this, that = (statistics.median(walls[n]) for n in sides)
+    print(f"  this / other: {this / that:.2f}x wall, "
+          f"{statistics.median(cpus['this']) / statistics.median(cpus[str(other)]):.2f}x CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", help="a running gateway (default: start `corral up` on free ports)")
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--against", type=Path, metavar="CHECKOUT",
+                        help="also run this other checkout's CLI, in alternation with this one's")
     args = parser.parse_args()
-    if args.url:
-        measure(args.url, args.runs)
-        return
-    with embedded_stack() as url:
+    with contextlib.nullcontext(args.url) if args.url else embedded_stack() as url:
         measure(url, args.runs)
+        if args.against:
+            against(url, args.runs, args.against.resolve())
 
 
 if __name__ == "__main__":

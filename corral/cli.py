@@ -6,7 +6,8 @@ arguments are defined), so `corral run` pays for neither the server's code nor t
 commands' (`python -X importtime -m corral.cli run ...` shows what a command imports).
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's string
+# annotation (a ForwardRef), which cost `corral run` more at its start than its whole parser.
 
 import argparse
 import importlib
@@ -114,20 +115,65 @@ def completion(args: argparse.Namespace) -> int:
     return 0
 
 
+def _terminal_width() -> int:
+    """shutil.get_terminal_size()'s columns, without importing shutil (argparse does, for every
+    formatter it makes: one per argument added, to check its metavar)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80
+
+
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.HelpFormatter(prog, width=_terminal_width() - 2)
+
+
+def _top_formatter(prog: str) -> argparse.HelpFormatter:
+    return argparse.RawDescriptionHelpFormatter(prog, width=_terminal_width() - 2)
+
+
+class _FullHelp(argparse.Action):
+    """The top level's -h/--help when the parser defines one command only: the help of the
+    parser that names them all (built then, for the help alone)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        build_parser("").print_help()
+        parser.exit()
+
+
 def build_parser(only: str | None) -> argparse.ArgumentParser:
     """The parser; with `only`, only that command's arguments are defined (the rest are named,
-    for --help, without importing their modules)."""
+    for --help, without importing their modules); with `only` a command's name, only that
+    command is (argparse makes a whole parser for each command named, a fifth of what
+    `corral run` costs to start; the top level's --help builds the one naming them all)."""
+    one = only in BY_NAME
     parser = argparse.ArgumentParser(
         prog="corral",
         description="Run AI agents' tasks in isolated sandboxes.",
         epilog=EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_top_formatter,
+        add_help=not one,
     )
+    if one:
+        parser.add_argument("-h", "--help", action=_FullHelp, help="show this help message and exit")
     parser.add_argument("--version", action="version", version=f"corral {__version__}")
     add_connection_arguments(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for command in COMMANDS:
-        sub = commands.add_parser(command.name, help=command.help, description=command.description or None)
+        if one and command.name != only:
+            continue
+        sub = commands.add_parser(command.name, help=command.help, description=command.description or None,
+                                  formatter_class=_formatter)
         if only is not None and command.name != only:
             continue
         command.function("setup")(sub)
@@ -136,9 +182,17 @@ def build_parser(only: str | None) -> argparse.ArgumentParser:
     return parser
 
 
+# The top level's options that take a value (the next word, unless given as --url=URL).
+_VALUED = ("--url", "--api-key")
+
+
 def chosen_command(argv: Sequence[str]) -> str:
-    """The command named in argv (the first word that is one; '' for none), without parsing it all."""
-    return next((word for word in argv if word in BY_NAME), "")
+    """The command named in argv (the first word that is one and no option's value; '' for
+    none), without parsing it all."""
+    for before, word in zip(["", *argv], argv, strict=False):
+        if word in BY_NAME and before not in _VALUED:
+            return word
+    return ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

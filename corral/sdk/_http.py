@@ -5,7 +5,8 @@ answers with the same functions here; only the sending differs (the asyncio clie
 the blocking client's socket in _wire.py). httpx is imported only by the asyncio client.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations` here: typing.NamedTuple compiles each field's string
+# annotation (a ForwardRef), which cost `corral run` more at its start than its whole parser.
 
 import json
 import os
@@ -36,7 +37,7 @@ class Connection(NamedTuple):
     api_key: str | None
 
     @classmethod
-    def resolve(cls, url: str | None = None, api_key: str | None = None) -> Connection:
+    def resolve(cls, url: str | None = None, api_key: str | None = None) -> "Connection":
         """Arguments first, then CORRAL_URL / CORRAL_API_KEY, then the embedded default."""
         base = (url or os.environ.get("CORRAL_URL") or DEFAULT_URL).rstrip("/")
         key = api_key if api_key is not None else os.environ.get("CORRAL_API_KEY") or None
@@ -130,14 +131,14 @@ _HTTP_CODES = {
 }
 
 
-def check(response: httpx.Response) -> httpx.Response:
+def check(response: "httpx.Response") -> "httpx.Response":
     if response.status_code >= 400:
         response.read()
         raise error_for(response.status_code, response.content, response.headers)
     return response
 
 
-def transport_error(exc: httpx.HTTPError, connection: Connection) -> errors.CorralError:
+def transport_error(exc: "httpx.HTTPError", connection: Connection) -> errors.CorralError:
     """A call that never got an answer: the gateway is unreachable or too slow."""
     import httpx
 
