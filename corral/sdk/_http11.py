@@ -8,17 +8,24 @@ connection's close. What http.client guards against is guarded here too: CR/LF i
 (ValueError), bounded status and header lines, at most 100 headers, 1xx answers skipped, a
 body shorter than announced (ProtocolError), a kept-alive connection closed before it answered
 (RemoteDisconnected, so the caller may send again).
+
+Plain http runs on the socket module's C half (_socket): socket.py itself (its enums, built by
+scanning every constant, and selectors) costs more to import than this whole client; https
+needs socket.py's socket (ssl wraps it), and imports it.
 """
 
 from __future__ import annotations
 
-import socket
+import _socket
+import io
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import ssl
     from collections.abc import Iterator, Mapping
     from io import BufferedReader
+
+    from _typeshed import WriteableBuffer
 
 # http.client's bounds: a status or header line, the number of headers.
 MAX_LINE = 65536
@@ -186,19 +193,24 @@ class Connection:
     def __init__(self, host: str, port: int | None, timeout: float, context: ssl.SSLContext | None = None) -> None:
         self.host, self.timeout, self.context = host, timeout, context
         self.port = port or (443 if context is not None else 80)
-        self.sock: socket.socket | None = None
+        self.sock: _socket.socket | None = None
         self._file: BufferedReader | None = None
         self._method = "GET"
         # The Host header: an IPv6 address in brackets, the port unless it is the scheme's own.
         name = f"[{host}]" if ":" in host else _ascii_host(host)
         self._host_header = name if port in (None, 443 if context is not None else 80) else f"{name}:{self.port}"
 
-    def _connect(self) -> socket.socket:
+    def _connect(self) -> _socket.socket:
+        if self.context is None:
+            plain = _open(self.host, self.port, self.timeout)
+            self.sock, self._file = plain, io.BufferedReader(_Reader(plain))
+            return plain
+        import socket
+
         sock = socket.create_connection((self.host, self.port), self.timeout)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.context is not None:
-                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            sock = self.context.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()
             raise
@@ -229,6 +241,36 @@ class Connection:
             file.close()
         if sock is not None:
             sock.close()
+
+
+def _open(host: str, port: int, timeout: float) -> _socket.socket:
+    """socket.create_connection's plain TCP connection: each address of `host` in turn, the
+    last one's error if none connects."""
+    error: OSError | None = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(host, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            sock.setsockopt(_socket.IPPROTO_TCP, _socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            sock.close()
+            error = exc
+    raise error or OSError(f"no address found for {host}")
+
+
+class _Reader(io.RawIOBase):
+    """A connected socket's reads, for io.BufferedReader (what socket.makefile('rb') does)."""
+
+    def __init__(self, sock: _socket.socket) -> None:
+        self._sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        return self._sock.recv_into(buffer)
 
 
 def _checked(text: str) -> str:

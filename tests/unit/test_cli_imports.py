@@ -12,10 +12,11 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Each costs `corral run` more to import than the rest of it does (or is the server's); http.client
-# brings the email package (its header parser), and ssl is for https gateways only.
+# brings the email package (its header parser); ssl (and socket.py, which it wraps) are for https
+# gateways only; shutil is what argparse asks the terminal's width.
 HEAVY = (
     "httpx", "grpc", "google.protobuf", "pydantic", "asyncio", "dataclasses", "corral.sdk.results", "yaml",
-    "http.client", "email", "ssl", "threading",
+    "http.client", "email", "ssl", "threading", "socket", "selectors", "shutil",
 )
 
 # What `corral run -q 'echo x'` loads before its first request: the command line parsed,

@@ -123,6 +123,19 @@ def test_a_kept_alive_connection_closed_meanwhile_is_replaced_once() -> None:
     assert [r.split(b" ")[1] for r in server.requests] == [b"/one", b"/two", b"/two"]
 
 
+def test_each_address_of_the_host_is_tried_in_turn() -> None:
+    # A name to resolve: where localhost is ::1 too, that address refuses (the server is on 127.0.0.1).
+    with wire_to([ok(b"here")]) as (wire, _):
+        port = int(wire.connection.url.rsplit(":", 1)[1])
+        other = Wire(Connection(f"http://localhost:{port}", None), timeout=5)
+        try:
+            assert other.request(Call("GET", "/")).content == b"here"
+        finally:
+            other.close()
+    with pytest.raises(errors.Unavailable, match="Connection refused"):
+        Wire(Connection(f"http://localhost:{port}", None), timeout=5).request(Call("GET", "/"))
+
+
 def test_a_failed_answer_raises_its_typed_error() -> None:
     body = b'{"error": {"code": "not_found", "message": "no task t-9"}}'
     with wire_to([b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)]) as (wire, _):
