@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from corral import event_loop
 from corral.api_keys import keys_required
 from corral.config import Settings, load_settings
 from corral.errors import Unauthenticated
@@ -44,6 +45,7 @@ def serve(settings: Settings) -> None:
         timeout_graceful_shutdown=5,
         # Requests that are slow to arrive are cut off (gateway/serving.py), idle connections too.
         http=protocol_for(settings),
+        loop=event_loop.chosen(settings.event_loop),
         timeout_keep_alive=max(1, round(settings.gateway_keep_alive_seconds)),
     )
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
+from corral import event_loop
 from corral.config import load_settings
 from corral.logs import configure_logging
 from corral.tracing import configure_tracing, shutdown
@@ -15,7 +14,7 @@ def main() -> None:
     configure_logging("memory", settings.log_level, settings.log_json)
     configure_tracing("memory", settings)
     try:
-        asyncio.run(serve(settings))
+        event_loop.run(serve(settings), settings.event_loop)
     finally:
         shutdown()
 

@@ -1,7 +1,6 @@
 """python -m services.scheduler"""
 
-import asyncio
-
+from corral import event_loop
 from corral.config import load_settings
 from corral.logs import configure_logging
 from corral.tracing import configure_tracing, shutdown
@@ -12,6 +11,6 @@ settings = load_settings()
 configure_logging("scheduler", settings.log_level, settings.log_json)
 configure_tracing("scheduler", settings)
 try:
-    asyncio.run(serve(settings))
+    event_loop.run(serve(settings), settings.event_loop)
 finally:
     shutdown()
