@@ -45,4 +45,9 @@ async def identity(backends: Backends, metadata: Metadata) -> Identity:
     return Identity(reply.tenant_id, reply.key_id, reply.admin, reply.keys_required)
 
 
-CallerDep = Annotated[Metadata, Depends(forwarded)]
+async def caller_metadata(conn: HTTPConnection) -> Metadata:
+    """forwarded() as a coroutine dependency (a plain function's would run in a thread)."""
+    return forwarded(conn)
+
+
+CallerDep = Annotated[Metadata, Depends(caller_metadata)]

@@ -47,7 +47,7 @@ def get_settings(conn: HTTPConnection) -> Settings:
     return settings
 
 
-def get_backends(conn: HTTPConnection) -> Backends:
+async def get_backends(conn: HTTPConnection) -> Backends:
     backends: Backends = conn.app.state.backends
     return backends
 
@@ -57,24 +57,34 @@ def get_sandbox_stubs(conn: HTTPConnection) -> SandboxStubs:
     return stubs
 
 
-def get_call_routes(conn: HTTPConnection) -> CallRoutes:
+async def get_call_routes(conn: HTTPConnection) -> CallRoutes:
     routes: CallRoutes = conn.app.state.sandbox_stubs.calls
     return routes
 
 
-def get_jupyter(conn: HTTPConnection) -> JupyterProxy:
+async def get_jupyter(conn: HTTPConnection) -> JupyterProxy:
     proxy: JupyterProxy = conn.app.state.jupyter
     return proxy
 
 
-def get_relay(conn: HTTPConnection) -> SandboxRelay:
+async def get_relay(conn: HTTPConnection) -> SandboxRelay:
     relay: SandboxRelay = conn.app.state.relay
     return relay
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
+# The dependencies are coroutines (or wrapped in one): FastAPI runs a plain function's in its
+# thread pool, a hop per dependency per request (a few ms each on a busy machine).
+async def settings_dep(conn: HTTPConnection) -> Settings:
+    return get_settings(conn)
+
+
+async def sandbox_stubs_dep(conn: HTTPConnection) -> SandboxStubs:
+    return get_sandbox_stubs(conn)
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
 BackendsDep = Annotated[Backends, Depends(get_backends)]
-SandboxStubsDep = Annotated[SandboxStubs, Depends(get_sandbox_stubs)]
+SandboxStubsDep = Annotated[SandboxStubs, Depends(sandbox_stubs_dep)]
 CallRoutesDep = Annotated[CallRoutes, Depends(get_call_routes)]
 JupyterDep = Annotated[JupyterProxy, Depends(get_jupyter)]
 RelayDep = Annotated[SandboxRelay, Depends(get_relay)]

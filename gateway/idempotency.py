@@ -18,7 +18,7 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 REPLAYED = {REPLAYED_HEADER: "true"}
 
 
-def idempotency_key(
+async def idempotency_key(
     key: Annotated[
         str | None,
         Header(
@@ -29,7 +29,8 @@ def idempotency_key(
         ),
     ] = None,
 ) -> str:
-    """The header's key ("" without one); a bad one is a 400 naming the header."""
+    """The header's key ("" without one); a bad one is a 400 naming the header. (A coroutine:
+    FastAPI runs a plain function's dependency in its thread pool.)"""
     return "" if key is None else check_key(key, HEADER)
 
 

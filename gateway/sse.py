@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 import structlog
@@ -41,37 +41,85 @@ def format_error(body: dict[str, Any]) -> str:
     return f"event: error\ndata: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
+class Watch(NamedTuple):
+    """A WatchTask call already answering, with its first event (None: it ended at once)."""
+
+    call: Any
+    first: task_pb2.TaskEvent | None
+
+
+async def open_watch(
+    scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
+    task_id: str,
+    after_sequence: int,
+    caller: tuple[tuple[str, str], ...],
+    wait: float,
+) -> Watch | None:
+    """Starts following the task: the call and its first answer, if one comes within `wait`
+    seconds (None otherwise: a quiet task, the call cancelled). The scheduler checks the task
+    and the caller before its first answer, so an unknown task raises (the AioRpcError) here,
+    before any response has started; this spares the GetTask call that would check it first."""
+    call = scheduler.WatchTask(
+        scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=after_sequence), metadata=caller
+    )
+    try:
+        response = await asyncio.wait_for(call.read(), timeout=wait)
+    except TimeoutError:
+        call.cancel()
+        return None
+    except BaseException:
+        call.cancel()
+        raise
+    return Watch(call, event_of(response))
+
+
+def event_of(response: object) -> task_pb2.TaskEvent | None:
+    """A watch's answer as its event; None for the end of the watch (grpc.aio.EOF)."""
+    return response.event if isinstance(response, scheduler_pb2.WatchTaskResponse) else None
+
+
+async def next_event(call: Any) -> task_pb2.TaskEvent | None:
+    """The watch's next event; None once it has ended."""
+    return event_of(await call.read())
+
+
 async def task_event_stream(
     scheduler: scheduler_pb2_grpc.SchedulerServiceAsyncStub,
     task_id: str,
     after_sequence: int,
     keepalive_seconds: float,
     caller: tuple[tuple[str, str], ...] = (),
+    opened: Watch | None = None,
 ) -> AsyncIterator[str]:
-    """Yields SSE frames until the task's `finished` event (or the watch ends).
+    """Yields SSE frames until the task's `finished` event (or the watch ends), going on with
+    the `opened` watch when there is one.
 
     A separate pump task reads the gRPC stream into a queue, so waiting for the next event
     can time out (to send a keep-alive comment) without cancelling the gRPC read.
     """
     queue: asyncio.Queue[object] = asyncio.Queue(QUEUED_EVENTS)
-    calls: list[Any] = []
+    calls: list[Any] = [] if opened is None else [opened.call]
 
     async def pump() -> None:
         last = after_sequence
         try:
-            for _ in range(MAX_WATCHES):
-                call = scheduler.WatchTask(
-                    scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last), metadata=caller
-                )
-                calls.append(call)
-                progressed = False
-                async for response in call:
-                    last, progressed = response.event.sequence, True
-                    await queue.put(response.event)
-                    if response.event.WhichOneof("event") == "finished":
-                        return
-                if not progressed:
+            for watch in range(MAX_WATCHES):
+                if watch == 0 and opened is not None:
+                    call, event = opened.call, opened.first
+                else:
+                    call = scheduler.WatchTask(
+                        scheduler_pb2.WatchTaskRequest(task_id=task_id, after_sequence=last), metadata=caller
+                    )
+                    calls.append(call)
+                    event = await next_event(call)
+                if event is None:
                     return
+                while event is not None:
+                    last = event.sequence
+                    await queue.put(event)
+                    if event.WhichOneof("event") == "finished":
+                        return
+                    event = await next_event(call)
                 # The watch ended before `finished` (the task turned terminal while its last
                 # events were being written): follow again from where it stopped.
         except grpc.aio.AioRpcError as exc:

@@ -162,6 +162,10 @@ class Answer:
             return self._file.read()
         return self._exactly(self._left)
 
+    def isclosed(self) -> bool:
+        """Whether the body has been read to its end."""
+        return self._done and not self._pending
+
     def readline(self) -> bytes:
         """The body's next line, its newline kept (b'' at the body's end)."""
         if self._chunked:

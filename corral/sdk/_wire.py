@@ -136,29 +136,31 @@ class Wire:
             raise error_for(answer.status, content, dict(answer.headers.items()))
         return Response(answer.status, answer.headers, content)
 
-    @contextmanager
-    def stream(self, call: Call) -> Iterator[Iterator[str]]:
-        """The answer's lines as they come (a failed answer raises its typed error)."""
+    def open_stream(self, call: Call) -> Stream:
+        """Sends `call`; its answer to be read as it comes (a failed answer raises its typed error)."""
         try:
             conn, answer = self._send(call)
         except (OSError, ProtocolError) as exc:
             raise self._unreachable(exc) from None
-        try:
-            if answer.status >= 400:
+        stream = Stream(self, conn, answer)
+        if answer.status >= 400:
+            try:
                 content = answer.read()
-                raise error_for(answer.status, content, dict(answer.headers.items()))
+            except (OSError, ProtocolError) as exc:
+                raise self._unreachable(exc) from None
+            finally:
+                stream.close()
+            raise error_for(answer.status, content, dict(answer.headers.items()))
+        return stream
 
-            def lines() -> Iterator[str]:
-                try:
-                    while line := answer.readline():
-                        yield line.decode("utf-8", "replace").rstrip("\r\n")
-                except (OSError, ProtocolError) as exc:
-                    raise self._unreachable(exc) from None
-
-            yield lines()
+    @contextmanager
+    def stream(self, call: Call) -> Iterator[Iterator[str]]:
+        """The answer's lines as they come (a failed answer raises its typed error)."""
+        stream = self.open_stream(call)
+        try:
+            yield stream.lines()
         finally:
-            # A stream left before its end cannot carry another request.
-            conn.close()
+            stream.close()
 
     def _unreachable(self, exc: BaseException) -> errors.CorralError:
         if isinstance(exc, TimeoutError):
@@ -169,4 +171,42 @@ class Wire:
         with self._lock:
             idle, self._idle = self._idle, []
         for conn in idle:
+            conn.close()
+
+
+class Stream:
+    """An answer being read as it comes: its status and headers, then its lines; close() when
+    done with it. Read to its end, its connection serves the next request; left before, it is
+    closed (it cannot carry another request)."""
+
+    def __init__(self, wire: Wire, conn: HTTPConnection, answer: Answer) -> None:
+        self._wire, self.answer = wire, answer
+        self._conn: HTTPConnection | None = conn
+        self.status, self.headers = answer.status, answer.headers
+
+    def set_timeout(self, seconds: float) -> None:
+        """How long each read may wait from now on."""
+        if self._conn is not None and self._conn.sock is not None:
+            self._conn.sock.settimeout(seconds)
+
+    def lines(self) -> Iterator[str]:
+        try:
+            while line := self.answer.readline():
+                yield line.decode("utf-8", "replace").rstrip("\r\n")
+        except (OSError, ProtocolError) as exc:
+            raise self._wire._unreachable(exc) from None
+
+    def read(self) -> bytes:
+        try:
+            return self.answer.read()
+        except (OSError, ProtocolError) as exc:
+            raise self._wire._unreachable(exc) from None
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self.answer.isclosed() and not self.answer.will_close:
+            self._wire._give_back(conn)
+        else:
             conn.close()

@@ -16,6 +16,8 @@ Tool = Literal["shell", "python", "typescript"]
 NetworkArg = bool | Mapping[str, Sequence[str]]
 
 SSE = {"Accept": "text/event-stream"}
+# How long a task's event stream is read (the gateway's keep-alives come far more often).
+FOLLOW_SECONDS = 24 * 3600.0
 
 
 def _sandbox(sandbox_id: str, rest: str = "") -> str:
@@ -186,6 +188,11 @@ def submit_task(spec: Mapping[str, Any]) -> Call:
     return Call("POST", "/v1/tasks", json=dict(spec))
 
 
+def submit_and_follow_task(spec: Mapping[str, Any]) -> Call:
+    """Submits the task and streams its events in the same request (Location names the task)."""
+    return Call("POST", "/v1/tasks", json=dict(spec), headers=SSE)
+
+
 def get_task(task_id: str) -> Call:
     return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}")
 
@@ -193,7 +200,7 @@ def get_task(task_id: str) -> Call:
 def task_events(task_id: str, after: int = 0) -> Call:
     """The task's events after sequence `after` (replayed, then live, to its `finished`)."""
     return Call("GET", f"/v1/tasks/{quote(task_id, safe='')}/events", params={"after": after or None},
-                headers=SSE, timeout=24 * 3600.0)
+                headers=SSE, timeout=FOLLOW_SECONDS)
 
 
 def list_tasks(state: str | None, page_size: int, page_token: str = "") -> Call:

@@ -10,15 +10,17 @@ aio.py is the same API with `async`; both send the calls built in calls.py.
 from __future__ import annotations
 
 import builtins
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, overload
+from urllib.parse import unquote
 
 from corral import errors
 from corral.sdk import calls
 from corral.sdk._http import Call, Connection, SseParser, error_event
-from corral.sdk._wire import Response, Wire
+from corral.sdk._wire import Response, Stream, Wire
 
 if TYPE_CHECKING:
     from corral.sdk.results import (
@@ -48,13 +50,27 @@ class Client:
     def json(self, call: Call) -> Any:
         return self.send(call).json()
 
-    def events(self, call: Call) -> Iterator[tuple[str, dict[str, Any]]]:
-        """The Server-Sent Events of a streaming answer, as (event, data)."""
-        with self.wire.stream(call) as lines:
+    def events(self, call: Call, last: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """The Server-Sent Events of a streaming answer, as (event, data) (see read_events); the
+        request is sent when the first is asked for."""
+        yield from self.read_events(self.wire.open_stream(call), last)
+
+    @staticmethod
+    def read_events(stream: Stream, last: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """An open stream's events, as (event, data); it is closed at the end. The answer ends
+        after an event named `last`: it is read to its end before that event is handed over, so
+        that its connection serves the next request (one left mid-stream is closed)."""
+        try:
+            lines = stream.lines()
             parser = SseParser()
             for line in lines:
                 for event in parser.feed(line):
+                    if event.event == last:
+                        for _ in lines:
+                            pass
                     yield event.event, event.data
+        finally:
+            stream.close()
 
     def close(self) -> None:
         self.wire.close()
@@ -460,24 +476,37 @@ class Task:
     # Times a dropped event stream is picked up again (from the last event seen) before giving up.
     RESUMES = 5
 
-    def __init__(self, client: Client, task_id: str, owns_client: bool = False) -> None:
+    def __init__(self, client: Client, task_id: str, owns_client: bool = False, events: Stream | None = None) -> None:
         self.client, self.id = client, task_id
         self._owns_client = owns_client
         self.last_sequence = 0
+        # The submitting request's own answer: the task's events, until events() reads them.
+        self._events = events
 
     @classmethod
     def submit(cls, spec: Mapping[str, Any], *, url: str | None = None, api_key: str | None = None,
                client: Client | None = None) -> Task:
-        """Submits a task in the task format ({"steps": [...], "network", "env", "sandbox_id"...})."""
+        """Submits a task in the task format ({"steps": [...], "network", "env", "sandbox_id"...}).
+        The same request goes on with the task's events, for events() and wait() to read (no
+        second request: close() or `with` lets go of them when they are not read)."""
         own = client is None
         client = client or Client(url, api_key)
         try:
-            task_id = str(client.json(calls.submit_task(spec))["task_id"])
+            stream = client.wire.open_stream(calls.submit_and_follow_task(spec))
+            stream.set_timeout(calls.FOLLOW_SECONDS)  # submitted: now as long as a task may take
+            location = stream.headers.get("Location") or ""
+            content_type = (stream.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
+            if content_type != "text/event-stream" or not location:
+                # A gateway that answers with the created task only.
+                try:
+                    return cls(client, str(json.loads(stream.read())["task_id"]), owns_client=own)
+                finally:
+                    stream.close()
         except BaseException:
             if own:
                 client.close()
             raise
-        return cls(client, task_id, owns_client=own)
+        return cls(client, unquote(location.rstrip("/").rpartition("/")[2]), owns_client=own, events=stream)
 
     @classmethod
     def connect(cls, task_id: str, *, url: str | None = None, api_key: str | None = None,
@@ -516,6 +545,9 @@ class Task:
         self.close()
 
     def close(self) -> None:
+        if self._events is not None:
+            self._events.close()
+            self._events = None
         if self._owns_client:
             self.client.close()
 
@@ -525,7 +557,12 @@ class Task:
         resumes = 0
         while True:
             try:
-                for event, data in self.client.events(calls.task_events(self.id, self.last_sequence)):
+                if self._events is not None:  # the submitting request's answer, read once
+                    stream, self._events = self._events, None
+                    events = self.client.read_events(stream, last="finished")
+                else:
+                    events = self.client.events(calls.task_events(self.id, self.last_sequence), last="finished")
+                for event, data in events:
                     self.last_sequence = max(self.last_sequence, int(data.get("sequence", 0) or 0))
                     resumes = 0
                     if event == "error":

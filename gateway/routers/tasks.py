@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from corral.bounds import INT64_MAX
 from corral.schema import TaskRequest
@@ -18,11 +19,12 @@ from gateway.body import JsonBody
 from gateway.deps import BackendsDep, SettingsDep
 from gateway.errors import ApiError
 from gateway.idempotency import REPLAYED, IdempotencyKeyDep
-from gateway.sse import task_event_stream
+from gateway.sse import open_watch, task_event_stream
 from gateway.step_output import STREAMS, step_output
-from gateway.views import UPSTREAM, errors, view_response
+from gateway.views import SSE_STREAM, UPSTREAM, errors, view_response
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+SSE_TYPE = "text/event-stream"
 
 TASK_BODY = JsonBody(TaskRequest, expected=' with "steps"', example={"steps": [
     {"tool": "shell", "command": "echo hello > hello.txt"},
@@ -35,6 +37,9 @@ SUBMIT_ERRORS = errors(400, 404, 409, 413, 429, *UPSTREAM, e404="Unknown sandbox
                        "used for a different request.",
                        e429="The tenant's submission quota is used up (Retry-After says when to retry).")
 TASK_ERRORS = errors(400, 404, *UPSTREAM, e400="task_id is blank.")
+# How long an event stream's request waits for the task's first event before checking the task
+# with a GetTask instead (so that its 404 still comes before the stream starts).
+FIRST_EVENT_WAIT_SECONDS = 1.0
 
 
 async def submit(
@@ -50,10 +55,14 @@ async def submit(
     return (reply.task if reply.HasField("task") else task_pb2.Task(task_id=reply.task_id)), reply.replayed
 
 
-async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_pb2.Task:
-    """The task, if the caller's tenant owns it (404 otherwise, as for an unknown id)."""
+def require_task_id(task_id: str) -> None:
     if not task_id.strip():
         raise ApiError(400, "invalid_argument", "task_id must not be empty")
+
+
+async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_pb2.Task:
+    """The task, if the caller's tenant owns it (404 otherwise, as for an unknown id)."""
+    require_task_id(task_id)
     async with upstream("scheduler"):
         reply = await backends.scheduler.GetTask(
             scheduler_pb2.GetTaskRequest(task_id=task_id), metadata=caller, timeout=backends.timeout
@@ -64,18 +73,35 @@ async def get_task(backends: Backends, task_id: str, caller: Metadata) -> task_p
 @router.post(
     "",
     name="create_task",
-    summary="Create a task",
+    summary="Create a task (and, asked for text/event-stream, follow its events in the same request)",
     status_code=201,
     response_model=TaskView,
-    responses={**SUBMIT_ERRORS, 200: {"model": TaskView, "description": "A replay (Idempotency-Key seen before)."}},
+    responses={
+        **SUBMIT_ERRORS,
+        201: {"description": "The task created; with `Accept: text/event-stream` (and not application/json) "
+              "its events instead, as GET /v1/tasks/{task_id}/events sends them (Location names the task).",
+              **SSE_STREAM},
+        200: {"model": TaskView, "description": "A replay (Idempotency-Key seen before)."},
+    },
     openapi_extra=TASK_BODY.openapi,
 )
 async def create_task(
-    task: TaskBody, backends: BackendsDep, caller: CallerDep, idempotency_key: IdempotencyKeyDep
-) -> JSONResponse:
+    request: Request,
+    task: TaskBody,
+    backends: BackendsDep,
+    settings: SettingsDep,
+    caller: CallerDep,
+    idempotency_key: IdempotencyKeyDep,
+) -> Response:
     created, replayed = await submit(backends, task, caller, idempotency_key)
     headers = {"Location": f"/v1/tasks/{created.task_id}", **(REPLAYED if replayed else {})}
-    return view_response(TaskView.from_proto(created), status_code=200 if replayed else 201, headers=headers)
+    status = 200 if replayed else 201
+    if wants_events(request):
+        # Submit and follow in one request (one round trip less than POST, then GET .../events).
+        # The task exists from here on: a failure to follow it is told inside the stream.
+        events = task_event_stream(backends.scheduler, created.task_id, 0, settings.gateway_sse_keepalive_seconds, caller)
+        return sse_response(events, status, headers)
+    return view_response(TaskView.from_proto(created), status_code=status, headers=headers)
 
 
 @router.get("", name="list_tasks", summary="List tasks", response_model=TaskList, responses=errors(400, *UPSTREAM))
@@ -152,6 +178,23 @@ EVENTS_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+def wants_events(request: Request) -> bool:
+    """Whether a creating request asks to follow the task (Accept names the stream, not JSON)."""
+    accept = request.headers.get("accept", "")
+    return SSE_TYPE in accept and "application/json" not in accept
+
+
+def sse_response(
+    stream: AsyncIterator[str], status_code: int = 200, headers: Mapping[str, str] | None = None
+) -> StreamingResponse:
+    return StreamingResponse(
+        stream,
+        status_code=status_code,
+        media_type=SSE_TYPE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **(headers or {})},
+    )
+
+
 def event_sequence(last_event_id: str) -> int:
     """The Last-Event-ID header as a sequence number (what the stream's `id:` lines carry)."""
     text = last_event_id.strip()
@@ -180,13 +223,17 @@ async def task_events(
     # Every check before the stream starts: an error inside it would break the response.
     if last_event_id:
         after = max(after, event_sequence(last_event_id))
-    await get_task(backends, task_id, caller)  # 401/404 before the stream starts, not inside it
-    stream = task_event_stream(backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds, caller)
-    return StreamingResponse(
-        stream,
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    require_task_id(task_id)
+    # 401/404 before the stream starts, not inside it: from the watch's first answer, or (when
+    # none comes at once: a quiet task followed from its last event) from a GetTask.
+    async with upstream("scheduler"):
+        opened = await open_watch(backends.scheduler, task_id, after, caller, FIRST_EVENT_WAIT_SECONDS)
+    if opened is None:
+        await get_task(backends, task_id, caller)
+    stream = task_event_stream(
+        backends.scheduler, task_id, after, settings.gateway_sse_keepalive_seconds, caller, opened
     )
+    return sse_response(stream)
 
 
 @router.get(

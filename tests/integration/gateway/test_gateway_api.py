@@ -348,6 +348,43 @@ def test_events_resume_after_a_sequence_and_from_last_event_id(api: httpx.Client
     assert bad.status_code == 400
 
 
+def test_create_with_accept_event_stream_follows_the_task_in_the_same_request(stack: Cluster) -> None:
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
+        sse = {"Accept": "text/event-stream"}
+        with api.stream("POST", "/v1/tasks", json=ONE_STEP, headers=sse) as response:
+            assert response.status_code == 201
+            assert response.headers["content-type"].startswith("text/event-stream")
+            task_id = response.headers["location"].rpartition("/")[2]
+            stream = events(response)
+            first = next(stream)
+            assert first.event == "scheduled" and first.json()["task_id"] == task_id
+            with httpx.Client(base_url=stack.gateway_url, timeout=30) as other:
+                assert other.post(f"/v1/tasks/{task_id}/cancel").status_code == 200
+            rest = list(stream)
+        assert rest[-1].event == "finished" and rest[-1].json()["status"] == "cancelled"
+        # Asking for JSON too is the plain creation; a bad task is the usual 400, before any stream.
+        both = api.post("/v1/tasks", json=ONE_STEP, headers={"Accept": "application/json, text/event-stream"})
+        assert both.status_code == 201 and both.json()["task_id"]
+        api.post(f"/v1/tasks/{both.json()['task_id']}/cancel")
+        bad = api.post("/v1/tasks", json={"steps": []}, headers=sse)
+        assert bad.status_code == 400 and error_of(bad)["code"] == "invalid_argument"
+
+
+def test_events_of_a_quiet_task_from_its_last_event_start_and_go_on_live(stack: Cluster) -> None:
+    """No event comes at once (the task waits, followed after its only event): the stream still
+    starts (the task checked another way), then carries the next events."""
+    with httpx.Client(base_url=stack.gateway_url, timeout=30) as api:
+        task_id = create(api)
+        with api.stream("GET", f"/v1/tasks/{task_id}/events", params={"after": 1}) as response:
+            assert response.status_code == 200
+            stream = frames(response)
+            assert next(stream).comment == "keep-alive"
+            assert api.post(f"/v1/tasks/{task_id}/cancel").status_code == 200
+            kinds = [f.event for f in stream if f.comment is None]
+        assert kinds[-1] == "finished" and "scheduled" not in kinds
+        assert api.get("/v1/tasks/nope/events", params={"after": 5}).status_code == 404
+
+
 # --- history and search (memory) ----------------------------------------------------------
 
 

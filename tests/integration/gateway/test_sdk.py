@@ -4,11 +4,14 @@ lifetime, one-shot tasks, tasks in a sandbox, and the typed errors of each failu
 from __future__ import annotations
 
 import asyncio
+import re
 
+import httpx
 import pytest
 from harness import Cluster
 
 from corral import AsyncSandbox, CommandFailed, Sandbox, Timeout, errors, run_task, run_task_async
+from corral.sdk.sync import Client, Task
 
 
 def test_a_sandbox_lives_from_create_to_the_end_of_its_block(full_stack: Cluster) -> None:
@@ -53,6 +56,34 @@ def test_one_shot_tasks_sync_and_async(full_stack: Cluster) -> None:
         return one.steps[0].stdout
 
     assert asyncio.run(go()) == "async\n"
+
+
+def _requests(gateway_url: str, route: str) -> float:
+    """How many requests to `route` (a template) the gateway has answered, from its /metrics."""
+    text = httpx.get(gateway_url + "/metrics", timeout=30).text
+    pattern = rf'corral_gateway_requests_total\{{method="\w+",route="{re.escape(route)}",status="\d+"\}} (\S+)'
+    return sum(float(value) for value in re.findall(pattern, text))
+
+
+def test_a_task_is_submitted_and_followed_in_one_request_on_one_connection(full_stack: Cluster) -> None:
+    url = full_stack.gateway_url
+    before = _requests(url, "/v1/tasks/{task_id}/events"), _requests(url, "/v1/tasks")
+    with Client(url) as client:
+        sockets = set()
+        for _ in range(2):
+            with Task.submit({"steps": [{"tool": "shell", "command": "echo x"}]}, client=client) as task:
+                kinds = [kind for kind, _ in task.events()]
+            assert kinds[0] == "scheduled" and kinds[-1] == "finished" and "output" in kinds
+            # Read to its end, the stream's connection is the next request's.
+            sockets |= {conn.sock.getsockname() for conn in client.wire._idle if conn.sock is not None}
+        assert len(sockets) == 1
+        assert task.status().ok
+        # Left unread, the events are let go of with the task.
+        with Task.submit({"steps": [{"tool": "shell", "command": "true"}]}, client=client) as unread:
+            pass
+        assert unread.wait().ok  # followed again, by GET .../events
+    after = _requests(url, "/v1/tasks/{task_id}/events"), _requests(url, "/v1/tasks")
+    assert after[0] - before[0] == 1 and after[1] - before[1] == 3
 
 
 def test_failures_raise_the_typed_errors(full_stack: Cluster) -> None:
