@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -82,6 +83,27 @@ def container_init(info: dict[str, Any], container_id: str) -> ContainerInit | N
     pid = (info.get("State") or {}).get("Pid") or 0
     if not isinstance(pid, int) or pid <= 0:
         return None
+    return container_init_of(pid, container_id)
+
+
+def init_from_cgroup(procs_files: list[Path], container_id: str) -> ContainerInit | None:
+    """The init of a just-started container found among the processes of its cgroup (the
+    `cgroup.procs` files of its directories), without asking Docker (an inspection per
+    container); None when none of them passes the checks of the module docstring."""
+    for path in procs_files:
+        try:
+            pids = [int(word) for word in path.read_text().split()]
+        except (OSError, ValueError):
+            continue
+        for pid in pids:
+            found = container_init_of(pid, container_id)
+            if found is not None:
+                return found
+    return None
+
+
+def container_init_of(pid: int, container_id: str) -> ContainerInit | None:
+    """ContainerInit of `pid` once it is checked to be the container's init, else None."""
     try:
         pidfd = os.pidfd_open(pid)
     except OSError:
