@@ -55,6 +55,7 @@ class AgentSandbox(Sandbox, Generic[T]):
         self.warm_slot = warm_slot
         self.claimed = False  # a warm sandbox handed to a task
         self._closed = False
+        self.ended = False  # close() returned: its processes gone, its task directory back
         self._reader: asyncio.Task[None] | None = None
         self.log = log.bind(task_id=config.task_id)
         self.channel = AgentChannel(self.transport.write, {"task_id": config.task_id})
@@ -137,6 +138,7 @@ class AgentSandbox(Sandbox, Generic[T]):
                 # event loop for tens of ms (every other task's events waited).
                 task_dir = self.config.host_task_dir if self.claimed else None
                 await asyncio.shield(asyncio.to_thread(release_slot, self.warm_slot, task_dir, self.config.task_id))
+            self.ended = True
 
     async def update_network(self, rules: NetworkRules) -> None:
         if not self.config.network:

@@ -39,14 +39,20 @@ REFILL_DELAY_SECONDS = 0.05
 # Sandboxes started at once to refill the pool: a burst of claims is met by a burst of starts
 # (one at a time, a pool of 8 refilled at ~25/s while tasks were claimed at 100+/s).
 REFILL_PARALLEL = 2
-# A pool that refills when quiet waits at most this long for the sandboxes it handed out to end.
+# A pool that refills when quiet waits at most this long for the sandboxes it handed out to end,
+# looking this often.
 QUIET_MAX_WAIT_SECONDS = 1.0
+QUIET_POLL_SECONDS = 0.01
 
 
 class PooledSandbox(Protocol):
     @property
     def alive(self) -> bool:
         """Whether the sandbox (and its agent) still runs."""
+
+    @property
+    def ended(self) -> bool:
+        """Whether its close() returned (its processes gone, its task directory back)."""
 
     async def claim(self, config: SandboxConfig, prepare_dir: Callable[[Path], None]) -> None:
         """Hands the sandbox a task (AgentSandbox.claim); raises SandboxError or OSError."""
@@ -72,9 +78,10 @@ class WarmPool(Generic[S]):
         self.start_one = start_one
         self.what = what
         self.driver = driver  # the label of its metrics
-        # Refill once the sandboxes handed out have ended (at most QUIET_MAX_WAIT_SECONDS):
-        # where a start costs a lot of CPU (a container: dockerd, runc, its agent), it would
-        # otherwise land on the task that just claimed one, its end included.
+        # Refill once the sandboxes handed out have ended (at most QUIET_MAX_WAIT_SECONDS),
+        # unless none is left ready: where a start costs a lot of CPU (a container: dockerd,
+        # runc, its agent), it would otherwise land on the task that just claimed one, its end
+        # included; a drained pool refills at once (the next task would wait for a start).
         self.refill_when_quiet = refill_when_quiet
         self._handed_out: list[S] = []
         self._ready: deque[S] = deque()
@@ -153,9 +160,12 @@ class WarmPool(Generic[S]):
         try:
             while True:
                 await self._wanted.wait()
-                if self.claimed_total:  # a refill, not the first fill
+                if self.claimed_total and not self.refill_when_quiet:  # a refill, not the first fill
                     await asyncio.sleep(REFILL_DELAY_SECONDS)
+                elif self.claimed_total and self._ready:
                     await self._quiet()
+                    if self._ready:  # (not drained meanwhile) its `finished` goes out first
+                        await asyncio.sleep(REFILL_DELAY_SECONDS)
                 self._wanted.clear()
                 while len(self._ready) + len(starting) < self.size or starting:
                     while len(self._ready) + len(starting) < self.size and len(starting) < REFILL_PARALLEL:
@@ -172,14 +182,15 @@ class WarmPool(Generic[S]):
                     await task  # one that got through is in _ready, which stop() empties
 
     async def _quiet(self) -> None:
-        """Until no sandbox handed out still runs, or QUIET_MAX_WAIT_SECONDS (refill_when_quiet)."""
+        """Until every sandbox handed out has ended, the pool drained, or QUIET_MAX_WAIT_SECONDS
+        (refill_when_quiet)."""
         waited = 0.0
         while waited < QUIET_MAX_WAIT_SECONDS:
-            self._handed_out = [sandbox for sandbox in self._handed_out if sandbox.alive]
-            if not self._handed_out:
+            self._handed_out = [sandbox for sandbox in self._handed_out if not sandbox.ended]
+            if not self._handed_out or not self._ready:
                 return
-            await asyncio.sleep(REFILL_DELAY_SECONDS)
-            waited += REFILL_DELAY_SECONDS
+            await asyncio.sleep(QUIET_POLL_SECONDS)
+            waited += QUIET_POLL_SECONDS
         self._handed_out.clear()
 
     async def _start_one(self) -> bool:
