@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import os
 import socket
-import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -75,10 +74,9 @@ log = structlog.get_logger()
 
 READY_TIMEOUT = 60.0
 # A stopped container is removed this long after its end: the removal (~20 ms of dockerd's CPU,
-# a few of this process's) then lands after the task's `finished`, not beside it.
+# a few of this process's) then lands after the task's `finished`, not beside it. (Not from a
+# niced thread: one holding the GIL while starved of CPU would stall the event loop.)
 REMOVE_DELAY_SECONDS = 0.3
-# The removals' thread runs at this niceness: below the threads of running tasks.
-REMOVE_NICE = 10
 LABEL_EXECUTOR = "corral.executor"
 LABEL_TASK = "corral.task"
 LABEL_POOL = "corral.pool"
@@ -135,9 +133,7 @@ class DockerDriver(SandboxDriver):
         self.cgroup_parent: str | None = None
         self.limits_description = "cgroup per container (memory and pids); executor budget not set up yet"
         self._removals: set[asyncio.Future[None]] = set()
-        self._remover = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="corral-docker-remove", initializer=_lower_priority
-        )
+        self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="corral-docker-remove")
         try:
             self.network = DockerNetwork(settings, self.api)
         except NetworkUnavailable as exc:
@@ -420,11 +416,6 @@ class DockerDriver(SandboxDriver):
         if state.get("Running"):
             return "the sandbox agent's connection closed"
         return f"the sandbox container exited with code {state.get('ExitCode')}"
-
-
-def _lower_priority() -> None:
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), REMOVE_NICE)
 
 
 def _sees_our_mounts(path: Path) -> bool:
