@@ -8,8 +8,9 @@ wait` took ~150 ms of API calls that the task's end waited for. Docker learns of
 itself; the container is removed later, off the task's path.
 
 Only where the container's init is a process of this kernel that this executor sees: runc (not
-gVisor, whose init lives in its own kernel) with Docker in our PID namespace. The pid Docker
-reports is trusted only once a pidfd holds it: the process must then be the init of its own PID
+gVisor, whose init lives in its own kernel) with Docker in our PID namespace. The pid (Docker's
+inspection's, or read from the container's cgroup, which saves that API call) is trusted only
+once a pidfd holds it: the process must then be the init of its own PID
 namespace and sit in the container's cgroup, and the pidfd must still be unsignalled after those
 checks (so the pid was not recycled in between). Anything else: None, and the caller kills the
 container through the Docker API as before.

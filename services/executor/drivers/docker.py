@@ -338,6 +338,9 @@ class DockerDriver(SandboxDriver):
             **network,
             ipc_mode="private",
             ulimits=[docker.types.Ulimit(name="core", soft=0, hard=0)],
+            # The attached stream is the agent's channel: no log of it (the json-file driver
+            # had dockerd encode and write every protocol message to the host's disk, unbounded).
+            log_config=docker.types.LogConfig(type=docker.types.LogConfig.types.NONE),
             cgroup_parent=self.cgroup_parent,
             runtime=s.docker_runtime or None,
         )

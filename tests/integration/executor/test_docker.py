@@ -152,6 +152,22 @@ async def test_warm_pool_hands_a_started_container_to_the_next_task(executor_fac
     assert pool.claimed_total == 2
 
 
+async def test_a_sandboxs_output_is_logged_nowhere_on_the_host(executor_factory: ExecutorFactory) -> None:
+    """The agent's channel is the container's attached stdout: Docker keeps no log of it (the
+    json-file driver wrote every byte a step printed to the host's disk while the container
+    lived, unbounded by the sandbox's disk quota)."""
+    executor = await executor_factory(docker_warm_pool=1, executor_id=f"warm-{uuid.uuid4().hex[:8]}")
+    pool = executor.executor.runner.driver.pool  # type: ignore[attr-defined]
+    await wait_until(lambda: pool.ready_count == 1, "the pool filled")
+    [warm] = pool._ready
+    info = docker_client().api.inspect_container(warm.transport.container_id)
+    assert info["HostConfig"]["LogConfig"]["Type"] == "none"
+    assert not info["LogPath"]
+    # The channel works all the same: a step's output of 1 MB comes through whole.
+    _, outcome = await executor.run_steps([{"tool": "shell", "command": "head -c 1000000 /dev/zero | tr '\\0' x"}])
+    assert outcome.step(0).stdout == "x" * 1_000_000
+
+
 async def test_a_warm_task_leaves_no_writer_behind_when_it_finishes(executor_factory: ExecutorFactory) -> None:
     """The end of a warm task kills its container through its init's pidfd, not Docker's API:
     a writer it detached (own session, deaf to TERM and HUP) is gone by `finished`, and the task
