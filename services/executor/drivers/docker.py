@@ -166,9 +166,12 @@ class DockerDriver(SandboxDriver):
     async def stop(self) -> None:
         await self.pool.stop()
         for removal in self._removals:
-            removal.cancel()  # (a removal under way goes on in its thread) remove_containers does it
+            removal.cancel()  # the ones still waiting: remove_containers does them
         if self._removals:
             await asyncio.gather(*self._removals, return_exceptions=True)
+        # One under way goes on in its thread: until it is done (Docker refuses a second
+        # removal of a container being removed: 409).
+        await asyncio.get_running_loop().run_in_executor(self._remover, lambda: None)
         # The executor's tasks have ended; anything still labelled ours (a container whose
         # creation was interrupted, say) goes too.
         if self.executor_id:
@@ -201,8 +204,13 @@ class DockerDriver(SandboxDriver):
 
         found = self.api.containers(all=True, filters={"label": f"{LABEL_EXECUTOR}={self.executor_id}"})
         for container in found:
-            with contextlib.suppress(docker.errors.NotFound):
+            try:
                 self.api.remove_container(container["Id"], force=True, v=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: being removed already
+                    raise
         return len(found)
 
     async def _start_warm(self) -> DockerSandbox:
