@@ -318,14 +318,29 @@ def release(mount_point: Path) -> None:
 
 def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
     """A warm slot that is its own filesystem, after its sandbox ended: the claimed task's
-    directory is copied out to `task_dir` (replacing the symlink); the rest goes with it, in
-    the background once a task's directory is out (its mount point's rmdir took up to 80 ms
-    while the container's mount namespace was being torn down; the task's `finished` waited)."""
+    directory is copied out to `task_dir` (replacing the symlink); the rest goes with it (the
+    mount leaves the tree at once). Its empty mount point is removed in the background once a
+    task's directory is out: that rmdir took up to 80 ms while the container's mount namespace
+    was being torn down, and the task's `finished` waited for it."""
     if task_dir is None:
         discard(slot)
         return
     keep_from_slot(slot, task_id, task_dir)
-    discard_later(slot)
+    try:
+        unmount(slot)
+    except (TaskFsError, OSError) as exc:
+        log.error("could not unmount a sandbox filesystem", path=str(slot), error=str(exc))
+        return
+    future = _releaser.submit(_remove_mount_point, slot)
+    _releasing.add(future)
+    future.add_done_callback(_releasing.discard)
+
+
+def _remove_mount_point(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError as exc:
+        log.error("could not remove a sandbox filesystem's mount point", path=str(path), error=str(exc))
 
 
 def _lower_priority() -> None:
@@ -344,13 +359,6 @@ _releasing: set[concurrent.futures.Future[None]] = set()
 def release_later(held: int) -> None:
     """Closes `held`, a descriptor of a detached filesystem, in the background thread."""
     future = _releaser.submit(os.close, held)
-    _releasing.add(future)
-    future.add_done_callback(_releasing.discard)
-
-
-def discard_later(mount_point: Path) -> None:
-    """discard() in the background thread (wait_released() waits for it too)."""
-    future = _releaser.submit(discard, mount_point)
     _releasing.add(future)
     future.add_done_callback(_releasing.discard)
 
