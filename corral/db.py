@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sqlite3
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Connection, MetaData, event, inspect
+from sqlalchemy.dialects.sqlite.pysqlite import SQLiteDialect_pysqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.schema import CreateColumn
+from sqlalchemy.sql import ClauseElement, Executable
+
+T = TypeVar("T")
+# The busy timeout of every SQLite connection (seconds): another writer's transaction is waited for.
+SQLITE_BUSY_SECONDS = 30
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -24,17 +35,104 @@ def create_engine(url: str) -> AsyncEngine:
         return create_async_engine(parsed, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         _private_file(Path(parsed.database))
-    engine = create_async_engine(url, connect_args={"timeout": 30})
+    engine = create_async_engine(url, connect_args={"timeout": SQLITE_BUSY_SECONDS})
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        _set_pragmas(cursor)
         cursor.close()
 
     return engine
+
+
+def _set_pragmas(cursor: Any) -> None:
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+
+
+class SqliteWriter:
+    """A plain sqlite3 connection in a thread of its own, for a service's frequent writes to a
+    SQLite file: a transaction costs one thread hop and ~0.1 ms of CPU, where the same through
+    SQLAlchemy's async layer and aiosqlite costs a dozen hops and ~2-3 ms (measured). Same file,
+    same pragmas as the engine's connections; each transaction is BEGIN IMMEDIATE .. COMMIT, so
+    a caller's await returns with its rows on disk (as durable as the engine's commits)."""
+
+    _dialect = SQLiteDialect_pysqlite(paramstyle="named")
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
+        self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        self._compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, str, dict[str, Any]]] = {}
+
+    @classmethod
+    def of(cls, engine: AsyncEngine) -> SqliteWriter | None:
+        """A writer for the engine's database if it is a SQLite file (else None: a `:memory:`
+        database is private to each connection)."""
+        database = engine.url.database
+        if not is_sqlite(engine) or not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        return cls(database)
+
+    def sql(self, statement: Executable, keys: Iterable[str]) -> tuple[str, dict[str, Any]]:
+        """`statement` as SQL text with named parameters for the row keys `keys`, and the
+        parameters it fixes itself (compiled once per statement and keys)."""
+        columns = tuple(keys)
+        cached = self._compiled.get((id(statement), columns))
+        if cached is None:
+            compiled = cast(ClauseElement, statement).compile(dialect=self._dialect, column_keys=list(columns))
+            constants = {name: value for name, value in compiled.params.items() if name not in columns}
+            cached = self._compiled[(id(statement), columns)] = (statement, compiled.string, constants)
+        return cached[1], cached[2]
+
+    @classmethod
+    def converter(cls, column: Any) -> Callable[[Any], Any]:
+        """What the engine does to a value of `column` before storing it (a datetime becomes
+        SQLAlchemy's text form), so that rows written either way read back alike."""
+        process = column.type.dialect_impl(cls._dialect).bind_processor(cls._dialect)
+        return process if process is not None else (lambda value: value)
+
+    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` in one transaction, committed on return; sqlite3's errors come
+        out as SQLAlchemy's (IntegrityError...), as the engine's would."""
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._run, work)
+
+    def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._connection is None:
+            self._connection = sqlite3.connect(
+                self._path, timeout=SQLITE_BUSY_SECONDS, isolation_level=None, check_same_thread=False
+            )
+            _set_pragmas(self._connection)
+        connection = self._connection
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                result = work(connection)
+                connection.execute("COMMIT")
+            except BaseException:
+                if connection.in_transaction:
+                    connection.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise DBAPIError.instance(None, None, exc, sqlite3.Error) from exc
+        return result
+
+    async def close(self) -> None:
+        """Closes the connection and its thread (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+
+        def close() -> None:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+        await asyncio.get_running_loop().run_in_executor(self._thread, close)
+        self._thread.shutdown(wait=False)
 
 
 def _private_file(path: Path) -> None:
