@@ -15,7 +15,7 @@ once from the database), and the unique constraints on (task, sequence) and (tas
 catch what memory cannot know (another replica's append, a redelivered event): then the append
 is rolled back and done the careful way (max(sequence) and the stored event ids read under the
 lock), and memory takes the stored figures again. On a SQLite file, appends run on a direct
-sqlite3 connection (corral.db.SqliteWriter: one thread hop a transaction, not a dozen).
+sqlite3 connection (corral.db.SqliteWriter: no aiosqlite thread hops).
 """
 
 from __future__ import annotations
@@ -231,6 +231,8 @@ def _numbered(
     return sequences, rows
 
 
+# Built once: SqliteWriter compiles each statement once.
+INSERT_HISTORY = history_events.insert()
 _sqlite_time = SqliteWriter.converter(history_events.c.time)
 
 
@@ -268,7 +270,7 @@ class MemoryStore:
         self._task_locks: dict[str, asyncio.Lock] = {}
         # Each task's last stored sequence, as this process last committed or read it.
         self._last: OrderedDict[str, int] = OrderedDict()
-        # On a SQLite file, appends take a direct sqlite3 connection (one thread hop each).
+        # On a SQLite file, appends take a direct sqlite3 connection (corral.db.SqliteWriter).
         self._direct = SqliteWriter.of(engine)
 
     @classmethod
@@ -316,9 +318,9 @@ class MemoryStore:
         event id is stored already)."""
         sequences, rows = _numbered(task_id, records, last, {})
         if self._direct is not None:
-            sql, _ = self._direct.sql(history_events.insert(), rows[0])
+            sql, _ = self._direct.sql(INSERT_HISTORY, rows[0])
             sqlite_rows = [_for_sqlite(row) for row in rows]
-            await self._direct.transaction(lambda conn: conn.executemany(sql, sqlite_rows))
+            await self._direct.transaction(lambda conn: conn.executemany(sql, sqlite_rows), self._direct.size(rows))
         else:
             async with self._engine.begin() as conn:
                 await conn.execute(history_events.insert(), rows)
@@ -389,7 +391,6 @@ class MemoryStore:
         BEGIN IMMEDIATE orders appends across processes, as the advisory lock on PostgreSQL)."""
         assert self._direct is not None
         ids = sorted({record.event_id for record in records if record.event_id})
-        insert = history_events.insert()
 
         def append(conn: sqlite3.Connection) -> tuple[int, list[int]]:
             [last] = conn.execute(
@@ -410,9 +411,10 @@ class MemoryStore:
 
         def sql_of(row: dict[str, object]) -> str:
             assert self._direct is not None
-            return self._direct.sql(insert, row)[0]
+            return self._direct.sql(INSERT_HISTORY, row)[0]
 
-        last, sequences = await self._direct.transaction(append)
+        size = sum(len(r.action) + len(r.stdout) + len(r.stderr) + len(r.error) for r in records)
+        last, sequences = await self._direct.transaction(append, size)
         self._remember(task_id, max(last, *sequences))
         return sequences
 
