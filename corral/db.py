@@ -23,9 +23,6 @@ T = TypeVar("T")
 SQLITE_BUSY_SECONDS = 30
 # Compiled statements a SqliteWriter keeps.
 MAX_COMPILED = 256
-# Bytes a transaction writes at most to run on the event loop's thread (~0.1 ms; more goes to
-# the writer's thread, so that a batch of large output events never stalls the loop).
-INLINE_BYTES = 64 * 1024
 
 
 def create_engine(url: str) -> AsyncEngine:
@@ -58,26 +55,22 @@ def _set_pragmas(cursor: Any, busy_seconds: int = SQLITE_BUSY_SECONDS) -> None:
 
 
 class SqliteWriter:
-    """Plain sqlite3 connections for a service's frequent writes to a SQLite file: a
-    transaction costs ~0.1 ms of CPU, where the same through SQLAlchemy's async layer and
-    aiosqlite costs a dozen thread hops and ~2-3 ms (measured). Same file, same pragmas as the
-    engine's connections; each transaction is BEGIN IMMEDIATE .. COMMIT, so a caller's await
-    returns with its rows on disk (as durable as the engine's commits).
+    """A plain sqlite3 connection in a thread of its own, for a service's frequent writes to a
+    SQLite file: a transaction costs one thread hop and ~0.1 ms of CPU, where the same through
+    SQLAlchemy's async layer and aiosqlite costs a dozen hops and ~2-3 ms (measured). Same file,
+    same pragmas as the engine's connections; each transaction is BEGIN IMMEDIATE .. COMMIT, so
+    a caller's await returns with its rows on disk (as durable as the engine's commits).
 
-    A small transaction runs at once on the calling (event loop) thread, on a connection that
-    never waits for SQLite's write lock: if another connection holds it (the engine's, another
-    process), or a transaction is still running on the thread, or the rows are large, it runs
-    on a thread of its own instead, waiting as the engine would (SQLITE_BUSY_SECONDS). No
-    thread hop, no GIL handover, on the common path; never a wait for a lock on the loop."""
+    Not on the event loop's thread: the loop must never wait for SQLite's lock or a checkpoint's
+    fsync, and committing there measured slower end to end (SubmitTask p50 13-18 ms against
+    10-11 ms on the thread, at load 11: the GIL handed back and forth around each sqlite3 call)."""
 
     _dialect = SQLiteDialect_pysqlite(paramstyle="named")
 
     def __init__(self, path: str) -> None:
         self._path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-writer")
-        self._inline: sqlite3.Connection | None = None  # (busy timeout 0)
-        self._waiting: sqlite3.Connection | None = None  # the thread's (busy timeout as the engine's)
-        self._on_thread = 0  # transactions sent to the thread, not yet done
+        self._connection: sqlite3.Connection | None = None
         self._closed = False
         self.commits = 0  # transactions committed (tests count them)
         self._compiled: dict[tuple[int, tuple[str, ...]], tuple[Executable, str, dict[str, Any]]] = {}
@@ -105,11 +98,6 @@ class SqliteWriter:
             cached = self._compiled[(id(statement), columns)] = (statement, compiled.string, constants)
         return cached[1], cached[2]
 
-    @staticmethod
-    def size(rows: Iterable[dict[str, Any]]) -> int:
-        """About how many bytes `rows` hold (their texts and blobs), for transaction()."""
-        return sum(len(value) for row in rows for value in row.values() if isinstance(value, str | bytes))
-
     @classmethod
     def converter(cls, column: Any) -> Callable[[Any], Any]:
         """What the engine does to a value of `column` before storing it (a datetime becomes
@@ -117,51 +105,33 @@ class SqliteWriter:
         process = column.type.dialect_impl(cls._dialect).bind_processor(cls._dialect)
         return process if process is not None else (lambda value: value)
 
-    async def transaction(self, work: Callable[[sqlite3.Connection], T], size: int = 0) -> T:
-        """`work(connection)` in one transaction, committed on return; `size`: about how many
-        bytes it writes (past INLINE_BYTES it goes to the thread). sqlite3's errors come out
-        as SQLAlchemy's (IntegrityError...), as the engine's would."""
+    async def transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work(connection)` in one transaction, committed on return; sqlite3's errors come
+        out as SQLAlchemy's (IntegrityError...), as the engine's would."""
         if self._closed:
             raise RuntimeError("the SQLite writer is closed")
-        if size <= INLINE_BYTES and not self._on_thread:
-            try:
-                if self._inline is None:
-                    self._inline = _connect(self._path, busy_seconds=0)
-                self._inline.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError:
-                pass  # another connection writes: wait for it on the thread
-            else:
-                result = _finish(self._inline, work)
-                self.commits += 1
-                return result
-        self._on_thread += 1
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(self._thread, self._run, work)
-        finally:
-            self._on_thread -= 1
+        result = await asyncio.get_running_loop().run_in_executor(self._thread, self._run, work)
         self.commits += 1
         return result
 
     def _run(self, work: Callable[[sqlite3.Connection], T]) -> T:
-        if self._waiting is None:
-            self._waiting = _connect(self._path, busy_seconds=SQLITE_BUSY_SECONDS)
         try:
-            self._waiting.execute("BEGIN IMMEDIATE")
+            if self._connection is None:
+                self._connection = _connect(self._path, busy_seconds=SQLITE_BUSY_SECONDS)
+            self._connection.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             raise DBAPIError.instance("BEGIN IMMEDIATE", None, exc, sqlite3.Error) from exc
-        return _finish(self._waiting, work)
+        return _finish(self._connection, work)
 
     async def close(self) -> None:
-        """Closes the connections and the thread (again: nothing)."""
+        """Closes the connection and the thread (again: nothing)."""
         if self._closed:
             return
         self._closed = True
-        if self._inline is not None:
-            self._inline.close()
 
         def close() -> None:
-            if self._waiting is not None:
-                self._waiting.close()
+            if self._connection is not None:
+                self._connection.close()
 
         await asyncio.get_running_loop().run_in_executor(self._thread, close)
         self._thread.shutdown(wait=False)

@@ -20,7 +20,7 @@ stored meanwhile), the batch is rolled back and each write retried in its own tr
 only that caller sees the error. A check every write must pass (a leader's fence) belongs in
 `_GroupCommit._commit`, the one transaction helper. On a SQLite file (one scheduler, no lease,
 no fence) a batch of statements runs there as plain SQL on a direct sqlite3 connection
-(corral.db.SqliteWriter): most at once on the event loop, none with a dozen aiosqlite hops.
+(corral.db.SqliteWriter): one thread hop a transaction instead of a dozen through aiosqlite.
 """
 
 from __future__ import annotations
@@ -287,17 +287,15 @@ class _GroupCommit:
         for write in writes:
             plan.add(write)  # type: ignore[arg-type]  # (statements only: checked by the caller)
         runs = []
-        size = 0
         for statement, rows in plan.groups:
             sql, constants = self._direct.sql(statement, rows[0])
             runs.append((sql, [{**constants, **row} for row in rows] if constants else rows))
-            size += self._direct.size(rows)
 
         def run(connection: sqlite3.Connection) -> None:
             for sql, rows in runs:
                 connection.executemany(sql, rows)
 
-        await self._direct.transaction(run, size)
+        await self._direct.transaction(run)
         return [None] * len(writes)
 
 

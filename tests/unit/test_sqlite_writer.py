@@ -1,7 +1,6 @@
-"""corral.db.SqliteWriter on a real SQLite file: a transaction runs at once on the event loop
-unless another connection holds the write lock; then it waits on the writer's thread (the loop
-goes on meanwhile) and commits once the lock is free. sqlite3's errors come out as
-SQLAlchemy's, as the engine's would."""
+"""corral.db.SqliteWriter on a real SQLite file: while another connection holds the write lock,
+a transaction waits on the writer's thread (the event loop goes on meanwhile) and commits once
+the lock is free. sqlite3's errors come out as SQLAlchemy's, as the engine's would."""
 
 from __future__ import annotations
 
@@ -38,7 +37,7 @@ def rows(path: str) -> list[tuple[str, int]]:
 async def test_a_held_write_lock_is_waited_for_off_the_loop_then_the_rows_are_committed(tmp_path: Path) -> None:
     path = database(tmp_path)
     writer = SqliteWriter(path)
-    await writer.transaction(insert("a", 1))  # (at once: nobody else writes)
+    await writer.transaction(insert("a", 1))
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")  # another writer holds the lock
     holder.execute("INSERT INTO t VALUES ('h', 0)")
