@@ -273,8 +273,10 @@ class Scheduler:
             # Every event is appended by this process and signalled, so waiting is cheap; the
             # timeout is a safety net. An ended task's `finished` event is written just after
             # its state, so give it a moment before concluding there is nothing left.
+            # (asyncio.timeout, not wait_for: no task made per wait.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), timeout=1.0 if ended else 15.0)
+                async with asyncio.timeout(1.0 if ended else 15.0):
+                    await signal.wait()
             if ended and not await self._events.after(task_id, last, limit=1):
                 return  # nothing left to replay (e.g. the watch began after `finished`)
 
@@ -400,7 +402,8 @@ class Scheduler:
             if task is None or task.state in TERMINAL_TASK_STATES:
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(signal.wait(), timeout=max(0.01, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.01, deadline - time.monotonic())):
+                    await signal.wait()
 
     async def _finish(self, task_id: str, state: task_pb2.TaskState.ValueType, error: str) -> None:
         """Ends a task the executor could not end itself; no-op if it already ended."""
@@ -414,7 +417,8 @@ class Scheduler:
     async def _dispatch_loop(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self._dispatch_once()

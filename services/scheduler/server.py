@@ -93,7 +93,8 @@ async def serve(settings: Settings) -> None:
     await server.start()
     log.info("scheduler listening", address=listen)
     await leadership.acquire()
-    scheduler.store.fence = leadership.fence
+    # SQLite has no lease to fence on (one scheduler): its writes then take the direct way.
+    scheduler.store.fence = leadership.fence if leadership.enabled else None
     scheduler.leader_epoch = leadership.epoch
     stepping_down = asyncio.create_task(_exit_when_deposed(leadership), name="step-down")
     await scheduler.start()
@@ -121,6 +122,7 @@ async def serve(settings: Settings) -> None:
     finally:
         if metrics is not None:
             metrics.close()
+        await scheduler.store.close()
         await engine.dispose()
         audit.close()
 

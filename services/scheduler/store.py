@@ -18,7 +18,9 @@ write is queued with the same conditions in SQL; where a write fails, an assignm
 is undone in memory and the error raised. If one write of a batch raises (an idempotency key
 stored meanwhile), the batch is rolled back and each write retried in its own transaction, so
 only that caller sees the error. A check every write must pass (a leader's fence) belongs in
-`_GroupCommit._commit`, the one transaction helper.
+`_GroupCommit._commit`, the one transaction helper. On a SQLite file (one scheduler, no lease,
+no fence) a batch of statements runs there as plain SQL on a direct sqlite3 connection
+(corral.db.SqliteWriter): one thread hop a transaction instead of a dozen through aiosqlite.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import sqlite3
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
@@ -46,6 +49,7 @@ from sqlalchemy import (
     delete,
     func,
     insert,
+    literal_column,
     or_,
     select,
     update,
@@ -55,7 +59,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.sql import Executable
 
 from corral.api_keys import LOCAL_TENANT
-from corral.db import add_missing_columns
+from corral.db import SqliteWriter, add_missing_columns
 from corral.output_preview import drop_outputs, within_budget
 from corral.schema import TERMINAL_TASK_STATES
 from corral.steps import step_tool
@@ -171,7 +175,9 @@ STEPS = Base.metadata.tables["scheduler_steps"]
 EVENTS = Base.metadata.tables["scheduler_events"]
 # Statements built once (building one costs more than running it), run with executemany.
 _TASK = TASKS.c.task_id == bindparam("b_task")
-_OPEN = TASKS.c.state.not_in(TERMINAL_TASK_STATES)
+# Literal numbers, not an expanding parameter: the statement compiles once to plain SQL
+# (TaskStore's direct SQLite writes run it as text).
+_OPEN = TASKS.c.state.not_in([literal_column(str(int(state))) for state in TERMINAL_TASK_STATES])
 _SCHEDULED = TASKS.c.state == task_pb2.TASK_STATE_SCHEDULED
 INSERT_TASK = insert(TASKS)
 INSERT_STEPS = insert(STEPS)
@@ -202,8 +208,9 @@ class _GroupCommit:
     """The one writer of the task tables: writes queued while a transaction runs share the
     next one (in queue order); each caller's await returns once its own write is committed."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(self, sessions: async_sessionmaker[AsyncSession], direct: SqliteWriter | None) -> None:
         self._sessions = sessions
+        self._direct = direct  # (a SQLite file: statement-only batches go this way)
         # Each write, what to do in memory once it is committed, and its caller's future.
         self._queue: list[tuple[Write, Callable[[Any], None] | None, asyncio.Future[Any]]] = []
         self._writer: asyncio.Task[None] | None = None
@@ -253,6 +260,8 @@ class _GroupCommit:
         """One transaction running `writes` in order: the one place every write goes through.
         Statements of consecutive writes run together (executemany) where that keeps each
         task's rows written in order; a function is a barrier."""
+        if self._direct is not None and self.fence is None and not any(callable(write) for write in writes):
+            return await self._commit_direct(writes)
         results: list[Any] = []
         async with self._sessions.begin() as session:
             if self.fence is not None:
@@ -269,6 +278,25 @@ class _GroupCommit:
                     results.append(None)
             await plan.run(conn)
         return results
+
+    async def _commit_direct(self, writes: list[Write]) -> list[Any]:
+        """`_commit` on a SQLite file (no fence there: no lease): the same statements in the
+        same order, as plain SQL on the direct connection, in one thread hop."""
+        assert self._direct is not None
+        plan = _Plan()
+        for write in writes:
+            plan.add(write)  # type: ignore[arg-type]  # (statements only: checked by the caller)
+        runs = []
+        for statement, rows in plan.groups:
+            sql, constants = self._direct.sql(statement, rows[0])
+            runs.append((sql, [{**constants, **row} for row in rows] if constants else rows))
+
+        def run(connection: sqlite3.Connection) -> None:
+            for sql, rows in runs:
+                connection.executemany(sql, rows)
+
+        await self._direct.transaction(run)
+        return [None] * len(writes)
 
 
 class _Plan:
@@ -290,6 +318,10 @@ class _Plan:
                 at = self._last_of[id(sql.statement)] = len(self._groups) - 1
             for task_id in sql.task_ids:
                 self._last_touch[task_id] = at
+
+    @property
+    def groups(self) -> list[tuple[Executable, list[dict[str, Any]]]]:
+        return self._groups
 
     async def run(self, conn: AsyncConnection) -> None:
         for statement, rows in self._groups:
@@ -328,7 +360,8 @@ class TaskStore:
         self._engine = engine
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
-        self._writes = _GroupCommit(self._sessions)
+        self._direct = SqliteWriter.of(engine)
+        self._writes = _GroupCommit(self._sessions, self._direct)
         self._held: dict[str, _Held] = {}  # every unfinished task
         self._recent: OrderedDict[str, _Held] = OrderedDict()  # finished ones, oldest first
         self._recent_bytes = 0
@@ -344,6 +377,16 @@ class TaskStore:
     @fence.setter
     def fence(self, fence: Fence | None) -> None:
         self._writes.fence = fence
+
+    @property
+    def direct_writer(self) -> SqliteWriter | None:
+        """The direct SQLite connections' writer (None: every write takes the engine)."""
+        return self._direct
+
+    async def close(self) -> None:
+        """Closes the direct SQLite connection, if any (the engine is its owner's to dispose)."""
+        if self._direct is not None:
+            await self._direct.close()
 
     async def create_tables(self) -> None:
         async with self._engine.begin() as conn:
