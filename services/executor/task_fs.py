@@ -326,6 +326,11 @@ def release_slot(slot: Path, task_dir: Path | None, task_id: str) -> None:
         discard(slot)
         return
     keep_from_slot(slot, task_id, task_dir)
+    drop_slot(slot)
+
+
+def drop_slot(slot: Path) -> None:
+    """A warm slot that is its own filesystem, its task's directory out (release_slot)."""
     try:
         unmount(slot)
     except (TaskFsError, OSError) as exc:

@@ -81,7 +81,9 @@ from services.executor.drivers.transport import KILL_GRACE_SECONDS, ChannelPipes
 from services.executor.drivers.warm_pool import (
     WARM_DIR,
     WarmPool,
+    in_refill_thread,
     recover_task_dirs,
+    remove_slot,
 )
 from services.executor.network import bwrap_net, netns, nft
 from services.executor.network.status import NetworkStatus
@@ -244,12 +246,15 @@ class BubblewrapDriver(SandboxDriver):
     async def _start_warm(self) -> BubblewrapSandbox:
         """A sandbox for no task yet: its own empty slot at /tasks, where its agent waits."""
         slot = self.settings.tasks_dir / WARM_DIR / uuid.uuid4().hex[:16]
-        slot.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-        if self.task_fs is None or not self.task_fs.attach(slot, self.settings.sandbox_disk_mb):
-            slot.mkdir(mode=0o700)
-        os.chmod(slot, 0o700)
-        if self.host_ids is not None:
-            os.chown(slot, *self.host_ids)
+        making = asyncio.ensure_future(in_refill_thread(self._make_slot, slot))
+        try:
+            await asyncio.shield(making)
+        except asyncio.CancelledError:
+            # A pool stopping meanwhile leaves no slot (nor mount) behind.
+            with contextlib.suppress(Exception):
+                await making
+                await asyncio.to_thread(remove_slot, slot)
+            raise
         # shared_tasks: the slot is bound at /tasks itself (the shape of a long-lived sandbox).
         config = SandboxConfig(
             task_id="",
@@ -259,6 +264,15 @@ class BubblewrapDriver(SandboxDriver):
         )
         sandbox = self.sandbox(config, warm_slot=slot)
         return await sandbox.start_or_close()
+
+    def _make_slot(self, slot: Path) -> None:
+        """A warm sandbox's empty slot: a filesystem of its own where one can be made."""
+        slot.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self.task_fs is None or not self.task_fs.attach(slot, self.settings.sandbox_disk_mb):
+            slot.mkdir(mode=0o700)
+        os.chmod(slot, 0o700)
+        if self.host_ids is not None:
+            os.chown(slot, *self.host_ids)
 
     def command(
         self,
@@ -541,8 +555,9 @@ class BubblewrapTransport(SubprocessTransport):
         await self._kill_process(process, "bubblewrap", bwrap_pid=process.pid)
 
     def apply_limits(self, limits: SandboxLimits) -> None:
-        if self.cgroup is None:
-            return
+        same = (limits.memory_mb, limits.max_processes) == (self.limits.memory_mb, self.limits.max_processes)
+        if self.cgroup is None or same:
+            return  # (a warm sandbox's are the default limits, which most tasks keep)
         try:
             self.cgroup.set_limits(limits.memory_mb, limits.max_processes)
         except OSError as exc:
