@@ -39,7 +39,9 @@ CALL_TIMEOUT_SECONDS = 3.0
 RETRY_FIRST_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
 # How long entries recorded with `batch` wait for others to travel with (a sandbox's calls come
-# many a second: one AppendEvents each would cost every call more than its own work).
+# many a second: one AppendEvents each would cost every call more than its own work; a task's
+# entries wait for its end, so a one-step task's four travel in one call, not two or three).
+# An entry recorded without `batch` ends the wait.
 BATCH_SECONDS = 0.2
 # The memory service refused the entries themselves: sending them again would not help.
 REFUSED = {
@@ -94,6 +96,7 @@ class HistoryRecorder:
         # not taken off it afterwards (it is in the spool, sent again, stored once).
         self._generation = 0
         self._wake = asyncio.Event()
+        self._urgent = asyncio.Event()  # an entry recorded without `batch` waits
         self._idle = asyncio.Event()
         self._idle.set()
         self._channel: grpc.aio.Channel | None = None
@@ -126,8 +129,11 @@ class HistoryRecorder:
                 self._wake.set()
 
     def record(self, event: memory_pb2.HistoryEvent, batch: bool = False) -> None:
-        """Queues `event` (never waits); with `batch`, the next send waits BATCH_SECONDS for more."""
+        """Queues `event` (never waits); with `batch`, the next send waits BATCH_SECONDS for more
+        (or for an entry recorded without)."""
         self._batching = self._batching or batch
+        if not batch:
+            self._urgent.set()
         self.start()
         if not event.event_id:
             event.event_id = uuid.uuid4().hex
@@ -221,9 +227,12 @@ class HistoryRecorder:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self._batching:
-                self._batching = False
-                await asyncio.sleep(BATCH_SECONDS)
+            if self._batching and not self._urgent.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(BATCH_SECONDS):
+                        await self._urgent.wait()
+            self._batching = False
+            self._urgent.clear()
             if self._spool is not None and self._spool.pending_bytes:
                 events, end = self._spool.read(BATCH_EVENTS, BATCH_BYTES)
                 if await self._deliver(events):

@@ -33,7 +33,7 @@ def now_iso() -> str:
 
 class TaskJournal:
     """Writes through a descriptor of the task directory (SandboxLease.prepare_task_dir), its
-    own copy: the journal outlives the lease (the task's last line comes after release)."""
+    own copy."""
 
     def __init__(self, task_dir_fd: int) -> None:
         self.entries: list[dict[str, Any]] = []
@@ -41,15 +41,12 @@ class TaskJournal:
         self._closed = False
 
     def suspend(self) -> None:
-        """Lets go of the task directory for a while (it is about to move); resume() gives
-        it back. Lines logged meanwhile are lost."""
+        """Lets go of the task directory (it is about to move); nothing more is written."""
         self._close_dir()
 
-    def resume(self, task_dir_fd: int | None) -> None:
-        """Writes through `task_dir_fd` (its own copy) after suspend(): the task directory
-        where it ended up (SandboxLease.reopen_task_dir); nothing more if None or closed."""
-        if task_dir_fd is not None and self._dir_fd is None and not self._closed:
-            self._dir_fd = os.dup(task_dir_fd)
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def close(self) -> None:
         self._closed = True

@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-
-import structlog
 
 from corral.config import Settings
 from corral.errors import SandboxNotFound
@@ -132,15 +131,6 @@ class SandboxLease:
         """Whether release() moves the task directory (off its own filesystem, out of a slot)."""
         return self.own_fs or self._warm_slot() is not None
 
-    def reopen_task_dir(self) -> int | None:
-        """After release(): a descriptor of the task directory where it ended up (the host's
-        own by now, no link), for the journal's last lines; None if it cannot be opened."""
-        try:
-            return open_sandbox_dir(self.host_task_dir.parent, self.host_task_dir.name)
-        except OSError as exc:
-            structlog.get_logger().warning("cannot open the task directory after its end", error=str(exc))
-            return None
-
     @property
     def disk_note(self) -> str:
         """How the task's disk quota is bounded, for agent.log."""
@@ -234,8 +224,10 @@ class SandboxLease:
             self._gui = GuiClient(self.desktop.host_run_dir)
         return self._gui
 
-    async def release(self) -> None:
-        """Closes what the task made: its gui connection and, unless long-lived, its sandbox."""
+    async def release(self, files_back: Callable[[], None] | None = None) -> None:
+        """Closes what the task made: its gui connection and, unless long-lived, its sandbox.
+        Where the task directory moves (task_dir_moves), `files_back` is called as soon as it
+        is back at its host path, before the rest of the teardown (else not at all)."""
         # First: nothing of ours may hold the task's filesystem when it goes.
         if self.task_dir_fd is not None:
             os.close(self.task_dir_fd)
@@ -246,6 +238,8 @@ class SandboxLease:
         if self.managed is not None and self.managed.on_network_refused is self.on_network_refused:
             self.managed.on_network_refused = None
         if self._sandbox is not None and self.managed is None:
+            if self._warm_slot() is not None:
+                self._sandbox.on_files_back = files_back
             await asyncio.shield(self.sandboxes.network.retire(self._sandbox))  # never raises
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._sandbox.close())
@@ -255,3 +249,5 @@ class SandboxLease:
             # Every process is gone: the files move to a plain directory, the filesystem goes.
             self.own_fs = False
             await asyncio.shield(asyncio.to_thread(task_fs.release, self.host_task_dir))
+            if files_back is not None:
+                files_back()

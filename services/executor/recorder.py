@@ -43,7 +43,7 @@ class TaskRecorder:
         self,
         task_id: str,
         emit: Callable[[task_pb2.TaskEvent], None],
-        record_history: Callable[[memory_pb2.HistoryEvent], None],
+        record_history: Callable[[memory_pb2.HistoryEvent, bool], None],
     ) -> None:
         self.task_id = task_id
         self._emit_event = emit
@@ -78,16 +78,21 @@ class TaskRecorder:
             f"task {self.task_id} started on executor {executor_id} ({driver}){where}; "
             f"{steps} steps in {task_dir}"
         )
-        self._history(history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_STARTED, state="running"))
+        self._history(history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_STARTED, state="running"), True)
         self.log.info("task started", steps=steps)
+
+    def finish_journal(self, state: task_pb2.TaskState.ValueType, error: str) -> None:
+        """The journal's last line (once); it lets go of the task directory."""
+        if self.journal is not None and not self.journal.closed:
+            self.journal.log(f"task {TASK_STATE_NAMES[state]}" + (f": {error}" if error else ""))
+            self.journal.close()
 
     def task_finished(self, state: task_pb2.TaskState.ValueType, error: str) -> None:
         name = TASK_STATE_NAMES[state]
-        if self.journal is not None:
-            self.journal.log(f"task {name}" + (f": {error}" if error else ""))
-            self.journal.close()
+        self.finish_journal(state, error)
+        # Not batched: it sends the task's entries waiting for it (HistoryRecorder.record).
         self._history(
-            history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_FINISHED, state=name, error=error)
+            history_event(self.task_id, memory_pb2.HISTORY_KIND_TASK_FINISHED, state=name, error=error), False
         )
         self._emit(finished=task_pb2.TaskFinished(state=state, error=error))
         self.log.info("task finished", state=name, error=error or None)
@@ -102,7 +107,7 @@ class TaskRecorder:
         self._emit(network_refused=task_pb2.NetworkRefused(description=description))
         self._journal_log(f"network: {description}")
         self._history(
-            history_event(self.task_id, memory_pb2.HISTORY_KIND_NETWORK_REFUSED, action=description)
+            history_event(self.task_id, memory_pb2.HISTORY_KIND_NETWORK_REFUSED, action=description), True
         )
 
     # --- steps -----------------------------------------------------------------------------
@@ -114,7 +119,8 @@ class TaskRecorder:
         self._history(
             history_event(
                 self.task_id, memory_pb2.HISTORY_KIND_ACTION, step_index=index, tool=tool, action=action
-            )
+            ),
+            True,
         )
 
     def output(self, index: int, stream: StreamName, data: str) -> None:
@@ -166,7 +172,8 @@ class TaskRecorder:
                 self.task_id, memory_pb2.HISTORY_KIND_RESULT, step_index=index, tool=tool,
                 action=action, state=state_name, exit_code=exit_code, stdout=result.stdout,
                 stderr=result.stderr, error=outcome.error,
-            )
+            ),
+            True,
         )
 
     def skipped(self, index: int, step: task_pb2.Step, reason: str) -> None:

@@ -107,6 +107,13 @@ class TaskRun:
     async def _execute(self) -> None:
         lease, recorder = self.lease, self.recorder
         pending: tuple[task_pb2.TaskState.ValueType, str] | None = None
+
+        def files_back() -> None:
+            nonlocal pending
+            if pending is not None:
+                recorder.task_finished(*pending)
+                pending = None
+
         try:
             try:
                 lease.check_available()
@@ -129,28 +136,22 @@ class TaskRun:
                 state, error = task_pb2.TASK_STATE_FAILED, f"the executor failed: {exc}"
             # The outcome is known. A client told the task ended may read its directory at
             # once, so `finished` goes out before the teardown (a few ms under bubblewrap, ~90 ms
-            # for a container) only where the directory stays put; where it moves (off its own
-            # filesystem, out of a warm slot), once it is in place.
+            # for a container) where the directory stays put; where it moves (off its own
+            # filesystem, out of a warm slot), as soon as it is back in place, before the rest
+            # of the teardown (the slot's unmount, the cgroup's removal). The journal's last
+            # line is written now, and moves with the directory.
             if lease.task_dir_moves:
                 pending = (state, error)
+                recorder.finish_journal(state, error)
             else:
                 self.recorder.task_finished(state, error)
             self.finished = True  # its slot is free either way
         finally:
-            # The task directory may move (off its own filesystem, out of a warm slot): the
-            # journal (still open when the task was cancelled) lets go of it and writes again
-            # where it ends up.
-            moves = lease.task_dir_moves
-            if moves and recorder.journal is not None:
+            # The journal (still open if the run was interrupted) lets go of the directory.
+            if lease.task_dir_moves and recorder.journal is not None:
                 recorder.journal.suspend()
-            await lease.release()
-            if moves and recorder.journal is not None:
-                fd = lease.reopen_task_dir()
-                recorder.journal.resume(fd)
-                if fd is not None:
-                    os.close(fd)
-        if pending is not None:
-            self.recorder.task_finished(*pending)
+            await lease.release(files_back)
+        files_back()  # where release() did not call it
         # Torn down: its stream ends, and the run is held until a scheduler has read it all.
         self.buffer.close()
         self.runner._ended(self)
@@ -325,9 +326,9 @@ class TaskRunner:
         run.cancel(reason or "cancelled")
         return True
 
-    def record(self, event: memory_pb2.HistoryEvent) -> None:
+    def record(self, event: memory_pb2.HistoryEvent, batch: bool = False) -> None:
         if self.history is not None:
-            self.history.record(event)
+            self.history.record(event, batch)
 
     async def shutdown(self, reason: str = "the executor is shutting down") -> None:
         """Cancels every running task and waits (briefly) for their sandboxes to go."""

@@ -132,7 +132,7 @@ def test_the_cli_flags_make_the_object_form() -> None:
 def test_refused_lookups_become_events_and_history_up_to_a_bound() -> None:
     events: list[task_pb2.TaskEvent] = []
     history: list[memory_pb2.HistoryEvent] = []
-    recorder = TaskRecorder("t1", events.append, history.append)
+    recorder = TaskRecorder("t1", events.append, lambda event, _batch: history.append(event))
     for n in range(MAX_NETWORK_EVENTS + 20):
         recorder.network_refused(f"lookup of denied{n}.test refused")
     assert len(events) == MAX_NETWORK_EVENTS + 1

@@ -34,7 +34,7 @@ from services.executor.drivers.base import (
 )
 from services.executor.drivers.faults import limit_error
 from services.executor.drivers.transport import Transport
-from services.executor.drivers.warm_pool import make_in_slot, release_slot
+from services.executor.drivers.warm_pool import make_in_slot, remove_slot, return_task_dir
 from services.executor.network.status import NetworkStatus
 
 log = structlog.get_logger()
@@ -124,21 +124,39 @@ class AgentSandbox(Sandbox, Generic[T]):
         if self._closed:
             return
         self._closed = True
+        removable = False
         try:
             await self.transport.kill()
         finally:
-            if self._reader is not None:
-                self._reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._reader
-            self.channel.fail(SandboxError("the sandbox was closed"))
-            if self.warm_slot is not None:
-                # Every process is gone: the task directory can go back in place.
-                # In a thread: a copy out of its own filesystem and the unmount take the
-                # event loop for tens of ms (every other task's events waited).
-                task_dir = self.config.host_task_dir if self.claimed else None
-                await asyncio.shield(asyncio.to_thread(release_slot, self.warm_slot, task_dir, self.config.task_id))
-            self.ended = True
+            try:
+                if self._reader is not None:
+                    self._reader.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await self._reader
+                self.channel.fail(SandboxError("the sandbox was closed"))
+                if self.warm_slot is not None:
+                    # Every process is gone: the task directory can go back in place (in a
+                    # thread: a copy out of its own filesystem takes the event loop for tens
+                    # of ms, every other task's events waited), and the task be told it ended
+                    # before the rest: the cgroup's removal, the slot's unmount.
+                    task_dir = self.config.host_task_dir if self.claimed else None
+                    removable = await asyncio.shield(
+                        asyncio.to_thread(return_task_dir, self.warm_slot, task_dir, self.config.task_id)
+                    )
+                    self._files_back()
+            finally:
+                await asyncio.shield(self.transport.clean_up())
+                if removable and self.warm_slot is not None:
+                    await asyncio.shield(asyncio.to_thread(remove_slot, self.warm_slot))
+                self.ended = True
+
+    def _files_back(self) -> None:
+        callback, self.on_files_back = self.on_files_back, None
+        if callback is not None:
+            try:
+                callback()
+            except Exception:
+                self.log.exception("the files-back callback failed")
 
     async def update_network(self, rules: NetworkRules) -> None:
         if not self.config.network:

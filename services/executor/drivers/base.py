@@ -183,6 +183,9 @@ class Sandbox(abc.ABC):
     """A running sandbox for one task."""
 
     config: SandboxConfig
+    # Called (once) by a close() that moves the task directory, as soon as it is back at its
+    # host path, before the rest of the teardown: the task's `finished` need not wait for that.
+    on_files_back: Callable[[], None] | None = None
 
     @abc.abstractmethod
     async def run(self, request: ProcessRequest, on_output: OutputCallback) -> ProcessResult:

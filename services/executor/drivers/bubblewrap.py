@@ -570,17 +570,16 @@ class BubblewrapTransport(SubprocessTransport):
             return 0
         return budget.max_pids
 
-    async def kill(self) -> None:
+    async def clean_up(self) -> None:
+        # After kill(): bwrap waited for its namespace to empty, nothing is left in the cgroup.
+        cgroup, self.cgroup = self.cgroup, None
+        network, self.network = self.network, None
         try:
-            await super().kill()
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
         finally:
-            try:
-                if self.cgroup is not None:
-                    # bwrap waited for its namespace to empty: nothing is left in the cgroup.
-                    await asyncio.to_thread(self.cgroup.remove)
-            finally:
-                if self.network is not None:
-                    await self.network.close()
+            if network is not None:
+                await network.close()
 
     async def update_network(self, rules: NetworkRules) -> None:
         if self.network is None:

@@ -81,6 +81,11 @@ class Transport(abc.ABC):
         """Kills every process of the sandbox and returns once none is left (bounded: never
         hangs on one process). Also undoes a start() that failed half way. Idempotent."""
 
+    async def clean_up(self) -> None:
+        """After kill(): releases what it left, which nothing of the task needs (a cgroup, say);
+        AgentSandbox.close calls it once the task's files are back. Idempotent."""
+        return None
+
     @abc.abstractmethod
     async def death_reason(self) -> str:
         """After read() returned b"" without a kill: why the sandbox ended, in words for the
