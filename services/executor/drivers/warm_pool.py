@@ -284,7 +284,7 @@ def remove_slot(slot: Path) -> None:
     """The slot, once its task directory is back: what else the sandbox left in /tasks goes
     with it (its filesystem unmounted, where it is one)."""
     if os.path.ismount(slot):
-        task_fs.drop_slot(slot)
+        task_fs.discard(slot)
     else:
         shutil.rmtree(slot, ignore_errors=True)
 
