@@ -82,6 +82,12 @@ class Wire:
             return HTTPConnection(self._host, self._port, timeout, context), False
         return HTTPConnection(self._host, self._port, timeout), False
 
+    def _drop_idle(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
     def _give_back(self, conn: HTTPConnection) -> None:
         with self._lock:
             if len(self._idle) < self.MAX_IDLE:
@@ -112,6 +118,8 @@ class Wire:
                 conn.close()
                 if not reused or attempt == 2:
                     raise
+                # The gateway closed it while idle: the other idle ones are as old; a new one.
+                self._drop_idle()
             except BaseException:
                 conn.close()
                 raise

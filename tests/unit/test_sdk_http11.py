@@ -5,9 +5,12 @@ are not HTTP (each a typed error naming it, never a traceback)."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import http.server
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -191,3 +194,36 @@ def test_https_verifies_the_gateways_certificate(
         assert wire.request(Call("GET", "/v1/tasks")).json() == {"tasks": []}
         assert wire.request(Call("GET", "/v1/tasks/t-1")).json() == {}
     assert server.requests[0].startswith(b"GET /v1/tasks HTTP/1.1\r\nHost: localhost:")
+
+
+def test_every_idle_connection_the_gateway_closed_is_left_for_a_new_one() -> None:
+    """Several kept-alive connections idle past the gateway's keep-alive (bench/density.py's
+    parallel deletes after a long measurement): the retry must not take another stale one."""
+
+    class Slow(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        timeout = 0.3  # the server's keep-alive: an idle connection is closed after it
+
+        def do_GET(self) -> None:
+            time.sleep(0.2)  # so that two requests at once need two connections
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    wire = Wire(Connection(f"http://127.0.0.1:{server.server_address[1]}", None), timeout=5)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: wire.request(Call("GET", "/")).content, range(3)))
+        assert answers == [b"ok"] * 3 and len(wire._idle) >= 2
+        time.sleep(1.0)  # every idle connection is closed by the server now
+        assert wire.request(Call("GET", "/")).content == b"ok"
+    finally:
+        wire.close()
+        server.shutdown()
+        server.server_close()
