@@ -68,7 +68,21 @@ def fresh_database(server: str) -> Iterator[str]:
     try:
         yield make_url(server).set(database=name).render_as_string(hide_password=False)
     finally:
-        asyncio.run(_run(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        asyncio.run(_drop(server, name))
+
+
+async def _drop(server: str, name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE), which cannot end an autovacuum worker (it has no role:
+    "must be a member of the role whose process is being terminated", seen once in CI after a
+    test's many inserts): again until that worker is done with the database."""
+    for attempt in range(50):
+        try:
+            await _run(server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        except asyncpg.InsufficientPrivilegeError:
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @pytest.fixture(scope="module", autouse=True)
