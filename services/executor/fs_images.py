@@ -42,7 +42,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class ImageError(Exception):
-    """An image could not be made or mounted."""
+    """An image or filesystem could not be made, mounted or released (task_fs.TaskFsError)."""
 
 
 class _LoopInfo64(ctypes.Structure):

@@ -35,7 +35,6 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 import threading
 import time
 import uuid
@@ -78,8 +77,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _mount_lock = threading.Lock()
 
 
-class TaskFsError(Exception):
-    """A filesystem could not be made or released."""
+# A filesystem could not be made or released (fs_images raises it too).
+TaskFsError = fs_images.ImageError
 
 
 def reserved_mib(disk_mb: int) -> int:
@@ -91,15 +90,6 @@ def image_mib(disk_mb: int, inodes: int) -> int:
     ext4's inode tables, bitmaps and group descriptors take about this much on top) plus the
     executor's reserve."""
     return disk_mb + reserved_mib(disk_mb) + (inodes * INODE_BYTES + MIB - 1) // MIB + disk_mb // 256 + 2
-
-
-def _run(argv: list[str]) -> None:
-    try:
-        subprocess.run(argv, check=True, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
-    except subprocess.CalledProcessError as exc:
-        raise TaskFsError(f"{argv[0]} failed: {(exc.stderr or exc.stdout).strip()}") from exc
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise TaskFsError(f"{argv[0]} failed: {exc}") from exc
 
 
 def _unescape(field: str) -> str:
@@ -158,7 +148,7 @@ def discard_orphans() -> int:
         text = _backing_text(point)
         if text.endswith(" (deleted)") and Path(text.removesuffix(" (deleted)")).parent.name == DISKS_DIR:
             with contextlib.suppress(TaskFsError):
-                _run(["umount", "--lazy", str(point)])
+                fs_images.run(["umount", "--lazy", str(point)])
                 count += 1
     return count
 
@@ -433,10 +423,7 @@ class TaskFilesystems:
         inodes = max_files + OWN_INODES
         image = self.disks_dir / f"{uuid.uuid4().hex}.img"
         size_mib = image_mib(disk_mb, inodes)
-        try:
-            self._images.make(image, size_mib, f"{100 * reserved_mib(disk_mb) / size_mib:.4f}", inodes)
-        except fs_images.ImageError as exc:
-            raise TaskFsError(str(exc)) from exc
+        self._images.make(image, size_mib, f"{100 * reserved_mib(disk_mb) / size_mib:.4f}", inodes)
         try:
             os.mkdir(path, 0o700)
             with _mount_lock:
@@ -444,10 +431,7 @@ class TaskFilesystems:
                     raise TaskFsError(
                         f"{self.max_mounts} sandbox filesystems are in use (sandbox_max_filesystems)"
                     )
-                try:
-                    fs_images.mount_loop(image, path)
-                except fs_images.ImageError as exc:
-                    raise TaskFsError(str(exc)) from exc
+                fs_images.mount_loop(image, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
